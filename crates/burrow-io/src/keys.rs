@@ -1,0 +1,180 @@
+//! SSH key files: loading with permission checks, generating, fingerprinting, parsing public keys.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use russh::keys::ssh_key::{self, LineEnding};
+use russh::keys::{Algorithm, HashAlg, PrivateKey, PublicKey};
+
+/// Why a key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The file could not be read.
+    #[error("cannot read key {path}: {source}")]
+    Read {
+        /// The key file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A private key file that group or others can read.
+    #[error(
+        "private key {path} is readable by group or others (mode {mode:04o}); run `chmod 600 {path}`"
+    )]
+    TooOpen {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The file is not a key of the expected form.
+    #[error("cannot parse key {what}: {reason}")]
+    Parse {
+        /// The file or input that held it.
+        what: String,
+        /// What the parser said.
+        reason: String,
+    },
+    /// Writing a key failed.
+    #[error("cannot write key {path}: {source}")]
+    Write {
+        /// The key file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// `SHA256:...` fingerprint of a public key, as OpenSSH prints it.
+pub fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// Loads an unencrypted OpenSSH private key, refusing files readable by group or others.
+pub fn load_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
+    let meta = std::fs::metadata(path).map_err(|source| KeyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::TooOpen {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_private_key(&text).map_err(|reason| KeyError::Parse {
+        what: path.display().to_string(),
+        reason,
+    })
+}
+
+/// Parses an unencrypted private key in OpenSSH format.
+pub fn parse_private_key(text: &str) -> Result<PrivateKey, String> {
+    let key = russh::keys::decode_secret_key(text, None).map_err(|e| e.to_string())?;
+    Ok(key)
+}
+
+/// Generates a new ed25519 key pair.
+pub fn generate_ed25519() -> PrivateKey {
+    // ssh-key's generator wants a rand_core 0.10 CryptoRng; the thread RNG is one (seeded from the OS).
+    PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
+        .expect("ed25519 key generation does not fail")
+}
+
+/// Writes a private key in OpenSSH format with mode 0600 (refusing to overwrite).
+pub fn write_private_key(path: &Path, key: &PrivateKey) -> Result<(), KeyError> {
+    let werr = |source| KeyError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let text = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| werr(std::io::Error::other(e.to_string())))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(werr)?;
+    file.write_all(text.as_bytes()).map_err(werr)?;
+    file.sync_all().map_err(werr)
+}
+
+/// The public half of a key as one authorized_keys line (`ssh-ed25519 AAAA... comment`).
+pub fn public_key_line(key: &PublicKey) -> String {
+    key.to_openssh().unwrap_or_default()
+}
+
+/// Parses public keys in authorized_keys form, one per line; blank lines and `#` comments skip.
+pub fn parse_public_keys(text: &str, what: &str) -> Result<Vec<PublicKey>, KeyError> {
+    let mut keys = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = PublicKey::from_openssh(line).map_err(|e| KeyError::Parse {
+            what: format!("{what} line {}", n + 1),
+            reason: format!("{e} (expected an OpenSSH public key such as `ssh-ed25519 AAAA...`)"),
+        })?;
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        return Err(KeyError::Parse {
+            what: what.to_string(),
+            reason: "no public key found".into(),
+        });
+    }
+    Ok(keys)
+}
+
+/// Parses one public key in authorized_keys form.
+pub fn parse_public_key(line: &str) -> Result<PublicKey, ssh_key::Error> {
+    PublicKey::from_openssh(line.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generate_write_load_roundtrip() {
+        let dir = std::env::temp_dir().join(format!("burrow-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("id");
+        let key = generate_ed25519();
+        write_private_key(&path, &key).unwrap();
+        let loaded = load_private_key(&path).unwrap();
+        assert_eq!(
+            fingerprint(loaded.public_key()),
+            fingerprint(key.public_key())
+        );
+        assert!(fingerprint(key.public_key()).starts_with("SHA256:"));
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load_private_key(&path).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+        assert!(err.contains("0644"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn public_keys_parse_with_line_numbers() {
+        let key = generate_ed25519();
+        let line = public_key_line(key.public_key());
+        let text = format!("# comment\n\n{line}\n");
+        assert_eq!(parse_public_keys(&text, "f").unwrap().len(), 1);
+        let err = parse_public_keys(&format!("{line}\nssh-ed25519 garbage\n"), "f")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("f line 2"), "{err}");
+        assert!(parse_public_keys("\n", "f").is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! Shared I/O pieces of burrow: SSH key files and fingerprints, and splicing SSH channels to
+//! sockets or to other channels with bounded buffers.
+//!
+//! # Layout
+//! - [`cut`]: a stream wrapper that ends a session at once (takeover, revocation, timeouts).
+//! - [`keys`]: loading, generating and fingerprinting SSH keys; key file permission checks.
+//! - [`splice`]: copying both ways between channels and TCP streams, honouring half-close.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cut;
+pub mod keys;
+pub mod splice;

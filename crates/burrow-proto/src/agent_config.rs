@@ -1,0 +1,385 @@
+//! The agent's TOML configuration (`burrow agent --config FILE`) and its validation.
+//!
+//! Unknown keys are errors; the TOML parser's message carries the line and column.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::addr::{ListenSpec, Target};
+use crate::name::check_name;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML does not parse or has unknown keys (message has the line).
+    #[error("{0}")]
+    Toml(String),
+    /// A value is out of range or inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A duration in seconds, written as an integer or a decimal (`15`, `0.5`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Seconds {
+    /// Whole seconds.
+    Whole(u64),
+    /// Fractional seconds.
+    Fraction(f64),
+}
+
+impl Seconds {
+    /// As a `Duration`; negative or non-finite values become zero and are caught by validation.
+    pub fn duration(self) -> Duration {
+        match self {
+            Seconds::Whole(s) => Duration::from_secs(s),
+            Seconds::Fraction(f) if f.is_finite() && f > 0.0 => Duration::from_secs_f64(f),
+            Seconds::Fraction(_) => Duration::ZERO,
+        }
+    }
+}
+
+impl From<Duration> for Seconds {
+    fn from(d: Duration) -> Self {
+        Seconds::Fraction(d.as_secs_f64())
+    }
+}
+
+/// One `[[expose]]` entry: an endpoint `NAME:PORT` backed by a local service.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expose {
+    /// The endpoint port operators use.
+    pub port: u16,
+    /// The local service; default `127.0.0.1:PORT`.
+    pub to: Option<String>,
+    /// Against a stock OpenSSH sshd relay: the real port to listen on there.
+    pub remote_port: Option<u16>,
+}
+
+/// One `[[connect]]` entry: a local listener whose connections go to a relay-side target.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Connect {
+    /// Local address to listen on, `[ADDR:]PORT` (default address 127.0.0.1).
+    pub listen: String,
+    /// Target as seen from the relay, `HOST:PORT`.
+    pub to: String,
+}
+
+/// The agent configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Relay address, `HOST:PORT` (port defaults to 22 when omitted? no: it is required).
+    pub relay: String,
+    /// This device's name.
+    pub name: String,
+    /// Path of the device's private key (mode 0600).
+    pub key: PathBuf,
+    /// Pinned relay host key fingerprint, `SHA256:...`.
+    pub host_key: Option<String>,
+    /// known_hosts file holding the relay's host key.
+    pub known_hosts: Option<PathBuf>,
+    /// Accept and record an unknown relay host key on first connection (into `known_hosts`).
+    #[serde(default)]
+    pub trust_on_first_use: bool,
+    /// Seconds between SSH keepalives (default 15).
+    pub keepalive_interval: Option<Seconds>,
+    /// Missed keepalives before the connection counts as dead (default 3).
+    pub keepalive_count: Option<u32>,
+    /// First reconnect delay in seconds (default 1).
+    pub backoff_min: Option<Seconds>,
+    /// Longest reconnect delay in seconds (default 30).
+    pub backoff_max: Option<Seconds>,
+    /// Seconds between end-to-end tunnel probes (default 60; 0 disables).
+    pub probe_interval: Option<Seconds>,
+    /// Seconds a probe may take before it fails (default 10).
+    pub probe_timeout: Option<Seconds>,
+    /// Where the status file is written (default `<state dir>/status.json`).
+    pub status_file: Option<PathBuf>,
+    /// Command run through `sh -c` on up/down transitions, with `BURROW_STATE` set.
+    pub on_state_change: Option<String>,
+    /// Endpoints this device exposes.
+    #[serde(default)]
+    pub expose: Vec<Expose>,
+    /// Local forwards to relay-side targets.
+    #[serde(default)]
+    pub connect: Vec<Connect>,
+}
+
+/// Default seconds between keepalives.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// Default missed keepalives before a connection is dead.
+pub const DEFAULT_KEEPALIVE_COUNT: u32 = 3;
+/// Default first reconnect delay.
+pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Default longest reconnect delay.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Default interval between end-to-end probes.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(60);
+/// Default time a probe may take.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl AgentConfig {
+    /// Parses and validates a TOML document.
+    pub fn from_toml(text: &str) -> Result<AgentConfig, ConfigError> {
+        let config: AgentConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A configuration with only the required fields set.
+    pub fn new(relay: impl Into<String>, name: impl Into<String>, key: PathBuf) -> Self {
+        AgentConfig {
+            relay: relay.into(),
+            name: name.into(),
+            key,
+            host_key: None,
+            known_hosts: None,
+            trust_on_first_use: false,
+            keepalive_interval: None,
+            keepalive_count: None,
+            backoff_min: None,
+            backoff_max: None,
+            probe_interval: None,
+            probe_timeout: None,
+            status_file: None,
+            on_state_change: None,
+            expose: Vec::new(),
+            connect: Vec::new(),
+        }
+    }
+
+    /// Checks values that TOML types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if let Err(e) = self.relay_target() {
+            return invalid(format!("relay = {:?}: {e}", self.relay));
+        }
+        if let Err(e) = check_name("device", &self.name) {
+            return invalid(format!("name: {e}"));
+        }
+        match (&self.host_key, &self.known_hosts, self.trust_on_first_use) {
+            (Some(fp), _, _) if !fp.starts_with("SHA256:") => {
+                return invalid(format!(
+                    "host_key = {fp:?}: write the relay's fingerprint as printed by `burrow relay fingerprint` (SHA256:...)"
+                ));
+            }
+            (None, None, _) => {
+                return invalid(
+                    "no relay host key pin: set host_key = \"SHA256:...\" (from `burrow relay fingerprint`) or known_hosts = FILE".into(),
+                );
+            }
+            (None, Some(_), _) | (Some(_), _, _) => {}
+        }
+        for (what, value) in [
+            ("keepalive_interval", self.keepalive_interval),
+            ("backoff_min", self.backoff_min),
+            ("backoff_max", self.backoff_max),
+            ("probe_timeout", self.probe_timeout),
+        ] {
+            if let Some(v) = value
+                && v.duration().is_zero()
+            {
+                return invalid(format!("{what} must be a positive number of seconds"));
+            }
+        }
+        if self.keepalive_count == Some(0) {
+            return invalid("keepalive_count must be at least 1".into());
+        }
+        if self.backoff_max() < self.backoff_min() {
+            return invalid("backoff_max must not be smaller than backoff_min".into());
+        }
+        let mut ports = std::collections::BTreeSet::new();
+        for e in &self.expose {
+            if e.port == 0 {
+                return invalid("[[expose]] port must be from 1 to 65535".into());
+            }
+            if !ports.insert(e.port) {
+                return invalid(format!("[[expose]] port {} is listed twice", e.port));
+            }
+            if let Err(err) = e.target() {
+                return invalid(format!("[[expose]] port {}: to: {err}", e.port));
+            }
+        }
+        for c in &self.connect {
+            if let Err(err) = c.listen.parse::<ListenSpec>() {
+                return invalid(format!("[[connect]] listen: {err}"));
+            }
+            if let Err(err) = c.to.parse::<Target>() {
+                return invalid(format!("[[connect]] to: {err}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The relay address; a bare host gets port 22.
+    pub fn relay_target(&self) -> Result<Target, crate::addr::AddrError> {
+        if self.relay.contains(':') {
+            self.relay.parse()
+        } else if self.relay.is_empty() {
+            Err(crate::addr::AddrError::BadHost(self.relay.clone()))
+        } else {
+            Ok(Target::new(self.relay.clone(), 22))
+        }
+    }
+
+    /// Seconds between keepalives.
+    pub fn keepalive_interval(&self) -> Duration {
+        self.keepalive_interval
+            .map_or(DEFAULT_KEEPALIVE_INTERVAL, Seconds::duration)
+    }
+
+    /// Missed keepalives before the connection is dead.
+    pub fn keepalive_count(&self) -> u32 {
+        self.keepalive_count.unwrap_or(DEFAULT_KEEPALIVE_COUNT)
+    }
+
+    /// First reconnect delay.
+    pub fn backoff_min(&self) -> Duration {
+        self.backoff_min
+            .map_or(DEFAULT_BACKOFF_MIN, Seconds::duration)
+    }
+
+    /// Longest reconnect delay.
+    pub fn backoff_max(&self) -> Duration {
+        self.backoff_max
+            .map_or(DEFAULT_BACKOFF_MAX, Seconds::duration)
+    }
+
+    /// Interval between probes; zero disables them.
+    pub fn probe_interval(&self) -> Duration {
+        self.probe_interval
+            .map_or(DEFAULT_PROBE_INTERVAL, Seconds::duration)
+    }
+
+    /// Time a probe may take.
+    pub fn probe_timeout(&self) -> Duration {
+        self.probe_timeout
+            .map_or(DEFAULT_PROBE_TIMEOUT, Seconds::duration)
+    }
+}
+
+impl Expose {
+    /// The local service behind this endpoint.
+    pub fn target(&self) -> Result<Target, crate::addr::AddrError> {
+        match &self.to {
+            None => Ok(Target::new(crate::addr::DEFAULT_SERVICE_HOST, self.port)),
+            Some(to) => format!("{}={to}", self.port)
+                .parse::<crate::addr::ExposeSpec>()
+                .map(|s| s.to),
+        }
+    }
+
+    /// The port requested from the relay: `remote_port` on a stock sshd relay, else `port`.
+    pub fn requested_port(&self) -> u16 {
+        self.remote_port.unwrap_or(self.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+relay = "relay.example.com:443"
+name = "garage-pi"
+key = "/etc/burrow/id_ed25519"
+host_key = "SHA256:abc"
+keepalive_interval = 15
+keepalive_count = 3
+backoff_min = 0.5
+backoff_max = 30
+probe_interval = 60
+
+[[expose]]
+port = 22
+
+[[expose]]
+port = 80
+to = "127.0.0.1:8080"
+remote_port = 10080
+
+[[connect]]
+listen = "127.0.0.1:1883"
+to = "localhost:1883"
+"#;
+
+    #[test]
+    fn full_config_parses() {
+        let c = AgentConfig::from_toml(FULL).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.name, "garage-pi");
+        assert_eq!(c.backoff_min(), Duration::from_millis(500));
+        assert_eq!(c.expose.len(), 2);
+        assert_eq!(
+            c.expose.get(1).map(|e| (e.requested_port(), e.target())),
+            Some((10080, Ok(Target::new("127.0.0.1", 8080))))
+        );
+        assert_eq!(
+            c.expose.first().map(|e| e.target()),
+            Some(Ok(Target::new("127.0.0.1", 22)))
+        );
+        assert_eq!(c.relay_target(), Ok(Target::new("relay.example.com", 443)));
+    }
+
+    #[test]
+    fn unknown_key_names_line() {
+        let text = FULL.replace("keepalive_count = 3", "keepalive_cuont = 3");
+        let err = AgentConfig::from_toml(&text).err().map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(err.contains("line 7"), "{err}");
+        assert!(err.contains("keepalive_cuont"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_in_table_names_line() {
+        let text = FULL.replace("remote_port = 10080", "remote_prot = 10080");
+        let err = AgentConfig::from_toml(&text).err().map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("line 18"));
+    }
+
+    #[test]
+    fn invalid_values() {
+        let cases = [
+            (
+                "name = \"garage-pi\"",
+                "name = \"Garage\"",
+                "invalid device name",
+            ),
+            ("host_key = \"SHA256:abc\"", "", "no relay host key pin"),
+            ("host_key = \"SHA256:abc\"", "host_key = \"abc\"", "SHA256:"),
+            ("backoff_min = 0.5", "backoff_min = 60", "backoff_max"),
+            ("keepalive_count = 3", "keepalive_count = 0", "at least 1"),
+            (
+                "to = \"localhost:1883\"",
+                "to = \"localhost\"",
+                "has no port",
+            ),
+            ("port = 80", "port = 22", "listed twice"),
+            (
+                "relay = \"relay.example.com:443\"",
+                "relay = \"relay:x\"",
+                "not a port",
+            ),
+        ];
+        for (from, to, want) in cases {
+            let text = FULL.replace(from, to);
+            let err = AgentConfig::from_toml(&text).err().map(|e| e.to_string());
+            let err = err.unwrap_or_default();
+            assert!(err.contains(want), "{to}: {err}");
+        }
+    }
+
+    #[test]
+    fn bare_relay_host_gets_port_22() {
+        let mut c = AgentConfig::new("relay", "pi", PathBuf::from("k"));
+        c.host_key = Some("SHA256:x".into());
+        assert_eq!(c.relay_target(), Ok(Target::new("relay", 22)));
+        assert!(c.validate().is_ok());
+    }
+}

@@ -1,0 +1,21 @@
+//! Pure logic of burrow, with no I/O: names, policy patterns, endpoints, configuration types.
+//!
+//! # Layout
+//! - [`name`]: device and operator names, and the SSH login forms that carry them.
+//! - [`glob`]: the glob patterns of operator policy.
+//! - [`addr`]: `HOST:PORT` targets, `[ADDR:]PORT` listen specs and `--expose` specs.
+//! - [`time`]: UTC timestamps as people read them in messages.
+//! - [`backoff`]: jittered exponential reconnect backoff.
+//! - [`agent_config`]: the agent's TOML configuration and its validation.
+//! - [`secret`]: a string wrapper that never shows in `Debug` output.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+
+pub mod addr;
+pub mod agent_config;
+pub mod backoff;
+pub mod glob;
+pub mod name;
+pub mod secret;
+pub mod time;

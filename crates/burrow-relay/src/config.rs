@@ -1,0 +1,84 @@
+//! Relay settings and their defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use russh::keys::PrivateKey;
+use russh::{MethodKind, MethodSet, SshId};
+
+/// Default listening address: one port for devices and operators.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:2222";
+/// Seconds of silence before the relay sends a keepalive.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// Unanswered keepalives after which a session is dropped.
+pub const DEFAULT_KEEPALIVE_MAX: usize = 3;
+/// Time a connection may take to authenticate.
+pub const DEFAULT_PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Unauthenticated connections accepted at once.
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 512;
+/// Unauthenticated connections accepted at once from one IP address.
+pub const DEFAULT_MAX_UNAUTHENTICATED_PER_IP: usize = 64;
+/// Delay before a failed authentication is answered.
+pub const DEFAULT_AUTH_REJECTION_TIME: Duration = Duration::from_secs(1);
+/// Time to wait for sessions to end at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How a relay runs.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Data directory (host key, database).
+    pub data_dir: PathBuf,
+    /// Seconds of silence before a keepalive.
+    pub keepalive_interval: Duration,
+    /// Unanswered keepalives before a session is dropped.
+    pub keepalive_max: usize,
+    /// Time a connection may take to authenticate.
+    pub pre_auth_timeout: Duration,
+    /// Unauthenticated connections at once.
+    pub max_unauthenticated: usize,
+    /// Unauthenticated connections at once from one IP.
+    pub max_unauthenticated_per_ip: usize,
+    /// Delay before a failed authentication is answered.
+    pub auth_rejection_time: Duration,
+    /// Messages buffered per stream direction before an unread stream is closed.
+    pub stream_queue: usize,
+}
+
+impl RelayConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: PathBuf) -> Self {
+        RelayConfig {
+            data_dir,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_max: DEFAULT_KEEPALIVE_MAX,
+            pre_auth_timeout: DEFAULT_PRE_AUTH_TIMEOUT,
+            max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
+            max_unauthenticated_per_ip: DEFAULT_MAX_UNAUTHENTICATED_PER_IP,
+            auth_rejection_time: DEFAULT_AUTH_REJECTION_TIME,
+            stream_queue: burrow_io::splice::DEFAULT_STREAM_QUEUE,
+        }
+    }
+
+    pub(crate) fn ssh_config(&self, host_key: PrivateKey) -> russh::server::Config {
+        let mut methods = MethodSet::empty();
+        methods.push(MethodKind::PublicKey);
+        methods.push(MethodKind::Password);
+        russh::server::Config {
+            server_id: SshId::Standard(
+                format!("SSH-2.0-burrow_{}", env!("CARGO_PKG_VERSION")).into(),
+            ),
+            methods,
+            auth_rejection_time: self.auth_rejection_time,
+            // OpenSSH probes with "none" first; answering that at once costs nothing.
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            keys: vec![host_key],
+            keepalive_interval: Some(self.keepalive_interval),
+            keepalive_max: self.keepalive_max,
+            // Liveness is the keepalives' job; an idle device is not a dead one.
+            inactivity_timeout: None,
+            max_auth_attempts: 6,
+            nodelay: true,
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! The russh handler of one connection: authentication, then dispatch to device or operator rules.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use burrow_proto::name::Login;
+use russh::keys::PublicKey;
+use russh::server::{Auth, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelOpenFailure};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::Relay;
+use crate::audit::Outcome;
+use crate::gate::Permit;
+use crate::registry::DeviceSession;
+
+/// Who a connection authenticated as.
+pub(crate) enum Principal {
+    /// Not yet authenticated.
+    Nobody,
+    /// A device, with its session once registered.
+    Device {
+        name: String,
+        key_fingerprint: String,
+        session: Option<Arc<DeviceSession>>,
+    },
+    /// An operator.
+    Operator(Arc<crate::operator::OperatorSession>),
+}
+
+pub(crate) struct Conn {
+    pub(crate) relay: Arc<Relay>,
+    pub(crate) peer: SocketAddr,
+    pub(crate) cut: CancellationToken,
+    pub(crate) principal: Principal,
+    permit: Option<Permit>,
+    authed: Option<oneshot::Sender<()>>,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        relay: Arc<Relay>,
+        peer: SocketAddr,
+        cut: CancellationToken,
+        permit: Permit,
+        authed: oneshot::Sender<()>,
+    ) -> Self {
+        Conn {
+            relay,
+            peer,
+            cut,
+            principal: Principal::Nobody,
+            permit: Some(permit),
+            authed: Some(authed),
+        }
+    }
+
+    fn reject(&self, login: &str, why: &str) -> Auth {
+        self.relay
+            .audit
+            .record("auth", login, &self.peer.to_string(), Outcome::Denied, why);
+        Auth::reject()
+    }
+
+    /// Checks a public key for `user` without changing state.
+    fn key_allowed(&self, user: &str, key: &PublicKey) -> Result<KeyMatch, String> {
+        let login = Login::parse(user).map_err(|e| e.to_string())?;
+        let fp = burrow_io::keys::fingerprint(key);
+        let store = &self.relay.store;
+        match &login {
+            Login::Plain(name) => {
+                if store.device_has_key(name, &fp).map_err(|e| e.to_string())? {
+                    return Ok(KeyMatch::Device(name.clone(), fp));
+                }
+                if store
+                    .operator_has_key(name, &fp)
+                    .map_err(|e| e.to_string())?
+                {
+                    return Ok(KeyMatch::Operator(login, fp));
+                }
+            }
+            Login::Console { operator, .. } => {
+                if store
+                    .operator_has_key(operator, &fp)
+                    .map_err(|e| e.to_string())?
+                {
+                    return Ok(KeyMatch::Operator(login, fp));
+                }
+            }
+        }
+        Err(format!("key {fp} is not registered for {user}"))
+    }
+
+    fn become_operator(&mut self, login: Login, method: &str) -> Result<Auth, russh::Error> {
+        let name = login.principal().to_string();
+        let record = match self.relay.store.operator(&name) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(self.reject(&login.to_string(), "operator vanished")),
+            Err(e) => return Ok(self.reject(&login.to_string(), &e.to_string())),
+        };
+        self.relay.audit.record(
+            "auth",
+            &login.to_string(),
+            &self.peer.to_string(),
+            Outcome::Ok,
+            &format!("operator authenticated by {method}"),
+        );
+        self.principal =
+            Principal::Operator(Arc::new(crate::operator::OperatorSession { login, record }));
+        Ok(Auth::Accept)
+    }
+}
+
+enum KeyMatch {
+    Device(String, String),
+    Operator(Login, String),
+}
+
+impl Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(Auth::reject())
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        // Only a probe: unknown keys are normal (clients try each of theirs), so not audited.
+        Ok(match self.key_allowed(user, offer.public_key) {
+            Ok(_) => Auth::Accept,
+            Err(_) => Auth::reject(),
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        match self.key_allowed(user, key.public_key) {
+            Ok(KeyMatch::Device(name, fp)) => {
+                self.relay.audit.record(
+                    "auth",
+                    &name,
+                    &self.peer.to_string(),
+                    Outcome::Ok,
+                    &format!("device authenticated with key {fp}"),
+                );
+                self.principal = Principal::Device {
+                    name,
+                    key_fingerprint: fp,
+                    session: None,
+                };
+                Ok(Auth::Accept)
+            }
+            Ok(KeyMatch::Operator(login, _fp)) => self.become_operator(login, "public key"),
+            Err(why) => Ok(self.reject(user, &why)),
+        }
+    }
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        let login = match Login::parse(user) {
+            Ok(l) => l,
+            Err(e) => return Ok(self.reject(user, &e.to_string())),
+        };
+        let hash = match self.relay.store.operator_password_hash(login.principal()) {
+            Ok(Some(h)) => h,
+            Ok(None) => {
+                return Ok(self.reject(
+                    user,
+                    "password login: no operator with a password of that name",
+                ));
+            }
+            Err(e) => return Ok(self.reject(user, &e.to_string())),
+        };
+        let password = password.to_string();
+        // argon2 costs tens of milliseconds of CPU: keep it off the async workers.
+        let ok =
+            tokio::task::spawn_blocking(move || crate::admin::verify_password(&hash, &password))
+                .await
+                .unwrap_or(false);
+        if ok {
+            self.become_operator(login, "password")
+        } else {
+            Ok(self.reject(user, "wrong password"))
+        }
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        self.permit = None;
+        if let Some(tx) = self.authed.take() {
+            let _ = tx.send(());
+        }
+        if let Principal::Device {
+            name,
+            key_fingerprint,
+            session: slot,
+        } = &mut self.principal
+        {
+            let dev = Arc::new(DeviceSession::new(
+                self.relay.next_id(),
+                name.clone(),
+                key_fingerprint.clone(),
+                self.peer,
+                session.handle(),
+                self.cut.clone(),
+            ));
+            *slot = Some(dev.clone());
+            crate::device::came_online(&self.relay, dev);
+        }
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match &self.principal {
+            Principal::Operator(op) => {
+                reply.accept().await;
+                crate::operator::session_opened(self.relay.clone(), op.clone(), channel);
+            }
+            Principal::Device { name, .. } => {
+                self.relay.audit.record(
+                    "session",
+                    name,
+                    "shell",
+                    Outcome::Denied,
+                    "devices get no shell, exec or pty",
+                );
+                reply
+                    .reject(ChannelOpenFailure::Other {
+                        code: 1,
+                        reason: "devices get no session on the relay".into(),
+                    })
+                    .await;
+            }
+            Principal::Nobody => {}
+        }
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match &self.principal {
+            // The command itself is run by the task that owns the channel.
+            Principal::Operator(_) => session.channel_success(channel)?,
+            _ => session.channel_failure(channel)?,
+        }
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match &self.principal {
+            Principal::Operator(_) => session.channel_success(channel)?,
+            _ => session.channel_failure(channel)?,
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match self.principal {
+            Principal::Operator(_) => session.channel_success(channel)?,
+            _ => session.channel_failure(channel)?,
+        }
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tracing::info!("subsystem {name:?} refused: the relay offers none");
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        match &self.principal {
+            Principal::Device {
+                session: Some(dev), ..
+            } => Ok(crate::device::forward(&self.relay, dev, address, port).await),
+            _ => {
+                tracing::info!("tcpip-forward refused: only devices expose endpoints");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        match &self.principal {
+            Principal::Device {
+                session: Some(dev), ..
+            } => Ok(crate::device::cancel_forward(
+                &self.relay,
+                dev,
+                address,
+                port,
+            )),
+            _ => Ok(false),
+        }
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let request = crate::operator::StreamRequest {
+            host: host_to_connect.to_string(),
+            port: port_to_connect,
+            originator: format!("{originator_address}:{originator_port}"),
+            originator_address: originator_address.to_string(),
+            originator_port,
+        };
+        match &self.principal {
+            Principal::Operator(op) => crate::operator::open_stream(
+                self.relay.clone(),
+                op.clone(),
+                request,
+                channel,
+                reply,
+            ),
+            Principal::Device {
+                session: Some(dev), ..
+            } => {
+                crate::device::open_stream(self.relay.clone(), dev.clone(), request, channel, reply)
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Principal::Device {
+            session: Some(dev), ..
+        } = &self.principal
+        {
+            crate::device::went_offline(&self.relay, dev);
+        }
+    }
+}
+
+/// How often the relay checks whether the CLI changed the registry.
+const REVOCATION_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Cuts sessions whose device or key was removed from the registry while they were online.
+pub(crate) async fn watch_revocations(relay: Arc<Relay>, shutdown: CancellationToken) {
+    let mut last = relay.store.data_version().unwrap_or(0);
+    let mut tick = tokio::time::interval(REVOCATION_CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(version) = relay.store.data_version() else {
+            continue;
+        };
+        if version == last {
+            continue;
+        }
+        last = version;
+        for dev in relay.registry.all() {
+            if let Ok(false) = relay.store.device_has_key(&dev.name, &dev.key_fingerprint) {
+                relay.audit.record(
+                    "revoke",
+                    &dev.name,
+                    &dev.peer.to_string(),
+                    Outcome::Ok,
+                    "device or its key was removed; session closed",
+                );
+                dev.cut.cancel();
+            }
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! What devices may do: expose endpoints under their own name, open allowed relay-side targets.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burrow_io::splice::{End, splice};
+use russh::Channel;
+use russh::server::{ChannelOpenHandle, Msg};
+use tokio::net::TcpStream;
+
+use crate::Relay;
+use crate::audit::Outcome;
+use crate::operator::{CONNECT_FAILED, PROHIBITED, Refusal, StreamRequest, open_endpoint};
+use crate::registry::DeviceSession;
+
+/// Time allowed to connect to an `allow-connect` target.
+const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Registers a freshly authenticated session; an older session of the same device is cut.
+pub(crate) fn came_online(relay: &Relay, dev: Arc<DeviceSession>) {
+    let peer = dev.peer.to_string();
+    if let Some(old) = relay.registry.take_over(dev.clone()) {
+        relay.listeners.transfer(old.id, dev.id);
+        old.cut.cancel();
+        relay.audit.record(
+            "takeover",
+            &dev.name,
+            &peer,
+            Outcome::Ok,
+            &format!(
+                "new session from {peer} replaced the session from {} (up {:.0} s); the old one is closed",
+                old.peer,
+                old.since.elapsed().as_secs_f64()
+            ),
+        );
+    }
+    if let Err(e) = relay.store.set_online(&dev.name, &peer) {
+        tracing::error!("{e}");
+    }
+    relay
+        .audit
+        .record("online", &dev.name, &peer, Outcome::Ok, "device session up");
+}
+
+/// Unregisters a session that ended (unless a newer one already took over).
+pub(crate) fn went_offline(relay: &Relay, dev: &DeviceSession) {
+    relay.listeners.release(dev.id);
+    if relay.registry.remove(&dev.name, dev.id) {
+        if let Err(e) = relay.store.set_offline(&dev.name) {
+            tracing::error!("{e}");
+        }
+        relay.audit.record(
+            "offline",
+            &dev.name,
+            &dev.peer.to_string(),
+            Outcome::Ok,
+            &format!(
+                "device session down after {:.0} s",
+                dev.since.elapsed().as_secs_f64()
+            ),
+        );
+    }
+}
+
+/// Bind addresses a device may send: they all mean "my own name".
+fn is_own_bind_address(address: &str, device: &str) -> bool {
+    matches!(
+        address,
+        "" | "localhost" | "127.0.0.1" | "0.0.0.0" | "::" | "::1" | "*"
+    ) || address == device
+}
+
+/// Handles `tcpip-forward`: adds the virtual endpoint, and a real listener where allowed.
+pub(crate) async fn forward(
+    relay: &Arc<Relay>,
+    dev: &Arc<DeviceSession>,
+    address: &str,
+    port: &mut u32,
+) -> bool {
+    let name = dev.name.as_str();
+    let deny = |why: String| {
+        relay.audit.record(
+            "endpoint-add",
+            name,
+            &format!("{address}:{port}"),
+            Outcome::Denied,
+            &why,
+        );
+        false
+    };
+    if !relay.registry.is_current(name, dev.id) {
+        return deny("session was taken over".into());
+    }
+    if !is_own_bind_address(address, name) {
+        return deny(format!(
+            "bind address {address:?} names another device; a device exposes endpoints under its own name only"
+        ));
+    }
+    let Ok(requested) = u16::try_from(*port) else {
+        return deny(format!("{port} is not a port"));
+    };
+    let Some(assigned) = dev.add_endpoint(address, requested) else {
+        return deny("no free dynamic port".into());
+    };
+    match relay.store.listen_addr(name, assigned) {
+        Ok(Some(addr)) => {
+            if let Err(e) = relay.listeners.ensure(relay, &addr, assigned, dev).await {
+                dev.remove_endpoint(assigned);
+                relay.audit.record(
+                    "endpoint-add",
+                    name,
+                    &format!("{addr}:{assigned}"),
+                    Outcome::Failed,
+                    &format!("cannot listen on {addr}:{assigned}: {e}"),
+                );
+                return false;
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!("{e}"),
+    }
+    *port = u32::from(assigned);
+    if let Err(e) = relay.store.set_endpoint(name, assigned, true) {
+        tracing::error!("{e}");
+    }
+    relay.audit.record(
+        "endpoint-add",
+        name,
+        &format!("{name}:{assigned}"),
+        Outcome::Ok,
+        &format!("bind address {address:?}"),
+    );
+    true
+}
+
+/// Handles `cancel-tcpip-forward`.
+pub(crate) fn cancel_forward(
+    relay: &Relay,
+    dev: &DeviceSession,
+    _address: &str,
+    port: u32,
+) -> bool {
+    let Ok(port) = u16::try_from(port) else {
+        return false;
+    };
+    if !dev.remove_endpoint(port) {
+        return false;
+    }
+    relay.listeners.close(&dev.name, port);
+    if let Err(e) = relay.store.set_endpoint(&dev.name, port, false) {
+        tracing::error!("{e}");
+    }
+    relay.audit.record(
+        "endpoint-remove",
+        &dev.name,
+        &format!("{}:{port}", dev.name),
+        Outcome::Ok,
+        "cancelled by the device",
+    );
+    true
+}
+
+/// Handles `direct-tcpip` from a device: its own endpoints (the tunnel probe) or allowed targets.
+pub(crate) fn open_stream(
+    relay: Arc<Relay>,
+    dev: Arc<DeviceSession>,
+    req: StreamRequest,
+    channel: Channel<Msg>,
+    reply: ChannelOpenHandle,
+) {
+    let relay2 = relay.clone();
+    relay.tracker.spawn(async move {
+        let target = format!("{}:{}", req.host, req.port);
+        let name = dev.name.clone();
+        let result = connect(&relay2, &dev, &req).await;
+        let peer = match result {
+            Ok(peer) => peer,
+            Err(refusal) => {
+                relay2.audit.record(
+                    "device-connect",
+                    &name,
+                    &target,
+                    refusal.outcome(),
+                    &refusal.reason,
+                );
+                return refusal.send(reply).await;
+            }
+        };
+        reply.accept().await;
+        let started = Instant::now();
+        let (transfer, result) = match peer {
+            Peer::Endpoint(ch) => {
+                splice(
+                    End::Channel(channel),
+                    End::Channel(ch),
+                    relay2.config.stream_queue,
+                )
+                .await
+            }
+            Peer::Tcp(tcp) => {
+                splice(
+                    End::Channel(channel),
+                    End::<Msg>::Tcp(tcp),
+                    relay2.config.stream_queue,
+                )
+                .await
+            }
+        };
+        let mut detail = format!(
+            "{} bytes from device, {} bytes to device, {:.1} s",
+            transfer.a_to_b,
+            transfer.b_to_a,
+            started.elapsed().as_secs_f64()
+        );
+        if let Err(e) = result {
+            detail.push_str(&format!("; ended: {e}"));
+        }
+        relay2
+            .audit
+            .record("device-connect", &name, &target, Outcome::Ok, &detail);
+    });
+}
+
+enum Peer {
+    Endpoint(Channel<Msg>),
+    Tcp(TcpStream),
+}
+
+async fn connect(relay: &Relay, dev: &DeviceSession, req: &StreamRequest) -> Result<Peer, Refusal> {
+    let name = dev.name.as_str();
+    let port = u16::try_from(req.port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| Refusal::new(PROHIBITED, format!("{} is not a port", req.port)))?;
+    // A device reaching its own endpoint through the relay: the agent's end-to-end probe.
+    let own_host =
+        matches!(req.host.as_str(), "localhost" | "127.0.0.1" | "::1") || req.host == name;
+    if own_host && dev.endpoint(port).is_some() {
+        let (_, ch) = open_endpoint(
+            relay,
+            name,
+            port,
+            &req.originator_address,
+            req.originator_port,
+        )
+        .await?;
+        return Ok(Peer::Endpoint(ch));
+    }
+    let allowed = relay
+        .store
+        .may_connect(name, &req.host, port)
+        .map_err(|e| Refusal::new(CONNECT_FAILED, e.to_string()))?;
+    if !allowed {
+        return Err(Refusal::new(
+            PROHIBITED,
+            format!(
+                "device {name} may not open {}:{port} (allow it with `burrow relay device allow-connect {name} {}:{port}`)",
+                req.host, req.host
+            ),
+        ));
+    }
+    match tokio::time::timeout(
+        TARGET_CONNECT_TIMEOUT,
+        TcpStream::connect((req.host.as_str(), port)),
+    )
+    .await
+    {
+        Ok(Ok(tcp)) => Ok(Peer::Tcp(tcp)),
+        Ok(Err(e)) => Err(Refusal::new(
+            CONNECT_FAILED,
+            format!("cannot connect to {}:{port}: {e}", req.host),
+        )),
+        Err(_) => Err(Refusal::new(
+            CONNECT_FAILED,
+            format!(
+                "connecting to {}:{port} took longer than {TARGET_CONNECT_TIMEOUT:?}",
+                req.host
+            ),
+        )),
+    }
+}

@@ -1,0 +1,136 @@
+//! The burrow relay: an SSH server that routes operators to devices by name.
+//!
+//! Nobody ever gets a shell here. Devices authenticate by key, expose virtual endpoints
+//! `NAME:PORT` with `tcpip-forward`, and operators reach them with `direct-tcpip` (`ssh -J`,
+//! `-W`, `-L`). A device that connects again takes its endpoints over at once.
+//!
+//! # Layout
+//! - [`config`]: relay settings and their defaults.
+//! - [`datadir`]: data directory, host key creation.
+//! - [`store`]: the SQLite registry (devices, operators, keys, policy, audit).
+//! - [`admin`]: registry operations behind `burrow relay device|operator ...`.
+//! - [`audit`]: the audit trail (table and log).
+//! - [`registry`]: online device sessions, endpoints, takeover.
+//! - `gate`: caps on unauthenticated connections.
+//! - `server`: the accept loop and per-connection task.
+//! - `conn`: the russh handler: authentication and request dispatch.
+//! - `device`: what devices may ask for (forwards, allowed targets).
+//! - `operator`: what operators may ask for (endpoint streams, `ls`).
+//! - `listeners`: real TCP listeners granted by `allow-listen`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod audit;
+pub mod config;
+mod conn;
+pub mod datadir;
+mod device;
+mod gate;
+mod listeners;
+mod operator;
+pub mod registry;
+mod server;
+pub mod store;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use russh::keys::PrivateKey;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::RelayConfig;
+
+/// Why the relay could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The data directory or host key is unusable.
+    #[error("{0}")]
+    DataDir(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The listening socket failed.
+    #[error("listener failed: {0}")]
+    Listener(std::io::Error),
+}
+
+/// A relay: its state, shared by every connection.
+pub struct Relay {
+    config: RelayConfig,
+    store: Arc<store::Store>,
+    audit: audit::Audit,
+    registry: registry::Registry,
+    listeners: listeners::Listeners,
+    gate: gate::Gate,
+    ssh: Arc<russh::server::Config>,
+    host_key: PrivateKey,
+    tracker: TaskTracker,
+    next_id: AtomicU64,
+}
+
+impl Relay {
+    /// Opens the data directory (creating the host key and database on first start).
+    pub fn open(config: RelayConfig) -> Result<Arc<Relay>, RelayError> {
+        let (host_key, created) = datadir::load_or_create_host_key(&config.data_dir)?;
+        let fingerprint = burrow_io::keys::fingerprint(host_key.public_key());
+        if created {
+            tracing::info!(
+                "created host key {fingerprint} in {}",
+                config.data_dir.display()
+            );
+        }
+        tracing::info!("relay host key fingerprint: {fingerprint}");
+        let store = Arc::new(store::Store::open(
+            &config.data_dir.join(datadir::DATABASE_FILE),
+        )?);
+        store.clear_online()?;
+        let ssh = Arc::new(config.ssh_config(host_key.clone()));
+        Ok(Arc::new(Relay {
+            audit: audit::Audit::new(store.clone()),
+            gate: gate::Gate::new(
+                config.max_unauthenticated,
+                config.max_unauthenticated_per_ip,
+            ),
+            registry: registry::Registry::default(),
+            listeners: listeners::Listeners::default(),
+            store,
+            ssh,
+            host_key,
+            tracker: TaskTracker::new(),
+            next_id: AtomicU64::new(1),
+            config,
+        }))
+    }
+
+    /// `SHA256:...` fingerprint of the host key.
+    pub fn fingerprint(&self) -> String {
+        burrow_io::keys::fingerprint(self.host_key.public_key())
+    }
+
+    /// The host key's public half as an OpenSSH line (for known_hosts files).
+    pub fn host_public_key(&self) -> String {
+        burrow_io::keys::public_key_line(self.host_key.public_key())
+    }
+
+    /// The registry database.
+    pub fn store(&self) -> &store::Store {
+        &self.store
+    }
+
+    /// Serves connections from `listener` until `shutdown` is cancelled, then closes every
+    /// session and waits (bounded) for their tasks.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), RelayError> {
+        server::run(self, listener, shutdown).await
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}

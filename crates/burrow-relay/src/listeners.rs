@@ -1,0 +1,167 @@
+//! Real TCP listeners on the relay, granted per device and port by `allow-listen`.
+//!
+//! A listener belongs to a device name and the session that asked for it. On takeover it passes
+//! to the new session without being closed and bound again (no window in which the port is
+//! free or, worse, still bound by a dying session).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use burrow_io::splice::{End, splice};
+use russh::server::Msg;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::Relay;
+use crate::audit::Outcome;
+use crate::registry::DeviceSession;
+
+struct Entry {
+    device: String,
+    session: u64,
+    stop: CancellationToken,
+}
+
+/// Listeners by (address, port).
+#[derive(Default)]
+pub(crate) struct Listeners {
+    map: Mutex<HashMap<(String, u16), Entry>>,
+}
+
+impl Listeners {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u16), Entry>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes sure `addr:port` listens for `dev`, binding it if needed.
+    pub(crate) async fn ensure(
+        &self,
+        relay: &Arc<Relay>,
+        addr: &str,
+        port: u16,
+        dev: &DeviceSession,
+    ) -> std::io::Result<()> {
+        let key = (addr.to_string(), port);
+        if let Some(entry) = self.map().get_mut(&key) {
+            if entry.device == dev.name {
+                entry.session = dev.id;
+                return Ok(());
+            }
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("held by device {}", entry.device),
+            ));
+        }
+        let listener = TcpListener::bind((addr, port)).await?;
+        let stop = CancellationToken::new();
+        self.map().insert(
+            key,
+            Entry {
+                device: dev.name.clone(),
+                session: dev.id,
+                stop: stop.clone(),
+            },
+        );
+        tracing::info!(device = %dev.name, "listening on {addr}:{port} for device {}", dev.name);
+        relay
+            .tracker
+            .spawn(serve(relay.clone(), listener, dev.name.clone(), port, stop));
+        Ok(())
+    }
+
+    /// Hands the listeners of session `from` to session `to` (takeover).
+    pub(crate) fn transfer(&self, from: u64, to: u64) {
+        for entry in self.map().values_mut() {
+            if entry.session == from {
+                entry.session = to;
+            }
+        }
+    }
+
+    /// Closes the listeners still owned by `session`.
+    pub(crate) fn release(&self, session: u64) {
+        self.map().retain(|_, e| {
+            let keep = e.session != session;
+            if !keep {
+                e.stop.cancel();
+            }
+            keep
+        });
+    }
+
+    /// Closes the listener of `device` on `port`.
+    pub(crate) fn close(&self, device: &str, port: u16) {
+        self.map().retain(|(_, p), e| {
+            let keep = !(*p == port && e.device == device);
+            if !keep {
+                e.stop.cancel();
+            }
+            keep
+        });
+    }
+}
+
+async fn serve(
+    relay: Arc<Relay>,
+    listener: TcpListener,
+    device: String,
+    port: u16,
+    stop: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("accept on port {port} for device {device} failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let relay2 = relay.clone();
+        let device = device.clone();
+        relay.tracker.spawn(async move {
+            let target = format!("{device}:{port}");
+            let who = format!("listener {peer}");
+            let opened = crate::operator::open_endpoint(
+                &relay2,
+                &device,
+                port,
+                &peer.ip().to_string(),
+                u32::from(peer.port()),
+            )
+            .await;
+            let channel = match opened {
+                Ok((_, ch)) => ch,
+                Err(r) => {
+                    relay2
+                        .audit
+                        .record("stream", &who, &target, r.outcome(), &r.reason);
+                    return;
+                }
+            };
+            let started = Instant::now();
+            let (t, result) = splice(
+                End::<Msg>::Tcp(tcp),
+                End::Channel(channel),
+                relay2.config.stream_queue,
+            )
+            .await;
+            let mut detail = format!(
+                "{} bytes to device, {} bytes from device, {:.1} s",
+                t.a_to_b,
+                t.b_to_a,
+                started.elapsed().as_secs_f64()
+            );
+            if let Err(e) = result {
+                detail.push_str(&format!("; ended: {e}"));
+            }
+            relay2
+                .audit
+                .record("stream", &who, &target, Outcome::Ok, &detail);
+        });
+    }
+}

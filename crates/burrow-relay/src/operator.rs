@@ -1,0 +1,376 @@
+//! What operators may do: streams to device endpoints (`ssh -J`, `-W`, `-L`) and `ls`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burrow_io::splice::{End, splice};
+use burrow_proto::glob::any_matches;
+use burrow_proto::name::{Login, is_valid_name};
+use burrow_proto::time::{format_rfc3339, format_utc_minutes};
+use russh::server::{ChannelOpenHandle, Msg};
+use russh::{Channel, ChannelMsg, ChannelOpenFailure};
+
+use crate::Relay;
+use crate::audit::Outcome;
+use crate::registry::DeviceSession;
+use crate::store::OperatorRecord;
+
+/// Time a device gets to accept a forwarded channel.
+pub(crate) const DEVICE_OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// An authenticated operator connection.
+pub(crate) struct OperatorSession {
+    pub(crate) login: Login,
+    pub(crate) record: OperatorRecord,
+}
+
+impl OperatorSession {
+    fn name(&self) -> &str {
+        self.login.principal()
+    }
+}
+
+/// A `direct-tcpip` request as received.
+pub(crate) struct StreamRequest {
+    pub(crate) host: String,
+    pub(crate) port: u32,
+    pub(crate) originator: String,
+    pub(crate) originator_address: String,
+    pub(crate) originator_port: u32,
+}
+
+/// Why a stream was not opened: the SSH reason code and a sentence the client prints.
+pub(crate) struct Refusal {
+    pub(crate) code: u32,
+    pub(crate) reason: String,
+}
+
+/// SSH_OPEN_ADMINISTRATIVELY_PROHIBITED: policy said no.
+pub(crate) const PROHIBITED: u32 = 1;
+/// SSH_OPEN_CONNECT_FAILED: allowed, but the target is not there.
+pub(crate) const CONNECT_FAILED: u32 = 2;
+
+impl Refusal {
+    pub(crate) fn new(code: u32, reason: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn outcome(&self) -> Outcome {
+        if self.code == PROHIBITED {
+            Outcome::Denied
+        } else {
+            Outcome::Failed
+        }
+    }
+
+    pub(crate) async fn send(self, reply: ChannelOpenHandle) {
+        reply
+            .reject(ChannelOpenFailure::Other {
+                code: self.code,
+                reason: self.reason,
+            })
+            .await;
+    }
+}
+
+/// The reason given for an offline device.
+pub(crate) fn offline_reason(relay: &Relay, device: &str) -> String {
+    match relay.store.last_seen(device) {
+        Ok(Some(t)) => format!(
+            "device {device} is offline (last seen {})",
+            format_utc_minutes(t)
+        ),
+        _ => format!("device {device} is offline (never seen)"),
+    }
+}
+
+/// Opens a `forwarded-tcpip` channel to `device:port` on the device's current session.
+pub(crate) async fn open_endpoint(
+    relay: &Relay,
+    device: &str,
+    port: u16,
+    originator_address: &str,
+    originator_port: u32,
+) -> Result<(Arc<DeviceSession>, Channel<Msg>), Refusal> {
+    let Some(dev) = relay.registry.get(device) else {
+        return match relay.store.device_exists(device) {
+            Ok(true) => Err(Refusal::new(CONNECT_FAILED, offline_reason(relay, device))),
+            _ => Err(Refusal::new(
+                CONNECT_FAILED,
+                format!("no device named {device}"),
+            )),
+        };
+    };
+    let Some(ep) = dev.endpoint(port) else {
+        let ports = dev.ports();
+        let exposed = if ports.is_empty() {
+            "none yet".to_string()
+        } else {
+            join_ports(&ports)
+        };
+        return Err(Refusal::new(
+            CONNECT_FAILED,
+            format!(
+                "device {device} is online but does not expose port {port} (it exposes: {exposed})"
+            ),
+        ));
+    };
+    let open = dev.handle.channel_open_forwarded_tcpip(
+        ep.bind.clone(),
+        u32::from(port),
+        originator_address,
+        originator_port,
+    );
+    match tokio::time::timeout(DEVICE_OPEN_TIMEOUT, open).await {
+        Ok(Ok(channel)) => Ok((dev, channel)),
+        Ok(Err(e)) => Err(Refusal::new(
+            CONNECT_FAILED,
+            format!("device {device} refused the connection to its port {port}: {e}"),
+        )),
+        Err(_) => Err(Refusal::new(
+            CONNECT_FAILED,
+            format!("device {device} did not answer within {DEVICE_OPEN_TIMEOUT:?}"),
+        )),
+    }
+}
+
+pub(crate) fn join_ports(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks policy for an operator stream and, when allowed, splices it to the device.
+pub(crate) fn open_stream(
+    relay: Arc<Relay>,
+    op: Arc<OperatorSession>,
+    req: StreamRequest,
+    channel: Channel<Msg>,
+    reply: ChannelOpenHandle,
+) {
+    let who = op.name().to_string();
+    let target = format!("{}:{}", req.host, req.port);
+    let checked = check_stream(&relay, &op, &req);
+    let relay2 = relay.clone();
+    relay.tracker.spawn(async move {
+        let refuse = |relay: &Relay, refusal: Refusal| {
+            relay
+                .audit
+                .record("stream", &who, &target, refusal.outcome(), &refusal.reason);
+            refusal
+        };
+        let (device, port) = match checked {
+            Ok(t) => t,
+            Err(r) => return refuse(&relay2, r).send(reply).await,
+        };
+        let opened = open_endpoint(
+            &relay2,
+            &device,
+            port,
+            &req.originator_address,
+            req.originator_port,
+        )
+        .await;
+        let (dev, dev_channel) = match opened {
+            Ok(o) => o,
+            Err(r) => return refuse(&relay2, r).send(reply).await,
+        };
+        reply.accept().await;
+        let started = Instant::now();
+        let (transfer, result) = splice(
+            End::Channel(channel),
+            End::Channel(dev_channel),
+            relay2.config.stream_queue,
+        )
+        .await;
+        let mut detail = format!(
+            "from {} via session {}: {} bytes to device, {} bytes from device, {:.1} s",
+            req.originator,
+            dev.id,
+            transfer.a_to_b,
+            transfer.b_to_a,
+            started.elapsed().as_secs_f64()
+        );
+        let outcome = match result {
+            Ok(()) => Outcome::Ok,
+            Err(e) => {
+                detail.push_str(&format!("; ended: {e}"));
+                Outcome::Failed
+            }
+        };
+        relay2
+            .audit
+            .record("stream", &who, &target, outcome, &detail);
+    });
+}
+
+fn check_stream(
+    relay: &Relay,
+    op: &OperatorSession,
+    req: &StreamRequest,
+) -> Result<(String, u16), Refusal> {
+    let name = op.name();
+    if let Login::Console { .. } = op.login {
+        return Err(Refusal::new(
+            PROHIBITED,
+            format!("a console login cannot forward ports; log in as {name}@relay instead"),
+        ));
+    }
+    // Re-read policy: changes made with the CLI apply to sessions that are already up.
+    let record = match relay.store.operator(name) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return Err(Refusal::new(
+                PROHIBITED,
+                format!("operator {name} was removed"),
+            ));
+        }
+        Err(e) => return Err(Refusal::new(CONNECT_FAILED, e.to_string())),
+    };
+    if record.console_only {
+        return Err(Refusal::new(
+            PROHIBITED,
+            format!("operator {name} may use consoles only, not forward to device ports"),
+        ));
+    }
+    let device = req.host.as_str();
+    if !is_valid_name(device) {
+        return Err(Refusal::new(
+            PROHIBITED,
+            format!(
+                "{device:?} is not a device name; the relay connects only to devices (DEVICE:PORT)"
+            ),
+        ));
+    }
+    if !any_matches(&record.allow, device) {
+        return Err(Refusal::new(
+            PROHIBITED,
+            format!("operator {name} may not reach device {device}"),
+        ));
+    }
+    let port = u16::try_from(req.port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| Refusal::new(PROHIBITED, format!("{} is not a port", req.port)))?;
+    Ok((device.to_string(), port))
+}
+
+/// One line of `ls`.
+#[derive(Debug, serde::Serialize)]
+struct Listing {
+    name: String,
+    online: bool,
+    last_seen: Option<String>,
+    endpoints: Vec<u16>,
+}
+
+fn listings(relay: &Relay, op: &OperatorSession) -> Vec<Listing> {
+    let record = relay
+        .store
+        .operator(op.name())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| op.record.clone());
+    let devices = relay.store.devices().unwrap_or_default();
+    devices
+        .into_iter()
+        .filter(|d| any_matches(&record.allow, &d.name))
+        .map(|d| {
+            let live = relay.registry.get(&d.name);
+            Listing {
+                online: live.is_some(),
+                endpoints: live.map(|s| s.ports()).unwrap_or_default(),
+                last_seen: d.last_seen.map(format_rfc3339),
+                name: d.name,
+            }
+        })
+        .collect()
+}
+
+fn render_table(rows: &[Listing]) -> String {
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(6);
+    let mut out = format!(
+        "{:<width$}  {:<7}  {:<20}  ENDPOINTS\n",
+        "DEVICE", "STATE", "LAST SEEN"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:<width$}  {:<7}  {:<20}  {}\n",
+            r.name,
+            if r.online { "online" } else { "offline" },
+            r.last_seen.as_deref().unwrap_or("never"),
+            join_ports(&r.endpoints)
+        ));
+    }
+    out
+}
+
+const HELP: &str = "\
+burrow relay commands (ssh OPERATOR@relay COMMAND):
+  ls [--json]     devices you may reach, online state, last seen, endpoints
+  help            this text
+Reach a device: ssh -J OPERATOR@relay USER@DEVICE, or ssh -W DEVICE:PORT OPERATOR@relay
+";
+
+/// Runs an exec command; returns (stdout, stderr, exit status).
+fn run_command(relay: &Relay, op: &OperatorSession, command: &str) -> (String, String, u32) {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    match words.as_slice() {
+        ["ls"] => (render_table(&listings(relay, op)), String::new(), 0),
+        ["ls", "--json"] => (
+            serde_json::to_string_pretty(&listings(relay, op)).unwrap_or_default() + "\n",
+            String::new(),
+            0,
+        ),
+        ["help"] | ["--help"] => (HELP.to_string(), String::new(), 0),
+        _ => (
+            String::new(),
+            format!("unknown command {command:?}\n{HELP}"),
+            2,
+        ),
+    }
+}
+
+/// Serves an operator's session channel: exec commands and the shell (a listing and help).
+pub(crate) fn session_opened(
+    relay: Arc<Relay>,
+    op: Arc<OperatorSession>,
+    mut channel: Channel<Msg>,
+) {
+    let relay2 = relay.clone();
+    relay.tracker.spawn(async move {
+        let (out, err, status) = loop {
+            match channel.wait().await {
+                Some(ChannelMsg::Exec { command, .. }) => {
+                    let command = String::from_utf8_lossy(&command).to_string();
+                    relay2
+                        .audit
+                        .record("exec", op.name(), &command, Outcome::Ok, "");
+                    break run_command(&relay2, &op, &command);
+                }
+                Some(ChannelMsg::RequestShell { .. }) => {
+                    let (out, _, _) = run_command(&relay2, &op, "ls");
+                    break (
+                        format!("{out}\n{HELP}").replace('\n', "\r\n"),
+                        String::new(),
+                        0,
+                    );
+                }
+                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return,
+                Some(_) => continue,
+            }
+        };
+        let _ = channel.data_bytes(out.into_bytes()).await;
+        if !err.is_empty() {
+            let _ = channel.extended_data_bytes(1, err.into_bytes()).await;
+        }
+        let _ = channel.exit_status(status).await;
+        let _ = channel.eof().await;
+        let _ = channel.close().await;
+    });
+}

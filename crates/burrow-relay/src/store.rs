@@ -1,0 +1,790 @@
+//! The relay's SQLite database: devices, operators, keys, policy, online mirror and audit.
+//!
+//! The CLI (`burrow relay device add`, …) and the running relay open the same file; WAL mode lets
+//! them work at once, and the relay reads policy on every decision, so changes apply without a
+//! restart. The `online`/`endpoints` tables mirror the relay's memory for the CLI's listings.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use russh::keys::PublicKey;
+
+/// A database error with the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("database error while {doing}: {source}")]
+    Sqlite {
+        /// What was being done.
+        doing: &'static str,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// The named device does not exist.
+    #[error("no device named {0:?} (list them with `burrow relay device ls`)")]
+    NoDevice(String),
+    /// The named operator does not exist.
+    #[error("no operator named {0:?} (list them with `burrow relay operator ls`)")]
+    NoOperator(String),
+    /// The name is already in use.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+fn sql(doing: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Sqlite { doing, source }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS devices (
+    name TEXT PRIMARY KEY,
+    created INTEGER NOT NULL,
+    last_seen INTEGER
+);
+CREATE TABLE IF NOT EXISTS device_keys (
+    device TEXT NOT NULL REFERENCES devices(name) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (device, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS device_allow_connect (
+    device TEXT NOT NULL REFERENCES devices(name) ON DELETE CASCADE,
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    PRIMARY KEY (device, host, port)
+);
+CREATE TABLE IF NOT EXISTS device_allow_listen (
+    device TEXT NOT NULL REFERENCES devices(name) ON DELETE CASCADE,
+    addr TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    PRIMARY KEY (addr, port)
+);
+CREATE TABLE IF NOT EXISTS operators (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT,
+    console_only INTEGER NOT NULL DEFAULT 0,
+    created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS operator_keys (
+    operator TEXT NOT NULL REFERENCES operators(name) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (operator, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS operator_allow (
+    operator TEXT NOT NULL REFERENCES operators(name) ON DELETE CASCADE,
+    pattern TEXT NOT NULL,
+    PRIMARY KEY (operator, pattern)
+);
+CREATE TABLE IF NOT EXISTS online (
+    device TEXT PRIMARY KEY,
+    since INTEGER NOT NULL,
+    peer TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS endpoints (
+    device TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    PRIMARY KEY (device, port)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    who TEXT NOT NULL,
+    target TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+";
+
+/// A device as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceRecord {
+    /// Device name.
+    pub name: String,
+    /// SHA256 fingerprints of its keys.
+    pub fingerprints: Vec<String>,
+    /// Seconds since the epoch when last connected or disconnected.
+    pub last_seen: Option<i64>,
+    /// Whether a session is up (as mirrored by the running relay).
+    pub online: bool,
+    /// Endpoint ports it currently exposes.
+    pub endpoints: Vec<u16>,
+    /// Relay-side targets it may open, `HOST:PORT`.
+    pub allow_connect: Vec<String>,
+    /// Real relay listeners it may hold, `ADDR:PORT`.
+    pub allow_listen: Vec<String>,
+}
+
+/// An operator as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OperatorRecord {
+    /// Operator name.
+    pub name: String,
+    /// SHA256 fingerprints of its keys.
+    pub fingerprints: Vec<String>,
+    /// Whether a password is set.
+    pub has_password: bool,
+    /// Device name patterns it may reach.
+    pub allow: Vec<String>,
+    /// Consoles only, no endpoint forwarding.
+    pub console_only: bool,
+}
+
+/// One audit entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRecord {
+    /// Seconds since the epoch.
+    pub at: i64,
+    /// What happened (`auth`, `endpoint-add`, `takeover`, `stream`, …).
+    pub event: String,
+    /// Who did it.
+    pub who: String,
+    /// What it was done to.
+    pub target: String,
+    /// `ok` or `denied` / `failed`.
+    pub outcome: String,
+    /// Why, and numbers.
+    pub detail: String,
+}
+
+/// Now, in seconds since the epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The relay database.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open(path).map_err(sql("opening the database"))?;
+        Self::init(conn)
+    }
+
+    /// An in-memory database, for tests.
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        Self::init(Connection::open_in_memory().map_err(sql("opening the database"))?)
+    }
+
+    fn init(conn: Connection) -> Result<Store, StoreError> {
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(sql("setting the busy timeout"))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(sql("configuring the database"))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(sql("creating the schema"))?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut conn)
+    }
+
+    /// A counter that changes whenever another connection (the CLI) commits.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        self.with(|c| {
+            c.query_row("PRAGMA data_version", [], |r| r.get(0))
+                .map_err(sql("reading the data version"))
+        })
+    }
+
+    // ----- devices -----
+
+    /// Adds a device with its first keys.
+    pub fn add_device(&self, name: &str, keys: &[PublicKey]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction().map_err(sql("adding a device"))?;
+            if operator_exists(&tx, name)? {
+                return Err(StoreError::Conflict(format!(
+                    "{name:?} is already an operator name; devices and operators share one namespace"
+                )));
+            }
+            let inserted = tx
+                .execute(
+                    "INSERT OR IGNORE INTO devices (name, created) VALUES (?1, ?2)",
+                    params![name, now()],
+                )
+                .map_err(sql("adding a device"))?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "device {name:?} already exists; add another key with `burrow relay device add-key {name} --pubkey FILE`"
+                )));
+            }
+            insert_keys(&tx, "device_keys", "device", name, keys)?;
+            tx.commit().map_err(sql("adding a device"))
+        })
+    }
+
+    /// Adds keys to an existing device.
+    pub fn add_device_keys(&self, name: &str, keys: &[PublicKey]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction().map_err(sql("adding a device key"))?;
+            if !device_exists(&tx, name)? {
+                return Err(StoreError::NoDevice(name.into()));
+            }
+            insert_keys(&tx, "device_keys", "device", name, keys)?;
+            tx.commit().map_err(sql("adding a device key"))
+        })
+    }
+
+    /// Removes a device and everything it owns.
+    pub fn remove_device(&self, name: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            let n = c
+                .execute("DELETE FROM devices WHERE name = ?1", [name])
+                .map_err(sql("removing a device"))?;
+            if n == 0 {
+                return Err(StoreError::NoDevice(name.into()));
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether `key` is one of `device`'s keys.
+    pub fn device_has_key(&self, device: &str, fingerprint: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT 1 FROM device_keys WHERE device = ?1 AND fingerprint = ?2",
+                params![device, fingerprint],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(sql("checking a device key"))
+        })
+    }
+
+    /// Whether a device of this name exists.
+    pub fn device_exists(&self, name: &str) -> Result<bool, StoreError> {
+        self.with(|c| device_exists(c, name))
+    }
+
+    /// Lets `device` open `host:port` on the relay side.
+    pub fn allow_connect(&self, device: &str, host: &str, port: u16) -> Result<(), StoreError> {
+        self.with(|c| {
+            if !device_exists(c, device)? {
+                return Err(StoreError::NoDevice(device.into()));
+            }
+            c.execute(
+                "INSERT OR IGNORE INTO device_allow_connect (device, host, port) VALUES (?1, ?2, ?3)",
+                params![device, host, port],
+            )
+            .map_err(sql("adding an allow-connect rule"))?;
+            Ok(())
+        })
+    }
+
+    /// Whether `device` may open `host:port`.
+    pub fn may_connect(&self, device: &str, host: &str, port: u16) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT 1 FROM device_allow_connect WHERE device = ?1 AND host = ?2 AND port = ?3",
+                params![device, host, port],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(sql("checking an allow-connect rule"))
+        })
+    }
+
+    /// Lets `device` hold a real listener on `addr:port`.
+    pub fn allow_listen(&self, device: &str, addr: &str, port: u16) -> Result<(), StoreError> {
+        self.with(|c| {
+            if !device_exists(c, device)? {
+                return Err(StoreError::NoDevice(device.into()));
+            }
+            let owner: Option<String> = c
+                .query_row(
+                    "SELECT device FROM device_allow_listen WHERE port = ?1 AND (addr = ?2 OR addr = '0.0.0.0' OR ?2 = '0.0.0.0')",
+                    params![port, addr],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(sql("checking allow-listen rules"))?;
+            match owner {
+                Some(o) if o == device => Ok(()),
+                Some(o) => Err(StoreError::Conflict(format!(
+                    "port {port} is already allowed for device {o:?}; one listening port belongs to one device"
+                ))),
+                None => {
+                    c.execute(
+                        "INSERT INTO device_allow_listen (device, addr, port) VALUES (?1, ?2, ?3)",
+                        params![device, addr, port],
+                    )
+                    .map_err(sql("adding an allow-listen rule"))?;
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    /// The listen address allowed for `device` on `port`, if any.
+    pub fn listen_addr(&self, device: &str, port: u16) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT addr FROM device_allow_listen WHERE device = ?1 AND port = ?2",
+                params![device, port],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql("reading allow-listen rules"))
+        })
+    }
+
+    /// All devices, sorted by name.
+    pub fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT d.name, d.last_seen, o.device IS NOT NULL FROM devices d
+                     LEFT JOIN online o ON o.device = d.name ORDER BY d.name",
+                )
+                .map_err(sql("listing devices"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?, r.get::<_, bool>(2)?))
+                })
+                .map_err(sql("listing devices"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sql("listing devices"))?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (name, last_seen, online) in rows {
+                let fingerprints = strings(c, "SELECT fingerprint FROM device_keys WHERE device = ?1 ORDER BY fingerprint", &name)?;
+                let endpoints = strings(c, "SELECT port FROM endpoints WHERE device = ?1 ORDER BY port", &name)?
+                    .iter()
+                    .filter_map(|p| p.parse().ok())
+                    .collect();
+                let allow_connect = strings(c, "SELECT host || ':' || port FROM device_allow_connect WHERE device = ?1 ORDER BY host, port", &name)?;
+                let allow_listen = strings(c, "SELECT addr || ':' || port FROM device_allow_listen WHERE device = ?1 ORDER BY port", &name)?;
+                out.push(DeviceRecord {
+                    name,
+                    fingerprints,
+                    last_seen,
+                    online,
+                    endpoints,
+                    allow_connect,
+                    allow_listen,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Last time `device` connected or disconnected.
+    pub fn last_seen(&self, device: &str) -> Result<Option<i64>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT last_seen FROM devices WHERE name = ?1",
+                [device],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(sql("reading last seen"))
+        })
+    }
+
+    // ----- online mirror -----
+
+    /// Forgets the online mirror (at relay start: nothing is online yet).
+    pub fn clear_online(&self) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute_batch("DELETE FROM online; DELETE FROM endpoints;")
+                .map_err(sql("clearing the online table"))
+        })
+    }
+
+    /// Records that `device` came online from `peer`.
+    pub fn set_online(&self, device: &str, peer: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction().map_err(sql("recording a device online"))?;
+            tx.execute(
+                "INSERT OR REPLACE INTO online (device, since, peer) VALUES (?1, ?2, ?3)",
+                params![device, now(), peer],
+            )
+            .map_err(sql("recording a device online"))?;
+            tx.execute("DELETE FROM endpoints WHERE device = ?1", [device])
+                .map_err(sql("recording a device online"))?;
+            tx.execute(
+                "UPDATE devices SET last_seen = ?2 WHERE name = ?1",
+                params![device, now()],
+            )
+            .map_err(sql("recording a device online"))?;
+            tx.commit().map_err(sql("recording a device online"))
+        })
+    }
+
+    /// Records that `device` went offline.
+    pub fn set_offline(&self, device: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction().map_err(sql("recording a device offline"))?;
+            tx.execute("DELETE FROM online WHERE device = ?1", [device])
+                .map_err(sql("recording a device offline"))?;
+            tx.execute("DELETE FROM endpoints WHERE device = ?1", [device])
+                .map_err(sql("recording a device offline"))?;
+            tx.execute(
+                "UPDATE devices SET last_seen = ?2 WHERE name = ?1",
+                params![device, now()],
+            )
+            .map_err(sql("recording a device offline"))?;
+            tx.commit().map_err(sql("recording a device offline"))
+        })
+    }
+
+    /// Mirrors an endpoint added or removed.
+    pub fn set_endpoint(&self, device: &str, port: u16, present: bool) -> Result<(), StoreError> {
+        self.with(|c| {
+            let q = if present {
+                "INSERT OR IGNORE INTO endpoints (device, port) VALUES (?1, ?2)"
+            } else {
+                "DELETE FROM endpoints WHERE device = ?1 AND port = ?2"
+            };
+            c.execute(q, params![device, port])
+                .map_err(sql("recording an endpoint"))?;
+            Ok(())
+        })
+    }
+
+    // ----- operators -----
+
+    /// Adds an operator.
+    pub fn add_operator(
+        &self,
+        name: &str,
+        keys: &[PublicKey],
+        password_hash: Option<&str>,
+        allow: &[String],
+        console_only: bool,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction().map_err(sql("adding an operator"))?;
+            if device_exists(&tx, name)? {
+                return Err(StoreError::Conflict(format!(
+                    "{name:?} is already a device name; devices and operators share one namespace"
+                )));
+            }
+            let inserted = tx
+                .execute(
+                    "INSERT OR IGNORE INTO operators (name, password_hash, console_only, created) VALUES (?1, ?2, ?3, ?4)",
+                    params![name, password_hash, console_only, now()],
+                )
+                .map_err(sql("adding an operator"))?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "operator {name:?} already exists; remove it first with `burrow relay operator rm {name}`"
+                )));
+            }
+            insert_keys(&tx, "operator_keys", "operator", name, keys)?;
+            for pattern in allow {
+                tx.execute(
+                    "INSERT OR IGNORE INTO operator_allow (operator, pattern) VALUES (?1, ?2)",
+                    params![name, pattern],
+                )
+                .map_err(sql("adding an operator"))?;
+            }
+            tx.commit().map_err(sql("adding an operator"))
+        })
+    }
+
+    /// Removes an operator.
+    pub fn remove_operator(&self, name: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            let n = c
+                .execute("DELETE FROM operators WHERE name = ?1", [name])
+                .map_err(sql("removing an operator"))?;
+            if n == 0 {
+                return Err(StoreError::NoOperator(name.into()));
+            }
+            Ok(())
+        })
+    }
+
+    /// One operator, if it exists.
+    pub fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
+        self.with(|c| operator_record(c, name))
+    }
+
+    /// The operator's password hash, if it has one.
+    pub fn operator_password_hash(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT password_hash FROM operators WHERE name = ?1",
+                [name],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(sql("reading a password hash"))
+        })
+    }
+
+    /// Whether `fingerprint` is one of the operator's keys.
+    pub fn operator_has_key(&self, name: &str, fingerprint: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT 1 FROM operator_keys WHERE operator = ?1 AND fingerprint = ?2",
+                params![name, fingerprint],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(sql("checking an operator key"))
+        })
+    }
+
+    /// All operators, sorted by name.
+    pub fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
+        self.with(|c| {
+            let names = {
+                let mut stmt = c
+                    .prepare("SELECT name FROM operators ORDER BY name")
+                    .map_err(sql("listing operators"))?;
+                stmt.query_map([], |r| r.get::<_, String>(0))
+                    .map_err(sql("listing operators"))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(sql("listing operators"))?
+            };
+            let mut out = Vec::new();
+            for name in names {
+                if let Some(op) = operator_record(c, &name)? {
+                    out.push(op);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    // ----- audit -----
+
+    /// Appends an audit entry.
+    pub fn audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO audit (at, event, who, target, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![record.at, record.event, record.who, record.target, record.outcome, record.detail],
+            )
+            .map_err(sql("writing the audit log"))?;
+            Ok(())
+        })
+    }
+
+    /// The most recent `limit` audit entries, oldest first.
+    pub fn audit_tail(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT at, event, who, target, outcome, detail FROM
+                     (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id",
+                )
+                .map_err(sql("reading the audit log"))?;
+            stmt.query_map([limit as i64], |r| {
+                Ok(AuditRecord {
+                    at: r.get(0)?,
+                    event: r.get(1)?,
+                    who: r.get(2)?,
+                    target: r.get(3)?,
+                    outcome: r.get(4)?,
+                    detail: r.get(5)?,
+                })
+            })
+            .map_err(sql("reading the audit log"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sql("reading the audit log"))
+        })
+    }
+}
+
+fn device_exists(c: &Connection, name: &str) -> Result<bool, StoreError> {
+    c.query_row("SELECT 1 FROM devices WHERE name = ?1", [name], |_| Ok(()))
+        .optional()
+        .map(|r| r.is_some())
+        .map_err(sql("looking up a device"))
+}
+
+fn operator_exists(c: &Connection, name: &str) -> Result<bool, StoreError> {
+    c.query_row(
+        "SELECT 1 FROM operators WHERE name = ?1",
+        [name],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|r| r.is_some())
+    .map_err(sql("looking up an operator"))
+}
+
+fn operator_record(c: &Connection, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
+    let row = c
+        .query_row(
+            "SELECT password_hash IS NOT NULL, console_only FROM operators WHERE name = ?1",
+            [name],
+            |r| Ok((r.get::<_, bool>(0)?, r.get::<_, bool>(1)?)),
+        )
+        .optional()
+        .map_err(sql("looking up an operator"))?;
+    let Some((has_password, console_only)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(OperatorRecord {
+        name: name.to_string(),
+        fingerprints: strings(
+            c,
+            "SELECT fingerprint FROM operator_keys WHERE operator = ?1 ORDER BY fingerprint",
+            name,
+        )?,
+        has_password,
+        allow: strings(
+            c,
+            "SELECT pattern FROM operator_allow WHERE operator = ?1 ORDER BY pattern",
+            name,
+        )?,
+        console_only,
+    }))
+}
+
+fn strings(c: &Connection, query: &str, arg: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = c.prepare_cached(query).map_err(sql("reading a list"))?;
+    stmt.query_map([arg], |r| {
+        let v: rusqlite::types::Value = r.get(0)?;
+        Ok(match v {
+            rusqlite::types::Value::Integer(i) => i.to_string(),
+            rusqlite::types::Value::Text(t) => t,
+            _ => String::new(),
+        })
+    })
+    .map_err(sql("reading a list"))?
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(sql("reading a list"))
+}
+
+fn insert_keys(
+    tx: &Connection,
+    table: &'static str,
+    owner_col: &'static str,
+    owner: &str,
+    keys: &[PublicKey],
+) -> Result<(), StoreError> {
+    let q = format!(
+        "INSERT OR IGNORE INTO {table} ({owner_col}, fingerprint, key) VALUES (?1, ?2, ?3)"
+    );
+    for key in keys {
+        tx.execute(
+            &q,
+            params![
+                owner,
+                burrow_io::keys::fingerprint(key),
+                burrow_io::keys::public_key_line(key)
+            ],
+        )
+        .map_err(sql("adding a key"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burrow_io::keys::{fingerprint, generate_ed25519};
+
+    #[test]
+    fn devices_operators_and_policy() {
+        let s = Store::open_in_memory().unwrap();
+        let k1 = generate_ed25519().public_key().clone();
+        let k2 = generate_ed25519().public_key().clone();
+        s.add_device("pi", std::slice::from_ref(&k1)).unwrap();
+        assert!(matches!(
+            s.add_device("pi", &[]),
+            Err(StoreError::Conflict(_))
+        ));
+        s.add_device_keys("pi", std::slice::from_ref(&k2)).unwrap();
+        assert!(s.device_has_key("pi", &fingerprint(&k2)).unwrap());
+        assert!(!s.device_has_key("other", &fingerprint(&k2)).unwrap());
+        assert!(matches!(
+            s.add_device_keys("nope", &[]),
+            Err(StoreError::NoDevice(_))
+        ));
+
+        s.allow_connect("pi", "localhost", 1883).unwrap();
+        assert!(s.may_connect("pi", "localhost", 1883).unwrap());
+        assert!(!s.may_connect("pi", "localhost", 1884).unwrap());
+
+        s.add_device("cam", &[]).unwrap();
+        s.allow_listen("pi", "127.0.0.1", 8080).unwrap();
+        assert!(matches!(
+            s.allow_listen("cam", "0.0.0.0", 8080),
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(
+            s.listen_addr("pi", 8080).unwrap().as_deref(),
+            Some("127.0.0.1")
+        );
+
+        assert!(matches!(
+            s.add_operator("pi", &[], None, &[], false),
+            Err(StoreError::Conflict(_))
+        ));
+        s.add_operator("alice", &[k1.clone()], Some("hash"), &["pi*".into()], true)
+            .unwrap();
+        let alice = s.operator("alice").unwrap().unwrap();
+        assert!(alice.has_password && alice.console_only);
+        assert_eq!(alice.allow, ["pi*"]);
+        assert!(s.operator_has_key("alice", &fingerprint(&k1)).unwrap());
+
+        s.set_online("pi", "127.0.0.1:5555").unwrap();
+        s.set_endpoint("pi", 22, true).unwrap();
+        let pi = s
+            .devices()
+            .unwrap()
+            .into_iter()
+            .find(|d| d.name == "pi")
+            .unwrap();
+        assert!(pi.online);
+        assert_eq!(pi.endpoints, [22]);
+        assert_eq!(pi.fingerprints.len(), 2);
+        assert_eq!(pi.allow_connect, ["localhost:1883"]);
+        s.set_offline("pi").unwrap();
+        assert!(s.last_seen("pi").unwrap().is_some());
+
+        s.remove_device("pi").unwrap();
+        assert!(!s.device_has_key("pi", &fingerprint(&k1)).unwrap());
+        assert!(!s.may_connect("pi", "localhost", 1883).unwrap());
+        assert!(matches!(
+            s.remove_device("pi"),
+            Err(StoreError::NoDevice(_))
+        ));
+    }
+
+    #[test]
+    fn audit_tail_is_ordered() {
+        let s = Store::open_in_memory().unwrap();
+        for i in 0..5 {
+            s.audit(&AuditRecord {
+                at: i,
+                event: "auth".into(),
+                who: format!("d{i}"),
+                target: String::new(),
+                outcome: "ok".into(),
+                detail: String::new(),
+            })
+            .unwrap();
+        }
+        let tail = s.audit_tail(2).unwrap();
+        assert_eq!(tail.iter().map(|r| r.at).collect::<Vec<_>>(), [3, 4]);
+    }
+}
