@@ -1,1 +1,66 @@
-//! placeholder
+//! The burrow agent: dials out to the relay, holds the device's endpoints and local forwards,
+//! proves the tunnel end to end, and reconnects forever.
+//!
+//! # Layout
+//! - [`hostkey`]: pinning the relay's host key (fingerprint, known_hosts, trust on first use).
+//! - [`status`]: the status file, `burrow agent status`, and the state-change hook.
+//! - `handler`: the russh client handler: host key check, forwarded channels, probe echo.
+//! - `session`: one connection from dial to end: auth, forwards, keepalive, probes.
+//! - `connect`: local `[[connect]]` listeners that reach relay-side targets.
+//! - `run`: the reconnect loop with jittered backoff.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod connect;
+mod handler;
+pub mod hostkey;
+mod run;
+mod session;
+pub mod status;
+
+use std::path::PathBuf;
+
+pub use run::run;
+
+/// Why the agent cannot run at all (as opposed to a connection failing, which is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The configuration or a file it names is unusable.
+    #[error("{0}")]
+    Config(String),
+    /// A local listener could not be opened.
+    #[error("{0}")]
+    Listen(String),
+}
+
+/// Options that are not part of the device's config file.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Where the status file is written.
+    pub status_file: PathBuf,
+    /// Messages buffered per stream direction before an unread stream is closed.
+    pub stream_queue: usize,
+}
+
+impl AgentOptions {
+    /// Defaults with the given status file.
+    pub fn new(status_file: PathBuf) -> Self {
+        AgentOptions {
+            status_file,
+            stream_queue: burrow_io::splice::DEFAULT_STREAM_QUEUE,
+        }
+    }
+}
+
+/// The status file used when the config names none: `$STATE_DIRECTORY/status.json` under
+/// systemd, else `/var/lib/burrow-agent/status.json` for root, else `~/.local/state/burrow-agent`.
+pub fn default_status_file() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+        return PathBuf::from(dir).join("status.json");
+    }
+    let is_root = std::env::var("HOME").is_ok_and(|h| h == "/root");
+    match std::env::var_os("HOME") {
+        Some(home) if !is_root => PathBuf::from(home).join(".local/state/burrow-agent/status.json"),
+        _ => PathBuf::from("/var/lib/burrow-agent/status.json"),
+    }
+}

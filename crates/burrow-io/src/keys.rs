@@ -5,7 +5,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use russh::keys::ssh_key::{self, LineEnding};
-use russh::keys::{Algorithm, HashAlg, PrivateKey, PublicKey};
+use russh::keys::{Algorithm, HashAlg};
+pub use russh::keys::{PrivateKey, PublicKey};
 
 /// Why a key could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,92 @@
+//! Local `[[connect]]` listeners: each accepted connection becomes a `direct-tcpip` channel to a
+//! relay-side target (the seeds' MQTT broker on the relay host), over whatever session is up.
+
+use burrow_io::splice::{End, splice};
+use burrow_proto::addr::{ListenSpec, Target};
+use russh::client::Msg;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::AgentError;
+use crate::session::Current;
+
+/// Binds every `[[connect]]` listener now (a failure is a configuration error), then serves them.
+pub(crate) async fn start(
+    entries: &[burrow_proto::agent_config::Connect],
+    current: Current,
+    queue: usize,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    for entry in entries {
+        let listen: ListenSpec = entry
+            .listen
+            .parse()
+            .map_err(|e| AgentError::Config(format!("[[connect]] listen: {e}")))?;
+        let to: Target = entry
+            .to
+            .parse()
+            .map_err(|e| AgentError::Config(format!("[[connect]] to: {e}")))?;
+        let listener = TcpListener::bind((listen.addr.as_str(), listen.port))
+            .await
+            .map_err(|e| {
+                AgentError::Listen(format!("[[connect]] cannot listen on {listen}: {e}"))
+            })?;
+        tracing::info!("forwarding {listen} to {to} on the relay side");
+        tokio::spawn(serve(
+            listener,
+            to,
+            current.clone(),
+            queue,
+            shutdown.clone(),
+        ));
+    }
+    Ok(())
+}
+
+async fn serve(
+    listener: TcpListener,
+    to: Target,
+    current: Current,
+    queue: usize,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let handle = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(handle) = handle else {
+            tracing::warn!("connection from {peer} to {to} dropped: not connected to the relay");
+            continue;
+        };
+        let to = to.clone();
+        tokio::spawn(async move {
+            let opened = handle
+                .channel_open_direct_tcpip(
+                    to.host.clone(),
+                    u32::from(to.port),
+                    peer.ip().to_string(),
+                    u32::from(peer.port()),
+                )
+                .await;
+            match opened {
+                Ok(channel) => {
+                    let (_, r) = splice(End::Channel(channel), End::<Msg>::Tcp(tcp), queue).await;
+                    if let Err(e) = r {
+                        tracing::debug!("forward to {to} ended: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("relay refused the connection to {to}: {e}"),
+            }
+            drop(handle);
+        });
+    }
+}

@@ -1,0 +1,115 @@
+//! The reconnect loop: run a session, wait a jittered backoff, run again, forever.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use burrow_proto::agent_config::AgentConfig;
+use burrow_proto::backoff::Backoff;
+use tokio_util::sync::CancellationToken;
+
+use crate::handler::Shared;
+use crate::hostkey::HostKeyPolicy;
+use crate::session::{Ctx, Current};
+use crate::status::{EndpointStatus, State, StatusBoard};
+use crate::{AgentError, AgentOptions};
+
+/// A session up this long proves the setup works: later failures start backoff from scratch.
+pub const STABLE_PERIOD: Duration = Duration::from_secs(60);
+
+/// Runs the agent until `shutdown` is cancelled. Connection failures are retried forever;
+/// only an unusable configuration returns an error.
+pub async fn run(
+    config: AgentConfig,
+    options: AgentOptions,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    config
+        .validate()
+        .map_err(|e| AgentError::Config(e.to_string()))?;
+    // Fail fast on an unusable key: a retry will not fix its permissions.
+    burrow_io::keys::load_private_key(&config.key)
+        .map_err(|e| AgentError::Config(e.to_string()))?;
+    let relay = config
+        .relay_target()
+        .map_err(|e| AgentError::Config(e.to_string()))?;
+    let host_key = match (&config.host_key, &config.known_hosts) {
+        (Some(fp), _) => HostKeyPolicy::Fingerprint(fp.clone()),
+        (None, Some(path)) => HostKeyPolicy::KnownHosts {
+            path: path.clone(),
+            trust_on_first_use: config.trust_on_first_use,
+        },
+        (None, None) => return Err(AgentError::Config("no relay host key pin".into())),
+    };
+    let mut services = HashMap::new();
+    let mut endpoints = Vec::new();
+    for e in &config.expose {
+        let target = e
+            .target()
+            .map_err(|err| AgentError::Config(err.to_string()))?;
+        endpoints.push(EndpointStatus {
+            port: e.port,
+            requested: e.requested_port(),
+            to: target.to_string(),
+            up: false,
+            error: None,
+        });
+        services.insert(e.requested_port(), target);
+    }
+    let shared = Arc::new(Shared {
+        relay_host: relay.host.clone(),
+        relay_port: relay.port,
+        host_key,
+        services,
+        stream_queue: options.stream_queue,
+    });
+    let status = StatusBoard::new(
+        &config.name,
+        &relay.to_string(),
+        endpoints,
+        options.status_file.clone(),
+        config.on_state_change.clone(),
+    );
+    let current: Current = Arc::default();
+    crate::connect::start(
+        &config.connect,
+        current.clone(),
+        options.stream_queue,
+        shutdown.clone(),
+    )
+    .await?;
+
+    let mut backoff = Backoff::new(config.backoff_min(), config.backoff_max());
+    let ctx = Ctx {
+        config,
+        shared,
+        status,
+        current,
+    };
+    let mut sessions = 0u64;
+    loop {
+        ctx.status.set_state(State::Connecting, None);
+        let ended = crate::session::run(&ctx, &shutdown).await;
+        if ended.was_up {
+            sessions += 1;
+            ctx.status
+                .update(|s| s.reconnects = sessions.saturating_sub(1));
+        }
+        if shutdown.is_cancelled() {
+            ctx.status
+                .set_state(State::Down, Some("agent stopped".into()));
+            return Ok(());
+        }
+        if ended.up_for >= STABLE_PERIOD {
+            backoff.reset();
+        }
+        let error = ended.error.unwrap_or_else(|| "session ended".into());
+        let delay = backoff.next_delay(rand::random::<f64>());
+        tracing::warn!("{error}; retrying in {:.1} s", delay.as_secs_f64());
+        ctx.status.set_state(State::Down, Some(error));
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! One connection to the relay, from dial to end: host key, auth, forwards, keepalive, probes.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use burrow_io::cut::CutStream;
+use burrow_proto::agent_config::AgentConfig;
+use russh::client::Handle;
+use russh::keys::PrivateKeyWithHashAlg;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::handler::{AgentHandler, PROBE_NONCE_LEN, Shared};
+use crate::status::{ProbeStatus, State, StatusBoard, now_rfc3339};
+
+/// Time allowed for TCP connect, SSH handshake and authentication together.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bind address sent with every `tcpip-forward`: loopback on a stock sshd relay, and on a
+/// burrow relay simply "this device's own name".
+const FORWARD_BIND: &str = "127.0.0.1";
+
+/// The connection currently up, for the `[[connect]]` listeners.
+pub(crate) type Current = Arc<Mutex<Option<Arc<Handle<AgentHandler>>>>>;
+
+/// How a session ended.
+pub(crate) struct Ended {
+    /// Whether it got as far as having every forward up.
+    pub(crate) was_up: bool,
+    /// How long it was up.
+    pub(crate) up_for: Duration,
+    /// Why it ended; `None` on shutdown.
+    pub(crate) error: Option<String>,
+}
+
+pub(crate) struct Ctx {
+    pub(crate) config: AgentConfig,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) status: StatusBoard,
+    pub(crate) current: Current,
+}
+
+/// Runs one session until it fails or `shutdown` is cancelled.
+pub(crate) async fn run(ctx: &Ctx, shutdown: &CancellationToken) -> Ended {
+    let cut = shutdown.child_token();
+    let probe_port = Arc::new(Mutex::new(None));
+    let mut up_since = None;
+    let result = session(ctx, shutdown, &cut, &probe_port, &mut up_since).await;
+    *ctx.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    cut.cancel();
+    ctx.status.update(|s| {
+        for e in &mut s.endpoints {
+            e.up = false;
+        }
+    });
+    Ended {
+        was_up: up_since.is_some(),
+        up_for: up_since.map(|t: Instant| t.elapsed()).unwrap_or_default(),
+        error: result.err(),
+    }
+}
+
+async fn session(
+    ctx: &Ctx,
+    shutdown: &CancellationToken,
+    cut: &CancellationToken,
+    probe_port: &Arc<Mutex<Option<u16>>>,
+    up_since: &mut Option<Instant>,
+) -> Result<(), String> {
+    let config = &ctx.config;
+    let key = burrow_io::keys::load_private_key(&config.key).map_err(|e| e.to_string())?;
+    let dead = CancellationToken::new();
+    let host_key_error = Arc::new(Mutex::new(None));
+    let handler = AgentHandler {
+        shared: ctx.shared.clone(),
+        probe_port: probe_port.clone(),
+        host_key_error: host_key_error.clone(),
+        dead: dead.clone(),
+    };
+    let relay = format!("{}:{}", ctx.shared.relay_host, ctx.shared.relay_port);
+    let client_config = Arc::new(russh::client::Config {
+        keepalive_interval: Some(config.keepalive_interval()),
+        keepalive_max: config.keepalive_count() as usize,
+        inactivity_timeout: None,
+        nodelay: true,
+        ..Default::default()
+    });
+    let connect = async {
+        let tcp = TcpStream::connect((ctx.shared.relay_host.as_str(), ctx.shared.relay_port))
+            .await
+            .map_err(|e| format!("cannot reach relay {relay}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let mut handle =
+            russh::client::connect_stream(client_config, CutStream::new(tcp, cut.clone()), handler)
+                .await
+                .map_err(|e| {
+                    match host_key_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take()
+                    {
+                        Some(why) => why,
+                        None => format!("SSH handshake with relay {relay} failed: {e}"),
+                    }
+                })?;
+        let hash = handle
+            .best_supported_rsa_hash()
+            .await
+            .ok()
+            .flatten()
+            .flatten();
+        let auth = handle
+            .authenticate_publickey(
+                &config.name,
+                PrivateKeyWithHashAlg::new(Arc::new(key.clone()), hash),
+            )
+            .await
+            .map_err(|e| format!("authentication with relay {relay} failed: {e}"))?;
+        if !auth.success() {
+            return Err(format!(
+                "relay {relay} refused key {} for device {}; register it there with `burrow relay device add {} --pubkey FILE`",
+                burrow_io::keys::fingerprint(key.public_key()),
+                config.name,
+                config.name
+            ));
+        }
+        Ok(handle)
+    };
+    let handle = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => match r {
+            Ok(r) => r?,
+            Err(_) => return Err(format!("relay {relay} did not complete the handshake within {CONNECT_TIMEOUT:?}")),
+        },
+    };
+    let handle = Arc::new(handle);
+
+    // Every forward must bind, or the session counts as down (ExitOnForwardFailure).
+    for expose in &config.expose {
+        let requested = expose.requested_port();
+        let result = handle
+            .tcpip_forward(FORWARD_BIND, u32::from(requested))
+            .await;
+        let error = result.err().map(|e| match e {
+            russh::Error::RequestDenied => format!(
+                "relay refused to listen on port {requested} (in use, or not allowed for {})",
+                config.name
+            ),
+            e => format!("forward of port {requested} failed: {e}"),
+        });
+        ctx.status.update(|s| {
+            if let Some(ep) = s.endpoints.iter_mut().find(|ep| ep.port == expose.port) {
+                ep.up = error.is_none();
+                ep.error = error.clone();
+            }
+        });
+        if let Some(e) = error {
+            return Err(e);
+        }
+    }
+    let probe_interval = config.probe_interval();
+    if !probe_interval.is_zero() {
+        match handle.tcpip_forward(FORWARD_BIND, 0).await {
+            Ok(port) if port > 0 => {
+                *probe_port.lock().unwrap_or_else(|e| e.into_inner()) = u16::try_from(port).ok();
+            }
+            other => tracing::warn!(
+                "relay gave no probe endpoint ({other:?}); end-to-end probes are off"
+            ),
+        }
+    }
+
+    *ctx.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle.clone());
+    *up_since = Some(Instant::now());
+    tracing::info!("connected to relay {relay} as {}", config.name);
+    ctx.status.set_state(State::Up, None);
+
+    let probe_port = *probe_port.lock().unwrap_or_else(|e| e.into_inner());
+    let mut next_probe = tokio::time::Instant::now() + probe_interval;
+    loop {
+        let probe_wait = async {
+            match probe_port {
+                Some(_) if !probe_interval.is_zero() => tokio::time::sleep_until(next_probe).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = handle.disconnect(russh::Disconnect::ByApplication, "agent stopping", "").await;
+                return Ok(());
+            }
+            _ = dead.cancelled() => {
+                return Err(format!("connection to relay {relay} lost (keepalive timeout or network error)"));
+            }
+            _ = probe_wait => {
+                next_probe = tokio::time::Instant::now() + probe_interval;
+                let port = probe_port.unwrap_or_default();
+                let started = Instant::now();
+                let result = tokio::time::timeout(config.probe_timeout(), probe(&handle, port)).await
+                    .unwrap_or_else(|_| Err(format!("no answer within {:?}", config.probe_timeout())));
+                let rtt = started.elapsed();
+                ctx.status.update(|s| s.last_probe = Some(ProbeStatus {
+                    at: now_rfc3339(),
+                    ok: result.is_ok(),
+                    rtt_ms: result.is_ok().then(|| rtt.as_secs_f64() * 1000.0),
+                    error: result.clone().err(),
+                }));
+                if let Err(e) = result {
+                    return Err(format!("tunnel probe through relay {relay} failed: {e}; reconnecting"));
+                }
+                tracing::debug!("probe ok in {rtt:?}");
+            }
+        }
+    }
+}
+
+/// Sends a random nonce through the relay to this agent's own probe endpoint and checks the echo.
+async fn probe(handle: &Handle<AgentHandler>, port: u16) -> Result<(), String> {
+    let channel = handle
+        .channel_open_direct_tcpip(FORWARD_BIND, u32::from(port), "127.0.0.1", 0)
+        .await
+        .map_err(|e| format!("relay refused the probe channel: {e}"))?;
+    let mut stream = channel.into_stream();
+    let nonce: [u8; PROBE_NONCE_LEN] = rand::random();
+    stream.write_all(&nonce).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
+    let mut back = [0u8; PROBE_NONCE_LEN];
+    stream
+        .read_exact(&mut back)
+        .await
+        .map_err(|e| format!("echo did not come back: {e}"))?;
+    let _ = stream.shutdown().await;
+    if back == nonce {
+        Ok(())
+    } else {
+        Err("echo came back altered".into())
+    }
+}

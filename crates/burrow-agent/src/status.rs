@@ -1,0 +1,261 @@
+//! The agent's status: kept in memory, written atomically to a JSON file on every change (read
+//! by `burrow agent status`), and announced to a state-change hook on up/down transitions.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use burrow_proto::time::format_rfc3339;
+use serde::{Deserialize, Serialize};
+
+/// Connection state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Dialing or setting up forwards.
+    Connecting,
+    /// Connected with every forward up.
+    Up,
+    /// Not connected; waiting to retry.
+    Down,
+}
+
+/// One exposed endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    /// The endpoint port (`NAME:PORT`).
+    pub port: u16,
+    /// The port requested from the relay (differs on a stock sshd relay).
+    pub requested: u16,
+    /// The local service.
+    pub to: String,
+    /// Whether the relay accepted the forward in the current session.
+    pub up: bool,
+    /// Why not.
+    pub error: Option<String>,
+}
+
+/// The last end-to-end probe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeStatus {
+    /// When it ran (RFC 3339).
+    pub at: String,
+    /// Whether the nonce came back.
+    pub ok: bool,
+    /// Round trip in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// Everything `burrow agent status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Device name.
+    pub name: String,
+    /// Relay address.
+    pub relay: String,
+    /// Current state.
+    pub state: State,
+    /// Since when (RFC 3339).
+    pub since: String,
+    /// Endpoints.
+    pub endpoints: Vec<EndpointStatus>,
+    /// Last probe.
+    pub last_probe: Option<ProbeStatus>,
+    /// Connections made after the first.
+    pub reconnects: u64,
+    /// Last error.
+    pub last_error: Option<String>,
+    /// Process id of the agent.
+    pub pid: u32,
+    /// Last update (RFC 3339).
+    pub updated: String,
+}
+
+/// Now as RFC 3339.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    format_rfc3339(secs)
+}
+
+/// The shared, file-backed status.
+#[derive(Clone)]
+pub struct StatusBoard {
+    inner: Arc<Mutex<Status>>,
+    path: PathBuf,
+    hook: Option<String>,
+}
+
+impl StatusBoard {
+    /// A board starting in `Connecting`, writing to `path`, running `hook` on up/down changes.
+    pub fn new(
+        name: &str,
+        relay: &str,
+        endpoints: Vec<EndpointStatus>,
+        path: PathBuf,
+        hook: Option<String>,
+    ) -> Self {
+        let now = now_rfc3339();
+        let board = StatusBoard {
+            inner: Arc::new(Mutex::new(Status {
+                name: name.to_string(),
+                relay: relay.to_string(),
+                state: State::Connecting,
+                since: now.clone(),
+                endpoints,
+                last_probe: None,
+                reconnects: 0,
+                last_error: None,
+                pid: std::process::id(),
+                updated: now,
+            })),
+            path,
+            hook,
+        };
+        board.write();
+        board
+    }
+
+    /// A copy of the current status.
+    pub fn snapshot(&self) -> Status {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes the status and writes the file.
+    pub fn update(&self, f: impl FnOnce(&mut Status)) {
+        {
+            let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut s);
+            s.updated = now_rfc3339();
+        }
+        self.write();
+    }
+
+    /// Moves to `state`; on a change between up and not-up, runs the hook.
+    pub fn set_state(&self, state: State, error: Option<String>) {
+        let mut changed = None;
+        self.update(|s| {
+            if s.state != state {
+                let was_up = s.state == State::Up;
+                s.state = state;
+                s.since = now_rfc3339();
+                if was_up != (state == State::Up) {
+                    changed = Some(state);
+                }
+            }
+            if error.is_some() {
+                s.last_error = error.clone();
+            }
+        });
+        if let (Some(state), Some(hook)) = (changed, &self.hook) {
+            run_hook(hook, state, error.as_deref());
+        }
+    }
+
+    fn write(&self) {
+        let json = {
+            let s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            serde_json::to_string_pretty(&*s).unwrap_or_default()
+        };
+        if let Err(e) = write_atomically(&self.path, json.as_bytes()) {
+            tracing::warn!("cannot write status file {}: {e}", self.path.display());
+        }
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Runs the state-change hook through `sh -c`, without waiting for it.
+fn run_hook(hook: &str, state: State, error: Option<&str>) {
+    let state = match state {
+        State::Up => "up",
+        State::Down | State::Connecting => "down",
+    };
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(hook)
+        .env("BURROW_STATE", state)
+        .env("BURROW_ERROR", error.unwrap_or(""))
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(false);
+    match cmd.spawn() {
+        Ok(mut child) => {
+            tokio::spawn(async move {
+                match child.wait().await {
+                    Ok(s) if !s.success() => tracing::warn!("state-change hook exited with {s}"),
+                    Err(e) => tracing::warn!("state-change hook failed: {e}"),
+                    _ => {}
+                }
+            });
+        }
+        Err(e) => tracing::warn!("cannot run state-change hook {hook:?}: {e}"),
+    }
+}
+
+/// Reads a status file written by a running agent.
+pub fn read(path: &Path) -> Result<Status, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "cannot read agent status {}: {e} (is the agent running? pass --status-file if it uses another path)",
+            path.display()
+        )
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| format!("status file {} is damaged: {e}", path.display()))
+}
+
+/// Renders a status for people.
+pub fn render(s: &Status) -> String {
+    let state = match s.state {
+        State::Up => "up",
+        State::Down => "down",
+        State::Connecting => "connecting",
+    };
+    let mut out = format!(
+        "device     {}\nrelay      {}\nstate      {state} since {}\nreconnects {}\n",
+        s.name, s.relay, s.since, s.reconnects
+    );
+    match &s.last_probe {
+        Some(p) if p.ok => out.push_str(&format!(
+            "probe      ok at {}, round trip {:.1} ms\n",
+            p.at,
+            p.rtt_ms.unwrap_or_default()
+        )),
+        Some(p) => out.push_str(&format!(
+            "probe      FAILED at {}: {}\n",
+            p.at,
+            p.error.as_deref().unwrap_or("?")
+        )),
+        None => out.push_str("probe      none yet\n"),
+    }
+    if let Some(e) = &s.last_error {
+        out.push_str(&format!("last error {e}\n"));
+    }
+    out.push_str("endpoints\n");
+    for e in &s.endpoints {
+        let relay_port = if e.requested != e.port {
+            format!(" (relay port {})", e.requested)
+        } else {
+            String::new()
+        };
+        let state = if e.up {
+            "up".to_string()
+        } else {
+            format!("down: {}", e.error.as_deref().unwrap_or("not connected"))
+        };
+        out.push_str(&format!(
+            "  {}:{}{relay_port} -> {}  {state}\n",
+            s.name, e.port, e.to
+        ));
+    }
+    out
+}

@@ -1,0 +1,140 @@
+//! `burrow agent ...`: run the agent from a config file and/or flags, or show its status.
+
+use std::path::PathBuf;
+
+use burrow_agent::{AgentOptions, default_status_file, status};
+use burrow_proto::addr::ExposeSpec;
+use burrow_proto::agent_config::{AgentConfig, Connect, Expose, Seconds};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{AgentArgs, AgentCommand};
+use crate::exit::{self, Failure, Result};
+
+pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> Result {
+    if let Some(AgentCommand::Status { json }) = args.command {
+        let path = args.status_file.clone().unwrap_or_else(default_status_file);
+        let s = status::read(&path).map_err(|e| Failure::new(exit::NOINPUT, e))?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+        } else {
+            print!("{}", status::render(&s));
+        }
+        return Ok(());
+    }
+    let config = build_config(&args)?;
+    let status_file = args
+        .status_file
+        .clone()
+        .or_else(|| config.status_file.clone())
+        .unwrap_or_else(default_status_file);
+    burrow_agent::run(config, AgentOptions::new(status_file), shutdown)
+        .await
+        .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))
+}
+
+/// The config file (if any) with the flags applied on top.
+pub fn build_config(args: &AgentArgs) -> Result<AgentConfig> {
+    let cfg_err = |m: String| Failure::new(exit::CONFIG, m);
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Failure::new(
+                    exit::NOINPUT,
+                    format!("cannot read config {}: {e}", path.display()),
+                )
+            })?;
+            AgentConfig::from_toml(&text)
+                .map_err(|e| cfg_err(format!("config {}: {e}", path.display())))?
+        }
+        None => {
+            let missing: Vec<&str> = [
+                ("--relay", args.relay.is_none()),
+                ("--name", args.name.is_none()),
+                ("--key", args.key.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(f, m)| m.then_some(f))
+            .collect();
+            if !missing.is_empty() {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    format!(
+                        "missing {}: give them as flags or use --config FILE",
+                        missing.join(", ")
+                    ),
+                ));
+            }
+            AgentConfig::new(String::new(), String::new(), PathBuf::new())
+        }
+    };
+    if let Some(r) = &args.relay {
+        config.relay = r.clone();
+    }
+    if let Some(n) = &args.name {
+        config.name = n.clone();
+    }
+    if let Some(k) = &args.key {
+        config.key = k.clone();
+    }
+    if let Some(h) = &args.host_key {
+        config.host_key = Some(h.clone());
+    }
+    if let Some(k) = &args.known_hosts {
+        config.known_hosts = Some(k.clone());
+    }
+    if args.trust_on_first_use {
+        config.trust_on_first_use = true;
+    }
+    if let Some(c) = &args.on_state_change {
+        config.on_state_change = Some(c.clone());
+    }
+    for (flag, value, slot) in [
+        (
+            "--probe-interval",
+            args.probe_interval,
+            &mut config.probe_interval,
+        ),
+        ("--backoff-min", args.backoff_min, &mut config.backoff_min),
+        ("--backoff-max", args.backoff_max, &mut config.backoff_max),
+        (
+            "--keepalive-interval",
+            args.keepalive_interval,
+            &mut config.keepalive_interval,
+        ),
+    ] {
+        if let Some(v) = value {
+            if !v.is_finite() || v < 0.0 {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    format!("{flag} {v}: give a number of seconds"),
+                ));
+            }
+            *slot = Some(Seconds::Fraction(v));
+        }
+    }
+    for spec in &args.expose {
+        let e: ExposeSpec = spec
+            .parse()
+            .map_err(|e| Failure::new(exit::USAGE, format!("--expose {spec}: {e}")))?;
+        config.expose.retain(|x| x.port != e.port);
+        config.expose.push(Expose {
+            port: e.port,
+            to: Some(e.to.to_string()),
+            remote_port: None,
+        });
+    }
+    for spec in &args.connect {
+        let Some((listen, to)) = spec.split_once('=') else {
+            return Err(Failure::new(
+                exit::USAGE,
+                format!("--connect {spec}: write LISTEN=HOST:PORT, e.g. 1883=localhost:1883"),
+            ));
+        };
+        config.connect.push(Connect {
+            listen: listen.to_string(),
+            to: to.to_string(),
+        });
+    }
+    config.validate().map_err(|e| cfg_err(e.to_string()))?;
+    Ok(config)
+}

@@ -1,0 +1,206 @@
+//! Command-line definitions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Remote access to devices behind NAT through a relay, with stock SSH clients.
+#[derive(Parser, Debug)]
+#[command(name = "burrow", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the relay, or manage its registry (devices, operators).
+    Relay(RelayArgs),
+    /// Run the device agent, or show its status.
+    Agent(AgentArgs),
+    /// Start a relay, a demo device and an operator on loopback and print ssh commands to try.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RelayArgs {
+    #[command(subcommand)]
+    pub command: Option<RelayCommand>,
+    /// Address to listen on (devices and operators share it).
+    #[arg(long, env = "BURROW_LISTEN", default_value = burrow_relay::config::DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Data directory: host key, database [default: /var/lib/burrow for root, else ~/.local/state/burrow]
+    #[arg(long, env = "BURROW_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds between keepalives to idle sessions.
+    #[arg(long, default_value_t = 15)]
+    pub keepalive_interval: u64,
+    /// Unanswered keepalives before a session is dropped.
+    #[arg(long, default_value_t = 3)]
+    pub keepalive_max: usize,
+    /// Unauthenticated connections accepted at once.
+    #[arg(long, default_value_t = burrow_relay::config::DEFAULT_MAX_UNAUTHENTICATED)]
+    pub max_unauthenticated: usize,
+    /// Unauthenticated connections accepted at once from one IP address.
+    #[arg(long, default_value_t = burrow_relay::config::DEFAULT_MAX_UNAUTHENTICATED_PER_IP)]
+    pub max_unauthenticated_per_ip: usize,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RelayCommand {
+    /// Print the relay's host key fingerprint (SHA256:...), creating the key if needed.
+    Fingerprint {
+        /// Print a known_hosts line for HOST[:PORT] instead.
+        #[arg(long, value_name = "HOST[:PORT]")]
+        known_hosts: Option<String>,
+    },
+    /// Manage devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Manage operators.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+    /// Show the most recent audit entries.
+    Audit {
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// JSON output for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeviceCommand {
+    /// Register a device with its public key.
+    Add {
+        name: String,
+        /// Public key file (authorized_keys format); `-` reads stdin.
+        #[arg(long, value_name = "FILE")]
+        pubkey: PathBuf,
+    },
+    /// Add another public key to a device.
+    AddKey {
+        name: String,
+        /// Public key file (authorized_keys format); `-` reads stdin.
+        #[arg(long, value_name = "FILE")]
+        pubkey: PathBuf,
+    },
+    /// List devices: keys, online state, last seen, endpoints.
+    Ls {
+        /// JSON output for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a device (an online session of it is closed).
+    Rm { name: String },
+    /// Let a device open HOST:PORT on the relay side (like permitopen).
+    AllowConnect {
+        name: String,
+        #[arg(value_name = "HOST:PORT")]
+        target: String,
+    },
+    /// Give a device a real TCP listener on the relay (like permitlisten); ADDR defaults to 127.0.0.1.
+    AllowListen {
+        name: String,
+        #[arg(value_name = "[ADDR:]PORT")]
+        listen: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OperatorCommand {
+    /// Register an operator with a public key and/or a password.
+    Add {
+        name: String,
+        /// Public key file (authorized_keys format); `-` reads stdin.
+        #[arg(long, value_name = "FILE")]
+        pubkey: Option<PathBuf>,
+        /// Read a password from stdin (first line).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Device name pattern this operator may reach (repeatable; `*` and `?` globs).
+        #[arg(long, value_name = "GLOB", default_values_t = vec!["*".to_string()])]
+        allow: Vec<String>,
+        /// Consoles only: no forwarding to device endpoints.
+        #[arg(long)]
+        console_only: bool,
+    },
+    /// List operators.
+    Ls {
+        /// JSON output for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an operator.
+    Rm { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+    /// TOML configuration file; flags below override its values.
+    #[arg(long, short, env = "BURROW_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Relay address HOST:PORT.
+    #[arg(long)]
+    pub relay: Option<String>,
+    /// This device's name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Private key file (mode 0600).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Expose PORT or PORT=[HOST:]PORT (repeatable).
+    #[arg(long, value_name = "PORT[=[HOST:]PORT]")]
+    pub expose: Vec<String>,
+    /// Local forward LISTEN=HOST:PORT to a relay-side target (repeatable).
+    #[arg(long, value_name = "[ADDR:]PORT=HOST:PORT")]
+    pub connect: Vec<String>,
+    /// Pinned relay host key fingerprint (SHA256:...).
+    #[arg(long, value_name = "SHA256:...")]
+    pub host_key: Option<String>,
+    /// known_hosts file with the relay's host key.
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Accept and record an unknown relay key in --known-hosts on first connection.
+    #[arg(long)]
+    pub trust_on_first_use: bool,
+    /// Status file [default: $STATE_DIRECTORY/status.json, /var/lib/burrow-agent/status.json for root]
+    #[arg(long, global = true, env = "BURROW_AGENT_STATUS")]
+    pub status_file: Option<PathBuf>,
+    /// Command run with `sh -c` on up/down transitions (BURROW_STATE=up|down).
+    #[arg(long, value_name = "CMD")]
+    pub on_state_change: Option<String>,
+    /// Seconds between end-to-end probes (0 disables).
+    #[arg(long, value_name = "SECS")]
+    pub probe_interval: Option<f64>,
+    /// First reconnect delay in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub backoff_min: Option<f64>,
+    /// Longest reconnect delay in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub backoff_max: Option<f64>,
+    /// Seconds between keepalives.
+    #[arg(long, value_name = "SECS")]
+    pub keepalive_interval: Option<f64>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// Show the running agent's state, endpoints, last probe and last error.
+    Status {
+        /// JSON output for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Exit after the self-check instead of running until Ctrl-C.
+    #[arg(long)]
+    pub check: bool,
+}

@@ -1,0 +1,257 @@
+//! `burrow relay ...`: run the relay, or change its registry (works while it runs).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use burrow_proto::addr::{ListenSpec, Target};
+use burrow_proto::name::check_name;
+use burrow_relay::store::Store;
+use burrow_relay::{Relay, RelayConfig, datadir};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{DeviceCommand, OperatorCommand, RelayArgs, RelayCommand};
+use crate::exit::{self, Failure, Result};
+
+pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result {
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(datadir::default_data_dir);
+    match args.command {
+        None => serve(&args, data_dir, shutdown).await,
+        Some(RelayCommand::Fingerprint { known_hosts }) => fingerprint(&data_dir, known_hosts),
+        Some(RelayCommand::Device(cmd)) => device(&open_store(&data_dir)?, cmd),
+        Some(RelayCommand::Operator(cmd)) => operator(&open_store(&data_dir)?, cmd),
+        Some(RelayCommand::Audit { limit, json }) => audit(&open_store(&data_dir)?, limit, json),
+    }
+}
+
+async fn serve(args: &RelayArgs, data_dir: PathBuf, shutdown: CancellationToken) -> Result {
+    let mut config = RelayConfig::new(data_dir);
+    config.keepalive_interval = Duration::from_secs(args.keepalive_interval.max(1));
+    config.keepalive_max = args.keepalive_max.max(1);
+    config.max_unauthenticated = args.max_unauthenticated.max(1);
+    config.max_unauthenticated_per_ip = args.max_unauthenticated_per_ip.max(1);
+    let relay = Relay::open(config).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| {
+            Failure::new(
+                exit::OSERR,
+                format!(
+                    "cannot listen on {}: {e} (choose another with --listen)",
+                    args.listen
+                ),
+            )
+        })?;
+    relay
+        .run(listener, shutdown)
+        .await
+        .map_err(|e| Failure::new(exit::SOFTWARE, e.to_string()))
+}
+
+fn open_store(data_dir: &Path) -> Result<Store> {
+    datadir::ensure(data_dir).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    Store::open(&data_dir.join(datadir::DATABASE_FILE))
+        .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))
+}
+
+fn fingerprint(data_dir: &Path, known_hosts: Option<String>) -> Result {
+    let (key, _) = datadir::load_or_create_host_key(data_dir)
+        .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    match known_hosts {
+        None => println!("{}", burrow_io::keys::fingerprint(key.public_key())),
+        Some(host) => {
+            let host = match host.parse::<Target>() {
+                Ok(t) if t.port != 22 => format!("[{}]:{}", t.host, t.port),
+                Ok(t) => t.host,
+                Err(_) => host,
+            };
+            println!(
+                "{host} {}",
+                burrow_io::keys::public_key_line(key.public_key())
+            );
+        }
+    }
+    Ok(())
+}
+
+fn read_keys(path: &Path) -> Result<Vec<burrow_io::keys::PublicKey>> {
+    let (text, what) = if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).map_err(|e| {
+            Failure::new(
+                exit::NOINPUT,
+                format!("cannot read public key from stdin: {e}"),
+            )
+        })?;
+        (s, "stdin".to_string())
+    } else {
+        let s = std::fs::read_to_string(path).map_err(|e| {
+            Failure::new(
+                exit::NOINPUT,
+                format!("cannot read public key {}: {e}", path.display()),
+            )
+        })?;
+        (s, path.display().to_string())
+    };
+    burrow_io::keys::parse_public_keys(&text, &what)
+        .map_err(|e| Failure::new(exit::DATAERR, e.to_string()))
+}
+
+fn store_err(e: burrow_relay::store::StoreError) -> Failure {
+    use burrow_relay::store::StoreError::*;
+    let code = match e {
+        NoDevice(_) | NoOperator(_) | Conflict(_) => exit::DATAERR,
+        Sqlite { .. } => exit::SOFTWARE,
+    };
+    Failure::new(code, e.to_string())
+}
+
+fn valid(kind: &'static str, name: &str) -> Result {
+    check_name(kind, name).map_err(|e| Failure::new(exit::USAGE, e.to_string()))
+}
+
+fn device(store: &Store, cmd: DeviceCommand) -> Result {
+    match cmd {
+        DeviceCommand::Add { name, pubkey } => {
+            valid("device", &name)?;
+            let keys = read_keys(&pubkey)?;
+            store.add_device(&name, &keys).map_err(store_err)?;
+            println!("device {name} added with key {}", fingerprints(&keys));
+        }
+        DeviceCommand::AddKey { name, pubkey } => {
+            let keys = read_keys(&pubkey)?;
+            store.add_device_keys(&name, &keys).map_err(store_err)?;
+            println!("device {name}: added key {}", fingerprints(&keys));
+        }
+        DeviceCommand::Ls { json } => {
+            let devices = store.devices().map_err(store_err)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&devices).unwrap_or_default()
+                );
+            } else {
+                print!("{}", burrow_relay::admin::render_devices(&devices));
+            }
+        }
+        DeviceCommand::Rm { name } => {
+            store.remove_device(&name).map_err(store_err)?;
+            println!("device {name} removed");
+        }
+        DeviceCommand::AllowConnect { name, target } => {
+            let t: Target = target
+                .parse()
+                .map_err(|e| Failure::new(exit::USAGE, format!("{e}")))?;
+            store
+                .allow_connect(&name, &t.host, t.port)
+                .map_err(store_err)?;
+            println!("device {name} may now open {t}");
+        }
+        DeviceCommand::AllowListen { name, listen } => {
+            let l: ListenSpec = listen
+                .parse()
+                .map_err(|e| Failure::new(exit::USAGE, format!("{e}")))?;
+            store
+                .allow_listen(&name, &l.addr, l.port)
+                .map_err(store_err)?;
+            println!(
+                "device {name} may now listen on {l} (when it forwards port {})",
+                l.port
+            );
+        }
+    }
+    Ok(())
+}
+
+fn fingerprints(keys: &[burrow_io::keys::PublicKey]) -> String {
+    keys.iter()
+        .map(burrow_io::keys::fingerprint)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn operator(store: &Store, cmd: OperatorCommand) -> Result {
+    match cmd {
+        OperatorCommand::Add {
+            name,
+            pubkey,
+            password_stdin,
+            allow,
+            console_only,
+        } => {
+            valid("operator", &name)?;
+            if pubkey.is_none() && !password_stdin {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    "give the operator a --pubkey FILE, --password-stdin, or both",
+                ));
+            }
+            let keys = match &pubkey {
+                Some(p) => read_keys(p)?,
+                None => Vec::new(),
+            };
+            let hash = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).map_err(|e| {
+                    Failure::new(
+                        exit::NOINPUT,
+                        format!("cannot read password from stdin: {e}"),
+                    )
+                })?;
+                let password = line.trim_end_matches(['\r', '\n']);
+                if password.is_empty() {
+                    return Err(Failure::new(exit::DATAERR, "empty password on stdin"));
+                }
+                Some(
+                    burrow_relay::admin::hash_password(password)
+                        .map_err(|e| Failure::new(exit::SOFTWARE, e))?,
+                )
+            } else {
+                None
+            };
+            store
+                .add_operator(&name, &keys, hash.as_deref(), &allow, console_only)
+                .map_err(store_err)?;
+            println!("operator {name} added (may reach: {})", allow.join(", "));
+        }
+        OperatorCommand::Ls { json } => {
+            let ops = store.operators().map_err(store_err)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ops).unwrap_or_default());
+            } else {
+                print!("{}", burrow_relay::admin::render_operators(&ops));
+            }
+        }
+        OperatorCommand::Rm { name } => {
+            store.remove_operator(&name).map_err(store_err)?;
+            println!("operator {name} removed");
+        }
+    }
+    Ok(())
+}
+
+fn audit(store: &Store, limit: usize, json: bool) -> Result {
+    let records = store.audit_tail(limit).map_err(store_err)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&records).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    for r in records {
+        println!(
+            "{} {:<15} {:<7} {:<20} {:<24} {}",
+            burrow_proto::time::format_rfc3339(r.at),
+            r.event,
+            r.outcome,
+            r.who,
+            r.target,
+            r.detail
+        );
+    }
+    Ok(())
+}
