@@ -130,6 +130,16 @@ impl Relay {
         server::run(self, listener, shutdown).await
     }
 
+    /// Endpoint ports of `device` if it is online (from the relay's memory, not the database).
+    pub fn online_endpoints(&self, device: &str) -> Option<Vec<u16>> {
+        self.registry.get(device).map(|s| s.ports())
+    }
+
+    /// The peer address of `device`'s current session, if online.
+    pub fn online_peer(&self, device: &str) -> Option<std::net::SocketAddr> {
+        self.registry.get(device).map(|s| s.peer)
+    }
+
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }

@@ -1,0 +1,411 @@
+//! Test helpers: an in-process relay on 127.0.0.1:0, keys, stock OpenSSH clients and a test sshd.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burrow_relay::{Relay, RelayConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound for anything a test waits for; a bound, not a timing assertion.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Polls `check` until it returns `Some`, failing the test after [`WAIT`].
+pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("burrow-test-")
+        .tempdir()
+        .unwrap()
+}
+
+/// Writes a fresh ed25519 key pair (`NAME` mode 0600 and `NAME.pub`) and returns the private path.
+pub fn keypair(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let key = burrow_io::keys::generate_ed25519();
+    burrow_io::keys::write_private_key(&path, &key).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.pub")),
+        burrow_io::keys::public_key_line(key.public_key()) + "\n",
+    )
+    .unwrap();
+    path
+}
+
+pub fn public_key(private: &Path) -> burrow_io::keys::PublicKey {
+    burrow_io::keys::load_private_key(private)
+        .unwrap()
+        .public_key()
+        .clone()
+}
+
+/// A relay running in this process.
+pub struct TestRelay {
+    pub relay: Arc<Relay>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), burrow_relay::RelayError>>,
+}
+
+impl TestRelay {
+    pub async fn start(data_dir: &Path) -> TestRelay {
+        Self::start_on(data_dir, "127.0.0.1:0").await
+    }
+
+    pub async fn start_on(data_dir: &Path, addr: &str) -> TestRelay {
+        let mut config = RelayConfig::new(data_dir.to_path_buf());
+        config.auth_rejection_time = Duration::from_millis(50);
+        let relay = Relay::open(config).unwrap();
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(relay.clone().run(listener, shutdown.clone()));
+        TestRelay {
+            relay,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+
+    pub fn add_device(&self, name: &str, key: &Path) {
+        self.relay
+            .store()
+            .add_device(name, &[public_key(key)])
+            .unwrap();
+    }
+
+    pub fn add_operator(&self, name: &str, key: &Path, allow: &[&str]) {
+        let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
+        self.relay
+            .store()
+            .add_operator(name, &[public_key(key)], None, &allow, false)
+            .unwrap();
+    }
+
+    /// Waits until `device` is online exposing `port`.
+    pub async fn wait_endpoint(&self, device: &str, port: u16) {
+        eventually(&format!("{device}:{port} to be exposed"), || {
+            self.relay
+                .online_endpoints(device)
+                .filter(|p| p.contains(&port))
+                .map(|_| ())
+        })
+        .await;
+    }
+
+    /// A known_hosts file naming this relay.
+    pub fn known_hosts(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("relay_known_hosts");
+        std::fs::write(
+            &path,
+            format!(
+                "[127.0.0.1]:{} {}\n",
+                self.addr.port(),
+                self.relay.host_public_key()
+            ),
+        )
+        .unwrap();
+        path
+    }
+}
+
+/// An ssh_config for stock OpenSSH: host `relay` as operator `op` (key `op_key`), and any other
+/// host jumps through it.
+pub fn ssh_config(dir: &Path, relay: &TestRelay, user: &str, key: &Path) -> PathBuf {
+    let kh = relay.known_hosts(dir);
+    let path = dir.join(format!("ssh_config_{user}"));
+    std::fs::write(
+        &path,
+        format!(
+            "Host relay\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {key}\n  \
+             UserKnownHostsFile {kh}\n\nHost *\n  IdentitiesOnly yes\n  BatchMode yes\n  StrictHostKeyChecking yes\n  \
+             ConnectTimeout 10\n  ServerAliveInterval 5\n  LogLevel INFO\n",
+            port = relay.addr.port(),
+            key = key.display(),
+            kh = kh.display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `ssh -F config ARGS...` with piped stdio.
+pub fn ssh(config: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("ssh");
+    c.arg("-F").arg(config).args(args);
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Runs ssh with `input` on stdin (then EOF) and returns (status ok, stdout, stderr).
+pub async fn ssh_output(config: &Path, args: &[&str], input: &[u8]) -> (bool, Vec<u8>, String) {
+    let config = config.to_path_buf();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let input = input.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = ssh(&config, &argv).spawn().expect("ssh is installed");
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        (
+            out.status.success(),
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// Kills a child process when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP server that reads until EOF, then answers `reply(input)` and closes: proves that
+/// half-close travels one way while the other way keeps working.
+pub async fn reply_after_eof_server(reply: fn(&[u8]) -> Vec<u8>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut input = Vec::new();
+                if tcp.read_to_end(&mut input).await.is_ok() {
+                    let _ = tcp.write_all(&reply(&input)).await;
+                }
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A TCP server that echoes everything back as it arrives.
+pub async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+pub fn uppercase(input: &[u8]) -> Vec<u8> {
+    input.to_ascii_uppercase()
+}
+
+/// A free loopback port (bound then released; fine for a process the test starts next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn current_user() -> String {
+    let out = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A real OpenSSH sshd on loopback, accepting `authorized` keys for the current user.
+pub struct TestSshd {
+    pub port: u16,
+    pub host_key_line: String,
+    _child: KillOnDrop,
+}
+
+pub fn sshd_path() -> PathBuf {
+    for p in ["/usr/sbin/sshd", "/usr/local/sbin/sshd"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("sshd not found: install openssh-server (./test.sh does)");
+}
+
+impl TestSshd {
+    pub async fn start(dir: &Path, authorized: &[&Path], extra: &str) -> TestSshd {
+        // sshd wants its privilege separation directory even when it is not root.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let dir = dir.join(format!("sshd-{}", free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let host_key = dir.join("host_key");
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&host_key)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let host_key_line = std::fs::read_to_string(dir.join("host_key.pub")).unwrap();
+        let auth = dir.join("authorized_keys");
+        let mut lines = String::new();
+        for k in authorized {
+            lines.push_str(
+                &std::fs::read_to_string(k.with_extension("pub")).unwrap_or_else(|_| {
+                    std::fs::read_to_string(format!("{}.pub", k.display())).unwrap()
+                }),
+            );
+        }
+        std::fs::write(&auth, lines).unwrap();
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let config = dir.join("sshd_config");
+            std::fs::write(
+                &config,
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {auth}\nPidFile {pid}\n\
+                     StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                     PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n\
+                     LogLevel ERROR\n{extra}\n",
+                    hk = host_key.display(),
+                    auth = auth.display(),
+                    pid = dir.join("sshd.pid").display(),
+                ),
+            )
+            .unwrap();
+            let child = Command::new(sshd_path())
+                .arg("-D")
+                .arg("-e")
+                .arg("-f")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut child = KillOnDrop(child);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return TestSshd {
+                        port,
+                        host_key_line,
+                        _child: child,
+                    };
+                }
+                if let Ok(Some(status)) = child.0.try_wait() {
+                    let mut err = String::new();
+                    if let Some(mut e) = child.0.stderr.take() {
+                        use std::io::Read;
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    last_err = format!("sshd exited with {status}: {err}");
+                    break;
+                }
+                if Instant::now() > deadline {
+                    last_err = "sshd did not listen within 10 s".into();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("cannot start test sshd: {last_err}");
+    }
+}
+
+/// An agent config for a device with fast reconnects.
+pub fn agent_config(
+    relay: &str,
+    name: &str,
+    key: &Path,
+    fingerprint: &str,
+) -> burrow_proto::agent_config::AgentConfig {
+    use burrow_proto::agent_config::Seconds;
+    let mut c = burrow_proto::agent_config::AgentConfig::new(relay, name, key.to_path_buf());
+    c.host_key = Some(fingerprint.to_string());
+    c.backoff_min = Some(Seconds::Fraction(0.1));
+    c.backoff_max = Some(Seconds::Fraction(0.5));
+    c
+}
+
+/// A running in-process agent.
+pub struct TestAgent {
+    pub status_file: PathBuf,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), burrow_agent::AgentError>>,
+}
+
+impl TestAgent {
+    pub fn start(dir: &Path, config: burrow_proto::agent_config::AgentConfig) -> TestAgent {
+        let status_file = dir.join(format!("status-{}-{}.json", config.name, free_port()));
+        let shutdown = CancellationToken::new();
+        let options = burrow_agent::AgentOptions::new(status_file.clone());
+        let task = tokio::spawn(burrow_agent::run(config, options, shutdown.clone()));
+        TestAgent {
+            status_file,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn status(&self) -> Option<burrow_agent::status::Status> {
+        burrow_agent::status::read(&self.status_file).ok()
+    }
+
+    pub async fn wait_up(&self) -> burrow_agent::status::Status {
+        eventually("the agent to be up", || {
+            self.status()
+                .filter(|s| s.state == burrow_agent::status::State::Up)
+        })
+        .await
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}

@@ -1,0 +1,158 @@
+//! Interop with real OpenSSH: a stock `ssh -R` device and stock `ssh -W` / `-J` operators.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_ssh_r_device_and_ssh_w_operator_with_half_close() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    let op_key = keypair(dir.path(), "op");
+    relay.add_device("dev", &dev_key);
+    relay.add_operator("op", &op_key, &["*"]);
+    let service = reply_after_eof_server(uppercase).await;
+
+    let dev_cfg = ssh_config(dir.path(), &relay, "dev", &dev_key);
+    let _device = KillOnDrop(
+        ssh(
+            &dev_cfg,
+            &[
+                "-N",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-R",
+                &format!("22:localhost:{}", service.port()),
+                "relay",
+            ],
+        )
+        .spawn()
+        .unwrap(),
+    );
+    relay.wait_endpoint("dev", 22).await;
+
+    let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+    let payload: Vec<u8> = (0..200_000u32)
+        .map(|i| b"abcdefghij"[(i % 10) as usize])
+        .collect();
+    let (ok, out, err) = ssh_output(&op_cfg, &["-W", "dev:22", "relay"], &payload).await;
+    // The service answers only after it saw EOF: the operator's EOF crossed the relay and the
+    // device, and the answer still came back on the half-open stream.
+    assert!(ok, "ssh -W failed: {err}");
+    assert_eq!(out, payload.to_ascii_uppercase());
+
+    let audit = relay.relay.store().audit_tail(50).unwrap();
+    let stream = audit
+        .iter()
+        .find(|r| r.event == "stream" && r.who == "op" && r.outcome == "ok")
+        .expect("the stream is audited");
+    assert!(
+        stream.detail.contains("200000 bytes to device"),
+        "{}",
+        stream.detail
+    );
+    assert!(
+        stream.detail.contains("200000 bytes from device"),
+        "{}",
+        stream.detail
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_ssh_j_reaches_real_sshd_behind_device() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    let op_key = keypair(dir.path(), "op");
+    let login_key = keypair(dir.path(), "login");
+    relay.add_device("garage-pi", &dev_key);
+    relay.add_operator("alice", &op_key, &["garage-*"]);
+    let sshd = TestSshd::start(dir.path(), &[&login_key], "").await;
+
+    let dev_cfg = ssh_config(dir.path(), &relay, "garage-pi", &dev_key);
+    let _device = KillOnDrop(
+        ssh(
+            &dev_cfg,
+            &[
+                "-N",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-R",
+                &format!("22:localhost:{}", sshd.port),
+                "relay",
+            ],
+        )
+        .spawn()
+        .unwrap(),
+    );
+    relay.wait_endpoint("garage-pi", 22).await;
+
+    // The device's own host key, pinned for the end-to-end hop.
+    let dev_kh = dir.path().join("device_known_hosts");
+    std::fs::write(&dev_kh, format!("garage-pi {}", sshd.host_key_line)).unwrap();
+    let op_cfg = ssh_config(dir.path(), &relay, "alice", &op_key);
+    let user = current_user();
+    let (ok, out, err) = ssh_output(
+        &op_cfg,
+        &[
+            "-J",
+            "relay",
+            "-i",
+            login_key.to_str().unwrap(),
+            "-o",
+            &format!("UserKnownHostsFile={}", dev_kh.display()),
+            &format!("{user}@garage-pi"),
+            "echo",
+            "hello-from-$((6*7))",
+        ],
+        b"",
+    )
+    .await;
+    assert!(ok, "ssh -J failed: {err}");
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "hello-from-42");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_ls_and_offline_reason() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let op_key = keypair(dir.path(), "op");
+    let dev_key = keypair(dir.path(), "dev");
+    relay.add_device("garage-pi", &dev_key);
+    relay.add_device("other", &dev_key);
+    relay.add_operator("alice", &op_key, &["garage-*"]);
+    let op_cfg = ssh_config(dir.path(), &relay, "alice", &op_key);
+
+    let (ok, out, err) = ssh_output(&op_cfg, &["relay", "ls"], b"").await;
+    assert!(ok, "{err}");
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("garage-pi") && out.contains("offline"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("other"),
+        "ls shows only devices the operator may reach: {out}"
+    );
+
+    let (ok, out, err) = ssh_output(&op_cfg, &["relay", "ls", "--json"], b"").await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v[0]["name"], "garage-pi");
+    assert_eq!(v[0]["online"], false);
+
+    let (ok, _, err) = ssh_output(&op_cfg, &["-W", "garage-pi:22", "relay"], b"").await;
+    assert!(!ok);
+    assert!(
+        err.contains("device garage-pi is offline (never seen)"),
+        "{err}"
+    );
+
+    let (ok, _, err) = ssh_output(&op_cfg, &["-W", "other:22", "relay"], b"").await;
+    assert!(!ok);
+    assert!(
+        err.contains("operator alice may not reach device other"),
+        "{err}"
+    );
+}
