@@ -85,16 +85,11 @@ pub async fn run(
         shared,
         status,
         current,
+        sessions_up: Default::default(),
     };
-    let mut sessions = 0u64;
     loop {
         ctx.status.set_state(State::Connecting, None);
         let ended = crate::session::run(&ctx, &shutdown).await;
-        if ended.was_up {
-            sessions += 1;
-            ctx.status
-                .update(|s| s.reconnects = sessions.saturating_sub(1));
-        }
         if shutdown.is_cancelled() {
             ctx.status
                 .set_state(State::Down, Some("agent stopped".into()));

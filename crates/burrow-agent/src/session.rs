@@ -25,8 +25,6 @@ pub(crate) type Current = Arc<Mutex<Option<Arc<Handle<AgentHandler>>>>>;
 
 /// How a session ended.
 pub(crate) struct Ended {
-    /// Whether it got as far as having every forward up.
-    pub(crate) was_up: bool,
     /// How long it was up.
     pub(crate) up_for: Duration,
     /// Why it ended; `None` on shutdown.
@@ -38,6 +36,8 @@ pub(crate) struct Ctx {
     pub(crate) shared: Arc<Shared>,
     pub(crate) status: StatusBoard,
     pub(crate) current: Current,
+    /// Sessions that came up so far; all but the first are reconnects.
+    pub(crate) sessions_up: std::sync::atomic::AtomicU64,
 }
 
 /// Runs one session until it fails or `shutdown` is cancelled.
@@ -54,7 +54,6 @@ pub(crate) async fn run(ctx: &Ctx, shutdown: &CancellationToken) -> Ended {
         }
     });
     Ended {
-        was_up: up_since.is_some(),
         up_for: up_since.map(|t: Instant| t.elapsed()).unwrap_or_default(),
         error: result.err(),
     }
@@ -173,6 +172,10 @@ async fn session(
     *ctx.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle.clone());
     *up_since = Some(Instant::now());
     tracing::info!("connected to relay {relay} as {}", config.name);
+    let previous = ctx
+        .sessions_up
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.status.update(|s| s.reconnects = previous);
     ctx.status.set_state(State::Up, None);
 
     let probe_port = *probe_port.lock().unwrap_or_else(|e| e.into_inner());

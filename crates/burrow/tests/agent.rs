@@ -1,0 +1,242 @@
+//! The burrow agent against a burrow relay and against a stock OpenSSH sshd.
+
+mod common;
+
+use burrow_proto::agent_config::{Connect, Expose, Seconds};
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn roundtrip(addr: &str, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.write_all(payload).await?;
+    tcp.shutdown().await?;
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await?;
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_exposes_and_connects_through_burrow_relay() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    let op_key = keypair(dir.path(), "op");
+    relay.add_device("pi", &dev_key);
+    relay.add_operator("op", &op_key, &["*"]);
+    let service = reply_after_eof_server(uppercase).await;
+    // The relay-side targets: one allowed (the seeds' MQTT broker), one not.
+    let broker = echo_server().await;
+    let forbidden = echo_server().await;
+    relay
+        .relay
+        .store()
+        .allow_connect("pi", "127.0.0.1", broker.port())
+        .unwrap();
+
+    let mut config = agent_config(
+        &relay.addr.to_string(),
+        "pi",
+        &dev_key,
+        &relay.relay.fingerprint(),
+    );
+    config.expose.push(Expose {
+        port: 80,
+        to: Some(service.to_string()),
+        remote_port: None,
+    });
+    let allowed_port = free_port();
+    let denied_port = free_port();
+    config.connect.push(Connect {
+        listen: format!("127.0.0.1:{allowed_port}"),
+        to: broker.to_string(),
+    });
+    config.connect.push(Connect {
+        listen: format!("127.0.0.1:{denied_port}"),
+        to: forbidden.to_string(),
+    });
+    let agent = TestAgent::start(dir.path(), config);
+    let status = agent.wait_up().await;
+    assert!(status.endpoints.iter().all(|e| e.up), "{status:?}");
+
+    let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+    let (ok, out, err) = ssh_output(&op_cfg, &["-W", "pi:80", "relay"], b"through the agent").await;
+    assert!(ok, "{err}");
+    assert_eq!(out, b"THROUGH THE AGENT");
+
+    let out = roundtrip(&format!("127.0.0.1:{allowed_port}"), b"mqtt hello")
+        .await
+        .unwrap();
+    assert_eq!(out, b"mqtt hello");
+
+    // The refused target: the connection is closed without a byte.
+    let out = roundtrip(&format!("127.0.0.1:{denied_port}"), b"sneak")
+        .await
+        .unwrap_or_default();
+    assert!(out.is_empty());
+    let audit = relay.relay.store().audit_tail(100).unwrap();
+    assert!(
+        audit.iter().any(|r| r.event == "device-connect"
+            && r.outcome == "denied"
+            && r.target == forbidden.to_string()
+            && r.detail.contains("allow-connect")),
+        "{audit:#?}"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_probe_proves_the_tunnel() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    relay.add_device("pi", &dev_key);
+    let mut config = agent_config(
+        &relay.addr.to_string(),
+        "pi",
+        &dev_key,
+        &relay.relay.fingerprint(),
+    );
+    config.probe_interval = Some(Seconds::Fraction(0.2));
+    let agent = TestAgent::start(dir.path(), config);
+    agent.wait_up().await;
+    let probe = eventually("a probe result", || {
+        agent.status().and_then(|s| s.last_probe)
+    })
+    .await;
+    assert!(probe.ok, "{probe:?}");
+    assert!(probe.rtt_ms.is_some());
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_against_stock_sshd_forwards_and_retries_occupied_port() {
+    let dir = tempdir();
+    let dev_key = keypair(dir.path(), "dev");
+    let sshd = TestSshd::start(dir.path(), &[&dev_key], "GatewayPorts no").await;
+    let kh = dir.path().join("sshd_known_hosts");
+    std::fs::write(
+        &kh,
+        format!("[127.0.0.1]:{} {}", sshd.port, sshd.host_key_line),
+    )
+    .unwrap();
+
+    let service = reply_after_eof_server(uppercase).await;
+    let target = echo_server().await;
+    // Someone already holds the remote port: the forward must show as down and be retried.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let remote_port = squatter.local_addr().unwrap().port();
+
+    let mut config = agent_config(
+        &format!("127.0.0.1:{}", sshd.port),
+        &current_user(),
+        &dev_key,
+        "SHA256:unused",
+    );
+    config.host_key = None;
+    config.known_hosts = Some(kh);
+    config.expose.push(Expose {
+        port: 22,
+        to: Some(service.to_string()),
+        remote_port: Some(remote_port),
+    });
+    let local_port = free_port();
+    config.connect.push(Connect {
+        listen: format!("127.0.0.1:{local_port}"),
+        to: target.to_string(),
+    });
+    config.probe_interval = Some(Seconds::Fraction(0.3));
+    let agent = TestAgent::start(dir.path(), config);
+
+    let down = eventually("the occupied port to be reported", || {
+        agent
+            .status()
+            .filter(|s| s.endpoints.iter().any(|e| e.error.is_some()))
+    })
+    .await;
+    let error = down.endpoints[0].error.clone().unwrap();
+    assert!(
+        error.contains(&remote_port.to_string()) && error.contains("refused"),
+        "{error}"
+    );
+    assert_ne!(down.state, burrow_agent::status::State::Up);
+
+    drop(squatter);
+    agent.wait_up().await;
+    let out = roundtrip(&format!("127.0.0.1:{remote_port}"), b"via sshd")
+        .await
+        .unwrap();
+    assert_eq!(out, b"VIA SSHD");
+    let out = roundtrip(&format!("127.0.0.1:{local_port}"), b"local forward")
+        .await
+        .unwrap();
+    assert_eq!(out, b"local forward");
+    let probe = eventually("a probe through sshd", || {
+        agent.status().and_then(|s| s.last_probe)
+    })
+    .await;
+    assert!(probe.ok, "{probe:?}");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_reconnects_after_relay_restart() {
+    let dir = tempdir();
+    let data = dir.path().join("relay");
+    let relay = TestRelay::start(&data).await;
+    let addr = relay.addr;
+    let dev_key = keypair(dir.path(), "dev");
+    let op_key = keypair(dir.path(), "op");
+    relay.add_device("pi", &dev_key);
+    relay.add_operator("op", &op_key, &["*"]);
+    let service = reply_after_eof_server(uppercase).await;
+    let mut config = agent_config(
+        &addr.to_string(),
+        "pi",
+        &dev_key,
+        &relay.relay.fingerprint(),
+    );
+    config.expose.push(Expose {
+        port: 80,
+        to: Some(service.to_string()),
+        remote_port: None,
+    });
+    let agent = TestAgent::start(dir.path(), config);
+    relay.wait_endpoint("pi", 80).await;
+    relay.stop().await;
+
+    let relay = TestRelay::start_on(&data, &addr.to_string()).await;
+    relay.wait_endpoint("pi", 80).await;
+    let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+    let (ok, out, err) = ssh_output(&op_cfg, &["-W", "pi:80", "relay"], b"again").await;
+    assert!(ok, "{err}");
+    assert_eq!(out, b"AGAIN");
+    let status = agent.wait_up().await;
+    assert!(status.reconnects >= 1, "{status:?}");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_refuses_changed_relay_host_key() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    relay.add_device("pi", &dev_key);
+    let stale = burrow_io::keys::fingerprint(burrow_io::keys::generate_ed25519().public_key());
+    let config = agent_config(&relay.addr.to_string(), "pi", &dev_key, &stale);
+    let agent = TestAgent::start(dir.path(), config);
+    let error = eventually("the host key error", || {
+        agent.status().and_then(|s| s.last_error)
+    })
+    .await;
+    assert!(error.contains(&stale), "{error}");
+    assert!(error.contains(&relay.relay.fingerprint()), "{error}");
+    // The agent gave up during key exchange: it never authenticated to the unpinned relay.
+    assert!(relay.relay.online_endpoints("pi").is_none());
+    let audit = relay.relay.store().audit_tail(100).unwrap();
+    assert!(
+        !audit.iter().any(|r| r.event == "auth" && r.who == "pi"),
+        "{audit:#?}"
+    );
+    agent.stop().await;
+}
