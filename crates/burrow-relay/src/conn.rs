@@ -130,10 +130,11 @@ impl Handler for Conn {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        // Only a probe: unknown keys are normal (clients try each of theirs), so not audited.
+        // Refusing here spares the signature; each refused key counts as a failed attempt
+        // (bounded by max_auth_attempts per connection).
         Ok(match self.key_allowed(user, offer.public_key) {
             Ok(_) => Auth::Accept,
-            Err(_) => Auth::reject(),
+            Err(why) => self.reject(user, &why),
         })
     }
 

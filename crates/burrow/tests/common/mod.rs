@@ -162,29 +162,26 @@ pub fn ssh(config: &Path, args: &[&str]) -> Command {
     c
 }
 
-/// Runs ssh with `input` on stdin (then EOF) and returns (status ok, stdout, stderr).
+/// Runs ssh with `input` on stdin (then EOF) and returns (status ok, stdout, stderr); fails the
+/// test if ssh is still running after [`WAIT`].
 pub async fn ssh_output(config: &Path, args: &[&str], input: &[u8]) -> (bool, Vec<u8>, String) {
-    let config = config.to_path_buf();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let mut cmd = tokio::process::Command::from(ssh(config, args));
+    cmd.kill_on_drop(true);
+    let mut child = cmd.spawn().expect("ssh is installed");
+    let mut stdin = child.stdin.take().unwrap();
     let input = input.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut child = ssh(&config, &argv).spawn().expect("ssh is installed");
-        let mut stdin = child.stdin.take().unwrap();
-        let writer = std::thread::spawn(move || {
-            use std::io::Write;
-            let _ = stdin.write_all(&input);
-        });
-        let out = child.wait_with_output().unwrap();
-        writer.join().unwrap();
-        (
-            out.status.success(),
-            out.stdout,
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    })
-    .await
-    .unwrap()
+    tokio::spawn(async move {
+        let _ = stdin.write_all(&input).await;
+    });
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("ssh {args:?} did not finish within {WAIT:?}"))
+        .unwrap();
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 /// Kills a child process when dropped.

@@ -1,0 +1,289 @@
+//! Relay behaviour that users rely on: takeover, slow readers, security boundaries.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+/// A service that writes `total` bytes to whoever connects, as fast as it can.
+async fn firehose(total: usize) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut sent = 0;
+                while sent < total {
+                    if tcp.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    sent += chunk.len();
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn fixed_reply_server(reply: &'static [u8]) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let _ = tcp.write_all(reply).await;
+            let _ = tcp.shutdown().await;
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_after_stalled_session() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    let op_key = keypair(dir.path(), "op");
+    relay.add_device("pi", &dev_key);
+    relay.add_operator("op", &op_key, &["*"]);
+    let old_service = fixed_reply_server(b"old session").await;
+    let new_service = fixed_reply_server(b"new session").await;
+    let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
+
+    let old = KillOnDrop(
+        ssh(
+            &dev_cfg,
+            &[
+                "-N",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-R",
+                &format!("22:localhost:{}", old_service.port()),
+                "relay",
+            ],
+        )
+        .spawn()
+        .unwrap(),
+    );
+    relay.wait_endpoint("pi", 22).await;
+    let old_peer = relay.relay.online_peer("pi").unwrap();
+    // The device "reboots": its old ssh freezes with the TCP connection open and silent.
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &old.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let _new = KillOnDrop(
+        ssh(
+            &dev_cfg,
+            &[
+                "-N",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-R",
+                &format!("22:localhost:{}", new_service.port()),
+                "relay",
+            ],
+        )
+        .spawn()
+        .unwrap(),
+    );
+    eventually("the new session to expose pi:22", || {
+        (relay.relay.online_peer("pi").is_some_and(|p| p != old_peer)
+            && relay
+                .relay
+                .online_endpoints("pi")
+                .is_some_and(|e| e.contains(&22)))
+        .then_some(())
+    })
+    .await;
+
+    let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+    let (ok, out, err) = ssh_output(&op_cfg, &["-W", "pi:22", "relay"], b"").await;
+    assert!(ok, "{err}");
+    assert_eq!(out, b"new session");
+    let audit = relay.relay.store().audit_tail(100).unwrap();
+    let takeover = audit
+        .iter()
+        .find(|r| r.event == "takeover")
+        .expect("takeover is audited");
+    assert!(
+        takeover.detail.contains(&old_peer.to_string()),
+        "{}",
+        takeover.detail
+    );
+    drop(old);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_does_not_stall_other_channels() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    let op_key = keypair(dir.path(), "op");
+    relay.add_device("pi", &dev_key);
+    relay.add_operator("op", &op_key, &["*"]);
+    let hose = firehose(64 << 20).await;
+    let service = reply_after_eof_server(uppercase).await;
+    let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
+    // One stock ssh device session carries both endpoints (multiplexed channels).
+    let _device = KillOnDrop(
+        ssh(
+            &dev_cfg,
+            &[
+                "-N",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-R",
+                &format!("80:localhost:{}", hose.port()),
+                "-R",
+                &format!("81:localhost:{}", service.port()),
+                "relay",
+            ],
+        )
+        .spawn()
+        .unwrap(),
+    );
+    relay.wait_endpoint("pi", 80).await;
+    relay.wait_endpoint("pi", 81).await;
+
+    let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+    // This operator never reads what the device sends.
+    let _stalled = KillOnDrop(ssh(&op_cfg, &["-W", "pi:80", "relay"]).spawn().unwrap());
+    eventually("the firehose stream to be open", || {
+        relay
+            .relay
+            .store()
+            .audit_tail(20)
+            .ok()?
+            .iter()
+            .any(|r| r.event == "auth" && r.who == "op")
+            .then_some(())
+    })
+    .await;
+
+    // Meanwhile another channel of the same device session keeps moving data, several times.
+    let payload = vec![b'q'; 1 << 20];
+    for _ in 0..3 {
+        let (ok, out, err) = ssh_output(&op_cfg, &["-W", "pi:81", "relay"], &payload).await;
+        assert!(ok, "{err}");
+        assert_eq!(out.len(), payload.len());
+        assert!(out.iter().all(|b| *b == b'Q'));
+    }
+    assert!(
+        relay.relay.online_endpoints("pi").is_some(),
+        "the device session survived"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_cannot_claim_another_name_or_get_a_shell() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let pi_key = keypair(dir.path(), "pi");
+    let cam_key = keypair(dir.path(), "cam");
+    let stranger_key = keypair(dir.path(), "stranger");
+    relay.add_device("pi", &pi_key);
+    relay.add_device("cam", &cam_key);
+    let target = echo_server().await;
+    let pi_cfg = ssh_config(dir.path(), &relay, "pi", &pi_key);
+
+    // pi's key does not log in as cam.
+    let (ok, _, err) = ssh_output(&pi_cfg, &["-N", "-l", "cam", "relay"], b"").await;
+    assert!(!ok && err.contains("Permission denied"), "{err}");
+    // An unknown key does not log in at all.
+    let stranger_cfg = ssh_config(dir.path(), &relay, "pi", &stranger_key);
+    let stranger_cfg = {
+        let renamed = dir.path().join("ssh_config_stranger");
+        std::fs::rename(&stranger_cfg, &renamed).unwrap();
+        renamed
+    };
+    let pi_cfg = ssh_config(dir.path(), &relay, "pi", &pi_key);
+    let (ok, _, err) = ssh_output(&stranger_cfg, &["-N", "relay"], b"").await;
+    assert!(!ok && err.contains("Permission denied"), "{err}");
+    // No shell, no exec.
+    let (ok, out, err) = ssh_output(&pi_cfg, &["relay", "id"], b"").await;
+    assert!(!ok && out.is_empty(), "{err}");
+    let (ok, out, _) = ssh_output(&pi_cfg, &["-tt", "relay"], b"id\n").await;
+    assert!(!ok && !String::from_utf8_lossy(&out).contains("uid="));
+    // An endpoint under another device's name is refused.
+    let (ok, _, err) = ssh_output(
+        &pi_cfg,
+        &[
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            &format!("cam:22:localhost:{}", target.port()),
+            "relay",
+        ],
+        b"",
+    )
+    .await;
+    assert!(!ok && err.contains("forwarding failed"), "{err}");
+    // A relay-side target that is not allowed is refused.
+    let (ok, _, err) = ssh_output(&pi_cfg, &["-W", &target.to_string(), "relay"], b"hi").await;
+    assert!(!ok && err.contains("may not open"), "{err}");
+
+    let audit = relay.relay.store().audit_tail(100).unwrap();
+    for event in ["auth", "session", "endpoint-add", "device-connect"] {
+        assert!(
+            audit
+                .iter()
+                .any(|r| r.event == event && r.outcome == "denied"),
+            "no denied {event} in {audit:#?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_device_is_cut_off_while_online() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    relay.add_device("pi", &dev_key);
+    let service = echo_server().await;
+    let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
+    let device = KillOnDrop(
+        ssh(
+            &dev_cfg,
+            &[
+                "-N",
+                "-R",
+                &format!("22:localhost:{}", service.port()),
+                "relay",
+            ],
+        )
+        .spawn()
+        .unwrap(),
+    );
+    relay.wait_endpoint("pi", 22).await;
+    // The CLI runs in another process against the same database.
+    let out = Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .args(["relay", "device", "rm", "pi", "--data-dir"])
+        .arg(&relay.data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("the removed device to go offline", || {
+        relay.relay.online_endpoints("pi").is_none().then_some(())
+    })
+    .await;
+    drop(device);
+}
