@@ -205,7 +205,7 @@ async fn session(
                 ctx.status.update(|s| s.last_probe = Some(ProbeStatus {
                     at: now_rfc3339(),
                     ok: result.is_ok(),
-                    rtt_ms: result.is_ok().then(|| rtt.as_secs_f64() * 1000.0),
+                    rtt_ms: result.is_ok().then_some(rtt.as_secs_f64() * 1000.0),
                     error: result.clone().err(),
                 }));
                 if let Err(e) = result {

@@ -739,8 +739,14 @@ mod tests {
             s.add_operator("pi", &[], None, &[], false),
             Err(StoreError::Conflict(_))
         ));
-        s.add_operator("alice", &[k1.clone()], Some("hash"), &["pi*".into()], true)
-            .unwrap();
+        s.add_operator(
+            "alice",
+            std::slice::from_ref(&k1),
+            Some("hash"),
+            &["pi*".into()],
+            true,
+        )
+        .unwrap();
         let alice = s.operator("alice").unwrap().unwrap();
         assert!(alice.has_password && alice.console_only);
         assert_eq!(alice.allow, ["pi*"]);

@@ -157,10 +157,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result {
 
 async fn wait_until_up(status_file: &Path) -> Result {
     for _ in 0..200 {
-        if let Ok(s) = burrow_agent::status::read(status_file) {
-            if s.state == State::Up {
-                return Ok(());
-            }
+        if burrow_agent::status::read(status_file).is_ok_and(|s| s.state == State::Up) {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
