@@ -240,3 +240,60 @@ async fn agent_refuses_changed_relay_host_key() {
     );
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_change_hook_and_status_command() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    relay.add_device("pi", &dev_key);
+    let service = echo_server().await;
+    let log = dir.path().join("states.log");
+    let mut config = agent_config(
+        &relay.addr.to_string(),
+        "pi",
+        &dev_key,
+        &relay.relay.fingerprint(),
+    );
+    config.on_state_change = Some(format!("echo \"$BURROW_STATE\" >> {}", log.display()));
+    config.expose.push(Expose {
+        port: 22,
+        to: Some(service.to_string()),
+        remote_port: None,
+    });
+    let agent = TestAgent::start(dir.path(), config);
+    agent.wait_up().await;
+    eventually("the up hook", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|s| s.lines().any(|l| l == "up"))
+    })
+    .await;
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .args(["agent", "status", "--status-file"])
+        .arg(&agent.status_file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("state      up since"), "{text}");
+    assert!(text.contains(&format!("pi:22 -> {service}  up")), "{text}");
+    assert!(text.contains(&relay.addr.to_string()), "{text}");
+
+    relay.stop().await;
+    eventually("the down hook", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|s| s.lines().any(|l| l == "down"))
+    })
+    .await;
+    let status = agent.status().unwrap();
+    assert_ne!(status.state, burrow_agent::status::State::Up);
+    assert!(status.last_error.is_some());
+    agent.stop().await;
+}

@@ -287,3 +287,55 @@ async fn removed_device_is_cut_off_while_online() {
     .await;
     drop(device);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_garbage_connections_are_closed_and_relay_keeps_serving() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempdir();
+    let relay = TestRelay::start_with(&dir.path().join("relay"), "127.0.0.1:0", |c| {
+        c.pre_auth_timeout = std::time::Duration::from_millis(300);
+        c.max_unauthenticated_per_ip = 4;
+    })
+    .await;
+    let op_key = keypair(dir.path(), "op");
+    relay.add_operator("op", &op_key, &["*"]);
+
+    // A client that connects and never speaks is closed at the pre-auth deadline.
+    let mut silent = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(WAIT, silent.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a silent client must be dropped");
+    assert!(
+        buf.starts_with(b"SSH-2.0-burrow"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+
+    // Garbage instead of an SSH banner: closed, nothing else affected.
+    let mut garbage = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    garbage.write_all(&[0xff; 4096]).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(WAIT, garbage.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a garbage client must be dropped");
+
+    // More idle unauthenticated connections than the per-IP cap: the extra ones are refused.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::TcpStream::connect(relay.addr).await.unwrap());
+    }
+    let mut extra = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, extra.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .ok();
+    assert!(
+        buf.is_empty(),
+        "over the cap, the relay closes before its banner"
+    );
+    drop(idle);
+
+    let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+    let (ok, _, err) = ssh_output(&op_cfg, &["relay", "ls"], b"").await;
+    assert!(ok, "{err}");
+}

@@ -156,3 +156,146 @@ async fn operator_ls_and_offline_reason() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_password_login_and_wrong_password() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    relay.add_device("pi", &dev_key);
+    let hash = burrow_relay::admin::hash_password("correct horse").unwrap();
+    relay
+        .relay
+        .store()
+        .add_operator("bob", &[], Some(&hash), &["*".to_string()], false)
+        .unwrap();
+    let service = reply_after_eof_server(uppercase).await;
+    let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
+    let _device = KillOnDrop(
+        ssh(
+            &dev_cfg,
+            &[
+                "-N",
+                "-R",
+                &format!("80:localhost:{}", service.port()),
+                "relay",
+            ],
+        )
+        .spawn()
+        .unwrap(),
+    );
+    relay.wait_endpoint("pi", 80).await;
+
+    // The stock client types the password through SSH_ASKPASS (no terminal in tests).
+    let kh = relay.known_hosts(dir.path());
+    let login = |password: &str| {
+        let askpass = dir.path().join(format!("askpass-{}", password.len()));
+        std::fs::write(&askpass, format!("#!/bin/sh\necho '{password}'\n")).unwrap();
+        std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut c = tokio::process::Command::new("ssh");
+        c.args(["-F", "/dev/null", "-p", &relay.addr.port().to_string()])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", kh.display()))
+            .args([
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "PreferredAuthentications=password",
+            ])
+            .args([
+                "-o",
+                "NumberOfPasswordPrompts=1",
+                "-W",
+                "pi:80",
+                "bob@127.0.0.1",
+            ])
+            .env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("DISPLAY", ":0")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        c
+    };
+    let mut child = login("correct horse").spawn().unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"password ok").await.unwrap();
+    }
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"PASSWORD OK");
+
+    let out = tokio::time::timeout(WAIT, login("wrong").output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    let audit = relay.relay.store().audit_tail(50).unwrap();
+    assert!(audit.iter().any(|r| r.event == "auth"
+        && r.who == "bob"
+        && r.outcome == "denied"
+        && r.detail == "wrong password"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_listen_opens_a_real_port_on_the_relay() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    relay.add_device("pi", &dev_key);
+    let port = free_port();
+    relay
+        .relay
+        .store()
+        .allow_listen("pi", "127.0.0.1", port)
+        .unwrap();
+    let service = reply_after_eof_server(uppercase).await;
+    let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
+    let device = KillOnDrop(
+        ssh(
+            &dev_cfg,
+            &[
+                "-N",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-R",
+                &format!("{port}:localhost:{}", service.port()),
+                "relay",
+            ],
+        )
+        .spawn()
+        .unwrap(),
+    );
+    relay.wait_endpoint("pi", port).await;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tcp.write_all(b"public port").await.unwrap();
+        tcp.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"PUBLIC PORT");
+    }
+    // When the device goes away, so does its listener.
+    drop(device);
+    eventually("the listener to close", || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .is_err()
+            .then_some(())
+    })
+    .await;
+}

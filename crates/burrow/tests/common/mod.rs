@@ -69,8 +69,17 @@ impl TestRelay {
     }
 
     pub async fn start_on(data_dir: &Path, addr: &str) -> TestRelay {
+        Self::start_with(data_dir, addr, |_| {}).await
+    }
+
+    pub async fn start_with(
+        data_dir: &Path,
+        addr: &str,
+        adjust: impl FnOnce(&mut RelayConfig),
+    ) -> TestRelay {
         let mut config = RelayConfig::new(data_dir.to_path_buf());
         config.auth_rejection_time = Duration::from_millis(50);
+        adjust(&mut config);
         let relay = Relay::open(config).unwrap();
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
