@@ -14,7 +14,6 @@ use crate::session::Current;
 pub(crate) async fn start(
     entries: &[burrow_proto::agent_config::Connect],
     current: Current,
-    queue: usize,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     for entry in entries {
@@ -32,24 +31,12 @@ pub(crate) async fn start(
                 AgentError::Listen(format!("[[connect]] cannot listen on {listen}: {e}"))
             })?;
         tracing::info!("forwarding {listen} to {to} on the relay side");
-        tokio::spawn(serve(
-            listener,
-            to,
-            current.clone(),
-            queue,
-            shutdown.clone(),
-        ));
+        tokio::spawn(serve(listener, to, current.clone(), shutdown.clone()));
     }
     Ok(())
 }
 
-async fn serve(
-    listener: TcpListener,
-    to: Target,
-    current: Current,
-    queue: usize,
-    shutdown: CancellationToken,
-) {
+async fn serve(listener: TcpListener, to: Target, current: Current, shutdown: CancellationToken) {
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -63,7 +50,7 @@ async fn serve(
             },
         };
         let handle = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let Some(handle) = handle else {
+        let Some((handle, flow)) = handle else {
             tracing::warn!("connection from {peer} to {to} dropped: not connected to the relay");
             continue;
         };
@@ -79,7 +66,7 @@ async fn serve(
                 .await;
             match opened {
                 Ok(channel) => {
-                    let (_, r) = splice(End::Channel(channel), End::<Msg>::Tcp(tcp), queue).await;
+                    let (_, r) = splice(End::Shared(channel, flow), End::<Msg>::Tcp(tcp)).await;
                     if let Err(e) = r {
                         tracing::debug!("forward to {to} ended: {e}");
                     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use burrow_io::splice::{End, splice};
+use burrow_io::splice::{End, Flow, splice};
 use burrow_proto::addr::Target;
 use russh::client::{ChannelOpenHandle, Handler, Msg, Session};
 use russh::keys::PublicKeyOrCertificate;
@@ -28,7 +28,6 @@ pub(crate) struct Shared {
     pub(crate) host_key: HostKeyPolicy,
     /// Local service by the port the relay sends in `forwarded-tcpip`.
     pub(crate) services: HashMap<u16, Target>,
-    pub(crate) stream_queue: usize,
 }
 
 pub(crate) struct AgentHandler {
@@ -39,6 +38,8 @@ pub(crate) struct AgentHandler {
     pub(crate) host_key_error: Arc<Mutex<Option<String>>>,
     /// Cancelled when the session ends (the handler is dropped with it).
     pub(crate) dead: CancellationToken,
+    /// Flow control for this session's streams, known once the relay identified itself.
+    pub(crate) flow: Arc<Mutex<Flow>>,
 }
 
 impl Drop for AgentHandler {
@@ -91,6 +92,20 @@ impl Handler for AgentHandler {
         }
     }
 
+    async fn kex_done(
+        &mut self,
+        _shared_secret: Option<&[u8]>,
+        _names: &russh::Names,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let burrow = session
+            .remote_sshid()
+            .starts_with(crate::BURROW_SSH_ID_PREFIX.as_bytes());
+        *self.flow.lock().unwrap_or_else(|e| e.into_inner()) =
+            if burrow { Flow::Credit } else { Flow::Capped };
+        Ok(())
+    }
+
     async fn server_channel_open_forwarded_tcpip(
         &mut self,
         channel: Channel<Msg>,
@@ -115,7 +130,7 @@ impl Handler for AgentHandler {
             refuse(reply, &format!("port {port} is not exposed by this agent")).await;
             return Ok(());
         };
-        let queue = self.shared.stream_queue;
+        let flow = *self.flow.lock().unwrap_or_else(|e| e.into_inner());
         let from = format!("{originator_address}:{originator_port}");
         // Connecting is a round trip: never await it inside the handler.
         tokio::spawn(async move {
@@ -124,7 +139,7 @@ impl Handler for AgentHandler {
                 Ok(Ok(tcp)) => {
                     reply.accept().await;
                     tracing::debug!("stream from {from} to {target}");
-                    let (t, r) = splice(End::Channel(channel), End::<Msg>::Tcp(tcp), queue).await;
+                    let (t, r) = splice(End::Shared(channel, flow), End::<Msg>::Tcp(tcp)).await;
                     tracing::debug!(
                         "stream from {from} to {target} ended: {} bytes in, {} bytes out, {r:?}",
                         t.a_to_b,

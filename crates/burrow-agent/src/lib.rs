@@ -38,19 +38,18 @@ pub enum AgentError {
 pub struct AgentOptions {
     /// Where the status file is written.
     pub status_file: PathBuf,
-    /// Messages buffered per stream direction before an unread stream is closed.
-    pub stream_queue: usize,
 }
 
 impl AgentOptions {
     /// Defaults with the given status file.
     pub fn new(status_file: PathBuf) -> Self {
-        AgentOptions {
-            status_file,
-            stream_queue: burrow_io::splice::DEFAULT_STREAM_QUEUE,
-        }
+        AgentOptions { status_file }
     }
 }
+
+/// Start of the SSH identification string of burrow's relay and agent; a relay that sends it
+/// speaks burrow's per-stream credit (see `burrow_io::splice`).
+pub const BURROW_SSH_ID_PREFIX: &str = "SSH-2.0-burrow_";
 
 /// The status file used when the config names none: `$STATE_DIRECTORY/status.json` under
 /// systemd, else `/var/lib/burrow-agent/status.json` for root, else `~/.local/state/burrow-agent`.

@@ -61,7 +61,6 @@ pub async fn run(
         relay_port: relay.port,
         host_key,
         services,
-        stream_queue: options.stream_queue,
     });
     let status = StatusBoard::new(
         &config.name,
@@ -71,13 +70,7 @@ pub async fn run(
         config.on_state_change.clone(),
     );
     let current: Current = Arc::default();
-    crate::connect::start(
-        &config.connect,
-        current.clone(),
-        options.stream_queue,
-        shutdown.clone(),
-    )
-    .await?;
+    crate::connect::start(&config.connect, current.clone(), shutdown.clone()).await?;
 
     let mut backoff = Backoff::new(config.backoff_min(), config.backoff_max());
     let ctx = Ctx {

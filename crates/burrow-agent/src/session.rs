@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use burrow_io::cut::CutStream;
+use burrow_io::splice::Flow;
 use burrow_proto::agent_config::AgentConfig;
 use russh::client::Handle;
 use russh::keys::PrivateKeyWithHashAlg;
@@ -21,7 +22,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const FORWARD_BIND: &str = "127.0.0.1";
 
 /// The connection currently up, for the `[[connect]]` listeners.
-pub(crate) type Current = Arc<Mutex<Option<Arc<Handle<AgentHandler>>>>>;
+pub(crate) type Current = Arc<Mutex<Option<(Arc<Handle<AgentHandler>>, Flow)>>>;
 
 /// How a session ended.
 pub(crate) struct Ended {
@@ -70,14 +71,24 @@ async fn session(
     let key = burrow_io::keys::load_private_key(&config.key).map_err(|e| e.to_string())?;
     let dead = CancellationToken::new();
     let host_key_error = Arc::new(Mutex::new(None));
+    let flow = Arc::new(Mutex::new(Flow::Capped));
     let handler = AgentHandler {
         shared: ctx.shared.clone(),
         probe_port: probe_port.clone(),
         host_key_error: host_key_error.clone(),
         dead: dead.clone(),
+        flow: flow.clone(),
     };
     let relay = format!("{}:{}", ctx.shared.relay_host, ctx.shared.relay_port);
     let client_config = Arc::new(russh::client::Config {
+        client_id: russh::SshId::Standard(
+            format!(
+                "{}{}",
+                crate::BURROW_SSH_ID_PREFIX,
+                env!("CARGO_PKG_VERSION")
+            )
+            .into(),
+        ),
         keepalive_interval: Some(config.keepalive_interval()),
         keepalive_max: config.keepalive_count() as usize,
         inactivity_timeout: None,
@@ -169,7 +180,8 @@ async fn session(
         }
     }
 
-    *ctx.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle.clone());
+    let session_flow = *flow.lock().unwrap_or_else(|e| e.into_inner());
+    *ctx.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((handle.clone(), session_flow));
     *up_since = Some(Instant::now());
     tracing::info!("connected to relay {relay} as {}", config.name);
     let previous = ctx

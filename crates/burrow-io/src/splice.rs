@@ -1,12 +1,22 @@
 //! Copies bytes both ways between SSH channels and TCP streams, honouring half-close (EOF).
 //!
 //! russh refills a channel's receive window when data *arrives*, not when it is consumed, and
-//! blocks the whole session loop when a channel's message queue is full. So a channel is always
-//! drained at once into a bounded per-stream queue here; when that queue overflows (the other
-//! side does not read), the stream is closed with [`SpliceError::Overflow`] instead of stalling
-//! every other channel and the keepalives of the same connection. TCP sources need no such
-//! policy: they simply stop being read and TCP pushes back.
+//! stops the whole connection when one channel's message queue is full. So how a channel is read
+//! depends on what else shares its connection:
+//!
+//! - [`End::Channel`]: the connection carries only this stream (an operator's `ssh -W`/`-J`).
+//!   Reading simply stops when the far side is slow; the connection pushes back over TCP.
+//! - [`End::Shared`]: the connection carries many streams (a device session). The channel is
+//!   drained at once into a byte-bounded queue so that one slow stream never stalls the others or
+//!   the keepalives. With [`Flow::Credit`] (both ends are burrow) the sender never has more than
+//!   [`CREDIT_WINDOW`] bytes in flight: the receiver returns credit for what it has delivered, in
+//!   extended-data messages of type [`CREDIT_EXT`], so the queue cannot overflow and a slow reader
+//!   slows its own stream only. With [`Flow::Capped`] (a stock `ssh -R` peer, which knows no
+//!   credit) a queue that passes [`CAPPED_QUEUE_BYTES`] closes the stream with
+//!   [`SpliceError::Overflow`].
+//! - [`End::Tcp`]: a socket; TCP pushes back.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
@@ -14,11 +24,16 @@ use russh::{Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
-/// Messages (each at most one SSH packet, 32 KiB) buffered per direction of a stream.
-pub const DEFAULT_STREAM_QUEUE: usize = 64;
-
+/// Extended-data type code of a credit message (cumulative bytes delivered, u64 big-endian).
+pub const CREDIT_EXT: u32 = 0x6275_7272;
+/// Bytes a credit-controlled sender may have in flight per stream.
+pub const CREDIT_WINDOW: u64 = 2 << 20;
+/// Delivered bytes after which the receiver returns credit.
+const CREDIT_STEP: u64 = 256 << 10;
+/// Queue limit of a shared channel whose peer knows no credit.
+pub const CAPPED_QUEUE_BYTES: u64 = 4 << 20;
 /// Size of one read from a TCP stream.
 const TCP_READ_CHUNK: usize = 32 * 1024;
 
@@ -26,8 +41,8 @@ const TCP_READ_CHUNK: usize = 32 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum SpliceError {
     /// The reading side did not keep up and the bounded queue filled.
-    #[error("the receiving side did not read {0} queued messages; stream closed")]
-    Overflow(usize),
+    #[error("the receiving side did not read {0} queued bytes; stream closed")]
+    Overflow(u64),
     /// A socket failed.
     #[error("socket error: {0}")]
     Io(#[from] std::io::Error),
@@ -39,53 +54,131 @@ pub enum SpliceError {
 /// Byte counts of a finished stream.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Transfer {
-    /// Bytes copied from the first end to the second.
+    /// Bytes delivered from the first end to the second.
     pub a_to_b: u64,
-    /// Bytes copied from the second end to the first.
+    /// Bytes delivered from the second end to the first.
     pub b_to_a: u64,
+}
+
+/// Flow control on a channel whose connection carries other streams too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// The peer is burrow: in-band credit bounds what is in flight.
+    Credit,
+    /// The peer knows no credit: a bounded queue, and the stream closes when it overflows.
+    Capped,
 }
 
 /// One end of a stream.
 pub enum End<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> {
-    /// An SSH channel.
+    /// A channel alone on its connection (or whose siblings may wait with it).
     Channel(Channel<S>),
+    /// A channel on a connection shared with other streams.
+    Shared(Channel<S>, Flow),
     /// A TCP connection.
     Tcp(TcpStream),
 }
 
+/// Credit state of one shared channel, seen by both directions of the stream.
+#[derive(Default)]
+struct Credit {
+    /// Bytes the peer has confirmed delivering.
+    acked: AtomicU64,
+    changed: Notify,
+}
+
 enum Source {
-    Channel(ChannelReadHalf),
+    Channel {
+        read: ChannelReadHalf,
+        /// Set when the channel is shared: drain into a queue of this many bytes.
+        queue_limit: Option<u64>,
+        /// Credit the peer grants us for our writes on this channel.
+        credit: Option<Arc<Credit>>,
+    },
     Tcp(OwnedReadHalf),
 }
 
-enum Sink<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> {
-    Channel(ChannelWriteHalf<S>),
+enum SinkKind<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> {
+    Channel(Arc<ChannelWriteHalf<S>>),
     Tcp(OwnedWriteHalf),
 }
 
+struct Sink<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> {
+    kind: SinkKind<S>,
+    /// Credit-controlled: wait for the peer's credit before sending.
+    credit: Option<Arc<Credit>>,
+    sent: u64,
+}
+
+/// Where a pipe returns credit for what it delivered: the write half of its source channel.
+struct CreditReturn<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> {
+    channel: Arc<ChannelWriteHalf<S>>,
+    last: u64,
+}
+
 impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> End<S> {
-    fn split(self) -> (Source, Sink<S>) {
+    fn split(self) -> (Source, Sink<S>, Option<CreditReturn<S>>) {
         match self {
             End::Channel(c) => {
-                let (r, w) = c.split();
-                (Source::Channel(r), Sink::Channel(w))
+                let (read, write) = c.split();
+                let source = Source::Channel {
+                    read,
+                    queue_limit: None,
+                    credit: None,
+                };
+                (
+                    source,
+                    Sink::new(SinkKind::Channel(Arc::new(write)), None),
+                    None,
+                )
+            }
+            End::Shared(c, flow) => {
+                let (read, write) = c.split();
+                let write = Arc::new(write);
+                let (limit, credit, ret) = match flow {
+                    Flow::Credit => (
+                        CREDIT_WINDOW + CREDIT_STEP,
+                        Some(Arc::new(Credit::default())),
+                        Some(CreditReturn {
+                            channel: write.clone(),
+                            last: 0,
+                        }),
+                    ),
+                    Flow::Capped => (CAPPED_QUEUE_BYTES, None, None),
+                };
+                let source = Source::Channel {
+                    read,
+                    queue_limit: Some(limit),
+                    credit: credit.clone(),
+                };
+                (source, Sink::new(SinkKind::Channel(write), credit), ret)
             }
             End::Tcp(t) => {
                 let _ = t.set_nodelay(true);
                 let (r, w) = t.into_split();
-                (Source::Tcp(r), Sink::Tcp(w))
+                (Source::Tcp(r), Sink::new(SinkKind::Tcp(w), None), None)
             }
         }
     }
 }
 
 impl Source {
-    /// Next chunk; `None` at end of stream.
+    /// Next chunk of data; `None` at end of stream. Credit messages are consumed here.
     async fn next(&mut self) -> Result<Option<Bytes>, SpliceError> {
         match self {
-            Source::Channel(r) => loop {
-                match r.wait().await {
+            Source::Channel { read, credit, .. } => loop {
+                match read.wait().await {
                     Some(ChannelMsg::Data { data }) => return Ok(Some(data)),
+                    Some(ChannelMsg::ExtendedData { data, ext }) if ext == CREDIT_EXT => {
+                        if let (Some(credit), Ok(bytes)) =
+                            (credit.as_ref(), <[u8; 8]>::try_from(data.as_ref()))
+                        {
+                            credit
+                                .acked
+                                .fetch_max(u64::from_be_bytes(bytes), Ordering::Relaxed);
+                            credit.changed.notify_waiters();
+                        }
+                    }
                     Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return Ok(None),
                     Some(_) => continue,
                 }
@@ -98,69 +191,123 @@ impl Source {
         }
     }
 
-    fn must_drain(&self) -> bool {
-        matches!(self, Source::Channel(_))
+    fn queue_limit(&self) -> Option<u64> {
+        match self {
+            Source::Channel { queue_limit, .. } => *queue_limit,
+            Source::Tcp(_) => None,
+        }
     }
 }
 
 impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Sink<S> {
-    async fn write(&mut self, data: Bytes) -> Result<(), SpliceError> {
-        match self {
-            Sink::Channel(w) => w.data_bytes(data).await?,
-            Sink::Tcp(w) => w.write_all(&data).await?,
+    fn new(kind: SinkKind<S>, credit: Option<Arc<Credit>>) -> Self {
+        Sink {
+            kind,
+            credit,
+            sent: 0,
         }
+    }
+
+    async fn write(&mut self, data: Bytes) -> Result<(), SpliceError> {
+        let len = data.len() as u64;
+        if let Some(credit) = &self.credit {
+            // Wait until the peer has delivered enough that this chunk fits in the window.
+            loop {
+                let changed = credit.changed.notified();
+                let in_flight = self.sent - credit.acked.load(Ordering::Relaxed).min(self.sent);
+                if in_flight == 0 || in_flight + len <= CREDIT_WINDOW {
+                    break;
+                }
+                changed.await;
+            }
+        }
+        match &mut self.kind {
+            SinkKind::Channel(w) => w.data_bytes(data).await?,
+            SinkKind::Tcp(w) => w.write_all(&data).await?,
+        }
+        self.sent += len;
         Ok(())
     }
 
     async fn eof(&mut self) {
-        match self {
-            Sink::Channel(w) => {
+        match &mut self.kind {
+            SinkKind::Channel(w) => {
                 let _ = w.eof().await;
             }
-            Sink::Tcp(w) => {
+            SinkKind::Tcp(w) => {
                 let _ = w.shutdown().await;
             }
         }
     }
 
-    async fn close(&mut self) {
-        if let Sink::Channel(w) = self {
+    async fn close(&self) {
+        if let SinkKind::Channel(w) = &self.kind {
             let _ = w.close().await;
         }
     }
 }
 
+impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> CreditReturn<S> {
+    /// Tells the peer how much of what it sent has been delivered, every [`CREDIT_STEP`] bytes.
+    /// (The sender's window is larger than a step plus a chunk, so it never waits for a credit
+    /// that is not coming.)
+    async fn delivered(&mut self, total: u64) {
+        if total - self.last >= CREDIT_STEP {
+            self.last = total;
+            let _ = self
+                .channel
+                .extended_data_bytes(CREDIT_EXT, Bytes::copy_from_slice(&total.to_be_bytes()))
+                .await;
+        }
+    }
+}
+
 /// Copies one direction until end of stream, then sends EOF on the sink.
-async fn pipe<S>(
+async fn pipe<S, T>(
     mut src: Source,
     sink: &mut Sink<S>,
-    queue: usize,
-    copied: &AtomicU64,
+    mut credit_return: Option<CreditReturn<T>>,
+    delivered: &AtomicU64,
 ) -> Result<(), SpliceError>
 where
     S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
+    T: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
 {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(queue.max(1));
-    let reader = async move {
+    let Some(limit) = src.queue_limit() else {
+        // Backpressure source: read only as fast as the sink takes it.
         while let Some(chunk) = src.next().await? {
-            if src.must_drain() {
-                tx.try_send(chunk).map_err(|e| match e {
-                    mpsc::error::TrySendError::Full(_) => SpliceError::Overflow(queue),
-                    mpsc::error::TrySendError::Closed(_) => {
-                        SpliceError::Io(std::io::ErrorKind::BrokenPipe.into())
-                    }
-                })?;
-            } else if tx.send(chunk).await.is_err() {
+            let len = chunk.len() as u64;
+            sink.write(chunk).await?;
+            delivered.fetch_add(len, Ordering::Relaxed);
+        }
+        sink.eof().await;
+        return Ok(());
+    };
+    // Shared channel: never leave data in russh's queue; account queued bytes ourselves.
+    let queued = AtomicU64::new(0);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    let reader = async {
+        while let Some(chunk) = src.next().await? {
+            let len = chunk.len() as u64;
+            if queued.fetch_add(len, Ordering::Relaxed) + len > limit {
+                return Err(SpliceError::Overflow(limit));
+            }
+            if tx.send(chunk).is_err() {
                 break;
             }
         }
+        drop(tx);
         Ok::<(), SpliceError>(())
     };
     let writer = async {
         while let Some(chunk) = rx.recv().await {
             let len = chunk.len() as u64;
             sink.write(chunk).await?;
-            copied.fetch_add(len, Ordering::Relaxed);
+            queued.fetch_sub(len, Ordering::Relaxed);
+            let total = delivered.fetch_add(len, Ordering::Relaxed) + len;
+            if let Some(ret) = credit_return.as_mut() {
+                ret.delivered(total).await;
+            }
         }
         sink.eof().await;
         Ok::<(), SpliceError>(())
@@ -170,30 +317,26 @@ where
 }
 
 /// Copies both ways between `a` and `b` until both directions reach end of stream or either
-/// fails, then closes both. `queue` bounds the messages buffered per direction.
-pub async fn splice<SA, SB>(
-    a: End<SA>,
-    b: End<SB>,
-    queue: usize,
-) -> (Transfer, Result<(), SpliceError>)
+/// fails, then closes both.
+pub async fn splice<SA, SB>(a: End<SA>, b: End<SB>) -> (Transfer, Result<(), SpliceError>)
 where
     SA: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
     SB: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
 {
-    let (a_src, mut a_sink) = a.split();
-    let (b_src, mut b_sink) = b.split();
-    let a_count = AtomicU64::new(0);
-    let b_count = AtomicU64::new(0);
+    let (a_src, mut a_sink, a_ret) = a.split();
+    let (b_src, mut b_sink, b_ret) = b.split();
+    let a_to_b = AtomicU64::new(0);
+    let b_to_a = AtomicU64::new(0);
     let result = tokio::try_join!(
-        pipe(a_src, &mut b_sink, queue, &a_count),
-        pipe(b_src, &mut a_sink, queue, &b_count)
+        pipe(a_src, &mut b_sink, a_ret, &a_to_b),
+        pipe(b_src, &mut a_sink, b_ret, &b_to_a)
     )
     .map(|_| ());
     a_sink.close().await;
     b_sink.close().await;
     let transfer = Transfer {
-        a_to_b: a_count.into_inner(),
-        b_to_a: b_count.into_inner(),
+        a_to_b: a_to_b.into_inner(),
+        b_to_a: b_to_a.into_inner(),
     };
     (transfer, result)
 }

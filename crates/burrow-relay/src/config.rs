@@ -6,6 +6,9 @@ use std::time::Duration;
 use russh::keys::PrivateKey;
 use russh::{MethodKind, MethodSet, SshId};
 
+/// Start of the SSH identification string of burrow's relay and agent (`SSH-2.0-burrow_0.1.0`).
+pub const BURROW_SSH_ID_PREFIX: &str = "SSH-2.0-burrow_";
+
 /// Default listening address: one port for devices and operators.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:2222";
 /// Seconds of silence before the relay sends a keepalive.
@@ -40,8 +43,6 @@ pub struct RelayConfig {
     pub max_unauthenticated_per_ip: usize,
     /// Delay before a failed authentication is answered.
     pub auth_rejection_time: Duration,
-    /// Messages buffered per stream direction before an unread stream is closed.
-    pub stream_queue: usize,
 }
 
 impl RelayConfig {
@@ -55,7 +56,6 @@ impl RelayConfig {
             max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             max_unauthenticated_per_ip: DEFAULT_MAX_UNAUTHENTICATED_PER_IP,
             auth_rejection_time: DEFAULT_AUTH_REJECTION_TIME,
-            stream_queue: burrow_io::splice::DEFAULT_STREAM_QUEUE,
         }
     }
 
@@ -65,7 +65,7 @@ impl RelayConfig {
         methods.push(MethodKind::Password);
         russh::server::Config {
             server_id: SshId::Standard(
-                format!("SSH-2.0-burrow_{}", env!("CARGO_PKG_VERSION")).into(),
+                format!("{BURROW_SSH_ID_PREFIX}{}", env!("CARGO_PKG_VERSION")).into(),
             ),
             methods,
             auth_rejection_time: self.auth_rejection_time,

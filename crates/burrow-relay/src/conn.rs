@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use burrow_io::splice::Flow;
 use burrow_proto::name::Login;
 use russh::keys::PublicKey;
 use russh::server::{Auth, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
@@ -210,6 +211,15 @@ impl Handler for Conn {
                 self.peer,
                 session.handle(),
                 self.cut.clone(),
+                // Both ends speak burrow's stream credit only when the device runs the agent.
+                if session
+                    .remote_sshid()
+                    .starts_with(crate::config::BURROW_SSH_ID_PREFIX.as_bytes())
+                {
+                    Flow::Credit
+                } else {
+                    Flow::Capped
+                },
             ));
             *slot = Some(dev.clone());
             crate::device::came_online(&self.relay, dev);

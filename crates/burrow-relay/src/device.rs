@@ -188,23 +188,10 @@ pub(crate) fn open_stream(
         };
         reply.accept().await;
         let started = Instant::now();
+        let own = End::Shared(channel, dev.flow);
         let (transfer, result) = match peer {
-            Peer::Endpoint(ch) => {
-                splice(
-                    End::Channel(channel),
-                    End::Channel(ch),
-                    relay2.config.stream_queue,
-                )
-                .await
-            }
-            Peer::Tcp(tcp) => {
-                splice(
-                    End::Channel(channel),
-                    End::<Msg>::Tcp(tcp),
-                    relay2.config.stream_queue,
-                )
-                .await
-            }
+            Peer::Endpoint(ch) => splice(own, End::Shared(ch, dev.flow)).await,
+            Peer::Tcp(tcp) => splice(own, End::<Msg>::Tcp(tcp)).await,
         };
         let mut detail = format!(
             "{} bytes from device, {} bytes to device, {:.1} s",

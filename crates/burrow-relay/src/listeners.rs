@@ -134,8 +134,8 @@ async fn serve(
                 u32::from(peer.port()),
             )
             .await;
-            let channel = match opened {
-                Ok((_, ch)) => ch,
+            let (channel, flow) = match opened {
+                Ok((dev, ch)) => (ch, dev.flow),
                 Err(r) => {
                     relay2
                         .audit
@@ -144,12 +144,7 @@ async fn serve(
                 }
             };
             let started = Instant::now();
-            let (t, result) = splice(
-                End::<Msg>::Tcp(tcp),
-                End::Channel(channel),
-                relay2.config.stream_queue,
-            )
-            .await;
+            let (t, result) = splice(End::<Msg>::Tcp(tcp), End::Shared(channel, flow)).await;
             let mut detail = format!(
                 "{} bytes to device, {} bytes from device, {:.1} s",
                 t.a_to_b,

@@ -182,12 +182,9 @@ pub(crate) fn open_stream(
         };
         reply.accept().await;
         let started = Instant::now();
-        let (transfer, result) = splice(
-            End::Channel(channel),
-            End::Channel(dev_channel),
-            relay2.config.stream_queue,
-        )
-        .await;
+        // The operator's connection carries this stream alone: plain backpressure there.
+        let (transfer, result) =
+            splice(End::Channel(channel), End::Shared(dev_channel, dev.flow)).await;
         let mut detail = format!(
             "from {} via session {}: {} bytes to device, {} bytes from device, {:.1} s",
             req.originator,

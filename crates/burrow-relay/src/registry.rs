@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use burrow_io::splice::Flow;
 use russh::server::Handle;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +37,8 @@ pub struct DeviceSession {
     pub handle: Handle,
     /// Cancelling this cuts the connection (see `burrow_io::cut`).
     pub cut: CancellationToken,
+    /// Flow control on its channels: credit with a burrow agent, a capped queue with stock ssh.
+    pub flow: Flow,
     endpoints: Mutex<BTreeMap<u16, Endpoint>>,
 }
 
@@ -48,6 +51,7 @@ impl DeviceSession {
         peer: SocketAddr,
         handle: Handle,
         cut: CancellationToken,
+        flow: Flow,
     ) -> Self {
         DeviceSession {
             id,
@@ -57,6 +61,7 @@ impl DeviceSession {
             since: Instant::now(),
             handle,
             cut,
+            flow,
             endpoints: Mutex::new(BTreeMap::new()),
         }
     }
