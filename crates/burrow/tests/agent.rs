@@ -297,3 +297,127 @@ async fn state_change_hook_and_status_command() {
     assert!(status.last_error.is_some());
     agent.stop().await;
 }
+
+/// A service that writes `total` bytes to whoever connects.
+async fn firehose(total: usize) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut sent = 0;
+                while sent < total {
+                    let n = chunk.len().min(total - sent);
+                    if tcp.write_all(&chunk[..n]).await.is_err() {
+                        return;
+                    }
+                    sent += n;
+                }
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A service that reads nothing until `go` fires, then counts everything to EOF and answers.
+async fn late_counter(go: std::sync::Arc<tokio::sync::Notify>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((mut tcp, _)) = listener.accept().await else {
+            return;
+        };
+        go.notified().await;
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        let _ = tcp.write_all(total.to_string().as_bytes()).await;
+        let _ = tcp.shutdown().await;
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_on_agent_stream_is_slowed_not_dropped() {
+    const TOTAL: usize = 24 << 20;
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    let op_key = keypair(dir.path(), "op");
+    relay.add_device("pi", &dev_key);
+    relay.add_operator("op", &op_key, &["*"]);
+    let hose = firehose(TOTAL).await;
+    let go = std::sync::Arc::new(tokio::sync::Notify::new());
+    let counter = late_counter(go.clone()).await;
+    let service = reply_after_eof_server(uppercase).await;
+    let mut config = agent_config(
+        &relay.addr.to_string(),
+        "pi",
+        &dev_key,
+        &relay.relay.fingerprint(),
+    );
+    for (port, to) in [(80, hose), (81, service), (82, counter)] {
+        config.expose.push(Expose {
+            port,
+            to: Some(to.to_string()),
+            remote_port: None,
+        });
+    }
+    let agent = TestAgent::start(dir.path(), config);
+    agent.wait_up().await;
+    let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+
+    // Download: an operator that does not read yet, while the device has 24 MiB to send.
+    let mut downloader = tokio::process::Command::from(ssh(&op_cfg, &["-W", "pi:80", "relay"]));
+    let mut downloader = downloader.kill_on_drop(true).spawn().unwrap();
+    // Upload: 24 MiB to a device service that does not read yet.
+    let mut uploader = tokio::process::Command::from(ssh(&op_cfg, &["-W", "pi:82", "relay"]));
+    let mut uploader = uploader.kill_on_drop(true).spawn().unwrap();
+    let mut up_stdin = uploader.stdin.take().unwrap();
+    let upload = tokio::spawn(async move {
+        let chunk = vec![b'u'; 64 * 1024];
+        for _ in 0..TOTAL / chunk.len() {
+            up_stdin.write_all(&chunk).await.unwrap();
+        }
+    });
+
+    // Meanwhile other streams of the same device session keep moving.
+    for _ in 0..3 {
+        let (ok, out, err) = ssh_output(&op_cfg, &["-W", "pi:81", "relay"], &[b'q'; 1 << 20]).await;
+        assert!(ok, "{err}");
+        assert_eq!(out.len(), 1 << 20);
+    }
+
+    // Now both slow sides start reading: every byte arrives, nothing was dropped on the way.
+    let mut got = Vec::with_capacity(TOTAL);
+    let mut stdout = downloader.stdout.take().unwrap();
+    tokio::time::timeout(WAIT, stdout.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), TOTAL);
+    go.notify_one();
+    tokio::time::timeout(WAIT, upload).await.unwrap().unwrap();
+    let out = tokio::time::timeout(WAIT, uploader.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), TOTAL.to_string());
+
+    let audit = relay.relay.store().audit_tail(100).unwrap();
+    assert!(
+        !audit.iter().any(|r| r.detail.contains("did not read")),
+        "{audit:#?}"
+    );
+    agent.stop().await;
+}
