@@ -25,6 +25,26 @@ impl Outcome {
     }
 }
 
+/// The audit detail of a finished stream: bytes each way, duration, and why it ended early.
+pub(crate) fn stream_summary(
+    to_device: u64,
+    from_device: u64,
+    started: std::time::Instant,
+    result: &Result<(), burrow_io::splice::SpliceError>,
+) -> (Outcome, String) {
+    let mut detail = format!(
+        "{to_device} bytes to device, {from_device} bytes from device, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    match result {
+        Ok(()) => (Outcome::Ok, detail),
+        Err(e) => {
+            detail.push_str(&format!("; ended: {e}"));
+            (Outcome::Failed, detail)
+        }
+    }
+}
+
 /// Writes audit entries.
 #[derive(Clone)]
 pub struct Audit {

@@ -9,7 +9,7 @@ use russh::server::{ChannelOpenHandle, Msg};
 use tokio::net::TcpStream;
 
 use crate::Relay;
-use crate::audit::Outcome;
+use crate::audit::{Outcome, stream_summary};
 use crate::operator::{CONNECT_FAILED, PROHIBITED, Refusal, StreamRequest, open_endpoint};
 use crate::registry::DeviceSession;
 
@@ -193,18 +193,10 @@ pub(crate) fn open_stream(
             Peer::Endpoint(ch) => splice(own, End::Shared(ch, dev.flow)).await,
             Peer::Tcp(tcp) => splice(own, End::<Msg>::Tcp(tcp)).await,
         };
-        let mut detail = format!(
-            "{} bytes from device, {} bytes to device, {:.1} s",
-            transfer.a_to_b,
-            transfer.b_to_a,
-            started.elapsed().as_secs_f64()
-        );
-        if let Err(e) = result {
-            detail.push_str(&format!("; ended: {e}"));
-        }
+        let (outcome, detail) = stream_summary(transfer.b_to_a, transfer.a_to_b, started, &result);
         relay2
             .audit
-            .record("device-connect", &name, &target, Outcome::Ok, &detail);
+            .record("device-connect", &name, &target, outcome, &detail);
     });
 }
 

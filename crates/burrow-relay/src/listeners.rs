@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::Relay;
-use crate::audit::Outcome;
+use crate::audit::stream_summary;
 use crate::registry::DeviceSession;
 
 struct Entry {
@@ -145,18 +145,10 @@ async fn serve(
             };
             let started = Instant::now();
             let (t, result) = splice(End::<Msg>::Tcp(tcp), End::Shared(channel, flow)).await;
-            let mut detail = format!(
-                "{} bytes to device, {} bytes from device, {:.1} s",
-                t.a_to_b,
-                t.b_to_a,
-                started.elapsed().as_secs_f64()
-            );
-            if let Err(e) = result {
-                detail.push_str(&format!("; ended: {e}"));
-            }
+            let (outcome, detail) = stream_summary(t.a_to_b, t.b_to_a, started, &result);
             relay2
                 .audit
-                .record("stream", &who, &target, Outcome::Ok, &detail);
+                .record("stream", &who, &target, outcome, &detail);
         });
     }
 }

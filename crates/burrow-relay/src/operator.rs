@@ -11,7 +11,7 @@ use russh::server::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelMsg, ChannelOpenFailure};
 
 use crate::Relay;
-use crate::audit::Outcome;
+use crate::audit::{Outcome, stream_summary};
 use crate::registry::DeviceSession;
 use crate::store::OperatorRecord;
 
@@ -185,21 +185,8 @@ pub(crate) fn open_stream(
         // The operator's connection carries this stream alone: plain backpressure there.
         let (transfer, result) =
             splice(End::Channel(channel), End::Shared(dev_channel, dev.flow)).await;
-        let mut detail = format!(
-            "from {} via session {}: {} bytes to device, {} bytes from device, {:.1} s",
-            req.originator,
-            dev.id,
-            transfer.a_to_b,
-            transfer.b_to_a,
-            started.elapsed().as_secs_f64()
-        );
-        let outcome = match result {
-            Ok(()) => Outcome::Ok,
-            Err(e) => {
-                detail.push_str(&format!("; ended: {e}"));
-                Outcome::Failed
-            }
-        };
+        let (outcome, summary) = stream_summary(transfer.a_to_b, transfer.b_to_a, started, &result);
+        let detail = format!("from {} via session {}: {summary}", req.originator, dev.id);
         relay2
             .audit
             .record("stream", &who, &target, outcome, &detail);

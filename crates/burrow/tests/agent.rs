@@ -40,11 +40,7 @@ async fn agent_exposes_and_connects_through_burrow_relay() {
         &dev_key,
         &relay.relay.fingerprint(),
     );
-    config.expose.push(Expose {
-        port: 80,
-        to: Some(service.to_string()),
-        remote_port: None,
-    });
+    expose(&mut config, 80, service);
     let allowed_port = free_port();
     let denied_port = free_port();
     config.connect.push(Connect {
@@ -196,11 +192,7 @@ async fn agent_reconnects_after_relay_restart() {
         &dev_key,
         &relay.relay.fingerprint(),
     );
-    config.expose.push(Expose {
-        port: 80,
-        to: Some(service.to_string()),
-        remote_port: None,
-    });
+    expose(&mut config, 80, service);
     let agent = TestAgent::start(dir.path(), config);
     relay.wait_endpoint("pi", 80).await;
     relay.stop().await;
@@ -256,11 +248,7 @@ async fn state_change_hook_and_status_command() {
         &relay.relay.fingerprint(),
     );
     config.on_state_change = Some(format!("echo \"$BURROW_STATE\" >> {}", log.display()));
-    config.expose.push(Expose {
-        port: 22,
-        to: Some(service.to_string()),
-        remote_port: None,
-    });
+    expose(&mut config, 22, service);
     let agent = TestAgent::start(dir.path(), config);
     agent.wait_up().await;
     eventually("the up hook", || {
@@ -296,32 +284,6 @@ async fn state_change_hook_and_status_command() {
     assert_ne!(status.state, burrow_agent::status::State::Up);
     assert!(status.last_error.is_some());
     agent.stop().await;
-}
-
-/// A service that writes `total` bytes to whoever connects.
-async fn firehose(total: usize) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let chunk = vec![b'x'; 64 * 1024];
-                let mut sent = 0;
-                while sent < total {
-                    let n = chunk.len().min(total - sent);
-                    if tcp.write_all(&chunk[..n]).await.is_err() {
-                        return;
-                    }
-                    sent += n;
-                }
-                let _ = tcp.shutdown().await;
-            });
-        }
-    });
-    addr
 }
 
 /// A service that reads nothing until `go` fires, then counts everything to EOF and answers.
@@ -367,11 +329,7 @@ async fn slow_reader_on_agent_stream_is_slowed_not_dropped() {
         &relay.relay.fingerprint(),
     );
     for (port, to) in [(80, hose), (81, service), (82, counter)] {
-        config.expose.push(Expose {
-            port,
-            to: Some(to.to_string()),
-            remote_port: None,
-        });
+        expose(&mut config, port, to);
     }
     let agent = TestAgent::start(dir.path(), config);
     agent.wait_up().await;

@@ -104,11 +104,7 @@ async fn agent_refuses_channels_it_did_not_ask_for() {
     let dev_key = keypair(dir.path(), "dev");
     let service = echo_server().await;
     let mut config = agent_config(&addr.to_string(), "pi", &dev_key, &fingerprint);
-    config.expose.push(burrow_proto::agent_config::Expose {
-        port: 22,
-        to: Some(service.to_string()),
-        remote_port: None,
-    });
+    expose(&mut config, 22, service);
     let agent = TestAgent::start(dir.path(), config);
 
     let mut seen = Vec::new();

@@ -6,46 +6,6 @@ use std::process::Command;
 
 use common::*;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
-
-/// A service that writes `total` bytes to whoever connects, as fast as it can.
-async fn firehose(total: usize) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let chunk = vec![b'x'; 64 * 1024];
-                let mut sent = 0;
-                while sent < total {
-                    if tcp.write_all(&chunk).await.is_err() {
-                        return;
-                    }
-                    sent += chunk.len();
-                }
-            });
-        }
-    });
-    addr
-}
-
-async fn fixed_reply_server(reply: &'static [u8]) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let _ = tcp.write_all(reply).await;
-            let _ = tcp.shutdown().await;
-        }
-    });
-    addr
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_after_stalled_session() {
@@ -59,20 +19,9 @@ async fn takeover_after_stalled_session() {
     let new_service = fixed_reply_server(b"new session").await;
     let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
 
-    let old = KillOnDrop(
-        ssh(
-            &dev_cfg,
-            &[
-                "-N",
-                "-o",
-                "ExitOnForwardFailure=yes",
-                "-R",
-                &format!("22:localhost:{}", old_service.port()),
-                "relay",
-            ],
-        )
-        .spawn()
-        .unwrap(),
+    let old = stock_device(
+        &dev_cfg,
+        &["-R", &format!("22:localhost:{}", old_service.port())],
     );
     relay.wait_endpoint("pi", 22).await;
     let old_peer = relay.relay.online_peer("pi").unwrap();
@@ -85,20 +34,9 @@ async fn takeover_after_stalled_session() {
             .success()
     );
 
-    let _new = KillOnDrop(
-        ssh(
-            &dev_cfg,
-            &[
-                "-N",
-                "-o",
-                "ExitOnForwardFailure=yes",
-                "-R",
-                &format!("22:localhost:{}", new_service.port()),
-                "relay",
-            ],
-        )
-        .spawn()
-        .unwrap(),
+    let _new = stock_device(
+        &dev_cfg,
+        &["-R", &format!("22:localhost:{}", new_service.port())],
     );
     eventually("the new session to expose pi:22", || {
         (relay.relay.online_peer("pi").is_some_and(|p| p != old_peer)
@@ -139,22 +77,14 @@ async fn slow_reader_does_not_stall_other_channels() {
     let service = reply_after_eof_server(uppercase).await;
     let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
     // One stock ssh device session carries both endpoints (multiplexed channels).
-    let _device = KillOnDrop(
-        ssh(
-            &dev_cfg,
-            &[
-                "-N",
-                "-o",
-                "ExitOnForwardFailure=yes",
-                "-R",
-                &format!("80:localhost:{}", hose.port()),
-                "-R",
-                &format!("81:localhost:{}", service.port()),
-                "relay",
-            ],
-        )
-        .spawn()
-        .unwrap(),
+    let _device = stock_device(
+        &dev_cfg,
+        &[
+            "-R",
+            &format!("80:localhost:{}", hose.port()),
+            "-R",
+            &format!("81:localhost:{}", service.port()),
+        ],
     );
     relay.wait_endpoint("pi", 80).await;
     relay.wait_endpoint("pi", 81).await;
@@ -256,18 +186,9 @@ async fn removed_device_is_cut_off_while_online() {
     relay.add_device("pi", &dev_key);
     let service = echo_server().await;
     let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
-    let device = KillOnDrop(
-        ssh(
-            &dev_cfg,
-            &[
-                "-N",
-                "-R",
-                &format!("22:localhost:{}", service.port()),
-                "relay",
-            ],
-        )
-        .spawn()
-        .unwrap(),
+    let device = stock_device(
+        &dev_cfg,
+        &["-R", &format!("22:localhost:{}", service.port())],
     );
     relay.wait_endpoint("pi", 22).await;
     // The CLI runs in another process against the same database.

@@ -15,20 +15,9 @@ async fn stock_ssh_r_device_and_ssh_w_operator_with_half_close() {
     let service = reply_after_eof_server(uppercase).await;
 
     let dev_cfg = ssh_config(dir.path(), &relay, "dev", &dev_key);
-    let _device = KillOnDrop(
-        ssh(
-            &dev_cfg,
-            &[
-                "-N",
-                "-o",
-                "ExitOnForwardFailure=yes",
-                "-R",
-                &format!("22:localhost:{}", service.port()),
-                "relay",
-            ],
-        )
-        .spawn()
-        .unwrap(),
+    let _device = stock_device(
+        &dev_cfg,
+        &["-R", &format!("22:localhost:{}", service.port())],
     );
     relay.wait_endpoint("dev", 22).await;
 
@@ -71,21 +60,7 @@ async fn stock_ssh_j_reaches_real_sshd_behind_device() {
     let sshd = TestSshd::start(dir.path(), &[&login_key], "").await;
 
     let dev_cfg = ssh_config(dir.path(), &relay, "garage-pi", &dev_key);
-    let _device = KillOnDrop(
-        ssh(
-            &dev_cfg,
-            &[
-                "-N",
-                "-o",
-                "ExitOnForwardFailure=yes",
-                "-R",
-                &format!("22:localhost:{}", sshd.port),
-                "relay",
-            ],
-        )
-        .spawn()
-        .unwrap(),
-    );
+    let _device = stock_device(&dev_cfg, &["-R", &format!("22:localhost:{}", sshd.port)]);
     relay.wait_endpoint("garage-pi", 22).await;
 
     // The device's own host key, pinned for the end-to-end hop.
@@ -172,18 +147,9 @@ async fn operator_password_login_and_wrong_password() {
         .unwrap();
     let service = reply_after_eof_server(uppercase).await;
     let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
-    let _device = KillOnDrop(
-        ssh(
-            &dev_cfg,
-            &[
-                "-N",
-                "-R",
-                &format!("80:localhost:{}", service.port()),
-                "relay",
-            ],
-        )
-        .spawn()
-        .unwrap(),
+    let _device = stock_device(
+        &dev_cfg,
+        &["-R", &format!("80:localhost:{}", service.port())],
     );
     relay.wait_endpoint("pi", 80).await;
 
@@ -263,20 +229,9 @@ async fn allow_listen_opens_a_real_port_on_the_relay() {
         .unwrap();
     let service = reply_after_eof_server(uppercase).await;
     let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
-    let device = KillOnDrop(
-        ssh(
-            &dev_cfg,
-            &[
-                "-N",
-                "-o",
-                "ExitOnForwardFailure=yes",
-                "-R",
-                &format!("{port}:localhost:{}", service.port()),
-                "relay",
-            ],
-        )
-        .spawn()
-        .unwrap(),
+    let device = stock_device(
+        &dev_cfg,
+        &["-R", &format!("{port}:localhost:{}", service.port())],
     );
     relay.wait_endpoint("pi", port).await;
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))

@@ -248,6 +248,56 @@ pub async fn echo_server() -> SocketAddr {
     addr
 }
 
+/// A service that writes `total` bytes to whoever connects, as fast as it is read, then closes.
+pub async fn firehose(total: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut sent = 0;
+                while sent < total {
+                    let n = chunk.len().min(total - sent);
+                    if tcp.write_all(&chunk[..n]).await.is_err() {
+                        return;
+                    }
+                    sent += n;
+                }
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A service that sends `reply` to whoever connects, then closes.
+pub async fn fixed_reply_server(reply: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let _ = tcp.write_all(reply).await;
+            let _ = tcp.shutdown().await;
+        }
+    });
+    addr
+}
+
+/// A stock OpenSSH device session: `ssh -N -o ExitOnForwardFailure=yes ARGS... relay`.
+pub fn stock_device(config: &Path, args: &[&str]) -> KillOnDrop {
+    let mut argv = vec!["-N", "-o", "ExitOnForwardFailure=yes"];
+    argv.extend_from_slice(args);
+    argv.push("relay");
+    KillOnDrop(ssh(config, &argv).spawn().unwrap())
+}
+
 pub fn uppercase(input: &[u8]) -> Vec<u8> {
     input.to_ascii_uppercase()
 }
@@ -376,6 +426,15 @@ pub fn agent_config(
     c.backoff_min = Some(Seconds::Fraction(0.1));
     c.backoff_max = Some(Seconds::Fraction(0.5));
     c
+}
+
+/// Adds `[[expose]] port = PORT, to = ADDR` to an agent config.
+pub fn expose(config: &mut burrow_proto::agent_config::AgentConfig, port: u16, to: SocketAddr) {
+    config.expose.push(burrow_proto::agent_config::Expose {
+        port,
+        to: Some(to.to_string()),
+        remote_port: None,
+    });
 }
 
 /// A running in-process agent.
