@@ -379,3 +379,42 @@ async fn slow_reader_on_agent_stream_is_slowed_not_dropped() {
     );
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_probe_forces_a_reconnect() {
+    let dir = tempdir();
+    let dev_key = keypair(dir.path(), "dev");
+    // This sshd accepts remote forwards but opens nothing for the client: the probe cannot loop back.
+    let sshd = TestSshd::start(dir.path(), &[&dev_key], "PermitOpen none").await;
+    let kh = dir.path().join("sshd_known_hosts");
+    std::fs::write(
+        &kh,
+        format!("[127.0.0.1]:{} {}", sshd.port, sshd.host_key_line),
+    )
+    .unwrap();
+    let service = echo_server().await;
+    let mut config = agent_config(
+        &format!("127.0.0.1:{}", sshd.port),
+        &current_user(),
+        &dev_key,
+        "SHA256:unused",
+    );
+    config.host_key = None;
+    config.known_hosts = Some(kh);
+    config.expose.push(Expose {
+        port: 22,
+        to: Some(service.to_string()),
+        remote_port: Some(free_port()),
+    });
+    config.probe_interval = Some(Seconds::Fraction(0.2));
+    let agent = TestAgent::start(dir.path(), config);
+    let status = eventually("a failed probe and a reconnect", || {
+        agent
+            .status()
+            .filter(|s| s.reconnects >= 1 && s.last_probe.as_ref().is_some_and(|p| !p.ok))
+    })
+    .await;
+    let probe = status.last_probe.unwrap();
+    assert!(probe.error.unwrap().contains("refused the probe channel"));
+    agent.stop().await;
+}

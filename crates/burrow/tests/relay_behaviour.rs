@@ -260,3 +260,57 @@ async fn silent_and_garbage_connections_are_closed_and_relay_keeps_serving() {
     let (ok, _, err) = ssh_output(&op_cfg, &["relay", "ls"], b"").await;
     assert!(ok, "{err}");
 }
+
+/// A minimal russh client acting as a device, for requests stock ssh cannot send on demand.
+struct Device;
+
+impl russh::client::Handler for Device {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_tcpip_forward_removes_the_endpoint() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    relay.add_device("pi", &dev_key);
+    let key = burrow_io::keys::load_private_key(&dev_key).unwrap();
+    let config = std::sync::Arc::new(russh::client::Config::default());
+    let mut handle = russh::client::connect(config, relay.addr, Device)
+        .await
+        .unwrap();
+    let auth = handle
+        .authenticate_publickey(
+            "pi",
+            russh::keys::PrivateKeyWithHashAlg::new(std::sync::Arc::new(key), None),
+        )
+        .await
+        .unwrap();
+    assert!(auth.success());
+    handle.tcpip_forward("", 22).await.unwrap();
+    handle.tcpip_forward("pi", 80).await.unwrap();
+    let dynamic = handle.tcpip_forward("localhost", 0).await.unwrap();
+    assert!(dynamic >= 49152, "{dynamic}");
+    assert!(handle.tcpip_forward("other-device", 81).await.is_err());
+    let mut ports = relay.relay.online_endpoints("pi").unwrap();
+    ports.sort();
+    assert_eq!(ports, vec![22, 80, dynamic as u16]);
+    handle.cancel_tcpip_forward("", 80).await.unwrap();
+    assert_eq!(
+        relay.relay.online_endpoints("pi").unwrap(),
+        vec![22, dynamic as u16]
+    );
+    let audit = relay.relay.store().audit_tail(20).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.event == "endpoint-remove" && r.target == "pi:80")
+    );
+}
