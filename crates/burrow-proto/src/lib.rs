@@ -6,6 +6,9 @@
 //! - [`addr`]: `HOST:PORT` targets, `[ADDR:]PORT` listen specs and `--expose` specs.
 //! - [`time`]: UTC timestamps as people read them in messages.
 //! - [`backoff`]: jittered exponential reconnect backoff.
+//! - [`rfc2217`]: Telnet COM-PORT-OPTION framing of console endpoints.
+//! - [`escape`]: the console escape parser (`Ctrl-E c` ...).
+//! - [`asciicast`]: asciicast v2 recording lines and a UTF-8 stream decoder.
 //! - [`agent_config`]: the agent's TOML configuration and its validation.
 //! - [`secret`]: a string wrapper that never shows in `Debug` output.
 #![forbid(unsafe_code)]
@@ -18,8 +21,11 @@
 
 pub mod addr;
 pub mod agent_config;
+pub mod asciicast;
 pub mod backoff;
+pub mod escape;
 pub mod glob;
 pub mod name;
+pub mod rfc2217;
 pub mod secret;
 pub mod time;
