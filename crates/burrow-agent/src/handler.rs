@@ -28,6 +28,9 @@ pub(crate) struct Shared {
     pub(crate) host_key: HostKeyPolicy,
     /// Local service by the port the relay sends in `forwarded-tcpip`.
     pub(crate) services: HashMap<u16, Target>,
+    /// Consoles by their endpoint port.
+    pub(crate) consoles: HashMap<u16, burrow_proto::agent_config::Console>,
+    pub(crate) port_opener: Arc<dyn crate::console::port::PortOpener>,
 }
 
 pub(crate) struct AgentHandler {
@@ -124,6 +127,16 @@ impl Handler for AgentHandler {
         if probe == Some(port) {
             reply.accept().await;
             tokio::spawn(echo(channel));
+            return Ok(());
+        }
+        if let Some(console) = self.shared.consoles.get(&port).cloned() {
+            reply.accept().await;
+            tracing::info!("console {} opened from {originator_address}", console.name);
+            tokio::spawn(crate::console::serve(
+                channel,
+                console,
+                self.shared.port_opener.clone(),
+            ));
             return Ok(());
         }
         let Some(target) = self.shared.services.get(&port).cloned() else {

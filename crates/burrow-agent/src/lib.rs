@@ -6,12 +6,15 @@
 //! - [`status`]: the status file, `burrow agent status`, and the state-change hook.
 //! - `handler`: the russh client handler: host key check, forwarded channels, probe echo.
 //! - `session`: one connection from dial to end: auth, forwards, keepalive, probes.
+//! - [`console`]: serial ports served as RFC 2217 console endpoints.
 //! - `connect`: local `[[connect]]` listeners that reach relay-side targets.
 //! - `run`: the reconnect loop with jittered backoff.
-#![forbid(unsafe_code)]
+// Denied, not forbidden: `console::tty` needs two ioctls (break on/off) that have no safe wrapper.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod connect;
+pub mod console;
 mod handler;
 pub mod hostkey;
 mod run;
@@ -34,16 +37,21 @@ pub enum AgentError {
 }
 
 /// Options that are not part of the device's config file.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AgentOptions {
     /// Where the status file is written.
     pub status_file: PathBuf,
+    /// How console ports are opened (real terminals unless a test stands in another backend).
+    pub port_opener: std::sync::Arc<dyn console::port::PortOpener>,
 }
 
 impl AgentOptions {
     /// Defaults with the given status file.
     pub fn new(status_file: PathBuf) -> Self {
-        AgentOptions { status_file }
+        AgentOptions {
+            status_file,
+            port_opener: std::sync::Arc::new(console::TtyOpener),
+        }
     }
 }
 

@@ -56,7 +56,13 @@ pub async fn run(
         });
         services.insert(e.requested_port(), target);
     }
+    let consoles: HashMap<u16, _> = config
+        .consoles()
+        .map(|(c, port)| (port, c.clone()))
+        .collect();
     let shared = Arc::new(Shared {
+        consoles,
+        port_opener: options.port_opener.clone(),
         relay_host: relay.host.clone(),
         relay_port: relay.port,
         host_key,

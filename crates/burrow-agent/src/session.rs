@@ -168,6 +168,22 @@ async fn session(
             return Err(e);
         }
     }
+    // Consoles are endpoints too; on a burrow relay their bind address names them, so the relay
+    // can offer `OPERATOR:DEVICE/NAME` logins.
+    let burrow_relay = *flow.lock().unwrap_or_else(|e| e.into_inner()) == Flow::Credit;
+    for (console, port) in config.consoles() {
+        let bind = if burrow_relay {
+            format!("console/{}", console.name)
+        } else {
+            FORWARD_BIND.to_string()
+        };
+        if let Err(e) = handle.tcpip_forward(bind, u32::from(port)).await {
+            return Err(format!(
+                "relay refused console {} on port {port}: {e}",
+                console.name
+            ));
+        }
+    }
     let probe_interval = config.probe_interval();
     if !probe_interval.is_zero() {
         match handle.tcpip_forward(FORWARD_BIND, 0).await {

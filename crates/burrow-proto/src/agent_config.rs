@@ -70,6 +70,117 @@ pub struct Connect {
     pub to: String,
 }
 
+/// Parity of a serial line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    /// No parity bit.
+    #[default]
+    None,
+    /// Odd parity.
+    Odd,
+    /// Even parity.
+    Even,
+}
+
+/// Flow control of a serial line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowControl {
+    /// None (what router consoles use).
+    #[default]
+    None,
+    /// XON/XOFF.
+    Software,
+    /// RTS/CTS.
+    Hardware,
+}
+
+/// First endpoint port of consoles (the RFC 2217 port number); later ones count up.
+pub const DEFAULT_CONSOLE_PORT: u16 = 2217;
+/// Default console speed.
+pub const DEFAULT_BAUD: u32 = 9600;
+
+/// One `[[console]]` entry: a local serial port served as a console endpoint.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Console {
+    /// Console name (`OPERATOR:DEVICE/NAME`); default `console`.
+    #[serde(default = "default_console_name")]
+    pub name: String,
+    /// Serial device, e.g. `/dev/ttyUSB0`.
+    pub device: PathBuf,
+    /// Line speed (default 9600).
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// Data bits, 5-8 (default 8).
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    /// Parity (default none).
+    #[serde(default)]
+    pub parity: Parity,
+    /// Stop bits, 1 or 2 (default 1).
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    /// Flow control (default none).
+    #[serde(default)]
+    pub flow_control: FlowControl,
+    /// Endpoint port (RFC 2217 through `ssh -L`); default 2217, 2218, ... in order.
+    pub port: Option<u16>,
+}
+
+fn default_console_name() -> String {
+    crate::name::DEFAULT_CONSOLE.to_string()
+}
+fn default_baud() -> u32 {
+    DEFAULT_BAUD
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+
+impl Console {
+    /// A console with default line settings.
+    pub fn new(name: impl Into<String>, device: impl Into<PathBuf>, baud: u32) -> Self {
+        Console {
+            name: name.into(),
+            device: device.into(),
+            baud,
+            data_bits: 8,
+            parity: Parity::None,
+            stop_bits: 1,
+            flow_control: FlowControl::None,
+            port: None,
+        }
+    }
+
+    /// Parses the quick flag form `[NAME=]DEVICE[@BAUD]`, e.g. `/dev/ttyUSB0@115200`.
+    pub fn parse_flag(spec: &str) -> Result<Console, ConfigError> {
+        let (name, rest) = match spec.split_once('=') {
+            Some((n, r)) => (n.to_string(), r),
+            None => (default_console_name(), spec),
+        };
+        let (device, baud) = match rest.rsplit_once('@') {
+            Some((d, b)) => (
+                d,
+                b.parse::<u32>().map_err(|_| {
+                    ConfigError::Invalid(format!("--console {spec}: {b:?} is not a baud rate"))
+                })?,
+            ),
+            None => (rest, DEFAULT_BAUD),
+        };
+        if device.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "--console {spec}: write [NAME=]DEVICE[@BAUD], e.g. /dev/ttyUSB0@9600"
+            )));
+        }
+        Ok(Console::new(name, device, baud))
+    }
+}
+
 /// The agent configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +220,9 @@ pub struct AgentConfig {
     /// Local forwards to relay-side targets.
     #[serde(default)]
     pub connect: Vec<Connect>,
+    /// Serial consoles served through the relay.
+    #[serde(default)]
+    pub console: Vec<Console>,
 }
 
 /// Default seconds between keepalives.
@@ -152,6 +266,7 @@ impl AgentConfig {
             on_state_change: None,
             expose: Vec::new(),
             connect: Vec::new(),
+            console: Vec::new(),
         }
     }
 
@@ -207,6 +322,42 @@ impl AgentConfig {
                 return invalid(format!("[[expose]] port {}: to: {err}", e.port));
             }
         }
+        let mut names = std::collections::BTreeSet::new();
+        for (console, port) in self.consoles() {
+            if let Err(e) = check_name("console", &console.name) {
+                return invalid(format!("[[console]] name: {e}"));
+            }
+            if !names.insert(console.name.clone()) {
+                return invalid(format!(
+                    "[[console]] name {:?} is listed twice",
+                    console.name
+                ));
+            }
+            if !ports.insert(port) {
+                return invalid(format!(
+                    "[[console]] {}: port {port} is already used by another endpoint; set port = ...",
+                    console.name
+                ));
+            }
+            if !(5..=8).contains(&console.data_bits) {
+                return invalid(format!(
+                    "[[console]] {}: data_bits must be 5 to 8",
+                    console.name
+                ));
+            }
+            if !(1..=2).contains(&console.stop_bits) {
+                return invalid(format!(
+                    "[[console]] {}: stop_bits must be 1 or 2",
+                    console.name
+                ));
+            }
+            if console.baud == 0 {
+                return invalid(format!(
+                    "[[console]] {}: baud must be positive",
+                    console.name
+                ));
+            }
+        }
         for c in &self.connect {
             if let Err(err) = c.listen.parse::<ListenSpec>() {
                 return invalid(format!("[[connect]] listen: {err}"));
@@ -216,6 +367,16 @@ impl AgentConfig {
             }
         }
         Ok(())
+    }
+
+    /// Consoles with their endpoint ports.
+    pub fn consoles(&self) -> impl Iterator<Item = (&Console, u16)> {
+        self.console.iter().enumerate().map(|(i, c)| {
+            let port = c
+                .port
+                .unwrap_or_else(|| DEFAULT_CONSOLE_PORT.saturating_add(i as u16));
+            (c, port)
+        })
     }
 
     /// The relay address; a bare host gets port 22.
@@ -381,5 +542,65 @@ to = "localhost:1883"
         c.host_key = Some("SHA256:x".into());
         assert_eq!(c.relay_target(), Ok(Target::new("relay", 22)));
         assert!(c.validate().is_ok());
+    }
+}
+
+#[cfg(test)]
+mod console_tests {
+    use super::*;
+
+    #[test]
+    fn consoles_parse_with_defaults_and_ports() {
+        let text = r#"
+relay = "r:1"
+name = "pi"
+key = "k"
+host_key = "SHA256:x"
+[[console]]
+device = "/dev/ttyUSB0"
+[[console]]
+name = "aux"
+device = "/dev/ttyUSB1"
+baud = 115200
+parity = "even"
+flow_control = "hardware"
+"#;
+        let c = AgentConfig::from_toml(text).unwrap();
+        let consoles: Vec<_> = c
+            .consoles()
+            .map(|(c, p)| (c.name.clone(), c.baud, p))
+            .collect();
+        assert_eq!(
+            consoles,
+            [
+                ("console".into(), 9600, 2217),
+                ("aux".into(), 115_200, 2218)
+            ]
+        );
+        assert_eq!(c.console[1].parity, Parity::Even);
+        let bad = text.replace("parity = \"even\"", "parity = \"evn\"");
+        let err = AgentConfig::from_toml(&bad).unwrap_err().to_string();
+        assert!(err.contains("line 12"), "{err}");
+        let dup = text.replace("name = \"aux\"", "name = \"console\"");
+        assert!(
+            AgentConfig::from_toml(&dup)
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
+    }
+
+    #[test]
+    fn console_flag() {
+        assert_eq!(
+            Console::parse_flag("/dev/ttyUSB0@115200").unwrap(),
+            Console::new("console", "/dev/ttyUSB0", 115_200)
+        );
+        assert_eq!(
+            Console::parse_flag("aux=/dev/ttyS1").unwrap(),
+            Console::new("aux", "/dev/ttyS1", 9600)
+        );
+        assert!(Console::parse_flag("/dev/ttyUSB0@fast").is_err());
+        assert!(Console::parse_flag("@9600").is_err());
     }
 }

@@ -267,48 +267,52 @@ pub fn encode_notice(text: &str, out: &mut Vec<u8>) {
     encode_sub(NOTICE_OPTION, text.as_bytes(), out);
 }
 
-/// The negotiation a client sends first: binary both ways, no go-ahead, COM-PORT-OPTION.
-pub fn client_hello() -> Vec<u8> {
-    vec![
-        IAC,
-        WILL,
-        BINARY,
-        IAC,
-        DO,
-        BINARY,
-        IAC,
-        WILL,
-        SGA,
-        IAC,
-        DO,
-        SGA,
-        IAC,
-        WILL,
-        COM_PORT_OPTION,
-    ]
+/// Telnet option negotiation for one side: offers binary, suppress-go-ahead and (for a client)
+/// COM-PORT-OPTION, agrees to those, refuses the rest, and never answers the same thing twice,
+/// so two peers cannot loop.
+#[derive(Debug, Default)]
+pub struct Negotiator {
+    sent: Vec<[u8; 3]>,
 }
 
-/// The answer a server gives to a negotiation: agree to binary, SGA and COM-PORT-OPTION, refuse
-/// the rest. `None` when no answer is due (the peer answered us).
-pub fn server_answer(verb: u8, option: u8) -> Option<[u8; 3]> {
-    let supported = matches!(option, BINARY | SGA | COM_PORT_OPTION);
-    match verb {
-        WILL => Some([IAC, if supported { DO } else { DONT }, option]),
-        DO => Some([IAC, if supported { WILL } else { WONT }, option]),
-        _ => None,
+impl Negotiator {
+    /// The opening offers, recorded as sent.
+    pub fn hello(&mut self, client: bool) -> Vec<u8> {
+        let mut offers = vec![
+            [IAC, WILL, BINARY],
+            [IAC, DO, BINARY],
+            [IAC, WILL, SGA],
+            [IAC, DO, SGA],
+        ];
+        if client {
+            offers.push([IAC, WILL, COM_PORT_OPTION]);
+        } else {
+            offers.push([IAC, DO, COM_PORT_OPTION]);
+        }
+        let mut out = Vec::new();
+        for o in offers {
+            out.extend_from_slice(&o);
+            self.sent.push(o);
+        }
+        out
     }
-}
 
-/// The negotiation a server offers first: binary both ways and no go-ahead.
-pub fn server_hello() -> Vec<u8> {
-    vec![
-        IAC, WILL, BINARY, IAC, DO, BINARY, IAC, WILL, SGA, IAC, DO, SGA,
-    ]
-}
-
-/// Whether a negotiation from a server is an acknowledgement that needs no answer from a client.
-pub fn is_negotiation_verb(verb: u8) -> bool {
-    matches!(verb, WILL | WONT | DO | DONT)
+    /// The answer to a peer's `verb option`, if one is due.
+    pub fn answer(&mut self, verb: u8, option: u8) -> Option<[u8; 3]> {
+        let supported = matches!(option, BINARY | SGA | COM_PORT_OPTION);
+        let reply = match verb {
+            WILL => [IAC, if supported { DO } else { DONT }, option],
+            DO => [IAC, if supported { WILL } else { WONT }, option],
+            WONT => [IAC, DONT, option],
+            DONT => [IAC, WONT, option],
+            _ => return None,
+        };
+        if self.sent.contains(&reply) || self.sent.len() > 64 {
+            return None;
+        }
+        self.sent.push(reply);
+        Some(reply)
+    }
 }
 
 #[cfg(test)]
@@ -389,12 +393,20 @@ mod tests {
                 Event::Negotiate(WILL, COM_PORT_OPTION),
             ]
         );
+        let mut n = Negotiator::default();
+        n.hello(false);
+        // Already offered in the hello: no second answer, so peers cannot loop.
         assert_eq!(
-            server_answer(WILL, COM_PORT_OPTION),
-            Some([IAC, DO, COM_PORT_OPTION])
+            n.answer(DO, COM_PORT_OPTION),
+            Some([IAC, WILL, COM_PORT_OPTION])
         );
-        assert_eq!(server_answer(DO, 1), Some([IAC, WONT, 1]));
-        assert_eq!(server_answer(WONT, 1), None);
+        assert_eq!(n.answer(WILL, COM_PORT_OPTION), None);
+        assert_eq!(n.answer(DO, 1), Some([IAC, WONT, 1]));
+        assert_eq!(n.answer(DO, 1), None);
+        let mut c = Negotiator::default();
+        c.hello(true);
+        assert_eq!(c.answer(DO, COM_PORT_OPTION), None);
+        assert_eq!(c.answer(WILL, 24), Some([IAC, DONT, 24]));
     }
 
     #[test]

@@ -68,6 +68,10 @@ fn is_own_bind_address(address: &str, device: &str) -> bool {
         address,
         "" | "localhost" | "127.0.0.1" | "0.0.0.0" | "::" | "::1" | "*"
     ) || address == device
+        // `console/NAME` is the agent's way to name a console endpoint.
+        || address
+            .strip_prefix(crate::registry::CONSOLE_BIND_PREFIX)
+            .is_some_and(burrow_proto::name::is_valid_name)
 }
 
 /// Handles `tcpip-forward`: adds the virtual endpoint, and a real listener where allowed.

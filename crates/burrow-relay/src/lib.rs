@@ -10,6 +10,7 @@
 //! - [`store`]: the SQLite registry (devices, operators, keys, policy, audit).
 //! - [`admin`]: registry operations behind `burrow relay device|operator ...`.
 //! - [`audit`]: the audit trail (table and log).
+//! - [`console`]: serial consoles terminated at the relay (hubs, sessions, recordings).
 //! - [`registry`]: online device sessions, endpoints, takeover.
 //! - `gate`: caps on unauthenticated connections.
 //! - `server`: the accept loop and per-connection task.
@@ -24,6 +25,7 @@ pub mod admin;
 pub mod audit;
 pub mod config;
 mod conn;
+pub mod console;
 pub mod datadir;
 mod device;
 mod gate;
@@ -64,6 +66,7 @@ pub struct Relay {
     audit: audit::Audit,
     registry: registry::Registry,
     listeners: listeners::Listeners,
+    hubs: console::Hubs,
     gate: gate::Gate,
     ssh: Arc<russh::server::Config>,
     host_key: PrivateKey,
@@ -96,6 +99,7 @@ impl Relay {
             ),
             registry: registry::Registry::default(),
             listeners: listeners::Listeners::default(),
+            hubs: console::Hubs::default(),
             store,
             ssh,
             host_key,

@@ -301,7 +301,7 @@ burrow relay commands (ssh OPERATOR@relay COMMAND):
 Reach a device: ssh -J OPERATOR@relay USER@DEVICE, or ssh -W DEVICE:PORT OPERATOR@relay
 ";
 
-/// Runs an exec command; returns (stdout, stderr, exit status).
+/// Runs an exec command that needs no channel; returns (stdout, stderr, exit status).
 fn run_command(relay: &Relay, op: &OperatorSession, command: &str) -> (String, String, u32) {
     let words: Vec<&str> = command.split_whitespace().collect();
     match words.as_slice() {
@@ -320,41 +320,95 @@ fn run_command(relay: &Relay, op: &OperatorSession, command: &str) -> (String, S
     }
 }
 
-/// Serves an operator's session channel: exec commands and the shell (a listing and help).
-pub(crate) fn session_opened(
-    relay: Arc<Relay>,
-    op: Arc<OperatorSession>,
-    mut channel: Channel<Msg>,
-) {
+/// The operator's current policy record (changes made with the CLI apply at once).
+fn current_record(relay: &Relay, op: &OperatorSession) -> Option<OperatorRecord> {
+    relay.store.operator(op.name()).ok().flatten()
+}
+
+/// Serves an operator's session channel: exec commands, the shell (a listing and help), and
+/// console logins (`OPERATOR:DEVICE/CONSOLE`).
+pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channel: Channel<Msg>) {
     let relay2 = relay.clone();
     relay.tracker.spawn(async move {
-        let (out, err, status) = loop {
-            match channel.wait().await {
+        let relay = relay2;
+        let (mut read, write) = channel.split();
+        let status = loop {
+            match read.wait().await {
                 Some(ChannelMsg::Exec { command, .. }) => {
                     let command = String::from_utf8_lossy(&command).to_string();
-                    relay2
+                    relay
                         .audit
                         .record("exec", op.name(), &command, Outcome::Ok, "");
-                    break run_command(&relay2, &op, &command);
+                    let words: Vec<&str> = command.split_whitespace().collect();
+                    if let Some(("console", rest)) = words.split_first().map(|(a, b)| (*a, b)) {
+                        let record = current_record(&relay, &op);
+                        let allowed = |device: &str| {
+                            record
+                                .as_ref()
+                                .is_some_and(|r| any_matches(&r.allow, device))
+                        };
+                        break crate::console::console_exec(
+                            &relay,
+                            op.name(),
+                            &allowed,
+                            rest,
+                            &mut read,
+                            &write,
+                        )
+                        .await;
+                    }
+                    let (out, err, status) = run_command(&relay, &op, &command);
+                    let _ = write.data_bytes(out.into_bytes()).await;
+                    if !err.is_empty() {
+                        let _ = write.extended_data_bytes(1, err.into_bytes()).await;
+                    }
+                    break status;
                 }
                 Some(ChannelMsg::RequestShell { .. }) => {
-                    let (out, _, _) = run_command(&relay2, &op, "ls");
-                    break (
-                        format!("{out}\n{HELP}").replace('\n', "\r\n"),
-                        String::new(),
-                        0,
-                    );
+                    if let Login::Console {
+                        device, console, ..
+                    } = &op.login
+                    {
+                        let allowed = current_record(&relay, &op)
+                            .is_some_and(|r| any_matches(&r.allow, device));
+                        if !allowed {
+                            let why =
+                                format!("operator {} may not reach device {device}", op.name());
+                            relay.audit.record(
+                                "console-attach",
+                                op.name(),
+                                &format!("{device}/{console}"),
+                                Outcome::Denied,
+                                &why,
+                            );
+                            let _ = write
+                                .data_bytes(format!("[burrow] {why}\r\n").into_bytes())
+                                .await;
+                            break 1;
+                        }
+                        break crate::console::run_console(
+                            &relay,
+                            op.name(),
+                            device,
+                            console,
+                            crate::console::Mode::Interactive,
+                            &mut read,
+                            &write,
+                        )
+                        .await;
+                    }
+                    let (out, _, _) = run_command(&relay, &op, "ls");
+                    let _ = write
+                        .data_bytes(format!("{out}\n{HELP}").replace('\n', "\r\n").into_bytes())
+                        .await;
+                    break 0;
                 }
                 Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return,
                 Some(_) => continue,
             }
         };
-        let _ = channel.data_bytes(out.into_bytes()).await;
-        if !err.is_empty() {
-            let _ = channel.extended_data_bytes(1, err.into_bytes()).await;
-        }
-        let _ = channel.exit_status(status).await;
-        let _ = channel.eof().await;
-        let _ = channel.close().await;
+        let _ = write.exit_status(status).await;
+        let _ = write.eof().await;
+        let _ = write.close().await;
     });
 }

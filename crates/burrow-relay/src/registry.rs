@@ -12,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 /// First port handed out for `tcpip-forward` requests with port 0 (as sshd picks an ephemeral one).
 pub const DYNAMIC_PORT_FIRST: u16 = 49152;
 
+/// Bind address prefix with which an agent announces a console endpoint (`console/NAME`).
+pub const CONSOLE_BIND_PREFIX: &str = "console/";
+
 /// One endpoint `NAME:PORT` as the device asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -96,6 +99,22 @@ impl DeviceSession {
     /// The endpoint on `port`, if exposed.
     pub fn endpoint(&self, port: u16) -> Option<Endpoint> {
         self.endpoints().get(&port).cloned()
+    }
+
+    /// The endpoint port of console `name`, announced by the agent with bind address `console/NAME`.
+    pub fn console_port(&self, name: &str) -> Option<u16> {
+        self.endpoints()
+            .values()
+            .find(|e| e.bind.strip_prefix(CONSOLE_BIND_PREFIX) == Some(name))
+            .map(|e| e.port)
+    }
+
+    /// Names of the consoles this device serves.
+    pub fn consoles(&self) -> Vec<String> {
+        self.endpoints()
+            .values()
+            .filter_map(|e| e.bind.strip_prefix(CONSOLE_BIND_PREFIX).map(str::to_string))
+            .collect()
     }
 
     /// Exposed ports, ascending.

@@ -1,0 +1,458 @@
+//! One live connection to a device's console, shared by every operator attached to it.
+//!
+//! The hub speaks RFC 2217 to the agent, keeps a ring of recent output for late joiners and
+//! replays, enforces one writer, and fans output out to viewers through bounded queues: a viewer
+//! that cannot keep up skips output (and is told how much), it never slows the console or the
+//! other viewers. It records the whole attach cycle and closes when the last operator leaves.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use burrow_proto::rfc2217::{
+    CONTROL_BREAK_OFF, CONTROL_BREAK_ON, ComPort, Decoder, Event, Negotiator, encode_command,
+    encode_data,
+};
+use bytes::Bytes;
+use russh::ChannelMsg;
+use tokio::sync::mpsc;
+
+use super::recording::Recording;
+use crate::Relay;
+use crate::audit::Outcome;
+
+/// Recent output kept for late joiners and `^Ecr`.
+pub(crate) const RING_BYTES: usize = 64 * 1024;
+/// Output messages queued per viewer before it skips.
+const VIEWER_QUEUE: usize = 256;
+/// How long a break from `^Ecl1` or `console break` holds the line.
+pub(crate) const BREAK_DURATION: Duration = Duration::from_millis(500);
+
+/// The notice that closes a break.
+pub(crate) const BREAK_ENDED: &str = "break ended";
+
+/// What a viewer receives.
+#[derive(Debug, Clone)]
+pub(crate) enum Out {
+    /// Console output.
+    Data(Bytes),
+    /// A line from burrow (who writes, break failed, port offline, skipped output).
+    Notice(String),
+}
+
+/// Whether a viewer may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Writer,
+    Viewer,
+}
+
+struct Viewer {
+    operator: String,
+    tx: mpsc::Sender<Out>,
+    skipped: usize,
+}
+
+struct State {
+    ring: VecDeque<u8>,
+    viewers: HashMap<u64, Viewer>,
+    writer: Option<u64>,
+    next_id: u64,
+    recording: Option<Recording>,
+    closed: bool,
+}
+
+/// A console connection shared by its operators.
+pub(crate) struct Hub {
+    pub(crate) device: String,
+    pub(crate) console: String,
+    state: Mutex<State>,
+    to_device: mpsc::Sender<Bytes>,
+}
+
+/// All open hubs, by (device, console).
+#[derive(Default)]
+pub(crate) struct Hubs {
+    map: Mutex<HashMap<(String, String), Arc<Hub>>>,
+}
+
+impl Hubs {
+    /// The hub of `device/console`, connecting to the agent if none is open.
+    pub(crate) async fn open(
+        &self,
+        relay: &Arc<Relay>,
+        device: &str,
+        console: &str,
+    ) -> Result<Arc<Hub>, String> {
+        let key = (device.to_string(), console.to_string());
+        if let Some(hub) = self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+            && !hub.state().closed
+        {
+            return Ok(hub.clone());
+        }
+        let Some(dev) = relay.registry.get(device) else {
+            return Err(crate::operator::offline_reason(relay, device));
+        };
+        let Some(port) = dev.console_port(console) else {
+            let consoles = dev.consoles();
+            return Err(if consoles.is_empty() {
+                format!("device {device} serves no console")
+            } else {
+                format!(
+                    "device {device} has no console {console} (it has: {})",
+                    consoles.join(", ")
+                )
+            });
+        };
+        let (_, channel) = crate::operator::open_endpoint(relay, device, port, "relay-console", 0)
+            .await
+            .map_err(|r| r.reason)?;
+        // Another operator may have opened it meanwhile: keep theirs, close ours.
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(hub) = map.get(&key)
+            && !hub.state().closed
+        {
+            let hub = hub.clone();
+            drop(map);
+            tokio::spawn(async move {
+                let _ = channel.close().await;
+            });
+            return Ok(hub);
+        }
+        let recording =
+            match Recording::create(&relay.config.data_dir, device, console, crate::store::now()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::error!("cannot record console {device}/{console}: {e}");
+                    None
+                }
+            };
+        let (to_device, from_hubs) = mpsc::channel(64);
+        let hub = Arc::new(Hub {
+            device: device.to_string(),
+            console: console.to_string(),
+            state: Mutex::new(State {
+                ring: VecDeque::with_capacity(4096),
+                viewers: HashMap::new(),
+                writer: None,
+                next_id: 1,
+                recording,
+                closed: false,
+            }),
+            to_device,
+        });
+        map.insert(key, hub.clone());
+        drop(map);
+        relay.tracker.spawn(run_connection(
+            relay.clone(),
+            hub.clone(),
+            channel,
+            from_hubs,
+        ));
+        Ok(hub)
+    }
+
+    fn remove(&self, hub: &Hub) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (hub.device.clone(), hub.console.clone());
+        if map.get(&key).is_some_and(|h| std::ptr::eq(h.as_ref(), hub)) {
+            map.remove(&key);
+        }
+    }
+}
+
+/// Carries bytes between the agent's console endpoint and the hub until either side ends.
+async fn run_connection(
+    relay: Arc<Relay>,
+    hub: Arc<Hub>,
+    channel: russh::Channel<russh::server::Msg>,
+    mut from_hub: mpsc::Receiver<Bytes>,
+) {
+    let (mut read, write) = channel.split();
+    let mut negotiator = Negotiator::default();
+    let _ = write.data_bytes(negotiator.hello(true)).await;
+    let mut decoder = Decoder::default();
+    let why = loop {
+        tokio::select! {
+            msg = read.wait() => match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    let mut events = Vec::new();
+                    decoder.feed(&data, &mut events);
+                    for event in events {
+                        match event {
+                            Event::Data(bytes) => hub.output(Bytes::from(bytes)),
+                            Event::Notice(text) => hub.notice(&text),
+                            Event::ComPort { command: ComPort::SetBaud(rate), server: true } => {
+                                hub.notice(&format!("line speed is {rate} baud"));
+                            }
+                            Event::ComPort { command: ComPort::SetControl(CONTROL_BREAK_OFF), server: true } => {
+                                hub.notice(BREAK_ENDED);
+                            }
+                            Event::Negotiate(verb, option) => {
+                                if let Some(answer) = negotiator.answer(verb, option) {
+                                    let _ = write.data_bytes(answer.to_vec()).await;
+                                }
+                            }
+                            Event::ComPort { .. } => {}
+                        }
+                    }
+                }
+                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => break "the device closed the console",
+                Some(_) => {}
+            },
+            bytes = from_hub.recv() => match bytes {
+                Some(bytes) if bytes.is_empty() => {
+                    if hub.state().closed {
+                        break "";
+                    }
+                }
+                Some(bytes) => {
+                    if write.data_bytes(bytes).await.is_err() {
+                        break "the device session ended";
+                    }
+                }
+                None => break "",
+            },
+        }
+    };
+    let _ = write.close().await;
+    if !why.is_empty() {
+        hub.notice(&format!("console connection lost: {why}"));
+    }
+    hub.close();
+    relay.hubs.remove(&hub);
+}
+
+impl Hub {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fans output out to viewers, the ring and the recording.
+    fn output(&self, bytes: Bytes) {
+        let mut st = self.state();
+        if let Some(r) = st.recording.as_mut() {
+            r.output(&bytes);
+        }
+        st.ring.extend(bytes.iter());
+        let excess = st.ring.len().saturating_sub(RING_BYTES);
+        st.ring.drain(..excess);
+        for v in st.viewers.values_mut() {
+            deliver(v, Out::Data(bytes.clone()));
+        }
+    }
+
+    /// Tells every viewer something, and marks it in the recording.
+    pub(crate) fn notice(&self, text: &str) {
+        let mut st = self.state();
+        if let Some(r) = st.recording.as_mut() {
+            r.marker(text);
+        }
+        for v in st.viewers.values_mut() {
+            deliver(v, Out::Notice(text.to_string()));
+        }
+    }
+
+    /// Adds an operator; it writes if it asks to and nobody does. Returns its id, role, queue
+    /// and the recent output.
+    pub(crate) fn attach(
+        &self,
+        operator: &str,
+        want_write: bool,
+    ) -> Result<(u64, Role, mpsc::Receiver<Out>, Vec<u8>), String> {
+        let (tx, rx) = mpsc::channel(VIEWER_QUEUE);
+        let mut st = self.state();
+        if st.closed {
+            return Err("the console connection just closed; try again".into());
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        let role = if want_write && st.writer.is_none() {
+            st.writer = Some(id);
+            Role::Writer
+        } else {
+            Role::Viewer
+        };
+        st.viewers.insert(
+            id,
+            Viewer {
+                operator: operator.to_string(),
+                tx,
+                skipped: 0,
+            },
+        );
+        let mode = if role == Role::Writer {
+            "read-write"
+        } else {
+            "read-only"
+        };
+        if let Some(r) = st.recording.as_mut() {
+            r.marker(&format!("attach {operator} ({mode})"));
+        }
+        let replay = st.ring.iter().copied().collect();
+        Ok((id, role, rx, replay))
+    }
+
+    /// Who writes, if anyone.
+    pub(crate) fn writer(&self) -> Option<String> {
+        let st = self.state();
+        st.writer
+            .and_then(|w| st.viewers.get(&w))
+            .map(|v| v.operator.clone())
+    }
+
+    /// Whether `id` holds write.
+    pub(crate) fn is_writer(&self, id: u64) -> bool {
+        self.state().writer == Some(id)
+    }
+
+    /// Takes write for `id`: only when free unless `force`. Returns the previous writer.
+    pub(crate) fn take_write(&self, id: u64, force: bool) -> Result<Option<String>, String> {
+        let mut st = self.state();
+        let previous = st.writer.filter(|w| *w != id);
+        if let Some(p) = previous
+            && !force
+        {
+            let who = st
+                .viewers
+                .get(&p)
+                .map(|v| v.operator.clone())
+                .unwrap_or_default();
+            return Err(format!("{who} holds write; Ctrl-E c f takes it over"));
+        }
+        st.writer = Some(id);
+        let me = st
+            .viewers
+            .get(&id)
+            .map(|v| v.operator.clone())
+            .unwrap_or_default();
+        let previous_name = previous.and_then(|p| st.viewers.get(&p).map(|v| v.operator.clone()));
+        if let Some(p) = previous
+            && let Some(v) = st.viewers.get_mut(&p)
+        {
+            deliver(
+                v,
+                Out::Notice(format!(
+                    "{me} took write; you are read-only now (Ctrl-E c a to ask back)"
+                )),
+            );
+        }
+        if let Some(r) = st.recording.as_mut() {
+            r.marker(&format!("write {me}"));
+        }
+        Ok(previous_name)
+    }
+
+    /// Gives up write.
+    pub(crate) fn spy(&self, id: u64) {
+        let mut st = self.state();
+        if st.writer == Some(id) {
+            st.writer = None;
+        }
+    }
+
+    /// Removes an operator; the last one out closes the console connection.
+    pub(crate) fn detach(&self, id: u64) {
+        let mut st = self.state();
+        let Some(v) = st.viewers.remove(&id) else {
+            return;
+        };
+        if st.writer == Some(id) {
+            st.writer = None;
+        }
+        if let Some(r) = st.recording.as_mut() {
+            r.marker(&format!("detach {}", v.operator));
+        }
+        if st.viewers.is_empty() {
+            st.closed = true;
+            if let Some(mut r) = st.recording.take() {
+                r.finish();
+            }
+        }
+        let empty = st.viewers.is_empty();
+        drop(st);
+        if empty {
+            // Dropping our sender is not enough (sessions hold clones): tell the connection task.
+            let _ = self.to_device.try_send(Bytes::new());
+        }
+    }
+
+    fn close(&self) {
+        let mut st = self.state();
+        st.closed = true;
+        st.writer = None;
+        // Dropping the senders ends every session's output loop.
+        st.viewers.clear();
+        if let Some(mut r) = st.recording.take() {
+            r.finish();
+        }
+    }
+
+    /// Keystrokes from the writer.
+    pub(crate) async fn input(&self, bytes: &[u8]) {
+        let mut wire = Vec::with_capacity(bytes.len() + 4);
+        encode_data(bytes, &mut wire);
+        let _ = self.to_device.send(Bytes::from(wire)).await;
+    }
+
+    async fn command(&self, command: ComPort) {
+        let mut wire = Vec::new();
+        encode_command(&command, false, &mut wire);
+        let _ = self.to_device.send(Bytes::from(wire)).await;
+    }
+
+    /// Holds a break on the line for [`BREAK_DURATION`].
+    pub(crate) async fn send_break(&self, relay: &Relay, operator: &str) {
+        let target = format!("{}/{}", self.device, self.console);
+        relay.audit.record(
+            "console-break",
+            operator,
+            &target,
+            Outcome::Ok,
+            &format!("{} ms", BREAK_DURATION.as_millis()),
+        );
+        self.notice(&format!("break sent by {operator}"));
+        self.command(ComPort::SetControl(CONTROL_BREAK_ON)).await;
+        tokio::time::sleep(BREAK_DURATION).await;
+        self.command(ComPort::SetControl(CONTROL_BREAK_OFF)).await;
+    }
+
+    /// Changes the line speed.
+    pub(crate) async fn set_baud(&self, relay: &Relay, operator: &str, rate: u32) {
+        let target = format!("{}/{}", self.device, self.console);
+        relay.audit.record(
+            "console-baud",
+            operator,
+            &target,
+            Outcome::Ok,
+            &format!("{rate} baud"),
+        );
+        self.notice(&format!("baud change to {rate} by {operator}"));
+        self.command(ComPort::SetBaud(rate)).await;
+    }
+
+    /// The recent output.
+    pub(crate) fn recent(&self) -> Vec<u8> {
+        self.state().ring.iter().copied().collect()
+    }
+}
+
+/// Queues for a viewer without ever waiting: a full queue skips, and says so once there is room.
+fn deliver(v: &mut Viewer, out: Out) {
+    if v.skipped > 0 {
+        let note = Out::Notice(format!(
+            "skipped {} bytes of output: your connection is too slow",
+            v.skipped
+        ));
+        if v.tx.try_send(note).is_err() {
+            if let Out::Data(d) = &out {
+                v.skipped += d.len();
+            }
+            return;
+        }
+        v.skipped = 0;
+    }
+    if let Err(mpsc::error::TrySendError::Full(Out::Data(d))) = v.tx.try_send(out) {
+        v.skipped += d.len();
+    }
+}

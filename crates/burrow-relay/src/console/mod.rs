@@ -1,0 +1,13 @@
+//! Serial consoles terminated at the relay: one writer, many viewers, recordings, escapes.
+//!
+//! # Layout
+//! - [`recording`]: asciicast v2 files under `DATA/recordings/DEVICE/`, written as things happen.
+//! - `hub`: one live connection to a device's console, shared by every operator attached to it.
+//! - `session`: an operator's console session: escapes, write/read-only, notices.
+
+mod hub;
+pub mod recording;
+mod session;
+
+pub(crate) use hub::Hubs;
+pub(crate) use session::{Mode, console_exec, run_console};

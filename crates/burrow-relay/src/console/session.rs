@@ -1,0 +1,317 @@
+//! An operator's console session: output and notices out, keystrokes through the escape parser
+//! in; and the exec forms `console break|baud|watch DEVICE[/NAME]`.
+
+use std::sync::Arc;
+
+use burrow_proto::escape::{Action, EscapeParser, help_text};
+use burrow_proto::name::{DEFAULT_CONSOLE, check_name};
+use russh::server::Msg;
+use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+
+use super::hub::{Hub, Out, Role};
+use crate::Relay;
+use crate::audit::Outcome;
+
+/// How an operator attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Read-write when free, with escapes.
+    Interactive,
+    /// Read-only, no input (`console watch`).
+    Watch,
+}
+
+fn notice_line(text: &str) -> Vec<u8> {
+    format!("\r\n[burrow] {text}\r\n").into_bytes()
+}
+
+async fn say(write: &ChannelWriteHalf<Msg>, text: &str) {
+    let _ = write.data_bytes(notice_line(text)).await;
+}
+
+/// Runs a console session on an operator's channel; returns the exit status.
+pub(crate) async fn run_console(
+    relay: &Arc<Relay>,
+    operator: &str,
+    device: &str,
+    console: &str,
+    mode: Mode,
+    read: &mut ChannelReadHalf,
+    write: &ChannelWriteHalf<Msg>,
+) -> u32 {
+    let target = format!("{device}/{console}");
+    let hub = match relay.hubs.open(relay, device, console).await {
+        Ok(h) => h,
+        Err(why) => {
+            relay
+                .audit
+                .record("console-attach", operator, &target, Outcome::Failed, &why);
+            say(write, &why).await;
+            return 1;
+        }
+    };
+    let (id, role, mut rx, replay) = match hub.attach(operator, mode == Mode::Interactive) {
+        Ok(a) => a,
+        Err(why) => {
+            say(write, &why).await;
+            return 1;
+        }
+    };
+    let mode_text = if role == Role::Writer {
+        "read-write"
+    } else {
+        "read-only"
+    };
+    relay
+        .audit
+        .record("console-attach", operator, &target, Outcome::Ok, mode_text);
+    let mut banner = format!("connected to {target}, {mode_text}");
+    if role == Role::Viewer
+        && let Some(w) = hub.writer()
+    {
+        banner.push_str(&format!("; {w} holds write"));
+    }
+    if mode == Mode::Interactive {
+        banner.push_str("; Ctrl-E c ? for help");
+    }
+    say(write, &banner).await;
+    if !replay.is_empty() {
+        let _ = write.data_bytes(replay).await;
+    }
+    hub.notice(&format!("{operator} attached ({mode_text})"));
+
+    let mut parser = EscapeParser::default();
+    let mut told_read_only = false;
+    loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some(Out::Data(bytes)) => {
+                    if write.data_bytes(bytes).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Out::Notice(text)) => say(write, &text).await,
+                None => {
+                    say(write, "console closed").await;
+                    break;
+                }
+            },
+            msg = read.wait() => match msg {
+                Some(ChannelMsg::Data { data }) if mode == Mode::Interactive => {
+                    let mut leave = false;
+                    for action in parser.feed(&data) {
+                        match act(relay, &hub, id, operator, action, write, &mut told_read_only).await {
+                            Flow::Stay => {}
+                            Flow::Leave => leave = true,
+                        }
+                    }
+                    if leave {
+                        break;
+                    }
+                }
+                Some(ChannelMsg::Data { .. }) => {}
+                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => break,
+                Some(_) => {}
+            },
+        }
+    }
+    hub.detach(id);
+    hub.notice(&format!("{operator} detached"));
+    relay
+        .audit
+        .record("console-detach", operator, &target, Outcome::Ok, "");
+    0
+}
+
+enum Flow {
+    Stay,
+    Leave,
+}
+
+async fn act(
+    relay: &Arc<Relay>,
+    hub: &Hub,
+    id: u64,
+    operator: &str,
+    action: Action,
+    write: &ChannelWriteHalf<Msg>,
+    told_read_only: &mut bool,
+) -> Flow {
+    match action {
+        Action::Send(bytes) => {
+            if hub.is_writer(id) {
+                *told_read_only = false;
+                hub.input(&bytes).await;
+            } else if !*told_read_only {
+                *told_read_only = true;
+                let who = hub.writer().map_or("nobody".to_string(), |w| w.to_string());
+                say(
+                    write,
+                    &format!(
+                        "read-only: {who} holds write (Ctrl-E c a to attach, Ctrl-E c f to force)"
+                    ),
+                )
+                .await;
+            }
+        }
+        Action::Break => {
+            if hub.is_writer(id) {
+                hub.send_break(relay, operator).await;
+            } else {
+                say(write, "read-only: only the writer can send a break").await;
+            }
+        }
+        Action::Baud(rate) => {
+            if hub.is_writer(id) {
+                hub.set_baud(relay, operator, rate).await;
+            } else {
+                say(write, "read-only: only the writer can change the baud rate").await;
+            }
+        }
+        Action::Attach | Action::Force => match hub.take_write(id, action == Action::Force) {
+            Ok(Some(previous)) => {
+                say(write, &format!("read-write (took over from {previous})")).await
+            }
+            Ok(None) => say(write, "read-write").await,
+            Err(why) => say(write, &why).await,
+        },
+        Action::Spy => {
+            hub.spy(id);
+            say(write, "read-only (spy)").await;
+        }
+        Action::Replay => {
+            say(write, "recent output:").await;
+            let _ = write.data_bytes(hub.recent()).await;
+        }
+        Action::Disconnect => {
+            say(write, "disconnected").await;
+            return Flow::Leave;
+        }
+        Action::Help | Action::Unknown(_) => {
+            let _ = write
+                .data_bytes(format!("\r\n{}", help_text()).into_bytes())
+                .await;
+        }
+    }
+    Flow::Stay
+}
+
+/// Parses `DEVICE[/NAME]`.
+fn parse_target(arg: &str) -> Result<(String, String), String> {
+    let (device, console) = arg.split_once('/').unwrap_or((arg, DEFAULT_CONSOLE));
+    check_name("device", device).map_err(|e| e.to_string())?;
+    check_name("console", console).map_err(|e| e.to_string())?;
+    Ok((device.to_string(), console.to_string()))
+}
+
+/// `console break|baud|watch DEVICE[/NAME] [RATE]` as an exec command. Returns the exit status.
+pub(crate) async fn console_exec(
+    relay: &Arc<Relay>,
+    operator: &str,
+    allowed: &(dyn Fn(&str) -> bool + Sync),
+    words: &[&str],
+    read: &mut ChannelReadHalf,
+    write: &ChannelWriteHalf<Msg>,
+) -> u32 {
+    const USAGE: &str = "usage: console break DEVICE[/NAME] | console baud DEVICE[/NAME] RATE | console watch DEVICE[/NAME]";
+    let (verb, target, rate) = match words {
+        ["break", t] => ("break", *t, None),
+        ["watch", t] => ("watch", *t, None),
+        ["baud", t, r] => match r.parse::<u32>() {
+            Ok(r) if r > 0 => ("baud", *t, Some(r)),
+            _ => {
+                let _ = write
+                    .extended_data_bytes(1, format!("{r:?} is not a baud rate\n").into_bytes())
+                    .await;
+                return 2;
+            }
+        },
+        _ => {
+            let _ = write
+                .extended_data_bytes(1, format!("{USAGE}\n").into_bytes())
+                .await;
+            return 2;
+        }
+    };
+    let (device, console) = match parse_target(target) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = write
+                .extended_data_bytes(1, format!("{e}\n").into_bytes())
+                .await;
+            return 2;
+        }
+    };
+    if !allowed(&device) {
+        let why = format!("operator {operator} may not reach device {device}");
+        relay.audit.record(
+            "console-attach",
+            operator,
+            &format!("{device}/{console}"),
+            Outcome::Denied,
+            &why,
+        );
+        let _ = write
+            .extended_data_bytes(1, format!("{why}\n").into_bytes())
+            .await;
+        return 1;
+    }
+    if verb == "watch" {
+        return run_console(relay, operator, &device, &console, Mode::Watch, read, write).await;
+    }
+    let hub = match relay.hubs.open(relay, &device, &console).await {
+        Ok(h) => h,
+        Err(why) => {
+            let _ = write
+                .extended_data_bytes(1, format!("{why}\n").into_bytes())
+                .await;
+            return 1;
+        }
+    };
+    // A one-shot command attaches for write like anyone else (so it respects a writer).
+    let (id, role, mut rx, _) = match hub.attach(operator, true) {
+        Ok(a) => a,
+        Err(why) => {
+            let _ = write
+                .extended_data_bytes(1, format!("{why}\n").into_bytes())
+                .await;
+            return 1;
+        }
+    };
+    let status = if role != Role::Writer {
+        let who = hub.writer().unwrap_or_default();
+        let _ = write
+            .extended_data_bytes(
+                1,
+                format!("{who} holds write on {device}/{console}; not changed\n").into_bytes(),
+            )
+            .await;
+        1
+    } else {
+        match rate {
+            Some(rate) => hub.set_baud(relay, operator, rate).await,
+            None => hub.send_break(relay, operator).await,
+        }
+        // Give the agent a moment to answer, and pass on what it says (a failed break, say).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut failed = false;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Out::Notice(text))) => {
+                    if text.contains("failed") || text.starts_with("offline") {
+                        failed = true;
+                    }
+                    let _ = write.data_bytes(format!("{text}\n").into_bytes()).await;
+                    if text.starts_with("line speed is") || text == super::hub::BREAK_ENDED {
+                        break;
+                    }
+                }
+                Ok(Some(Out::Data(_))) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        u32::from(failed)
+    };
+    hub.detach(id);
+    status
+}
