@@ -60,6 +60,9 @@ pub enum RelayCommand {
     /// Manage operators.
     #[command(subcommand)]
     Operator(OperatorCommand),
+    /// Console recordings (asciicast v2; play them with `asciinema play FILE`).
+    #[command(subcommand)]
+    Recordings(RecordingsCommand),
     /// Show the most recent audit entries.
     Audit {
         /// How many entries.
@@ -106,6 +109,17 @@ pub enum DeviceCommand {
         name: String,
         #[arg(value_name = "[ADDR:]PORT")]
         listen: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RecordingsCommand {
+    /// List recordings, of one device or all.
+    Ls {
+        device: Option<String>,
+        /// JSON output for scripts.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -10,7 +10,7 @@ use burrow_relay::store::Store;
 use burrow_relay::{Relay, RelayConfig, datadir};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{DeviceCommand, OperatorCommand, RelayArgs, RelayCommand};
+use crate::cli::{DeviceCommand, OperatorCommand, RecordingsCommand, RelayArgs, RelayCommand};
 use crate::exit::{self, Failure, Result};
 
 pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result {
@@ -24,6 +24,9 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result {
         Some(RelayCommand::Device(cmd)) => device(&open_store(&data_dir)?, cmd),
         Some(RelayCommand::Operator(cmd)) => operator(&open_store(&data_dir)?, cmd),
         Some(RelayCommand::Audit { limit, json }) => audit(&open_store(&data_dir)?, limit, json),
+        Some(RelayCommand::Recordings(RecordingsCommand::Ls { device, json })) => {
+            recordings(&data_dir, device.as_deref(), json)
+        }
     }
 }
 
@@ -229,6 +232,26 @@ fn operator(store: &Store, cmd: OperatorCommand) -> Result {
             store.remove_operator(&name).map_err(store_err)?;
             println!("operator {name} removed");
         }
+    }
+    Ok(())
+}
+
+fn recordings(data_dir: &Path, device: Option<&str>, json: bool) -> Result {
+    let files = burrow_relay::console::recording::list(data_dir, device).map_err(|e| {
+        Failure::new(
+            exit::NOINPUT,
+            format!("cannot list recordings in {}: {e}", data_dir.display()),
+        )
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&files).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    for f in files {
+        println!("{:<20} {:>10}  {}", f.device, f.bytes, f.path.display());
     }
     Ok(())
 }

@@ -474,3 +474,156 @@ impl TestAgent {
         let _ = self.task.await;
     }
 }
+
+/// An interactive stock ssh session (`ssh -tt`), its output collected as it arrives.
+pub struct Terminal {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    output: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Terminal {
+    /// `ssh -tt -e none -F config ARGS...`
+    pub fn spawn(config: &Path, args: &[&str]) -> Terminal {
+        let mut argv = vec!["-tt", "-e", "none"];
+        argv.extend_from_slice(args);
+        let mut cmd = tokio::process::Command::from(ssh(config, &argv));
+        cmd.kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let output = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = output.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Terminal {
+            child,
+            stdin,
+            output,
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stdin.write_all(bytes).await.unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).to_string()
+    }
+
+    /// Waits until the output contains `needle` (counting from the start of the session).
+    pub async fn expect(&self, needle: &str) {
+        let what = format!("terminal output to contain {needle:?}");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if self.text().contains(needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; got:\n{}",
+                self.text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for the session to end; returns whether ssh exited successfully.
+    pub async fn wait(mut self) -> bool {
+        drop(self.stdin);
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    }
+}
+
+/// A pty pair standing in for a router's serial console: the agent opens `path` (a symlink to
+/// the pty's slave), the test plays the router on the master side.
+pub struct FakeRouter {
+    pub path: PathBuf,
+    pub received: Arc<std::sync::Mutex<Vec<u8>>>,
+    master: Arc<std::os::fd::OwnedFd>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FakeRouter {
+    /// A router answering each line (CR) with `Router# got <line>\r\n`, at `path`.
+    pub fn start(path: &Path) -> FakeRouter {
+        use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+        let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+        // Non-blocking, so the router thread notices when it is told to stop.
+        rustix::fs::fcntl_setfl(&master, rustix::fs::OFlags::NONBLOCK).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let slave = ptsname(&master, Vec::new()).unwrap();
+        let _ = std::fs::remove_file(path);
+        std::os::unix::fs::symlink(slave.to_str().unwrap(), path).unwrap();
+        let master = Arc::new(master);
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (m, r, s) = (master.clone(), received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut line = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                // EAGAIN when idle, EIO until the agent opens the slave side: keep polling.
+                let n = match rustix::io::read(&*m, &mut buf) {
+                    Ok(0) | Err(_) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                    Ok(n) => n,
+                };
+                r.lock().unwrap().extend_from_slice(&buf[..n]);
+                for &b in &buf[..n] {
+                    if b == b'\r' {
+                        let answer = format!("Router# got {}\r\n", String::from_utf8_lossy(&line));
+                        let _ = rustix::io::write(&*m, answer.as_bytes());
+                        line.clear();
+                    } else {
+                        line.push(b);
+                    }
+                }
+            }
+        });
+        FakeRouter {
+            path: path.to_path_buf(),
+            received,
+            master,
+            stop,
+        }
+    }
+
+    /// The router prints something by itself.
+    pub fn print(&self, bytes: &[u8]) {
+        rustix::io::write(&*self.master, bytes).unwrap();
+    }
+
+    /// Line speed of the pty as the agent set it (termios read back with TCGETS2).
+    pub fn speed(&self) -> u32 {
+        rustix::termios::tcgetattr(&*self.master)
+            .unwrap()
+            .output_speed()
+    }
+
+    pub fn received(&self) -> Vec<u8> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Unplugs the port: the pty goes away and so does the path.
+    pub fn unplug(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = std::fs::remove_file(&self.path);
+        drop(self.master);
+    }
+}

@@ -1,0 +1,279 @@
+//! Serial consoles end to end: a pty stands in for the router, the agent serves it, operators
+//! use stock ssh through the relay.
+
+mod common;
+
+use std::path::Path;
+
+use burrow_proto::agent_config::Console;
+use common::*;
+
+struct Site {
+    _dir: tempfile::TempDir,
+    relay: TestRelay,
+    router: FakeRouter,
+    agent: TestAgent,
+    alice: std::path::PathBuf,
+    bob: std::path::PathBuf,
+}
+
+async fn site() -> Site {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    let alice_key = keypair(dir.path(), "alice");
+    let bob_key = keypair(dir.path(), "bob");
+    relay.add_device("pi", &dev_key);
+    relay.add_operator("alice", &alice_key, &["*"]);
+    relay.add_operator("bob", &bob_key, &["*"]);
+    let router = FakeRouter::start(&dir.path().join("ttyUSB0"));
+    let mut config = agent_config(
+        &relay.addr.to_string(),
+        "pi",
+        &dev_key,
+        &relay.relay.fingerprint(),
+    );
+    config
+        .console
+        .push(Console::new("console", router.path.clone(), 9600));
+    let agent = TestAgent::start(dir.path(), config);
+    agent.wait_up().await;
+    let alice = ssh_config(dir.path(), &relay, "alice", &alice_key);
+    let bob = ssh_config(dir.path(), &relay, "bob", &bob_key);
+    Site {
+        _dir: dir,
+        relay,
+        router,
+        agent,
+        alice,
+        bob,
+    }
+}
+
+fn console_login(config: &Path, user: &str) -> Terminal {
+    Terminal::spawn(config, &["-l", user, "relay"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_types_and_router_answers() {
+    let s = site().await;
+    let mut t = console_login(&s.alice, "alice:pi");
+    t.expect("connected to pi/console, read-write").await;
+    t.send(b"show version\r").await;
+    t.expect("Router# got show version").await;
+    // Bytes reach the port unchanged, IAC (0xFF) and control characters included.
+    t.send(&[0x01, 0xff, 0x1b, b'x', b'\r']).await;
+    eventually("raw bytes at the port", || {
+        let got = s.router.received();
+        got.windows(5)
+            .any(|w| w == [0x01, 0xff, 0x1b, b'x', b'\r'])
+            .then_some(())
+    })
+    .await;
+    assert!(s.router.received().starts_with(b"show version\r"));
+    t.send(b"\x05c.").await;
+    t.expect("disconnected").await;
+    assert!(t.wait().await);
+    let audit = s.relay.relay.store().audit_tail(50).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.event == "console-attach" && r.who == "alice" && r.detail == "read-write")
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.event == "console-detach" && r.who == "alice")
+    );
+    s.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_operator_watches_then_forces_write() {
+    let s = site().await;
+    let mut alice = console_login(&s.alice, "alice:pi/console");
+    alice.expect("read-write").await;
+    s.router.print(b"Router> boot banner\r\n");
+    alice.expect("boot banner").await;
+
+    let mut bob = console_login(&s.bob, "bob:pi");
+    // A late joiner sees recent output and who writes.
+    bob.expect("read-only; alice holds write").await;
+    bob.expect("boot banner").await;
+    alice.send(b"alice-line\r").await;
+    bob.expect("Router# got alice-line").await;
+
+    bob.send(b"bob-line\r").await;
+    bob.expect("read-only: alice holds write").await;
+    s.router.print(b"sync-marker\r\n");
+    bob.expect("sync-marker").await;
+    assert!(!String::from_utf8_lossy(&s.router.received()).contains("bob-line"));
+
+    bob.send(b"\x05cf").await;
+    bob.expect("read-write (took over from alice)").await;
+    alice.expect("bob took write; you are read-only now").await;
+    bob.send(b"bob-now\r").await;
+    alice.expect("Router# got bob-now").await;
+    alice.send(b"alice-again\r").await;
+    alice.expect("read-only: bob holds write").await;
+    s.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baud_change_reaches_the_port() {
+    let s = site().await;
+    let mut t = console_login(&s.alice, "alice:pi");
+    t.expect("read-write").await;
+    eventually("the agent to open the port at 9600", || {
+        (s.router.speed() == 9600).then_some(())
+    })
+    .await;
+    t.send(b"\x05cb115200\r").await;
+    t.expect("line speed is 115200 baud").await;
+    assert_eq!(s.router.speed(), 115_200);
+
+    // The exec form, for scripts.
+    let (ok, out, err) =
+        ssh_output(&s.bob, &["relay", "console", "baud", "pi", "19200"], b"").await;
+    assert!(!ok, "alice holds write, so bob's change is refused: {err}");
+    assert!(
+        String::from_utf8_lossy(&out).is_empty() && err.contains("alice holds write"),
+        "{err}"
+    );
+    t.send(b"\x05c.").await;
+    assert!(t.wait().await);
+    let (ok, out, err) =
+        ssh_output(&s.bob, &["relay", "console", "baud", "pi", "19200"], b"").await;
+    assert!(ok, "{err}");
+    assert!(String::from_utf8_lossy(&out).contains("line speed is 19200 baud"));
+    assert_eq!(s.router.speed(), 19_200);
+    let audit = s.relay.relay.store().audit_tail(50).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.event == "console-baud" && r.who == "bob" && r.detail == "19200 baud")
+    );
+    s.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_unplugged_and_back() {
+    let s = site().await;
+    let mut t = console_login(&s.alice, "alice:pi");
+    t.expect("read-write").await;
+    t.send(b"before\r").await;
+    t.expect("Router# got before").await;
+    let path = s.router.path.clone();
+    s.router.unplug();
+    t.expect(&format!("offline: {} is gone", path.display()))
+        .await;
+
+    let router = FakeRouter::start(&path);
+    t.expect(&format!("online: {} is back", path.display()))
+        .await;
+    t.send(b"after\r").await;
+    t.expect("Router# got after").await;
+    assert_eq!(router.received(), b"after\r");
+    s.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_is_valid_asciicast_with_markers() {
+    let s = site().await;
+    let mut t = console_login(&s.alice, "alice:pi");
+    t.expect("read-write").await;
+    t.send(b"hello\r").await;
+    t.expect("Router# got hello").await;
+    // Invalid UTF-8, and a multi-byte character split across two writes.
+    s.router.print(b"bad \xff\xfe bytes\r\n");
+    s.router.print("split \u{30eb}".as_bytes().split_at(9).0);
+    s.router.print(&"split \u{30eb}".as_bytes()[9..]);
+    s.router.print(b" done\r\n");
+    t.expect(" done").await;
+    t.send(b"\x05cb38400\r").await;
+    t.expect("line speed is 38400").await;
+    t.send(b"\x05c.").await;
+    assert!(t.wait().await);
+
+    let files = burrow_relay::console::recording::list(&s.relay.data_dir, Some("pi")).unwrap();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0].path).unwrap();
+    let mut lines = text.lines();
+    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2);
+    let mut output = String::new();
+    let mut markers = Vec::new();
+    for line in lines {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(event[0].is_f64());
+        match event[1].as_str().unwrap() {
+            "o" => output.push_str(event[2].as_str().unwrap()),
+            "m" => markers.push(event[2].as_str().unwrap().to_string()),
+            other => panic!("unexpected event code {other}"),
+        }
+    }
+    assert!(output.contains("Router# got hello"), "{output}");
+    assert!(output.contains("bad \u{FFFD}\u{FFFD} bytes"), "{output}");
+    assert!(output.contains("split \u{30eb} done"), "{output}");
+    for m in [
+        "attach alice (read-write)",
+        "baud change to 38400 by alice",
+        "detach alice",
+    ] {
+        assert!(markers.iter().any(|x| x == m), "{m} not in {markers:?}");
+    }
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .args(["relay", "recordings", "ls", "pi", "--data-dir"])
+        .arg(&s.relay.data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(files[0].path.file_name().unwrap().to_str().unwrap())
+    );
+    s.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_only_operator_and_policy() {
+    let dir = tempdir();
+    let s = site().await;
+    let carol_key = keypair(dir.path(), "carol");
+    s.relay
+        .relay
+        .store()
+        .add_operator(
+            "carol",
+            &[public_key(&carol_key)],
+            None,
+            &["*".to_string()],
+            true,
+        )
+        .unwrap();
+    let carol = ssh_config(dir.path(), &s.relay, "carol", &carol_key);
+    let mut t = console_login(&carol, "carol:pi");
+    t.expect("read-write").await;
+    t.send(b"\x05c.").await;
+    assert!(t.wait().await);
+    let (ok, _, err) = ssh_output(&carol, &["-W", "pi:2217", "relay"], b"").await;
+    assert!(!ok && err.contains("consoles only"), "{err}");
+
+    let dave_key = keypair(dir.path(), "dave");
+    s.relay.add_operator("dave", &dave_key, &["other-*"]);
+    let dave = ssh_config(dir.path(), &s.relay, "dave", &dave_key);
+    let t = console_login(&dave, "dave:pi");
+    t.expect("operator dave may not reach device pi").await;
+    assert!(!t.wait().await);
+    let mut t = console_login(&s.alice, "alice:pi/aux");
+    t.expect("device pi has no console aux (it has: console)")
+        .await;
+    t.send(b"").await;
+    s.agent.stop().await;
+}
