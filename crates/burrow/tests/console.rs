@@ -277,3 +277,114 @@ async fn console_only_operator_and_policy() {
     t.send(b"").await;
     s.agent.stop().await;
 }
+
+/// A serial backend that records what reaches the port layer (a pty silently drops breaks).
+struct RecordingPort {
+    breaks: std::sync::Arc<std::sync::Mutex<Vec<(bool, std::time::Instant)>>>,
+    fail: bool,
+}
+
+struct RecordingControl {
+    breaks: std::sync::Arc<std::sync::Mutex<Vec<(bool, std::time::Instant)>>>,
+    fail: bool,
+}
+
+impl burrow_agent::console::port::SerialControl for RecordingControl {
+    fn set_baud(&mut self, _baud: u32) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn set_break(&mut self, on: bool) -> std::io::Result<()> {
+        if self.fail {
+            return Err(std::io::Error::from_raw_os_error(25)); // ENOTTY, as some adapters answer
+        }
+        self.breaks.lock().unwrap().push((on, std::time::Instant::now()));
+        Ok(())
+    }
+}
+
+impl burrow_agent::console::port::PortOpener for RecordingPort {
+    fn open(&self, _console: &Console) -> std::io::Result<burrow_agent::console::port::OpenPort> {
+        let (ours, _theirs) = tokio::io::duplex(1024);
+        let (reader, writer) = tokio::io::split(ours);
+        // Keep the other end alive for the life of the port.
+        std::mem::forget(_theirs);
+        Ok(burrow_agent::console::port::OpenPort {
+            reader: Box::new(reader),
+            writer: Box::new(writer),
+            control: Box::new(RecordingControl {
+                breaks: self.breaks.clone(),
+                fail: self.fail,
+            }),
+        })
+    }
+}
+
+async fn site_with_backend(fail: bool) -> (tempfile::TempDir, TestRelay, TestAgent, std::path::PathBuf, RecordingPortLog) {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    let op_key = keypair(dir.path(), "alice");
+    relay.add_device("pi", &dev_key);
+    relay.add_operator("alice", &op_key, &["*"]);
+    let mut config = agent_config(&relay.addr.to_string(), "pi", &dev_key, &relay.relay.fingerprint());
+    config.console.push(Console::new("console", "/dev/ttyFAKE0", 9600));
+    let breaks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let status_file = dir.path().join("status.json");
+    let mut options = burrow_agent::AgentOptions::new(status_file.clone());
+    options.port_opener = std::sync::Arc::new(RecordingPort {
+        breaks: breaks.clone(),
+        fail,
+    });
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(burrow_agent::run(config, options, shutdown.clone()));
+    let agent = TestAgent {
+        status_file,
+        shutdown,
+        task,
+    };
+    agent.wait_up().await;
+    let cfg = ssh_config(dir.path(), &relay, "alice", &op_key);
+    (dir, relay, agent, cfg, breaks)
+}
+
+type RecordingPortLog = std::sync::Arc<std::sync::Mutex<Vec<(bool, std::time::Instant)>>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_reaches_the_port_layer_with_its_duration() {
+    let (_dir, relay, agent, cfg, breaks) = site_with_backend(false).await;
+    let mut t = console_login(&cfg, "alice:pi");
+    t.expect("read-write").await;
+    t.send(b"\x05cl1").await;
+    t.expect("break ended").await;
+    let log = breaks.lock().unwrap().clone();
+    assert_eq!(log.iter().map(|(on, _)| *on).collect::<Vec<_>>(), [true, false]);
+    // The relay holds the break for 500 ms; the line saw it held at least most of that.
+    let held = log[1].1 - log[0].1;
+    assert!(held >= std::time::Duration::from_millis(400), "{held:?}");
+    t.send(b"\x05c.").await;
+    assert!(t.wait().await);
+
+    let (ok, out, err) = ssh_output(&cfg, &["relay", "console", "break", "pi/console"], b"").await;
+    assert!(ok, "{err}");
+    assert!(String::from_utf8_lossy(&out).contains("break ended"));
+    assert_eq!(breaks.lock().unwrap().len(), 4);
+    let audit = relay.relay.store().audit_tail(50).unwrap();
+    assert_eq!(audit.iter().filter(|r| r.event == "console-break").count(), 2);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_failure_is_reported_to_the_operator() {
+    let (_dir, _relay, agent, cfg, _) = site_with_backend(true).await;
+    let mut t = console_login(&cfg, "alice:pi");
+    t.expect("read-write").await;
+    t.send(b"\x05cl1").await;
+    t.expect("break failed on /dev/ttyFAKE0: Inappropriate ioctl for device").await;
+    t.send(b"\x05c.").await;
+    assert!(t.wait().await);
+    let (ok, out, _) = ssh_output(&cfg, &["relay", "console", "break", "pi"], b"").await;
+    assert!(!ok, "a failed break fails the exec form");
+    assert!(String::from_utf8_lossy(&out).contains("break failed"));
+    agent.stop().await;
+}
