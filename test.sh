@@ -15,6 +15,13 @@ if [ ${#need[@]} -gt 0 ]; then
   sudo_if_needed apt-get update -qq
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
+# The console tests drive pyserial's RFC 2217 client.
+if ! python3 -c 'import serial' >/dev/null 2>&1; then
+  echo "test.sh: installing pyserial"
+  python3 -m pip install --quiet pyserial 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages pyserial 2>/dev/null \
+    || { sudo_if_needed apt-get update -qq && sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-serial; }
+fi
 # sshd refuses to start without its privilege separation directory.
 [ -d /run/sshd ] || sudo_if_needed mkdir -p /run/sshd
 

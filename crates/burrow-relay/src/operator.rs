@@ -332,8 +332,10 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
     relay.tracker.spawn(async move {
         let relay = relay2;
         let (mut read, write) = channel.split();
+        let mut pty = false;
         let status = loop {
             match read.wait().await {
+                Some(ChannelMsg::RequestPty { .. }) => pty = true,
                 Some(ChannelMsg::Exec { command, .. }) => {
                     let command = String::from_utf8_lossy(&command).to_string();
                     relay
@@ -396,6 +398,9 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                             &write,
                         )
                         .await;
+                    }
+                    if pty {
+                        break crate::console::run_menu(&relay, op.name(), &mut read, &write).await;
                     }
                     let (out, _, _) = run_command(&relay, &op, "ls");
                     let _ = write

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use burrow_agent::{AgentOptions, default_status_file, status};
 use burrow_proto::addr::ExposeSpec;
-use burrow_proto::agent_config::{AgentConfig, Connect, Expose, Seconds};
+use burrow_proto::agent_config::{AgentConfig, Connect, Console, Expose, Seconds};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{AgentArgs, AgentCommand};
@@ -122,6 +122,12 @@ pub fn build_config(args: &AgentArgs) -> Result<AgentConfig> {
             to: Some(e.to.to_string()),
             remote_port: None,
         });
+    }
+    for spec in &args.console {
+        let console =
+            Console::parse_flag(spec).map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
+        config.console.retain(|c| c.name != console.name);
+        config.console.push(console);
     }
     for spec in &args.connect {
         let Some((listen, to)) = spec.split_once('=') else {

@@ -170,6 +170,9 @@ pub struct AgentArgs {
     /// Expose PORT or PORT=[HOST:]PORT (repeatable).
     #[arg(long, value_name = "PORT[=[HOST:]PORT]")]
     pub expose: Vec<String>,
+    /// Serve a serial console [NAME=]DEVICE[@BAUD], e.g. /dev/ttyUSB0@9600 (repeatable).
+    #[arg(long, value_name = "[NAME=]DEVICE[@BAUD]")]
+    pub console: Vec<String>,
     /// Local forward LISTEN=HOST:PORT to a relay-side target (repeatable).
     #[arg(long, value_name = "[ADDR:]PORT=HOST:PORT")]
     pub connect: Vec<String>,

@@ -298,7 +298,10 @@ impl burrow_agent::console::port::SerialControl for RecordingControl {
         if self.fail {
             return Err(std::io::Error::from_raw_os_error(25)); // ENOTTY, as some adapters answer
         }
-        self.breaks.lock().unwrap().push((on, std::time::Instant::now()));
+        self.breaks
+            .lock()
+            .unwrap()
+            .push((on, std::time::Instant::now()));
         Ok(())
     }
 }
@@ -320,15 +323,30 @@ impl burrow_agent::console::port::PortOpener for RecordingPort {
     }
 }
 
-async fn site_with_backend(fail: bool) -> (tempfile::TempDir, TestRelay, TestAgent, std::path::PathBuf, RecordingPortLog) {
+async fn site_with_backend(
+    fail: bool,
+) -> (
+    tempfile::TempDir,
+    TestRelay,
+    TestAgent,
+    std::path::PathBuf,
+    RecordingPortLog,
+) {
     let dir = tempdir();
     let relay = TestRelay::start(&dir.path().join("relay")).await;
     let dev_key = keypair(dir.path(), "dev");
     let op_key = keypair(dir.path(), "alice");
     relay.add_device("pi", &dev_key);
     relay.add_operator("alice", &op_key, &["*"]);
-    let mut config = agent_config(&relay.addr.to_string(), "pi", &dev_key, &relay.relay.fingerprint());
-    config.console.push(Console::new("console", "/dev/ttyFAKE0", 9600));
+    let mut config = agent_config(
+        &relay.addr.to_string(),
+        "pi",
+        &dev_key,
+        &relay.relay.fingerprint(),
+    );
+    config
+        .console
+        .push(Console::new("console", "/dev/ttyFAKE0", 9600));
     let breaks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let status_file = dir.path().join("status.json");
     let mut options = burrow_agent::AgentOptions::new(status_file.clone());
@@ -358,7 +376,10 @@ async fn break_reaches_the_port_layer_with_its_duration() {
     t.send(b"\x05cl1").await;
     t.expect("break ended").await;
     let log = breaks.lock().unwrap().clone();
-    assert_eq!(log.iter().map(|(on, _)| *on).collect::<Vec<_>>(), [true, false]);
+    assert_eq!(
+        log.iter().map(|(on, _)| *on).collect::<Vec<_>>(),
+        [true, false]
+    );
     // The relay holds the break for 500 ms; the line saw it held at least most of that.
     let held = log[1].1 - log[0].1;
     assert!(held >= std::time::Duration::from_millis(400), "{held:?}");
@@ -370,7 +391,10 @@ async fn break_reaches_the_port_layer_with_its_duration() {
     assert!(String::from_utf8_lossy(&out).contains("break ended"));
     assert_eq!(breaks.lock().unwrap().len(), 4);
     let audit = relay.relay.store().audit_tail(50).unwrap();
-    assert_eq!(audit.iter().filter(|r| r.event == "console-break").count(), 2);
+    assert_eq!(
+        audit.iter().filter(|r| r.event == "console-break").count(),
+        2
+    );
     agent.stop().await;
 }
 
@@ -380,11 +404,86 @@ async fn break_failure_is_reported_to_the_operator() {
     let mut t = console_login(&cfg, "alice:pi");
     t.expect("read-write").await;
     t.send(b"\x05cl1").await;
-    t.expect("break failed on /dev/ttyFAKE0: Inappropriate ioctl for device").await;
+    t.expect("break failed on /dev/ttyFAKE0: Inappropriate ioctl for device")
+        .await;
     t.send(b"\x05c.").await;
     assert!(t.wait().await);
     let (ok, out, _) = ssh_output(&cfg, &["relay", "console", "break", "pi"], b"").await;
     assert!(!ok, "a failed break fails the exec form");
     assert!(String::from_utf8_lossy(&out).contains("break failed"));
     agent.stop().await;
+}
+
+const PYSERIAL_CLIENT: &str = r#"
+import sys, time, serial
+port = serial.serial_for_url("rfc2217://127.0.0.1:%s" % sys.argv[1], baudrate=9600, timeout=1)
+port.write(b"show clock\r")
+data = b""
+deadline = time.time() + 15
+while b"Router# got show clock" not in data and time.time() < deadline:
+    data += port.read(64)
+sys.stdout.write(data.decode("utf-8", "replace"))
+port.send_break(0.25)
+port.baudrate = 57600
+port.close()
+print("\nCLIENT-OK")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyserial_rfc2217_client_through_ssh_l() {
+    let s = site().await;
+    let local = free_port();
+    let _tunnel = KillOnDrop(
+        ssh(
+            &s.alice,
+            &["-N", "-L", &format!("{local}:pi:2217"), "relay"],
+        )
+        .spawn()
+        .unwrap(),
+    );
+    eventually("ssh -L to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", local)).ok()
+    })
+    .await;
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new("python3")
+            .args(["-c", PYSERIAL_CLIENT, &local.to_string()])
+            .output(),
+    )
+    .await
+    .unwrap()
+    .expect("python3 with pyserial (./test.sh installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Router# got show clock"), "{stdout}");
+    assert!(stdout.contains("CLIENT-OK"), "{stdout}");
+    assert!(s.router.received().starts_with(b"show clock\r"));
+    eventually("pyserial's baud change at the port", || {
+        (s.router.speed() == 57_600).then_some(())
+    })
+    .await;
+    s.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn menu_lists_consoles_and_attaches() {
+    let s = site().await;
+    let mut t = Terminal::spawn(&s.alice, &["relay"]);
+    t.expect("pi/console").await;
+    t.expect("online").await;
+    t.send(b"1\r").await;
+    t.expect("connected to pi/console, read-write").await;
+    t.send(b"from menu\r").await;
+    t.expect("Router# got from menu").await;
+    t.send(b"\x05c.").await;
+    t.expect("disconnected").await;
+    t.expect("> ").await;
+    t.send(b"q\r").await;
+    assert!(t.wait().await);
+    s.agent.stop().await;
 }

@@ -1,0 +1,166 @@
+//! The interactive menu of `ssh -t OPERATOR@relay`: the consoles this operator may use, with
+//! their devices' state; typing a number attaches, `q` leaves.
+
+use std::sync::Arc;
+
+use burrow_proto::glob::any_matches;
+use burrow_proto::time::format_utc_minutes;
+use russh::server::Msg;
+use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+
+use super::session::{Mode, run_console};
+use crate::Relay;
+
+/// Longest line typed at the menu prompt.
+const MAX_LINE: usize = 32;
+
+struct Entry {
+    device: String,
+    console: Option<String>,
+    state: String,
+}
+
+fn entries(relay: &Relay, operator: &str) -> Vec<Entry> {
+    let allow = relay
+        .store
+        .operator(operator)
+        .ok()
+        .flatten()
+        .map(|r| r.allow)
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for d in relay.store.devices().unwrap_or_default() {
+        if !any_matches(&allow, &d.name) {
+            continue;
+        }
+        match relay.registry.get(&d.name) {
+            Some(dev) => {
+                let mut consoles = dev.consoles();
+                consoles.sort();
+                if consoles.is_empty() {
+                    out.push(Entry {
+                        device: d.name.clone(),
+                        console: None,
+                        state: "online, no console".into(),
+                    });
+                }
+                for c in consoles {
+                    out.push(Entry {
+                        device: d.name.clone(),
+                        console: Some(c),
+                        state: "online".into(),
+                    });
+                }
+            }
+            None => out.push(Entry {
+                device: d.name.clone(),
+                console: None,
+                state: match d.last_seen {
+                    Some(t) => format!("offline, last seen {}", format_utc_minutes(t)),
+                    None => "offline, never seen".into(),
+                },
+            }),
+        }
+    }
+    out
+}
+
+fn render(operator: &str, entries: &[Entry]) -> String {
+    let mut s = format!("\r\nburrow: consoles for {operator}\r\n\r\n");
+    if entries.is_empty() {
+        s.push_str("  (no devices you may use)\r\n");
+    }
+    let mut n = 0;
+    for e in entries {
+        match &e.console {
+            Some(c) => {
+                n += 1;
+                let name = format!("{}/{c}", e.device);
+                s.push_str(&format!("  {n:>3})  {name:<32} {}\r\n", e.state));
+            }
+            None => s.push_str(&format!("        {:<32} {}\r\n", e.device, e.state)),
+        }
+    }
+    s.push_str(
+        "\r\nNumber and Enter attaches (Ctrl-E c . comes back here), r refreshes, q quits.\r\n> ",
+    );
+    s
+}
+
+/// Runs the menu until the operator quits; returns the exit status.
+pub(crate) async fn run_menu(
+    relay: &Arc<Relay>,
+    operator: &str,
+    read: &mut ChannelReadHalf,
+    write: &ChannelWriteHalf<Msg>,
+) -> u32 {
+    let mut list = entries(relay, operator);
+    let _ = write.data_bytes(render(operator, &list).into_bytes()).await;
+    let mut line = String::new();
+    loop {
+        let data = match read.wait().await {
+            Some(ChannelMsg::Data { data }) => data,
+            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return 0,
+            Some(_) => continue,
+        };
+        for &b in data.iter() {
+            match b {
+                b'\r' | b'\n' => {
+                    let choice = std::mem::take(&mut line);
+                    let _ = write.data_bytes(&b"\r\n"[..]).await;
+                    match choice.trim() {
+                        "q" | "quit" | "exit" => return 0,
+                        "" | "r" => {}
+                        n => {
+                            let picked = n.parse::<usize>().ok().and_then(|n| {
+                                list.iter()
+                                    .filter(|e| e.console.is_some())
+                                    .nth(n.wrapping_sub(1))
+                            });
+                            match picked {
+                                Some(Entry {
+                                    device,
+                                    console: Some(console),
+                                    ..
+                                }) => {
+                                    run_console(
+                                        relay,
+                                        operator,
+                                        device,
+                                        console,
+                                        Mode::Interactive,
+                                        read,
+                                        write,
+                                    )
+                                    .await;
+                                }
+                                _ => {
+                                    let _ = write
+                                        .data_bytes(
+                                            format!("no console number {n:?}\r\n").into_bytes(),
+                                        )
+                                        .await;
+                                }
+                            }
+                        }
+                    }
+                    list = entries(relay, operator);
+                    let _ = write.data_bytes(render(operator, &list).into_bytes()).await;
+                }
+                // Backspace and delete.
+                0x08 | 0x7f => {
+                    if line.pop().is_some() {
+                        let _ = write.data_bytes(&b"\x08 \x08"[..]).await;
+                    }
+                }
+                // Ctrl-C and Ctrl-D leave.
+                0x03 | 0x04 => return 0,
+                b if b.is_ascii_graphic() && line.len() < MAX_LINE => {
+                    line.push(char::from(b));
+                    let _ = write.data_bytes(vec![b]).await;
+                }
+                _ => {}
+            }
+        }
+    }
+}
