@@ -148,10 +148,8 @@ pub(crate) async fn run_menu(
                     let _ = write.data_bytes(render(operator, &list).into_bytes()).await;
                 }
                 // Backspace and delete.
-                0x08 | 0x7f => {
-                    if line.pop().is_some() {
-                        let _ = write.data_bytes(&b"\x08 \x08"[..]).await;
-                    }
+                0x08 | 0x7f if line.pop().is_some() => {
+                    let _ = write.data_bytes(&b"\x08 \x08"[..]).await;
                 }
                 // Ctrl-C and Ctrl-D leave.
                 0x03 | 0x04 => return 0,
