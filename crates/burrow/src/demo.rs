@@ -83,6 +83,14 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result {
             remote_port: None,
         });
     }
+    // An emulated router on a pty, served as the device's serial console.
+    let router =
+        crate::demo_router::start().map_err(fail("cannot open a pty for the demo router"))?;
+    config
+        .console
+        .push(burrow_proto::agent_config::Console::new(
+            "console", router, 9600,
+        ));
     let status_file = root.join("agent-status.json");
     let agent_task = tokio::spawn(burrow_agent::run(
         config,
@@ -134,6 +142,12 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result {
     println!();
     println!("  # a local port for a browser or curl (then open http://127.0.0.1:8080/):");
     println!("  ssh -F {cfg} -N -L 8080:{DEVICE}:80 {HOST_ALIAS}");
+    println!();
+    println!("  # the device's serial console (an emulated router); Ctrl-E c ? shows the escapes:");
+    println!("  ssh -F {cfg} -t -l {OPERATOR}:{DEVICE} {HOST_ALIAS}");
+    println!();
+    println!("  # the menu of consoles you may use:");
+    println!("  ssh -F {cfg} -t {HOST_ALIAS}");
     if sshd_running {
         println!();
         println!("  # a shell on the device through its own sshd (ssh -J):");

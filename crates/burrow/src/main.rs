@@ -4,6 +4,7 @@
 mod agent_cmd;
 mod cli;
 mod demo;
+mod demo_router;
 mod exit;
 mod relay_cmd;
 
