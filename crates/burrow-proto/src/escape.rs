@@ -173,18 +173,47 @@ impl EscapeParser {
     }
 }
 
+/// Parses an escape prefix written as `^Ec` (a control character, then one character).
+pub fn parse_prefix(spec: &str) -> Result<[u8; 2], String> {
+    let bytes = spec.as_bytes();
+    match bytes {
+        [b'^', c, second]
+            if c.is_ascii_alphabetic() || matches!(c, b'[' | b'\\' | b']' | b'^' | b'_') =>
+        {
+            if !second.is_ascii_graphic() {
+                return Err(format!(
+                    "escape {spec:?}: the second key must be a printable character"
+                ));
+            }
+            Ok([c.to_ascii_uppercase() & 0x1f, *second])
+        }
+        _ => Err(format!(
+            "escape {spec:?}: write a control key and a character, e.g. ^Ec (Ctrl-E c)"
+        )),
+    }
+}
+
+/// The prefix as people read it: `Ctrl-E c`.
+pub fn describe_prefix(prefix: [u8; 2]) -> String {
+    let [control, key] = prefix;
+    format!("Ctrl-{} {}", char::from(control | 0x40), char::from(key))
+}
+
 /// The escape table shown to operators.
-pub fn help_text() -> &'static str {
-    "burrow console escapes (Ctrl-E c, then):\r\n\
-     \x20 .            disconnect\r\n\
-     \x20 l1           send a break\r\n\
-     \x20 a            attach read-write (when nobody writes)\r\n\
-     \x20 f            force read-write (take it over)\r\n\
-     \x20 s            spy (read-only)\r\n\
-     \x20 r            replay recent output\r\n\
-     \x20 bRATE Enter  change baud rate, e.g. b115200\r\n\
-     \x20 ?            this help\r\n\
-     \x20 Ctrl-E c     send Ctrl-E c itself\r\n"
+pub fn help_text(prefix: [u8; 2]) -> String {
+    let p = describe_prefix(prefix);
+    format!(
+        "burrow console escapes ({p}, then):\r\n\
+         \x20 .            disconnect\r\n\
+         \x20 l1           send a break\r\n\
+         \x20 a            attach read-write (when nobody writes)\r\n\
+         \x20 f            force read-write (take it over)\r\n\
+         \x20 s            spy (read-only)\r\n\
+         \x20 r            replay recent output\r\n\
+         \x20 bRATE Enter  change baud rate, e.g. b115200\r\n\
+         \x20 ?            this help\r\n\
+         \x20 {p}     send {p} itself\r\n"
+    )
 }
 
 #[cfg(test)]
@@ -232,6 +261,18 @@ mod tests {
         assert_eq!(p.feed(b"b96"), vec![]);
         assert_eq!(p.feed(b"00\n"), vec![Action::Baud(9600)]);
         assert!(!p.pending());
+    }
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(parse_prefix("^Ec"), Ok(DEFAULT_PREFIX));
+        assert_eq!(parse_prefix("^]x"), Ok([0x1d, b'x']));
+        assert_eq!(describe_prefix([0x1d, b'x']), "Ctrl-] x");
+        assert_eq!(describe_prefix(DEFAULT_PREFIX), "Ctrl-E c");
+        for bad in ["", "Ec", "^E", "^E c", "^1c", "^Ecc"] {
+            assert!(parse_prefix(bad).is_err(), "{bad}");
+        }
+        assert!(help_text([0x1d, b'x']).contains("Ctrl-] x, then"));
     }
 
     #[test]

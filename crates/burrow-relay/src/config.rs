@@ -43,6 +43,8 @@ pub struct RelayConfig {
     pub max_unauthenticated_per_ip: usize,
     /// Delay before a failed authentication is answered.
     pub auth_rejection_time: Duration,
+    /// Console escape prefix (default Ctrl-E c).
+    pub console_escape: [u8; 2],
 }
 
 impl RelayConfig {
@@ -56,6 +58,7 @@ impl RelayConfig {
             max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             max_unauthenticated_per_ip: DEFAULT_MAX_UNAUTHENTICATED_PER_IP,
             auth_rejection_time: DEFAULT_AUTH_REJECTION_TIME,
+            console_escape: burrow_proto::escape::DEFAULT_PREFIX,
         }
     }
 

@@ -41,6 +41,9 @@ pub struct RelayArgs {
     /// Unauthenticated connections accepted at once.
     #[arg(long, default_value_t = burrow_relay::config::DEFAULT_MAX_UNAUTHENTICATED)]
     pub max_unauthenticated: usize,
+    /// Console escape prefix: a control key and a character.
+    #[arg(long, default_value = "^Ec", value_name = "^Xc")]
+    pub console_escape: String,
     /// Unauthenticated connections accepted at once from one IP address.
     #[arg(long, default_value_t = burrow_relay::config::DEFAULT_MAX_UNAUTHENTICATED_PER_IP)]
     pub max_unauthenticated_per_ip: usize,

@@ -36,6 +36,8 @@ async fn serve(args: &RelayArgs, data_dir: PathBuf, shutdown: CancellationToken)
     config.keepalive_max = args.keepalive_max.max(1);
     config.max_unauthenticated = args.max_unauthenticated.max(1);
     config.max_unauthenticated_per_ip = args.max_unauthenticated_per_ip.max(1);
+    config.console_escape = burrow_proto::escape::parse_prefix(&args.console_escape)
+        .map_err(|e| Failure::new(exit::USAGE, format!("--console-escape: {e}")))?;
     let relay = Relay::open(config).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

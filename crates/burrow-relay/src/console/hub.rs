@@ -318,7 +318,7 @@ impl Hub {
                 .get(&p)
                 .map(|v| v.operator.clone())
                 .unwrap_or_default();
-            return Err(format!("{who} holds write; Ctrl-E c f takes it over"));
+            return Err(format!("{who} holds write; force write to take it over"));
         }
         st.writer = Some(id);
         let me = st
@@ -332,9 +332,7 @@ impl Hub {
         {
             deliver(
                 v,
-                Out::Notice(format!(
-                    "{me} took write; you are read-only now (Ctrl-E c a to ask back)"
-                )),
+                Out::Notice(format!("{me} took write; you are read-only now")),
             );
         }
         if let Some(r) = st.recording.as_mut() {

@@ -82,7 +82,7 @@ fn render(operator: &str, entries: &[Entry]) -> String {
         }
     }
     s.push_str(
-        "\r\nNumber and Enter attaches (Ctrl-E c . comes back here), r refreshes, q quits.\r\n> ",
+        "\r\nNumber and Enter attaches (the escape then . comes back here), r refreshes, q quits.\r\n> ",
     );
     s
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use burrow_proto::escape::{Action, EscapeParser, help_text};
+use burrow_proto::escape::{Action, EscapeParser, describe_prefix, help_text};
 use burrow_proto::name::{DEFAULT_CONSOLE, check_name};
 use russh::server::Msg;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
@@ -72,7 +72,10 @@ pub(crate) async fn run_console(
         banner.push_str(&format!("; {w} holds write"));
     }
     if mode == Mode::Interactive {
-        banner.push_str("; Ctrl-E c ? for help");
+        banner.push_str(&format!(
+            "; {} ? for help",
+            describe_prefix(relay.config.console_escape)
+        ));
     }
     say(write, &banner).await;
     if !replay.is_empty() {
@@ -80,7 +83,7 @@ pub(crate) async fn run_console(
     }
     hub.notice(&format!("{operator} attached ({mode_text})"));
 
-    let mut parser = EscapeParser::default();
+    let mut parser = EscapeParser::new(relay.config.console_escape);
     let mut told_read_only = false;
     loop {
         tokio::select! {
@@ -144,12 +147,11 @@ async fn act(
                 hub.input(&bytes).await;
             } else if !*told_read_only {
                 *told_read_only = true;
-                let who = hub.writer().map_or("nobody".to_string(), |w| w.to_string());
+                let who = hub.writer().unwrap_or_else(|| "nobody".to_string());
+                let p = describe_prefix(relay.config.console_escape);
                 say(
                     write,
-                    &format!(
-                        "read-only: {who} holds write (Ctrl-E c a to attach, Ctrl-E c f to force)"
-                    ),
+                    &format!("read-only: {who} holds write ({p} a to attach, {p} f to force)"),
                 )
                 .await;
             }
@@ -189,7 +191,7 @@ async fn act(
         }
         Action::Help | Action::Unknown(_) => {
             let _ = write
-                .data_bytes(format!("\r\n{}", help_text()).into_bytes())
+                .data_bytes(format!("\r\n{}", help_text(relay.config.console_escape)).into_bytes())
                 .await;
         }
     }
