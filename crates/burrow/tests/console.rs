@@ -487,3 +487,52 @@ async fn menu_lists_consoles_and_attaches() {
     assert!(t.wait().await);
     s.agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_viewer_skips_output_and_is_told() {
+    use tokio::io::AsyncReadExt;
+    let s = site().await;
+    let alice = console_login(&s.alice, "alice:pi");
+    alice.expect("read-write").await;
+    // Bob attaches but does not read what his ssh receives.
+    let mut bob =
+        tokio::process::Command::from(ssh(&s.bob, &["-tt", "-e", "none", "-l", "bob:pi", "relay"]));
+    let mut bob = bob.kill_on_drop(true).spawn().unwrap();
+    alice.expect("bob attached (read-only)").await;
+
+    // 16 MiB of console output: far more than bob's queue and windows hold.
+    let router = s.router;
+    let flood = tokio::task::spawn_blocking(move || {
+        let line = [b'z'; 1023];
+        for _ in 0..16 * 1024 {
+            router.print_all(&line);
+            router.print_all(b"\n");
+        }
+        router.print_all(b"END-OF-FLOOD\r\n");
+        router
+    });
+    // The writer and the console are not held back by the stalled viewer.
+    alice.expect("END-OF-FLOOD").await;
+    let _router = flood.await.unwrap();
+
+    // When bob reads again, he learns that he missed output.
+    let mut out = bob.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !String::from_utf8_lossy(&seen).contains("skipped") {
+        let mut buf = vec![0u8; 1 << 16];
+        let n = tokio::time::timeout(WAIT, out.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0 && std::time::Instant::now() < deadline,
+            "bob was never told he skipped output"
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        String::from_utf8_lossy(&seen).contains("bytes of output: your connection is too slow")
+    );
+    s.agent.stop().await;
+}

@@ -6,6 +6,7 @@
 //! other viewers. It records the whole attach cycle and closes when the last operator leaves.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,7 +51,18 @@ pub(crate) enum Role {
 struct Viewer {
     operator: String,
     tx: mpsc::Sender<Out>,
-    skipped: usize,
+    /// Output bytes dropped because the queue was full; the session reports them once it has
+    /// written everything queued before the gap.
+    skipped: Arc<AtomicUsize>,
+}
+
+/// What [`Hub::attach`] hands a session.
+pub(crate) struct Attached {
+    pub(crate) id: u64,
+    pub(crate) role: Role,
+    pub(crate) rx: mpsc::Receiver<Out>,
+    pub(crate) skipped: Arc<AtomicUsize>,
+    pub(crate) replay: Vec<u8>,
 }
 
 struct State {
@@ -255,11 +267,7 @@ impl Hub {
 
     /// Adds an operator; it writes if it asks to and nobody does. Returns its id, role, queue
     /// and the recent output.
-    pub(crate) fn attach(
-        &self,
-        operator: &str,
-        want_write: bool,
-    ) -> Result<(u64, Role, mpsc::Receiver<Out>, Vec<u8>), String> {
+    pub(crate) fn attach(&self, operator: &str, want_write: bool) -> Result<Attached, String> {
         let (tx, rx) = mpsc::channel(VIEWER_QUEUE);
         let mut st = self.state();
         if st.closed {
@@ -273,12 +281,13 @@ impl Hub {
         } else {
             Role::Viewer
         };
+        let skipped = Arc::new(AtomicUsize::new(0));
         st.viewers.insert(
             id,
             Viewer {
                 operator: operator.to_string(),
                 tx,
-                skipped: 0,
+                skipped: skipped.clone(),
             },
         );
         let mode = if role == Role::Writer {
@@ -290,7 +299,13 @@ impl Hub {
             r.marker(&format!("attach {operator} ({mode})"));
         }
         let replay = st.ring.iter().copied().collect();
-        Ok((id, role, rx, replay))
+        Ok(Attached {
+            id,
+            role,
+            rx,
+            skipped,
+            replay,
+        })
     }
 
     /// Who writes, if anyone.
@@ -435,22 +450,10 @@ impl Hub {
     }
 }
 
-/// Queues for a viewer without ever waiting: a full queue skips, and says so once there is room.
+/// Queues for a viewer without ever waiting: when its queue is full the output is skipped and
+/// counted, never waited for.
 fn deliver(v: &mut Viewer, out: Out) {
-    if v.skipped > 0 {
-        let note = Out::Notice(format!(
-            "skipped {} bytes of output: your connection is too slow",
-            v.skipped
-        ));
-        if v.tx.try_send(note).is_err() {
-            if let Out::Data(d) = &out {
-                v.skipped += d.len();
-            }
-            return;
-        }
-        v.skipped = 0;
-    }
     if let Err(mpsc::error::TrySendError::Full(Out::Data(d))) = v.tx.try_send(out) {
-        v.skipped += d.len();
+        v.skipped.fetch_add(d.len(), Ordering::Relaxed);
     }
 }

@@ -50,7 +50,13 @@ pub(crate) async fn run_console(
             return 1;
         }
     };
-    let (id, role, mut rx, replay) = match hub.attach(operator, mode == Mode::Interactive) {
+    let super::hub::Attached {
+        id,
+        role,
+        mut rx,
+        skipped,
+        replay,
+    } = match hub.attach(operator, mode == Mode::Interactive) {
         Ok(a) => a,
         Err(why) => {
             say(write, &why).await;
@@ -88,12 +94,23 @@ pub(crate) async fn run_console(
     loop {
         tokio::select! {
             out = rx.recv() => match out {
-                Some(Out::Data(bytes)) => {
-                    if write.data_bytes(bytes).await.is_err() {
-                        break;
+                Some(out) => {
+                    match out {
+                        Out::Data(bytes) => {
+                            if write.data_bytes(bytes).await.is_err() {
+                                break;
+                            }
+                        }
+                        Out::Notice(text) => say(write, &text).await,
+                    }
+                    // Caught up with what was queued before a gap: say what was lost.
+                    if rx.is_empty() {
+                        let lost = skipped.swap(0, std::sync::atomic::Ordering::Relaxed);
+                        if lost > 0 {
+                            say(write, &format!("skipped {lost} bytes of output: your connection is too slow")).await;
+                        }
                     }
                 }
-                Some(Out::Notice(text)) => say(write, &text).await,
                 None => {
                     say(write, "console closed").await;
                     break;
@@ -271,7 +288,9 @@ pub(crate) async fn console_exec(
         }
     };
     // A one-shot command attaches for write like anyone else (so it respects a writer).
-    let (id, role, mut rx, _) = match hub.attach(operator, true) {
+    let super::hub::Attached {
+        id, role, mut rx, ..
+    } = match hub.attach(operator, true) {
         Ok(a) => a,
         Err(why) => {
             let _ = write

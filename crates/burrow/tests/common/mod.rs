@@ -609,6 +609,23 @@ impl FakeRouter {
         rustix::io::write(&*self.master, bytes).unwrap();
     }
 
+    /// The router prints a lot: retried until the pty took it all.
+    pub fn print_all(&self, mut bytes: &[u8]) {
+        let deadline = Instant::now() + WAIT;
+        while !bytes.is_empty() {
+            match rustix::io::write(&*self.master, bytes) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(_) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the console stopped draining the pty"
+                    );
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+
     /// Line speed of the pty as the agent set it (termios read back with TCGETS2).
     pub fn speed(&self) -> u32 {
         rustix::termios::tcgetattr(&*self.master)
