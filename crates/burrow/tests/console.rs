@@ -536,3 +536,91 @@ async fn slow_viewer_skips_output_and_is_told() {
     );
     s.agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_login_without_pty_and_watch() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = site().await;
+    let hash = burrow_relay::admin::hash_password("putty pass").unwrap();
+    s.relay
+        .relay
+        .store()
+        .add_operator("erin", &[], Some(&hash), &["pi".to_string()], true)
+        .unwrap();
+    // What PuTTY or TeraTerm does: user name carries the target, password typed, here without a pty.
+    let dir = tempdir();
+    let askpass = dir.path().join("askpass");
+    std::fs::write(&askpass, "#!/bin/sh\necho 'putty pass'\n").unwrap();
+    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kh = s.relay.known_hosts(dir.path());
+    let mut cmd = tokio::process::Command::new("ssh");
+    cmd.args([
+        "-F",
+        "/dev/null",
+        "-T",
+        "-p",
+        &s.relay.addr.port().to_string(),
+    ])
+    .arg("-o")
+    .arg(format!("UserKnownHostsFile={}", kh.display()))
+    .args([
+        "-o",
+        "PubkeyAuthentication=no",
+        "-o",
+        "NumberOfPasswordPrompts=1",
+        "erin:pi@127.0.0.1",
+    ])
+    .env("SSH_ASKPASS", &askpass)
+    .env("SSH_ASKPASS_REQUIRE", "force")
+    .env("DISPLAY", ":0")
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+
+    // Meanwhile a script watches the console read-only.
+    let mut watch =
+        tokio::process::Command::from(ssh(&s.alice, &["relay", "console", "watch", "pi"]));
+    let mut watch = watch.kill_on_drop(true).spawn().unwrap();
+    let mut watch_out = watch.stdout.take().unwrap();
+
+    let mut stdin = child.stdin.take().unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stdin.write_all(b"no pty here\r").await.unwrap();
+    eventually("the line at the router", || {
+        String::from_utf8_lossy(&s.router.received())
+            .contains("no pty here\r")
+            .then_some(())
+    })
+    .await;
+    stdin.write_all(b"\x05c.").await.unwrap();
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("Router# got no pty here"), "{text}");
+
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("Router# got no pty here") {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, watch_out.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "watch ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).contains("read-only"));
+    s.agent.stop().await;
+}
