@@ -28,6 +28,12 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 
+# The benchmark harness in smoke mode (tiny sizes, debug build), so that it does not rot.
+cargo build -p burrow -p burrow-bench
+smoke_out=$(mktemp -d)
+./target/debug/burrow-bench --smoke --out "$smoke_out"
+rm -rf "$smoke_out"
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else

@@ -4,8 +4,11 @@
 //! stops the whole connection when one channel's message queue is full. So how a channel is read
 //! depends on what else shares its connection:
 //!
-//! - [`End::Channel`]: the connection carries only this stream (an operator's `ssh -W`/`-J`).
-//!   Reading simply stops when the far side is slow; the connection pushes back over TCP.
+//! - [`End::Channel`]: a channel on an operator's connection, which usually carries this stream
+//!   alone (`ssh -W`/`-J`). It is drained into a queue of up to [`PUSHBACK_QUEUE_BYTES`], so
+//!   short bursts never hold up the connection's other channels (an `ssh -L` carrying a control
+//!   and a data stream, as iperf3 or a browser use); past that, reading stops and the connection
+//!   pushes back over TCP. Nothing is dropped.
 //! - [`End::Shared`]: the connection carries many streams (a device session). The channel is
 //!   drained at once into a byte-bounded queue so that one slow stream never stalls the others or
 //!   the keepalives. With [`Flow::Credit`] (both ends are burrow) the sender never has more than
@@ -32,6 +35,8 @@ pub const CREDIT_EXT: u32 = 0x6275_7272;
 pub const CREDIT_WINDOW: u64 = 2 << 20;
 /// Delivered bytes after which the receiver returns credit.
 const CREDIT_STEP: u64 = 256 << 10;
+/// Queue of an operator's channel before reading it stops (and its connection pushes back).
+pub const PUSHBACK_QUEUE_BYTES: u64 = 8 << 20;
 /// Queue limit of a shared channel whose peer knows no credit.
 pub const CAPPED_QUEUE_BYTES: u64 = 4 << 20;
 /// Size of one read from a TCP stream.
@@ -90,8 +95,10 @@ struct Credit {
 enum Source {
     Channel {
         read: ChannelReadHalf,
-        /// Set when the channel is shared: drain into a queue of this many bytes.
-        queue_limit: Option<u64>,
+        /// Drain into a queue of at most this many bytes.
+        queue_limit: u64,
+        /// Past the limit: stop reading (true) or close the stream (false).
+        wait_when_full: bool,
         /// Credit the peer grants us for our writes on this channel.
         credit: Option<Arc<Credit>>,
     },
@@ -123,7 +130,8 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> End<S> {
                 let (read, write) = c.split();
                 let source = Source::Channel {
                     read,
-                    queue_limit: None,
+                    queue_limit: PUSHBACK_QUEUE_BYTES,
+                    wait_when_full: true,
                     credit: None,
                 };
                 (
@@ -148,7 +156,8 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> End<S> {
                 };
                 let source = Source::Channel {
                     read,
-                    queue_limit: Some(limit),
+                    queue_limit: limit,
+                    wait_when_full: false,
                     credit: credit.clone(),
                 };
                 (source, Sink::new(SinkKind::Channel(write), credit), ret)
@@ -191,9 +200,14 @@ impl Source {
         }
     }
 
-    fn queue_limit(&self) -> Option<u64> {
+    /// The queue limit, and whether to wait (rather than fail) when it is reached.
+    fn queue_limit(&self) -> Option<(u64, bool)> {
         match self {
-            Source::Channel { queue_limit, .. } => *queue_limit,
+            Source::Channel {
+                queue_limit,
+                wait_when_full,
+                ..
+            } => Some((*queue_limit, *wait_when_full)),
             Source::Tcp(_) => None,
         }
     }
@@ -273,7 +287,7 @@ where
     S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
     T: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
 {
-    let Some(limit) = src.queue_limit() else {
+    let Some((limit, wait_when_full)) = src.queue_limit() else {
         // Backpressure source: read only as fast as the sink takes it.
         while let Some(chunk) = src.next().await? {
             let len = chunk.len() as u64;
@@ -283,15 +297,26 @@ where
         sink.eof().await;
         return Ok(());
     };
-    // Shared channel: never leave data in russh's queue; account queued bytes ourselves.
+    // A channel: drain it into our own queue (russh's would stall the connection), bounded.
     let queued = AtomicU64::new(0);
+    let drained = Notify::new();
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
     let reader = async {
         while let Some(chunk) = src.next().await? {
             let len = chunk.len() as u64;
-            if queued.fetch_add(len, Ordering::Relaxed) + len > limit {
-                return Err(SpliceError::Overflow(limit));
+            loop {
+                let room = drained.notified();
+                if queued.load(Ordering::Relaxed) + len <= limit
+                    || queued.load(Ordering::Relaxed) == 0
+                {
+                    break;
+                }
+                if !wait_when_full {
+                    return Err(SpliceError::Overflow(limit));
+                }
+                room.await;
             }
+            queued.fetch_add(len, Ordering::Relaxed);
             if tx.send(chunk).is_err() {
                 break;
             }
@@ -304,6 +329,7 @@ where
             let len = chunk.len() as u64;
             sink.write(chunk).await?;
             queued.fetch_sub(len, Ordering::Relaxed);
+            drained.notify_waiters();
             let total = delivered.fetch_add(len, Ordering::Relaxed) + len;
             if let Some(ret) = credit_return.as_mut() {
                 ret.delivered(total).await;

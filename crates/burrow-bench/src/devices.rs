@@ -1,0 +1,498 @@
+//! Device-side measurements: idle sessions held by one relay (memory per device), reconnect
+//! after a device reboot, a reconnect storm after a relay restart, and the agent's footprint.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use burrow_proto::backoff::Backoff;
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::Args;
+use crate::env::{Env, Proc, free_port, memory_kib, process_tree};
+use crate::report::Results;
+use crate::systems::{BurrowSite, ssh_base, start_relay};
+
+/// A device client that trusts any relay key (the bench measures, it does not pin).
+struct LoadDevice;
+
+impl russh::client::Handler for LoadDevice {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// Connects as `name`, exposes port 22, and returns the session (which ends when dropped).
+async fn connect_device(
+    port: u16,
+    name: &str,
+    key: Arc<PrivateKey>,
+) -> anyhow::Result<russh::client::Handle<LoadDevice>> {
+    let config = Arc::new(russh::client::Config {
+        keepalive_interval: Some(Duration::from_secs(15)),
+        inactivity_timeout: None,
+        ..Default::default()
+    });
+    let mut handle = russh::client::connect(config, ("127.0.0.1", port), LoadDevice).await?;
+    let auth = handle
+        .authenticate_publickey(name, PrivateKeyWithHashAlg::new(key, None))
+        .await?;
+    if !auth.success() {
+        bail!("relay refused device {name}");
+    }
+    handle.tcpip_forward("", 22).await?;
+    Ok(handle)
+}
+
+/// N devices held from this process; each reconnects with the agent's backoff when dropped.
+struct Fleet {
+    up: Arc<AtomicUsize>,
+    tasks: JoinSet<()>,
+}
+
+impl Fleet {
+    fn start(port: u16, n: usize, key: Arc<PrivateKey>) -> Fleet {
+        let up = Arc::new(AtomicUsize::new(0));
+        // Bounded concurrent handshakes, as a fleet of real devices would arrive over time.
+        let gate = Arc::new(Semaphore::new(256));
+        let mut tasks = JoinSet::new();
+        for i in 0..n {
+            let (up, key, gate) = (up.clone(), key.clone(), gate.clone());
+            tasks.spawn(async move {
+                let name = format!("load-{i}");
+                let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+                loop {
+                    let permit = gate.acquire().await;
+                    let session = connect_device(port, &name, key.clone()).await;
+                    drop(permit);
+                    if let Ok(handle) = session {
+                        backoff.reset();
+                        up.fetch_add(1, Ordering::Relaxed);
+                        let _ = handle.await;
+                        up.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(backoff.next_delay(rand::random::<f64>())).await;
+                }
+            });
+        }
+        Fleet { up, tasks }
+    }
+
+    fn up(&self) -> usize {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    async fn wait_all(&self, n: usize, limit: Duration) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        while self.up() < n {
+            if start.elapsed() > limit {
+                bail!("only {} of {n} devices up after {limit:?}", self.up());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(start.elapsed())
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+fn register_devices(data_dir: &std::path::Path, n: usize, key: &PrivateKey) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir)?;
+    let store =
+        burrow_relay::store::Store::open(&data_dir.join(burrow_relay::datadir::DATABASE_FILE))?;
+    let public = [key.public_key().clone()];
+    for i in 0..n {
+        let name = format!("load-{i}");
+        if !store.device_exists(&name)? {
+            store.add_device(&name, &public)?;
+        }
+    }
+    Ok(())
+}
+
+async fn settle() {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+/// Idle devices per relay, then a reconnect storm after a relay restart, for each size.
+async fn burrow_idle_and_storm(
+    env: &Env,
+    n: usize,
+    key: Arc<PrivateKey>,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let data_dir = env.path(&format!("relay-idle-{n}"));
+    register_devices(&data_dir, n, &key)?;
+    let port = free_port();
+    let relay = start_relay(env, &data_dir, port).await?;
+    settle().await;
+    let (rss0, pss0) = memory_kib(relay.pid());
+    let fleet = Fleet::start(port, n, key.clone());
+    fleet.wait_all(n, Duration::from_secs(600)).await?;
+    settle().await;
+    let (rss1, pss1) = memory_kib(relay.pid());
+    let group = format!("idle devices held by one relay ({n})");
+    results.push(
+        &group,
+        "burrow relay: RSS per device",
+        kib_per(rss1, rss0, n),
+        "KiB",
+    );
+    results.push(
+        &group,
+        "burrow relay: PSS per device",
+        kib_per(pss1, pss0, n),
+        "KiB",
+    );
+    results.push(
+        &group,
+        "burrow relay: total RSS",
+        rss1 as f64 / 1024.0,
+        "MiB",
+    );
+
+    // Reconnect storm: the relay dies and comes back; every device must be back.
+    relay.signal("KILL");
+    drop(relay);
+    let restarted = Instant::now();
+    let relay = start_relay(env, &data_dir, port).await?;
+    // Devices notice the loss (keepalive or reset) and come back with jittered backoff.
+    fleet.wait_all(n, Duration::from_secs(600)).await?;
+    results.push(
+        &format!("reconnect storm after a relay restart ({n} devices)"),
+        "burrow: all endpoints back",
+        restarted.elapsed().as_secs_f64(),
+        "s",
+    );
+    drop(fleet);
+    drop(relay);
+    Ok(())
+}
+
+fn kib_per(after: u64, before: u64, n: usize) -> f64 {
+    after.saturating_sub(before) as f64 / n.max(1) as f64
+}
+
+/// sshd with N `ssh -N -R` clients: memory of the sshd process tree per device.
+async fn sshd_idle(env: &Env, n: usize, results: &mut Results) -> anyhow::Result<()> {
+    let (sshd, port) = crate::systems::sshd(env, "sshd-idle", "").await?;
+    settle().await;
+    let before: (u64, u64) = tree_memory(sshd.pid());
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        clients.push(Proc::spawn(
+            ssh_base(env, port)
+                .args([
+                    "-N",
+                    "-c",
+                    crate::systems::SAME_CIPHER,
+                    "-R",
+                    "0:127.0.0.1:22",
+                ])
+                .arg(format!("{}@127.0.0.1", env.user)),
+        )?);
+    }
+    // Each client has one privileged and one unprivileged sshd child once authenticated.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while process_tree(sshd.pid()).len() < 1 + 2 * n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    settle().await;
+    let after = tree_memory(sshd.pid());
+    let group = format!("idle devices held by OpenSSH sshd ({n})");
+    results.push(
+        &group,
+        "sshd: RSS per device (sum over its processes)",
+        kib_per(after.0, before.0, n),
+        "KiB",
+    );
+    results.push(
+        &group,
+        "sshd: PSS per device",
+        kib_per(after.1, before.1, n),
+        "KiB",
+    );
+    drop(clients);
+    drop(sshd);
+    Ok(())
+}
+
+fn tree_memory(pid: u32) -> (u64, u64) {
+    process_tree(pid)
+        .into_iter()
+        .map(memory_kib)
+        .fold((0, 0), |(r, p), (r2, p2)| (r + r2, p + p2))
+}
+
+/// Time until an endpoint answers again after the device's old session froze and a new one
+/// started: burrow (takeover) against sshd with default settings and with ClientAlive 15x3.
+async fn reconnect_after_reboot(
+    env: &Env,
+    args: &Args,
+    site: &BurrowSite,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let group = "reconnect after a device reboot (old session frozen)";
+    let echo = crate::traffic::echo_server().await?;
+
+    // burrow: a second agent process for the same device takes over from the frozen one.
+    let fingerprint = env
+        .burrow_cli(&[
+            "relay",
+            "--data-dir",
+            site.data_dir.to_str().context("path")?,
+            "fingerprint",
+        ])?
+        .trim()
+        .to_string();
+    let pubkey = env.public_key();
+    let d = site.data_dir.to_str().context("path")?;
+    let listen = free_port();
+    env.burrow_cli(&[
+        "relay",
+        "--data-dir",
+        d,
+        "device",
+        "add",
+        "bench-reboot",
+        "--pubkey",
+        pubkey.to_str().context("path")?,
+    ])?;
+    env.burrow_cli(&[
+        "relay",
+        "--data-dir",
+        d,
+        "device",
+        "allow-listen",
+        "bench-reboot",
+        &listen.to_string(),
+    ])?;
+    let agent = |n: u32| {
+        Proc::spawn(
+            Command::new(&env.burrow)
+                .args([
+                    "agent",
+                    "--relay",
+                    &format!("127.0.0.1:{}", site.relay_port),
+                    "--name",
+                    "bench-reboot",
+                    "--key",
+                ])
+                .arg(&env.key)
+                .args([
+                    "--host-key",
+                    &fingerprint,
+                    "--expose",
+                    &format!("{listen}=127.0.0.1:{echo}"),
+                ])
+                .arg("--status-file")
+                .arg(env.path(&format!("agent-reboot-{n}.json")))
+                .env("BURROW_LOG", "error"),
+        )
+    };
+    let old = agent(1)?;
+    crate::traffic::wait_echo(listen).await?;
+    old.signal("STOP");
+    let started = Instant::now();
+    let new = agent(2)?;
+    answers_within(listen, Duration::from_secs(args.reconnect_cap)).await?;
+    results.push(
+        group,
+        "burrow (takeover)",
+        started.elapsed().as_secs_f64(),
+        "s",
+    );
+    drop(new);
+    drop(old);
+
+    for (label, extra) in [
+        ("OpenSSH sshd, default settings", ""),
+        (
+            "OpenSSH sshd, ClientAliveInterval 15, CountMax 3",
+            "ClientAliveInterval 15\nClientAliveCountMax 3",
+        ),
+    ] {
+        let (sshd, port) =
+            crate::systems::sshd(env, &format!("sshd-reboot-{}", extra.len()), extra).await?;
+        let remote = free_port();
+        let forward = format!("{remote}:127.0.0.1:{echo}");
+        let device = || {
+            Proc::spawn(
+                ssh_base(env, port)
+                    .args(["-N", "-o", "ExitOnForwardFailure=yes", "-R", &forward])
+                    .arg(format!("{}@127.0.0.1", env.user)),
+            )
+        };
+        let old = device()?;
+        crate::traffic::wait_echo(remote).await?;
+        old.signal("STOP");
+        let started = Instant::now();
+        let cap = Duration::from_secs(args.reconnect_cap);
+        // As autossh would: start ssh again each second until its forward binds.
+        let mut current = device()?;
+        let mut answered = false;
+        while started.elapsed() < cap {
+            if answers_within(remote, Duration::from_millis(200))
+                .await
+                .is_ok()
+            {
+                answered = true;
+                break;
+            }
+            if let Ok(Some(_)) = current.0.try_wait() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                current = device()?;
+            }
+        }
+        if answered {
+            results.push(group, label, started.elapsed().as_secs_f64(), "s");
+        } else {
+            results.push_note(
+                group,
+                label,
+                cap.as_secs_f64(),
+                "s",
+                "not back within the cap (lower bound)",
+            );
+        }
+        drop(current);
+        drop(old);
+        drop(sshd);
+    }
+    Ok(())
+}
+
+async fn answers_within(port: u16, limit: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let probe = async {
+            let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            tcp.write_all(b"?").await?;
+            let mut b = [0u8; 1];
+            tcp.read_exact(&mut b).await?;
+            Ok::<(), std::io::Error>(())
+        };
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(500), probe).await {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            bail!("port {port} did not answer within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// RSS of an idle agent with one endpoint and one console, and the binary's size.
+pub async fn agent_footprint(
+    env: &Env,
+    site: &BurrowSite,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let d = site.data_dir.to_str().context("path")?;
+    let pubkey = env.public_key();
+    env.burrow_cli(&[
+        "relay",
+        "--data-dir",
+        d,
+        "device",
+        "add",
+        "bench-idle",
+        "--pubkey",
+        pubkey.to_str().context("path")?,
+    ])?;
+    let fingerprint = env
+        .burrow_cli(&["relay", "--data-dir", d, "fingerprint"])?
+        .trim()
+        .to_string();
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let tty = ptsname(&master, Vec::new())?.to_string_lossy().into_owned();
+    let status = env.path("agent-idle.json");
+    let agent = Proc::spawn(
+        Command::new(&env.burrow)
+            .args([
+                "agent",
+                "--relay",
+                &format!("127.0.0.1:{}", site.relay_port),
+                "--name",
+                "bench-idle",
+                "--key",
+            ])
+            .arg(&env.key)
+            .args([
+                "--host-key",
+                &fingerprint,
+                "--expose",
+                "22",
+                "--console",
+                &format!("{tty}@9600"),
+            ])
+            .arg("--status-file")
+            .arg(&status)
+            .env("BURROW_LOG", "error"),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&status)
+        .unwrap_or_default()
+        .contains("\"up\"")
+    {
+        if Instant::now() > deadline {
+            bail!("footprint agent did not come up");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    settle().await;
+    let (rss, _) = memory_kib(agent.pid());
+    results.push(
+        "agent footprint",
+        "idle agent RSS (one endpoint, one console)",
+        rss as f64 / 1024.0,
+        "MiB",
+    );
+    let size = std::fs::metadata(&env.burrow)?.len();
+    results.push(
+        "agent footprint",
+        "burrow binary size (release profile strips symbols)",
+        size as f64 / (1024.0 * 1024.0),
+        "MiB",
+    );
+    drop(agent);
+    drop(master);
+    Ok(())
+}
+
+pub async fn run_all(env: &Env, args: &Args, results: &mut Results) -> anyhow::Result<()> {
+    let key = Arc::new(burrow_io::keys::load_private_key(&env.key)?);
+    for &n in &args.devices {
+        eprintln!("  {n} idle burrow devices, then a relay restart");
+        burrow_idle_and_storm(env, n, key.clone(), results).await?;
+    }
+    eprintln!("  {} idle sshd devices", args.sshd_devices);
+    sshd_idle(env, args.sshd_devices, results).await?;
+    eprintln!("  reconnect after a device reboot");
+    let echo = crate::traffic::echo_server().await?;
+    let site = crate::systems::burrow_site(
+        env,
+        "relay-reboot",
+        crate::systems::Backends { bulk: echo, echo },
+    )
+    .await?;
+    reconnect_after_reboot(env, args, &site, results).await?;
+    Ok(())
+}

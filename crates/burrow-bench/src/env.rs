@@ -1,0 +1,318 @@
+//! The bench environment: tools (installed when missing), a scratch directory, keys, free
+//! loopback ports, and child processes that die with the harness.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::Args;
+
+/// A child process killed (after SIGCONT, in case it was stopped) when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> anyhow::Result<Proc> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {cmd:?}"))?;
+        Ok(Proc(child))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free loopback port (bound, then released for the process started next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Waits until something listens on `port`.
+pub async fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on port {port} within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Tools, scratch space and keys of one bench run.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub burrow: PathBuf,
+    pub sshd: PathBuf,
+    pub rathole: Option<PathBuf>,
+    /// Device key (ed25519, OpenSSH format), with `.pub` beside it.
+    pub key: PathBuf,
+    pub user: String,
+    pub versions: Vec<(String, String)>,
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|p| p.join(cmd))
+        .find(|p| p.is_file())
+}
+
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    eprintln!("burrow-bench: installing {}", packages.join(" "));
+    let sudo = if rustix::process::geteuid().is_root() {
+        vec![]
+    } else {
+        vec!["sudo"]
+    };
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let mut argv: Vec<&str> = sudo.clone();
+        argv.extend_from_slice(args);
+        let status = Command::new(argv[0])
+            .args(&argv[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?;
+        if !status.success() {
+            bail!("{} failed", argv.join(" "));
+        }
+        Ok(())
+    };
+    run(&["apt-get", "update", "-qq"])?;
+    let mut args = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
+    args.extend_from_slice(packages);
+    run(&args)
+}
+
+/// Where rathole is installed: a cache outside the repository.
+fn rathole_root() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("burrow-bench/rathole")
+}
+
+fn install_rathole() -> anyhow::Result<PathBuf> {
+    let root = rathole_root();
+    let bin = root.join("bin/rathole");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    eprintln!(
+        "burrow-bench: cargo install rathole into {} (once; takes a few minutes)",
+        root.display()
+    );
+    let status = Command::new("cargo")
+        .args([
+            "install",
+            "rathole",
+            "--no-default-features",
+            "--features",
+            "server,client,noise",
+            "--root",
+        ])
+        .arg(&root)
+        .status()?;
+    if !status.success() || !bin.is_file() {
+        bail!("cargo install rathole failed");
+    }
+    Ok(bin)
+}
+
+fn version(cmd: &Path, arg: &str) -> String {
+    Command::new(cmd)
+        .arg(arg)
+        .output()
+        .map(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+impl Env {
+    pub async fn prepare(args: &Args) -> anyhow::Result<Env> {
+        let mut missing = Vec::new();
+        if which("sshd").is_none() {
+            missing.push("openssh-server");
+        }
+        if which("ssh").is_none() {
+            missing.push("openssh-client");
+        }
+        if !missing.is_empty() {
+            apt_install(&missing)?;
+        }
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let sshd = which("sshd").context("sshd not found after installing openssh-server")?;
+        let burrow = match &args.burrow {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?
+                .parent()
+                .context("no directory for the bench binary")?
+                .join("burrow"),
+        };
+        if !burrow.is_file() {
+            bail!(
+                "burrow binary {} not found: build it first (cargo build --release)",
+                burrow.display()
+            );
+        }
+        let rathole = if args.no_rathole {
+            None
+        } else {
+            match install_rathole() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    eprintln!("burrow-bench: rathole unavailable ({e}); its columns stay empty");
+                    None
+                }
+            }
+        };
+        raise_fd_limit();
+        let dir = tempfile::Builder::new().prefix("burrow-bench-").tempdir()?;
+        let key = dir.path().join("device_key");
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()?;
+        if !status.success() {
+            bail!("ssh-keygen failed");
+        }
+        let user = String::from_utf8_lossy(&Command::new("id").arg("-un").output()?.stdout)
+            .trim()
+            .to_string();
+        let mut versions = vec![
+            ("burrow".to_string(), version(&burrow, "--version")),
+            ("OpenSSH".to_string(), version(Path::new("ssh"), "-V")),
+            (
+                "rustc".to_string(),
+                version(Path::new("rustc"), "--version"),
+            ),
+        ];
+        if let Some(r) = &rathole {
+            versions.push(("rathole".to_string(), version(r, "--version")));
+        }
+        Ok(Env {
+            dir,
+            burrow,
+            sshd,
+            rathole,
+            key,
+            user,
+            versions,
+        })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn public_key(&self) -> PathBuf {
+        self.key.with_extension("pub")
+    }
+
+    /// `burrow ARGS...` with output discarded; fails on a non-zero exit.
+    pub fn burrow_cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(&self.burrow)
+            .args(args)
+            .env("BURROW_LOG", "warn")
+            .output()?;
+        if !out.status.success() {
+            bail!("burrow {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    }
+}
+
+/// Tens of thousands of sessions need as many descriptors (for us and our children).
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let mut new = limit;
+    new.current = limit.maximum;
+    let _ = setrlimit(Resource::Nofile, new);
+}
+
+/// Resident and proportional set size of a process, in KiB.
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let field = |text: &str, name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    (field(&status, "VmRSS:"), field(&rollup, "Pss:"))
+}
+
+/// All descendants of `pid` (and `pid` itself).
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            // Fields after the command name (which may contain spaces) start after ")".
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parents.push((p, ppid));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    tree
+}

@@ -1,0 +1,92 @@
+//! `burrow-bench`: measures burrow against OpenSSH and rathole on loopback, in one run on one
+//! machine, and writes `BENCHMARKS.md` plus raw JSON.
+//!
+//! # Layout
+//! - `env`: finding and installing the tools (sshd, rathole), keys, ports, processes.
+//! - `systems`: starting each tunnel (direct, OpenSSH `ssh -R`, rathole, burrow exposure and
+//!   operator paths) with a bulk-transfer port and an echo port behind it.
+//! - `traffic`: throughput (bulk streams) and latency (64-byte round trips).
+//! - `devices`: many idle device sessions from one process; memory per device; reconnects.
+//! - `report`: the Markdown and JSON output, with targets.
+#![forbid(unsafe_code)]
+
+mod devices;
+mod env;
+mod report;
+mod systems;
+mod traffic;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Benchmarks burrow against OpenSSH and rathole on loopback.
+#[derive(Parser, Debug)]
+#[command(name = "burrow-bench")]
+pub struct Args {
+    /// Tiny sizes and no rathole install: checks the harness itself (used by ./test.sh).
+    #[arg(long)]
+    pub smoke: bool,
+    /// Seconds per throughput run.
+    #[arg(long, default_value_t = 4)]
+    pub seconds: u32,
+    /// Round trips per latency run.
+    #[arg(long, default_value_t = 2000)]
+    pub round_trips: usize,
+    /// Idle burrow devices to hold (repeatable).
+    #[arg(long, default_values_t = vec![1000, 10000])]
+    pub devices: Vec<usize>,
+    /// Idle sshd devices (`ssh -N -R` processes).
+    #[arg(long, default_value_t = 200)]
+    pub sshd_devices: usize,
+    /// Longest wait for an OpenSSH reconnect after a reboot, in seconds.
+    #[arg(long, default_value_t = 90)]
+    pub reconnect_cap: u64,
+    /// Where BENCHMARKS.md and results.json go.
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+    /// The burrow binary (default: next to this one).
+    #[arg(long)]
+    pub burrow: Option<PathBuf>,
+    /// Skip rathole even when it could be installed.
+    #[arg(long)]
+    pub no_rathole: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.smoke {
+        args.seconds = 1;
+        args.round_trips = 50;
+        args.devices = vec![20];
+        args.sshd_devices = 5;
+        args.reconnect_cap = 3;
+        args.no_rathole = true;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let env = env::Env::prepare(&args).await?;
+    let mut results = report::Results::new(&env, &args);
+    eprintln!("burrow-bench: traffic (throughput and latency) through each system");
+    traffic::run_all(&env, &args, &mut results).await?;
+    eprintln!("burrow-bench: idle devices and reconnects");
+    devices::run_all(&env, &args, &mut results).await?;
+    report::write(&args.out, &results)?;
+    eprintln!(
+        "burrow-bench: wrote {}",
+        args.out.join("BENCHMARKS.md").display()
+    );
+    if args.smoke {
+        results.check_complete()?;
+        println!(
+            "burrow-bench smoke: {} measurements, 0 failed",
+            results.len()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! The results: raw JSON and `BENCHMARKS.md` with the machine, versions, tables and targets.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use anyhow::bail;
+use serde::Serialize;
+
+use crate::Args;
+use crate::env::Env;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub group: String,
+    pub system: String,
+    pub value: f64,
+    pub unit: String,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub date: String,
+    pub machine: Vec<(String, String)>,
+    pub versions: Vec<(String, String)>,
+    pub command: String,
+    pub entries: Vec<Entry>,
+}
+
+fn machine() -> Vec<(String, String)> {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = read("/proc/meminfo")
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|kib| format!("{:.1} GiB", kib as f64 / 1048576.0))
+        .unwrap_or_default();
+    let kernel = read("/proc/sys/kernel/osrelease").trim().to_string();
+    vec![
+        ("CPU".into(), cpu),
+        ("cores".into(), cores.to_string()),
+        ("memory".into(), mem),
+        ("kernel".into(), kernel),
+    ]
+}
+
+impl Results {
+    pub fn new(env: &Env, args: &Args) -> Results {
+        let date = std::process::Command::new("date")
+            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        Results {
+            date,
+            machine: machine(),
+            versions: env.versions.clone(),
+            command: std::env::args()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .replace(&*args.out.to_string_lossy(), "OUT"),
+            entries: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, group: &str, system: &str, value: f64, unit: &str) {
+        self.entries.push(Entry {
+            group: group.into(),
+            system: system.into(),
+            value,
+            unit: unit.into(),
+            note: None,
+        });
+    }
+
+    pub fn push_note(&mut self, group: &str, system: &str, value: f64, unit: &str, note: &str) {
+        self.push(group, system, value, unit);
+        if let Some(e) = self.entries.last_mut() {
+            e.note = Some(note.into());
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn find(&self, group_prefix: &str, system_prefix: &str) -> Option<&Entry> {
+        self.entries
+            .iter()
+            .find(|e| e.group.starts_with(group_prefix) && e.system.starts_with(system_prefix))
+    }
+
+    /// The smoke run's check: every kind of measurement produced a number for burrow and OpenSSH.
+    pub fn check_complete(&self) -> anyhow::Result<()> {
+        let needed = [
+            ("throughput, 1 stream, device→operator", "burrow exposure"),
+            ("throughput, 1 stream, device→operator", "burrow operator"),
+            ("throughput, 8 streams, operator→device", "OpenSSH"),
+            ("latency p50", "burrow operator"),
+            ("latency p50", "direct TCP"),
+            (
+                "idle devices held by one relay",
+                "burrow relay: RSS per device",
+            ),
+            ("idle devices held by OpenSSH sshd", "sshd: RSS per device"),
+            ("reconnect after a device reboot", "burrow"),
+            ("reconnect storm", "burrow"),
+            ("agent footprint", "idle agent RSS"),
+        ];
+        for (group, system) in needed {
+            match self.find(group, system) {
+                Some(e) if e.value.is_finite() && e.value >= 0.0 => {}
+                _ => bail!("no result for {group} / {system}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn targets(&self) -> Vec<(String, String, bool)> {
+        let mut out = Vec::new();
+        let v = |g: &str, s: &str| self.find(g, s).map(|e| e.value);
+        for dir in ["device→operator", "operator→device"] {
+            let g = format!("throughput, 1 stream, {dir}");
+            let burrow = v(&g, "burrow exposure");
+            if let (Some(b), Some(o)) = (burrow, v(&g, "OpenSSH")) {
+                out.push((
+                    format!("single stream {dir}: at least 1.5x OpenSSH (same cipher)"),
+                    format!("{:.2}x", b / o),
+                    b >= 1.5 * o,
+                ));
+            }
+            if let (Some(b), Some(r)) = (burrow, v(&g, "rathole (noise)")) {
+                out.push((
+                    format!("single stream {dir}: at least rathole (noise)"),
+                    format!("{:.2}x", b / r),
+                    b >= r,
+                ));
+            }
+            if let (Some(b), Some(d)) = (burrow, v(&g, "direct TCP")) {
+                out.push((
+                    format!("single stream {dir}: burrow / direct TCP (physical limit)"),
+                    format!("{:.2}x", b / d),
+                    true,
+                ));
+            }
+        }
+        if let (Some(b), Some(o)) = (
+            v("latency p50", "burrow exposure"),
+            v("latency p50", "OpenSSH"),
+        ) {
+            out.push((
+                "p50 latency no worse than OpenSSH".into(),
+                format!("{b:.0} µs vs {o:.0} µs"),
+                b <= o,
+            ));
+        }
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| e.system == "burrow relay: RSS per device")
+        {
+            out.push((
+                format!("at most 32 KiB relay memory per idle device ({})", e.group),
+                format!("{:.1} KiB", e.value),
+                e.value <= 32.0,
+            ));
+        }
+        if let Some(r) = v("reconnect after a device reboot", "burrow") {
+            out.push((
+                "endpoint back within 1 s of the new session after a reboot".into(),
+                format!("{r:.2} s"),
+                r <= 1.0,
+            ));
+        }
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| e.group.starts_with("reconnect storm") && e.group.contains("(10000"))
+        {
+            out.push((
+                "10k devices all back within 30 s of a relay restart".into(),
+                format!("{:.1} s", e.value),
+                e.value <= 30.0,
+            ));
+        }
+        if let Some(r) = v("agent footprint", "idle agent RSS") {
+            out.push((
+                "idle agent under 8 MiB RSS".into(),
+                format!("{r:.1} MiB"),
+                r < 8.0,
+            ));
+        }
+        if let Some(s) = v("agent footprint", "burrow binary size") {
+            out.push((
+                "stripped binary under 10 MiB".into(),
+                format!("{s:.1} MiB"),
+                s < 10.0,
+            ));
+        }
+        out
+    }
+
+    fn markdown(&self) -> String {
+        let mut s = String::from("# burrow benchmarks\n\n");
+        let _ = writeln!(
+            s,
+            "Measured on loopback by `{}` on {}. Every number below comes from that one run; `results.json` beside this file has the raw values.\n",
+            self.command, self.date
+        );
+        s.push_str("| machine | |\n|---|---|\n");
+        for (k, v) in &self.machine {
+            let _ = writeln!(s, "| {k} | {v} |");
+        }
+        s.push_str("\n| software | version |\n|---|---|\n");
+        for (k, v) in &self.versions {
+            let _ = writeln!(s, "| {k} | {v} |");
+        }
+        s.push_str("\n## Targets\n\n| target | measured | met |\n|---|---|---|\n");
+        for (t, m, ok) in self.targets() {
+            let _ = writeln!(s, "| {t} | {m} | {} |", if ok { "yes" } else { "**no**" });
+        }
+        let mut groups: Vec<&str> = Vec::new();
+        for e in &self.entries {
+            if !groups.contains(&e.group.as_str()) {
+                groups.push(&e.group);
+            }
+        }
+        for g in groups {
+            let _ = write!(s, "\n## {g}\n\n| system | value |\n|---|---|\n");
+            for e in self.entries.iter().filter(|e| e.group == g) {
+                let value = if e.value >= 100.0 {
+                    format!("{:.0}", e.value)
+                } else {
+                    format!("{:.2}", e.value)
+                };
+                let note = e
+                    .note
+                    .as_deref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default();
+                let _ = writeln!(s, "| {} | {value} {}{note} |", e.system, e.unit);
+            }
+        }
+        s.push_str(NOTES);
+        s
+    }
+}
+
+const NOTES: &str = "
+## How each number is taken
+
+- **Throughput**: N seconds of bulk data through each path, 1 or 8 TCP connections at once, to a bulk service on the device side (part of the harness: one connection per stream and no separate control connection, unlike iperf3, whose control connection can queue behind its data on one multiplexed `ssh -L` connection); *device→operator* is the device sending. Gbit/s is bytes received over the time until the receiver has all of them. OpenSSH is a test sshd with `ssh -N -R` using chacha20-poly1305, the cipher burrow's relay and agent negotiate by default. rathole runs its `noise` transport (encrypted) and plain TCP. The burrow *exposure* path is agent → relay → a real listener granted by `allow-listen`; the *operator* path is stock `ssh -L` through the relay to the device's endpoint (the same `direct-tcpip` that `ssh -W` and `ssh -J` use).
+- **Latency**: one TCP connection, 64-byte writes echoed back, the first tenth discarded.
+- **Idle devices**: real SSH device sessions (one process opening them all), each authenticated and holding one endpoint; the relay's RSS and PSS before and after, divided by the count. For sshd, the same with `ssh -N -R` client processes, summed over sshd's processes.
+- **Reconnect after a reboot**: the device's old session is frozen with SIGSTOP (TCP open, nothing answers) and a new one starts at once: the time until the endpoint answers again. OpenSSH's new `ssh -R` is restarted every second, as autossh does, until its forward can bind.
+- **Reconnect storm**: the relay is killed and restarted on the same data directory; devices reconnect with the agent's backoff (1 s doubling to 30 s, jittered); the time from the restart until every device has its endpoint again.
+";
+
+pub fn write(out: &Path, results: &Results) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(results)?,
+    )?;
+    std::fs::write(out.join("BENCHMARKS.md"), results.markdown())?;
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! Throughput (bulk streams, one and eight, both directions) and latency (64-byte round trips)
+//! through every system.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::Args;
+use crate::env::Env;
+use crate::report::Results;
+use crate::systems::{self, Backends, Path};
+
+/// Echoes everything back; the latency target behind every tunnel.
+pub async fn echo_server() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// Waits until a byte sent to `port` comes back (the tunnel is really up, not just listening).
+pub async fn wait_echo(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = async {
+            let mut tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+            tcp.write_all(b"x").await?;
+            let mut b = [0u8; 1];
+            tcp.read_exact(&mut b).await?;
+            Ok::<(), std::io::Error>(())
+        };
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), attempt).await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("no echo through port {port} within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The bulk service behind every tunnel. A client sends `U` and then data until it shuts down
+/// its side (the server answers with the byte count), or `D` and a duration in milliseconds
+/// (the server sends for that long, then closes). One TCP connection is one stream: no control
+/// connection that could queue behind data on a multiplexed SSH connection.
+pub async fn bulk_server() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut mode = [0u8; 1];
+                if tcp.read_exact(&mut mode).await.is_err() {
+                    return;
+                }
+                let mut buf = vec![0u8; 128 * 1024];
+                if mode[0] == b'U' {
+                    let mut total = 0u64;
+                    while let Ok(n) = tcp.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        total += n as u64;
+                    }
+                    let _ = tcp.write_all(&total.to_be_bytes()).await;
+                } else {
+                    let mut ms = [0u8; 8];
+                    if tcp.read_exact(&mut ms).await.is_err() {
+                        return;
+                    }
+                    let end = Instant::now() + Duration::from_millis(u64::from_be_bytes(ms));
+                    while Instant::now() < end {
+                        if tcp.write_all(&buf).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// Bytes moved by one stream, and when the last of them arrived.
+async fn bulk_stream(port: u16, seconds: u32, download: bool) -> anyhow::Result<u64> {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut buf = vec![0u8; 128 * 1024];
+    if download {
+        tcp.write_all(b"D").await?;
+        tcp.write_all(&(u64::from(seconds) * 1000).to_be_bytes())
+            .await?;
+        let mut total = 0u64;
+        loop {
+            let n = tcp.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n as u64;
+        }
+    }
+    tcp.write_all(b"U").await?;
+    let end = Instant::now() + Duration::from_secs(u64::from(seconds));
+    while Instant::now() < end {
+        tcp.write_all(&buf).await?;
+    }
+    tcp.shutdown().await?;
+    let mut count = [0u8; 8];
+    tcp.read_exact(&mut count).await?;
+    Ok(u64::from_be_bytes(count))
+}
+
+/// Gbit/s over `streams` parallel connections, counted when the receiver has everything.
+async fn throughput(port: u16, seconds: u32, streams: u32, download: bool) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let runs: Vec<_> = (0..streams)
+        .map(|_| tokio::spawn(bulk_stream(port, seconds, download)))
+        .collect();
+    let mut total = 0u64;
+    for r in runs {
+        total += tokio::time::timeout(Duration::from_secs(u64::from(seconds) + 60), r)
+            .await
+            .context("a stream stalled")???;
+    }
+    Ok(total as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9)
+}
+
+/// p50 and p99 of 64-byte round trips, in microseconds.
+pub async fn latency(port: u16, n: usize) -> anyhow::Result<(f64, f64)> {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.set_nodelay(true)?;
+    let msg = [7u8; 64];
+    let mut back = [0u8; 64];
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
+        let t = Instant::now();
+        tcp.write_all(&msg).await?;
+        tcp.read_exact(&mut back).await?;
+        // The first tenth warms up the path and is not counted.
+        if i >= n / 10 {
+            samples.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    let pick = |q: f64| {
+        samples
+            .get(((samples.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok((pick(0.5), pick(0.99)))
+}
+
+async fn measure(args: &Args, path: &Path, results: &mut Results) -> anyhow::Result<()> {
+    eprintln!("  {}", path.system);
+    for streams in [1u32, 8] {
+        for (reverse, direction) in [(true, "device→operator"), (false, "operator→device")] {
+            let gbps = throughput(path.bulk, args.seconds, streams, reverse).await?;
+            eprintln!("    {streams} stream(s) {direction}: {gbps:.2} Gbit/s");
+            results.push(
+                &format!(
+                    "throughput, {streams} stream{}, {direction}",
+                    if streams == 1 { "" } else { "s" }
+                ),
+                &path.system,
+                gbps,
+                "Gbit/s",
+            );
+        }
+    }
+    let (p50, p99) = latency(path.echo, args.round_trips).await?;
+    eprintln!("    latency p50 {p50:.0} µs, p99 {p99:.0} µs");
+    results.push("latency p50 (64 B round trip)", &path.system, p50, "µs");
+    results.push("latency p99 (64 B round trip)", &path.system, p99, "µs");
+    Ok(())
+}
+
+pub async fn run_all(env: &Env, args: &Args, results: &mut Results) -> anyhow::Result<()> {
+    let b = Backends {
+        bulk: bulk_server().await?,
+        echo: echo_server().await?,
+    };
+    measure(args, &systems::direct(b), results).await?;
+    {
+        let path = systems::openssh(env, b).await?;
+        measure(args, &path, results).await?;
+    }
+    for noise in [true, false] {
+        if let Some(path) = systems::rathole(env, b, noise).await? {
+            measure(args, &path, results).await?;
+        }
+    }
+    let site = systems::burrow_site(env, "relay-traffic", b).await?;
+    measure(args, &systems::burrow_exposure(&site), results).await?;
+    {
+        let path = systems::burrow_operator(env, &site).await?;
+        measure(args, &path, results).await?;
+    }
+    // The agent's footprint with one endpoint and one console, while it is here.
+    crate::devices::agent_footprint(env, &site, results).await?;
+    drop(site);
+    Ok(())
+}
