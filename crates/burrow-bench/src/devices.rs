@@ -280,27 +280,15 @@ async fn reconnect_after_reboot(
         "bench-reboot",
         &listen.to_string(),
     ])?;
+    let expose = format!("{listen}=127.0.0.1:{echo}");
     let agent = |n: u32| {
-        Proc::spawn(
-            Command::new(&env.burrow)
-                .args([
-                    "agent",
-                    "--relay",
-                    &format!("127.0.0.1:{}", site.relay_port),
-                    "--name",
-                    "bench-reboot",
-                    "--key",
-                ])
-                .arg(&env.key)
-                .args([
-                    "--host-key",
-                    &fingerprint,
-                    "--expose",
-                    &format!("{listen}=127.0.0.1:{echo}"),
-                ])
-                .arg("--status-file")
-                .arg(env.path(&format!("agent-reboot-{n}.json")))
-                .env("BURROW_LOG", "error"),
+        let status = env.path(&format!("agent-reboot-{n}.json"));
+        env.agent(
+            site.relay_port,
+            "bench-reboot",
+            &fingerprint,
+            &["--expose", &expose],
+            &status,
         )
     };
     let old = agent(1)?;
@@ -424,28 +412,13 @@ pub async fn agent_footprint(
     unlockpt(&master)?;
     let tty = ptsname(&master, Vec::new())?.to_string_lossy().into_owned();
     let status = env.path("agent-idle.json");
-    let agent = Proc::spawn(
-        Command::new(&env.burrow)
-            .args([
-                "agent",
-                "--relay",
-                &format!("127.0.0.1:{}", site.relay_port),
-                "--name",
-                "bench-idle",
-                "--key",
-            ])
-            .arg(&env.key)
-            .args([
-                "--host-key",
-                &fingerprint,
-                "--expose",
-                "22",
-                "--console",
-                &format!("{tty}@9600"),
-            ])
-            .arg("--status-file")
-            .arg(&status)
-            .env("BURROW_LOG", "error"),
+    let console = format!("{tty}@9600");
+    let agent = env.agent(
+        site.relay_port,
+        "bench-idle",
+        &fingerprint,
+        &["--expose", "22", "--console", &console],
+        &status,
     )?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !std::fs::read_to_string(&status)

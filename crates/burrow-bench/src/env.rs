@@ -247,6 +247,34 @@ impl Env {
         self.key.with_extension("pub")
     }
 
+    /// `burrow agent` as device `name` against the relay on `relay_port`, with `extra` flags.
+    pub fn agent(
+        &self,
+        relay_port: u16,
+        name: &str,
+        fingerprint: &str,
+        extra: &[&str],
+        status: &Path,
+    ) -> anyhow::Result<Proc> {
+        Proc::spawn(
+            Command::new(&self.burrow)
+                .args([
+                    "agent",
+                    "--relay",
+                    &format!("127.0.0.1:{relay_port}"),
+                    "--name",
+                    name,
+                    "--key",
+                ])
+                .arg(&self.key)
+                .args(["--host-key", fingerprint])
+                .args(extra)
+                .arg("--status-file")
+                .arg(status)
+                .env("BURROW_LOG", "error"),
+        )
+    }
+
     /// `burrow ARGS...` with output discarded; fails on a non-zero exit.
     pub fn burrow_cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = Command::new(&self.burrow)

@@ -267,23 +267,16 @@ pub async fn burrow_site(env: &Env, name: &str, b: Backends) -> anyhow::Result<B
     let relay_port = free_port();
     let relay = start_relay(env, &data_dir, relay_port).await?;
     let status_file = env.path(&format!("{name}-agent.json"));
-    let agent = Proc::spawn(
-        Command::new(&env.burrow)
-            .args([
-                "agent",
-                "--relay",
-                &format!("127.0.0.1:{relay_port}"),
-                "--name",
-                "bench-dev",
-                "--key",
-            ])
-            .arg(&env.key)
-            .args(["--host-key", &fingerprint])
-            .args(["--expose", &format!("{bulk}=127.0.0.1:{}", b.bulk)])
-            .args(["--expose", &format!("{echo}=127.0.0.1:{}", b.echo)])
-            .arg("--status-file")
-            .arg(&status_file)
-            .env("BURROW_LOG", "error"),
+    let exposes = [
+        format!("{bulk}=127.0.0.1:{}", b.bulk),
+        format!("{echo}=127.0.0.1:{}", b.echo),
+    ];
+    let agent = env.agent(
+        relay_port,
+        "bench-dev",
+        &fingerprint,
+        &["--expose", &exposes[0], "--expose", &exposes[1]],
+        &status_file,
     )?;
     wait_port(echo, "burrow relay listener").await?;
     crate::traffic::wait_echo(echo).await?;
