@@ -1,7 +1,6 @@
 //! Device-side measurements: idle sessions held by one relay (memory per device), reconnect
 //! after a device reboot, a reconnect storm after a relay restart, and the agent's footprint.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
