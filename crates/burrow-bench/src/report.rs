@@ -259,7 +259,7 @@ impl Results {
 const NOTES: &str = "
 ## How each number is taken
 
-- **Throughput**: N seconds of bulk data through each path, 1 or 8 TCP connections at once, to a bulk service on the device side (part of the harness: one connection per stream and no separate control connection, unlike iperf3, whose control connection can queue behind its data on one multiplexed `ssh -L` connection); *device→operator* is the device sending. Gbit/s is bytes received over the time until the receiver has all of them. OpenSSH is a test sshd with `ssh -N -R` using chacha20-poly1305, the cipher burrow's relay and agent negotiate by default. rathole runs its `noise` transport (encrypted) and plain TCP. The burrow *exposure* path is agent → relay → a real listener granted by `allow-listen`; the *operator* path is stock `ssh -L` through the relay to the device's endpoint (the same `direct-tcpip` that `ssh -W` and `ssh -J` use).
+- **Throughput**: N seconds of bulk data through each path, 1 or 8 TCP connections at once, to a bulk service on the device side (part of the harness: one connection per stream and no separate control connection, unlike iperf3, whose control connection can queue behind its data on one multiplexed `ssh -L` connection); *device→operator* is the device sending. Gbit/s is bytes received over the time until the receiver has all of them. OpenSSH is a test sshd with `ssh -N -R` using aes256-gcm, the cipher burrow's agent and relay negotiate by default (the operator path uses whatever the operator's OpenSSH client prefers: chacha20-poly1305 by default). rathole runs its `noise` transport (encrypted) and plain TCP. The burrow *exposure* path is agent → relay → a real listener granted by `allow-listen`; the *operator* path is stock `ssh -L` through the relay to the device's endpoint (the same `direct-tcpip` that `ssh -W` and `ssh -J` use).
 - **Latency**: one TCP connection, 64-byte writes echoed back, the first tenth discarded.
 - **Idle devices**: real SSH device sessions (one process opening them all), each authenticated and holding one endpoint; the relay's RSS and PSS before and after, divided by the count. For sshd, the same with `ssh -N -R` client processes, summed over sshd's processes.
 - **Reconnect after a reboot**: the device's old session is frozen with SIGSTOP (TCP open, nothing answers) and a new one starts at once: the time until the endpoint answers again. OpenSSH's new `ssh -R` is restarted every second, as autossh does, until its forward can bind.
@@ -272,6 +272,12 @@ pub fn write(out: &Path, results: &Results) -> anyhow::Result<()> {
         out.join("results.json"),
         serde_json::to_string_pretty(results)?,
     )?;
-    std::fs::write(out.join("BENCHMARKS.md"), results.markdown())?;
+    // Hand-written notes on tuning (before/after numbers from earlier runs) follow the tables.
+    let mut text = results.markdown();
+    if let Ok(tuning) = std::fs::read_to_string(out.join("tuning.md")) {
+        text.push('\n');
+        text.push_str(&tuning);
+    }
+    std::fs::write(out.join("BENCHMARKS.md"), text)?;
     Ok(())
 }

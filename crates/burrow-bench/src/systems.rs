@@ -23,8 +23,8 @@ pub struct Path {
     pub _procs: Vec<Proc>,
 }
 
-/// The cipher burrow's relay and agent agree on by default (russh prefers it), used for OpenSSH too.
-pub const SAME_CIPHER: &str = "chacha20-poly1305@openssh.com";
+/// The cipher burrow's agent and relay agree on by default, used for OpenSSH too.
+pub const SAME_CIPHER: &str = "aes256-gcm@openssh.com";
 
 /// Common options of the stock ssh client in the bench.
 pub fn ssh_base(env: &Env, port: u16) -> Command {
