@@ -29,10 +29,13 @@ fn main() {
         _ => "info,russh=warn",
     };
     init_tracing(default_log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The agent idles on a Raspberry Pi holding a few sessions: one thread is plenty and keeps
+    // its memory down. The relay and the demo use every core.
+    let mut builder = match cli.command {
+        Command::Agent(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("burrow: cannot start the async runtime: {e}");
