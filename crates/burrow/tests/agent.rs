@@ -110,12 +110,6 @@ async fn agent_against_stock_sshd_forwards_and_retries_occupied_port() {
     let dir = tempdir();
     let dev_key = keypair(dir.path(), "dev");
     let sshd = TestSshd::start(dir.path(), &[&dev_key], "GatewayPorts no").await;
-    let kh = dir.path().join("sshd_known_hosts");
-    std::fs::write(
-        &kh,
-        format!("[127.0.0.1]:{} {}", sshd.port, sshd.host_key_line),
-    )
-    .unwrap();
 
     let service = reply_after_eof_server(uppercase).await;
     let target = echo_server().await;
@@ -123,14 +117,7 @@ async fn agent_against_stock_sshd_forwards_and_retries_occupied_port() {
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let remote_port = squatter.local_addr().unwrap().port();
 
-    let mut config = agent_config(
-        &format!("127.0.0.1:{}", sshd.port),
-        &current_user(),
-        &dev_key,
-        "SHA256:unused",
-    );
-    config.host_key = None;
-    config.known_hosts = Some(kh);
+    let mut config = sshd.agent_config(dir.path(), &dev_key);
     config.expose.push(Expose {
         port: 22,
         to: Some(service.to_string()),
@@ -386,21 +373,8 @@ async fn failed_probe_forces_a_reconnect() {
     let dev_key = keypair(dir.path(), "dev");
     // This sshd accepts remote forwards but opens nothing for the client: the probe cannot loop back.
     let sshd = TestSshd::start(dir.path(), &[&dev_key], "PermitOpen none").await;
-    let kh = dir.path().join("sshd_known_hosts");
-    std::fs::write(
-        &kh,
-        format!("[127.0.0.1]:{} {}", sshd.port, sshd.host_key_line),
-    )
-    .unwrap();
     let service = echo_server().await;
-    let mut config = agent_config(
-        &format!("127.0.0.1:{}", sshd.port),
-        &current_user(),
-        &dev_key,
-        "SHA256:unused",
-    );
-    config.host_key = None;
-    config.known_hosts = Some(kh);
+    let mut config = sshd.agent_config(dir.path(), &dev_key);
     config.expose.push(Expose {
         port: 22,
         to: Some(service.to_string()),

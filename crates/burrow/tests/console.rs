@@ -508,12 +508,25 @@ async fn slow_viewer_skips_output_and_is_told() {
             router.print_all(&line);
             router.print_all(b"\n");
         }
-        router.print_all(b"END-OF-FLOOD\r\n");
         router
     });
-    // The writer and the console are not held back by the stalled viewer.
+    let router = flood.await.unwrap();
+    // The writer and the console are not held back by the stalled viewer. (Alice may skip part of
+    // the flood herself when the machine is busy, so the marker repeats until she sees it.)
+    let seen_marker = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let marker = {
+        let seen = seen_marker.clone();
+        tokio::task::spawn_blocking(move || {
+            while !seen.load(std::sync::atomic::Ordering::Relaxed) {
+                router.print_all(b"END-OF-FLOOD\r\n");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            router
+        })
+    };
     alice.expect("END-OF-FLOOD").await;
-    let _router = flood.await.unwrap();
+    seen_marker.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _router = marker.await.unwrap();
 
     // When bob reads again, he learns that he missed output.
     let mut out = bob.stdout.take().unwrap();
@@ -539,7 +552,6 @@ async fn slow_viewer_skips_output_and_is_told() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_login_without_pty_and_watch() {
-    use std::os::unix::fs::PermissionsExt;
     let s = site().await;
     let hash = burrow_relay::admin::hash_password("putty pass").unwrap();
     s.relay
@@ -549,35 +561,14 @@ async fn password_login_without_pty_and_watch() {
         .unwrap();
     // What PuTTY or TeraTerm does: user name carries the target, password typed, here without a pty.
     let dir = tempdir();
-    let askpass = dir.path().join("askpass");
-    std::fs::write(&askpass, "#!/bin/sh\necho 'putty pass'\n").unwrap();
-    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let kh = s.relay.known_hosts(dir.path());
-    let mut cmd = tokio::process::Command::new("ssh");
-    cmd.args([
-        "-F",
-        "/dev/null",
-        "-T",
-        "-p",
-        &s.relay.addr.port().to_string(),
-    ])
-    .arg("-o")
-    .arg(format!("UserKnownHostsFile={}", kh.display()))
-    .args([
-        "-o",
-        "PubkeyAuthentication=no",
-        "-o",
-        "NumberOfPasswordPrompts=1",
-        "erin:pi@127.0.0.1",
-    ])
-    .env("SSH_ASKPASS", &askpass)
-    .env("SSH_ASKPASS_REQUIRE", "force")
-    .env("DISPLAY", ":0")
-    .stdin(std::process::Stdio::piped())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .kill_on_drop(true);
-    let mut child = cmd.spawn().unwrap();
+    let mut child = password_ssh(
+        &s.relay,
+        dir.path(),
+        "putty pass",
+        &["-T", "erin:pi@127.0.0.1"],
+    )
+    .spawn()
+    .unwrap();
 
     // Meanwhile a script watches the console read-only.
     let mut watch =

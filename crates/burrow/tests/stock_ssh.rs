@@ -134,7 +134,6 @@ async fn operator_ls_and_offline_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_password_login_and_wrong_password() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempdir();
     let relay = TestRelay::start(&dir.path().join("relay")).await;
     let dev_key = keypair(dir.path(), "dev");
@@ -153,37 +152,13 @@ async fn operator_password_login_and_wrong_password() {
     );
     relay.wait_endpoint("pi", 80).await;
 
-    // The stock client types the password through SSH_ASKPASS (no terminal in tests).
-    let kh = relay.known_hosts(dir.path());
     let login = |password: &str| {
-        let askpass = dir.path().join(format!("askpass-{}", password.len()));
-        std::fs::write(&askpass, format!("#!/bin/sh\necho '{password}'\n")).unwrap();
-        std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut c = tokio::process::Command::new("ssh");
-        c.args(["-F", "/dev/null", "-p", &relay.addr.port().to_string()])
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", kh.display()))
-            .args([
-                "-o",
-                "PubkeyAuthentication=no",
-                "-o",
-                "PreferredAuthentications=password",
-            ])
-            .args([
-                "-o",
-                "NumberOfPasswordPrompts=1",
-                "-W",
-                "pi:80",
-                "bob@127.0.0.1",
-            ])
-            .env("SSH_ASKPASS", &askpass)
-            .env("SSH_ASKPASS_REQUIRE", "force")
-            .env("DISPLAY", ":0")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        c
+        password_ssh(
+            &relay,
+            dir.path(),
+            password,
+            &["-W", "pi:80", "bob@127.0.0.1"],
+        )
     };
     let mut child = login("correct horse").spawn().unwrap();
     {

@@ -193,6 +193,41 @@ pub async fn ssh_output(config: &Path, args: &[&str], input: &[u8]) -> (bool, Ve
     )
 }
 
+/// Stock ssh logging in to the relay by password, typed through SSH_ASKPASS as a person would
+/// (tests have no terminal): `ssh ARGS... USER@127.0.0.1` with piped stdio.
+pub fn password_ssh(
+    relay: &TestRelay,
+    dir: &Path,
+    password: &str,
+    args: &[&str],
+) -> tokio::process::Command {
+    use std::os::unix::fs::PermissionsExt;
+    let askpass = dir.join(format!("askpass-{}", free_port()));
+    std::fs::write(&askpass, format!("#!/bin/sh\necho '{password}'\n")).unwrap();
+    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kh = relay.known_hosts(dir);
+    let mut c = tokio::process::Command::new("ssh");
+    c.args(["-F", "/dev/null", "-p", &relay.addr.port().to_string()])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", kh.display()))
+        .args([
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "PreferredAuthentications=password",
+        ])
+        .args(["-o", "NumberOfPasswordPrompts=1"])
+        .args(args)
+        .env("SSH_ASKPASS", &askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("DISPLAY", ":0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    c
+}
+
 /// Kills a child process when dropped.
 pub struct KillOnDrop(pub Child);
 
@@ -410,6 +445,28 @@ impl TestSshd {
             }
         }
         panic!("cannot start test sshd: {last_err}");
+    }
+}
+
+impl TestSshd {
+    /// An agent config for this sshd as the relay (pinned through a known_hosts file), logging
+    /// in as the current user with `key`.
+    pub fn agent_config(&self, dir: &Path, key: &Path) -> burrow_proto::agent_config::AgentConfig {
+        let kh = dir.join(format!("sshd_known_hosts_{}", self.port));
+        std::fs::write(
+            &kh,
+            format!("[127.0.0.1]:{} {}", self.port, self.host_key_line),
+        )
+        .unwrap();
+        let mut config = agent_config(
+            &format!("127.0.0.1:{}", self.port),
+            &current_user(),
+            key,
+            "SHA256:unused",
+        );
+        config.host_key = None;
+        config.known_hosts = Some(kh);
+        config
     }
 }
 
