@@ -165,14 +165,4 @@ impl Registry {
     pub fn all(&self) -> Vec<Arc<DeviceSession>> {
         self.sessions().values().cloned().collect()
     }
-
-    /// Number of online devices.
-    pub fn len(&self) -> usize {
-        self.sessions().len()
-    }
-
-    /// Whether no device is online.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

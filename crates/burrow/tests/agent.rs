@@ -18,12 +18,7 @@ async fn roundtrip(addr: &str, payload: &[u8]) -> std::io::Result<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_exposes_and_connects_through_burrow_relay() {
-    let dir = tempdir();
-    let relay = TestRelay::start(&dir.path().join("relay")).await;
-    let dev_key = keypair(dir.path(), "dev");
-    let op_key = keypair(dir.path(), "op");
-    relay.add_device("pi", &dev_key);
-    relay.add_operator("op", &op_key, &["*"]);
+    let (dir, relay, dev_key, op_key) = relay_with("pi", "op").await;
     let service = reply_after_eof_server(uppercase).await;
     // The relay-side targets: one allowed (the seeds' MQTT broker), one not.
     let broker = echo_server().await;
@@ -299,12 +294,7 @@ async fn late_counter(go: std::sync::Arc<tokio::sync::Notify>) -> std::net::Sock
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reader_on_agent_stream_is_slowed_not_dropped() {
     const TOTAL: usize = 24 << 20;
-    let dir = tempdir();
-    let relay = TestRelay::start(&dir.path().join("relay")).await;
-    let dev_key = keypair(dir.path(), "dev");
-    let op_key = keypair(dir.path(), "op");
-    relay.add_device("pi", &dev_key);
-    relay.add_operator("op", &op_key, &["*"]);
+    let (dir, relay, dev_key, op_key) = relay_with("pi", "op").await;
     let hose = firehose(TOTAL).await;
     let go = std::sync::Arc::new(tokio::sync::Notify::new());
     let counter = late_counter(go.clone()).await;

@@ -9,12 +9,7 @@ use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_after_stalled_session() {
-    let dir = tempdir();
-    let relay = TestRelay::start(&dir.path().join("relay")).await;
-    let dev_key = keypair(dir.path(), "dev");
-    let op_key = keypair(dir.path(), "op");
-    relay.add_device("pi", &dev_key);
-    relay.add_operator("op", &op_key, &["*"]);
+    let (dir, relay, dev_key, op_key) = relay_with("pi", "op").await;
     let old_service = fixed_reply_server(b"old session").await;
     let new_service = fixed_reply_server(b"new session").await;
     let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
@@ -67,12 +62,7 @@ async fn takeover_after_stalled_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reader_does_not_stall_other_channels() {
-    let dir = tempdir();
-    let relay = TestRelay::start(&dir.path().join("relay")).await;
-    let dev_key = keypair(dir.path(), "dev");
-    let op_key = keypair(dir.path(), "op");
-    relay.add_device("pi", &dev_key);
-    relay.add_operator("op", &op_key, &["*"]);
+    let (dir, relay, dev_key, op_key) = relay_with("pi", "op").await;
     let hose = firehose(64 << 20).await;
     let service = reply_after_eof_server(uppercase).await;
     let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);

@@ -6,12 +6,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_ssh_r_device_and_ssh_w_operator_with_half_close() {
-    let dir = tempdir();
-    let relay = TestRelay::start(&dir.path().join("relay")).await;
-    let dev_key = keypair(dir.path(), "dev");
-    let op_key = keypair(dir.path(), "op");
-    relay.add_device("dev", &dev_key);
-    relay.add_operator("op", &op_key, &["*"]);
+    let (dir, relay, dev_key, op_key) = relay_with("dev", "op").await;
     let service = reply_after_eof_server(uppercase).await;
 
     let dev_cfg = ssh_config(dir.path(), &relay, "dev", &dev_key);

@@ -141,6 +141,21 @@ impl TestRelay {
     }
 }
 
+/// A relay with one device (key `dev`) and one operator allowed everywhere (key `op`): the
+/// temporary directory, the relay, and both private key paths.
+pub async fn relay_with(
+    device: &str,
+    operator: &str,
+) -> (tempfile::TempDir, TestRelay, PathBuf, PathBuf) {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    let op_key = keypair(dir.path(), "op");
+    relay.add_device(device, &dev_key);
+    relay.add_operator(operator, &op_key, &["*"]);
+    (dir, relay, dev_key, op_key)
+}
+
 /// An ssh_config for stock OpenSSH: host `relay` as operator `op` (key `op_key`), and any other
 /// host jumps through it.
 pub fn ssh_config(dir: &Path, relay: &TestRelay, user: &str, key: &Path) -> PathBuf {
@@ -242,87 +257,69 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A TCP server that reads until EOF, then answers `reply(input)` and closes: proves that
-/// half-close travels one way while the other way keeps working.
-pub async fn reply_after_eof_server(reply: fn(&[u8]) -> Vec<u8>) -> SocketAddr {
+/// A loopback TCP service running `handle` on every connection, each in a task of its own.
+pub async fn serve<F, Fut>(handle: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut input = Vec::new();
-                if tcp.read_to_end(&mut input).await.is_ok() {
-                    let _ = tcp.write_all(&reply(&input)).await;
-                }
-                let _ = tcp.shutdown().await;
-            });
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(handle(tcp));
         }
     });
     addr
+}
+
+/// A TCP server that reads until EOF, then answers `reply(input)` and closes: proves that
+/// half-close travels one way while the other way keeps working.
+pub async fn reply_after_eof_server(reply: fn(&[u8]) -> Vec<u8>) -> SocketAddr {
+    serve(move |mut tcp| async move {
+        let mut input = Vec::new();
+        if tcp.read_to_end(&mut input).await.is_ok() {
+            let _ = tcp.write_all(&reply(&input)).await;
+        }
+        let _ = tcp.shutdown().await;
+    })
+    .await
 }
 
 /// A TCP server that echoes everything back as it arrives.
 pub async fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let (mut r, mut w) = tcp.into_split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
+    serve(|tcp| async move {
+        let (mut r, mut w) = tcp.into_split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    })
+    .await
 }
 
 /// A service that writes `total` bytes to whoever connects, as fast as it is read, then closes.
 pub async fn firehose(total: usize) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
+    serve(move |mut tcp| async move {
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0;
+        while sent < total {
+            let n = chunk.len().min(total - sent);
+            if tcp.write_all(&chunk[..n]).await.is_err() {
                 return;
-            };
-            tokio::spawn(async move {
-                let chunk = vec![b'x'; 64 * 1024];
-                let mut sent = 0;
-                while sent < total {
-                    let n = chunk.len().min(total - sent);
-                    if tcp.write_all(&chunk[..n]).await.is_err() {
-                        return;
-                    }
-                    sent += n;
-                }
-                let _ = tcp.shutdown().await;
-            });
+            }
+            sent += n;
         }
-    });
-    addr
+        let _ = tcp.shutdown().await;
+    })
+    .await
 }
 
 /// A service that sends `reply` to whoever connects, then closes.
 pub async fn fixed_reply_server(reply: &'static [u8]) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let _ = tcp.write_all(reply).await;
-            let _ = tcp.shutdown().await;
-        }
-    });
-    addr
+    serve(move |mut tcp| async move {
+        let _ = tcp.write_all(reply).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await
 }
 
 /// A stock OpenSSH device session: `ssh -N -o ExitOnForwardFailure=yes ARGS... relay`.
