@@ -97,86 +97,31 @@ fn registry_commands_roundtrip() {
     let dir = tempdir();
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
+    let relay_cli = |args: &[&str]| {
+        run(&mut burrow(
+            &[&["relay", "--data-dir", data], args].concat(),
+        ))
+    };
     let key = keypair(dir.path(), "dev");
     let pubkey = format!("{}.pub", key.display());
-    let (code, out, err) = run(&mut burrow(&[
-        "relay",
-        "--data-dir",
-        data,
-        "device",
-        "add",
-        "garage-pi",
-        "--pubkey",
-        &pubkey,
-    ]));
+    let (code, out, err) = relay_cli(&["device", "add", "garage-pi", "--pubkey", &pubkey]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("SHA256:"), "{out}");
-    let (code, _, err) = run(&mut burrow(&[
-        "relay",
-        "--data-dir",
-        data,
-        "device",
-        "add",
-        "Bad_Name",
-        "--pubkey",
-        &pubkey,
-    ]));
+    let (code, _, err) = relay_cli(&["device", "add", "Bad_Name", "--pubkey", &pubkey]);
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("invalid device name"), "{err}");
-    let (code, _, err) = run(&mut burrow(&[
-        "relay",
-        "--data-dir",
-        data,
-        "device",
-        "add",
-        "x",
-        "--pubkey",
-        "/nonexistent",
-    ]));
+    let (code, _, err) = relay_cli(&["device", "add", "x", "--pubkey", "/nonexistent"]);
     assert_eq!(code, 66, "{err}");
     let garbage = dir.path().join("garbage.pub");
     std::fs::write(&garbage, "ssh-ed25519 not-base64!!\n").unwrap();
-    let (code, _, err) = run(&mut burrow(&[
-        "relay",
-        "--data-dir",
-        data,
-        "device",
-        "add",
-        "x",
-        "--pubkey",
-        garbage.to_str().unwrap(),
-    ]));
+    let (code, _, err) = relay_cli(&["device", "add", "x", "--pubkey", garbage.to_str().unwrap()]);
     assert_eq!(code, 65, "{err}");
     assert!(err.contains("line 1"), "{err}");
-    let (code, _, _) = run(&mut burrow(&[
-        "relay",
-        "--data-dir",
-        data,
-        "device",
-        "allow-connect",
-        "garage-pi",
-        "localhost:1883",
-    ]));
+    let (code, _, _) = relay_cli(&["device", "allow-connect", "garage-pi", "localhost:1883"]);
     assert_eq!(code, 0);
-    let (code, _, err) = run(&mut burrow(&[
-        "relay",
-        "--data-dir",
-        data,
-        "device",
-        "allow-connect",
-        "garage-pi",
-        "localhost",
-    ]));
+    let (code, _, err) = relay_cli(&["device", "allow-connect", "garage-pi", "localhost"]);
     assert_eq!(code, 64, "{err}");
-    let (code, _, _) = run(&mut burrow(&[
-        "relay",
-        "--data-dir",
-        data,
-        "device",
-        "allow-listen",
-        "garage-pi",
-        "8080",
-    ]));
+    let (code, _, _) = relay_cli(&["device", "allow-listen", "garage-pi", "8080"]);
     assert_eq!(code, 0);
 
     let mut add_op = burrow(&[
@@ -201,42 +146,22 @@ fn registry_commands_roundtrip() {
     }
     assert!(child.wait().unwrap().success());
 
-    let (code, out, _) = run(&mut burrow(&[
-        "relay",
-        "--data-dir",
-        data,
-        "device",
-        "ls",
-        "--json",
-    ]));
+    let (code, out, _) = relay_cli(&["device", "ls", "--json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[0]["name"], "garage-pi");
     assert_eq!(v[0]["allow_connect"][0], "localhost:1883");
     assert_eq!(v[0]["allow_listen"][0], "127.0.0.1:8080");
-    let (code, out, _) = run(&mut burrow(&[
-        "relay",
-        "--data-dir",
-        data,
-        "operator",
-        "ls",
-    ]));
+    let (code, out, _) = relay_cli(&["operator", "ls"]);
     assert_eq!(code, 0);
     assert!(
         out.contains("alice") && out.contains("garage-*") && out.contains("yes"),
         "{out}"
     );
-    let (code, out, _) = run(&mut burrow(&["relay", "--data-dir", data, "fingerprint"]));
+    let (code, out, _) = relay_cli(&["fingerprint"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("SHA256:"), "{out}");
-    let (code, _, err) = run(&mut burrow(&[
-        "relay",
-        "--data-dir",
-        data,
-        "operator",
-        "rm",
-        "bob",
-    ]));
+    let (code, _, err) = relay_cli(&["operator", "rm", "bob"]);
     assert_eq!(code, 65, "{err}");
     assert!(err.contains("no operator named"), "{err}");
 }
