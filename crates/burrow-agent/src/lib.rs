@@ -9,6 +9,7 @@
 //! - [`console`]: serial ports served as RFC 2217 console endpoints.
 //! - `connect`: local `[[connect]]` listeners that reach relay-side targets.
 //! - `run`: the reconnect loop with jittered backoff.
+//! - [`metadata`]: on-demand access: the tunnel follows a metadata service (SORACOM, any URL).
 // Denied, not forbidden: `console::tty` needs two ioctls (break on/off) that have no safe wrapper.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -17,6 +18,7 @@ mod connect;
 pub mod console;
 mod handler;
 pub mod hostkey;
+pub mod metadata;
 mod run;
 mod session;
 pub mod status;

@@ -18,7 +18,8 @@ use crate::{AgentError, AgentOptions};
 pub const STABLE_PERIOD: Duration = Duration::from_secs(60);
 
 /// Runs the agent until `shutdown` is cancelled. Connection failures are retried forever;
-/// only an unusable configuration returns an error.
+/// only an unusable configuration returns an error. With `[metadata]`, the tunnel comes and
+/// goes with the metadata (see `crate::metadata`).
 pub async fn run(
     config: AgentConfig,
     options: AgentOptions,
@@ -27,6 +28,29 @@ pub async fn run(
     config
         .validate()
         .map_err(|e| AgentError::Config(e.to_string()))?;
+    if let Some(metadata) = config.metadata.clone() {
+        return crate::metadata::run(config, metadata, options, shutdown).await;
+    }
+    let status = StatusBoard::new(
+        &config.name,
+        &config.relay,
+        Vec::new(),
+        options.status_file.clone(),
+        config.on_state_change.clone(),
+    );
+    let current: Current = Arc::default();
+    crate::connect::start(&config.connect, current.clone(), shutdown.clone()).await?;
+    run_tunnel(config, options, status, current, shutdown).await
+}
+
+/// Runs one tunnel configuration, reporting to `status`, until `shutdown` is cancelled.
+pub(crate) async fn run_tunnel(
+    config: AgentConfig,
+    options: AgentOptions,
+    status: StatusBoard,
+    current: Current,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
     // Fail fast on an unusable key: a retry will not fix its permissions.
     burrow_io::keys::load_private_key(&config.key)
         .map_err(|e| AgentError::Config(e.to_string()))?;
@@ -68,15 +92,7 @@ pub async fn run(
         host_key,
         services,
     });
-    let status = StatusBoard::new(
-        &config.name,
-        &relay.to_string(),
-        endpoints,
-        options.status_file.clone(),
-        config.on_state_change.clone(),
-    );
-    let current: Current = Arc::default();
-    crate::connect::start(&config.connect, current.clone(), shutdown.clone()).await?;
+    status.retarget(&config.name, &relay.to_string(), endpoints);
 
     let mut backoff = Backoff::new(config.backoff_min(), config.backoff_max());
     let ctx = Ctx {

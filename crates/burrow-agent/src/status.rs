@@ -17,6 +17,8 @@ pub enum State {
     Up,
     /// Not connected; waiting to retry.
     Down,
+    /// On-demand access with no entry for this device: no tunnel is wanted.
+    Idle,
 }
 
 /// One exposed endpoint.
@@ -47,6 +49,25 @@ pub struct ProbeStatus {
     pub error: Option<String>,
 }
 
+/// On-demand access: where the tunnel comes from and how the last read went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MetadataStatus {
+    /// The metadata source (`soracom http://...`, `url https://...`).
+    pub source: String,
+    /// This device's id in the document (the IMSI), once known.
+    pub id: Option<String>,
+    /// When the last read finished (RFC 3339).
+    pub last_fetch: Option<String>,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// What it found, or why it failed.
+    pub result: String,
+    /// The tunnel running from the metadata, if any.
+    pub tunnel: Option<String>,
+    /// How the relay's host key is checked for that tunnel.
+    pub host_key: Option<String>,
+}
+
 /// Everything `burrow agent status` shows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -70,6 +91,9 @@ pub struct Status {
     pub pid: u32,
     /// Last update (RFC 3339).
     pub updated: String,
+    /// On-demand access (`[metadata]`), when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<MetadataStatus>,
 }
 
 /// Now as RFC 3339.
@@ -110,6 +134,7 @@ impl StatusBoard {
                 last_error: None,
                 pid: std::process::id(),
                 updated: now,
+                metadata: None,
             })),
             path,
             hook,
@@ -131,6 +156,24 @@ impl StatusBoard {
             s.updated = now_rfc3339();
         }
         self.write();
+    }
+
+    /// Points the board at a new tunnel (on-demand access changed it): fresh endpoints, probe
+    /// and counters; the metadata section stays.
+    pub fn retarget(&self, name: &str, relay: &str, endpoints: Vec<EndpointStatus>) {
+        self.update(|s| {
+            s.name = name.to_string();
+            s.relay = relay.to_string();
+            s.endpoints = endpoints;
+            s.last_probe = None;
+            s.reconnects = 0;
+            s.last_error = None;
+        });
+    }
+
+    /// Changes the metadata section.
+    pub fn update_metadata(&self, f: impl FnOnce(&mut MetadataStatus)) {
+        self.update(|s| f(s.metadata.get_or_insert_with(MetadataStatus::default)));
     }
 
     /// Moves to `state`; on a change between up and not-up, runs the hook.
@@ -178,7 +221,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 fn run_hook(hook: &str, state: State, error: Option<&str>) {
     let state = match state {
         State::Up => "up",
-        State::Down | State::Connecting => "down",
+        State::Down | State::Connecting | State::Idle => "down",
     };
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c")
@@ -201,6 +244,27 @@ fn run_hook(hook: &str, state: State, error: Option<&str>) {
     }
 }
 
+fn render_metadata(m: &MetadataStatus) -> String {
+    let mut out = format!("metadata   {}", m.source);
+    if let Some(id) = &m.id {
+        out.push_str(&format!(" (id {id})"));
+    }
+    out.push('\n');
+    match &m.last_fetch {
+        Some(at) if m.ok => out.push_str(&format!("  fetched  ok at {at}: {}\n", m.result)),
+        Some(at) => out.push_str(&format!("  fetched  FAILED at {at}: {}\n", m.result)),
+        None => out.push_str("  fetched  not yet\n"),
+    }
+    match &m.tunnel {
+        Some(t) => out.push_str(&format!("  tunnel   from metadata: {t}\n")),
+        None => out.push_str("  tunnel   none\n"),
+    }
+    if let Some(h) = &m.host_key {
+        out.push_str(&format!("  host key {h}\n"));
+    }
+    out
+}
+
 /// Reads a status file written by a running agent.
 pub fn read(path: &Path) -> Result<Status, String> {
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -219,6 +283,7 @@ pub fn render(s: &Status) -> String {
         State::Up => "up",
         State::Down => "down",
         State::Connecting => "connecting",
+        State::Idle => "idle (no tunnel wanted)",
     };
     let mut out = format!(
         "device     {}\nrelay      {}\nstate      {state} since {}\nreconnects {}\n",
@@ -239,6 +304,12 @@ pub fn render(s: &Status) -> String {
     }
     if let Some(e) = &s.last_error {
         out.push_str(&format!("last error {e}\n"));
+    }
+    if let Some(m) = &s.metadata {
+        out.push_str(&render_metadata(m));
+    }
+    if s.state == State::Idle {
+        return out;
     }
     out.push_str("endpoints\n");
     for e in &s.endpoints {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::addr::{ListenSpec, Target};
+use crate::metadata::MetadataConfig;
 use crate::name::check_name;
 
 /// Why a configuration was refused.
@@ -185,11 +186,14 @@ impl Console {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// Relay address, `HOST:PORT` (port defaults to 22 when omitted? no: it is required).
+    /// Relay address, `HOST[:PORT]` (port 22 when omitted). Empty with `[metadata]`.
+    #[serde(default)]
     pub relay: String,
-    /// This device's name.
+    /// This device's name (with `[metadata]`, the default for burrow entries without one).
+    #[serde(default)]
     pub name: String,
-    /// Path of the device's private key (mode 0600).
+    /// Path of the device's private key (mode 0600). Empty with `[metadata]`.
+    #[serde(default)]
     pub key: PathBuf,
     /// Pinned relay host key fingerprint, `SHA256:...`.
     pub host_key: Option<String>,
@@ -223,6 +227,8 @@ pub struct AgentConfig {
     /// Serial consoles served through the relay.
     #[serde(default)]
     pub console: Vec<Console>,
+    /// On-demand access: relay, name, key and endpoints come from a metadata service.
+    pub metadata: Option<MetadataConfig>,
 }
 
 /// Default seconds between keepalives.
@@ -267,12 +273,54 @@ impl AgentConfig {
             expose: Vec::new(),
             connect: Vec::new(),
             console: Vec::new(),
+            metadata: None,
         }
     }
 
     /// Checks values that TOML types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(metadata) = &self.metadata {
+            metadata.validate().map_err(ConfigError::Invalid)?;
+            for (key, set) in [
+                ("relay", !self.relay.is_empty()),
+                ("key", !self.key.as_os_str().is_empty()),
+                ("host_key", self.host_key.is_some()),
+                ("known_hosts", self.known_hosts.is_some()),
+                ("trust_on_first_use", self.trust_on_first_use),
+            ] {
+                if set {
+                    return invalid(format!(
+                        "{key} is delivered by [metadata]: remove it from the config (or remove [metadata] to run one fixed tunnel)"
+                    ));
+                }
+            }
+            if !self.name.is_empty()
+                && let Err(e) = check_name("device", &self.name)
+            {
+                return invalid(format!("name: {e}"));
+            }
+            return self.validate_services();
+        }
+        for (key, missing, example) in [
+            (
+                "relay",
+                self.relay.is_empty(),
+                "relay = \"relay.example.com:22\"",
+            ),
+            ("name", self.name.is_empty(), "name = \"garage-pi\""),
+            (
+                "key",
+                self.key.as_os_str().is_empty(),
+                "key = \"/etc/burrow/id_ed25519\"",
+            ),
+        ] {
+            if missing {
+                return invalid(format!(
+                    "no {key}: set {example}, or add [metadata] to take the tunnel from a metadata service"
+                ));
+            }
+        }
         if let Err(e) = self.relay_target() {
             return invalid(format!("relay = {:?}: {e}", self.relay));
         }
@@ -292,6 +340,12 @@ impl AgentConfig {
             }
             (None, Some(_), _) | (Some(_), _, _) => {}
         }
+        self.validate_services()
+    }
+
+    /// Checks timings, endpoints, consoles and local listeners.
+    fn validate_services(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         for (what, value) in [
             ("keepalive_interval", self.keepalive_interval),
             ("backoff_min", self.backoff_min),

@@ -25,6 +25,7 @@ pub mod asciicast;
 pub mod backoff;
 pub mod escape;
 pub mod glob;
+pub mod metadata;
 pub mod name;
 pub mod rfc2217;
 pub mod secret;
