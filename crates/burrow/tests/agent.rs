@@ -7,15 +7,6 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn roundtrip(addr: &str, payload: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut tcp = TcpStream::connect(addr).await?;
-    tcp.write_all(payload).await?;
-    tcp.shutdown().await?;
-    let mut out = Vec::new();
-    tcp.read_to_end(&mut out).await?;
-    Ok(out)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_exposes_and_connects_through_burrow_relay() {
     let (dir, relay, dev_key, op_key) = relay_with("pi", "op").await;

@@ -491,6 +491,16 @@ pub fn expose(config: &mut burrow_proto::agent_config::AgentConfig, port: u16, t
     });
 }
 
+/// Sends `payload` to `addr`, closes the sending half and returns everything that comes back.
+pub async fn roundtrip(addr: &str, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(payload).await?;
+    tcp.shutdown().await?;
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await?;
+    Ok(out)
+}
+
 /// A running in-process agent.
 pub struct TestAgent {
     pub status_file: PathBuf,

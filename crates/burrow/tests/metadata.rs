@@ -1,0 +1,394 @@
+//! On-demand access: the agent follows a local HTTP server that answers like SORACOM's metadata
+//! service, against a real OpenSSH sshd (the seed's setup) and against a burrow relay.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use burrow_agent::status::{State, Status};
+use burrow_proto::agent_config::{AgentConfig, Seconds};
+use burrow_proto::metadata::{MetadataConfig, MetadataKind};
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const IMSI: &str = "440103123456789";
+const OTHER_IMSI: &str = "440103987654321";
+
+/// What the fake metadata service answers to `/v1/userdata`.
+#[derive(Clone)]
+enum Answer {
+    /// 200 with this body.
+    Body(String),
+    /// This status with a short body.
+    Status(u16),
+    /// Accept, read the request, never answer.
+    Hang,
+}
+
+/// A local HTTP server that answers like SORACOM's metadata service for one SIM.
+struct FakeSoracom {
+    addr: SocketAddr,
+    userdata: Arc<Mutex<Answer>>,
+    /// `/v1/userdata` requests answered or hung so far.
+    reads: Arc<AtomicUsize>,
+}
+
+impl FakeSoracom {
+    async fn start(imsi: &str) -> FakeSoracom {
+        let userdata = Arc::new(Mutex::new(Answer::Body(String::new())));
+        let reads = Arc::new(AtomicUsize::new(0));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let subscriber = format!(r#"{{"imsi":"{imsi}","msisdn":"812000000000","tags":{{}}}}"#);
+        let (data, count) = (userdata.clone(), reads.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (data, count, subscriber) = (data.clone(), count.clone(), subscriber.clone());
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&request)
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let answer = if line.starts_with("GET /v1/subscriber ") {
+                        Answer::Body(subscriber)
+                    } else if line.starts_with("GET /v1/userdata ") {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        data.lock().unwrap().clone()
+                    } else {
+                        Answer::Status(404)
+                    };
+                    let (status, body) = match answer {
+                        Answer::Body(b) => ("200 OK".to_string(), b),
+                        Answer::Status(code) => (format!("{code} Oops"), "error".to_string()),
+                        Answer::Hang => {
+                            tokio::time::sleep(WAIT).await;
+                            return;
+                        }
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tcp.write_all(response.as_bytes()).await;
+                    let _ = tcp.shutdown().await;
+                });
+            }
+        });
+        FakeSoracom {
+            addr,
+            userdata,
+            reads,
+        }
+    }
+
+    fn set(&self, answer: Answer) {
+        *self.userdata.lock().unwrap() = answer;
+    }
+
+    /// Waits until the agent has read the user data `n` more times.
+    async fn wait_reads(&self, n: usize) {
+        let target = self.reads.load(Ordering::SeqCst) + n;
+        eventually("the agent to read the metadata again", || {
+            (self.reads.load(Ordering::SeqCst) >= target).then_some(())
+        })
+        .await;
+    }
+
+    /// An agent config reading this server every 0.2 s.
+    fn agent_config(&self) -> AgentConfig {
+        let mut config = AgentConfig::new("", "", PathBuf::new());
+        config.backoff_min = Some(Seconds::Fraction(0.1));
+        config.backoff_max = Some(Seconds::Fraction(0.5));
+        config.metadata = Some(MetadataConfig {
+            kind: MetadataKind::Soracom,
+            url: Some(format!("http://{}", self.addr)),
+            id: None,
+            interval: Some(Seconds::Fraction(0.2)),
+            timeout: Some(Seconds::Fraction(1.0)),
+            ca_file: None,
+        });
+        config
+    }
+}
+
+/// The seed's user data: one `ssh` entry for `imsi`.
+fn seed_userdata(
+    imsi: &str,
+    remote_port: u16,
+    service: SocketAddr,
+    sshd: &TestSshd,
+    key: &Path,
+) -> String {
+    let entry = serde_json::json!({
+        "portForwardParam": format!("{remote_port}:{service} -p {} {}@127.0.0.1", sshd.port, current_user()),
+        "privateKey": std::fs::read_to_string(key).unwrap(),
+    });
+    serde_json::json!({"ssh": {"imsis": {imsi: entry}}}).to_string()
+}
+
+fn key_file(agent: &TestAgent) -> PathBuf {
+    agent
+        .status_file
+        .parent()
+        .unwrap()
+        .join(burrow_agent::metadata::KEY_FILE)
+}
+
+fn key_inode(agent: &TestAgent) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(key_file(agent)).unwrap().ino()
+}
+
+async fn wait_status(agent: &TestAgent, what: &str, check: impl Fn(&Status) -> bool) -> Status {
+    eventually(what, || agent.status().filter(|s| check(s))).await
+}
+
+async fn wait_closed(addr: &str) {
+    eventually(&format!("{addr} to be closed"), || {
+        std::net::TcpStream::connect(addr).is_err().then_some(())
+    })
+    .await;
+}
+
+async fn wait_echo(addr: &str, payload: &[u8]) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(out) = roundtrip(addr, payload).await
+            && out == payload
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no echo through {addr}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Test 1 of the issue: empty, the seed's entry appears, it changes port, it disappears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_entry_starts_moves_and_stops_a_stock_sshd_tunnel() {
+    let dir = tempdir();
+    let delivered = keypair(dir.path(), "delivered");
+    let sshd = TestSshd::start(dir.path(), &[&delivered], "").await;
+    let service = echo_server().await;
+    let meta = FakeSoracom::start(IMSI).await;
+    let agent = TestAgent::start(dir.path(), meta.agent_config());
+
+    // Empty user data: no tunnel, and the agent says why.
+    let status = wait_status(&agent, "a first read", |s| {
+        s.metadata.as_ref().is_some_and(|m| m.last_fetch.is_some())
+    })
+    .await;
+    let m = status.metadata.clone().unwrap();
+    assert!(m.ok, "{m:?}");
+    assert_eq!(m.id.as_deref(), Some(IMSI));
+    assert_eq!(m.result, format!("no entry for {IMSI}"));
+    assert_eq!((status.state, m.tunnel), (State::Idle, None));
+    assert!(!key_file(&agent).exists());
+
+    // The seed's entry for this SIM: the agent logs in to the sshd and the forward works.
+    let port1 = free_port();
+    meta.set(Answer::Body(seed_userdata(
+        IMSI, port1, service, &sshd, &delivered,
+    )));
+    let status = agent.wait_up().await;
+    let m = status.metadata.clone().unwrap();
+    let want_tunnel = format!(
+        "ssh -R {port1}:{service} {}@127.0.0.1:{}",
+        current_user(),
+        sshd.port
+    );
+    assert_eq!(m.tunnel.as_deref(), Some(want_tunnel.as_str()));
+    assert!(m.host_key.unwrap().contains("TRUSTED ON FIRST USE"));
+    wait_echo(&format!("127.0.0.1:{port1}"), b"seed tunnel").await;
+    let mode = std::fs::metadata(key_file(&agent))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        std::fs::read_to_string(key_file(&agent)).unwrap(),
+        std::fs::read_to_string(&delivered).unwrap()
+    );
+    let rendered = burrow_agent::status::render(&status);
+    assert!(rendered.contains("from metadata: ssh -R"), "{rendered}");
+
+    // Same entry read again: nothing restarts.
+    meta.wait_reads(3).await;
+    let status = agent.status().unwrap();
+    assert_eq!(
+        (status.state, status.reconnects),
+        (State::Up, 0),
+        "{status:?}"
+    );
+    assert!(status.metadata.unwrap().result.contains("unchanged"));
+
+    // The entry moves to another port: the old one closes, the new one works.
+    let port2 = free_port();
+    meta.set(Answer::Body(seed_userdata(
+        IMSI, port2, service, &sshd, &delivered,
+    )));
+    wait_echo(&format!("127.0.0.1:{port2}"), b"moved").await;
+    wait_closed(&format!("127.0.0.1:{port1}")).await;
+
+    // The entry goes away: tunnel stopped, key deleted.
+    meta.set(Answer::Body(r#"{"ssh":{"imsis":{}}}"#.into()));
+    wait_status(&agent, "the agent to go idle", |s| s.state == State::Idle).await;
+    wait_closed(&format!("127.0.0.1:{port2}")).await;
+    assert!(!key_file(&agent).exists());
+    let status = agent.status().unwrap();
+    assert_eq!(status.metadata.unwrap().tunnel, None);
+    agent.stop().await;
+}
+
+/// Test 2: malformed JSON, HTTP 500 and a timeout leave a working tunnel alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_errors_keep_the_tunnel_up() {
+    let dir = tempdir();
+    let delivered = keypair(dir.path(), "delivered");
+    let sshd = TestSshd::start(dir.path(), &[&delivered], "").await;
+    let service = echo_server().await;
+    let meta = FakeSoracom::start(IMSI).await;
+    let port = free_port();
+    let good = seed_userdata(IMSI, port, service, &sshd, &delivered);
+    meta.set(Answer::Body(good.clone()));
+    let agent = TestAgent::start(dir.path(), meta.agent_config());
+    agent.wait_up().await;
+    let addr = format!("127.0.0.1:{port}");
+    wait_echo(&addr, b"before").await;
+    let inode = key_inode(&agent);
+
+    for (answer, shown) in [
+        (Answer::Body(good[..good.len() / 2].to_string()), "not JSON"),
+        (Answer::Status(500), "HTTP 500"),
+        (Answer::Hang, "no complete answer"),
+        // A broken entry for this SIM is refused too: no restart from bad data.
+        (
+            Answer::Body(format!(
+                r#"{{"ssh":{{"imsis":{{"{IMSI}":{{"privateKey":"x"}}}}}}}}"#
+            )),
+            "portForwardParam",
+        ),
+    ] {
+        meta.set(answer);
+        let status = wait_status(&agent, shown, |s| {
+            s.metadata
+                .as_ref()
+                .is_some_and(|m| !m.ok && m.result.contains(shown))
+        })
+        .await;
+        assert_eq!(status.state, State::Up, "{status:?}");
+        assert!(
+            status
+                .metadata
+                .as_ref()
+                .unwrap()
+                .result
+                .contains("keeping the current tunnel")
+        );
+        assert!(burrow_agent::status::render(&status).contains("FAILED"));
+        wait_echo(&addr, shown.as_bytes()).await;
+        assert!(key_file(&agent).exists());
+    }
+
+    // Back to the same entry: still the same session.
+    meta.set(Answer::Body(good));
+    let status = wait_status(&agent, "a good read", |s| {
+        s.metadata.as_ref().is_some_and(|m| m.ok)
+    })
+    .await;
+    assert_eq!(status.reconnects, 0, "{status:?}");
+    assert_eq!(key_inode(&agent), inode);
+    let key = key_file(&agent);
+    agent.stop().await;
+    // A stopped agent leaves no delivered key behind.
+    assert!(!key.exists());
+}
+
+/// Test 3: an entry for another SIM only starts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_sims_entry_starts_nothing() {
+    let dir = tempdir();
+    let delivered = keypair(dir.path(), "delivered");
+    let sshd = TestSshd::start(dir.path(), &[&delivered], "").await;
+    let service = echo_server().await;
+    let meta = FakeSoracom::start(IMSI).await;
+    let port = free_port();
+    meta.set(Answer::Body(seed_userdata(
+        OTHER_IMSI, port, service, &sshd, &delivered,
+    )));
+    let agent = TestAgent::start(dir.path(), meta.agent_config());
+    meta.wait_reads(3).await;
+    let status = wait_status(&agent, "a read", |s| {
+        s.metadata.as_ref().is_some_and(|m| m.last_fetch.is_some())
+    })
+    .await;
+    assert_eq!(status.state, State::Idle, "{status:?}");
+    let m = status.metadata.unwrap();
+    assert!(m.ok, "{m:?}");
+    assert_eq!(m.result, format!("no entry for {IMSI}"));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    assert!(!key_file(&agent).exists());
+    agent.stop().await;
+}
+
+/// Test 4: the burrow-native entry against a burrow relay, reached by an operator with `ssh -W`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burrow_entry_against_a_burrow_relay() {
+    let (dir, relay, dev_key, op_key) = relay_with("pi-7", "op").await;
+    let service = reply_after_eof_server(uppercase).await;
+    let meta = FakeSoracom::start(IMSI).await;
+    let entry = serde_json::json!({
+        "relay": relay.addr.to_string(),
+        "name": "pi-7",
+        "host_key": relay.relay.fingerprint(),
+        "private_key": std::fs::read_to_string(&dev_key).unwrap(),
+        "expose": [{"port": 22, "to": service.to_string()}],
+    });
+    meta.set(Answer::Body(
+        serde_json::json!({"burrow": {"imsis": {IMSI: entry}}}).to_string(),
+    ));
+    let agent = TestAgent::start(dir.path(), meta.agent_config());
+    let status = agent.wait_up().await;
+    assert_eq!(status.name, "pi-7");
+    let m = status.metadata.unwrap();
+    assert_eq!(m.host_key.as_deref(), Some("pinned by the metadata entry"));
+    relay.wait_endpoint("pi-7", 22).await;
+
+    let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+    let (ok, out, err) = ssh_output(&op_cfg, &["-W", "pi-7:22", "relay"], b"on demand").await;
+    assert!(ok, "{err}");
+    assert_eq!(out, b"ON DEMAND");
+
+    // Access withdrawn: the device leaves the relay and the key is gone.
+    meta.set(Answer::Body(String::new()));
+    eventually("pi-7 to go offline", || {
+        relay.relay.online_endpoints("pi-7").is_none().then_some(())
+    })
+    .await;
+    wait_status(&agent, "the agent to go idle", |s| s.state == State::Idle).await;
+    assert!(!key_file(&agent).exists());
+    let (ok, _, err) = ssh_output(&op_cfg, &["-W", "pi-7:22", "relay"], b"again").await;
+    assert!(!ok);
+    assert!(err.contains("offline"), "{err}");
+    agent.stop().await;
+}
