@@ -5,7 +5,6 @@ mod common;
 use burrow_proto::agent_config::{Connect, Expose, Seconds};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_exposes_and_connects_through_burrow_relay() {
