@@ -13,7 +13,7 @@ use burrow_agent::status::{State, Status};
 use burrow_proto::agent_config::{AgentConfig, Seconds};
 use burrow_proto::metadata::{MetadataConfig, MetadataKind};
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const IMSI: &str = "440103123456789";
@@ -40,6 +40,11 @@ struct FakeSoracom {
 
 impl FakeSoracom {
     async fn start(imsi: &str) -> FakeSoracom {
+        Self::start_with(imsi, None).await
+    }
+
+    /// As [`FakeSoracom::start`], over TLS when `tls` is given.
+    async fn start_with(imsi: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> FakeSoracom {
         let userdata = Arc::new(Mutex::new(Answer::Body(String::new())));
         let reads = Arc::new(AtomicUsize::new(0));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -48,46 +53,20 @@ impl FakeSoracom {
         let (data, count) = (userdata.clone(), reads.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut tcp, _)) = listener.accept().await else {
+                let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
-                let (data, count, subscriber) = (data.clone(), count.clone(), subscriber.clone());
+                let (data, count, subscriber, tls) =
+                    (data.clone(), count.clone(), subscriber.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tcp.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                    match tls {
+                        None => answer(tcp, &data, &count, subscriber).await,
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(tcp).await {
+                                answer(stream, &data, &count, subscriber).await;
+                            }
                         }
                     }
-                    let line = String::from_utf8_lossy(&request)
-                        .lines()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string();
-                    let answer = if line.starts_with("GET /v1/subscriber ") {
-                        Answer::Body(subscriber)
-                    } else if line.starts_with("GET /v1/userdata ") {
-                        count.fetch_add(1, Ordering::SeqCst);
-                        data.lock().unwrap().clone()
-                    } else {
-                        Answer::Status(404)
-                    };
-                    let (status, body) = match answer {
-                        Answer::Body(b) => ("200 OK".to_string(), b),
-                        Answer::Status(code) => (format!("{code} Oops"), "error".to_string()),
-                        Answer::Hang => {
-                            tokio::time::sleep(WAIT).await;
-                            return;
-                        }
-                    };
-                    let response = format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = tcp.write_all(response.as_bytes()).await;
-                    let _ = tcp.shutdown().await;
                 });
             }
         });
@@ -126,6 +105,51 @@ impl FakeSoracom {
         });
         config
     }
+}
+
+/// Answers one request: the subscriber document, the user data (any other path serves the user
+/// data too, as a plain URL would), or 404.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    data: &Mutex<Answer>,
+    count: &AtomicUsize,
+    subscriber: String,
+) {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = String::from_utf8_lossy(&request)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let answer = if line.starts_with("GET /v1/subscriber ") {
+        Answer::Body(subscriber)
+    } else if line.starts_with("GET /") {
+        count.fetch_add(1, Ordering::SeqCst);
+        data.lock().unwrap().clone()
+    } else {
+        Answer::Status(404)
+    };
+    let (status, body) = match answer {
+        Answer::Body(b) => ("200 OK".to_string(), b),
+        Answer::Status(code) => (format!("{code} Oops"), "error".to_string()),
+        Answer::Hang => {
+            tokio::time::sleep(WAIT).await;
+            return;
+        }
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// The seed's user data: one `ssh` entry for `imsi`.
@@ -390,5 +414,153 @@ async fn burrow_entry_against_a_burrow_relay() {
     let (ok, _, err) = ssh_output(&op_cfg, &["-W", "pi-7:22", "relay"], b"again").await;
     assert!(!ok);
     assert!(err.contains("offline"), "{err}");
+    agent.stop().await;
+}
+
+/// A test CA and a certificate for 127.0.0.1 signed by it, made with the openssl CLI:
+/// (CA certificate, server certificate, server key).
+fn test_pki(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |f: &str| dir.join(format!("{name}-{f}"));
+    let ext = p("ext.cnf");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl is installed (./test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let s = |p: PathBuf| p.to_string_lossy().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"],
+        &ec[..],
+        &[
+            "-keyout",
+            &s(p("ca.key")),
+            "-out",
+            &s(p("ca.pem")),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=burrow test CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"],
+        &ec[..],
+        &[
+            "-keyout",
+            &s(p("server.key")),
+            "-out",
+            &s(p("server.csr")),
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &s(p("server.csr")),
+        "-CA",
+        &s(p("ca.pem")),
+        "-CAkey",
+        &s(p("ca.key")),
+        "-CAcreateserial",
+        "-out",
+        &s(p("server.pem")),
+        "-days",
+        "2",
+        "-extfile",
+        &s(ext),
+    ]);
+    (p("ca.pem"), p("server.pem"), p("server.key"))
+}
+
+fn tls_acceptor(cert: &Path, key: &Path) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// Test 5: `kind = "url"` over https with a private CA; the document is the device's own entry.
+/// An agent trusting another CA refuses the server and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_kind_over_https_with_a_private_ca() {
+    let (dir, relay, dev_key, op_key) = relay_with("pi-8", "op").await;
+    let (ca, cert, key) = test_pki(dir.path(), "good");
+    let (other_ca, _, _) = test_pki(dir.path(), "other");
+    let service = reply_after_eof_server(uppercase).await;
+    let server = FakeSoracom::start_with(IMSI, Some(tls_acceptor(&cert, &key))).await;
+    let entry = serde_json::json!({
+        "relay": relay.addr.to_string(),
+        "private_key": std::fs::read_to_string(&dev_key).unwrap(),
+        "host_key": relay.relay.fingerprint(),
+        "expose": [{"port": 80, "to": service.to_string()}],
+    });
+    server.set(Answer::Body(
+        serde_json::json!({"burrow": entry}).to_string(),
+    ));
+    let config_for = |ca: &Path| {
+        let mut config = server.agent_config();
+        config.name = "pi-8".into();
+        let m = config.metadata.as_mut().unwrap();
+        m.kind = MetadataKind::Url;
+        m.url = Some(format!(
+            "https://127.0.0.1:{}/devices/pi-8.json",
+            server.addr.port()
+        ));
+        m.ca_file = Some(ca.to_path_buf());
+        config
+    };
+
+    let wrong_dir = dir.path().join("wrong");
+    let wrong = TestAgent::start(&wrong_dir, config_for(&other_ca));
+    let status = wait_status(&wrong, "a refused TLS handshake", |s| {
+        s.metadata.as_ref().is_some_and(|m| m.last_fetch.is_some())
+    })
+    .await;
+    let m = status.metadata.unwrap();
+    assert!(!m.ok && m.result.contains("TLS handshake"), "{m:?}");
+    assert_eq!(status.state, State::Idle);
+    wrong.stop().await;
+
+    let agent = TestAgent::start(dir.path(), config_for(&ca));
+    let status = agent.wait_up().await;
+    assert_eq!(status.name, "pi-8");
+    relay.wait_endpoint("pi-8", 80).await;
+    let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+    let (ok, out, err) = ssh_output(&op_cfg, &["-W", "pi-8:80", "relay"], b"over https").await;
+    assert!(ok, "{err}");
+    assert_eq!(out, b"OVER HTTPS");
     agent.stop().await;
 }
