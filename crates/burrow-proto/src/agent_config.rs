@@ -552,6 +552,41 @@ to = "localhost:1883"
     }
 
     #[test]
+    fn metadata_section() {
+        let text = "name = \"pi\"\nkeepalive_interval = 30\n\n[metadata]\nkind = \"soracom\"\ninterval = 60\n";
+        let c = AgentConfig::from_toml(text).unwrap_or_else(|e| panic!("{e}"));
+        let m = c.metadata.clone().unwrap_or_else(|| panic!("no metadata"));
+        assert_eq!(m.interval(), Duration::from_secs(60));
+        assert_eq!(c.relay, "");
+        for (extra, want) in [
+            ("relay = \"r:22\"\n", "relay is delivered by [metadata]"),
+            ("key = \"/k\"\n", "key is delivered by [metadata]"),
+            (
+                "host_key = \"SHA256:x\"\n",
+                "host_key is delivered by [metadata]",
+            ),
+        ] {
+            let err = AgentConfig::from_toml(&format!("{extra}{text}"))
+                .err()
+                .map(|e| e.to_string());
+            assert!(err.clone().unwrap_or_default().contains(want), "{err:?}");
+        }
+        let err = AgentConfig::from_toml(&text.replace("soracom", "sorakom"))
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("line 5"));
+        let err = AgentConfig::from_toml(&format!("{text}colour = 1\n"))
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("colour"));
+        // Without [metadata], a missing relay says how to fix it.
+        let err = AgentConfig::from_toml("name = \"pi\"\nkey = \"/k\"\n")
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("no relay: set relay"));
+    }
+
+    #[test]
     fn unknown_key_in_table_names_line() {
         let text = FULL.replace("remote_port = 10080", "remote_prot = 10080");
         let err = AgentConfig::from_toml(&text).err().map(|e| e.to_string());

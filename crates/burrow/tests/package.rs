@@ -227,7 +227,6 @@ fn maintainer_scripts_create_the_user_in_dialout_and_purge_delivered_keys() {
 
     // Purge deletes the agent's state (delivered keys) and keeps the relay's registry.
     let agent_state = root.join("var/lib/burrow-agent");
-    std::fs::create_dir_all(&agent_state).unwrap();
     std::fs::write(agent_state.join("metadata_key"), "secret").unwrap();
     std::fs::create_dir_all(root.join("var/lib/burrow")).unwrap();
     let said = maintainer_script(&control, "postrm", &["purge"], &bin, &root);
