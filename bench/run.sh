@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p burrow -p burrow-bench
-./target/release/burrow-bench --out bench "$@"
+BURROW_BENCH_COMMAND="./bench/run.sh${*:+ $*}" ./target/release/burrow-bench --out bench "$@"
 mv bench/BENCHMARKS.md BENCHMARKS.md

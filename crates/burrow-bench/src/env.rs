@@ -147,6 +147,16 @@ fn install_rathole() -> anyhow::Result<PathBuf> {
 }
 
 fn version(cmd: &Path, arg: &str) -> String {
+    full_version(cmd, arg)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// Everything `cmd arg` prints (stdout, or stderr when stdout is empty).
+fn full_version(cmd: &Path, arg: &str) -> String {
     Command::new(cmd)
         .arg(arg)
         .output()
@@ -156,12 +166,7 @@ fn version(cmd: &Path, arg: &str) -> String {
             } else {
                 o.stdout
             };
-            String::from_utf8_lossy(&text)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string()
+            String::from_utf8_lossy(&text).into_owned()
         })
         .unwrap_or_default()
 }
@@ -226,7 +231,16 @@ impl Env {
             ),
         ];
         if let Some(r) = &rathole {
-            versions.push(("rathole".to_string(), version(r, "--version")));
+            // rathole prints its name on the first line and "Build Version: X" further down.
+            let text = full_version(r, "--version");
+            let v = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Build Version:"))
+                .map_or_else(
+                    || text.lines().next().unwrap_or("").to_string(),
+                    |v| format!("rathole {}", v.trim()),
+                );
+            versions.push(("rathole".to_string(), v));
         }
         Ok(Env {
             dir,

@@ -71,7 +71,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let env = env::Env::prepare(&args).await?;
-    let mut results = report::Results::new(&env, &args);
+    let mut results = report::Results::new(&env);
     eprintln!("burrow-bench: traffic (throughput and latency) through each system");
     traffic::run_all(&env, &args, &mut results).await?;
     eprintln!("burrow-bench: idle devices and reconnects");

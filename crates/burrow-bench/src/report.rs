@@ -6,7 +6,6 @@ use std::path::Path;
 use anyhow::bail;
 use serde::Serialize;
 
-use crate::Args;
 use crate::env::Env;
 
 #[derive(Debug, Clone, Serialize)]
@@ -55,7 +54,7 @@ fn machine() -> Vec<(String, String)> {
 }
 
 impl Results {
-    pub fn new(env: &Env, args: &Args) -> Results {
+    pub fn new(env: &Env) -> Results {
         let date = std::process::Command::new("date")
             .args(["-u", "+%Y-%m-%d %H:%M UTC"])
             .output()
@@ -65,10 +64,14 @@ impl Results {
             date,
             machine: machine(),
             versions: env.versions.clone(),
-            command: std::env::args()
-                .collect::<Vec<_>>()
-                .join(" ")
-                .replace(&*args.out.to_string_lossy(), "OUT"),
+            // bench/run.sh names itself; a direct run shows its own arguments.
+            command: std::env::var("BURROW_BENCH_COMMAND").unwrap_or_else(|_| {
+                let mut words: Vec<String> = std::env::args().collect();
+                if let Some(program) = words.first_mut() {
+                    *program = "burrow-bench".into();
+                }
+                words.join(" ")
+            }),
             entries: Vec::new(),
         }
     }
@@ -262,7 +265,7 @@ const NOTES: &str = "
 - **Throughput**: N seconds of bulk data through each path, 1 or 8 TCP connections at once, to a bulk service on the device side (part of the harness: one connection per stream and no separate control connection, unlike iperf3, whose control connection can queue behind its data on one multiplexed `ssh -L` connection); *device→operator* is the device sending. Gbit/s is bytes received over the time until the receiver has all of them. OpenSSH is a test sshd with `ssh -N -R` using aes256-gcm, the cipher burrow's agent and relay negotiate by default (the operator path uses whatever the operator's OpenSSH client prefers: chacha20-poly1305 by default). rathole runs its `noise` transport (encrypted) and plain TCP. The burrow *exposure* path is agent → relay → a real listener granted by `allow-listen`; the *operator* path is stock `ssh -L` through the relay to the device's endpoint (the same `direct-tcpip` that `ssh -W` and `ssh -J` use).
 - **Latency**: one TCP connection, 64-byte writes echoed back, the first tenth discarded.
 - **Idle devices**: real SSH device sessions (one process opening them all), each authenticated and holding one endpoint; the relay's RSS and PSS before and after, divided by the count. For sshd, the same with `ssh -N -R` client processes, summed over sshd's processes.
-- **Reconnect after a reboot**: the device's old session is frozen with SIGSTOP (TCP open, nothing answers) and a new one starts at once: the time until the endpoint answers again. OpenSSH's new `ssh -R` is restarted every second, as autossh does, until its forward can bind.
+- **Reconnect after a reboot**: the device's old session is frozen with SIGSTOP (TCP open, nothing answers) and a new one starts at once: the time until the endpoint answers again. OpenSSH's new `ssh -R` is restarted every second, as autossh does, until its forward can bind. Observed with this machine's sshd (OpenSSH 9.2p1, Debian 12): the session of a frozen client sends no ClientAlive probes at all (checked outside the harness with `ClientAliveInterval 3`, `ClientAliveCountMax 2`, `LogLevel DEBUG2`: no keepalive logged, listener still bound after 12 s, with or without connection attempts), and a frozen client's kernel keeps acknowledging TCP, so the old session holds the port past the cap. After a real reboot the peer's kernel is gone too, and the port is freed only when TCP retransmissions give up (about 15 minutes with Linux defaults; the seeds report about 10).
 - **Reconnect storm**: the relay is killed and restarted on the same data directory; devices reconnect with the agent's backoff (1 s doubling to 30 s, jittered); the time from the restart until every device has its endpoint again.
 ";
 
