@@ -285,9 +285,10 @@ pub fn render(s: &Status) -> String {
         State::Connecting => "connecting",
         State::Idle => "idle (no tunnel wanted)",
     };
+    let relay = if s.relay.is_empty() { "none" } else { &s.relay };
     let mut out = format!(
-        "device     {}\nrelay      {}\nstate      {state} since {}\nreconnects {}\n",
-        s.name, s.relay, s.since, s.reconnects
+        "device     {}\nrelay      {relay}\nstate      {state} since {}\nreconnects {}\n",
+        s.name, s.since, s.reconnects
     );
     match &s.last_probe {
         Some(p) if p.ok => out.push_str(&format!(

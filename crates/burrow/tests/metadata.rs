@@ -280,7 +280,16 @@ async fn seed_entry_starts_moves_and_stops_a_stock_sshd_tunnel() {
     wait_closed(&format!("127.0.0.1:{port2}")).await;
     assert!(!key_file(&agent).exists());
     let status = agent.status().unwrap();
-    assert_eq!(status.metadata.unwrap().tunnel, None);
+    assert_eq!(
+        (status.last_error.as_deref(), status.relay.as_str()),
+        (None, "")
+    );
+    assert_eq!(status.metadata.as_ref().unwrap().tunnel, None);
+    let rendered = burrow_agent::status::render(&status);
+    assert!(
+        rendered.contains("idle (no tunnel wanted)") && rendered.contains("tunnel   none"),
+        "{rendered}"
+    );
     agent.stop().await;
 }
 

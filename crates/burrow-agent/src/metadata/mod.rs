@@ -165,6 +165,13 @@ impl Supervisor {
                     );
                     running.stop().await;
                     self.forget_entry();
+                    // The stopped tunnel's "agent stopped" is not an error worth showing.
+                    self.status.update(|s| {
+                        s.last_error = None;
+                        s.relay.clear();
+                        s.endpoints.clear();
+                        s.last_probe = None;
+                    });
                     self.status.set_state(State::Idle, None);
                 }
                 let id = self.id_text();
