@@ -129,7 +129,8 @@ impl Results {
         Ok(())
     }
 
-    fn targets(&self) -> Vec<(String, String, bool)> {
+    /// Each target: what, the measured value, and whether it is met (`None`: a ratio, no target).
+    fn targets(&self) -> Vec<(String, String, Option<bool>)> {
         let mut out = Vec::new();
         let v = |g: &str, s: &str| self.find(g, s).map(|e| e.value);
         for dir in ["device→operator", "operator→device"] {
@@ -139,21 +140,21 @@ impl Results {
                 out.push((
                     format!("single stream {dir}: at least 1.5x OpenSSH (same cipher)"),
                     format!("{:.2}x", b / o),
-                    b >= 1.5 * o,
+                    Some(b >= 1.5 * o),
                 ));
             }
             if let (Some(b), Some(r)) = (burrow, v(&g, "rathole (noise)")) {
                 out.push((
                     format!("single stream {dir}: at least rathole (noise)"),
                     format!("{:.2}x", b / r),
-                    b >= r,
+                    Some(b >= r),
                 ));
             }
             if let (Some(b), Some(d)) = (burrow, v(&g, "direct TCP")) {
                 out.push((
-                    format!("single stream {dir}: burrow / direct TCP (physical limit)"),
+                    format!("single stream {dir}: burrow / direct TCP (the physical limit)"),
                     format!("{:.2}x", b / d),
-                    true,
+                    None,
                 ));
             }
         }
@@ -164,7 +165,7 @@ impl Results {
             out.push((
                 "p50 latency no worse than OpenSSH".into(),
                 format!("{b:.0} µs vs {o:.0} µs"),
-                b <= o,
+                Some(b <= o),
             ));
         }
         for e in self
@@ -175,14 +176,14 @@ impl Results {
             out.push((
                 format!("at most 32 KiB relay memory per idle device ({})", e.group),
                 format!("{:.1} KiB", e.value),
-                e.value <= 32.0,
+                Some(e.value <= 32.0),
             ));
         }
         if let Some(r) = v("reconnect after a device reboot", "burrow") {
             out.push((
                 "endpoint back within 1 s of the new session after a reboot".into(),
                 format!("{r:.2} s"),
-                r <= 1.0,
+                Some(r <= 1.0),
             ));
         }
         for e in self
@@ -193,21 +194,21 @@ impl Results {
             out.push((
                 "10k devices all back within 30 s of a relay restart".into(),
                 format!("{:.1} s", e.value),
-                e.value <= 30.0,
+                Some(e.value <= 30.0),
             ));
         }
         if let Some(r) = v("agent footprint", "idle agent RSS") {
             out.push((
                 "idle agent under 8 MiB RSS".into(),
                 format!("{r:.1} MiB"),
-                r < 8.0,
+                Some(r < 8.0),
             ));
         }
         if let Some(s) = v("agent footprint", "burrow binary size") {
             out.push((
                 "stripped binary under 10 MiB".into(),
                 format!("{s:.1} MiB"),
-                s < 10.0,
+                Some(s < 10.0),
             ));
         }
         out
@@ -230,7 +231,12 @@ impl Results {
         }
         s.push_str("\n## Targets\n\n| target | measured | met |\n|---|---|---|\n");
         for (t, m, ok) in self.targets() {
-            let _ = writeln!(s, "| {t} | {m} | {} |", if ok { "yes" } else { "**no**" });
+            let met = match ok {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "(ratio)",
+            };
+            let _ = writeln!(s, "| {t} | {m} | {met} |");
         }
         let mut groups: Vec<&str> = Vec::new();
         for e in &self.entries {
