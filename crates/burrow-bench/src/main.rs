@@ -28,8 +28,11 @@ pub struct Args {
     #[arg(long)]
     pub smoke: bool,
     /// Seconds per throughput run.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     pub seconds: u32,
+    /// Runs of each throughput and latency measurement; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
     /// Round trips per latency run.
     #[arg(long, default_value_t = 2000)]
     pub round_trips: usize,
@@ -57,6 +60,7 @@ fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     if args.smoke {
         args.seconds = 1;
+        args.repeats = 1;
         args.round_trips = 50;
         args.devices = vec![20];
         args.sshd_devices = 5;

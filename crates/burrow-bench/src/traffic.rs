@@ -161,11 +161,24 @@ pub async fn latency(port: u16, n: usize) -> anyhow::Result<(f64, f64)> {
     Ok((pick(0.5), pick(0.99)))
 }
 
+/// The middle value (the lower middle of an even count); NaN-free input assumed.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values
+        .get(values.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
 async fn measure(args: &Args, path: &Path, results: &mut Results) -> anyhow::Result<()> {
     eprintln!("  {}", path.system);
     for streams in [1u32, 8] {
         for (reverse, direction) in [(true, "device→operator"), (false, "operator→device")] {
-            let gbps = throughput(path.bulk, args.seconds, streams, reverse).await?;
+            let mut runs = Vec::new();
+            for _ in 0..args.repeats.max(1) {
+                runs.push(throughput(path.bulk, args.seconds, streams, reverse).await?);
+            }
+            let gbps = median(&mut runs);
             eprintln!("    {streams} stream(s) {direction}: {gbps:.2} Gbit/s");
             results.push(
                 &format!(
@@ -178,7 +191,13 @@ async fn measure(args: &Args, path: &Path, results: &mut Results) -> anyhow::Res
             );
         }
     }
-    let (p50, p99) = latency(path.echo, args.round_trips).await?;
+    let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+    for _ in 0..args.repeats.max(1) {
+        let (p50, p99) = latency(path.echo, args.round_trips).await?;
+        p50s.push(p50);
+        p99s.push(p99);
+    }
+    let (p50, p99) = (median(&mut p50s), median(&mut p99s));
     eprintln!("    latency p50 {p50:.0} µs, p99 {p99:.0} µs");
     results.push("latency p50 (64 B round trip)", &path.system, p50, "µs");
     results.push("latency p99 (64 B round trip)", &path.system, p99, "µs");

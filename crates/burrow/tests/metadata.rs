@@ -140,7 +140,8 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
         Answer::Body(b) => ("200 OK".to_string(), b),
         Answer::Status(code) => (format!("{code} Oops"), "error".to_string()),
         Answer::Hang => {
-            tokio::time::sleep(WAIT).await;
+            // Hold the connection open, unanswered, until the test's runtime ends.
+            std::future::pending::<()>().await;
             return;
         }
     };
@@ -572,4 +573,23 @@ async fn url_kind_over_https_with_a_private_ca() {
     assert!(ok, "{err}");
     assert_eq!(out, b"OVER HTTPS");
     agent.stop().await;
+}
+
+/// Stopping the agent does not wait for a metadata read that hangs (a dead cellular link).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_abandons_a_hung_read() {
+    let dir = tempdir();
+    let meta = FakeSoracom::start(IMSI).await;
+    meta.set(Answer::Hang);
+    let mut config = meta.agent_config();
+    // Far longer than the test's own bound: only abandoning the read lets the agent stop.
+    config.metadata.as_mut().unwrap().timeout = Some(Seconds::Whole(3600));
+    let agent = TestAgent::start(dir.path(), config);
+    meta.wait_reads(1).await;
+    agent.shutdown.cancel();
+    let ended = tokio::time::timeout(WAIT, agent.task).await;
+    assert!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "the agent did not stop: {ended:?}"
+    );
 }

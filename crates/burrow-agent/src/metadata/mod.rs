@@ -64,6 +64,8 @@ struct Supervisor {
     /// This device's id (the IMSI), once read.
     id: Option<String>,
     running: Option<Running>,
+    /// The agent's shutdown: a read in progress is abandoned for it.
+    shutdown: CancellationToken,
 }
 
 /// Runs the agent in on-demand mode until `shutdown` is cancelled.
@@ -110,6 +112,7 @@ pub(crate) async fn run(
         key_path: state_dir.join(KEY_FILE),
         known_hosts: state_dir.join(KNOWN_HOSTS_FILE),
         running: None,
+        shutdown: shutdown.clone(),
     };
     // A key left by an agent that did not stop cleanly belongs to no running tunnel.
     supervisor.forget_entry();
@@ -142,7 +145,12 @@ fn source_uses_tls(source: &Source) -> bool {
 impl Supervisor {
     /// One read of the metadata and what follows from it.
     async fn poll(&mut self) {
-        let outcome = self.fetch().await;
+        // Only the read is abandoned on shutdown; starting and stopping tunnels run to the end.
+        let shutdown = self.shutdown.clone();
+        let outcome = tokio::select! {
+            outcome = self.fetch() => outcome,
+            _ = shutdown.cancelled() => return,
+        };
         let at = now_rfc3339();
         match outcome {
             Err(e) => {
