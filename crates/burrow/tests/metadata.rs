@@ -153,6 +153,38 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = stream.shutdown().await;
 }
 
+/// The seed's setup: a stock sshd that accepts the key to be delivered, a device-side echo
+/// service, and the metadata service for [`IMSI`].
+struct SeedSite {
+    dir: tempfile::TempDir,
+    delivered: PathBuf,
+    sshd: TestSshd,
+    service: SocketAddr,
+    meta: FakeSoracom,
+}
+
+impl SeedSite {
+    async fn start() -> SeedSite {
+        let dir = tempdir();
+        let delivered = keypair(dir.path(), "delivered");
+        let sshd = TestSshd::start(dir.path(), &[&delivered], "").await;
+        SeedSite {
+            service: echo_server().await,
+            meta: FakeSoracom::start(IMSI).await,
+            dir,
+            delivered,
+            sshd,
+        }
+    }
+}
+
+impl SeedSite {
+    /// The seed's user data: one `ssh` entry for `imsi`, forwarding `remote_port` to the service.
+    fn userdata(&self, imsi: &str, remote_port: u16) -> String {
+        seed_userdata(imsi, remote_port, self.service, &self.sshd, &self.delivered)
+    }
+}
+
 /// The seed's user data: one `ssh` entry for `imsi`.
 fn seed_userdata(
     imsi: &str,
@@ -211,12 +243,8 @@ async fn wait_echo(addr: &str, payload: &[u8]) {
 /// Test 1 of the issue: empty, the seed's entry appears, it changes port, it disappears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_entry_starts_moves_and_stops_a_stock_sshd_tunnel() {
-    let dir = tempdir();
-    let delivered = keypair(dir.path(), "delivered");
-    let sshd = TestSshd::start(dir.path(), &[&delivered], "").await;
-    let service = echo_server().await;
-    let meta = FakeSoracom::start(IMSI).await;
-    let agent = TestAgent::start(dir.path(), meta.agent_config());
+    let site = SeedSite::start().await;
+    let agent = TestAgent::start(site.dir.path(), site.meta.agent_config());
 
     // Empty user data: no tunnel, and the agent says why.
     let status = wait_status(&agent, "a first read", |s| {
@@ -232,15 +260,14 @@ async fn seed_entry_starts_moves_and_stops_a_stock_sshd_tunnel() {
 
     // The seed's entry for this SIM: the agent logs in to the sshd and the forward works.
     let port1 = free_port();
-    meta.set(Answer::Body(seed_userdata(
-        IMSI, port1, service, &sshd, &delivered,
-    )));
+    site.meta.set(Answer::Body(site.userdata(IMSI, port1)));
     let status = agent.wait_up().await;
     let m = status.metadata.clone().unwrap();
     let want_tunnel = format!(
-        "ssh -R {port1}:{service} {}@127.0.0.1:{}",
+        "ssh -R {port1}:{} {}@127.0.0.1:{}",
+        site.service,
         current_user(),
-        sshd.port
+        site.sshd.port
     );
     assert_eq!(m.tunnel.as_deref(), Some(want_tunnel.as_str()));
     assert!(m.host_key.unwrap().contains("TRUSTED ON FIRST USE"));
@@ -252,13 +279,13 @@ async fn seed_entry_starts_moves_and_stops_a_stock_sshd_tunnel() {
     assert_eq!(mode & 0o777, 0o600);
     assert_eq!(
         std::fs::read_to_string(key_file(&agent)).unwrap(),
-        std::fs::read_to_string(&delivered).unwrap()
+        std::fs::read_to_string(&site.delivered).unwrap()
     );
     let rendered = burrow_agent::status::render(&status);
     assert!(rendered.contains("from metadata: ssh -R"), "{rendered}");
 
     // Same entry read again: nothing restarts.
-    meta.wait_reads(3).await;
+    site.meta.wait_reads(3).await;
     let status = agent.status().unwrap();
     assert_eq!(
         (status.state, status.reconnects),
@@ -269,14 +296,13 @@ async fn seed_entry_starts_moves_and_stops_a_stock_sshd_tunnel() {
 
     // The entry moves to another port: the old one closes, the new one works.
     let port2 = free_port();
-    meta.set(Answer::Body(seed_userdata(
-        IMSI, port2, service, &sshd, &delivered,
-    )));
+    site.meta.set(Answer::Body(site.userdata(IMSI, port2)));
     wait_echo(&format!("127.0.0.1:{port2}"), b"moved").await;
     wait_closed(&format!("127.0.0.1:{port1}")).await;
 
     // The entry goes away: tunnel stopped, key deleted.
-    meta.set(Answer::Body(r#"{"ssh":{"imsis":{}}}"#.into()));
+    site.meta
+        .set(Answer::Body(r#"{"ssh":{"imsis":{}}}"#.into()));
     wait_status(&agent, "the agent to go idle", |s| s.state == State::Idle).await;
     wait_closed(&format!("127.0.0.1:{port2}")).await;
     assert!(!key_file(&agent).exists());
@@ -297,15 +323,11 @@ async fn seed_entry_starts_moves_and_stops_a_stock_sshd_tunnel() {
 /// Test 2: malformed JSON, HTTP 500 and a timeout leave a working tunnel alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_errors_keep_the_tunnel_up() {
-    let dir = tempdir();
-    let delivered = keypair(dir.path(), "delivered");
-    let sshd = TestSshd::start(dir.path(), &[&delivered], "").await;
-    let service = echo_server().await;
-    let meta = FakeSoracom::start(IMSI).await;
+    let site = SeedSite::start().await;
     let port = free_port();
-    let good = seed_userdata(IMSI, port, service, &sshd, &delivered);
-    meta.set(Answer::Body(good.clone()));
-    let agent = TestAgent::start(dir.path(), meta.agent_config());
+    let good = site.userdata(IMSI, port);
+    site.meta.set(Answer::Body(good.clone()));
+    let agent = TestAgent::start(site.dir.path(), site.meta.agent_config());
     agent.wait_up().await;
     let addr = format!("127.0.0.1:{port}");
     wait_echo(&addr, b"before").await;
@@ -323,7 +345,7 @@ async fn fetch_errors_keep_the_tunnel_up() {
             "portForwardParam",
         ),
     ] {
-        meta.set(answer);
+        site.meta.set(answer);
         let status = wait_status(&agent, shown, |s| {
             s.metadata
                 .as_ref()
@@ -345,7 +367,7 @@ async fn fetch_errors_keep_the_tunnel_up() {
     }
 
     // Back to the same entry: still the same session.
-    meta.set(Answer::Body(good));
+    site.meta.set(Answer::Body(good));
     let status = wait_status(&agent, "a good read", |s| {
         s.metadata.as_ref().is_some_and(|m| m.ok)
     })
@@ -361,17 +383,11 @@ async fn fetch_errors_keep_the_tunnel_up() {
 /// Test 3: an entry for another SIM only starts nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_sims_entry_starts_nothing() {
-    let dir = tempdir();
-    let delivered = keypair(dir.path(), "delivered");
-    let sshd = TestSshd::start(dir.path(), &[&delivered], "").await;
-    let service = echo_server().await;
-    let meta = FakeSoracom::start(IMSI).await;
+    let site = SeedSite::start().await;
     let port = free_port();
-    meta.set(Answer::Body(seed_userdata(
-        OTHER_IMSI, port, service, &sshd, &delivered,
-    )));
-    let agent = TestAgent::start(dir.path(), meta.agent_config());
-    meta.wait_reads(3).await;
+    site.meta.set(Answer::Body(site.userdata(OTHER_IMSI, port)));
+    let agent = TestAgent::start(site.dir.path(), site.meta.agent_config());
+    site.meta.wait_reads(3).await;
     let status = wait_status(&agent, "a read", |s| {
         s.metadata.as_ref().is_some_and(|m| m.last_fetch.is_some())
     })

@@ -153,19 +153,7 @@ impl Supervisor {
         };
         let at = now_rfc3339();
         match outcome {
-            Err(e) => {
-                let keeping = if self.running.is_some() {
-                    "keeping the current tunnel"
-                } else {
-                    "still no tunnel"
-                };
-                tracing::warn!("metadata: {e}; {keeping}, trying again next interval");
-                self.status.update_metadata(|m| {
-                    m.last_fetch = Some(at);
-                    m.ok = false;
-                    m.result = format!("{e} ({keeping})");
-                });
-            }
+            Err(e) => self.keep_state(at, e),
             Ok(None) => {
                 if let Some(running) = self.running.take() {
                     tracing::info!(
@@ -193,6 +181,22 @@ impl Supervisor {
             }
             Ok(Some(found)) => self.apply(found, at).await,
         }
+    }
+
+    /// A read that failed or found unusable data: nothing changes; the log and the status
+    /// say why.
+    fn keep_state(&self, at: String, why: String) {
+        let keeping = if self.running.is_some() {
+            "keeping the current tunnel"
+        } else {
+            "no tunnel"
+        };
+        tracing::warn!("metadata: {why}; {keeping}, trying again next interval");
+        self.status.update_metadata(|m| {
+            m.last_fetch = Some(at);
+            m.ok = false;
+            m.result = format!("{why} ({keeping})");
+        });
     }
 
     fn id_text(&self) -> String {
@@ -238,20 +242,7 @@ impl Supervisor {
             });
         let tunnel = match tunnel {
             Ok(t) => t,
-            Err(e) => {
-                let keeping = if self.running.is_some() {
-                    "keeping the current tunnel"
-                } else {
-                    "no tunnel started"
-                };
-                tracing::warn!("metadata: the entry{id} is unusable: {e}; {keeping}");
-                self.status.update_metadata(|m| {
-                    m.last_fetch = Some(at);
-                    m.ok = false;
-                    m.result = format!("entry{id} unusable: {e} ({keeping})");
-                });
-                return;
-            }
+            Err(e) => return self.keep_state(at, format!("the entry{id} is unusable: {e}")),
         };
         let restarting = self.running.is_some();
         if let Some(running) = self.running.take() {
