@@ -83,7 +83,13 @@ pub struct Source {
 impl MetadataConfig {
     /// Checks the section; the message names the key and the fix.
     pub fn validate(&self) -> Result<(), String> {
-        self.source()?;
+        let source = self.source()?;
+        if self.ca_file.is_some() && !source.document.tls {
+            return Err(format!(
+                "[metadata] ca_file only applies to https URLs, and {} is not one",
+                source.document
+            ));
+        }
         for (what, value) in [("interval", self.interval), ("timeout", self.timeout)] {
             if let Some(v) = value
                 && v.duration().is_zero()
@@ -901,6 +907,11 @@ mod tests {
         assert!(m.validate().unwrap_err().contains("needs url"));
         m.url = Some("https://ops.example/devices.json".into());
         assert!(m.validate().is_ok());
+        m.ca_file = Some("/etc/burrow/ca.pem".into());
+        assert!(m.validate().is_ok());
+        m.url = Some("http://ops.example/devices.json".into());
+        assert!(m.validate().unwrap_err().contains("ca_file"));
+        m.ca_file = None;
         m.interval = Some(Seconds::Whole(0));
         assert!(m.validate().unwrap_err().contains("interval"));
     }

@@ -76,9 +76,10 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let source = metadata.source().map_err(AgentError::Config)?;
-    let tls = match source_uses_tls(&source) {
-        true => Some(Tls::new(metadata.ca_file.as_deref()).map_err(AgentError::Config)?),
-        false => None,
+    let tls = if source_uses_tls(&source) {
+        Some(Tls::new(metadata.ca_file.as_deref()).map_err(AgentError::Config)?)
+    } else {
+        None
     };
     let state_dir = options
         .status_file
