@@ -31,6 +31,10 @@ pub async fn run(
     if let Some(metadata) = config.metadata.clone() {
         return crate::metadata::run(config, metadata, options, shutdown).await;
     }
+    // Fail fast on an unusable key: a retry will not fix its permissions. (A key delivered by
+    // metadata is parsed before it is written, with mode 0600.)
+    burrow_io::keys::load_private_key(&config.key)
+        .map_err(|e| AgentError::Config(e.to_string()))?;
     let status = StatusBoard::new(
         &config.name,
         &config.relay,
@@ -51,9 +55,6 @@ pub(crate) async fn run_tunnel(
     current: Current,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    // Fail fast on an unusable key: a retry will not fix its permissions.
-    burrow_io::keys::load_private_key(&config.key)
-        .map_err(|e| AgentError::Config(e.to_string()))?;
     let relay = config
         .relay_target()
         .map_err(|e| AgentError::Config(e.to_string()))?;
