@@ -184,9 +184,8 @@ async fn session(
     // Every forward must bind, or the session counts as down (ExitOnForwardFailure).
     for expose in &config.expose {
         let requested = expose.requested_port();
-        let result = handle
-            .tcpip_forward(FORWARD_BIND, u32::from(requested))
-            .await;
+        let bind = expose.bind.as_deref().unwrap_or(FORWARD_BIND);
+        let result = handle.tcpip_forward(bind, u32::from(requested)).await;
         let error = result.err().map(|e| match e {
             russh::Error::RequestDenied => format!(
                 "relay refused to listen on port {requested} (in use, or not allowed for {})",

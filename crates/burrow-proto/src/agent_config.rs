@@ -59,6 +59,9 @@ pub struct Expose {
     pub to: Option<String>,
     /// Against a stock OpenSSH sshd relay: the real port to listen on there.
     pub remote_port: Option<u16>,
+    /// Against a stock OpenSSH sshd relay: the address to listen on there (default 127.0.0.1;
+    /// the sshd's `GatewayPorts` decides whether it is honoured).
+    pub bind: Option<String>,
 }
 
 /// One `[[connect]]` entry: a local listener whose connections go to a relay-side target.
@@ -375,6 +378,12 @@ impl AgentConfig {
             if let Err(err) = e.target() {
                 return invalid(format!("[[expose]] port {}: to: {err}", e.port));
             }
+            if e.bind.is_some() && e.remote_port.is_none() {
+                return invalid(format!(
+                    "[[expose]] port {}: bind applies to a stock sshd relay only: set remote_port too (a burrow relay binds endpoints by device name)",
+                    e.port
+                ));
+            }
         }
         let mut names = std::collections::BTreeSet::new();
         for (console, port) in self.consoles() {
@@ -579,6 +588,15 @@ to = "localhost:1883"
             .err()
             .map(|e| e.to_string());
         assert!(err.unwrap_or_default().contains("colour"));
+        // bind is for stock sshd relays (with remote_port) only.
+        let bound = FULL.replace("remote_port = 10080", "bind = \"0.0.0.0\"");
+        let err = AgentConfig::from_toml(&bound).err().map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("set remote_port too"));
+        let bound = FULL.replace(
+            "remote_port = 10080",
+            "remote_port = 10080\nbind = \"0.0.0.0\"",
+        );
+        assert!(AgentConfig::from_toml(&bound).is_ok());
         // Without [metadata], a missing relay says how to fix it.
         let err = AgentConfig::from_toml("name = \"pi\"\nkey = \"/k\"\n")
             .err()

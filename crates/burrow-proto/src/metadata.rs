@@ -398,6 +398,8 @@ pub struct Found {
 /// soracom_autossh's entry: `ssh -R PORTFORWARDPARAM` with a delivered key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SshEntry {
+    /// Address the sshd listens on (`BIND:` in front of the port; its GatewayPorts decides).
+    pub bind: Option<String>,
     /// Port the sshd listens on for operators.
     pub remote_port: u16,
     /// The device-side service the forward reaches.
@@ -526,10 +528,12 @@ pub fn parse_port_forward_param(param: &str) -> Result<SshEntry, String> {
     }
     let forward = forward.ok_or_else(|| format!("portForwardParam is empty: {usage}"))?;
     let destination = destination.ok_or_else(|| format!("no USER@SSHHOST: {usage}"))?;
-    let (remote_port, to) = parse_remote_forward(forward).map_err(|e| format!("{e}: {usage}"))?;
+    let (bind, remote_port, to) =
+        parse_remote_forward(forward).map_err(|e| format!("{e}: {usage}"))?;
     let (user, relay) =
         parse_destination(destination, ssh_port).map_err(|e| format!("{e}: {usage}"))?;
     Ok(SshEntry {
+        bind,
         remote_port,
         to,
         user,
@@ -539,19 +543,45 @@ pub fn parse_port_forward_param(param: &str) -> Result<SshEntry, String> {
     })
 }
 
-/// `PORT:HOST:HOSTPORT`; a bind address in front is refused (the sshd's GatewayPorts decides).
-fn parse_remote_forward(spec: &str) -> Result<(u16, Target), String> {
-    let (port, target) = spec
-        .split_once(':')
-        .ok_or_else(|| format!("{spec:?} is not PORT:HOST:HOSTPORT"))?;
-    let port = parse_port(port).map_err(|_| {
-        format!("{spec:?}: a bind address before the port is not supported, start with the port")
-    })?;
-    let to: Target = target
-        .parse()
-        .map_err(|e| format!("{spec:?}: the forward target: {e}"))?;
-    let to = Target::new(to.host.trim_matches(['[', ']']), to.port);
-    Ok((port, to))
+/// `[BIND:]PORT:HOST:HOSTPORT`, as `ssh -R` takes it (IPv6 addresses in brackets).
+fn parse_remote_forward(spec: &str) -> Result<(Option<String>, u16, Target), String> {
+    let fields = split_colons(spec);
+    let (bind, port, host, host_port) = match fields.as_slice() {
+        [port, host, host_port] => (None, *port, *host, *host_port),
+        [bind, port, host, host_port] => (Some(*bind), *port, *host, *host_port),
+        _ => return Err(format!("{spec:?} is not [BIND:]PORT:HOST:HOSTPORT")),
+    };
+    let unbracket = |s: &str| s.trim_start_matches('[').trim_end_matches(']').to_string();
+    let bind = match bind.map(unbracket) {
+        Some(b) if b.is_empty() => return Err(format!("{spec:?}: empty bind address")),
+        b => b,
+    };
+    let port = parse_port(port).map_err(|e| format!("{spec:?}: {e}"))?;
+    let host = unbracket(host);
+    if host.is_empty() {
+        return Err(format!("{spec:?}: no forward target host"));
+    }
+    let host_port = parse_port(host_port).map_err(|e| format!("{spec:?}: {e}"))?;
+    Ok((bind, port, Target::new(host, host_port)))
+}
+
+/// Splits at colons outside `[...]`.
+fn split_colons(spec: &str) -> Vec<&str> {
+    let mut fields = Vec::new();
+    let (mut depth, mut start) = (0u32, 0);
+    for (i, c) in spec.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = depth.saturating_sub(1),
+            ':' if depth == 0 => {
+                fields.push(spec.get(start..i).unwrap_or_default());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    fields.push(spec.get(start..).unwrap_or_default());
+    fields
 }
 
 fn parse_destination(word: &str, port: Option<u16>) -> Result<(String, Target), String> {
@@ -617,8 +647,17 @@ impl Entry {
                     port: e.to.port,
                     to: Some(e.to.to_string()),
                     remote_port: Some(e.remote_port),
+                    bind: e.bind.clone(),
                 }];
-                let summary = format!("ssh -R {}:{} {}@{}", e.remote_port, e.to, e.user, e.relay);
+                let bind = match &e.bind {
+                    Some(b) if b.contains(':') => format!("[{b}]:"),
+                    Some(b) => format!("{b}:"),
+                    None => String::new(),
+                };
+                let summary = format!(
+                    "ssh -R {bind}{}:{} {}@{}",
+                    e.remote_port, e.to, e.user, e.relay
+                );
                 (e.host_key.clone(), e.private_key.clone(), summary)
             }
             Entry::Burrow(e) => {
@@ -637,6 +676,7 @@ impl Entry {
                         port: 22,
                         to: None,
                         remote_port: None,
+                        bind: None,
                     }];
                 }
                 let ports: Vec<String> = config.expose.iter().map(|x| x.port.to_string()).collect();
@@ -765,7 +805,7 @@ mod tests {
             (br#"{"ssh":{"1":{}}}"#, "imsis"),
             (br#"{"ssh":{"imsis":{"1":{"privateKey":"k"}}}}"#, "portForwardParam"),
             (br#"{"ssh":{"imsis":{"1":{"portForwardParam":"10022:localhost:22 h","privateKey":"k"}}}}"#, "no user"),
-            (br#"{"ssh":{"imsis":{"1":{"portForwardParam":"0.0.0.0:10022:localhost:22 u@h","privateKey":"k"}}}}"#, "bind address"),
+            (br#"{"ssh":{"imsis":{"1":{"portForwardParam":"a:b:10022:localhost:22 u@h","privateKey":"k"}}}}"#, "[BIND:]PORT"),
             (br#"{"ssh":{"imsis":{"1":{"portForwardParam":"10022:localhost:22 -L 1:a:2 u@h","privateKey":"k"}}}}"#, "-L"),
             (br#"{"burrow":{"imsis":{"1":{"relay":"r:22","private_key":"k","colour":"red"}}}}"#, "colour"),
             (br#"{"ssh":{"imsis":{"1":{}}},"burrow":{"imsis":{"1":{}}}}"#, "keep one"),
@@ -777,6 +817,11 @@ mod tests {
 
     #[test]
     fn forward_params() {
+        let e = parse_port_forward_param("0.0.0.0:10022:localhost:22 pi@h").unwrap();
+        assert_eq!((e.bind.as_deref(), e.remote_port), (Some("0.0.0.0"), 10022));
+        let e = parse_port_forward_param("[::]:10022:[::1]:22 pi@h").unwrap();
+        assert_eq!((e.bind.as_deref(), e.to.host.as_str()), (Some("::"), "::1"));
+        assert!(parse_port_forward_param(":10022:localhost:22 pi@h").is_err());
         let e = parse_port_forward_param("-R 2222:[::1]:22 -p 2200 pi@relay.example").unwrap();
         assert_eq!(
             (e.remote_port, e.to.host.as_str(), e.to.port),

@@ -121,6 +121,7 @@ pub fn build_config(args: &AgentArgs) -> Result<AgentConfig> {
             port: e.port,
             to: Some(e.to.to_string()),
             remote_port: None,
+            bind: None,
         });
     }
     for spec in &args.console {

@@ -75,12 +75,14 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result {
         port: 80,
         to: Some(web_addr.to_string()),
         remote_port: None,
+        bind: None,
     });
     if sshd_running {
         config.expose.push(Expose {
             port: 22,
             to: Some("127.0.0.1:22".into()),
             remote_port: None,
+            bind: None,
         });
     }
     // An emulated router on a pty, served as the device's serial console.

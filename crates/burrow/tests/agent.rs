@@ -107,6 +107,7 @@ async fn agent_against_stock_sshd_forwards_and_retries_occupied_port() {
         port: 22,
         to: Some(service.to_string()),
         remote_port: Some(remote_port),
+        bind: None,
     });
     let local_port = free_port();
     config.connect.push(Connect {
@@ -359,6 +360,7 @@ async fn failed_probe_forces_a_reconnect() {
         port: 22,
         to: Some(service.to_string()),
         remote_port: Some(free_port()),
+        bind: None,
     });
     config.probe_interval = Some(Seconds::Fraction(0.2));
     let agent = TestAgent::start(dir.path(), config);

@@ -165,9 +165,14 @@ struct SeedSite {
 
 impl SeedSite {
     async fn start() -> SeedSite {
+        Self::start_with("").await
+    }
+
+    /// As [`SeedSite::start`], with `extra` lines in the sshd's config.
+    async fn start_with(extra: &str) -> SeedSite {
         let dir = tempdir();
         let delivered = keypair(dir.path(), "delivered");
-        let sshd = TestSshd::start(dir.path(), &[&delivered], "").await;
+        let sshd = TestSshd::start(dir.path(), &[&delivered], extra).await;
         SeedSite {
             service: echo_server().await,
             meta: FakeSoracom::start(IMSI).await,
@@ -608,4 +613,34 @@ async fn shutdown_abandons_a_hung_read() {
         matches!(ended, Ok(Ok(Ok(())))),
         "the agent did not stop: {ended:?}"
     );
+}
+
+/// `BIND:PORT:HOST:PORT` in the seed's entry: the sshd (with `GatewayPorts clientspecified`)
+/// listens on that address only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_entry_with_a_bind_address() {
+    let site = SeedSite::start_with("GatewayPorts clientspecified").await;
+    let port = free_port();
+    let entry = serde_json::json!({
+        "portForwardParam": format!(
+            "127.0.0.2:{port}:{} -p {} {}@127.0.0.1",
+            site.service,
+            site.sshd.port,
+            current_user()
+        ),
+        "privateKey": std::fs::read_to_string(&site.delivered).unwrap(),
+    });
+    site.meta.set(Answer::Body(
+        serde_json::json!({"ssh": {"imsis": {IMSI: entry}}}).to_string(),
+    ));
+    let agent = TestAgent::start(site.dir.path(), site.meta.agent_config());
+    let status = agent.wait_up().await;
+    let tunnel = status.metadata.unwrap().tunnel.unwrap();
+    assert!(
+        tunnel.starts_with(&format!("ssh -R 127.0.0.2:{port}:")),
+        "{tunnel}"
+    );
+    wait_echo(&format!("127.0.0.2:{port}"), b"bound").await;
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    agent.stop().await;
 }

@@ -488,6 +488,7 @@ pub fn expose(config: &mut burrow_proto::agent_config::AgentConfig, port: u16, t
         port,
         to: Some(to.to_string()),
         remote_port: None,
+        bind: None,
     });
 }
 
