@@ -179,3 +179,32 @@ mod tests {
         assert!(parse_public_keys("\n", "f").is_err());
     }
 }
+
+#[cfg(test)]
+mod pem_tests {
+    /// Keys as cloud providers hand them out (AWS EC2 key pairs are PKCS#1 PEM) must load:
+    /// on-demand access delivers such keys unchanged.
+    #[test]
+    fn pkcs1_and_pkcs8_pem_keys_parse() {
+        let dir = std::env::temp_dir().join(format!("burrow-pem-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, args) in [
+            ("rsa_pkcs1", &["-t", "rsa", "-b", "2048", "-m", "PEM"][..]),
+            ("rsa_pkcs8", &["-t", "rsa", "-b", "2048", "-m", "PKCS8"][..]),
+            ("ecdsa_pkcs8", &["-t", "ecdsa", "-m", "PKCS8"][..]),
+        ] {
+            let path = dir.join(name);
+            let ok = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-N", "", "-f"])
+                .arg(&path)
+                .args(args)
+                .status()
+                .expect("ssh-keygen is installed (./test.sh installs openssh-client)");
+            assert!(ok.success(), "{name}");
+            let text = std::fs::read_to_string(&path).unwrap();
+            super::parse_private_key(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -153,8 +153,8 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = stream.shutdown().await;
 }
 
-/// The seed's setup: a stock sshd that accepts the key to be delivered, a device-side echo
-/// service, and the metadata service for [`IMSI`].
+/// The seed's setup: a stock sshd that accepts the key to be delivered (RSA, PKCS#1 PEM), a
+/// device-side echo service, and the metadata service for [`IMSI`].
 struct SeedSite {
     dir: tempfile::TempDir,
     delivered: PathBuf,
@@ -171,7 +171,19 @@ impl SeedSite {
     /// As [`SeedSite::start`], with `extra` lines in the sshd's config.
     async fn start_with(extra: &str) -> SeedSite {
         let dir = tempdir();
-        let delivered = keypair(dir.path(), "delivered");
+        // The seed's operators hand out EC2 key pairs: RSA in PKCS#1 PEM.
+        let delivered = dir.path().join("delivered");
+        let made = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-f"])
+            .arg(&delivered)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert!(
+            std::fs::read_to_string(&delivered)
+                .unwrap()
+                .starts_with("-----BEGIN RSA PRIVATE KEY-----")
+        );
         let sshd = TestSshd::start(dir.path(), &[&delivered], extra).await;
         SeedSite {
             service: echo_server().await,
