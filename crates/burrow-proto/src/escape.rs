@@ -292,9 +292,7 @@ mod tests {
         for _ in 0..2000 {
             let mut p = EscapeParser::default();
             for _ in 0..32 {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
+                crate::xorshift(&mut seed);
                 let len = (seed % 16) as usize;
                 // Bias towards the interesting bytes.
                 let chunk: Vec<u8> = (0..len)

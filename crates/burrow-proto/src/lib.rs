@@ -30,3 +30,13 @@ pub mod name;
 pub mod rfc2217;
 pub mod secret;
 pub mod time;
+
+/// A deterministic xorshift64 step for the hostile-input tests (no RNG dependency, same
+/// sequence on every run).
+#[cfg(test)]
+pub(crate) fn xorshift(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}

@@ -422,9 +422,7 @@ mod tests {
         let mut d = Decoder::default();
         let mut out = Vec::new();
         for _ in 0..20_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            crate::xorshift(&mut seed);
             let len = (seed % 64) as usize;
             let chunk: Vec<u8> = (0..len)
                 .map(|i| (seed >> (i % 8 * 8)) as u8 | 0xF0)

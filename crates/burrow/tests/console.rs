@@ -54,6 +54,13 @@ fn console_login(config: &Path, user: &str) -> Terminal {
     Terminal::spawn(config, &["-l", user, "relay"])
 }
 
+/// [`console_login`], once the relay has said the operator holds write.
+async fn console_writer(config: &Path, user: &str) -> Terminal {
+    let t = console_login(config, user);
+    t.expect("read-write").await;
+    t
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_types_and_router_answers() {
     let s = site().await;
@@ -91,8 +98,7 @@ async fn operator_types_and_router_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_operator_watches_then_forces_write() {
     let s = site().await;
-    let mut alice = console_login(&s.alice, "alice:pi/console");
-    alice.expect("read-write").await;
+    let mut alice = console_writer(&s.alice, "alice:pi/console").await;
     s.router.print(b"Router> boot banner\r\n");
     alice.expect("boot banner").await;
 
@@ -122,8 +128,7 @@ async fn second_operator_watches_then_forces_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baud_change_reaches_the_port() {
     let s = site().await;
-    let mut t = console_login(&s.alice, "alice:pi");
-    t.expect("read-write").await;
+    let mut t = console_writer(&s.alice, "alice:pi").await;
     eventually("the agent to open the port at 9600", || {
         (s.router.speed() == 9600).then_some(())
     })
@@ -159,8 +164,7 @@ async fn baud_change_reaches_the_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_unplugged_and_back() {
     let s = site().await;
-    let mut t = console_login(&s.alice, "alice:pi");
-    t.expect("read-write").await;
+    let mut t = console_writer(&s.alice, "alice:pi").await;
     t.send(b"before\r").await;
     t.expect("Router# got before").await;
     let path = s.router.path.clone();
@@ -180,8 +184,7 @@ async fn port_unplugged_and_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recording_is_valid_asciicast_with_markers() {
     let s = site().await;
-    let mut t = console_login(&s.alice, "alice:pi");
-    t.expect("read-write").await;
+    let mut t = console_writer(&s.alice, "alice:pi").await;
     t.send(b"hello\r").await;
     t.expect("Router# got hello").await;
     // Invalid UTF-8, and a multi-byte character split across two writes.
@@ -258,8 +261,7 @@ async fn console_only_operator_and_policy() {
         )
         .unwrap();
     let carol = ssh_config(dir.path(), &s.relay, "carol", &carol_key);
-    let mut t = console_login(&carol, "carol:pi");
-    t.expect("read-write").await;
+    let mut t = console_writer(&carol, "carol:pi").await;
     t.send(b"\x05c.").await;
     assert!(t.wait().await);
     let (ok, _, err) = ssh_output(&carol, &["-W", "pi:2217", "relay"], b"").await;
@@ -371,8 +373,7 @@ type RecordingPortLog = std::sync::Arc<std::sync::Mutex<Vec<(bool, std::time::In
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn break_reaches_the_port_layer_with_its_duration() {
     let (_dir, relay, agent, cfg, breaks) = site_with_backend(false).await;
-    let mut t = console_login(&cfg, "alice:pi");
-    t.expect("read-write").await;
+    let mut t = console_writer(&cfg, "alice:pi").await;
     t.send(b"\x05cl1").await;
     t.expect("break ended").await;
     let log = breaks.lock().unwrap().clone();
@@ -401,8 +402,7 @@ async fn break_reaches_the_port_layer_with_its_duration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn break_failure_is_reported_to_the_operator() {
     let (_dir, _relay, agent, cfg, _) = site_with_backend(true).await;
-    let mut t = console_login(&cfg, "alice:pi");
-    t.expect("read-write").await;
+    let mut t = console_writer(&cfg, "alice:pi").await;
     t.send(b"\x05cl1").await;
     t.expect("break failed on /dev/ttyFAKE0: Inappropriate ioctl for device")
         .await;
@@ -492,8 +492,7 @@ async fn menu_lists_consoles_and_attaches() {
 async fn slow_viewer_skips_output_and_is_told() {
     use tokio::io::AsyncReadExt;
     let s = site().await;
-    let alice = console_login(&s.alice, "alice:pi");
-    alice.expect("read-write").await;
+    let alice = console_writer(&s.alice, "alice:pi").await;
     // Bob attaches but does not read what his ssh receives.
     let mut bob =
         tokio::process::Command::from(ssh(&s.bob, &["-tt", "-e", "none", "-l", "bob:pi", "relay"]));

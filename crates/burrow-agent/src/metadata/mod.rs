@@ -162,13 +162,8 @@ impl Supervisor {
                     );
                     running.stop().await;
                     self.forget_entry();
-                    // The stopped tunnel's "agent stopped" is not an error worth showing.
-                    self.status.update(|s| {
-                        s.last_error = None;
-                        s.relay.clear();
-                        s.endpoints.clear();
-                        s.last_probe = None;
-                    });
+                    // Nothing of the stopped tunnel stays on show, its "agent stopped" included.
+                    self.status.retarget(&self.base.name, "", Vec::new());
                     self.status.set_state(State::Idle, None);
                 }
                 let id = self.id_text();
