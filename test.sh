@@ -30,7 +30,10 @@ fi
 [ -d /run/sshd ] || sudo_if_needed mkdir -p /run/sshd
 
 cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
+
+# The README's first quick-start command, exactly as written (it once failed in a fresh clone).
+./.ci/quickstart.sh
 
 # The benchmark harness in smoke mode (tiny sizes, debug build), so that it does not rot.
 cargo build -p burrow -p burrow-bench

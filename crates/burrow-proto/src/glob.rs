@@ -32,6 +32,45 @@ pub fn matches(pattern: &str, name: &str) -> bool {
         .is_some_and(|rest| rest.iter().all(|c| *c == '*'))
 }
 
+/// Why an `--allow` pattern was refused: it can never match a device name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "pattern {pattern:?} can never match a device name: {why}; device names are 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit ('*' matches any run, '?' one character)"
+)]
+pub struct UselessPattern {
+    /// The refused pattern.
+    pub pattern: String,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+/// Checks that `pattern` can match at least one valid device name (see [`crate::name`]).
+pub fn check_pattern(pattern: &str) -> Result<(), UselessPattern> {
+    let refuse = |why: String| {
+        Err(UselessPattern {
+            pattern: pattern.to_string(),
+            why,
+        })
+    };
+    if pattern.is_empty() {
+        return refuse("it is empty".into());
+    }
+    if let Some(c) = pattern
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '*' | '?')))
+    {
+        return refuse(format!("it contains {c:?}"));
+    }
+    if pattern.starts_with('-') {
+        return refuse("it starts with '-'".into());
+    }
+    let least = pattern.chars().filter(|c| *c != '*').count();
+    if least > crate::name::MAX_NAME_LEN {
+        return refuse(format!("it needs at least {least} characters"));
+    }
+    Ok(())
+}
+
 /// True when any of `patterns` matches `name`.
 pub fn any_matches<S: AsRef<str>>(patterns: &[S], name: &str) -> bool {
     patterns.iter().any(|p| matches(p.as_ref(), name))
@@ -40,6 +79,26 @@ pub fn any_matches<S: AsRef<str>>(patterns: &[S], name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patterns_that_can_never_match_are_refused() {
+        for good in ["*", "garage-*", "site-a-?", "*-pi", "?", "a", "pi-01"] {
+            assert_eq!(check_pattern(good), Ok(()), "{good}");
+        }
+        let long = "a".repeat(64);
+        for (bad, why) in [
+            ("Garage-*", "'G'"),
+            ("garage_pi", "'_'"),
+            ("", "empty"),
+            ("-pi", "starts with '-'"),
+            (long.as_str(), "at least 64"),
+            ("site a", "' '"),
+        ] {
+            let e = check_pattern(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(e.contains("a-z, 0-9 and '-'"), "{e}");
+        }
+    }
 
     #[test]
     fn table() {

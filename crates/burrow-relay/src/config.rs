@@ -26,6 +26,14 @@ pub const DEFAULT_AUTH_REJECTION_TIME: Duration = Duration::from_secs(1);
 /// Time to wait for sessions to end at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// The authentication methods the relay offers, and keeps offering after a failure.
+pub(crate) fn auth_methods() -> MethodSet {
+    let mut methods = MethodSet::empty();
+    methods.push(MethodKind::PublicKey);
+    methods.push(MethodKind::Password);
+    methods
+}
+
 /// How a relay runs.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -63,14 +71,23 @@ impl RelayConfig {
     }
 
     pub(crate) fn ssh_config(&self, host_key: PrivateKey) -> russh::server::Config {
-        let mut methods = MethodSet::empty();
-        methods.push(MethodKind::PublicKey);
-        methods.push(MethodKind::Password);
+        let defaults = russh::Preferred::default();
+        // `server-sig-algs` lists these: no SHA-1 `ssh-rsa`; RSA keys sign with rsa-sha2-256/512.
+        let key: Vec<russh::keys::Algorithm> = defaults
+            .key
+            .iter()
+            .filter(|a| !matches!(a, russh::keys::Algorithm::Rsa { hash: None }))
+            .cloned()
+            .collect();
         russh::server::Config {
+            preferred: russh::Preferred {
+                key: key.into(),
+                ..defaults
+            },
             server_id: SshId::Standard(
                 format!("{BURROW_SSH_ID_PREFIX}{}", env!("CARGO_PKG_VERSION")).into(),
             ),
-            methods,
+            methods: auth_methods(),
             auth_rejection_time: self.auth_rejection_time,
             // OpenSSH probes with "none" first; answering that at once costs nothing.
             auth_rejection_time_initial: Some(Duration::ZERO),

@@ -62,7 +62,12 @@ impl Conn {
         self.relay
             .audit
             .record("auth", login, &self.peer.to_string(), Outcome::Denied, why);
-        Auth::reject()
+        // Both methods stay open until the attempt limit: a mistyped password must not leave a
+        // PuTTY or OpenSSH user with "Permission denied (publickey)" and no second try.
+        Auth::Reject {
+            proceed_with_methods: Some(crate::config::auth_methods()),
+            partial_success: false,
+        }
     }
 
     /// Checks a public key for `user` without changing state.
@@ -300,6 +305,21 @@ impl Handler for Conn {
             Principal::Operator(_) => session.channel_success(channel)?,
             _ => session.channel_failure(channel)?,
         }
+        Ok(())
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Nothing on the relay draws windows, and a forwarded display is a way into the client.
+        tracing::info!("X11 forwarding refused: the relay forwards no displays");
+        session.channel_failure(channel)?;
         Ok(())
     }
 

@@ -46,6 +46,38 @@ pub fn ensure(dir: &Path) -> Result<(), RelayError> {
         })
 }
 
+/// Checks that `dir` holds a relay (its database and host key) before an admin command uses it.
+///
+/// Only starting the relay or `burrow relay init` creates a data directory: a mistyped
+/// `--data-dir` must not quietly become a second, empty relay that the running one never reads.
+pub fn require_existing(dir: &Path) -> Result<(), RelayError> {
+    let missing: Vec<&str> = [DATABASE_FILE, HOST_KEY_FILE]
+        .into_iter()
+        .filter(|f| !dir.join(f).is_file())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let what = if dir.is_dir() {
+        format!("{} has no {}", dir.display(), missing.join(" and "))
+    } else {
+        format!("{} does not exist", dir.display())
+    };
+    Err(RelayError::DataDir(format!(
+        "no relay data directory at {}: {what}. Pass the --data-dir (or BURROW_DATA_DIR) the running \
+         relay uses (it logs it at start), or create a new one with `burrow relay init --data-dir {}`",
+        dir.display(),
+        dir.display()
+    )))
+}
+
+/// Loads the host key of an existing data directory (see [`require_existing`]).
+pub fn load_host_key(dir: &Path) -> Result<PrivateKey, RelayError> {
+    require_existing(dir)?;
+    burrow_io::keys::load_private_key(&dir.join(HOST_KEY_FILE))
+        .map_err(|e| RelayError::DataDir(e.to_string()))
+}
+
 /// Loads the host key, creating it on first start. Returns the key and whether it was created.
 pub fn load_or_create_host_key(dir: &Path) -> Result<(PrivateKey, bool), RelayError> {
     ensure(dir)?;

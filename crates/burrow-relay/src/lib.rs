@@ -85,7 +85,10 @@ impl Relay {
                 config.data_dir.display()
             );
         }
-        tracing::info!("relay host key fingerprint: {fingerprint}");
+        tracing::info!(
+            "relay data directory {}, host key fingerprint {fingerprint}",
+            config.data_dir.display()
+        );
         let store = Arc::new(store::Store::open(
             &config.data_dir.join(datadir::DATABASE_FILE),
         )?);

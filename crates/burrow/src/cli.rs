@@ -51,7 +51,9 @@ pub struct RelayArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum RelayCommand {
-    /// Print the relay's host key fingerprint (SHA256:...), creating the key if needed.
+    /// Create the data directory (host key and database) without starting the relay.
+    Init,
+    /// Print the relay's host key fingerprint (SHA256:...).
     Fingerprint {
         /// Print a known_hosts line for HOST[:PORT] instead.
         #[arg(long, value_name = "HOST[:PORT]")]

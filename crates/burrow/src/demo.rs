@@ -156,9 +156,14 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result {
         println!("  ssh -F {cfg} {user}@{DEVICE}");
     }
     println!();
-    if which("ssh") {
-        self_check(&ssh_config).await;
+    let checked = self_check(&ssh_config).await;
+    match &checked {
+        Ok(body) => {
+            println!("self-check: stock ssh -W {DEVICE}:80 through the relay answered: {body:?}")
+        }
+        Err(why) => println!("self-check FAILED: {why}"),
     }
+    println!();
     if args.check {
         shutdown.cancel();
     } else {
@@ -168,7 +173,14 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result {
     let _ = agent_task.await;
     let _ = relay_task.await;
     drop(dir);
-    Ok(())
+    // `--check` is a check: it fails when the self-check failed or could not run.
+    match checked {
+        Err(why) if args.check => Err(Failure::new(
+            exit::SOFTWARE,
+            format!("demo self-check failed: {why}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 async fn wait_until_up(status_file: &Path) -> Result {
@@ -189,7 +201,8 @@ async fn wait_until_up(status_file: &Path) -> Result {
 }
 
 /// Runs the web page command once with the real ssh client, so the demo proves itself.
-async fn self_check(ssh_config: &Path) {
+/// Returns the page's body, or why the check failed or could not run.
+async fn self_check(ssh_config: &Path) -> std::result::Result<String, String> {
     let mut child = match tokio::process::Command::new("ssh")
         .arg("-F")
         .arg(ssh_config)
@@ -207,8 +220,9 @@ async fn self_check(ssh_config: &Path) {
     {
         Ok(c) => c,
         Err(e) => {
-            println!("self-check skipped: cannot run ssh: {e}");
-            return;
+            return Err(format!(
+                "cannot run ssh: {e} (install the OpenSSH client: apt install openssh-client)"
+            ));
         }
     };
     if let Some(mut stdin) = child.stdin.take() {
@@ -217,23 +231,21 @@ async fn self_check(ssh_config: &Path) {
     match tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await {
         Ok(Ok(out)) if String::from_utf8_lossy(&out.stdout).contains("hello from") => {
             let body = String::from_utf8_lossy(&out.stdout);
-            let body = body.split("\r\n\r\n").nth(1).unwrap_or("").trim();
-            println!("self-check: stock ssh -W {DEVICE}:80 through the relay answered: {body:?}");
+            Ok(body
+                .split("\r\n\r\n")
+                .nth(1)
+                .unwrap_or("")
+                .trim()
+                .to_string())
         }
-        Ok(Ok(out)) => println!(
-            "self-check FAILED: ssh exited with {}: {}",
+        Ok(Ok(out)) => Err(format!(
+            "ssh exited with {}: {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Ok(Err(e)) => println!("self-check FAILED: {e}"),
-        Err(_) => println!("self-check FAILED: ssh did not finish within 20 s"),
+        )),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("ssh did not finish within 20 s".into()),
     }
-    println!();
-}
-
-fn which(cmd: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(cmd).is_file()))
 }
 
 /// A tiny HTTP/1.0 server: the demo device's "web interface".

@@ -7,6 +7,7 @@ mod cli;
 mod demo;
 mod demo_router;
 mod exit;
+mod password;
 mod relay_cmd;
 
 use clap::Parser;
@@ -27,7 +28,9 @@ fn main() {
     // The demo prints instructions: keep its log to warnings and the audit trail.
     let default_log = match cli.command {
         Command::Demo(_) => "warn,burrow::audit=info",
-        _ => "info,russh=warn",
+        // russh warns about every channel request it does not know (PuTTY sends
+        // `simple@putty.projects.tartarus.org` on each session): expected, and refused anyway.
+        _ => "info,russh=warn,russh::server::encrypted=error",
     };
     init_tracing(default_log);
     keep_freed_memory();
@@ -77,11 +80,14 @@ fn keep_freed_memory() {
 }
 
 fn init_tracing(default: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("BURROW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes are for people at a terminal; files, pipes and journald get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

@@ -20,6 +20,7 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result {
         .unwrap_or_else(datadir::default_data_dir);
     match args.command {
         None => serve(&args, data_dir, shutdown).await,
+        Some(RelayCommand::Init) => init(&data_dir),
         Some(RelayCommand::Fingerprint { known_hosts }) => fingerprint(&data_dir, known_hosts),
         Some(RelayCommand::Device(cmd)) => device(&open_store(&data_dir)?, cmd),
         Some(RelayCommand::Operator(cmd)) => operator(&open_store(&data_dir)?, cmd),
@@ -56,15 +57,37 @@ async fn serve(args: &RelayArgs, data_dir: PathBuf, shutdown: CancellationToken)
         .map_err(|e| Failure::new(exit::SOFTWARE, e.to_string()))
 }
 
+/// Opens the registry of an existing relay; admin commands never create one.
 fn open_store(data_dir: &Path) -> Result<Store> {
-    datadir::ensure(data_dir).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    datadir::require_existing(data_dir).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
     Store::open(&data_dir.join(datadir::DATABASE_FILE))
         .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))
 }
 
-fn fingerprint(data_dir: &Path, known_hosts: Option<String>) -> Result {
-    let (key, _) = datadir::load_or_create_host_key(data_dir)
+/// `relay init`: creates the data directory, host key and database without serving.
+fn init(data_dir: &Path) -> Result {
+    let (key, created) = datadir::load_or_create_host_key(data_dir)
         .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    Store::open(&data_dir.join(datadir::DATABASE_FILE))
+        .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    let fp = burrow_io::keys::fingerprint(key.public_key());
+    if created {
+        println!(
+            "relay data directory {} created; host key {fp}",
+            data_dir.display()
+        );
+    } else {
+        println!(
+            "relay data directory {} already exists; host key {fp}",
+            data_dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn fingerprint(data_dir: &Path, known_hosts: Option<String>) -> Result {
+    let key =
+        datadir::load_host_key(data_dir).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
     match known_hosts {
         None => println!("{}", burrow_io::keys::fingerprint(key.public_key())),
         Some(host) => {
@@ -116,6 +139,14 @@ fn store_err(e: burrow_relay::store::StoreError) -> Failure {
 
 fn valid(kind: &'static str, name: &str) -> Result {
     check_name(kind, name).map_err(|e| Failure::new(exit::USAGE, e.to_string()))
+}
+
+fn check_patterns(patterns: &[String]) -> Result {
+    for p in patterns {
+        burrow_proto::glob::check_pattern(p)
+            .map_err(|e| Failure::new(exit::USAGE, format!("--allow: {e}")))?;
+    }
+    Ok(())
 }
 
 fn device(store: &Store, cmd: DeviceCommand) -> Result {
@@ -188,6 +219,7 @@ fn operator(store: &Store, cmd: OperatorCommand) -> Result {
             console_only,
         } => {
             valid("operator", &name)?;
+            check_patterns(&allow)?;
             if pubkey.is_none() && !password_stdin {
                 return Err(Failure::new(
                     exit::USAGE,
@@ -199,19 +231,9 @@ fn operator(store: &Store, cmd: OperatorCommand) -> Result {
                 None => Vec::new(),
             };
             let hash = if password_stdin {
-                let mut line = String::new();
-                std::io::stdin().read_line(&mut line).map_err(|e| {
-                    Failure::new(
-                        exit::NOINPUT,
-                        format!("cannot read password from stdin: {e}"),
-                    )
-                })?;
-                let password = line.trim_end_matches(['\r', '\n']);
-                if password.is_empty() {
-                    return Err(Failure::new(exit::DATAERR, "empty password on stdin"));
-                }
+                let password = crate::password::read_new(&name)?;
                 Some(
-                    burrow_relay::admin::hash_password(password)
+                    burrow_relay::admin::hash_password(&password)
                         .map_err(|e| Failure::new(exit::SOFTWARE, e))?,
                 )
             } else {
@@ -239,6 +261,7 @@ fn operator(store: &Store, cmd: OperatorCommand) -> Result {
 }
 
 fn recordings(data_dir: &Path, device: Option<&str>, json: bool) -> Result {
+    datadir::require_existing(data_dir).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
     let files = burrow_relay::console::recording::list(data_dir, device).map_err(|e| {
         Failure::new(
             exit::NOINPUT,

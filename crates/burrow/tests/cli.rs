@@ -104,6 +104,9 @@ fn registry_commands_roundtrip() {
     };
     let key = keypair(dir.path(), "dev");
     let pubkey = format!("{}.pub", key.display());
+    let (code, out, err) = relay_cli(&["init"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("created") && out.contains("SHA256:"), "{out}");
     let (code, out, err) = relay_cli(&["device", "add", "garage-pi", "--pubkey", &pubkey]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("SHA256:"), "{out}");
@@ -164,4 +167,222 @@ fn registry_commands_roundtrip() {
     let (code, _, err) = relay_cli(&["operator", "rm", "bob"]);
     assert_eq!(code, 65, "{err}");
     assert!(err.contains("no operator named"), "{err}");
+}
+
+#[test]
+fn allow_pattern_that_never_matches_is_refused() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let key = keypair(dir.path(), "op");
+    let pubkey = format!("{}.pub", key.display());
+    let (code, _, err) = run(&mut burrow(&["relay", "--data-dir", data, "init"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&mut burrow(&[
+        "relay",
+        "--data-dir",
+        data,
+        "operator",
+        "add",
+        "carol",
+        "--pubkey",
+        &pubkey,
+        "--allow",
+        "Garage-*",
+    ]));
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("Garage-*") && err.contains("a-z, 0-9 and '-'"),
+        "{err}"
+    );
+    let (_, out, _) = run(&mut burrow(&[
+        "relay",
+        "--data-dir",
+        data,
+        "operator",
+        "ls",
+    ]));
+    assert!(!out.contains("carol"), "{out}");
+}
+
+#[test]
+fn demo_check_fails_when_ssh_is_missing() {
+    // `demo --check` is a check: without an ssh client it cannot prove anything, so it fails.
+    let empty = tempdir();
+    let (code, out, err) = run(burrow(&["demo", "--check"]).env("PATH", empty.path()));
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(err.contains("self-check failed"), "{err}");
+    assert!(err.contains("cannot run ssh"), "{err}");
+}
+
+#[test]
+fn mistyped_data_dir_creates_no_relay() {
+    let dir = tempdir();
+    let typo = dir.path().join("typo");
+    let key = keypair(dir.path(), "dev");
+    let pubkey = format!("{}.pub", key.display());
+    let commands: [&[&str]; 6] = [
+        &["device", "add", "pi", "--pubkey", &pubkey],
+        &["device", "ls"],
+        &["operator", "ls"],
+        &["audit"],
+        &["fingerprint"],
+        &["recordings", "ls"],
+    ];
+    for args in commands {
+        let (code, out, err) = run(&mut burrow(
+            &[&["relay", "--data-dir", typo.to_str().unwrap()], args].concat(),
+        ));
+        assert_eq!(code, 78, "{args:?}: {out}{err}");
+        assert!(err.contains("no relay data directory"), "{args:?}: {err}");
+        assert!(err.contains("burrow relay init"), "{args:?}: {err}");
+        assert!(!typo.exists(), "{args:?} created {}", typo.display());
+    }
+    // An existing directory without a relay in it is refused too, and left as it was.
+    std::fs::create_dir(&typo).unwrap();
+    let (code, _, err) = run(&mut burrow(&[
+        "relay",
+        "--data-dir",
+        typo.to_str().unwrap(),
+        "device",
+        "ls",
+    ]));
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("has no burrow.db"), "{err}");
+    assert_eq!(std::fs::read_dir(&typo).unwrap().count(), 0);
+}
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    let dir = tempdir();
+    let key = keypair(dir.path(), "dev");
+    // An agent that cannot reach its relay logs warnings at once; its stderr is a pipe here.
+    let mut child = burrow(&[
+        "agent",
+        "--relay",
+        "127.0.0.1:1",
+        "--name",
+        "pi",
+        "--key",
+        key.to_str().unwrap(),
+        "--host-key",
+        "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "--status-file",
+        dir.path().join("s.json").to_str().unwrap(),
+    ])
+    .env("BURROW_LOG", "info")
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    use std::io::Read;
+    while !String::from_utf8_lossy(&seen).contains("WARN") {
+        let n = stderr.read(&mut buf).unwrap();
+        assert!(n > 0, "agent exited: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in piped log: {text:?}"
+    );
+}
+
+/// Reads from a pty master until `needle` shows up; returns everything read.
+fn read_until(master: &std::os::fd::OwnedFd, seen: &mut Vec<u8>, needle: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(seen).contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} on the terminal; got {:?}",
+            String::from_utf8_lossy(seen)
+        );
+        match rustix::io::read(master, &mut buf) {
+            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+}
+
+#[test]
+fn password_stdin_on_a_terminal_prompts_twice_without_echo() {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let (code, _, err) = run(&mut burrow(&[
+        "relay",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "init",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    rustix::fs::fcntl_setfl(&master, rustix::fs::OFlags::NONBLOCK).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let slave_path = ptsname(&master, Vec::new()).unwrap();
+    let slave = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(slave_path.to_str().unwrap())
+            .unwrap()
+    };
+    let add = |name: &str, first: &[u8], second: &[u8]| {
+        let mut child = burrow(&[
+            "relay",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "operator",
+            "add",
+            name,
+            "--password-stdin",
+        ])
+        .stdin(slave())
+        .stderr(slave())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let mut seen = Vec::new();
+        read_until(&master, &mut seen, "New password");
+        rustix::io::write(&master, first).unwrap();
+        read_until(&master, &mut seen, "Retype");
+        rustix::io::write(&master, second).unwrap();
+        let status = child.wait().unwrap();
+        // Drain what is left (the error message, if any).
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = rustix::io::read(&master, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        (status.success(), String::from_utf8_lossy(&seen).to_string())
+    };
+    let (ok, screen) = add("alice", b"hunter22\n", b"hunter22\n");
+    assert!(ok, "{screen}");
+    assert!(
+        !screen.contains("hunter22"),
+        "the password was echoed: {screen:?}"
+    );
+    let (ok, screen) = add("bob", b"hunter22\n", b"hunter23\n");
+    assert!(!ok, "{screen}");
+    assert!(screen.contains("differ"), "{screen}");
+    let (_, out, _) = run(&mut burrow(&[
+        "relay",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "operator",
+        "ls",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{out}");
+    assert_eq!(v[0]["has_password"], true);
 }

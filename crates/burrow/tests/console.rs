@@ -563,7 +563,7 @@ async fn password_login_without_pty_and_watch() {
     let mut child = password_ssh(
         &s.relay,
         dir.path(),
-        "putty pass",
+        &["putty pass"],
         &["-T", "erin:pi@127.0.0.1"],
     )
     .spawn()

@@ -147,15 +147,15 @@ async fn operator_password_login_and_wrong_password() {
     );
     relay.wait_endpoint("pi", 80).await;
 
-    let login = |password: &str| {
+    let login = |passwords: &[&str]| {
         password_ssh(
             &relay,
             dir.path(),
-            password,
+            passwords,
             &["-W", "pi:80", "bob@127.0.0.1"],
         )
     };
-    let mut child = login("correct horse").spawn().unwrap();
+    let mut child = login(&["correct horse"]).spawn().unwrap();
     {
         use tokio::io::AsyncWriteExt;
         let mut stdin = child.stdin.take().unwrap();
@@ -172,17 +172,55 @@ async fn operator_password_login_and_wrong_password() {
     );
     assert_eq!(out.stdout, b"PASSWORD OK");
 
-    let out = tokio::time::timeout(WAIT, login("wrong").output())
+    let out = tokio::time::timeout(WAIT, login(&["wrong"]).output())
         .await
         .unwrap()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Permission denied"), "{err}");
+    // After a failure the relay still offers password (and publickey), so clients may retry.
+    assert!(err.contains("publickey,password"), "{err}");
     let audit = relay.relay.store().audit_tail(50).unwrap();
     assert!(audit.iter().any(|r| r.event == "auth"
         && r.who == "bob"
         && r.outcome == "denied"
         && r.detail == "wrong password"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mistyped_password_can_be_retried_on_the_same_connection() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let hash = burrow_relay::admin::hash_password("correct horse").unwrap();
+    relay
+        .relay
+        .store()
+        .add_operator("bob", &[], Some(&hash), &["*".to_string()], false)
+        .unwrap();
+    let out = password_ssh(
+        &relay,
+        dir.path(),
+        &["correct hrose", "correct horse"],
+        &["bob@127.0.0.1", "ls"],
+    )
+    .output();
+    let out = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("DEVICE"),
+        "{err}"
+    );
+    let audit = relay.relay.store().audit_tail(50).unwrap();
+    let auths: Vec<_> = audit.iter().filter(|r| r.event == "auth").collect();
+    assert!(
+        auths
+            .iter()
+            .any(|r| r.outcome == "denied" && r.detail == "wrong password"),
+        "{auths:?}"
+    );
+    assert!(auths.iter().any(|r| r.outcome == "ok"), "{auths:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

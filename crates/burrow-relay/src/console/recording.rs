@@ -114,6 +114,10 @@ pub fn list(data_dir: &Path, device: Option<&str>) -> std::io::Result<Vec<Record
     let mut dirs: Vec<_> = devices.filter_map(Result::ok).map(|e| e.path()).collect();
     dirs.sort();
     for dir in dirs {
+        // Anything else an admin left here (notes, archives) is not a recording.
+        if !dir.is_dir() {
+            continue;
+        }
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
@@ -124,6 +128,7 @@ pub fn list(data_dir: &Path, device: Option<&str>) -> std::io::Result<Vec<Record
         let mut files: Vec<_> = std::fs::read_dir(&dir)?
             .filter_map(Result::ok)
             .map(|e| e.path())
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "cast"))
             .collect();
         files.sort();
         for path in files {
@@ -136,4 +141,24 @@ pub fn list(data_dir: &Path, device: Option<&str>) -> std::io::Result<Vec<Record
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stray_files_in_recordings_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join(RECORDINGS_DIR);
+        std::fs::create_dir_all(root.join("pi")).unwrap();
+        std::fs::write(root.join("README"), "notes").unwrap();
+        std::fs::write(root.join("pi/console-20261123T120300Z.cast"), "{}\n").unwrap();
+        std::fs::write(root.join("pi/notes.txt"), "x").unwrap();
+        std::fs::create_dir(root.join("pi/old")).unwrap();
+        let files = list(dir.path(), None).unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(files[0].device, "pi");
+        assert_eq!(files[0].bytes, 3);
+    }
 }

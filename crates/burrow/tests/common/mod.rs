@@ -209,16 +209,30 @@ pub async fn ssh_output(config: &Path, args: &[&str], input: &[u8]) -> (bool, Ve
 }
 
 /// Stock ssh logging in to the relay by password, typed through SSH_ASKPASS as a person would
-/// (tests have no terminal): `ssh ARGS... USER@127.0.0.1` with piped stdio.
+/// (tests have no terminal): `ssh ARGS... USER@127.0.0.1` with piped stdio. Each prompt gets the
+/// next of `passwords` (a typo, then the right one), all on one connection.
 pub fn password_ssh(
     relay: &TestRelay,
     dir: &Path,
-    password: &str,
+    passwords: &[&str],
     args: &[&str],
 ) -> tokio::process::Command {
     use std::os::unix::fs::PermissionsExt;
     let askpass = dir.join(format!("askpass-{}", free_port()));
-    std::fs::write(&askpass, format!("#!/bin/sh\necho '{password}'\n")).unwrap();
+    let count = askpass.with_extension("count");
+    let answers: String = passwords
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("  {i}) echo '{p}' ;;\n"))
+        .collect();
+    std::fs::write(
+        &askpass,
+        format!(
+            "#!/bin/sh\nn=$(cat '{c}' 2>/dev/null || echo 0)\necho $((n + 1)) > '{c}'\ncase $n in\n{answers}esac\n",
+            c = count.display()
+        ),
+    )
+    .unwrap();
     std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
     let kh = relay.known_hosts(dir);
     let mut c = tokio::process::Command::new("ssh");
@@ -231,7 +245,8 @@ pub fn password_ssh(
             "-o",
             "PreferredAuthentications=password",
         ])
-        .args(["-o", "NumberOfPasswordPrompts=1"])
+        .arg("-o")
+        .arg(format!("NumberOfPasswordPrompts={}", passwords.len()))
         .args(args)
         .env("SSH_ASKPASS", &askpass)
         .env("SSH_ASKPASS_REQUIRE", "force")
