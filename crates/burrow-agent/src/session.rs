@@ -20,6 +20,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bind address sent with every `tcpip-forward`: loopback on a stock sshd relay, and on a
 /// burrow relay simply "this device's own name".
 const FORWARD_BIND: &str = "127.0.0.1";
+/// Bind address of the probe endpoint on a burrow relay (its `registry::PROBE_BIND`).
+const PROBE_BIND: &str = "burrow/probe";
 
 /// The connection currently up, for the `[[connect]]` listeners.
 pub(crate) type Current = Arc<Mutex<Option<(Arc<Handle<AgentHandler>>, Flow)>>>;
@@ -221,7 +223,13 @@ async fn session(
     }
     let probe_interval = config.probe_interval();
     if !probe_interval.is_zero() {
-        match handle.tcpip_forward(FORWARD_BIND, 0).await {
+        // A burrow relay keeps the probe endpoint internal (unlisted, closed to operators).
+        let bind = if burrow_relay {
+            PROBE_BIND
+        } else {
+            FORWARD_BIND
+        };
+        match handle.tcpip_forward(bind, 0).await {
             Ok(port) if port > 0 => {
                 *probe_port.lock().unwrap_or_else(|e| e.into_inner()) = u16::try_from(port).ok();
             }

@@ -54,6 +54,16 @@ pub enum SpliceError {
     /// The SSH session of a channel went away.
     #[error("SSH channel closed: {0}")]
     Ssh(#[from] russh::Error),
+    /// One side went away without ending its stream (no EOF): a lost session, a reset.
+    #[error("interrupted: {0}")]
+    Interrupted(&'static str),
+}
+
+impl SpliceError {
+    /// True when the stream was cut short (rather than refused for overflowing).
+    pub fn is_interruption(&self) -> bool {
+        !matches!(self, SpliceError::Overflow(_))
+    }
 }
 
 /// Byte counts of a finished stream.
@@ -89,7 +99,20 @@ pub enum End<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> {
 struct Credit {
     /// Bytes the peer has confirmed delivering.
     acked: AtomicU64,
+    /// Our writes on this channel are over (EOF sent): no more credit is needed.
+    writes_done: std::sync::atomic::AtomicBool,
     changed: Notify,
+}
+
+impl Credit {
+    /// Takes a credit message (cumulative bytes delivered, u64 big-endian); others are ignored.
+    fn take(&self, data: &[u8]) {
+        if let Ok(bytes) = <[u8; 8]>::try_from(data) {
+            self.acked
+                .fetch_max(u64::from_be_bytes(bytes), Ordering::Relaxed);
+            self.changed.notify_waiters();
+        }
+    }
 }
 
 enum Source {
@@ -179,16 +202,19 @@ impl Source {
                 match read.wait().await {
                     Some(ChannelMsg::Data { data }) => return Ok(Some(data)),
                     Some(ChannelMsg::ExtendedData { data, ext }) if ext == CREDIT_EXT => {
-                        if let (Some(credit), Ok(bytes)) =
-                            (credit.as_ref(), <[u8; 8]>::try_from(data.as_ref()))
-                        {
-                            credit
-                                .acked
-                                .fetch_max(u64::from_be_bytes(bytes), Ordering::Relaxed);
-                            credit.changed.notify_waiters();
+                        if let Some(credit) = credit.as_ref() {
+                            credit.take(&data);
                         }
                     }
-                    Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return Ok(None),
+                    Some(ChannelMsg::Eof) => return Ok(None),
+                    // Without EOF first, the other side did not finish: the whole stream ends,
+                    // or the other direction would wait on a peer that is gone.
+                    Some(ChannelMsg::Close) => {
+                        return Err(SpliceError::Interrupted(
+                            "the channel was closed before its end of stream",
+                        ));
+                    }
+                    None => return Err(SpliceError::Interrupted("the SSH session ended")),
                     Some(_) => continue,
                 }
             },
@@ -196,6 +222,36 @@ impl Source {
                 let mut buf = BytesMut::with_capacity(TCP_READ_CHUNK);
                 let n = r.read_buf(&mut buf).await?;
                 Ok((n > 0).then(|| buf.freeze()))
+            }
+        }
+    }
+
+    /// After the peer's EOF, credit for our own writes on this channel still arrives on it:
+    /// keep reading credit until those writes are over (or the channel closes), or a stream
+    /// half-closed this way would stall the other way once a window is in flight.
+    async fn drain_credit_after_eof(&mut self) {
+        let Source::Channel {
+            read,
+            credit: Some(credit),
+            ..
+        } = self
+        else {
+            return;
+        };
+        loop {
+            let changed = credit.changed.notified();
+            if credit.writes_done.load(Ordering::Relaxed) {
+                return;
+            }
+            tokio::select! {
+                msg = read.wait() => match msg {
+                    Some(ChannelMsg::ExtendedData { data, ext }) if ext == CREDIT_EXT => {
+                        credit.take(&data);
+                    }
+                    Some(ChannelMsg::Close) | None => return,
+                    Some(_) => {}
+                },
+                () = changed => {}
             }
         }
     }
@@ -244,6 +300,10 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Sink<S> {
     }
 
     async fn eof(&mut self) {
+        if let Some(credit) = &self.credit {
+            credit.writes_done.store(true, Ordering::Relaxed);
+            credit.changed.notify_waiters();
+        }
         match &mut self.kind {
             SinkKind::Channel(w) => {
                 let _ = w.eof().await;
@@ -322,6 +382,7 @@ where
             }
         }
         drop(tx);
+        src.drain_credit_after_eof().await;
         Ok::<(), SpliceError>(())
     };
     let writer = async {

@@ -11,6 +11,7 @@
 //! - [`asciicast`]: asciicast v2 recording lines and a UTF-8 stream decoder.
 //! - [`agent_config`]: the agent's TOML configuration and its validation.
 //! - [`secret`]: a string wrapper that never shows in `Debug` output.
+//! - [`text`]: untrusted strings escaped and bounded before they are logged or stored.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 // Parsers of untrusted input must not panic; tests may.
@@ -29,6 +30,7 @@ pub mod metadata;
 pub mod name;
 pub mod rfc2217;
 pub mod secret;
+pub mod text;
 pub mod time;
 
 /// A deterministic xorshift64 step for the hostile-input tests (no RNG dependency, same

@@ -13,6 +13,10 @@ pub enum Outcome {
     Denied,
     /// Allowed but failed (connect error, overflow).
     Failed,
+    /// Cut short: a session or the relay went away while it ran.
+    Interrupted,
+    /// Still running (a stream's row is written when it opens and completed when it ends).
+    Open,
 }
 
 impl Outcome {
@@ -21,6 +25,8 @@ impl Outcome {
             Outcome::Ok => "ok",
             Outcome::Denied => "denied",
             Outcome::Failed => "failed",
+            Outcome::Interrupted => "interrupted",
+            Outcome::Open => "open",
         }
     }
 }
@@ -40,7 +46,11 @@ pub(crate) fn stream_summary(
         Ok(()) => (Outcome::Ok, detail),
         Err(e) => {
             detail.push_str(&format!("; ended: {e}"));
-            (Outcome::Failed, detail)
+            if e.is_interruption() {
+                (Outcome::Interrupted, detail)
+            } else {
+                (Outcome::Failed, detail)
+            }
         }
     }
 }
@@ -59,24 +69,79 @@ impl Audit {
 
     /// Records one decision: `who` did `event` to `target` with `outcome`, because `detail`.
     pub fn record(&self, event: &str, who: &str, target: &str, outcome: Outcome, detail: &str) {
-        match outcome {
-            Outcome::Ok => {
-                tracing::info!(target: "burrow::audit", event, who, target, outcome = outcome.as_str(), "{detail}")
-            }
-            Outcome::Denied | Outcome::Failed => {
-                tracing::warn!(target: "burrow::audit", event, who, target, outcome = outcome.as_str(), "{detail}")
-            }
-        }
-        let record = AuditRecord {
-            at: now(),
-            event: event.into(),
-            who: who.into(),
-            target: target.into(),
-            outcome: outcome.as_str().into(),
-            detail: detail.into(),
-        };
+        let record = entry(event, who, target, outcome, detail);
+        log(&record);
         if let Err(e) = self.store.audit(&record) {
             tracing::error!("audit entry not stored: {e}");
         }
+    }
+
+    /// Writes the row of something that runs (a stream) when it starts, so that a crash cannot
+    /// lose it; [`OpenEntry::close`] completes it. Rows a crash left open are marked interrupted
+    /// at the next start.
+    pub fn open(&self, event: &str, who: &str, target: &str, detail: &str) -> OpenEntry {
+        let record = entry(event, who, target, Outcome::Open, detail);
+        tracing::debug!(target: "burrow::audit", event = %record.event, who = %record.who, target = %record.target, "started: {}", record.detail);
+        let id = match self.store.audit_insert(&record) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::error!("audit entry not stored: {e}");
+                None
+            }
+        };
+        OpenEntry {
+            audit: self.clone(),
+            id,
+            record,
+        }
+    }
+}
+
+/// An audit row written when something started; completed by [`OpenEntry::close`].
+pub struct OpenEntry {
+    audit: Audit,
+    id: Option<i64>,
+    record: AuditRecord,
+}
+
+impl OpenEntry {
+    /// Completes the row with how it ended.
+    pub fn close(mut self, outcome: Outcome, detail: &str) {
+        self.record.outcome = outcome.as_str().into();
+        self.record.detail = burrow_proto::text::clean(detail, burrow_proto::text::MAX_TEXT_CHARS);
+        log(&self.record);
+        let stored = match self.id {
+            Some(id) => {
+                self.audit
+                    .store
+                    .audit_complete(id, &self.record.outcome, &self.record.detail)
+            }
+            None => self.audit.store.audit(&self.record),
+        };
+        if let Err(e) = stored {
+            tracing::error!("audit entry not stored: {e}");
+        }
+    }
+}
+
+/// An audit record with every untrusted string escaped and bounded.
+fn entry(event: &str, who: &str, target: &str, outcome: Outcome, detail: &str) -> AuditRecord {
+    use burrow_proto::text::{MAX_NAME_CHARS, MAX_TEXT_CHARS, clean};
+    AuditRecord {
+        at: now(),
+        event: event.into(),
+        who: clean(who, MAX_NAME_CHARS),
+        target: clean(target, MAX_NAME_CHARS),
+        outcome: outcome.as_str().into(),
+        detail: clean(detail, MAX_TEXT_CHARS),
+    }
+}
+
+fn log(r: &AuditRecord) {
+    let (event, who, target, outcome) = (&r.event, &r.who, &r.target, &r.outcome);
+    if r.outcome == "ok" {
+        tracing::info!(target: "burrow::audit", %event, %who, %target, %outcome, "{}", r.detail)
+    } else {
+        tracing::warn!(target: "burrow::audit", %event, %who, %target, %outcome, "{}", r.detail)
     }
 }

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use crate::Relay;
 use crate::audit::{Outcome, stream_summary};
-use crate::operator::{CONNECT_FAILED, PROHIBITED, Refusal, StreamRequest, open_endpoint};
+use crate::operator::{Asker, CONNECT_FAILED, PROHIBITED, Refusal, StreamRequest, open_endpoint};
 use crate::registry::DeviceSession;
 
 /// Time allowed to connect to an `allow-connect` target.
@@ -68,6 +68,7 @@ fn is_own_bind_address(address: &str, device: &str) -> bool {
         address,
         "" | "localhost" | "127.0.0.1" | "0.0.0.0" | "::" | "::1" | "*"
     ) || address == device
+        || address == crate::registry::PROBE_BIND
         // `console/NAME` is the agent's way to name a console endpoint.
         || address
             .strip_prefix(crate::registry::CONSOLE_BIND_PREFIX)
@@ -124,6 +125,11 @@ pub(crate) async fn forward(
         Err(e) => tracing::error!("{e}"),
     }
     *port = u32::from(assigned);
+    if address == crate::registry::PROBE_BIND {
+        // Internal: not listed, not audited.
+        tracing::debug!("probe endpoint {name}:{assigned}");
+        return true;
+    }
     if let Err(e) = relay.store.set_endpoint(name, assigned, true) {
         tracing::error!("{e}");
     }
@@ -147,8 +153,12 @@ pub(crate) fn cancel_forward(
     let Ok(port) = u16::try_from(port) else {
         return false;
     };
+    let internal = dev.endpoint(port).is_some_and(|e| e.is_internal());
     if !dev.remove_endpoint(port) {
         return false;
+    }
+    if internal {
+        return true;
     }
     relay.listeners.close(&dev.name, port);
     if let Err(e) = relay.store.set_endpoint(&dev.name, port, false) {
@@ -192,20 +202,26 @@ pub(crate) fn open_stream(
         };
         reply.accept().await;
         let started = Instant::now();
+        let probe = matches!(peer, Peer::Endpoint(_, true));
+        // A probe every minute per device would swamp the audit trail; the agent's status
+        // carries its result.
+        let row = (!probe).then(|| relay2.audit.open("device-connect", &name, &target, ""));
         let own = End::Shared(channel, dev.flow);
         let (transfer, result) = match peer {
-            Peer::Endpoint(ch) => splice(own, End::Shared(ch, dev.flow)).await,
+            Peer::Endpoint(ch, _) => splice(own, End::Shared(ch, dev.flow)).await,
             Peer::Tcp(tcp) => splice(own, End::<Msg>::Tcp(tcp)).await,
         };
         let (outcome, detail) = stream_summary(transfer.b_to_a, transfer.a_to_b, started, &result);
-        relay2
-            .audit
-            .record("device-connect", &name, &target, outcome, &detail);
+        match row {
+            Some(row) => row.close(outcome, &detail),
+            None => tracing::debug!(device = %name, "probe stream: {detail}"),
+        }
     });
 }
 
 enum Peer {
-    Endpoint(Channel<Msg>),
+    /// One of the device's own endpoints; true when it is the internal probe endpoint.
+    Endpoint(Channel<Msg>, bool),
     Tcp(TcpStream),
 }
 
@@ -218,16 +234,17 @@ async fn connect(relay: &Relay, dev: &DeviceSession, req: &StreamRequest) -> Res
     // A device reaching its own endpoint through the relay: the agent's end-to-end probe.
     let own_host =
         matches!(req.host.as_str(), "localhost" | "127.0.0.1" | "::1") || req.host == name;
-    if own_host && dev.endpoint(port).is_some() {
+    if let Some(ep) = dev.endpoint(port).filter(|_| own_host) {
         let (_, ch) = open_endpoint(
             relay,
             name,
             port,
             &req.originator_address,
             req.originator_port,
+            Asker::Device,
         )
         .await?;
-        return Ok(Peer::Endpoint(ch));
+        return Ok(Peer::Endpoint(ch, ep.is_internal()));
     }
     let allowed = relay
         .store

@@ -92,7 +92,13 @@ impl Relay {
         let store = Arc::new(store::Store::open(
             &config.data_dir.join(datadir::DATABASE_FILE),
         )?);
-        store.clear_online()?;
+        // Nothing is online yet; what a crash left open is recorded as interrupted.
+        let interrupted = store.interrupt_leftovers()?;
+        if interrupted > 0 {
+            tracing::warn!(
+                "{interrupted} audit entries (streams, device sessions) were left open by the previous run; marked interrupted"
+            );
+        }
         let ssh = Arc::new(config.ssh_config(host_key.clone()));
         Ok(Arc::new(Relay {
             audit: audit::Audit::new(store.clone()),

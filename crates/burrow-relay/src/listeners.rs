@@ -132,6 +132,7 @@ async fn serve(
                 port,
                 &peer.ip().to_string(),
                 u32::from(peer.port()),
+                crate::operator::Asker::Operator,
             )
             .await;
             let (channel, flow) = match opened {
@@ -144,11 +145,10 @@ async fn serve(
                 }
             };
             let started = Instant::now();
+            let row = relay2.audit.open("stream", &who, &target, "");
             let (t, result) = splice(End::<Msg>::Tcp(tcp), End::Shared(channel, flow)).await;
             let (outcome, detail) = stream_summary(t.a_to_b, t.b_to_a, started, &result);
-            relay2
-                .audit
-                .record("stream", &who, &target, outcome, &detail);
+            row.close(outcome, &detail);
         });
     }
 }

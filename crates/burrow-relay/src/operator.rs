@@ -87,6 +87,15 @@ pub(crate) fn offline_reason(relay: &Relay, device: &str) -> String {
     }
 }
 
+/// Who asks for an endpoint: internal endpoints (the agent's probe) are the device's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Asker {
+    /// An operator, or anything else outside the device.
+    Operator,
+    /// The device itself (its end-to-end probe).
+    Device,
+}
+
 /// Opens a `forwarded-tcpip` channel to `device:port` on the device's current session.
 pub(crate) async fn open_endpoint(
     relay: &Relay,
@@ -94,6 +103,7 @@ pub(crate) async fn open_endpoint(
     port: u16,
     originator_address: &str,
     originator_port: u32,
+    asker: Asker,
 ) -> Result<(Arc<DeviceSession>, Channel<Msg>), Refusal> {
     let Some(dev) = relay.registry.get(device) else {
         return match relay.store.device_exists(device) {
@@ -104,7 +114,11 @@ pub(crate) async fn open_endpoint(
             )),
         };
     };
-    let Some(ep) = dev.endpoint(port) else {
+    let ep = match asker {
+        Asker::Device => dev.endpoint(port),
+        Asker::Operator => dev.public_endpoint(port),
+    };
+    let Some(ep) = ep else {
         let ports = dev.ports();
         let exposed = if ports.is_empty() {
             "none yet".to_string()
@@ -174,6 +188,7 @@ pub(crate) fn open_stream(
             port,
             &req.originator_address,
             req.originator_port,
+            Asker::Operator,
         )
         .await;
         let (dev, dev_channel) = match opened {
@@ -182,14 +197,13 @@ pub(crate) fn open_stream(
         };
         reply.accept().await;
         let started = Instant::now();
+        let via = format!("from {} via session {}", req.originator, dev.id);
+        let row = relay2.audit.open("stream", &who, &target, &via);
         // The operator's connection carries this stream alone: plain backpressure there.
         let (transfer, result) =
             splice(End::Channel(channel), End::Shared(dev_channel, dev.flow)).await;
         let (outcome, summary) = stream_summary(transfer.a_to_b, transfer.b_to_a, started, &result);
-        let detail = format!("from {} via session {}: {summary}", req.originator, dev.id);
-        relay2
-            .audit
-            .record("stream", &who, &target, outcome, &detail);
+        row.close(outcome, &format!("{via}: {summary}"));
     });
 }
 
@@ -296,9 +310,13 @@ fn render_table(rows: &[Listing]) -> String {
 
 const HELP: &str = "\
 burrow relay commands (ssh OPERATOR@relay COMMAND):
-  ls [--json]     devices you may reach, online state, last seen, endpoints
-  help            this text
+  ls [--json]                          devices you may reach, online state, last seen, endpoints
+  console break DEVICE[/NAME]          send a break to a device's serial console
+  console baud DEVICE[/NAME] RATE      change a console's baud rate
+  console watch DEVICE[/NAME]          follow a console read-only (for logs and scripts)
+  help                                 this text
 Reach a device: ssh -J OPERATOR@relay USER@DEVICE, or ssh -W DEVICE:PORT OPERATOR@relay
+A console interactively: ssh -t OPERATOR:DEVICE[/NAME]@relay (or ssh -t OPERATOR@relay for a menu)
 ";
 
 /// Runs an exec command that needs no channel; returns (stdout, stderr, exit status).
@@ -338,18 +356,17 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                 Some(ChannelMsg::RequestPty { .. }) => pty = true,
                 Some(ChannelMsg::Exec { command, .. }) => {
                     let command = String::from_utf8_lossy(&command).to_string();
-                    relay
-                        .audit
-                        .record("exec", op.name(), &command, Outcome::Ok, "");
                     let words: Vec<&str> = command.split_whitespace().collect();
-                    if let Some(("console", rest)) = words.split_first().map(|(a, b)| (*a, b)) {
+                    let status = if let Some(("console", rest)) =
+                        words.split_first().map(|(a, b)| (*a, b))
+                    {
                         let record = current_record(&relay, &op);
                         let allowed = |device: &str| {
                             record
                                 .as_ref()
                                 .is_some_and(|r| any_matches(&r.allow, device))
                         };
-                        break crate::console::console_exec(
+                        crate::console::console_exec(
                             &relay,
                             op.name(),
                             &allowed,
@@ -357,13 +374,27 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                             &mut read,
                             &write,
                         )
-                        .await;
-                    }
-                    let (out, err, status) = run_command(&relay, &op, &command);
-                    let _ = write.data_bytes(out.into_bytes()).await;
-                    if !err.is_empty() {
-                        let _ = write.extended_data_bytes(1, err.into_bytes()).await;
-                    }
+                        .await
+                    } else {
+                        let (out, err, status) = run_command(&relay, &op, &command);
+                        let _ = write.data_bytes(out.into_bytes()).await;
+                        if !err.is_empty() {
+                            let _ = write.extended_data_bytes(1, err.into_bytes()).await;
+                        }
+                        status
+                    };
+                    // Audited with what really happened: a refused or unknown command is not ok.
+                    let (outcome, detail) = match status {
+                        0 => (Outcome::Ok, "exit status 0".to_string()),
+                        2 => (
+                            Outcome::Denied,
+                            "unknown command or usage error (exit status 2)".to_string(),
+                        ),
+                        n => (Outcome::Failed, format!("exit status {n}")),
+                    };
+                    relay
+                        .audit
+                        .record("exec", op.name(), &command, outcome, &detail);
                     break status;
                 }
                 Some(ChannelMsg::RequestShell { .. }) => {

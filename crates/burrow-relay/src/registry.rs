@@ -15,6 +15,10 @@ pub const DYNAMIC_PORT_FIRST: u16 = 49152;
 /// Bind address prefix with which an agent announces a console endpoint (`console/NAME`).
 pub const CONSOLE_BIND_PREFIX: &str = "console/";
 
+/// Bind address with which a burrow agent asks for its probe endpoint: internal, so it is not
+/// listed, not reachable by operators, and its streams are not audited.
+pub const PROBE_BIND: &str = "burrow/probe";
+
 /// One endpoint `NAME:PORT` as the device asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -22,6 +26,13 @@ pub struct Endpoint {
     pub bind: String,
     /// The port.
     pub port: u16,
+}
+
+impl Endpoint {
+    /// The agent's own probe endpoint, which only the device itself may reach.
+    pub fn is_internal(&self) -> bool {
+        self.bind == PROBE_BIND
+    }
 }
 
 /// One authenticated device connection.
@@ -96,9 +107,14 @@ impl DeviceSession {
         self.endpoints().remove(&port).is_some()
     }
 
-    /// The endpoint on `port`, if exposed.
+    /// The endpoint on `port`, if exposed (internal ones included).
     pub fn endpoint(&self, port: u16) -> Option<Endpoint> {
         self.endpoints().get(&port).cloned()
+    }
+
+    /// The endpoint on `port` if operators may reach it (not internal).
+    pub fn public_endpoint(&self, port: u16) -> Option<Endpoint> {
+        self.endpoint(port).filter(|e| !e.is_internal())
     }
 
     /// The endpoint port of console `name`, announced by the agent with bind address `console/NAME`.
@@ -117,9 +133,13 @@ impl DeviceSession {
             .collect()
     }
 
-    /// Exposed ports, ascending.
+    /// Ports exposed to operators, ascending (internal endpoints are left out).
     pub fn ports(&self) -> Vec<u16> {
-        self.endpoints().keys().copied().collect()
+        self.endpoints()
+            .values()
+            .filter(|e| !e.is_internal())
+            .map(|e| e.port)
+            .collect()
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use russh::keys::PublicKey;
 
 /// A database error with the operation that failed.
@@ -209,7 +209,7 @@ impl Store {
     /// Adds a device with its first keys.
     pub fn add_device(&self, name: &str, keys: &[PublicKey]) -> Result<(), StoreError> {
         self.with(|c| {
-            let tx = c.transaction().map_err(sql("adding a device"))?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("adding a device"))?;
             if operator_exists(&tx, name)? {
                 return Err(StoreError::Conflict(format!(
                     "{name:?} is already an operator name; devices and operators share one namespace"
@@ -234,7 +234,9 @@ impl Store {
     /// Adds keys to an existing device.
     pub fn add_device_keys(&self, name: &str, keys: &[PublicKey]) -> Result<(), StoreError> {
         self.with(|c| {
-            let tx = c.transaction().map_err(sql("adding a device key"))?;
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("adding a device key"))?;
             if !device_exists(&tx, name)? {
                 return Err(StoreError::NoDevice(name.into()));
             }
@@ -403,18 +405,12 @@ impl Store {
 
     // ----- online mirror -----
 
-    /// Forgets the online mirror (at relay start: nothing is online yet).
-    pub fn clear_online(&self) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute_batch("DELETE FROM online; DELETE FROM endpoints;")
-                .map_err(sql("clearing the online table"))
-        })
-    }
-
     /// Records that `device` came online from `peer`.
     pub fn set_online(&self, device: &str, peer: &str) -> Result<(), StoreError> {
         self.with(|c| {
-            let tx = c.transaction().map_err(sql("recording a device online"))?;
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("recording a device online"))?;
             tx.execute(
                 "INSERT OR REPLACE INTO online (device, since, peer) VALUES (?1, ?2, ?3)",
                 params![device, now(), peer],
@@ -434,7 +430,9 @@ impl Store {
     /// Records that `device` went offline.
     pub fn set_offline(&self, device: &str) -> Result<(), StoreError> {
         self.with(|c| {
-            let tx = c.transaction().map_err(sql("recording a device offline"))?;
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("recording a device offline"))?;
             tx.execute("DELETE FROM online WHERE device = ?1", [device])
                 .map_err(sql("recording a device offline"))?;
             tx.execute("DELETE FROM endpoints WHERE device = ?1", [device])
@@ -474,7 +472,7 @@ impl Store {
         console_only: bool,
     ) -> Result<(), StoreError> {
         self.with(|c| {
-            let tx = c.transaction().map_err(sql("adding an operator"))?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("adding an operator"))?;
             if device_exists(&tx, name)? {
                 return Err(StoreError::Conflict(format!(
                     "{name:?} is already a device name; devices and operators share one namespace"
@@ -582,6 +580,63 @@ impl Store {
             )
             .map_err(sql("writing the audit log"))?;
             Ok(())
+        })
+    }
+
+    /// Appends an audit entry and returns its row id (to complete it later).
+    pub fn audit_insert(&self, record: &AuditRecord) -> Result<i64, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO audit (at, event, who, target, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![record.at, record.event, record.who, record.target, record.outcome, record.detail],
+            )
+            .map_err(sql("writing the audit log"))?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    /// Completes an audit entry written by [`Store::audit_insert`].
+    pub fn audit_complete(&self, id: i64, outcome: &str, detail: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE audit SET outcome = ?2, detail = ?3 WHERE id = ?1",
+                params![id, outcome, detail],
+            )
+            .map_err(sql("completing an audit entry"))?;
+            Ok(())
+        })
+    }
+
+    /// At start: what the previous run left open (streams, device sessions) is marked
+    /// interrupted, with the time of that run's last audit entry. Returns how many rows.
+    pub fn interrupt_leftovers(&self) -> Result<usize, StoreError> {
+        self.with(|c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("marking interrupted audit entries"))?;
+            let last: i64 = tx
+                .query_row("SELECT COALESCE(MAX(at), 0) FROM audit", [], |r| r.get(0))
+                .map_err(sql("marking interrupted audit entries"))?;
+            let streams = tx
+                .execute(
+                    "UPDATE audit SET outcome = 'interrupted',
+                     detail = detail || '; the relay stopped before it ended' WHERE outcome = 'open'",
+                    [],
+                )
+                .map_err(sql("marking interrupted audit entries"))?;
+            let sessions = tx
+                .execute(
+                    "INSERT INTO audit (at, event, who, target, outcome, detail)
+                     SELECT ?1, 'offline', device, peer, 'interrupted',
+                            'the relay stopped while the device session was up'
+                     FROM online",
+                    [last],
+                )
+                .map_err(sql("marking interrupted audit entries"))?;
+            tx.execute_batch("DELETE FROM online; DELETE FROM endpoints;")
+                .map_err(sql("clearing the online table"))?;
+            tx.commit().map_err(sql("marking interrupted audit entries"))?;
+            Ok(streams + sessions)
         })
     }
 

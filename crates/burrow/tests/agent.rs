@@ -91,6 +91,56 @@ async fn agent_probe_proves_the_tunnel() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_endpoint_is_internal_and_probes_are_not_audited() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    let op_key = keypair(dir.path(), "op");
+    relay.add_device("pi", &dev_key);
+    relay.add_operator("alice", &op_key, &["*"]);
+    let service = echo_server().await;
+    let mut config = agent_config(
+        &relay.addr.to_string(),
+        "pi",
+        &dev_key,
+        &relay.relay.fingerprint(),
+    );
+    expose(&mut config, 22, service);
+    config.probe_interval = Some(Seconds::Fraction(0.1));
+    let agent = TestAgent::start(dir.path(), config);
+    agent.wait_up().await;
+    // Several probes, each a stream through the relay back to the agent.
+    eventually("an ok probe", || {
+        agent
+            .status()
+            .and_then(|s| s.last_probe.filter(|p| p.ok).map(|_| ()))
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(relay.relay.online_endpoints("pi"), Some(vec![22]));
+    let alice = ssh_config(dir.path(), &relay, "alice", &op_key);
+    let (ok, out, _) = ssh_output(&alice, &["relay", "ls", "--json"], b"").await;
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v[0]["endpoints"], serde_json::json!([22]), "{v}");
+    // The probe takes the first dynamic port; operators cannot reach it, and are not told of it.
+    let (ok, _, err) = ssh_output(&alice, &["-W", "pi:49152", "relay"], b"hello").await;
+    assert!(!ok);
+    assert!(
+        err.contains("does not expose port 49152 (it exposes: 22)"),
+        "{err}"
+    );
+    let audit = relay.relay.store().audit_tail(200).unwrap();
+    assert!(
+        !audit.iter().any(|r| r.event == "device-connect"),
+        "probes in the audit: {audit:#?}"
+    );
+    let devices = relay.relay.store().devices().unwrap();
+    assert_eq!(devices[0].endpoints, vec![22]);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_against_stock_sshd_forwards_and_retries_occupied_port() {
     let dir = tempdir();
     let dev_key = keypair(dir.path(), "dev");
@@ -373,4 +423,102 @@ async fn failed_probe_forces_a_reconnect() {
     let probe = status.last_probe.unwrap();
     assert!(probe.error.unwrap().contains("refused the probe channel"));
     agent.stop().await;
+}
+
+/// More than four credit windows (2 MiB each): what flows after a half-close must not stall.
+const AFTER_EOF: usize = 10 << 20;
+
+/// A service that reads until EOF, then answers `AFTER_EOF` bytes (a download after the
+/// operator half-closed).
+async fn big_answer_after_eof() -> std::net::SocketAddr {
+    serve(|mut tcp| async move {
+        let mut request = Vec::new();
+        if tcp.read_to_end(&mut request).await.is_err() {
+            return;
+        }
+        let body: Vec<u8> = (0..AFTER_EOF).map(|i| (i % 251) as u8).collect();
+        let _ = tcp.write_all(&body).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await
+}
+
+/// A service that half-closes at once, then counts what it receives until EOF and reports it
+/// (an upload after the device side half-closed).
+async fn count_after_own_eof() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<usize>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let addr = serve(move |tcp| {
+        let tx = tx.clone();
+        async move {
+            let (mut r, mut w) = tcp.into_split();
+            let _ = w.shutdown().await;
+            let mut got = Vec::new();
+            let _ = r.read_to_end(&mut got).await;
+            let _ = tx.send(got.len());
+        }
+    })
+    .await;
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_stream_keeps_flowing_after_half_close_both_ways() {
+    let (dir, relay, dev_key, op_key) = relay_with("pi", "op").await;
+    let answer = big_answer_after_eof().await;
+    let (counter, mut counts) = count_after_own_eof().await;
+    let mut config = agent_config(
+        &relay.addr.to_string(),
+        "pi",
+        &dev_key,
+        &relay.relay.fingerprint(),
+    );
+    expose(&mut config, 80, answer);
+    expose(&mut config, 81, counter);
+    let agent = TestAgent::start(dir.path(), config);
+    agent.wait_up().await;
+    let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+    let expected: Vec<u8> = (0..AFTER_EOF).map(|i| (i % 251) as u8).collect();
+
+    // ssh -W: request, EOF, then the big answer.
+    let (ok, out, err) = ssh_output(&op_cfg, &["-W", "pi:80", "relay"], b"GET big").await;
+    assert!(ok, "{err}");
+    assert_eq!(out.len(), AFTER_EOF);
+    assert!(out == expected, "download after EOF arrived altered");
+    // The upload after the device side half-closed goes through ssh -L: OpenSSH's `-W` ends
+    // its own input when the remote sends EOF (stdio forwarding drains both ways), by design.
+    // ssh -L: both directions through a local port.
+    let (local, local2) = (free_port(), free_port());
+    let forward = format!("127.0.0.1:{local}:pi:80");
+    let forward2 = format!("127.0.0.1:{local2}:pi:81");
+    let mut tunnel = tokio::process::Command::from(ssh(
+        &op_cfg,
+        &["-N", "-L", &forward, "-L", &forward2, "relay"],
+    ));
+    let _tunnel = tunnel.kill_on_drop(true).spawn().unwrap();
+    let out = eventually_async_roundtrip(&format!("127.0.0.1:{local}"), b"GET big").await;
+    assert!(out == expected, "download through -L: {} bytes", out.len());
+    let out = roundtrip(&format!("127.0.0.1:{local2}"), &expected)
+        .await
+        .unwrap();
+    assert!(out.is_empty());
+    let got = tokio::time::timeout(WAIT, counts.recv()).await.unwrap();
+    assert_eq!(got, Some(AFTER_EOF));
+    agent.stop().await;
+}
+
+/// `roundtrip`, retried until the `ssh -L` listener is up.
+async fn eventually_async_roundtrip(addr: &str, payload: &[u8]) -> Vec<u8> {
+    for _ in 0..200 {
+        if let Ok(out) = tokio::time::timeout(WAIT, roundtrip(addr, payload))
+            .await
+            .unwrap()
+        {
+            return out;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("nothing listens on {addr}");
 }

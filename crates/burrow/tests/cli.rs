@@ -386,3 +386,52 @@ fn password_stdin_on_a_terminal_prompts_twice_without_echo() {
     assert_eq!(v.as_array().unwrap().len(), 1, "{out}");
     assert_eq!(v[0]["has_password"], true);
 }
+
+#[test]
+fn concurrent_admin_commands_do_not_fail_with_database_locked() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (code, _, err) = run(&mut burrow(&["relay", "--data-dir", data, "init"]));
+    assert_eq!(code, 0, "{err}");
+    let key = keypair(dir.path(), "dev");
+    let pubkey = format!("{}.pub", key.display());
+    const N: usize = 80;
+    let children: Vec<_> = (0..N)
+        .map(|i| {
+            burrow(&[
+                "relay",
+                "--data-dir",
+                data,
+                "device",
+                "add",
+                &format!("dev-{i}"),
+                "--pubkey",
+                &pubkey,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Every acknowledged add is there.
+    let (_, out, _) = run(&mut burrow(&[
+        "relay",
+        "--data-dir",
+        data,
+        "device",
+        "ls",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), N);
+}

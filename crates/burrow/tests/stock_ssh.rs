@@ -262,3 +262,100 @@ async fn allow_listen_opens_a_real_port_on_the_relay() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_exec_is_audited_as_refused_and_help_lists_console_commands() {
+    let (dir, relay, _dev_key, op_key) = relay_with("pi", "op").await;
+    let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+    let (ok, _, err) = ssh_output(&op_cfg, &["relay", "id"], b"").await;
+    assert!(!ok);
+    assert!(err.contains("unknown command"), "{err}");
+    let (ok, out, err) = ssh_output(&op_cfg, &["relay", "help"], b"").await;
+    assert!(ok, "{err}");
+    let out = String::from_utf8_lossy(&out);
+    for command in [
+        "ls [--json]",
+        "console break",
+        "console baud",
+        "console watch",
+    ] {
+        assert!(out.contains(command), "help lacks {command:?}: {out}");
+    }
+    let audit = relay.relay.store().audit_tail(50).unwrap();
+    let exec = |cmd: &str| {
+        audit
+            .iter()
+            .find(|r| r.event == "exec" && r.target == cmd)
+            .unwrap_or_else(|| panic!("no exec row for {cmd}: {audit:#?}"))
+            .outcome
+            .clone()
+    };
+    assert_eq!(exec("id"), "denied");
+    assert_eq!(exec("help"), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_stream_is_closed_when_the_device_session_dies() {
+    let (dir, relay, dev_key, op_key) = relay_with("pi", "op").await;
+    let service = echo_server().await;
+    let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
+    let device = stock_device(
+        &dev_cfg,
+        &["-R", &format!("22:localhost:{}", service.port())],
+    );
+    relay.wait_endpoint("pi", 22).await;
+    let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+    // An operator with an open stream that keeps its stdin open.
+    let mut operator = tokio::process::Command::from(ssh(&op_cfg, &["-W", "pi:22", "relay"]));
+    let mut operator = operator.kill_on_drop(true).spawn().unwrap();
+    let mut stdin = operator.stdin.take().unwrap();
+    let mut stdout = operator.stdout.take().unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stdin.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(WAIT, stdout.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ping");
+    // The device dies (SIGKILL: no goodbye); the operator's ssh must end, not hang.
+    drop(device);
+    tokio::time::timeout(WAIT, operator.wait())
+        .await
+        .expect("the operator's stream was left hanging after the device session ended")
+        .unwrap();
+    drop(stdin);
+    let row = eventually("the stream's audit row to be completed", || {
+        relay
+            .relay
+            .store()
+            .audit_tail(50)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.event == "stream" && r.outcome != "open")
+    })
+    .await;
+    assert_eq!(row.outcome, "interrupted", "{row:?}");
+    assert!(row.detail.contains("4 bytes to device"), "{row:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_user_names_are_bounded_and_escaped_in_the_audit() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let key = keypair(dir.path(), "op");
+    // OpenSSH refuses control characters in a user name itself; their escaping is unit-tested
+    // in burrow_proto::text. The length is what a hostile client can push here.
+    let long = format!("evil{}", "x".repeat(20_000));
+    let config = ssh_config(dir.path(), &relay, "nobody", &key);
+    let (ok, _, _) = ssh_output(&config, &["-l", &long, "relay", "ls"], b"").await;
+    assert!(!ok);
+    let audit = relay.relay.store().audit_tail(50).unwrap();
+    let row = audit
+        .iter()
+        .find(|r| r.event == "auth" && r.who.starts_with("evil"))
+        .expect("the refused login is audited");
+    assert!(row.who.len() < 300, "{} bytes stored", row.who.len());
+    assert!(row.who.contains("more bytes"), "{:?}", row.who);
+    assert!(row.detail.len() < 2000, "{} bytes stored", row.detail.len());
+}

@@ -116,9 +116,16 @@ impl Hubs {
                 )
             });
         };
-        let (_, channel) = crate::operator::open_endpoint(relay, device, port, "relay-console", 0)
-            .await
-            .map_err(|r| r.reason)?;
+        let (_, channel) = crate::operator::open_endpoint(
+            relay,
+            device,
+            port,
+            "relay-console",
+            0,
+            crate::operator::Asker::Operator,
+        )
+        .await
+        .map_err(|r| r.reason)?;
         // Another operator may have opened it meanwhile: keep theirs, close ours.
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(hub) = map.get(&key)
