@@ -410,15 +410,33 @@ where
     SA: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
     SB: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
 {
+    splice_until(a, b, std::future::pending()).await
+}
+
+/// [`splice`], but `stop` finishing ends the stream early (access revoked): both ends are
+/// closed and the result says so.
+pub async fn splice_until<SA, SB>(
+    a: End<SA>,
+    b: End<SB>,
+    stop: impl std::future::Future<Output = ()>,
+) -> (Transfer, Result<(), SpliceError>)
+where
+    SA: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
+    SB: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
+{
     let (a_src, mut a_sink, a_ret) = a.split();
     let (b_src, mut b_sink, b_ret) = b.split();
     let a_to_b = AtomicU64::new(0);
     let b_to_a = AtomicU64::new(0);
-    let result = tokio::try_join!(
-        pipe(a_src, &mut b_sink, a_ret, &a_to_b),
-        pipe(b_src, &mut a_sink, b_ret, &b_to_a)
-    )
-    .map(|_| ());
+    let result = tokio::select! {
+        r = async {
+            tokio::try_join!(
+                pipe(a_src, &mut b_sink, a_ret, &a_to_b),
+                pipe(b_src, &mut a_sink, b_ret, &b_to_a)
+            )
+        } => r.map(|_| ()),
+        () = stop => Err(SpliceError::Interrupted("closed by the relay: access was revoked")),
+    };
     a_sink.close().await;
     b_sink.close().await;
     let transfer = Transfer {

@@ -21,6 +21,8 @@ pub const DEFAULT_PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 512;
 /// Unauthenticated connections accepted at once from one IP address.
 pub const DEFAULT_MAX_UNAUTHENTICATED_PER_IP: usize = 64;
+/// Connections one `allow-listen` listener carries at once; more are closed at accept.
+pub const DEFAULT_MAX_LISTENER_CONNECTIONS: usize = 256;
 /// Delay before a failed authentication is answered.
 pub const DEFAULT_AUTH_REJECTION_TIME: Duration = Duration::from_secs(1);
 /// Time to wait for sessions to end at shutdown.
@@ -53,6 +55,8 @@ pub struct RelayConfig {
     pub auth_rejection_time: Duration,
     /// Console escape prefix (default Ctrl-E c).
     pub console_escape: [u8; 2],
+    /// Connections one `allow-listen` listener carries at once.
+    pub max_listener_connections: usize,
 }
 
 impl RelayConfig {
@@ -67,6 +71,7 @@ impl RelayConfig {
             max_unauthenticated_per_ip: DEFAULT_MAX_UNAUTHENTICATED_PER_IP,
             auth_rejection_time: DEFAULT_AUTH_REJECTION_TIME,
             console_escape: burrow_proto::escape::DEFAULT_PREFIX,
+            max_listener_connections: DEFAULT_MAX_LISTENER_CONNECTIONS,
         }
     }
 

@@ -101,11 +101,11 @@ impl Conn {
 
     fn become_operator(&mut self, login: Login, method: &str) -> Result<Auth, russh::Error> {
         let name = login.principal().to_string();
-        let record = match self.relay.store.operator(&name) {
-            Ok(Some(r)) => r,
+        match self.relay.store.operator(&name) {
+            Ok(Some(_)) => {}
             Ok(None) => return Ok(self.reject(&login.to_string(), "operator vanished")),
             Err(e) => return Ok(self.reject(&login.to_string(), &e.to_string())),
-        };
+        }
         self.relay.audit.record(
             "auth",
             &login.to_string(),
@@ -113,8 +113,13 @@ impl Conn {
             Outcome::Ok,
             &format!("operator authenticated by {method}"),
         );
-        self.principal =
-            Principal::Operator(Arc::new(crate::operator::OperatorSession { login, record }));
+        let op = Arc::new(crate::operator::OperatorSession::new(
+            self.relay.next_id(),
+            login,
+            self.cut.clone(),
+        ));
+        self.relay.operators.insert(op.clone());
+        self.principal = Principal::Operator(op);
         Ok(Auth::Accept)
     }
 }
@@ -408,11 +413,12 @@ impl Handler for Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        if let Principal::Device {
-            session: Some(dev), ..
-        } = &self.principal
-        {
-            crate::device::went_offline(&self.relay, dev);
+        match &self.principal {
+            Principal::Device {
+                session: Some(dev), ..
+            } => crate::device::went_offline(&self.relay, dev),
+            Principal::Operator(op) => self.relay.operators.remove(op.id),
+            _ => {}
         }
     }
 }
@@ -447,6 +453,42 @@ pub(crate) async fn watch_revocations(relay: Arc<Relay>, shutdown: CancellationT
                 );
                 dev.cut.cancel();
             }
+        }
+        enforce_operator_policy(&relay);
+        relay.listeners.retain_allowed(|device, addr, port| {
+            match relay.store.listen_addr(device, port) {
+                Ok(Some(a)) => a == addr,
+                Ok(None) => false,
+                // A read error is no revocation.
+                Err(_) => true,
+            }
+        });
+    }
+}
+
+/// Operators removed are cut off; streams and consoles their new policy forbids are closed.
+fn enforce_operator_policy(relay: &Relay) {
+    for op in relay.operators.all() {
+        let Ok(record) = relay.store.operator(op.name()) else {
+            continue;
+        };
+        if record.is_none() {
+            relay.audit.record(
+                "revoke",
+                op.name(),
+                &op.login.to_string(),
+                Outcome::Ok,
+                "operator was removed; connection closed",
+            );
+        }
+        for device in op.enforce(record.as_ref()) {
+            relay.audit.record(
+                "revoke",
+                op.name(),
+                &device,
+                Outcome::Ok,
+                &format!("operator policy no longer allows device {device}; stream closed"),
+            );
         }
     }
 }

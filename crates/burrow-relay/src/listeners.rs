@@ -90,6 +90,18 @@ impl Listeners {
         });
     }
 
+    /// Closes the listeners whose `allow-listen` rule is gone (`allowed(device, addr, port)`).
+    pub(crate) fn retain_allowed(&self, allowed: impl Fn(&str, &str, u16) -> bool) {
+        self.map().retain(|(addr, port), e| {
+            let keep = allowed(&e.device, addr, *port);
+            if !keep {
+                tracing::info!(device = %e.device, "allow-listen {addr}:{port} removed; listener closed");
+                e.stop.cancel();
+            }
+            keep
+        });
+    }
+
     /// Closes the listener of `device` on `port`.
     pub(crate) fn close(&self, device: &str, port: u16) {
         self.map().retain(|(_, p), e| {
@@ -109,6 +121,9 @@ async fn serve(
     port: u16,
     stop: CancellationToken,
 ) {
+    // Connections at once through one listener: anyone who can reach the port can open them.
+    let cap = relay.config.max_listener_connections;
+    let slots = Arc::new(tokio::sync::Semaphore::new(cap));
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -121,9 +136,18 @@ async fn serve(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                device = %device,
+                "listener on port {port} holds {cap} connections; refused {peer}"
+            );
+            drop(tcp);
+            continue;
+        };
         let relay2 = relay.clone();
         let device = device.clone();
         relay.tracker.spawn(async move {
+            let _slot = slot;
             let target = format!("{device}:{port}");
             let who = format!("listener {peer}");
             let opened = crate::operator::open_endpoint(

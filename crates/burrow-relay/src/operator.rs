@@ -1,14 +1,16 @@
 //! What operators may do: streams to device endpoints (`ssh -J`, `-W`, `-L`) and `ls`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use burrow_io::splice::{End, splice};
+use burrow_io::splice::{End, splice_until};
 use burrow_proto::glob::any_matches;
 use burrow_proto::name::{Login, is_valid_name};
 use burrow_proto::time::{format_rfc3339, format_utc_minutes};
 use russh::server::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelMsg, ChannelOpenFailure};
+use tokio_util::sync::CancellationToken;
 
 use crate::Relay;
 use crate::audit::{Outcome, stream_summary};
@@ -20,13 +22,114 @@ pub(crate) const DEVICE_OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// An authenticated operator connection.
 pub(crate) struct OperatorSession {
+    pub(crate) id: u64,
     pub(crate) login: Login,
-    pub(crate) record: OperatorRecord,
+    /// Cuts the whole connection (the operator was removed).
+    pub(crate) cut: CancellationToken,
+    /// What it has open, so that a policy change can close what is no longer allowed.
+    open: Mutex<HashMap<u64, OpenUse>>,
+}
+
+/// One stream or console session an operator has open.
+struct OpenUse {
+    device: String,
+    /// A console session (allowed to console-only operators) rather than a port stream.
+    console: bool,
+    stop: CancellationToken,
+}
+
+/// Removes its entry from the operator's open uses when dropped.
+pub(crate) struct UseGuard {
+    op: Arc<OperatorSession>,
+    id: u64,
+    /// Cancelled when policy no longer allows this use.
+    pub(crate) stop: CancellationToken,
+}
+
+impl Drop for UseGuard {
+    fn drop(&mut self) {
+        self.op.uses().remove(&self.id);
+    }
 }
 
 impl OperatorSession {
-    fn name(&self) -> &str {
+    pub(crate) fn new(id: u64, login: Login, cut: CancellationToken) -> Self {
+        OperatorSession {
+            id,
+            login,
+            cut,
+            open: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
         self.login.principal()
+    }
+
+    fn uses(&self) -> std::sync::MutexGuard<'_, HashMap<u64, OpenUse>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a stream (or a console session) to `device` for policy enforcement.
+    pub(crate) fn track(self: &Arc<Self>, relay: &Relay, device: &str, console: bool) -> UseGuard {
+        let id = relay.next_id();
+        let stop = CancellationToken::new();
+        self.uses().insert(
+            id,
+            OpenUse {
+                device: device.to_string(),
+                console,
+                stop: stop.clone(),
+            },
+        );
+        UseGuard {
+            op: self.clone(),
+            id,
+            stop,
+        }
+    }
+
+    /// Closes what `record` (the operator's current policy; `None`: removed) no longer allows.
+    /// Returns the devices whose streams or consoles were closed.
+    pub(crate) fn enforce(&self, record: Option<&OperatorRecord>) -> Vec<String> {
+        let Some(record) = record else {
+            self.cut.cancel();
+            return Vec::new();
+        };
+        let mut closed = Vec::new();
+        for u in self.uses().values() {
+            let allowed =
+                any_matches(&record.allow, &u.device) && (u.console || !record.console_only);
+            if !allowed && !u.stop.is_cancelled() {
+                u.stop.cancel();
+                closed.push(u.device.clone());
+            }
+        }
+        closed
+    }
+}
+
+/// Every authenticated operator connection, for revocation.
+#[derive(Default)]
+pub(crate) struct Operators {
+    map: Mutex<HashMap<u64, Arc<OperatorSession>>>,
+}
+
+impl Operators {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<OperatorSession>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn insert(&self, op: Arc<OperatorSession>) {
+        self.map().insert(op.id, op);
+    }
+
+    pub(crate) fn remove(&self, id: u64) {
+        self.map().remove(&id);
+    }
+
+    pub(crate) fn all(&self) -> Vec<Arc<OperatorSession>> {
+        self.map().values().cloned().collect()
     }
 }
 
@@ -199,9 +302,14 @@ pub(crate) fn open_stream(
         let started = Instant::now();
         let via = format!("from {} via session {}", req.originator, dev.id);
         let row = relay2.audit.open("stream", &who, &target, &via);
+        let guard = op.track(&relay2, &device, false);
         // The operator's connection carries this stream alone: plain backpressure there.
-        let (transfer, result) =
-            splice(End::Channel(channel), End::Shared(dev_channel, dev.flow)).await;
+        let (transfer, result) = splice_until(
+            End::Channel(channel),
+            End::Shared(dev_channel, dev.flow),
+            guard.stop.cancelled(),
+        )
+        .await;
         let (outcome, summary) = stream_summary(transfer.a_to_b, transfer.b_to_a, started, &result);
         row.close(outcome, &format!("{via}: {summary}"));
     });
@@ -268,12 +376,10 @@ struct Listing {
 }
 
 fn listings(relay: &Relay, op: &OperatorSession) -> Vec<Listing> {
-    let record = relay
-        .store
-        .operator(op.name())
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| op.record.clone());
+    // Policy as it is now: a removed operator sees nothing.
+    let Some(record) = current_record(relay, op) else {
+        return Vec::new();
+    };
     let devices = relay.store.devices().unwrap_or_default();
     devices
         .into_iter()
@@ -419,7 +525,8 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                                 .await;
                             break 1;
                         }
-                        break crate::console::run_console(
+                        let guard = op.track(&relay, device, true);
+                        let attached = crate::console::run_console(
                             &relay,
                             op.name(),
                             device,
@@ -427,8 +534,18 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                             crate::console::Mode::Interactive,
                             &mut read,
                             &write,
-                        )
-                        .await;
+                        );
+                        tokio::select! {
+                            status = attached => break status,
+                            () = guard.stop.cancelled() => {
+                                let why = format!(
+                                    "\r\n[burrow] operator {} may no longer use device {device}; disconnected\r\n",
+                                    op.name()
+                                );
+                                let _ = write.data_bytes(why.into_bytes()).await;
+                                break 1;
+                            }
+                        }
                     }
                     if pty {
                         break crate::console::run_menu(&relay, op.name(), &mut read, &write).await;

@@ -258,6 +258,80 @@ impl Store {
         })
     }
 
+    /// Removes one key of a device (by its `SHA256:` fingerprint); an online session that
+    /// authenticated with it is cut. The last key is kept: remove the device instead.
+    pub fn remove_device_key(&self, name: &str, fingerprint: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("removing a device key"))?;
+            if !device_exists(&tx, name)? {
+                return Err(StoreError::NoDevice(name.into()));
+            }
+            let keys: Vec<String> = {
+                let mut stmt = tx
+                    .prepare("SELECT fingerprint FROM device_keys WHERE device = ?1")
+                    .map_err(sql("removing a device key"))?;
+                stmt.query_map([name], |r| r.get(0))
+                    .map_err(sql("removing a device key"))?
+                    .collect::<Result<_, _>>()
+                    .map_err(sql("removing a device key"))?
+            };
+            if !keys.iter().any(|k| k == fingerprint) {
+                return Err(StoreError::Conflict(format!(
+                    "device {name:?} has no key {fingerprint} (its keys: {}; see `burrow relay device ls`)",
+                    keys.join(", ")
+                )));
+            }
+            if keys.len() == 1 {
+                return Err(StoreError::Conflict(format!(
+                    "{fingerprint} is the only key of device {name:?}; add another first (`burrow relay device add-key`) or remove the device (`burrow relay device rm {name}`)"
+                )));
+            }
+            tx.execute(
+                "DELETE FROM device_keys WHERE device = ?1 AND fingerprint = ?2",
+                params![name, fingerprint],
+            )
+            .map_err(sql("removing a device key"))?;
+            tx.commit().map_err(sql("removing a device key"))
+        })
+    }
+
+    /// Removes an `allow-connect` rule; false if there was none.
+    pub fn disallow_connect(
+        &self,
+        device: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<bool, StoreError> {
+        self.with(|c| {
+            if !device_exists(c, device)? {
+                return Err(StoreError::NoDevice(device.into()));
+            }
+            c.execute(
+                "DELETE FROM device_allow_connect WHERE device = ?1 AND host = ?2 AND port = ?3",
+                params![device, host, port],
+            )
+            .map(|n| n > 0)
+            .map_err(sql("removing an allow-connect rule"))
+        })
+    }
+
+    /// Removes an `allow-listen` rule; false if there was none.
+    pub fn disallow_listen(&self, device: &str, addr: &str, port: u16) -> Result<bool, StoreError> {
+        self.with(|c| {
+            if !device_exists(c, device)? {
+                return Err(StoreError::NoDevice(device.into()));
+            }
+            c.execute(
+                "DELETE FROM device_allow_listen WHERE device = ?1 AND addr = ?2 AND port = ?3",
+                params![device, addr, port],
+            )
+            .map(|n| n > 0)
+            .map_err(sql("removing an allow-listen rule"))
+        })
+    }
+
     /// Whether `key` is one of `device`'s keys.
     pub fn device_has_key(&self, device: &str, fingerprint: &str) -> Result<bool, StoreError> {
         self.with(|c| {
@@ -511,6 +585,90 @@ impl Store {
                 return Err(StoreError::NoOperator(name.into()));
             }
             Ok(())
+        })
+    }
+
+    /// Changes an operator's policy: its `--allow` patterns (when given) and console-only flag
+    /// (when given). Sessions already open follow within seconds (see `conn::watch_revocations`).
+    pub fn set_operator_policy(
+        &self,
+        name: &str,
+        allow: Option<&[String]>,
+        console_only: Option<bool>,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("changing an operator"))?;
+            if !operator_exists(&tx, name)? {
+                return Err(StoreError::NoOperator(name.into()));
+            }
+            if let Some(allow) = allow {
+                tx.execute("DELETE FROM operator_allow WHERE operator = ?1", [name])
+                    .map_err(sql("changing an operator"))?;
+                for pattern in allow {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO operator_allow (operator, pattern) VALUES (?1, ?2)",
+                        params![name, pattern],
+                    )
+                    .map_err(sql("changing an operator"))?;
+                }
+            }
+            if let Some(console_only) = console_only {
+                tx.execute(
+                    "UPDATE operators SET console_only = ?2 WHERE name = ?1",
+                    params![name, console_only],
+                )
+                .map_err(sql("changing an operator"))?;
+            }
+            tx.commit().map_err(sql("changing an operator"))
+        })
+    }
+
+    /// Sets (a hash) or clears (`None`) an operator's password. Clearing the last credential
+    /// is refused: an operator with neither key nor password could never log in again.
+    pub fn set_operator_password(&self, name: &str, hash: Option<&str>) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("changing a password"))?;
+            if !operator_exists(&tx, name)? {
+                return Err(StoreError::NoOperator(name.into()));
+            }
+            if hash.is_none() {
+                let keys: i64 = tx
+                    .query_row(
+                        "SELECT COUNT(*) FROM operator_keys WHERE operator = ?1",
+                        [name],
+                        |r| r.get(0),
+                    )
+                    .map_err(sql("changing a password"))?;
+                if keys == 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "operator {name:?} has no key: clearing its password would lock it out; add one with `burrow relay operator add-key {name} --pubkey FILE` first, or remove the operator"
+                    )));
+                }
+            }
+            tx.execute(
+                "UPDATE operators SET password_hash = ?2 WHERE name = ?1",
+                params![name, hash],
+            )
+            .map_err(sql("changing a password"))?;
+            tx.commit().map_err(sql("changing a password"))
+        })
+    }
+
+    /// Adds keys to an existing operator.
+    pub fn add_operator_keys(&self, name: &str, keys: &[PublicKey]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("adding an operator key"))?;
+            if !operator_exists(&tx, name)? {
+                return Err(StoreError::NoOperator(name.into()));
+            }
+            insert_keys(&tx, "operator_keys", "operator", name, keys)?;
+            tx.commit().map_err(sql("adding an operator key"))
         })
     }
 

@@ -47,6 +47,9 @@ pub struct RelayArgs {
     /// Unauthenticated connections accepted at once from one IP address.
     #[arg(long, default_value_t = burrow_relay::config::DEFAULT_MAX_UNAUTHENTICATED_PER_IP)]
     pub max_unauthenticated_per_ip: usize,
+    /// Connections one allow-listen listener carries at once.
+    #[arg(long, default_value_t = burrow_relay::config::DEFAULT_MAX_LISTENER_CONNECTIONS)]
+    pub max_listener_connections: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -115,6 +118,24 @@ pub enum DeviceCommand {
         #[arg(value_name = "[ADDR:]PORT")]
         listen: String,
     },
+    /// Remove one key of a device (a session that logged in with it is closed).
+    RmKey {
+        name: String,
+        #[arg(value_name = "SHA256:...")]
+        fingerprint: String,
+    },
+    /// Remove an allow-connect rule (new streams are refused at once).
+    DisallowConnect {
+        name: String,
+        #[arg(value_name = "HOST:PORT")]
+        target: String,
+    },
+    /// Remove an allow-listen rule (its listener on the relay is closed within 2 s).
+    DisallowListen {
+        name: String,
+        #[arg(value_name = "[ADDR:]PORT")]
+        listen: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -152,8 +173,37 @@ pub enum OperatorCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove an operator.
+    /// Remove an operator (its open connections are closed within 2 s).
     Rm { name: String },
+    /// Change an operator's policy; streams and consoles it no longer allows are closed.
+    Set {
+        name: String,
+        /// Device name patterns it may reach (replaces the current ones; repeatable).
+        #[arg(long, value_name = "GLOB")]
+        allow: Vec<String>,
+        /// Consoles only: no -J/-W/-L to device ports.
+        #[arg(long, conflicts_with = "full")]
+        console_only: bool,
+        /// Ports and consoles (lifts --console-only).
+        #[arg(long)]
+        full: bool,
+    },
+    /// Set (from stdin) or clear an operator's password.
+    Password {
+        name: String,
+        /// Read the new password from stdin (a prompt without echo on a terminal).
+        #[arg(long, conflicts_with = "clear", required_unless_present = "clear")]
+        password_stdin: bool,
+        /// Remove the password (key logins only).
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Add a key to an operator.
+    AddKey {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        pubkey: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -37,6 +37,7 @@ async fn serve(args: &RelayArgs, data_dir: PathBuf, shutdown: CancellationToken)
     config.keepalive_max = args.keepalive_max.max(1);
     config.max_unauthenticated = args.max_unauthenticated.max(1);
     config.max_unauthenticated_per_ip = args.max_unauthenticated_per_ip.max(1);
+    config.max_listener_connections = args.max_listener_connections.max(1);
     config.console_escape = burrow_proto::escape::parse_prefix(&args.console_escape)
         .map_err(|e| Failure::new(exit::USAGE, format!("--console-escape: {e}")))?;
     let relay = Relay::open(config).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
@@ -186,6 +187,46 @@ fn device(store: &Store, cmd: DeviceCommand) -> Result {
                 .map_err(store_err)?;
             println!("device {name} may now open {t}");
         }
+        DeviceCommand::RmKey { name, fingerprint } => {
+            store
+                .remove_device_key(&name, &fingerprint)
+                .map_err(store_err)?;
+            println!("device {name}: removed key {fingerprint}");
+        }
+        DeviceCommand::DisallowConnect { name, target } => {
+            let t: Target = target
+                .parse()
+                .map_err(|e| Failure::new(exit::USAGE, format!("{e}")))?;
+            if !store
+                .disallow_connect(&name, &t.host, t.port)
+                .map_err(store_err)?
+            {
+                return Err(Failure::new(
+                    exit::DATAERR,
+                    format!(
+                        "device {name} has no allow-connect rule for {t} (see `burrow relay device ls`)"
+                    ),
+                ));
+            }
+            println!("device {name} may no longer open {t}");
+        }
+        DeviceCommand::DisallowListen { name, listen } => {
+            let l: ListenSpec = listen
+                .parse()
+                .map_err(|e| Failure::new(exit::USAGE, format!("{e}")))?;
+            if !store
+                .disallow_listen(&name, &l.addr, l.port)
+                .map_err(store_err)?
+            {
+                return Err(Failure::new(
+                    exit::DATAERR,
+                    format!(
+                        "device {name} has no allow-listen rule for {l} (see `burrow relay device ls`)"
+                    ),
+                ));
+            }
+            println!("device {name} may no longer listen on {l}");
+        }
         DeviceCommand::AllowListen { name, listen } => {
             let l: ListenSpec = listen
                 .parse()
@@ -255,6 +296,74 @@ fn operator(store: &Store, cmd: OperatorCommand) -> Result {
         OperatorCommand::Rm { name } => {
             store.remove_operator(&name).map_err(store_err)?;
             println!("operator {name} removed");
+        }
+        OperatorCommand::Set {
+            name,
+            allow,
+            console_only,
+            full,
+        } => {
+            check_patterns(&allow)?;
+            let access = match (console_only, full) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            if allow.is_empty() && access.is_none() {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    "nothing to change: give --allow GLOB (repeatable), --console-only or --full",
+                ));
+            }
+            let patterns = (!allow.is_empty()).then_some(allow.as_slice());
+            store
+                .set_operator_policy(&name, patterns, access)
+                .map_err(store_err)?;
+            let now = store.operator(&name).map_err(store_err)?.ok_or_else(|| {
+                store_err(burrow_relay::store::StoreError::NoOperator(name.clone()))
+            })?;
+            println!(
+                "operator {name}: may reach {}{}",
+                now.allow.join(", "),
+                if now.console_only {
+                    " (consoles only)"
+                } else {
+                    ""
+                }
+            );
+        }
+        OperatorCommand::Password {
+            name,
+            password_stdin,
+            clear,
+        } => {
+            let hash = if clear {
+                None
+            } else if password_stdin {
+                let password = crate::password::read_new(&name)?;
+                Some(
+                    burrow_relay::admin::hash_password(&password)
+                        .map_err(|e| Failure::new(exit::SOFTWARE, e))?,
+                )
+            } else {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    "give --password-stdin or --clear",
+                ));
+            };
+            store
+                .set_operator_password(&name, hash.as_deref())
+                .map_err(store_err)?;
+            if clear {
+                println!("operator {name}: password removed");
+            } else {
+                println!("operator {name}: password set");
+            }
+        }
+        OperatorCommand::AddKey { name, pubkey } => {
+            let keys = read_keys(&pubkey)?;
+            store.add_operator_keys(&name, &keys).map_err(store_err)?;
+            println!("operator {name}: added key {}", fingerprints(&keys));
         }
     }
     Ok(())

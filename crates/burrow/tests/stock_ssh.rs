@@ -359,3 +359,60 @@ async fn hostile_user_names_are_bounded_and_escaped_in_the_audit() {
     assert!(row.who.contains("more bytes"), "{:?}", row.who);
     assert!(row.detail.len() < 2000, "{} bytes stored", row.detail.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_listen_listener_caps_its_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempdir();
+    let relay = TestRelay::start_with(&dir.path().join("relay"), "127.0.0.1:0", |c| {
+        c.max_listener_connections = 3;
+    })
+    .await;
+    let dev_key = keypair(dir.path(), "dev");
+    relay.add_device("pi", &dev_key);
+    let port = free_port();
+    relay
+        .relay
+        .store()
+        .allow_listen("pi", "127.0.0.1", port)
+        .unwrap();
+    let service = echo_server().await;
+    let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
+    let _device = stock_device(
+        &dev_cfg,
+        &["-R", &format!("{port}:localhost:{}", service.port())],
+    );
+    relay.wait_endpoint("pi", port).await;
+    let connect = || async {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        tcp.write_all(b"hi").await.unwrap();
+        let mut buf = [0u8; 2];
+        let got = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .unwrap();
+        (tcp, matches!(got, Ok(2)))
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (tcp, echoed) = connect().await;
+        assert!(echoed);
+        held.push(tcp);
+    }
+    // The fourth is closed at once; when one leaves, there is room again.
+    let (_, echoed) = connect().await;
+    assert!(
+        !echoed,
+        "a fourth connection got through a listener capped at 3"
+    );
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + WAIT;
+    while !connect().await.1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no room after a connection left"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -99,6 +99,24 @@ impl TestRelay {
         self.task.await.unwrap().unwrap();
     }
 
+    /// Runs `burrow relay ARGS... --data-dir DIR` in another process, as an admin would while
+    /// the relay runs; returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_burrow"))
+            .arg("relay")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+
     pub fn add_device(&self, name: &str, key: &Path) {
         self.relay
             .store()
