@@ -43,6 +43,33 @@ impl Seconds {
     }
 }
 
+impl Seconds {
+    /// Checks that the value lies in `[min, max]` seconds (`0` also allowed when `zero_ok`);
+    /// the message names `key` and the range.
+    pub fn check_range(self, key: &str, min: f64, max: f64, zero_ok: bool) -> Result<(), String> {
+        let v = match self {
+            Seconds::Whole(s) => s as f64,
+            Seconds::Fraction(f) => f,
+        };
+        if (zero_ok && v == 0.0) || (v.is_finite() && (min..=max).contains(&v)) {
+            return Ok(());
+        }
+        let zero = if zero_ok { " (or 0 to turn it off)" } else { "" };
+        Err(format!(
+            "{key} = {v} is out of range: use {min} to {max} seconds{zero}"
+        ))
+    }
+}
+
+/// Accepted range of every agent duration, in seconds: (key, min, max, 0 turns it off).
+pub const DURATION_RANGES: [(&str, f64, f64, bool); 5] = [
+    ("keepalive_interval", 0.05, 3600.0, false),
+    ("backoff_min", 0.01, 3600.0, false),
+    ("backoff_max", 0.01, 86_400.0, false),
+    ("probe_interval", 0.05, 86_400.0, true),
+    ("probe_timeout", 0.05, 3600.0, false),
+];
+
 impl From<Duration> for Seconds {
     fn from(d: Duration) -> Self {
         Seconds::Fraction(d.as_secs_f64())
@@ -349,17 +376,26 @@ impl AgentConfig {
     /// Checks timings, endpoints, consoles and local listeners.
     fn validate_services(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        for (what, value) in [
-            ("keepalive_interval", self.keepalive_interval),
-            ("backoff_min", self.backoff_min),
-            ("backoff_max", self.backoff_max),
-            ("probe_timeout", self.probe_timeout),
-        ] {
-            if let Some(v) = value
-                && v.duration().is_zero()
-            {
-                return invalid(format!("{what} must be a positive number of seconds"));
+        let values = [
+            self.keepalive_interval,
+            self.backoff_min,
+            self.backoff_max,
+            self.probe_interval,
+            self.probe_timeout,
+        ];
+        for ((key, min, max, zero_ok), value) in DURATION_RANGES.into_iter().zip(values) {
+            if let Some(v) = value {
+                let named = format!("{key} (flag --{})", key.replace('_', "-"));
+                v.check_range(&named, min, max, zero_ok)
+                    .map_err(ConfigError::Invalid)?;
             }
+        }
+        if let Some(count) = self.keepalive_count
+            && count > 100
+        {
+            return invalid(format!(
+                "keepalive_count = {count} is out of range: use 1 to 100"
+            ));
         }
         if self.keepalive_count == Some(0) {
             return invalid("keepalive_count must be at least 1".into());
@@ -508,6 +544,54 @@ impl Expose {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_duration_has_a_range_and_extremes_are_refused() {
+        use super::*;
+        for (key, min, max, zero_ok) in DURATION_RANGES {
+            for (value, ok) in [
+                (Seconds::Fraction(1e300), false),
+                (Seconds::Whole(u64::MAX), false),
+                (Seconds::Fraction(f64::NAN), false),
+                (Seconds::Fraction(f64::INFINITY), false),
+                (Seconds::Fraction(-1.0), false),
+                (Seconds::Fraction(min / 2.0), false),
+                (Seconds::Fraction(max * 2.0), false),
+                (Seconds::Whole(0), zero_ok),
+                (Seconds::Fraction(min), true),
+                (Seconds::Fraction(max), true),
+            ] {
+                let mut c = AgentConfig::new("r:22", "pi", "/k".into());
+                c.host_key = Some("SHA256:x".into());
+                let slot = match key {
+                    "keepalive_interval" => &mut c.keepalive_interval,
+                    "backoff_min" => &mut c.backoff_min,
+                    "backoff_max" => &mut c.backoff_max,
+                    "probe_interval" => &mut c.probe_interval,
+                    "probe_timeout" => &mut c.probe_timeout,
+                    other => panic!("{other} has no test"),
+                };
+                *slot = Some(value);
+                if key == "backoff_min" {
+                    c.backoff_max = Some(Seconds::Fraction(86_400.0));
+                }
+                if key == "backoff_max" {
+                    c.backoff_min = Some(Seconds::Fraction(0.01));
+                }
+                let result = c.validate();
+                assert_eq!(result.is_ok(), ok, "{key} = {value:?}: {result:?}");
+                if let Err(e) = result {
+                    let e = e.to_string();
+                    assert!(e.contains(key) && e.contains("out of range"), "{e}");
+                }
+                // Whatever validation accepts, the accessors turn into durations without panic.
+                if ok {
+                    let _ = (c.keepalive_interval(), c.probe_interval(), c.probe_timeout());
+                    let _ = (c.backoff_min(), c.backoff_max());
+                }
+            }
+        }
+    }
+
     use super::*;
 
     const FULL: &str = r#"

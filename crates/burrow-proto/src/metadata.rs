@@ -90,13 +90,13 @@ impl MetadataConfig {
                 source.document
             ));
         }
-        for (what, value) in [("interval", self.interval), ("timeout", self.timeout)] {
-            if let Some(v) = value
-                && v.duration().is_zero()
-            {
-                return Err(format!(
-                    "[metadata] {what} must be a positive number of seconds"
-                ));
+        for (what, value, max) in [
+            ("interval", self.interval, 7.0 * 86_400.0),
+            ("timeout", self.timeout, 3600.0),
+        ] {
+            if let Some(v) = value {
+                v.check_range(what, 0.05, max, false)
+                    .map_err(|e| format!("[metadata] {e}"))?;
             }
         }
         if self.kind == MetadataKind::Soracom && self.id.is_some() {

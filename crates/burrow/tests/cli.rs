@@ -435,3 +435,34 @@ fn concurrent_admin_commands_do_not_fail_with_database_locked() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v.as_array().unwrap().len(), N);
 }
+
+#[test]
+fn extreme_agent_durations_are_refused_not_panicked_on() {
+    let dir = tempdir();
+    let key = keypair(dir.path(), "dev");
+    for (flag, value) in [
+        ("--keepalive-interval", "1e300"),
+        ("--probe-interval", "1e30"),
+        ("--backoff-max", "1e19"),
+        ("--backoff-min", "0.000001"),
+    ] {
+        let (code, _, err) = run(&mut burrow(&[
+            "agent",
+            "--relay",
+            "127.0.0.1:1",
+            "--name",
+            "pi",
+            "--key",
+            key.to_str().unwrap(),
+            "--host-key",
+            "SHA256:x",
+            "--status-file",
+            dir.path().join("s.json").to_str().unwrap(),
+            flag,
+            value,
+        ]));
+        assert_eq!(code, 78, "{flag} {value}: {err}");
+        assert!(err.contains(flag) && err.contains("out of range"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
