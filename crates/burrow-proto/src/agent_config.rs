@@ -54,7 +54,11 @@ impl Seconds {
         if (zero_ok && v == 0.0) || (v.is_finite() && (min..=max).contains(&v)) {
             return Ok(());
         }
-        let zero = if zero_ok { " (or 0 to turn it off)" } else { "" };
+        let zero = if zero_ok {
+            " (or 0 to turn it off)"
+        } else {
+            ""
+        };
         Err(format!(
             "{key} = {v} is out of range: use {min} to {max} seconds{zero}"
         ))
@@ -585,7 +589,11 @@ mod tests {
                 }
                 // Whatever validation accepts, the accessors turn into durations without panic.
                 if ok {
-                    let _ = (c.keepalive_interval(), c.probe_interval(), c.probe_timeout());
+                    let _ = (
+                        c.keepalive_interval(),
+                        c.probe_interval(),
+                        c.probe_timeout(),
+                    );
                     let _ = (c.backoff_min(), c.backoff_max());
                 }
             }

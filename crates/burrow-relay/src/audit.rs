@@ -97,6 +97,33 @@ impl Audit {
     }
 }
 
+/// Applies the audit retention now and then every `interval` until `shutdown`.
+pub(crate) async fn keep_pruned(
+    store: Arc<Store>,
+    keep: std::time::Duration,
+    max_rows: u64,
+    interval: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let before = now().saturating_sub(i64::try_from(keep.as_secs()).unwrap_or(i64::MAX));
+        let store = store.clone();
+        // A large delete is disk work: keep it off the async workers.
+        let pruned = tokio::task::spawn_blocking(move || store.prune_audit(before, max_rows)).await;
+        match pruned {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!("audit retention: deleted {n} old entries"),
+            Ok(Err(e)) => tracing::error!("audit retention: {e}"),
+            Err(e) => tracing::error!("audit retention: {e}"),
+        }
+    }
+}
+
 /// An audit row written when something started; completed by [`OpenEntry::close`].
 pub struct OpenEntry {
     audit: Audit,

@@ -23,6 +23,12 @@ pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 512;
 pub const DEFAULT_MAX_UNAUTHENTICATED_PER_IP: usize = 64;
 /// Connections one `allow-listen` listener carries at once; more are closed at accept.
 pub const DEFAULT_MAX_LISTENER_CONNECTIONS: usize = 256;
+/// Audit entries older than this are deleted while the relay runs.
+pub const DEFAULT_AUDIT_KEEP: Duration = Duration::from_secs(365 * 86_400);
+/// At most this many audit entries are kept (the oldest go first).
+pub const DEFAULT_AUDIT_MAX_ROWS: u64 = 1_000_000;
+/// How often the audit retention is applied.
+pub const DEFAULT_AUDIT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Delay before a failed authentication is answered.
 pub const DEFAULT_AUTH_REJECTION_TIME: Duration = Duration::from_secs(1);
 /// Time to wait for sessions to end at shutdown.
@@ -57,6 +63,12 @@ pub struct RelayConfig {
     pub console_escape: [u8; 2],
     /// Connections one `allow-listen` listener carries at once.
     pub max_listener_connections: usize,
+    /// Audit entries older than this are deleted.
+    pub audit_keep: Duration,
+    /// At most this many audit entries are kept.
+    pub audit_max_rows: u64,
+    /// How often retention is applied (and once at start).
+    pub audit_prune_interval: Duration,
 }
 
 impl RelayConfig {
@@ -72,6 +84,9 @@ impl RelayConfig {
             auth_rejection_time: DEFAULT_AUTH_REJECTION_TIME,
             console_escape: burrow_proto::escape::DEFAULT_PREFIX,
             max_listener_connections: DEFAULT_MAX_LISTENER_CONNECTIONS,
+            audit_keep: DEFAULT_AUDIT_KEEP,
+            audit_max_rows: DEFAULT_AUDIT_MAX_ROWS,
+            audit_prune_interval: DEFAULT_AUDIT_PRUNE_INTERVAL,
         }
     }
 

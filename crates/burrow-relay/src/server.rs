@@ -26,6 +26,14 @@ pub(crate) async fn run(
         relay.clone(),
         shutdown.clone(),
     ));
+    let c = &relay.config;
+    let pruner = relay.tracker.spawn(crate::audit::keep_pruned(
+        relay.store.clone(),
+        c.audit_keep,
+        c.audit_max_rows,
+        c.audit_prune_interval,
+        shutdown.clone(),
+    ));
     let result = loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -60,6 +68,7 @@ pub(crate) async fn run(
     shutdown.cancel();
     drop(listener);
     watcher.abort();
+    pruner.abort();
     relay.tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, relay.tracker.wait())
         .await

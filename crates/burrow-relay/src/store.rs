@@ -798,6 +798,36 @@ impl Store {
         })
     }
 
+    /// Deletes audit entries older than `before` (seconds since the epoch) and all but the
+    /// newest `max_rows`; rows of streams still open are kept. Returns how many were deleted.
+    pub fn prune_audit(&self, before: i64, max_rows: u64) -> Result<usize, StoreError> {
+        self.with(|c| {
+            let old = c
+                .execute(
+                    "DELETE FROM audit WHERE at < ?1 AND outcome != 'open'",
+                    [before],
+                )
+                .map_err(sql("pruning the audit log"))?;
+            let excess = c
+                .execute(
+                    "DELETE FROM audit WHERE outcome != 'open' AND id <= (
+                         SELECT id FROM audit ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+                    [i64::try_from(max_rows).unwrap_or(i64::MAX)],
+                )
+                .map_err(sql("pruning the audit log"))?;
+            Ok(old + excess)
+        })
+    }
+
+    /// Number of audit entries.
+    pub fn audit_len(&self) -> Result<u64, StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT COUNT(*) FROM audit", [], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+                .map_err(sql("counting audit entries"))
+        })
+    }
+
     /// The most recent `limit` audit entries, oldest first.
     pub fn audit_tail(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
         self.with(|c| {
@@ -914,6 +944,35 @@ fn insert_keys(
 mod tests {
     use super::*;
     use burrow_io::keys::{fingerprint, generate_ed25519};
+
+    fn row(at: i64, outcome: &str) -> AuditRecord {
+        AuditRecord {
+            at,
+            event: "stream".into(),
+            who: "alice".into(),
+            target: "pi:22".into(),
+            outcome: outcome.into(),
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn audit_retention_by_age_and_rows_keeps_open_streams() {
+        let s = Store::open_in_memory().unwrap();
+        s.audit(&row(10, "open")).unwrap();
+        for at in 0..20 {
+            s.audit(&row(at, "ok")).unwrap();
+        }
+        // Older than 5: 5 rows go (the open one stays).
+        assert_eq!(s.prune_audit(5, 1000).unwrap(), 5);
+        assert_eq!(s.audit_len().unwrap(), 16);
+        // At most 10 rows: the oldest go, the open one stays whatever its age.
+        s.prune_audit(0, 10).unwrap();
+        let left = s.audit_tail(100).unwrap();
+        assert!(left.iter().any(|r| r.outcome == "open"));
+        assert!(left.len() <= 11, "{}", left.len());
+        assert_eq!(left.last().unwrap().at, 19);
+    }
 
     #[test]
     fn devices_operators_and_policy() {

@@ -47,6 +47,12 @@ pub struct RelayArgs {
     /// Unauthenticated connections accepted at once from one IP address.
     #[arg(long, default_value_t = burrow_relay::config::DEFAULT_MAX_UNAUTHENTICATED_PER_IP)]
     pub max_unauthenticated_per_ip: usize,
+    /// Delete audit entries older than this many days (applied hourly while running).
+    #[arg(long, default_value_t = 365, value_name = "DAYS")]
+    pub audit_keep_days: u64,
+    /// Keep at most this many audit entries (the oldest go first).
+    #[arg(long, default_value_t = burrow_relay::config::DEFAULT_AUDIT_MAX_ROWS, value_name = "N")]
+    pub audit_max_rows: u64,
     /// Connections one allow-listen listener carries at once.
     #[arg(long, default_value_t = burrow_relay::config::DEFAULT_MAX_LISTENER_CONNECTIONS)]
     pub max_listener_connections: usize,

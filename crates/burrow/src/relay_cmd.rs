@@ -38,6 +38,14 @@ async fn serve(args: &RelayArgs, data_dir: PathBuf, shutdown: CancellationToken)
     config.max_unauthenticated = args.max_unauthenticated.max(1);
     config.max_unauthenticated_per_ip = args.max_unauthenticated_per_ip.max(1);
     config.max_listener_connections = args.max_listener_connections.max(1);
+    if args.audit_keep_days == 0 || args.audit_keep_days > 36_500 || args.audit_max_rows == 0 {
+        return Err(Failure::new(
+            exit::USAGE,
+            "--audit-keep-days must be 1 to 36500 and --audit-max-rows at least 1",
+        ));
+    }
+    config.audit_keep = Duration::from_secs(args.audit_keep_days * 86_400);
+    config.audit_max_rows = args.audit_max_rows;
     config.console_escape = burrow_proto::escape::parse_prefix(&args.console_escape)
         .map_err(|e| Failure::new(exit::USAGE, format!("--console-escape: {e}")))?;
     let relay = Relay::open(config).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;

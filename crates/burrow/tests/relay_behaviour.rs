@@ -304,3 +304,32 @@ async fn cancel_tcpip_forward_removes_the_endpoint() {
             .any(|r| r.event == "endpoint-remove" && r.target == "pi:80")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_retention_is_applied_while_the_relay_runs() {
+    let dir = tempdir();
+    let relay = TestRelay::start_with(&dir.path().join("relay"), "127.0.0.1:0", |c| {
+        c.audit_max_rows = 5;
+        c.audit_prune_interval = std::time::Duration::from_millis(100);
+    })
+    .await;
+    for i in 0..50 {
+        relay
+            .relay
+            .store()
+            .audit(&burrow_relay::store::AuditRecord {
+                at: burrow_relay::store::now(),
+                event: "auth".into(),
+                who: format!("guess-{i}"),
+                target: "127.0.0.1".into(),
+                outcome: "denied".into(),
+                detail: "wrong password".into(),
+            })
+            .unwrap();
+    }
+    // 50 written, at most 5 kept: only the retention task can get it there.
+    eventually("the audit table to be pruned to 5 entries", || {
+        (relay.relay.store().audit_len().unwrap() <= 5).then_some(())
+    })
+    .await;
+}
