@@ -228,6 +228,7 @@ pub async fn burrow_site(env: &Env, name: &str, b: Backends) -> anyhow::Result<B
     let d = data_dir.to_str().context("path")?;
     let pubkey = env.public_key();
     let pubkey = pubkey.to_str().context("path")?;
+    env.burrow_cli(&["relay", "--data-dir", d, "init"])?;
     env.burrow_cli(&[
         "relay",
         "--data-dir",
