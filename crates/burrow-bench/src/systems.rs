@@ -216,6 +216,9 @@ pub async fn start_relay(env: &Env, data_dir: &std::path::Path, port: u16) -> an
                 "20000",
                 "--max-unauthenticated-per-ip",
                 "20000",
+                // Every simulated device connects from 127.0.0.1; a real fleet has an address each.
+                "--handshakes-per-ip",
+                "0",
             ])
             .env("BURROW_LOG", "error"),
     )?;

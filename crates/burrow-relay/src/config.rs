@@ -29,6 +29,12 @@ pub const DEFAULT_AUDIT_KEEP: Duration = Duration::from_secs(365 * 86_400);
 pub const DEFAULT_AUDIT_MAX_ROWS: u64 = 1_000_000;
 /// How often the audit retention is applied.
 pub const DEFAULT_AUDIT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// Time a new connection has to send its SSH identification line.
+pub const DEFAULT_BANNER_TIMEOUT: Duration = Duration::from_secs(10);
+/// New connections per second accepted from one address (0: no limit).
+pub const DEFAULT_HANDSHAKES_PER_IP_PER_SEC: f64 = 20.0;
+/// Burst of new connections accepted from one address.
+pub const DEFAULT_HANDSHAKE_BURST_PER_IP: f64 = 60.0;
 /// Delay before a failed authentication is answered.
 pub const DEFAULT_AUTH_REJECTION_TIME: Duration = Duration::from_secs(1);
 /// Time to wait for sessions to end at shutdown.
@@ -53,6 +59,12 @@ pub struct RelayConfig {
     pub keepalive_max: usize,
     /// Time a connection may take to authenticate.
     pub pre_auth_timeout: Duration,
+    /// Time a new connection has to send its SSH identification line.
+    pub banner_timeout: Duration,
+    /// New connections per second from one address (0: no limit).
+    pub handshakes_per_ip_per_sec: f64,
+    /// Burst of new connections from one address.
+    pub handshake_burst_per_ip: f64,
     /// Unauthenticated connections at once.
     pub max_unauthenticated: usize,
     /// Unauthenticated connections at once from one IP.
@@ -79,6 +91,9 @@ impl RelayConfig {
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_max: DEFAULT_KEEPALIVE_MAX,
             pre_auth_timeout: DEFAULT_PRE_AUTH_TIMEOUT,
+            banner_timeout: DEFAULT_BANNER_TIMEOUT,
+            handshakes_per_ip_per_sec: DEFAULT_HANDSHAKES_PER_IP_PER_SEC,
+            handshake_burst_per_ip: DEFAULT_HANDSHAKE_BURST_PER_IP,
             max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             max_unauthenticated_per_ip: DEFAULT_MAX_UNAUTHENTICATED_PER_IP,
             auth_rejection_time: DEFAULT_AUTH_REJECTION_TIME,

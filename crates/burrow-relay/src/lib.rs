@@ -12,7 +12,7 @@
 //! - [`audit`]: the audit trail (table and log).
 //! - [`console`]: serial consoles terminated at the relay (hubs, sessions, recordings).
 //! - [`registry`]: online device sessions, endpoints, takeover.
-//! - `gate`: caps on unauthenticated connections.
+//! - `gate`: caps and rates of unauthenticated connections; room made by cutting the oldest.
 //! - `server`: the accept loop and per-connection task.
 //! - `conn`: the russh handler: authentication and request dispatch.
 //! - `device`: what devices may ask for (forwards, allowed targets).
@@ -106,6 +106,8 @@ impl Relay {
             gate: gate::Gate::new(
                 config.max_unauthenticated,
                 config.max_unauthenticated_per_ip,
+                config.handshakes_per_ip_per_sec,
+                config.handshake_burst_per_ip,
             ),
             registry: registry::Registry::default(),
             operators: operator::Operators::default(),

@@ -47,6 +47,12 @@ pub struct RelayArgs {
     /// Unauthenticated connections accepted at once from one IP address.
     #[arg(long, default_value_t = burrow_relay::config::DEFAULT_MAX_UNAUTHENTICATED_PER_IP)]
     pub max_unauthenticated_per_ip: usize,
+    /// New connections per second accepted from one address (0: no limit).
+    #[arg(long, default_value_t = burrow_relay::config::DEFAULT_HANDSHAKES_PER_IP_PER_SEC, value_name = "N")]
+    pub handshakes_per_ip: f64,
+    /// Burst of new connections accepted from one address.
+    #[arg(long, default_value_t = burrow_relay::config::DEFAULT_HANDSHAKE_BURST_PER_IP, value_name = "N")]
+    pub handshake_burst: f64,
     /// Delete audit entries older than this many days (applied hourly while running).
     #[arg(long, default_value_t = 365, value_name = "DAYS")]
     pub audit_keep_days: u64,

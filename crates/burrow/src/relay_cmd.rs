@@ -38,6 +38,19 @@ async fn serve(args: &RelayArgs, data_dir: PathBuf, shutdown: CancellationToken)
     config.max_unauthenticated = args.max_unauthenticated.max(1);
     config.max_unauthenticated_per_ip = args.max_unauthenticated_per_ip.max(1);
     config.max_listener_connections = args.max_listener_connections.max(1);
+    for (flag, v) in [
+        ("--handshakes-per-ip", args.handshakes_per_ip),
+        ("--handshake-burst", args.handshake_burst),
+    ] {
+        if !v.is_finite() || !(0.0..=1e6).contains(&v) {
+            return Err(Failure::new(
+                exit::USAGE,
+                format!("{flag} {v}: give a number from 0 to 1000000"),
+            ));
+        }
+    }
+    config.handshakes_per_ip_per_sec = args.handshakes_per_ip;
+    config.handshake_burst_per_ip = args.handshake_burst;
     if args.audit_keep_days == 0 || args.audit_keep_days > 36_500 || args.audit_max_rows == 0 {
         return Err(Failure::new(
             exit::USAGE,

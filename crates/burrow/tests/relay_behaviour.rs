@@ -229,7 +229,8 @@ async fn silent_and_garbage_connections_are_closed_and_relay_keeps_serving() {
     let read = tokio::time::timeout(WAIT, garbage.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "a garbage client must be dropped");
 
-    // More idle unauthenticated connections than the per-IP cap: the extra ones are refused.
+    // More idle unauthenticated connections from one address than its cap: the extra ones are
+    // refused (room is made only for other addresses).
     let mut idle = Vec::new();
     for _ in 0..4 {
         idle.push(tokio::net::TcpStream::connect(relay.addr).await.unwrap());
@@ -332,4 +333,104 @@ async fn audit_retention_is_applied_while_the_relay_runs() {
         (relay.relay.store().audit_len().unwrap() <= 5).then_some(())
     })
     .await;
+}
+
+/// Reads what the relay sends a silent client until it closes; panics if it never does.
+async fn read_until_closed(tcp: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf))
+        .await
+        .expect("the relay kept a silent connection open")
+        .ok();
+    buf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_from_many_addresses_do_not_lock_everyone_out() {
+    let dir = tempdir();
+    let relay = TestRelay::start_with(&dir.path().join("relay"), "127.0.0.1:0", |c| {
+        c.max_unauthenticated = 12;
+        c.max_unauthenticated_per_ip = 4;
+        // Only making room may close them within the test.
+        c.banner_timeout = std::time::Duration::from_secs(60);
+        c.pre_auth_timeout = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let op_key = keypair(dir.path(), "op");
+    relay.add_operator("op", &op_key, &["*"]);
+    // Three other addresses hold four silent connections each: the global cap is full.
+    let mut silent = Vec::new();
+    for host in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        for _ in 0..4 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{host}:0").parse().unwrap()).unwrap();
+            silent.push(socket.connect(relay.addr).await.unwrap());
+        }
+    }
+    // Each has been admitted once the relay's banner arrived.
+    for tcp in &mut silent {
+        let mut b = [0u8; 8];
+        use tokio::io::AsyncReadExt;
+        tokio::time::timeout(WAIT, tcp.read_exact(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // A real operator still gets in: the oldest silent connection makes room.
+    let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+    let (ok, _, err) = ssh_output(&op_cfg, &["relay", "ls"], b"").await;
+    assert!(ok, "locked out by silent connections: {err}");
+    // The oldest silent connection was cut to make room.
+    read_until_closed(&mut silent[0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connection_is_closed_at_the_banner_deadline() {
+    let dir = tempdir();
+    let relay = TestRelay::start_with(&dir.path().join("relay"), "127.0.0.1:0", |c| {
+        c.banner_timeout = std::time::Duration::from_millis(200);
+        // The authentication deadline alone would keep it for a minute.
+        c.pre_auth_timeout = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let got = read_until_closed(&mut silent).await;
+    assert!(got.starts_with(b"SSH-2.0-burrow"), "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_flood_from_one_address_is_limited_and_others_get_in() {
+    let dir = tempdir();
+    let relay = TestRelay::start_with(&dir.path().join("relay"), "127.0.0.1:0", |c| {
+        c.handshakes_per_ip_per_sec = 1.0;
+        c.handshake_burst_per_ip = 5.0;
+    })
+    .await;
+    let op_key = keypair(dir.path(), "op");
+    relay.add_operator("op", &op_key, &["*"]);
+    // A flood from 127.0.0.5: past the burst, connections are closed before any SSH work.
+    let mut refused = 0;
+    for _ in 0..15 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.5:0".parse().unwrap()).unwrap();
+        let mut tcp = socket.connect(relay.addr).await.unwrap();
+        use tokio::io::AsyncReadExt;
+        let mut b = [0u8; 4];
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        if n == 0 {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 9,
+        "only {refused} of 15 flood connections refused"
+    );
+    // Another address is not slowed at all.
+    let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+    let (ok, _, err) = ssh_output(&op_cfg, &["relay", "ls"], b"").await;
+    assert!(ok, "{err}");
 }
