@@ -3,7 +3,7 @@
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 
-use burrow_proto::time::format_utc_minutes;
+use burrow_proto::time::format_rfc3339;
 
 use crate::store::{DeviceRecord, OperatorRecord};
 
@@ -41,22 +41,12 @@ pub fn render_devices(devices: &[DeviceRecord]) -> String {
         "DEVICE", "STATE", "LAST SEEN", "ENDPOINTS"
     );
     for d in devices {
-        let endpoints = d
-            .endpoints
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
         out.push_str(&format!(
             "{:<width$}  {:<7}  {:<20}  {:<12}  {}\n",
             d.name,
-            if d.online { "online" } else { "offline" },
-            d.last_seen.map_or("never".to_string(), format_utc_minutes),
-            if endpoints.is_empty() {
-                "-".into()
-            } else {
-                endpoints
-            },
+            state_text(d.online),
+            last_seen_text(d.last_seen),
+            endpoints_text(&d.endpoints),
             d.fingerprints.join(" "),
         ));
         for c in &d.allow_connect {
@@ -69,6 +59,28 @@ pub fn render_devices(devices: &[DeviceRecord]) -> String {
     out
 }
 
+/// A device's state as both listings print it.
+pub(crate) fn state_text(online: bool) -> &'static str {
+    if online { "online" } else { "offline" }
+}
+
+/// "Last seen" as both listings print it: RFC 3339 UTC, or `never`.
+pub(crate) fn last_seen_text(at: Option<i64>) -> String {
+    at.map_or_else(|| "never".to_string(), format_rfc3339)
+}
+
+/// Endpoint ports as both listings print them: `22,80`, or `-` for none.
+pub(crate) fn endpoints_text(ports: &[u16]) -> String {
+    if ports.is_empty() {
+        return "-".into();
+    }
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// `operator ls` as a table.
 pub fn render_operators(operators: &[OperatorRecord]) -> String {
     let width = operators
@@ -78,14 +90,19 @@ pub fn render_operators(operators: &[OperatorRecord]) -> String {
         .unwrap_or(0)
         .max(8);
     let mut out = format!(
-        "{:<width$}  {:<8}  {:<12}  {:<20}  KEYS\n",
+        "{:<width$}  {:<28}  {:<12}  {:<20}  KEYS\n",
         "OPERATOR", "PASSWORD", "ACCESS", "ALLOW"
     );
     for o in operators {
+        let password = match (o.has_password, o.locked_until) {
+            (true, Some(until)) => format!("locked {}", format_rfc3339(until)),
+            (true, None) => "yes".into(),
+            (false, _) => "no".into(),
+        };
         out.push_str(&format!(
-            "{:<width$}  {:<8}  {:<12}  {:<20}  {}\n",
+            "{:<width$}  {:<28}  {:<12}  {:<20}  {}\n",
             o.name,
-            if o.has_password { "yes" } else { "no" },
+            password,
             if o.console_only {
                 "console-only"
             } else {

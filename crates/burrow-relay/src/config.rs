@@ -35,6 +35,10 @@ pub const DEFAULT_BANNER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HANDSHAKES_PER_IP_PER_SEC: f64 = 20.0;
 /// Burst of new connections accepted from one address.
 pub const DEFAULT_HANDSHAKE_BURST_PER_IP: f64 = 60.0;
+/// Wrong passwords in a row after which an operator's password login is locked.
+pub const DEFAULT_PASSWORD_LOCK_AFTER: u32 = 10;
+/// How long such a lock lasts.
+pub const DEFAULT_PASSWORD_LOCK_FOR: Duration = Duration::from_secs(15 * 60);
 /// Delay before a failed authentication is answered.
 pub const DEFAULT_AUTH_REJECTION_TIME: Duration = Duration::from_secs(1);
 /// Time to wait for sessions to end at shutdown.
@@ -75,6 +79,10 @@ pub struct RelayConfig {
     pub console_escape: [u8; 2],
     /// Connections one `allow-listen` listener carries at once.
     pub max_listener_connections: usize,
+    /// Wrong passwords in a row that lock an operator's password login.
+    pub password_lock_after: u32,
+    /// How long that lock lasts.
+    pub password_lock_for: Duration,
     /// Audit entries older than this are deleted.
     pub audit_keep: Duration,
     /// At most this many audit entries are kept.
@@ -99,6 +107,8 @@ impl RelayConfig {
             auth_rejection_time: DEFAULT_AUTH_REJECTION_TIME,
             console_escape: burrow_proto::escape::DEFAULT_PREFIX,
             max_listener_connections: DEFAULT_MAX_LISTENER_CONNECTIONS,
+            password_lock_after: DEFAULT_PASSWORD_LOCK_AFTER,
+            password_lock_for: DEFAULT_PASSWORD_LOCK_FOR,
             audit_keep: DEFAULT_AUDIT_KEEP,
             audit_max_rows: DEFAULT_AUDIT_MAX_ROWS,
             audit_prune_interval: DEFAULT_AUDIT_PRUNE_INTERVAL,

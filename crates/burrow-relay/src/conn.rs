@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use burrow_io::splice::Flow;
 use burrow_proto::name::Login;
@@ -180,9 +180,13 @@ impl Handler for Conn {
             Ok(l) => l,
             Err(e) => return Ok(self.reject(user, &e.to_string())),
         };
-        let hash = match self.relay.store.operator_password_hash(login.principal()) {
+        let name = login.principal().to_string();
+        let ip = self.peer.ip();
+        let throttle = &self.relay.throttle;
+        let hash = match self.relay.store.operator_password_hash(&name) {
             Ok(Some(h)) => h,
             Ok(None) => {
+                throttle.failed(ip, None, Instant::now());
                 return Ok(self.reject(
                     user,
                     "password login: no operator with a password of that name",
@@ -190,6 +194,25 @@ impl Handler for Conn {
             }
             Err(e) => return Ok(self.reject(user, &e.to_string())),
         };
+        if let Ok(Some(record)) = self.relay.store.operator(&name)
+            && let Some(until) = record.locked_until
+        {
+            return Ok(self.reject(
+                user,
+                &format!(
+                    "password login locked until {} after repeated wrong passwords (lift it with `burrow relay operator unlock {name}`)",
+                    burrow_proto::time::format_rfc3339(until)
+                ),
+            ));
+        }
+        let Some(_checking) = throttle.begin(ip) else {
+            return Ok(self.reject(user, "too many password checks at once from this address"));
+        };
+        // Each failure makes the next guess (from this address, or at this operator) wait longer.
+        let delay = throttle.delay(ip, &name, Instant::now());
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let password = password.to_string();
         // argon2 costs tens of milliseconds of CPU: keep it off the async workers.
         let ok =
@@ -197,10 +220,30 @@ impl Handler for Conn {
                 .await
                 .unwrap_or(false);
         if ok {
-            self.become_operator(login, "password")
-        } else {
-            Ok(self.reject(user, "wrong password"))
+            throttle.succeeded(ip, &name);
+            return self.become_operator(login, "password");
         }
+        let in_a_row = throttle.failed(ip, Some(&name), Instant::now());
+        let config = &self.relay.config;
+        if in_a_row >= config.password_lock_after {
+            let until = crate::store::now()
+                + i64::try_from(config.password_lock_for.as_secs()).unwrap_or(i64::MAX / 2);
+            if let Err(e) = self.relay.store.lock_operator(&name, until) {
+                tracing::error!("{e}");
+            }
+            throttle.forget_operator(&name);
+            self.relay.audit.record(
+                "lock",
+                &name,
+                &self.peer.to_string(),
+                Outcome::Denied,
+                &format!(
+                    "{in_a_row} wrong passwords in a row: password login locked until {} (lift it with `burrow relay operator unlock {name}`)",
+                    burrow_proto::time::format_rfc3339(until)
+                ),
+            );
+        }
+        Ok(self.reject(user, "wrong password"))
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {

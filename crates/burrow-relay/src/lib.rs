@@ -18,6 +18,7 @@
 //! - `device`: what devices may ask for (forwards, allowed targets).
 //! - `operator`: what operators may ask for (endpoint streams, `ls`).
 //! - `listeners`: real TCP listeners granted by `allow-listen`.
+//! - `throttle`: password guessing: delays, operator locks, concurrent checks.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -34,6 +35,7 @@ mod operator;
 pub mod registry;
 mod server;
 pub mod store;
+mod throttle;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,6 +68,7 @@ pub struct Relay {
     audit: audit::Audit,
     registry: registry::Registry,
     operators: operator::Operators,
+    throttle: throttle::Throttle,
     listeners: listeners::Listeners,
     hubs: console::Hubs,
     gate: gate::Gate,
@@ -111,6 +114,7 @@ impl Relay {
             ),
             registry: registry::Registry::default(),
             operators: operator::Operators::default(),
+            throttle: throttle::Throttle::default(),
             listeners: listeners::Listeners::default(),
             hubs: console::Hubs::default(),
             store,

@@ -366,11 +366,12 @@ fn check_stream(
     Ok((device.to_string(), port))
 }
 
-/// One line of `ls`.
+/// One line of `ls` (the same fields and formats as `burrow relay device ls`).
 #[derive(Debug, serde::Serialize)]
 struct Listing {
     name: String,
     online: bool,
+    /// RFC 3339 UTC; now while online.
     last_seen: Option<String>,
     endpoints: Vec<u16>,
 }
@@ -406,9 +407,9 @@ fn render_table(rows: &[Listing]) -> String {
         out.push_str(&format!(
             "{:<width$}  {:<7}  {:<20}  {}\n",
             r.name,
-            if r.online { "online" } else { "offline" },
+            crate::admin::state_text(r.online),
             r.last_seen.as_deref().unwrap_or("never"),
-            join_ports(&r.endpoints)
+            crate::admin::endpoints_text(&r.endpoints)
         ));
     }
     out

@@ -106,7 +106,9 @@ pub struct DeviceRecord {
     pub name: String,
     /// SHA256 fingerprints of its keys.
     pub fingerprints: Vec<String>,
-    /// Seconds since the epoch when last connected or disconnected.
+    /// When last seen: now while online, else when its session ended (seconds since the
+    /// epoch; RFC 3339 UTC in JSON).
+    #[serde(serialize_with = "rfc3339")]
     pub last_seen: Option<i64>,
     /// Whether a session is up (as mirrored by the running relay).
     pub online: bool,
@@ -131,6 +133,9 @@ pub struct OperatorRecord {
     pub allow: Vec<String>,
     /// Consoles only, no endpoint forwarding.
     pub console_only: bool,
+    /// Password login locked after repeated failures, until then (seconds since the epoch).
+    #[serde(serialize_with = "rfc3339")]
+    pub locked_until: Option<i64>,
 }
 
 /// One audit entry.
@@ -183,6 +188,7 @@ impl Store {
         .map_err(sql("configuring the database"))?;
         conn.execute_batch(SCHEMA)
             .map_err(sql("creating the schema"))?;
+        migrate(&conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -441,7 +447,10 @@ impl Store {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(sql("listing devices"))?;
             let mut out = Vec::with_capacity(rows.len());
+            let now = now();
             for (name, last_seen, online) in rows {
+                // An online device is seen now, not when its session started.
+                let last_seen = if online { Some(now) } else { last_seen };
                 let fingerprints = strings(c, "SELECT fingerprint FROM device_keys WHERE device = ?1 ORDER BY fingerprint", &name)?;
                 let endpoints = strings(c, "SELECT port FROM endpoints WHERE device = ?1 ORDER BY port", &name)?
                     .iter()
@@ -622,6 +631,33 @@ impl Store {
                 .map_err(sql("changing an operator"))?;
             }
             tx.commit().map_err(sql("changing an operator"))
+        })
+    }
+
+    /// Locks an operator's password login until `until` (seconds since the epoch).
+    pub fn lock_operator(&self, name: &str, until: i64) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE operators SET locked_until = ?2 WHERE name = ?1",
+                params![name, until],
+            )
+            .map_err(sql("locking an operator"))?;
+            Ok(())
+        })
+    }
+
+    /// Lifts a lock; false if the operator was not locked.
+    pub fn unlock_operator(&self, name: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            if !operator_exists(c, name)? {
+                return Err(StoreError::NoOperator(name.into()));
+            }
+            c.execute(
+                "UPDATE operators SET locked_until = NULL WHERE name = ?1 AND locked_until > ?2",
+                params![name, now()],
+            )
+            .map(|n| n > 0)
+            .map_err(sql("unlocking an operator"))
         })
     }
 
@@ -854,6 +890,31 @@ impl Store {
     }
 }
 
+/// Columns added after the first release, for databases created before them.
+fn migrate(c: &Connection) -> Result<(), StoreError> {
+    let has_lock: bool = c
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('operators') WHERE name = 'locked_until'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+        .map_err(sql("checking the schema"))?;
+    if !has_lock {
+        c.execute_batch("ALTER TABLE operators ADD COLUMN locked_until INTEGER")
+            .map_err(sql("adding operators.locked_until"))?;
+    }
+    Ok(())
+}
+
+/// Serializes seconds since the epoch as RFC 3339 UTC (`2026-11-23T12:03:00Z`).
+fn rfc3339<S: serde::Serializer>(at: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(t) => s.serialize_str(&burrow_proto::time::format_rfc3339(*t)),
+        None => s.serialize_none(),
+    }
+}
+
 fn device_exists(c: &Connection, name: &str) -> Result<bool, StoreError> {
     c.query_row("SELECT 1 FROM devices WHERE name = ?1", [name], |_| Ok(()))
         .optional()
@@ -875,15 +936,22 @@ fn operator_exists(c: &Connection, name: &str) -> Result<bool, StoreError> {
 fn operator_record(c: &Connection, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
     let row = c
         .query_row(
-            "SELECT password_hash IS NOT NULL, console_only FROM operators WHERE name = ?1",
+            "SELECT password_hash IS NOT NULL, console_only, locked_until FROM operators WHERE name = ?1",
             [name],
-            |r| Ok((r.get::<_, bool>(0)?, r.get::<_, bool>(1)?)),
+            |r| {
+                Ok((
+                    r.get::<_, bool>(0)?,
+                    r.get::<_, bool>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                ))
+            },
         )
         .optional()
         .map_err(sql("looking up an operator"))?;
-    let Some((has_password, console_only)) = row else {
+    let Some((has_password, console_only, locked_until)) = row else {
         return Ok(None);
     };
+    let locked_until = locked_until.filter(|t| *t > now());
     Ok(Some(OperatorRecord {
         name: name.to_string(),
         fingerprints: strings(
@@ -898,6 +966,7 @@ fn operator_record(c: &Connection, name: &str) -> Result<Option<OperatorRecord>,
             name,
         )?,
         console_only,
+        locked_until,
     }))
 }
 

@@ -210,6 +210,8 @@ pub enum OperatorCommand {
         #[arg(long)]
         clear: bool,
     },
+    /// Lift the lock that repeated wrong passwords put on an operator's password login.
+    Unlock { name: String },
     /// Add a key to an operator.
     AddKey {
         name: String,

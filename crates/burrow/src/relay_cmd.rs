@@ -381,6 +381,13 @@ fn operator(store: &Store, cmd: OperatorCommand) -> Result {
                 println!("operator {name}: password set");
             }
         }
+        OperatorCommand::Unlock { name } => {
+            if store.unlock_operator(&name).map_err(store_err)? {
+                println!("operator {name}: password login unlocked");
+            } else {
+                println!("operator {name} was not locked");
+            }
+        }
         OperatorCommand::AddKey { name, pubkey } => {
             let keys = read_keys(&pubkey)?;
             store.add_operator_keys(&name, &keys).map_err(store_err)?;

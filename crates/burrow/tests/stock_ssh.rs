@@ -416,3 +416,123 @@ async fn allow_listen_listener_caps_its_connections() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guessing_locks_the_operator_until_unlocked() {
+    let dir = tempdir();
+    let relay = TestRelay::start_with(&dir.path().join("relay"), "127.0.0.1:0", |c| {
+        c.password_lock_after = 3;
+    })
+    .await;
+    let hash = burrow_relay::admin::hash_password("correct horse").unwrap();
+    relay
+        .relay
+        .store()
+        .add_operator("bob", &[], Some(&hash), &["*".to_string()], false)
+        .unwrap();
+    let login = |passwords: &[&str]| {
+        let mut c = password_ssh(&relay, dir.path(), passwords, &["bob@127.0.0.1", "ls"]);
+        async move {
+            tokio::time::timeout(WAIT, c.output())
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    // Three guesses on one connection: the third locks bob's password login.
+    let out = login(&["guess1", "guess2", "guess3"]).await;
+    assert!(!out.status.success());
+    // Now even the right password is refused, and the audit and `operator ls` say why.
+    let out = login(&["correct horse"]).await;
+    assert!(!out.status.success(), "a locked operator got in");
+    let audit = relay.relay.store().audit_tail(50).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.event == "lock" && r.who == "bob" && r.detail.contains("3 wrong passwords")),
+        "{audit:#?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.event == "auth" && r.detail.contains("password login locked until")),
+        "{audit:#?}"
+    );
+    let (ok, out, _) = relay.cli(&["operator", "ls"]);
+    assert!(ok);
+    assert!(out.contains("locked 20"), "{out}");
+    let (ok, out, _) = relay.cli(&["operator", "ls", "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v[0]["locked_until"].as_str().unwrap().ends_with('Z'), "{v}");
+    // An admin lifts it.
+    let (ok, out, err) = relay.cli(&["operator", "unlock", "bob"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("unlocked"), "{out}");
+    let out = login(&["correct horse"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `2026-11-23T12:03:00Z`
+fn is_rfc3339_utc(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 20
+        && b[4] == b'-'
+        && b[10] == b'T'
+        && b[19] == b'Z'
+        && s.chars().filter(char::is_ascii_digit).count() == 14
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_ls_and_operator_ls_agree_on_formats() {
+    let (dir, relay, dev_key, op_key) = relay_with("pi", "op").await;
+    let service = echo_server().await;
+    let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
+    let _device = stock_device(
+        &dev_cfg,
+        &[
+            "-R",
+            &format!("22:localhost:{}", service.port()),
+            "-R",
+            &format!("80:localhost:{}", service.port()),
+        ],
+    );
+    relay.wait_endpoint("pi", 80).await;
+    relay.wait_endpoint("pi", 22).await;
+    let started = burrow_relay::store::now();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    let (ok, admin_json, _) = relay.cli(&["device", "ls", "--json"]);
+    assert!(ok);
+    let admin: serde_json::Value = serde_json::from_str(&admin_json).unwrap();
+    let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+    let (ok, op_json, _) = ssh_output(&op_cfg, &["relay", "ls", "--json"], b"").await;
+    assert!(ok);
+    let op: serde_json::Value = serde_json::from_slice(&op_json).unwrap();
+    for v in [&admin[0], &op[0]] {
+        let seen = v["last_seen"].as_str().unwrap();
+        assert!(is_rfc3339_utc(seen), "{v}");
+        // Online: seen now, not at its session start.
+        assert!(
+            seen > burrow_proto::time::format_rfc3339(started).as_str(),
+            "{v}"
+        );
+        assert_eq!(v["endpoints"], serde_json::json!([22, 80]), "{v}");
+    }
+    // The tables print the same time format and endpoint list.
+    let (_, admin_table, _) = relay.cli(&["device", "ls"]);
+    let (_, op_table, _) = ssh_output(&op_cfg, &["relay", "ls"], b"").await;
+    let op_table = String::from_utf8_lossy(&op_table).to_string();
+    for table in [&admin_table, &op_table] {
+        let line = table.lines().find(|l| l.starts_with("pi ")).unwrap();
+        assert!(line.contains(" 22,80"), "{table}");
+        assert!(
+            line.split_whitespace().any(is_rfc3339_utc),
+            "no RFC 3339 time in {line:?}"
+        );
+    }
+}
