@@ -104,8 +104,11 @@ impl Handler for AgentHandler {
         let burrow = session
             .remote_sshid()
             .starts_with(crate::BURROW_SSH_ID_PREFIX.as_bytes());
-        *self.flow.lock().unwrap_or_else(|e| e.into_inner()) =
-            if burrow { Flow::Credit } else { Flow::Capped };
+        *self.flow.lock().unwrap_or_else(|e| e.into_inner()) = if burrow {
+            Flow::Credit
+        } else {
+            Flow::Capped(burrow_io::splice::DEFAULT_STALL_TIMEOUT)
+        };
         Ok(())
     }
 

@@ -105,7 +105,9 @@ async fn session(
     let key = burrow_io::keys::load_private_key(&config.key).map_err(|e| e.to_string())?;
     let dead = CancellationToken::new();
     let host_key_error = Arc::new(Mutex::new(None));
-    let flow = Arc::new(Mutex::new(Flow::Capped));
+    let flow = Arc::new(Mutex::new(Flow::Capped(
+        burrow_io::splice::DEFAULT_STALL_TIMEOUT,
+    )));
     let handler = AgentHandler {
         shared: ctx.shared.clone(),
         probe_port: probe_port.clone(),

@@ -15,8 +15,11 @@
 //!   [`CREDIT_WINDOW`] bytes in flight: the receiver returns credit for what it has delivered, in
 //!   extended-data messages of type [`CREDIT_EXT`], so the queue cannot overflow and a slow reader
 //!   slows its own stream only. With [`Flow::Capped`] (a stock `ssh -R` peer, which knows no
-//!   credit) a queue that passes [`CAPPED_QUEUE_BYTES`] closes the stream with
-//!   [`SpliceError::Overflow`].
+//!   credit) the queue holds up to [`CAPPED_QUEUE_BYTES`]; past that, reading stops (which holds
+//!   the whole connection back, russh being what it is) for as long as the receiver keeps taking
+//!   data. A receiver that takes nothing at all for the stall time closes the stream with
+//!   [`SpliceError::Stalled`], so one dead reader cannot hold the others back for ever; a slow
+//!   reader that makes progress is never cut.
 //! - [`End::Tcp`]: a socket; TCP pushes back.
 
 use std::sync::Arc;
@@ -39,6 +42,8 @@ const CREDIT_STEP: u64 = 256 << 10;
 pub const PUSHBACK_QUEUE_BYTES: u64 = 8 << 20;
 /// Queue limit of a shared channel whose peer knows no credit.
 pub const CAPPED_QUEUE_BYTES: u64 = 4 << 20;
+/// Default time a receiver of a [`Flow::Capped`] stream may take nothing before it is cut.
+pub const DEFAULT_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Size of one read from a TCP stream.
 const TCP_READ_CHUNK: usize = 32 * 1024;
 
@@ -48,6 +53,11 @@ pub enum SpliceError {
     /// The reading side did not keep up and the bounded queue filled.
     #[error("the receiving side did not read {0} queued bytes; stream closed")]
     Overflow(u64),
+    /// The reading side took nothing at all for this long while data waited.
+    #[error(
+        "the receiving side took nothing for {0:?} while {1} bytes waited; stream cut, the transfer is incomplete"
+    )]
+    Stalled(std::time::Duration, u64),
     /// A socket failed.
     #[error("socket error: {0}")]
     Io(#[from] std::io::Error),
@@ -62,7 +72,7 @@ pub enum SpliceError {
 impl SpliceError {
     /// True when the stream was cut short (rather than refused for overflowing).
     pub fn is_interruption(&self) -> bool {
-        !matches!(self, SpliceError::Overflow(_))
+        !matches!(self, SpliceError::Overflow(_) | SpliceError::Stalled(..))
     }
 }
 
@@ -80,8 +90,20 @@ pub struct Transfer {
 pub enum Flow {
     /// The peer is burrow: in-band credit bounds what is in flight.
     Credit,
-    /// The peer knows no credit: a bounded queue, and the stream closes when it overflows.
-    Capped,
+    /// The peer knows no credit: a bounded queue, then pushback while the receiver makes
+    /// progress; a receiver that takes nothing for this long gets its stream cut.
+    Capped(std::time::Duration),
+}
+
+/// What a full queue does.
+#[derive(Debug, Clone, Copy)]
+enum WhenFull {
+    /// Stop reading until there is room (the connection pushes back).
+    Wait,
+    /// Stop reading while the receiver makes progress; cut after this long without any.
+    WaitWhileProgressing(std::time::Duration),
+    /// Cannot happen with credit; close the stream if it does.
+    Fail,
 }
 
 /// One end of a stream.
@@ -120,8 +142,8 @@ enum Source {
         read: ChannelReadHalf,
         /// Drain into a queue of at most this many bytes.
         queue_limit: u64,
-        /// Past the limit: stop reading (true) or close the stream (false).
-        wait_when_full: bool,
+        /// What to do past the limit.
+        when_full: WhenFull,
         /// Credit the peer grants us for our writes on this channel.
         credit: Option<Arc<Credit>>,
     },
@@ -154,7 +176,7 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> End<S> {
                 let source = Source::Channel {
                     read,
                     queue_limit: PUSHBACK_QUEUE_BYTES,
-                    wait_when_full: true,
+                    when_full: WhenFull::Wait,
                     credit: None,
                 };
                 (
@@ -166,21 +188,27 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> End<S> {
             End::Shared(c, flow) => {
                 let (read, write) = c.split();
                 let write = Arc::new(write);
-                let (limit, credit, ret) = match flow {
+                let (limit, when_full, credit, ret) = match flow {
                     Flow::Credit => (
                         CREDIT_WINDOW + CREDIT_STEP,
+                        WhenFull::Fail,
                         Some(Arc::new(Credit::default())),
                         Some(CreditReturn {
                             channel: write.clone(),
                             last: 0,
                         }),
                     ),
-                    Flow::Capped => (CAPPED_QUEUE_BYTES, None, None),
+                    Flow::Capped(stall) => (
+                        CAPPED_QUEUE_BYTES,
+                        WhenFull::WaitWhileProgressing(stall),
+                        None,
+                        None,
+                    ),
                 };
                 let source = Source::Channel {
                     read,
                     queue_limit: limit,
-                    wait_when_full: false,
+                    when_full,
                     credit: credit.clone(),
                 };
                 (source, Sink::new(SinkKind::Channel(write), credit), ret)
@@ -257,13 +285,13 @@ impl Source {
     }
 
     /// The queue limit, and whether to wait (rather than fail) when it is reached.
-    fn queue_limit(&self) -> Option<(u64, bool)> {
+    fn queue_limit(&self) -> Option<(u64, WhenFull)> {
         match self {
             Source::Channel {
                 queue_limit,
-                wait_when_full,
+                when_full,
                 ..
-            } => Some((*queue_limit, *wait_when_full)),
+            } => Some((*queue_limit, *when_full)),
             Source::Tcp(_) => None,
         }
     }
@@ -347,7 +375,7 @@ where
     S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
     T: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
 {
-    let Some((limit, wait_when_full)) = src.queue_limit() else {
+    let Some((limit, when_full)) = src.queue_limit() else {
         // Backpressure source: read only as fast as the sink takes it.
         while let Some(chunk) = src.next().await? {
             let len = chunk.len() as u64;
@@ -371,10 +399,19 @@ where
                 {
                     break;
                 }
-                if !wait_when_full {
-                    return Err(SpliceError::Overflow(limit));
+                match when_full {
+                    WhenFull::Wait => room.await,
+                    WhenFull::Fail => return Err(SpliceError::Overflow(limit)),
+                    // Any chunk delivered is progress and restarts the clock.
+                    WhenFull::WaitWhileProgressing(stall) => {
+                        if tokio::time::timeout(stall, room).await.is_err() {
+                            return Err(SpliceError::Stalled(
+                                stall,
+                                queued.load(Ordering::Relaxed),
+                            ));
+                        }
+                    }
                 }
-                room.await;
             }
             queued.fetch_add(len, Ordering::Relaxed);
             if tx.send(chunk).is_err() {

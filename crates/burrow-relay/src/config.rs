@@ -79,6 +79,8 @@ pub struct RelayConfig {
     pub console_escape: [u8; 2],
     /// Connections one `allow-listen` listener carries at once.
     pub max_listener_connections: usize,
+    /// A stream from a stock `ssh -R` device whose receiver takes nothing for this long is cut.
+    pub stalled_stream_timeout: Duration,
     /// Wrong passwords in a row that lock an operator's password login.
     pub password_lock_after: u32,
     /// How long that lock lasts.
@@ -107,6 +109,7 @@ impl RelayConfig {
             auth_rejection_time: DEFAULT_AUTH_REJECTION_TIME,
             console_escape: burrow_proto::escape::DEFAULT_PREFIX,
             max_listener_connections: DEFAULT_MAX_LISTENER_CONNECTIONS,
+            stalled_stream_timeout: burrow_io::splice::DEFAULT_STALL_TIMEOUT,
             password_lock_after: DEFAULT_PASSWORD_LOCK_AFTER,
             password_lock_for: DEFAULT_PASSWORD_LOCK_FOR,
             audit_keep: DEFAULT_AUDIT_KEEP,

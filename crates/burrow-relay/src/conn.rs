@@ -248,6 +248,9 @@ impl Handler for Conn {
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
         self.permit = None;
+        if let Principal::Operator(op) = &self.principal {
+            let _ = op.handle.set(session.handle());
+        }
         if let Some(tx) = self.authed.take() {
             let _ = tx.send(());
         }
@@ -271,7 +274,7 @@ impl Handler for Conn {
                 {
                     Flow::Credit
                 } else {
-                    Flow::Capped
+                    Flow::Capped(self.relay.config.stalled_stream_timeout)
                 },
             ));
             *slot = Some(dev.clone());

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use burrow_io::splice::{End, splice_until};
+use burrow_io::splice::{End, SpliceError, splice_until};
 use burrow_proto::glob::any_matches;
 use burrow_proto::name::{Login, is_valid_name};
 use burrow_proto::time::{format_rfc3339, format_utc_minutes};
@@ -26,6 +26,8 @@ pub(crate) struct OperatorSession {
     pub(crate) login: Login,
     /// Cuts the whole connection (the operator was removed).
     pub(crate) cut: CancellationToken,
+    /// The connection's handle, once authenticated: to tell the client why it is cut.
+    pub(crate) handle: std::sync::OnceLock<russh::server::Handle>,
     /// What it has open, so that a policy change can close what is no longer allowed.
     open: Mutex<HashMap<u64, OpenUse>>,
 }
@@ -58,6 +60,7 @@ impl OperatorSession {
             id,
             login,
             cut,
+            handle: std::sync::OnceLock::new(),
             open: Mutex::default(),
         }
     }
@@ -312,7 +315,30 @@ pub(crate) fn open_stream(
         .await;
         let (outcome, summary) = stream_summary(transfer.a_to_b, transfer.b_to_a, started, &result);
         row.close(outcome, &format!("{via}: {summary}"));
+        drop(guard);
+        if let Err(e @ SpliceError::Stalled(..)) = &result {
+            tell_cut(&op, &target, e).await;
+        }
     });
+}
+
+/// A cut stream must not look like a finished one. A channel closed without EOF looks, to
+/// OpenSSH's `ssh -W` and `-J`, like a normal end (exit status 0); a disconnect with a reason
+/// is printed ("Received disconnect from ...: burrow: ...") and makes ssh exit with 255. So
+/// when the cut stream was the connection's only one, the connection ends with the reason.
+async fn tell_cut(op: &OperatorSession, target: &str, why: &SpliceError) {
+    if !op.uses().is_empty() {
+        return;
+    }
+    if let Some(handle) = op.handle.get() {
+        let _ = handle
+            .disconnect(
+                russh::Disconnect::ByApplication,
+                format!("burrow: stream to {target} cut: {why}"),
+                String::new(),
+            )
+            .await;
+    }
 }
 
 fn check_stream(

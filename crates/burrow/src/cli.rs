@@ -53,6 +53,9 @@ pub struct RelayArgs {
     /// Burst of new connections accepted from one address.
     #[arg(long, default_value_t = burrow_relay::config::DEFAULT_HANDSHAKE_BURST_PER_IP, value_name = "N")]
     pub handshake_burst: f64,
+    /// Cut a stream from a stock ssh -R device whose receiver takes nothing for this long.
+    #[arg(long, default_value_t = 20, value_name = "SECS")]
+    pub stalled_stream_timeout: u64,
     /// Delete audit entries older than this many days (applied hourly while running).
     #[arg(long, default_value_t = 365, value_name = "DAYS")]
     pub audit_keep_days: u64,

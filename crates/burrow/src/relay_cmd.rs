@@ -49,6 +49,13 @@ async fn serve(args: &RelayArgs, data_dir: PathBuf, shutdown: CancellationToken)
             ));
         }
     }
+    if !(1..=3600).contains(&args.stalled_stream_timeout) {
+        return Err(Failure::new(
+            exit::USAGE,
+            "--stalled-stream-timeout must be 1 to 3600 seconds",
+        ));
+    }
+    config.stalled_stream_timeout = Duration::from_secs(args.stalled_stream_timeout);
     config.handshakes_per_ip_per_sec = args.handshakes_per_ip;
     config.handshake_burst_per_ip = args.handshake_burst;
     if args.audit_keep_days == 0 || args.audit_keep_days > 36_500 || args.audit_max_rows == 0 {

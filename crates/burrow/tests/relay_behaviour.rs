@@ -61,8 +61,16 @@ async fn takeover_after_stalled_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_reader_does_not_stall_other_channels() {
-    let (dir, relay, dev_key, op_key) = relay_with("pi", "op").await;
+async fn dead_reader_is_cut_visibly_and_other_channels_move_again() {
+    let dir = tempdir();
+    let relay = TestRelay::start_with(&dir.path().join("relay"), "127.0.0.1:0", |c| {
+        c.stalled_stream_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let dev_key = keypair(dir.path(), "dev");
+    let op_key = keypair(dir.path(), "op");
+    relay.add_device("pi", &dev_key);
+    relay.add_operator("op", &op_key, &["*"]);
     let hose = firehose(64 << 20).await;
     let service = reply_after_eof_server(uppercase).await;
     let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
@@ -81,7 +89,9 @@ async fn slow_reader_does_not_stall_other_channels() {
 
     let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
     // This operator never reads what the device sends.
-    let _stalled = KillOnDrop(ssh(&op_cfg, &["-W", "pi:80", "relay"]).spawn().unwrap());
+    let mut stalled = tokio::process::Command::from(ssh(&op_cfg, &["-W", "pi:80", "relay"]));
+    let mut stalled = stalled.kill_on_drop(true).spawn().unwrap();
+    let _stalled_stdin = stalled.stdin.take();
     eventually("the firehose stream to be open", || {
         relay
             .relay
@@ -105,6 +115,30 @@ async fn slow_reader_does_not_stall_other_channels() {
     assert!(
         relay.relay.online_endpoints("pi").is_some(),
         "the device session survived"
+    );
+    // The dead reader was cut, and its ssh says so and fails rather than looking complete.
+    let status = tokio::time::timeout(WAIT, stalled.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!status.success());
+    let mut err = String::new();
+    use tokio::io::AsyncReadExt;
+    stalled
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    assert!(err.contains("stream to pi:80 cut"), "{err}");
+    let audit = relay.relay.store().audit_tail(50).unwrap();
+    assert!(
+        audit.iter().any(|r| r.event == "stream"
+            && r.target == "pi:80"
+            && r.outcome == "failed"
+            && r.detail.contains("took nothing for 1s")),
+        "{audit:#?}"
     );
 }
 

@@ -536,3 +536,48 @@ async fn device_ls_and_operator_ls_agree_on_formats() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_download_from_stock_ssh_r_device_arrives_whole() {
+    const TOTAL: usize = 64 << 20;
+    let pattern = |i: usize| (i % 253) as u8;
+    let source = serve(move |mut tcp| async move {
+        use tokio::io::AsyncWriteExt;
+        let mut sent = 0;
+        let mut chunk = vec![0u8; 256 * 1024];
+        while sent < TOTAL {
+            let n = chunk.len().min(TOTAL - sent);
+            for (j, b) in chunk[..n].iter_mut().enumerate() {
+                *b = pattern(sent + j);
+            }
+            if tcp.write_all(&chunk[..n]).await.is_err() {
+                return;
+            }
+            sent += n;
+        }
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+    let (dir, relay, dev_key, op_key) = relay_with("pi", "op").await;
+    let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
+    let _device = stock_device(
+        &dev_cfg,
+        &["-R", &format!("80:localhost:{}", source.port())],
+    );
+    relay.wait_endpoint("pi", 80).await;
+    let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+    let (ok, out, err) = ssh_output(&op_cfg, &["-W", "pi:80", "relay"], b"").await;
+    assert!(ok, "{err}");
+    assert_eq!(out.len(), TOTAL, "download cut short: {err}");
+    assert!(
+        out.iter().enumerate().all(|(i, b)| *b == pattern(i)),
+        "download altered"
+    );
+    let audit = relay.relay.store().audit_tail(50).unwrap();
+    assert!(
+        audit.iter().any(|r| r.event == "stream"
+            && r.outcome == "ok"
+            && r.detail.contains(&format!("{TOTAL} bytes from device"))),
+        "{audit:#?}"
+    );
+}
