@@ -43,6 +43,8 @@ pub(crate) struct AgentHandler {
     pub(crate) dead: CancellationToken,
     /// Flow control for this session's streams, known once the relay identified itself.
     pub(crate) flow: Arc<Mutex<Flow>>,
+    /// Set when the relay said a newer session of this device replaced this one.
+    pub(crate) replaced: Arc<Mutex<Option<String>>>,
 }
 
 impl Drop for AgentHandler {
@@ -92,6 +94,25 @@ impl Handler for AgentHandler {
                     .unwrap_or_else(|e| e.into_inner()) = Some(e);
                 Ok(false)
             }
+        }
+    }
+
+    async fn disconnected(
+        &mut self,
+        reason: russh::client::DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
+        match reason {
+            russh::client::DisconnectReason::ReceivedDisconnect(info) => {
+                if info.message.starts_with(burrow_proto::REPLACED_PREFIX) {
+                    *self.replaced.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(burrow_proto::text::clean(
+                            &info.message,
+                            burrow_proto::text::MAX_TEXT_CHARS,
+                        ));
+                }
+                Ok(())
+            }
+            russh::client::DisconnectReason::Error(e) => Err(e),
         }
     }
 

@@ -103,6 +103,7 @@ pub(crate) async fn run_tunnel(
         current,
         sessions_up: Default::default(),
     };
+    let mut replaced_in_a_row = 0u32;
     loop {
         ctx.status.set_state(State::Connecting, None);
         let ended = crate::session::run(&ctx, &shutdown).await;
@@ -114,9 +115,31 @@ pub(crate) async fn run_tunnel(
         if ended.up_for >= STABLE_PERIOD {
             backoff.reset();
         }
-        let error = ended.error.unwrap_or_else(|| "session ended".into());
-        let delay = backoff.next_delay(rand::random::<f64>());
-        tracing::warn!("{error}; retrying in {:.1} s", delay.as_secs_f64());
+        let (error, delay) = match ended.replaced {
+            // Another session of this device took over: fighting it back every few seconds
+            // helps nobody. Wait the longest backoff, and say so once in plain words.
+            Some(why) => {
+                let delay = ctx.config.backoff_max();
+                let error = format!(
+                    "replaced: {why}; another agent may be using this device's name or key. Waiting {:.0} s before trying again",
+                    delay.as_secs_f64()
+                );
+                if replaced_in_a_row == 0 {
+                    tracing::warn!("{error}");
+                } else {
+                    tracing::debug!("{error}");
+                }
+                replaced_in_a_row += 1;
+                (error, delay)
+            }
+            None => {
+                replaced_in_a_row = 0;
+                let error = ended.error.unwrap_or_else(|| "session ended".into());
+                let delay = backoff.next_delay(rand::random::<f64>());
+                tracing::warn!("{error}; retrying in {:.1} s", delay.as_secs_f64());
+                (error, delay)
+            }
+        };
         ctx.status.set_state(State::Down, Some(error));
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),

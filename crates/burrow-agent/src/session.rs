@@ -32,6 +32,8 @@ pub(crate) struct Ended {
     pub(crate) up_for: Duration,
     /// Why it ended; `None` on shutdown.
     pub(crate) error: Option<String>,
+    /// The relay's word that a newer session of this device replaced this one.
+    pub(crate) replaced: Option<String>,
 }
 
 pub(crate) struct Ctx {
@@ -80,7 +82,8 @@ pub(crate) async fn run(ctx: &Ctx, shutdown: &CancellationToken) -> Ended {
     let cut = shutdown.child_token();
     let probe_port = Arc::new(Mutex::new(None));
     let mut up_since = None;
-    let result = session(ctx, shutdown, &cut, &probe_port, &mut up_since).await;
+    let replaced = Arc::new(Mutex::new(None));
+    let result = session(ctx, shutdown, &cut, &probe_port, &replaced, &mut up_since).await;
     *ctx.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
     cut.cancel();
     ctx.status.update(|s| {
@@ -88,9 +91,11 @@ pub(crate) async fn run(ctx: &Ctx, shutdown: &CancellationToken) -> Ended {
             e.up = false;
         }
     });
+    let replaced = replaced.lock().unwrap_or_else(|e| e.into_inner()).take();
     Ended {
         up_for: up_since.map(|t: Instant| t.elapsed()).unwrap_or_default(),
         error: result.err(),
+        replaced,
     }
 }
 
@@ -99,6 +104,7 @@ async fn session(
     shutdown: &CancellationToken,
     cut: &CancellationToken,
     probe_port: &Arc<Mutex<Option<u16>>>,
+    replaced: &Arc<Mutex<Option<String>>>,
     up_since: &mut Option<Instant>,
 ) -> Result<(), String> {
     let config = &ctx.config;
@@ -114,6 +120,7 @@ async fn session(
         host_key_error: host_key_error.clone(),
         dead: dead.clone(),
         flow: flow.clone(),
+        replaced: replaced.clone(),
     };
     let relay = format!("{}:{}", ctx.shared.relay_host, ctx.shared.relay_port);
     let client_config = Arc::new(russh::client::Config {

@@ -42,3 +42,7 @@ pub(crate) fn xorshift(seed: &mut u64) -> u64 {
     *seed ^= *seed << 17;
     *seed
 }
+
+/// Start of the SSH disconnect message with which a relay tells a device session that a newer
+/// session of the same device replaced it; the agent recognises it and backs off.
+pub const REPLACED_PREFIX: &str = "burrow: a new session";

@@ -13,6 +13,11 @@ use crate::audit::{Outcome, stream_summary};
 use crate::operator::{Asker, CONNECT_FAILED, PROHIBITED, Refusal, StreamRequest, open_endpoint};
 use crate::registry::DeviceSession;
 
+use burrow_proto::REPLACED_PREFIX;
+
+/// A session replaced sooner than this after it came up counts as flapping.
+const FLAPPING_WITHIN: Duration = Duration::from_secs(60);
+
 /// Time allowed to connect to an `allow-connect` target.
 const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -21,18 +26,39 @@ pub(crate) fn came_online(relay: &Relay, dev: Arc<DeviceSession>) {
     let peer = dev.peer.to_string();
     if let Some(old) = relay.registry.take_over(dev.clone()) {
         relay.listeners.transfer(old.id, dev.id);
-        old.cut.cancel();
+        let up = old.since.elapsed();
+        // A session replaced soon after it came up is most likely a second agent with the
+        // same name, not a reboot: say so, where people look.
+        let flapping = if up < FLAPPING_WITHIN {
+            "; it was up only briefly: are two devices using the name or key of this one?"
+        } else {
+            ""
+        };
         relay.audit.record(
             "takeover",
             &dev.name,
             &peer,
             Outcome::Ok,
             &format!(
-                "new session from {peer} replaced the session from {} (up {:.0} s); the old one is closed",
+                "new session from {peer} replaced the session from {} (up {:.0} s); the old one is closed{flapping}",
                 old.peer,
-                old.since.elapsed().as_secs_f64()
+                up.as_secs_f64()
             ),
         );
+        // Tell the old session why it goes (an agent backs off instead of fighting), then cut
+        // it; a frozen peer cannot hold this up.
+        let why = format!(
+            "{REPLACED_PREFIX} of device {} from {peer} replaced this one",
+            dev.name
+        );
+        tokio::spawn(async move {
+            let told = old
+                .handle
+                .disconnect(russh::Disconnect::ByApplication, why, String::new());
+            let _ = tokio::time::timeout(Duration::from_millis(500), told).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            old.cut.cancel();
+        });
     }
     if let Err(e) = relay.store.set_online(&dev.name, &peer) {
         tracing::error!("{e}");

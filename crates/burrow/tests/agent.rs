@@ -522,3 +522,58 @@ async fn eventually_async_roundtrip(addr: &str, payload: &[u8]) -> Vec<u8> {
     }
     panic!("nothing listens on {addr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_with_one_name_do_not_fight_and_the_displaced_one_knows_why() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    relay.add_device("pi", &dev_key);
+    let config = || {
+        let mut c = agent_config(
+            &relay.addr.to_string(),
+            "pi",
+            &dev_key,
+            &relay.relay.fingerprint(),
+        );
+        // Without the relay's word, a displaced agent would be back within half a second.
+        c.backoff_max = Some(Seconds::Whole(60));
+        c
+    };
+    let first = TestAgent::start(dir.path(), config());
+    first.wait_up().await;
+    let second = TestAgent::start(dir.path(), config());
+    second.wait_up().await;
+    let status = eventually("the first agent to learn it was replaced", || {
+        first.status().filter(|s| {
+            s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("replaced"))
+        })
+    })
+    .await;
+    let why = status.last_error.unwrap();
+    assert!(why.contains("another agent may be using"), "{why}");
+    assert!(
+        why.contains("127.0.0.1"),
+        "the new session's address: {why}"
+    );
+    assert!(why.contains("Waiting 60 s"), "{why}");
+    // It waits instead of taking the name back: one takeover, not a fight.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let audit = relay.relay.store().audit_tail(100).unwrap();
+    let takeovers: Vec<_> = audit.iter().filter(|r| r.event == "takeover").collect();
+    assert_eq!(takeovers.len(), 1, "{takeovers:#?}");
+    assert!(
+        takeovers[0]
+            .detail
+            .contains("two devices using the name or key"),
+        "{takeovers:#?}"
+    );
+    assert_eq!(
+        second.status().unwrap().state,
+        burrow_agent::status::State::Up
+    );
+    first.stop().await;
+    second.stop().await;
+}
