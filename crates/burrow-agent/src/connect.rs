@@ -13,6 +13,7 @@ use crate::session::Current;
 /// Binds every `[[connect]]` listener now (a failure is a configuration error), then serves them.
 pub(crate) async fn start(
     entries: &[burrow_proto::agent_config::Connect],
+    device: &str,
     current: Current,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
@@ -31,12 +32,26 @@ pub(crate) async fn start(
                 AgentError::Listen(format!("[[connect]] cannot listen on {listen}: {e}"))
             })?;
         tracing::info!("forwarding {listen} to {to} on the relay side");
-        tokio::spawn(serve(listener, to, current.clone(), shutdown.clone()));
+        // With on-demand access the name may come later, from the metadata.
+        let device = if device.is_empty() { "DEVICE" } else { device };
+        tokio::spawn(serve(
+            listener,
+            to,
+            device.to_string(),
+            current.clone(),
+            shutdown.clone(),
+        ));
     }
     Ok(())
 }
 
-async fn serve(listener: TcpListener, to: Target, current: Current, shutdown: CancellationToken) {
+async fn serve(
+    listener: TcpListener,
+    to: Target,
+    device: String,
+    current: Current,
+    shutdown: CancellationToken,
+) {
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -55,6 +70,7 @@ async fn serve(listener: TcpListener, to: Target, current: Current, shutdown: Ca
             continue;
         };
         let to = to.clone();
+        let device = device.clone();
         tokio::spawn(async move {
             let opened = handle
                 .channel_open_direct_tcpip(
@@ -71,7 +87,12 @@ async fn serve(listener: TcpListener, to: Target, current: Current, shutdown: Ca
                         tracing::debug!("forward to {to} ended: {e}");
                     }
                 }
-                Err(e) => tracing::warn!("relay refused the connection to {to}: {e}"),
+                Err(e) if flow == burrow_io::splice::Flow::Credit => tracing::warn!(
+                    "relay refused the connection to {to}: {e}; a burrow relay opens only targets its rules name: run `burrow relay device allow-connect {device} {to}` on the relay"
+                ),
+                Err(e) => tracing::warn!(
+                    "relay refused the connection to {to}: {e}; check the relay sshd's AllowTcpForwarding and PermitOpen"
+                ),
             }
             drop(handle);
         });

@@ -41,7 +41,7 @@ impl HostKeyPolicy {
                 } else {
                     Err(format!(
                         "relay host key changed or wrong: expected {want}, relay {host}:{port} presented {got}; \
-                         if the relay really got a new key, update host_key (see `burrow relay fingerprint`)"
+                         if the relay really got a new key, update the pin (host_key in the config, or --host-key; see `burrow relay fingerprint`)"
                     ))
                 }
             }

@@ -43,7 +43,13 @@ pub async fn run(
         config.on_state_change.clone(),
     );
     let current: Current = Arc::default();
-    crate::connect::start(&config.connect, current.clone(), shutdown.clone()).await?;
+    crate::connect::start(
+        &config.connect,
+        &config.name,
+        current.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     run_tunnel(config, options, status, current, shutdown).await
 }
 

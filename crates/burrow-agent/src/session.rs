@@ -77,6 +77,29 @@ fn aes_instructions() -> bool {
     }
 }
 
+/// A failed handshake says what answered when it was not a burrow relay: a stock sshd at the
+/// relay address otherwise reads like a relay whose host key changed.
+fn with_server_hint(
+    why: String,
+    relay: &str,
+    server: Option<String>,
+    config: &AgentConfig,
+) -> String {
+    let Some(server) = server else {
+        return why;
+    };
+    if server.starts_with(crate::BURROW_SSH_ID_PREFIX) {
+        return why;
+    }
+    let server = burrow_proto::text::clean(&server, 80);
+    if config.expose.iter().any(|e| e.remote_port.is_some()) {
+        return format!("{why} (the server at {relay} is {server:?}, a stock SSH server)");
+    }
+    format!(
+        "{why}. The server at {relay} is {server:?}, not a burrow relay: check the relay address and port, or, to use a stock sshd as relay, set remote_port on each [[expose]] and pin that sshd's host key"
+    )
+}
+
 /// Runs one session until it fails or `shutdown` is cancelled.
 pub(crate) async fn run(ctx: &Ctx, shutdown: &CancellationToken) -> Ended {
     let cut = shutdown.child_token();
@@ -147,18 +170,17 @@ async fn session(
             .await
             .map_err(|e| format!("cannot reach relay {relay}: {e}"))?;
         let _ = tcp.set_nodelay(true);
+        let (tcp, seen) = burrow_io::first_bytes::FirstBytes::new(tcp);
         let mut handle =
             russh::client::connect_stream(client_config, CutStream::new(tcp, cut.clone()), handler)
                 .await
                 .map_err(|e| {
-                    match host_key_error
+                    let why = host_key_error
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .take()
-                    {
-                        Some(why) => why,
-                        None => format!("SSH handshake with relay {relay} failed: {e}"),
-                    }
+                        .unwrap_or_else(|| format!("SSH handshake with relay {relay} failed: {e}"));
+                    with_server_hint(why, &relay, seen.first_line(), config)
                 })?;
         let hash = handle
             .best_supported_rsa_hash()
@@ -174,11 +196,10 @@ async fn session(
             .await
             .map_err(|e| format!("authentication with relay {relay} failed: {e}"))?;
         if !auth.success() {
+            let name = &config.name;
             return Err(format!(
-                "relay {relay} refused key {} for device {}; register it there with `burrow relay device add {} --pubkey FILE`",
+                "relay {relay} refused key {} for device {name}; register it there with `burrow relay device add {name} --pubkey FILE`, or, if device {name} exists with another key, `burrow relay device add-key {name} --pubkey FILE`",
                 burrow_io::keys::fingerprint(key.public_key()),
-                config.name,
-                config.name
             ));
         }
         Ok(handle)

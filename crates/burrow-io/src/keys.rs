@@ -29,6 +29,16 @@ pub enum KeyError {
         /// Its permission bits.
         mode: u32,
     },
+    /// A public key where the private key was wanted.
+    #[error(
+        "{path} is a public key; give the private key file instead (usually {private}, the same path without .pub)"
+    )]
+    PublicNotPrivate {
+        /// The key file given.
+        path: PathBuf,
+        /// Where its private half usually is.
+        private: String,
+    },
     /// The file is not a key of the expected form.
     #[error("cannot parse key {what}: {reason}")]
     Parse {
@@ -58,6 +68,19 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
         path: path.to_path_buf(),
         source,
     })?;
+    // A `.pub` given by mistake is world-readable by design: say what it is before the mode.
+    if let Ok(text) = std::fs::read_to_string(path)
+        && parse_public_keys(&text, "").is_ok_and(|keys| !keys.is_empty())
+    {
+        let shown = path.display().to_string();
+        return Err(KeyError::PublicNotPrivate {
+            path: path.to_path_buf(),
+            private: shown
+                .strip_suffix(".pub")
+                .unwrap_or("the file without .pub")
+                .to_string(),
+        });
+    }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyError::TooOpen {

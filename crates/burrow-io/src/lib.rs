@@ -3,11 +3,13 @@
 //!
 //! # Layout
 //! - [`cut`]: a stream wrapper that ends a session at once (takeover, revocation, timeouts).
+//! - [`first_bytes`]: a stream wrapper that keeps what the peer sent first (its SSH banner).
 //! - [`keys`]: loading, generating and fingerprinting SSH keys; key file permission checks.
 //! - [`splice`]: copying both ways between channels and TCP streams, honouring half-close.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod cut;
+pub mod first_bytes;
 pub mod keys;
 pub mod splice;

@@ -1,17 +1,14 @@
 //! The accept loop and the per-connection task: admission, pre-auth deadline, shutdown.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use burrow_io::cut::CutStream;
+use burrow_io::first_bytes::FirstBytes;
 
 use crate::config::SHUTDOWN_GRACE;
 use crate::conn::Conn;
@@ -109,8 +106,8 @@ async fn handle_connection(
     let _ = stream.set_nodelay(true);
     let (authed_tx, authed_rx) = oneshot::channel();
     let conn = Conn::new(relay.clone(), peer, cut.clone(), permit, authed_tx);
-    let heard = Arc::new(AtomicBool::new(false));
-    let stream = CutStream::new(Heard::new(stream, heard.clone()), cut.clone());
+    let (stream, heard) = FirstBytes::new(stream);
+    let stream = CutStream::new(stream, cut.clone());
     let deadline = relay.config.pre_auth_timeout;
     // A connection that says nothing holds a place for nothing: it gets a short deadline for
     // its identification line, well before the authentication deadline.
@@ -119,7 +116,7 @@ async fn handle_connection(
     tokio::spawn(async move {
         tokio::select! {
             () = tokio::time::sleep(banner_timeout) => {
-                if !heard.load(Ordering::Relaxed) {
+                if !heard.any() {
                     tracing::debug!(%peer, "no identification within {banner_timeout:?}; closing");
                     banner_cut.cancel();
                 }
@@ -158,50 +155,5 @@ fn log_end(result: Result<(), russh::Error>, span: &tracing::Span) {
             tracing::debug!("connection cut")
         }
         Err(e) => tracing::debug!("connection ended: {e}"),
-    }
-}
-
-/// A stream that notes when its peer first sent something.
-struct Heard {
-    inner: TcpStream,
-    heard: Arc<AtomicBool>,
-}
-
-impl Heard {
-    fn new(inner: TcpStream, heard: Arc<AtomicBool>) -> Self {
-        Heard { inner, heard }
-    }
-}
-
-impl AsyncRead for Heard {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.heard.store(true, Ordering::Relaxed);
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for Heard {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

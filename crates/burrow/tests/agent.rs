@@ -246,6 +246,13 @@ async fn agent_refuses_changed_relay_host_key() {
     .await;
     assert!(error.contains(&stale), "{error}");
     assert!(error.contains(&relay.relay.fingerprint()), "{error}");
+    // The fix names both places a pin comes from.
+    assert!(
+        error.contains("host_key in the config, or --host-key"),
+        "{error}"
+    );
+    // A burrow relay answered: no hint about stock servers.
+    assert!(!error.contains("not a burrow relay"), "{error}");
     // The agent gave up during key exchange: it never authenticated to the unpinned relay.
     assert!(relay.relay.online_endpoints("pi").is_none());
     let audit = relay.relay.store().audit_tail(100).unwrap();
@@ -576,4 +583,108 @@ async fn two_agents_with_one_name_do_not_fight_and_the_displaced_one_knows_why()
     );
     first.stop().await;
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_pointed_at_a_plain_sshd_says_what_it_found() {
+    let dir = tempdir();
+    let dev_key = keypair(dir.path(), "dev");
+    let sshd = TestSshd::start(dir.path(), &[&dev_key], "").await;
+    // Pinned to a burrow relay's key, but the address is a stock sshd's port.
+    let relay_pin = burrow_io::keys::fingerprint(burrow_io::keys::generate_ed25519().public_key());
+    let config = agent_config(
+        &format!("127.0.0.1:{}", sshd.port),
+        "pi",
+        &dev_key,
+        &relay_pin,
+    );
+    let agent = TestAgent::start(dir.path(), config);
+    let error = eventually("the handshake error", || {
+        agent.status().and_then(|s| s.last_error)
+    })
+    .await;
+    assert!(error.contains("not a burrow relay"), "{error}");
+    assert!(error.contains("OpenSSH"), "{error}");
+    assert!(error.contains("remote_port"), "{error}");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_device_key_suggests_add_key() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let registered = keypair(dir.path(), "dev");
+    let other = keypair(dir.path(), "other");
+    relay.add_device("pi", &registered);
+    let config = agent_config(
+        &relay.addr.to_string(),
+        "pi",
+        &other,
+        &relay.relay.fingerprint(),
+    );
+    let agent = TestAgent::start(dir.path(), config);
+    let error = eventually("the refused key", || {
+        agent.status().and_then(|s| s.last_error)
+    })
+    .await;
+    assert!(error.contains("refused key"), "{error}");
+    assert!(
+        error.contains("burrow relay device add-key pi --pubkey FILE"),
+        "{error}"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connect_names_the_missing_allow_connect_rule() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    relay.add_device("pi", &dev_key);
+    let target = echo_server().await;
+    let local = free_port();
+    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .args([
+            "agent",
+            "--relay",
+            &relay.addr.to_string(),
+            "--name",
+            "pi",
+            "--key",
+        ])
+        .arg(&dev_key)
+        .args(["--host-key", &relay.relay.fingerprint()])
+        .args(["--connect", &format!("127.0.0.1:{local}={target}")])
+        .arg("--status-file")
+        .arg(dir.path().join("status.json"))
+        .env("BURROW_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = agent.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    relay.wait_online("pi").await;
+    // Until the agent's session is fully up, a connection is dropped for that reason instead.
+    let deadline = std::time::Instant::now() + WAIT;
+    let line = 'found: loop {
+        assert!(std::time::Instant::now() < deadline, "no refusal in the agent's log");
+        let _ = roundtrip(&format!("127.0.0.1:{local}"), b"x").await;
+        while let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            if line.contains("refused the connection") {
+                break 'found line;
+            }
+        }
+    };
+    assert!(
+        line.contains(&format!("burrow relay device allow-connect pi {target}")),
+        "{line}"
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
 }

@@ -466,3 +466,27 @@ fn extreme_agent_durations_are_refused_not_panicked_on() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn public_key_given_as_agent_key_says_so() {
+    let dir = tempdir();
+    let key = keypair(dir.path(), "dev");
+    let public = format!("{}.pub", key.display());
+    let (code, _, err) = run(&mut burrow(&[
+        "agent",
+        "--relay",
+        "127.0.0.1:1",
+        "--name",
+        "pi",
+        "--key",
+        &public,
+        "--host-key",
+        "SHA256:x",
+        "--status-file",
+        dir.path().join("s.json").to_str().unwrap(),
+    ]));
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("is a public key"), "{err}");
+    assert!(err.contains(&key.display().to_string()), "{err}");
+    assert!(!err.contains("chmod"), "{err}");
+}

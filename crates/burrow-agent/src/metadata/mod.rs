@@ -95,7 +95,7 @@ pub(crate) async fn run(
     status.update_metadata(|m| m.source = metadata.describe());
     status.set_state(State::Idle, None);
     let current: Current = Arc::default();
-    crate::connect::start(&base.connect, current.clone(), shutdown.clone()).await?;
+    crate::connect::start(&base.connect, &base.name, current.clone(), shutdown.clone()).await?;
     let mut supervisor = Supervisor {
         id: match &source.id {
             IdSource::Fixed(id) => Some(id.clone()),

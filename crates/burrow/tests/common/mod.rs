@@ -143,6 +143,14 @@ impl TestRelay {
         .await;
     }
 
+    /// Waits until `device` has a session.
+    pub async fn wait_online(&self, device: &str) {
+        eventually(&format!("{device} to be online"), || {
+            self.relay.online_endpoints(device).map(|_| ())
+        })
+        .await;
+    }
+
     /// A known_hosts file naming this relay.
     pub fn known_hosts(&self, dir: &Path) -> PathBuf {
         let path = dir.join("relay_known_hosts");
