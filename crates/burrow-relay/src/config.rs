@@ -35,6 +35,10 @@ pub const DEFAULT_BANNER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HANDSHAKES_PER_IP_PER_SEC: f64 = 20.0;
 /// Burst of new connections accepted from one address.
 pub const DEFAULT_HANDSHAKE_BURST_PER_IP: f64 = 60.0;
+/// Largest single console recording.
+pub const DEFAULT_RECORDING_MAX_BYTES: u64 = 64 << 20;
+/// Largest total of all console recordings.
+pub const DEFAULT_RECORDINGS_MAX_TOTAL: u64 = 4 << 30;
 /// Wrong passwords in a row after which an operator's password login is locked.
 pub const DEFAULT_PASSWORD_LOCK_AFTER: u32 = 10;
 /// How long such a lock lasts.
@@ -81,6 +85,12 @@ pub struct RelayConfig {
     pub max_listener_connections: usize,
     /// A stream from a stock `ssh -R` device whose receiver takes nothing for this long is cut.
     pub stalled_stream_timeout: Duration,
+    /// Largest single console recording, in bytes.
+    pub recording_max_bytes: u64,
+    /// Largest total of all console recordings, in bytes.
+    pub recordings_max_total: u64,
+    /// Refuse consoles that cannot be recorded (and close those whose recording stops).
+    pub require_recordings: bool,
     /// Wrong passwords in a row that lock an operator's password login.
     pub password_lock_after: u32,
     /// How long that lock lasts.
@@ -110,6 +120,9 @@ impl RelayConfig {
             console_escape: burrow_proto::escape::DEFAULT_PREFIX,
             max_listener_connections: DEFAULT_MAX_LISTENER_CONNECTIONS,
             stalled_stream_timeout: burrow_io::splice::DEFAULT_STALL_TIMEOUT,
+            recording_max_bytes: DEFAULT_RECORDING_MAX_BYTES,
+            recordings_max_total: DEFAULT_RECORDINGS_MAX_TOTAL,
+            require_recordings: false,
             password_lock_after: DEFAULT_PASSWORD_LOCK_AFTER,
             password_lock_for: DEFAULT_PASSWORD_LOCK_FOR,
             audit_keep: DEFAULT_AUDIT_KEEP,

@@ -483,10 +483,14 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
     relay.tracker.spawn(async move {
         let relay = relay2;
         let (mut read, write) = channel.split();
-        let mut pty = false;
+        let mut pty = None;
         let status = loop {
             match read.wait().await {
-                Some(ChannelMsg::RequestPty { .. }) => pty = true,
+                Some(ChannelMsg::RequestPty {
+                    col_width,
+                    row_height,
+                    ..
+                }) => pty = Some(crate::console::term_size(col_width, row_height)),
                 Some(ChannelMsg::Exec { command, .. }) => {
                     let command = String::from_utf8_lossy(&command).to_string();
                     let words: Vec<&str> = command.split_whitespace().collect();
@@ -559,6 +563,7 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                             device,
                             console,
                             crate::console::Mode::Interactive,
+                            pty.unwrap_or(crate::console::DEFAULT_SIZE),
                             &mut read,
                             &write,
                         );
@@ -574,8 +579,9 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                             }
                         }
                     }
-                    if pty {
-                        break crate::console::run_menu(&relay, op.name(), &mut read, &write).await;
+                    if let Some(size) = pty {
+                        break crate::console::run_menu(&relay, op.name(), size, &mut read, &write)
+                            .await;
                     }
                     let (out, _, _) = run_command(&relay, &op, "ls");
                     let _ = write

@@ -56,6 +56,15 @@ pub struct RelayArgs {
     /// Cut a stream from a stock ssh -R device whose receiver takes nothing for this long.
     #[arg(long, default_value_t = 20, value_name = "SECS")]
     pub stalled_stream_timeout: u64,
+    /// Largest single console recording, in MiB.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    pub recording_max_mib: u64,
+    /// Largest total of all console recordings, in MiB.
+    #[arg(long, default_value_t = 4096, value_name = "MIB")]
+    pub recordings_max_mib: u64,
+    /// Refuse consoles that cannot be recorded (and close those whose recording stops).
+    #[arg(long)]
+    pub require_recordings: bool,
     /// Delete audit entries older than this many days (applied hourly while running).
     #[arg(long, default_value_t = 365, value_name = "DAYS")]
     pub audit_keep_days: u64,

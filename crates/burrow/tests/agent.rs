@@ -673,7 +673,10 @@ async fn refused_connect_names_the_missing_allow_connect_rule() {
     // Until the agent's session is fully up, a connection is dropped for that reason instead.
     let deadline = std::time::Instant::now() + WAIT;
     let line = 'found: loop {
-        assert!(std::time::Instant::now() < deadline, "no refusal in the agent's log");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refusal in the agent's log"
+        );
         let _ = roundtrip(&format!("127.0.0.1:{local}"), b"x").await;
         while let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
             if line.contains("refused the connection") {

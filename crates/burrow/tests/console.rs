@@ -18,8 +18,17 @@ struct Site {
 }
 
 async fn site() -> Site {
+    site_with(|_| {}, |_| {}).await
+}
+
+/// A site whose relay is configured by `adjust`, after `prepare` saw its data directory.
+async fn site_with(
+    adjust: impl FnOnce(&mut burrow_relay::RelayConfig),
+    prepare: impl FnOnce(&Path),
+) -> Site {
     let dir = tempdir();
-    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    prepare(&dir.path().join("relay"));
+    let relay = TestRelay::start_with(&dir.path().join("relay"), "127.0.0.1:0", adjust).await;
     let dev_key = keypair(dir.path(), "dev");
     let alice_key = keypair(dir.path(), "alice");
     let bob_key = keypair(dir.path(), "bob");
@@ -612,5 +621,208 @@ async fn password_login_without_pty_and_watch() {
         seen.extend_from_slice(&buf[..n]);
     }
     assert!(String::from_utf8_lossy(&seen).contains("read-only"));
+    s.agent.stop().await;
+}
+
+/// The console's audit entries about its recording.
+fn recording_audit(relay: &TestRelay) -> Vec<burrow_relay::store::AuditRecord> {
+    relay
+        .relay
+        .store()
+        .audit_tail(200)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event == "console-recording")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_cap_stops_the_recording_and_the_console_goes_on() {
+    let s = site_with(|c| c.recording_max_bytes = 4096, |_| {}).await;
+    let mut t = console_writer(&s.alice, "alice:pi").await;
+    s.router.print_all(&[b'x'; 16 * 1024]);
+    t.expect("recording stopped").await;
+    t.expect("--recording-max-bytes").await;
+    t.expect("the console goes on unrecorded").await;
+    t.send(b"still here\r").await;
+    t.expect("Router# got still here").await;
+    let audit = recording_audit(&s.relay);
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.outcome == "failed" && r.detail.contains("cap of 4096 bytes")),
+        "{audit:#?}"
+    );
+    let files = burrow_relay::console::recording::list(&s.relay.data_dir, Some("pi")).unwrap();
+    assert!(files[0].bytes < 4096 + 512, "{files:?}");
+    // A late joiner is told the console is not recorded.
+    let late = console_login(&s.bob, "bob:pi");
+    late.expect("not recorded").await;
+    s.agent.stop().await;
+}
+
+/// A tmpfs mounted for the length of a test; unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .expect("mount runs");
+        assert!(
+            out.status.success(),
+            "this test needs root to mount a small tmpfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(path.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_stops_the_recording_and_the_console_goes_on() {
+    let disk = std::sync::Mutex::new(None);
+    let s = site_with(
+        |_| {},
+        |data| *disk.lock().unwrap() = Some(SmallDisk::mount(&data.join("recordings"), "64k")),
+    )
+    .await;
+    let _disk = disk.lock().unwrap().take();
+    let mut t = console_writer(&s.alice, "alice:pi").await;
+    s.router.print_all(&[b'y'; 256 * 1024]);
+    t.expect("recording stopped").await;
+    t.expect("No space left on device").await;
+    t.send(b"disk full\r").await;
+    t.expect("Router# got disk full").await;
+    let audit = recording_audit(&s.relay);
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.detail.contains("No space left on device")),
+        "{audit:#?}"
+    );
+    t.send(b"\x05c.").await;
+    assert!(t.wait().await);
+    s.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_recordings_refuse_or_close_an_unrecorded_console() {
+    // Nothing can be recorded: the console is refused, with the reason.
+    let s = site_with(
+        |c| {
+            c.require_recordings = true;
+            c.recordings_max_total = 0;
+        },
+        |_| {},
+    )
+    .await;
+    let t = console_login(&s.alice, "alice:pi");
+    t.expect("requires recordings").await;
+    assert!(!t.wait().await);
+    assert!(s.router.received().is_empty());
+    s.agent.stop().await;
+
+    // The recording stops mid-session: the console closes, and says why.
+    let s = site_with(
+        |c| {
+            c.require_recordings = true;
+            c.recording_max_bytes = 4096;
+        },
+        |_| {},
+    )
+    .await;
+    let t = console_writer(&s.alice, "alice:pi").await;
+    s.router.print_all(&[b'z'; 16 * 1024]);
+    t.expect("the console is closed").await;
+    t.wait().await;
+    s.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_has_the_operator_terminal_size_and_its_changes() {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    use rustix::termios::{Winsize, tcsetwinsize};
+    let s = site().await;
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let slave_path = ptsname(&master, Vec::new()).unwrap();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(slave_path.to_str().unwrap())
+        .unwrap();
+    let size = |cols, rows| Winsize {
+        ws_col: cols,
+        ws_row: rows,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    tcsetwinsize(&slave, size(132, 43)).unwrap();
+    let mut ssh = std::process::Command::new("ssh")
+        .arg("-F")
+        .arg(&s.alice)
+        .args(["-t", "-e", "none", "-l", "alice:pi", "relay"])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    let master = std::sync::Arc::new(master);
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let (m, screen) = (master.clone(), screen.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = rustix::io::read(&*m, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                screen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+    }
+    eventually("read-write on the terminal", || {
+        String::from_utf8_lossy(&screen.lock().unwrap())
+            .contains("read-write")
+            .then_some(())
+    })
+    .await;
+    tcsetwinsize(&slave, size(100, 30)).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(ssh.id() as i32).unwrap(),
+        rustix::process::Signal::WINCH,
+    )
+    .unwrap();
+    // The resize is in the recording once the relay saw it; then leave.
+    let files = burrow_relay::console::recording::list(&s.relay.data_dir, Some("pi")).unwrap();
+    let path = files[0].path.clone();
+    eventually("the resize event", || {
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("\"r\",\"100x30\"")
+            .then_some(())
+    })
+    .await;
+    rustix::io::write(&*master, b"\x05c.").unwrap();
+    let _ = ssh.wait();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let header: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (header["width"].as_u64(), header["height"].as_u64()),
+        (Some(132), Some(43))
+    );
     s.agent.stop().await;
 }

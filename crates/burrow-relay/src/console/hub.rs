@@ -71,6 +71,8 @@ struct State {
     writer: Option<u64>,
     next_id: u64,
     recording: Option<Recording>,
+    /// Why this attach cycle is not (or no longer) recorded, told to every operator who attaches.
+    unrecorded: Option<String>,
     closed: bool,
 }
 
@@ -80,6 +82,9 @@ pub(crate) struct Hub {
     pub(crate) console: String,
     state: Mutex<State>,
     to_device: mpsc::Sender<Bytes>,
+    audit: crate::audit::Audit,
+    /// The relay refuses consoles it cannot record (`--require-recordings`).
+    require_recording: bool,
 }
 
 /// All open hubs, by (device, console).
@@ -95,6 +100,7 @@ impl Hubs {
         relay: &Arc<Relay>,
         device: &str,
         console: &str,
+        size: (u16, u16),
     ) -> Result<Arc<Hub>, String> {
         let key = (device.to_string(), console.to_string());
         if let Some(hub) = self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
@@ -138,14 +144,37 @@ impl Hubs {
             });
             return Ok(hub);
         }
-        let recording =
-            match Recording::create(&relay.config.data_dir, device, console, crate::store::now()) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::error!("cannot record console {device}/{console}: {e}");
-                    None
+        let created = Recording::create(
+            &relay.config.data_dir,
+            device,
+            console,
+            crate::store::now(),
+            size,
+            &relay.recording_limits,
+        );
+        let (recording, unrecorded) = match created {
+            Ok(r) => (Some(r), None),
+            Err(e) => {
+                let why = format!("cannot record console {device}/{console}: {e}");
+                relay.audit.record(
+                    "console-recording",
+                    device,
+                    &format!("{device}/{console}"),
+                    Outcome::Failed,
+                    &why,
+                );
+                if relay.config.require_recordings {
+                    drop(map);
+                    tokio::spawn(async move {
+                        let _ = channel.close().await;
+                    });
+                    return Err(format!(
+                        "{why}; this relay requires recordings (--require-recordings), so the console stays closed"
+                    ));
                 }
-            };
+                (None, Some(why))
+            }
+        };
         let (to_device, from_hubs) = mpsc::channel(64);
         let hub = Arc::new(Hub {
             device: device.to_string(),
@@ -156,9 +185,12 @@ impl Hubs {
                 writer: None,
                 next_id: 1,
                 recording,
+                unrecorded,
                 closed: false,
             }),
             to_device,
+            audit: relay.audit.clone(),
+            require_recording: relay.config.require_recordings,
         });
         map.insert(key, hub.clone());
         drop(map);
@@ -250,9 +282,7 @@ impl Hub {
     /// Fans output out to viewers, the ring and the recording.
     fn output(&self, bytes: Bytes) {
         let mut st = self.state();
-        if let Some(r) = st.recording.as_mut() {
-            r.output(&bytes);
-        }
+        self.record(&mut st, |r| r.output(&bytes));
         st.ring.extend(bytes.iter());
         let excess = st.ring.len().saturating_sub(RING_BYTES);
         st.ring.drain(..excess);
@@ -261,12 +291,59 @@ impl Hub {
         }
     }
 
+    /// Writes to the recording; when it has just stopped (a cap, a full disk), every operator
+    /// is told, the audit says so, and with `--require-recordings` the console closes.
+    fn record(&self, st: &mut State, write: impl FnOnce(&mut Recording)) {
+        let Some(r) = st.recording.as_mut() else {
+            return;
+        };
+        write(r);
+        let Some(why) = r.new_failure() else {
+            return;
+        };
+        let target = format!("{}/{}", self.device, self.console);
+        self.audit.record(
+            "console-recording",
+            &self.device,
+            &target,
+            Outcome::Failed,
+            &format!("recording stopped: {why}"),
+        );
+        let mut told = format!("recording stopped: {why}");
+        if self.require_recording {
+            told.push_str(
+                "; this relay requires recordings (--require-recordings), so the console is closed",
+            );
+        } else {
+            told.push_str("; the console goes on unrecorded");
+        }
+        for v in st.viewers.values_mut() {
+            deliver(v, Out::Notice(told.clone()));
+        }
+        st.unrecorded = Some(why);
+        if self.require_recording {
+            st.closed = true;
+            st.writer = None;
+            st.viewers.clear();
+            if let Some(mut r) = st.recording.take() {
+                r.finish();
+            }
+            let _ = self.to_device.try_send(Bytes::new());
+        }
+    }
+
+    /// Records a terminal resize of the operator who writes.
+    pub(crate) fn resize(&self, id: u64, cols: u32, rows: u32) {
+        let mut st = self.state();
+        if st.writer == Some(id) {
+            self.record(&mut st, |r| r.resize(cols, rows));
+        }
+    }
+
     /// Tells every viewer something, and marks it in the recording.
     pub(crate) fn notice(&self, text: &str) {
         let mut st = self.state();
-        if let Some(r) = st.recording.as_mut() {
-            r.marker(text);
-        }
+        self.record(&mut st, |r| r.marker(text));
         for v in st.viewers.values_mut() {
             deliver(v, Out::Notice(text.to_string()));
         }
@@ -302,8 +379,13 @@ impl Hub {
         } else {
             "read-only"
         };
-        if let Some(r) = st.recording.as_mut() {
-            r.marker(&format!("attach {operator} ({mode})"));
+        self.record(&mut st, |r| {
+            r.marker(&format!("attach {operator} ({mode})"))
+        });
+        if let Some(why) = st.unrecorded.clone()
+            && let Some(v) = st.viewers.get_mut(&id)
+        {
+            deliver(v, Out::Notice(format!("not recorded: {why}")));
         }
         let replay = st.ring.iter().copied().collect();
         Ok(Attached {
@@ -357,9 +439,7 @@ impl Hub {
                 Out::Notice(format!("{me} took write; you are read-only now")),
             );
         }
-        if let Some(r) = st.recording.as_mut() {
-            r.marker(&format!("write {me}"));
-        }
+        self.record(&mut st, |r| r.marker(&format!("write {me}")));
         Ok(previous_name)
     }
 
@@ -380,9 +460,7 @@ impl Hub {
         if st.writer == Some(id) {
             st.writer = None;
         }
-        if let Some(r) = st.recording.as_mut() {
-            r.marker(&format!("detach {}", v.operator));
-        }
+        self.record(&mut st, |r| r.marker(&format!("detach {}", v.operator)));
         if st.viewers.is_empty() {
             st.closed = true;
             if let Some(mut r) = st.recording.take() {

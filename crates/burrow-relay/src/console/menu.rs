@@ -91,6 +91,7 @@ fn render(operator: &str, entries: &[Entry]) -> String {
 pub(crate) async fn run_menu(
     relay: &Arc<Relay>,
     operator: &str,
+    size: (u16, u16),
     read: &mut ChannelReadHalf,
     write: &ChannelWriteHalf<Msg>,
 ) -> u32 {
@@ -129,6 +130,7 @@ pub(crate) async fn run_menu(
                                         device,
                                         console,
                                         Mode::Interactive,
+                                        size,
                                         read,
                                         write,
                                     )

@@ -1,8 +1,12 @@
 //! Console recordings: asciicast v2 under `DATA/recordings/DEVICE/CONSOLE-YYYYMMDDTHHMMSSZ.cast`,
-//! one file per attach cycle, each event written (and so handed to the OS) as it happens.
+//! one file per attach cycle, each event handed to the OS as it happens by a writer thread of
+//! the recording's own, within a per-recording and a total size cap.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use burrow_proto::asciicast::{Utf8Stream, event, header};
@@ -11,22 +15,68 @@ use burrow_proto::time::format_compact;
 /// Sub-directory of the data directory that holds recordings.
 pub const RECORDINGS_DIR: &str = "recordings";
 
-/// A recording being written.
+/// Size limits of recordings, shared by every recording of one relay.
+#[derive(Clone)]
+pub struct Limits {
+    /// Largest single recording, in bytes.
+    pub per_recording: u64,
+    /// Largest total of all recordings on disk, in bytes.
+    pub total: u64,
+    /// Bytes the recordings directory holds now (counted at start, grown as events are written).
+    pub used: Arc<AtomicU64>,
+}
+
+impl Limits {
+    /// Limits for `data_dir`, counting what its recordings already take.
+    pub fn new(data_dir: &Path, per_recording: u64, total: u64) -> Limits {
+        let used = list(data_dir, None)
+            .map(|files| files.iter().map(|f| f.bytes).sum())
+            .unwrap_or(0);
+        Limits {
+            per_recording,
+            total,
+            used: Arc::new(AtomicU64::new(used)),
+        }
+    }
+}
+
+/// Events waiting for the writer thread; past this the recording has fallen behind the disk.
+const QUEUE_EVENTS: usize = 4096;
+
+enum Cmd {
+    Line(String),
+    Finish,
+}
+
+/// A recording being written. Events go to a thread of its own, so a slow or full disk never
+/// blocks the console; when the recording cannot go on (a cap, a full disk, an I/O error) it
+/// says why once, through [`Recording::new_failure`].
 pub struct Recording {
-    file: std::fs::File,
+    tx: SyncSender<Cmd>,
     path: PathBuf,
     started: Instant,
     text: Utf8Stream,
+    failure: Arc<Mutex<Option<String>>>,
+    reported: bool,
 }
 
 impl Recording {
-    /// Starts a recording of `device`'s console `console`.
+    /// Starts a recording of `device`'s console `console`, `cols` x `rows` as the first
+    /// operator's terminal.
     pub fn create(
         data_dir: &Path,
         device: &str,
         console: &str,
         unix_now: i64,
+        (cols, rows): (u16, u16),
+        limits: &Limits,
     ) -> std::io::Result<Recording> {
+        if limits.used.load(Ordering::Relaxed) >= limits.total {
+            return Err(std::io::Error::other(format!(
+                "recordings take {} bytes, their total cap (--recordings-max-total)",
+                limits.total
+            )));
+        }
         let dir = data_dir.join(RECORDINGS_DIR).join(device);
         std::fs::create_dir_all(&dir)?;
         let mut n = 0;
@@ -49,12 +99,28 @@ impl Recording {
             .create_new(true)
             .append(true)
             .open(&path)?;
-        file.write_all(header(80, 24, unix_now, &format!("{device}/{console}")).as_bytes())?;
-        Ok(Recording {
+        let head = header(cols, rows, unix_now, &format!("{device}/{console}"));
+        file.write_all(head.as_bytes())?;
+        limits.used.fetch_add(head.len() as u64, Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_EVENTS);
+        let failure = Arc::new(Mutex::new(None));
+        let writer = Writer {
             file,
+            path: path.clone(),
+            written: head.len() as u64,
+            limits: limits.clone(),
+            failure: failure.clone(),
+        };
+        std::thread::Builder::new()
+            .name("burrow-recording".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(Recording {
+            tx,
             path,
             started: Instant::now(),
             text: Utf8Stream::default(),
+            failure,
+            reported: false,
         })
     }
 
@@ -65,8 +131,11 @@ impl Recording {
 
     fn write(&mut self, code: char, data: &str) {
         let line = event(self.started.elapsed().as_secs_f64(), code, data);
-        if let Err(e) = self.file.write_all(line.as_bytes()) {
-            tracing::error!("recording {} not written: {e}", self.path.display());
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Cmd::Line(line)) {
+            fail(
+                &self.failure,
+                format!("recording {} fell behind the disk", self.path.display()),
+            );
         }
     }
 
@@ -83,13 +152,95 @@ impl Recording {
         self.write('m', label);
     }
 
-    /// Ends the recording.
+    /// The terminal was resized (asciicast's `r` event, `COLSxROWS`).
+    pub fn resize(&mut self, cols: u32, rows: u32) {
+        self.write('r', &format!("{cols}x{rows}"));
+    }
+
+    /// Why the recording stopped, the first time this is asked after it did.
+    pub fn new_failure(&mut self) -> Option<String> {
+        if self.reported {
+            return None;
+        }
+        let why = self
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        self.reported = true;
+        Some(why)
+    }
+
+    /// Ends the recording (the writer thread flushes it to disk and exits).
     pub fn finish(&mut self) {
         let rest = self.text.finish();
         if !rest.is_empty() {
             self.write('o', &rest);
         }
+        let _ = self.tx.try_send(Cmd::Finish);
+    }
+}
+
+fn fail(slot: &Mutex<Option<String>>, why: String) {
+    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if slot.is_none() {
+        tracing::error!("{why}");
+        *slot = Some(why);
+    }
+}
+
+/// The thread that owns a recording's file.
+struct Writer {
+    file: std::fs::File,
+    path: PathBuf,
+    written: u64,
+    limits: Limits,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Cmd>) {
+        let mut stopped = false;
+        while let Ok(cmd) = rx.recv() {
+            match cmd {
+                Cmd::Line(line) if !stopped => {
+                    if let Err(why) = self.append(&line) {
+                        // Say so in the file too, if there is room for one more line.
+                        let _ = self.file.write_all(
+                            event(0.0, 'm', &format!("recording stopped: {why}")).as_bytes(),
+                        );
+                        fail(&self.failure, why);
+                        stopped = true;
+                    }
+                }
+                Cmd::Line(_) => {}
+                Cmd::Finish => break,
+            }
+        }
         let _ = self.file.sync_data();
+    }
+
+    fn append(&mut self, line: &str) -> Result<(), String> {
+        let len = line.len() as u64;
+        if self.written + len > self.limits.per_recording {
+            return Err(format!(
+                "recording {} reached its cap of {} bytes (--recording-max-bytes)",
+                self.path.display(),
+                self.limits.per_recording
+            ));
+        }
+        if self.limits.used.load(Ordering::Relaxed) + len > self.limits.total {
+            return Err(format!(
+                "recordings reached their total cap of {} bytes (--recordings-max-total)",
+                self.limits.total
+            ));
+        }
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|e| format!("cannot write recording {}: {e}", self.path.display()))?;
+        self.written += len;
+        self.limits.used.fetch_add(len, Ordering::Relaxed);
+        Ok(())
     }
 }
 

@@ -30,17 +30,30 @@ async fn say(write: &ChannelWriteHalf<Msg>, text: &str) {
 }
 
 /// Runs a console session on an operator's channel; returns the exit status.
+/// Terminal size recorded when the operator has no pty (scripts, `console watch`).
+pub(crate) const DEFAULT_SIZE: (u16, u16) = (80, 24);
+
+/// A pty size as asciicast records it (bounded: the peer chose it).
+pub(crate) fn term_size(cols: u32, rows: u32) -> (u16, u16) {
+    let fit = |v: u32, default: u16| match u16::try_from(v) {
+        Ok(0) | Err(_) => default,
+        Ok(v) => v.min(1000),
+    };
+    (fit(cols, DEFAULT_SIZE.0), fit(rows, DEFAULT_SIZE.1))
+}
+
 pub(crate) async fn run_console(
     relay: &Arc<Relay>,
     operator: &str,
     device: &str,
     console: &str,
     mode: Mode,
+    size: (u16, u16),
     read: &mut ChannelReadHalf,
     write: &ChannelWriteHalf<Msg>,
 ) -> u32 {
     let target = format!("{device}/{console}");
-    let hub = match relay.hubs.open(relay, device, console).await {
+    let hub = match relay.hubs.open(relay, device, console, size).await {
         Ok(h) => h,
         Err(why) => {
             relay
@@ -130,6 +143,9 @@ pub(crate) async fn run_console(
                     }
                 }
                 Some(ChannelMsg::Data { .. }) => {}
+                Some(ChannelMsg::WindowChange { col_width, row_height, .. }) => {
+                    hub.resize(id, col_width, row_height);
+                }
                 Some(ChannelMsg::Eof | ChannelMsg::Close) | None => break,
                 Some(_) => {}
             },
@@ -276,9 +292,23 @@ pub(crate) async fn console_exec(
         return 1;
     }
     if verb == "watch" {
-        return run_console(relay, operator, &device, &console, Mode::Watch, read, write).await;
+        return run_console(
+            relay,
+            operator,
+            &device,
+            &console,
+            Mode::Watch,
+            DEFAULT_SIZE,
+            read,
+            write,
+        )
+        .await;
     }
-    let hub = match relay.hubs.open(relay, &device, &console).await {
+    let hub = match relay
+        .hubs
+        .open(relay, &device, &console, DEFAULT_SIZE)
+        .await
+    {
         Ok(h) => h,
         Err(why) => {
             let _ = write
