@@ -10,6 +10,8 @@ need=()
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+# PuTTY's plink logs in by password as PuTTY and TeraTerm users do.
+command -v plink >/dev/null 2>&1 || need+=(putty-tools)
 # The package tests verify the systemd units; the https metadata test makes its CA with openssl.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)

@@ -380,6 +380,7 @@ impl Handler for Conn {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        let name = burrow_proto::text::clean(name, burrow_proto::text::MAX_NAME_CHARS);
         tracing::info!("subsystem {name:?} refused: the relay offers none");
         session.channel_failure(channel)?;
         Ok(())

@@ -2,9 +2,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,24 +13,6 @@ fn burrow(data: &Path, args: &[&str]) -> Command {
     c.arg("relay").arg("--data-dir").arg(data).args(args);
     c.env("BURROW_LOG", "info");
     c
-}
-
-/// Starts `burrow relay` on a free loopback port; returns the process and its port.
-fn start_relay(data: &Path) -> (KillOnDrop, u16) {
-    let mut child: Child = burrow(data, &["--listen", "127.0.0.1:0"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let port = loop {
-        let line = lines.next().expect("relay exited").unwrap();
-        if let Some(addr) = line.split("relay listening on ").nth(1) {
-            break addr.trim().rsplit(':').next().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining its log so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (KillOnDrop(child), port)
 }
 
 fn audit(data: &Path) -> Vec<serde_json::Value> {
@@ -89,7 +70,7 @@ async fn relay_killed_mid_stream_leaves_an_audit_that_says_interrupted() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let (relay, port) = start_relay(&data);
+    let (relay, port, _) = relay_process(&data, &[]);
     let service = echo_server().await;
     let dev_cfg = ssh_config_for(dir.path(), &data, port, "pi", &dev_key);
     let _device = stock_device(
@@ -125,7 +106,7 @@ async fn relay_killed_mid_stream_leaves_an_audit_that_says_interrupted() {
     let _ = tokio::time::timeout(WAIT, operator.wait()).await;
 
     // The next start marks what the crash left open as interrupted: never "ok".
-    let (_relay, _) = start_relay(&data);
+    let _relay = relay_process(&data, &[]);
     let rows = audit(&data);
     let stream = rows
         .iter()

@@ -284,6 +284,41 @@ pub fn password_ssh(
     c
 }
 
+/// `burrow relay --listen 127.0.0.1:0 --data-dir DATA ARGS...` as its own process: the process,
+/// its port, and its log lines as they come.
+pub fn relay_process(
+    data: &Path,
+    args: &[&str],
+) -> (KillOnDrop, u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .args(["relay", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .args(args)
+        // The log a user gets by default.
+        .env_remove("BURROW_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let port = loop {
+        let line = lines.next().expect("relay exited").unwrap();
+        log.lock().unwrap().push(line.clone());
+        if let Some(addr) = line.split("relay listening on ").nth(1) {
+            break addr.trim().rsplit(':').next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep reading its log so it never blocks on a full pipe.
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (KillOnDrop(child), port, log)
+}
+
 /// Kills a child process when dropped.
 pub struct KillOnDrop(pub Child);
 
