@@ -90,6 +90,21 @@ impl Fleet {
         self.up.load(Ordering::Relaxed)
     }
 
+    /// Waits until no device holds a session (they all noticed the relay went away).
+    async fn wait_down(&self, limit: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while self.up() > 0 {
+            if start.elapsed() > limit {
+                bail!(
+                    "{} devices still up {limit:?} after the relay died",
+                    self.up()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
     async fn wait_all(&self, n: usize, limit: Duration) -> anyhow::Result<Duration> {
         let start = Instant::now();
         while self.up() < n {
@@ -163,9 +178,11 @@ async fn burrow_idle_and_storm(
         "MiB",
     );
 
-    // Reconnect storm: the relay dies and comes back; every device must be back.
+    // Reconnect storm: the relay dies and comes back; every device must be back. The clock
+    // starts once the fleet has seen the relay go (every session down), at the restart.
     relay.signal("KILL");
     drop(relay);
+    fleet.wait_down(Duration::from_secs(120)).await?;
     let restarted = Instant::now();
     let relay = start_relay(env, &data_dir, port).await?;
     // Devices notice the loss (keepalive or reset) and come back with jittered backoff.

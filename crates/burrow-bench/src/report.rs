@@ -261,9 +261,13 @@ impl Results {
             }
         }
         s.push_str(NOTES);
+        s.push_str(&observed_sshd(self));
         s
     }
 }
+
+/// Heading of the appended tuning log.
+pub const TUNING_HEADING: &str = "\n# History: tuning log (not from this run)\n\nWhat follows is hand-kept history: each step's before and after numbers were measured in earlier runs, on this machine, at the time of that step. The numbers above this heading are the only ones from the run this report describes.\n\n";
 
 const NOTES: &str = "
 ## How each number is taken
@@ -271,9 +275,36 @@ const NOTES: &str = "
 - **Throughput**: N seconds of bulk data through each path (`--seconds`, default 2), 1 or 8 TCP connections at once, each measured `--repeats` times (default 3) with the median reported, to a bulk service on the device side (part of the harness: one connection per stream and no separate control connection, unlike iperf3, whose control connection can queue behind its data on one multiplexed `ssh -L` connection); *device→operator* is the device sending. Gbit/s is bytes received over the time until the receiver has all of them. OpenSSH is a test sshd with `ssh -N -R` using aes256-gcm, the cipher burrow's agent and relay negotiate by default (the operator path uses whatever the operator's OpenSSH client prefers: chacha20-poly1305 by default). rathole runs its `noise` transport (encrypted) and plain TCP. The burrow *exposure* path is agent → relay → a real listener granted by `allow-listen`; the *operator* path is stock `ssh -L` through the relay to the device's endpoint (the same `direct-tcpip` that `ssh -W` and `ssh -J` use).
 - **Latency**: one TCP connection, 64-byte writes echoed back, the first tenth discarded; the median p50 and p99 of `--repeats` runs.
 - **Idle devices**: real SSH device sessions (one process opening them all), each authenticated and holding one endpoint; the relay's RSS and PSS before and after, divided by the count. For sshd, the same with `ssh -N -R` client processes, summed over sshd's processes.
-- **Reconnect after a reboot**: the device's old session is frozen with SIGSTOP (TCP open, nothing answers) and a new one starts at once: the time until the endpoint answers again. OpenSSH's new `ssh -R` is restarted every second, as autossh does, until its forward can bind. Observed with this machine's sshd (OpenSSH 9.2p1, Debian 12): the session of a frozen client sends no ClientAlive probes at all (checked outside the harness with `ClientAliveInterval 3`, `ClientAliveCountMax 2`, `LogLevel DEBUG2`: no keepalive logged, listener still bound after 12 s, with or without connection attempts), and a frozen client's kernel keeps acknowledging TCP, so the old session holds the port past the cap. After a real reboot the peer's kernel is gone too, and the port is freed only when TCP retransmissions give up (about 15 minutes with Linux defaults; the seeds report about 10).
-- **Reconnect storm**: the relay is killed and restarted on the same data directory; devices reconnect with the agent's backoff (1 s doubling to 30 s, jittered); the time from the restart until every device has its endpoint again.
+- **Reconnect after a reboot**: the device's old session is frozen with SIGSTOP (TCP open, nothing answers) and a new one starts at once: the time until the endpoint answers again. OpenSSH's new `ssh -R` is restarted every second, as autossh does, until its forward can bind; a value marked *not back within the cap* means the old session still held the port when `--reconnect-cap` ran out (a lower bound). A frozen client's kernel keeps acknowledging TCP, so only sshd's own keepalive (`ClientAlive*`) could free the port; after a real reboot the peer's kernel is gone too, and the port is freed only when TCP retransmissions give up (about 15 minutes with Linux defaults; the seeds report about 10).
+- **Reconnect storm**: the relay is killed; once every device has seen its session go down, the relay is restarted on the same data directory and the clock starts; devices reconnect with the agent's backoff (1 s doubling to 30 s, jittered); the time until every device has its endpoint again.
 ";
+
+/// What this run observed of OpenSSH's reconnect after a reboot, in words made from the numbers.
+fn observed_sshd(results: &Results) -> String {
+    let version = results
+        .versions
+        .iter()
+        .find(|(k, _)| k == "OpenSSH")
+        .map_or("OpenSSH", |(_, v)| v.as_str());
+    let mut s = String::new();
+    for e in results.entries.iter().filter(|e| {
+        e.group.starts_with("reconnect after a device reboot") && e.system.starts_with("OpenSSH")
+    }) {
+        let outcome = match &e.note {
+            Some(_) => format!(
+                "the endpoint was not back within the cap of {:.0} s",
+                e.value
+            ),
+            None => format!("the endpoint was back after {:.1} s", e.value),
+        };
+        let _ = writeln!(
+            s,
+            "- Observed in this run with {version}, {}: {outcome}.",
+            e.system
+        );
+    }
+    s
+}
 
 pub fn write(out: &Path, results: &Results) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
@@ -281,12 +312,75 @@ pub fn write(out: &Path, results: &Results) -> anyhow::Result<()> {
         out.join("results.json"),
         serde_json::to_string_pretty(results)?,
     )?;
-    // Hand-written notes on tuning (before/after numbers from earlier runs) follow the tables.
+    // Hand-written notes on tuning follow the tables, labelled as what they are: history, with
+    // numbers from earlier runs, not from this one.
     let mut text = results.markdown();
     if let Ok(tuning) = std::fs::read_to_string(out.join("tuning.md")) {
-        text.push('\n');
+        text.push_str(TUNING_HEADING);
         text.push_str(&tuning);
     }
     std::fs::write(out.join("BENCHMARKS.md"), text)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn results(versions: &[(&str, &str)]) -> Results {
+        Results {
+            date: "2026-11-25 00:00 UTC".into(),
+            machine: Vec::new(),
+            versions: versions
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            command: "burrow-bench".into(),
+            entries: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn machine_specific_sentences_come_from_this_run() {
+        let group = "reconnect after a device reboot (old session frozen)";
+        let mut r = results(&[("OpenSSH", "OpenSSH_9.9p9 Test")]);
+        r.push(group, "burrow (takeover)", 0.06, "s");
+        r.push(
+            group,
+            "OpenSSH sshd, ClientAliveInterval 15, CountMax 3",
+            47.5,
+            "s",
+        );
+        r.push_note(
+            group,
+            "OpenSSH sshd, default settings",
+            120.0,
+            "s",
+            "not back within the cap (lower bound)",
+        );
+        let md = r.markdown();
+        assert!(
+            md.contains("with OpenSSH_9.9p9 Test, OpenSSH sshd, ClientAliveInterval 15, CountMax 3: the endpoint was back after 47.5 s"),
+            "{md}"
+        );
+        assert!(md.contains("not back within the cap of 120 s"), "{md}");
+        // Nothing about a machine this run did not measure.
+        assert!(!md.contains("9.2p1"), "{md}");
+        assert!(!md.contains("Debian 12"), "{md}");
+    }
+
+    #[test]
+    fn tuning_log_is_labelled_as_history() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("tuning.md"),
+            "## Tuning log\n\nstep 1: 8 -> 11 Gbit/s\n",
+        )
+        .unwrap();
+        write(dir.path(), &results(&[])).unwrap();
+        let md = std::fs::read_to_string(dir.path().join("BENCHMARKS.md")).unwrap();
+        let history = md.find("not from this run").expect("a history heading");
+        let step = md.find("step 1").unwrap();
+        assert!(history < step, "{md}");
+    }
 }
