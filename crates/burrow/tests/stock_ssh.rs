@@ -581,3 +581,43 @@ async fn bulk_download_from_stock_ssh_r_device_arrives_whole() {
         "{audit:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x11_forwarding_is_refused_and_no_sha1_signatures_are_offered() {
+    let (dir, relay, _dev_key, op_key) = relay_with("pi", "op").await;
+    let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+    let mut cmd = ssh(
+        &op_cfg,
+        &[
+            "-vv",
+            "-o",
+            "ForwardX11=yes",
+            "-o",
+            "ForwardX11Trusted=yes",
+            "relay",
+            "ls",
+        ],
+    );
+    cmd.env("DISPLAY", ":0");
+    let out = tokio::time::timeout(WAIT, tokio::process::Command::from(cmd).output())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("X11 forwarding request failed"),
+        "the relay accepted X11 forwarding: {err}"
+    );
+    let algs = err
+        .lines()
+        .find_map(|l| l.split("server-sig-algs=<").nth(1))
+        .expect("the relay sends server-sig-algs");
+    let algs: Vec<&str> = algs.trim_end_matches('>').split(',').collect();
+    assert!(algs.contains(&"ssh-ed25519"), "{algs:?}");
+    assert!(algs.contains(&"rsa-sha2-256"), "{algs:?}");
+    assert!(
+        !algs.contains(&"ssh-rsa"),
+        "SHA-1 ssh-rsa offered: {algs:?}"
+    );
+}
