@@ -13,6 +13,27 @@ fn burrow(args: &[&str]) -> Command {
     c
 }
 
+/// `burrow agent` with a relay nobody listens on, device pi, `key`, a pin, a status file in
+/// `dir`, and `extra` arguments: for checks that fail before any connection.
+fn agent_cmd(dir: &std::path::Path, key: &str, extra: &[&str]) -> Command {
+    let status = dir.join("s.json");
+    let mut args = vec![
+        "agent",
+        "--relay",
+        "127.0.0.1:1",
+        "--name",
+        "pi",
+        "--key",
+        key,
+        "--host-key",
+        "SHA256:x",
+        "--status-file",
+        status.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    burrow(&args)
+}
+
 fn run(cmd: &mut Command) -> (i32, String, String) {
     let Output {
         status,
@@ -52,19 +73,7 @@ fn world_readable_key_is_refused() {
     let dir = tempdir();
     let key = keypair(dir.path(), "dev");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (code, _, err) = run(&mut burrow(&[
-        "agent",
-        "--relay",
-        "127.0.0.1:1",
-        "--name",
-        "pi",
-        "--key",
-        key.to_str().unwrap(),
-        "--host-key",
-        "SHA256:x",
-        "--status-file",
-        dir.path().join("s.json").to_str().unwrap(),
-    ]));
+    let (code, _, err) = run(&mut agent_cmd(dir.path(), key.to_str().unwrap(), &[]));
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("chmod 600"), "{err}");
     assert!(err.contains("0644"), "{err}");
@@ -257,23 +266,11 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
     let dir = tempdir();
     let key = keypair(dir.path(), "dev");
     // An agent that cannot reach its relay logs warnings at once; its stderr is a pipe here.
-    let mut child = burrow(&[
-        "agent",
-        "--relay",
-        "127.0.0.1:1",
-        "--name",
-        "pi",
-        "--key",
-        key.to_str().unwrap(),
-        "--host-key",
-        "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-        "--status-file",
-        dir.path().join("s.json").to_str().unwrap(),
-    ])
-    .env("BURROW_LOG", "info")
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut child = agent_cmd(dir.path(), key.to_str().unwrap(), &[])
+        .env("BURROW_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stderr = child.stderr.take().unwrap();
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
@@ -446,21 +443,11 @@ fn extreme_agent_durations_are_refused_not_panicked_on() {
         ("--backoff-max", "1e19"),
         ("--backoff-min", "0.000001"),
     ] {
-        let (code, _, err) = run(&mut burrow(&[
-            "agent",
-            "--relay",
-            "127.0.0.1:1",
-            "--name",
-            "pi",
-            "--key",
+        let (code, _, err) = run(&mut agent_cmd(
+            dir.path(),
             key.to_str().unwrap(),
-            "--host-key",
-            "SHA256:x",
-            "--status-file",
-            dir.path().join("s.json").to_str().unwrap(),
-            flag,
-            value,
-        ]));
+            &[flag, value],
+        ));
         assert_eq!(code, 78, "{flag} {value}: {err}");
         assert!(err.contains(flag) && err.contains("out of range"), "{err}");
         assert!(!err.contains("panicked"), "{err}");
@@ -472,19 +459,7 @@ fn public_key_given_as_agent_key_says_so() {
     let dir = tempdir();
     let key = keypair(dir.path(), "dev");
     let public = format!("{}.pub", key.display());
-    let (code, _, err) = run(&mut burrow(&[
-        "agent",
-        "--relay",
-        "127.0.0.1:1",
-        "--name",
-        "pi",
-        "--key",
-        &public,
-        "--host-key",
-        "SHA256:x",
-        "--status-file",
-        dir.path().join("s.json").to_str().unwrap(),
-    ]));
+    let (code, _, err) = run(&mut agent_cmd(dir.path(), &public, &[]));
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("is a public key"), "{err}");
     assert!(err.contains(&key.display().to_string()), "{err}");

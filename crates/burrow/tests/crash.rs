@@ -6,7 +6,6 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn burrow(data: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_burrow"));
@@ -84,16 +83,7 @@ async fn relay_killed_mid_stream_leaves_an_audit_that_says_interrupted() {
     })
     .await;
     let op_cfg = ssh_config_for(dir.path(), &data, port, "alice", &op_key);
-    let mut operator = tokio::process::Command::from(ssh(&op_cfg, &["-W", "pi:22", "relay"]));
-    let mut operator = operator.kill_on_drop(true).spawn().unwrap();
-    let mut stdin = operator.stdin.take().unwrap();
-    let mut stdout = operator.stdout.take().unwrap();
-    stdin.write_all(b"ping").await.unwrap();
-    let mut buf = [0u8; 4];
-    tokio::time::timeout(WAIT, stdout.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    let (mut operator, _stdin) = open_echo_stream(&op_cfg).await;
 
     // The stream is in the audit while it runs.
     let rows = audit(&data);

@@ -3,24 +3,6 @@
 mod common;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// An operator's `ssh -W pi:22` that has exchanged a first message and keeps its stdin open.
-async fn open_stream(
-    config: &std::path::Path,
-) -> (tokio::process::Child, tokio::process::ChildStdin) {
-    let mut cmd = tokio::process::Command::from(ssh(config, &["-W", "pi:22", "relay"]));
-    let mut child = cmd.kill_on_drop(true).spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    stdin.write_all(b"ping").await.unwrap();
-    let mut buf = [0u8; 4];
-    tokio::time::timeout(WAIT, stdout.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    (child, stdin)
-}
 
 /// Waits for `child` to end; fails the test if the relay left it running.
 async fn ended(child: &mut tokio::process::Child, what: &str) {
@@ -43,7 +25,7 @@ async fn operator_rm_and_policy_change_cut_open_streams() {
     let alice = ssh_config(dir.path(), &relay, "alice", &op_key);
 
     // Patterns change so that pi is no longer allowed: the open stream is closed.
-    let (mut stream, _stdin) = open_stream(&alice).await;
+    let (mut stream, _stdin) = open_echo_stream(&alice).await;
     let (ok, out, err) = relay.cli(&["operator", "set", "alice", "--allow", "site-*"]);
     assert!(ok, "{err}");
     assert!(out.contains("site-*"), "{out}");
@@ -55,7 +37,7 @@ async fn operator_rm_and_policy_change_cut_open_streams() {
     // Console-only closes port streams too; --full and '*' give them back.
     let (ok, _, err) = relay.cli(&["operator", "set", "alice", "--allow", "*"]);
     assert!(ok, "{err}");
-    let (mut stream, _stdin) = open_stream(&alice).await;
+    let (mut stream, _stdin) = open_echo_stream(&alice).await;
     let (ok, _, err) = relay.cli(&["operator", "set", "alice", "--console-only"]);
     assert!(ok, "{err}");
     ended(&mut stream, "after --console-only").await;
@@ -63,7 +45,7 @@ async fn operator_rm_and_policy_change_cut_open_streams() {
     assert!(ok, "{err}");
 
     // Removal cuts the whole connection, and ls does not answer from a stale record.
-    let (mut stream, _stdin) = open_stream(&alice).await;
+    let (mut stream, _stdin) = open_echo_stream(&alice).await;
     let (ok, _, err) = relay.cli(&["operator", "rm", "alice"]);
     assert!(ok, "{err}");
     ended(&mut stream, "after operator rm").await;

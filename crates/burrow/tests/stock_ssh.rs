@@ -306,18 +306,7 @@ async fn operator_stream_is_closed_when_the_device_session_dies() {
     relay.wait_endpoint("pi", 22).await;
     let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
     // An operator with an open stream that keeps its stdin open.
-    let mut operator = tokio::process::Command::from(ssh(&op_cfg, &["-W", "pi:22", "relay"]));
-    let mut operator = operator.kill_on_drop(true).spawn().unwrap();
-    let mut stdin = operator.stdin.take().unwrap();
-    let mut stdout = operator.stdout.take().unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stdin.write_all(b"ping").await.unwrap();
-    let mut buf = [0u8; 4];
-    tokio::time::timeout(WAIT, stdout.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&buf, b"ping");
+    let (mut operator, stdin) = open_echo_stream(&op_cfg).await;
     // The device dies (SIGKILL: no goodbye); the operator's ssh must end, not hang.
     drop(device);
     tokio::time::timeout(WAIT, operator.wait())

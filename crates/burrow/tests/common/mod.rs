@@ -319,6 +319,25 @@ pub fn relay_process(
     (KillOnDrop(child), port, log)
 }
 
+/// An operator's `ssh -W pi:22` through `config`'s relay that has had a first message echoed
+/// and keeps its stdin open: a stream in the middle of its life.
+pub async fn open_echo_stream(
+    config: &Path,
+) -> (tokio::process::Child, tokio::process::ChildStdin) {
+    let mut cmd = tokio::process::Command::from(ssh(config, &["-W", "pi:22", "relay"]));
+    let mut child = cmd.kill_on_drop(true).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    stdin.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(WAIT, stdout.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ping");
+    (child, stdin)
+}
+
 /// Kills a child process when dropped.
 pub struct KillOnDrop(pub Child);
 
