@@ -14,30 +14,23 @@ async fn ended(child: &mut tokio::process::Child, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_rm_and_policy_change_cut_open_streams() {
-    let (dir, relay, dev_key, op_key) = relay_with("pi", "alice").await;
-    let service = echo_server().await;
-    let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
-    let _device = stock_device(
-        &dev_cfg,
-        &["-R", &format!("22:localhost:{}", service.port())],
-    );
-    relay.wait_endpoint("pi", 22).await;
-    let alice = ssh_config(dir.path(), &relay, "alice", &op_key);
+    let site = relay_with_echo_device("alice").await;
+    let (relay, alice) = (&site.relay, &site.operator);
 
     // Patterns change so that pi is no longer allowed: the open stream is closed.
-    let (mut stream, _stdin) = open_echo_stream(&alice).await;
+    let (mut stream, _stdin) = open_echo_stream(alice).await;
     let (ok, out, err) = relay.cli(&["operator", "set", "alice", "--allow", "site-*"]);
     assert!(ok, "{err}");
     assert!(out.contains("site-*"), "{out}");
     ended(&mut stream, "after --allow changed").await;
-    let (ok, _, err) = ssh_output(&alice, &["-W", "pi:22", "relay"], b"x").await;
+    let (ok, _, err) = ssh_output(alice, &["-W", "pi:22", "relay"], b"x").await;
     assert!(!ok);
     assert!(err.contains("may not reach device pi"), "{err}");
 
     // Console-only closes port streams too; --full and '*' give them back.
     let (ok, _, err) = relay.cli(&["operator", "set", "alice", "--allow", "*"]);
     assert!(ok, "{err}");
-    let (mut stream, _stdin) = open_echo_stream(&alice).await;
+    let (mut stream, _stdin) = open_echo_stream(alice).await;
     let (ok, _, err) = relay.cli(&["operator", "set", "alice", "--console-only"]);
     assert!(ok, "{err}");
     ended(&mut stream, "after --console-only").await;
@@ -45,7 +38,7 @@ async fn operator_rm_and_policy_change_cut_open_streams() {
     assert!(ok, "{err}");
 
     // Removal cuts the whole connection, and ls does not answer from a stale record.
-    let (mut stream, _stdin) = open_echo_stream(&alice).await;
+    let (mut stream, _stdin) = open_echo_stream(alice).await;
     let (ok, _, err) = relay.cli(&["operator", "rm", "alice"]);
     assert!(ok, "{err}");
     ended(&mut stream, "after operator rm").await;

@@ -296,19 +296,12 @@ async fn refused_exec_is_audited_as_refused_and_help_lists_console_commands() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_stream_is_closed_when_the_device_session_dies() {
-    let (dir, relay, dev_key, op_key) = relay_with("pi", "op").await;
-    let service = echo_server().await;
-    let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
-    let device = stock_device(
-        &dev_cfg,
-        &["-R", &format!("22:localhost:{}", service.port())],
-    );
-    relay.wait_endpoint("pi", 22).await;
-    let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+    let site = relay_with_echo_device("op").await;
+    let relay = &site.relay;
     // An operator with an open stream that keeps its stdin open.
-    let (mut operator, stdin) = open_echo_stream(&op_cfg).await;
+    let (mut operator, stdin) = open_echo_stream(&site.operator).await;
     // The device dies (SIGKILL: no goodbye); the operator's ssh must end, not hang.
-    drop(device);
+    drop(site.device);
     tokio::time::timeout(WAIT, operator.wait())
         .await
         .expect("the operator's stream was left hanging after the device session ended")

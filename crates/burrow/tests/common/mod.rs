@@ -182,6 +182,35 @@ pub async fn relay_with(
     (dir, relay, dev_key, op_key)
 }
 
+/// A relay whose device `pi` is a stock `ssh -R 22:...` to an echo service, and operator
+/// `operator` allowed everywhere.
+pub struct EchoSite {
+    pub dir: tempfile::TempDir,
+    pub relay: TestRelay,
+    /// The device's ssh process (dropping it kills the device).
+    pub device: KillOnDrop,
+    /// ssh_config of the operator.
+    pub operator: PathBuf,
+}
+
+pub async fn relay_with_echo_device(operator: &str) -> EchoSite {
+    let (dir, relay, dev_key, op_key) = relay_with("pi", operator).await;
+    let service = echo_server().await;
+    let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
+    let device = stock_device(
+        &dev_cfg,
+        &["-R", &format!("22:localhost:{}", service.port())],
+    );
+    relay.wait_endpoint("pi", 22).await;
+    let operator = ssh_config(dir.path(), &relay, operator, &op_key);
+    EchoSite {
+        dir,
+        relay,
+        device,
+        operator,
+    }
+}
+
 /// An ssh_config for stock OpenSSH: host `relay` as operator `op` (key `op_key`), and any other
 /// host jumps through it.
 pub fn ssh_config(dir: &Path, relay: &TestRelay, user: &str, key: &Path) -> PathBuf {
