@@ -25,6 +25,7 @@ const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) fn came_online(relay: &Relay, dev: Arc<DeviceSession>) {
     let peer = dev.peer.to_string();
     if let Some(old) = relay.registry.take_over(dev.clone()) {
+        old.replaced.cancel();
         relay.listeners.transfer(old.id, dev.id);
         let up = old.since.elapsed();
         // A session replaced soon after it came up is most likely a second agent with the
@@ -56,7 +57,9 @@ pub(crate) fn came_online(relay: &Relay, dev: Arc<DeviceSession>) {
                 .handle
                 .disconnect(russh::Disconnect::ByApplication, why, String::new());
             let _ = tokio::time::timeout(Duration::from_millis(500), told).await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // A live peer reads the reason and the session ends by itself; a frozen one gets
+            // a moment for the packet to leave, then the socket is cut.
+            let _ = tokio::time::timeout(Duration::from_millis(200), old.cut.cancelled()).await;
             old.cut.cancel();
         });
     }

@@ -17,7 +17,9 @@
 //! - `conn`: the russh handler: authentication and request dispatch.
 //! - `device`: what devices may ask for (forwards, allowed targets).
 //! - `operator`: what operators may ask for (endpoint streams, `ls`).
+//! - `operator_session`: operator connections and what each has open (for revocation).
 //! - `listeners`: real TCP listeners granted by `allow-listen`.
+//! - `revocation`: CLI changes to the registry reaching open sessions within 2 s.
 //! - `throttle`: password guessing: delays, operator locks, concurrent checks.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -32,7 +34,9 @@ mod device;
 mod gate;
 mod listeners;
 mod operator;
+mod operator_session;
 pub mod registry;
+mod revocation;
 mod server;
 pub mod store;
 mod throttle;

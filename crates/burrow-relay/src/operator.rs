@@ -1,7 +1,6 @@
 //! What operators may do: streams to device endpoints (`ssh -J`, `-W`, `-L`) and `ls`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_io::splice::{End, SpliceError, splice_until};
@@ -10,131 +9,15 @@ use burrow_proto::name::{Login, is_valid_name};
 use burrow_proto::time::{format_rfc3339, format_utc_minutes};
 use russh::server::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelMsg, ChannelOpenFailure};
-use tokio_util::sync::CancellationToken;
 
 use crate::Relay;
 use crate::audit::{Outcome, stream_summary};
+pub(crate) use crate::operator_session::{OperatorSession, Operators};
 use crate::registry::DeviceSession;
 use crate::store::OperatorRecord;
 
 /// Time a device gets to accept a forwarded channel.
 pub(crate) const DEVICE_OPEN_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// An authenticated operator connection.
-pub(crate) struct OperatorSession {
-    pub(crate) id: u64,
-    pub(crate) login: Login,
-    /// Cuts the whole connection (the operator was removed).
-    pub(crate) cut: CancellationToken,
-    /// The connection's handle, once authenticated: to tell the client why it is cut.
-    pub(crate) handle: std::sync::OnceLock<russh::server::Handle>,
-    /// What it has open, so that a policy change can close what is no longer allowed.
-    open: Mutex<HashMap<u64, OpenUse>>,
-}
-
-/// One stream or console session an operator has open.
-struct OpenUse {
-    device: String,
-    /// A console session (allowed to console-only operators) rather than a port stream.
-    console: bool,
-    stop: CancellationToken,
-}
-
-/// Removes its entry from the operator's open uses when dropped.
-pub(crate) struct UseGuard {
-    op: Arc<OperatorSession>,
-    id: u64,
-    /// Cancelled when policy no longer allows this use.
-    pub(crate) stop: CancellationToken,
-}
-
-impl Drop for UseGuard {
-    fn drop(&mut self) {
-        self.op.uses().remove(&self.id);
-    }
-}
-
-impl OperatorSession {
-    pub(crate) fn new(id: u64, login: Login, cut: CancellationToken) -> Self {
-        OperatorSession {
-            id,
-            login,
-            cut,
-            handle: std::sync::OnceLock::new(),
-            open: Mutex::default(),
-        }
-    }
-
-    pub(crate) fn name(&self) -> &str {
-        self.login.principal()
-    }
-
-    fn uses(&self) -> std::sync::MutexGuard<'_, HashMap<u64, OpenUse>> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Registers a stream (or a console session) to `device` for policy enforcement.
-    pub(crate) fn track(self: &Arc<Self>, relay: &Relay, device: &str, console: bool) -> UseGuard {
-        let id = relay.next_id();
-        let stop = CancellationToken::new();
-        self.uses().insert(
-            id,
-            OpenUse {
-                device: device.to_string(),
-                console,
-                stop: stop.clone(),
-            },
-        );
-        UseGuard {
-            op: self.clone(),
-            id,
-            stop,
-        }
-    }
-
-    /// Closes what `record` (the operator's current policy; `None`: removed) no longer allows.
-    /// Returns the devices whose streams or consoles were closed.
-    pub(crate) fn enforce(&self, record: Option<&OperatorRecord>) -> Vec<String> {
-        let Some(record) = record else {
-            self.cut.cancel();
-            return Vec::new();
-        };
-        let mut closed = Vec::new();
-        for u in self.uses().values() {
-            let allowed =
-                any_matches(&record.allow, &u.device) && (u.console || !record.console_only);
-            if !allowed && !u.stop.is_cancelled() {
-                u.stop.cancel();
-                closed.push(u.device.clone());
-            }
-        }
-        closed
-    }
-}
-
-/// Every authenticated operator connection, for revocation.
-#[derive(Default)]
-pub(crate) struct Operators {
-    map: Mutex<HashMap<u64, Arc<OperatorSession>>>,
-}
-
-impl Operators {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<OperatorSession>>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn insert(&self, op: Arc<OperatorSession>) {
-        self.map().insert(op.id, op);
-    }
-
-    pub(crate) fn remove(&self, id: u64) {
-        self.map().remove(&id);
-    }
-
-    pub(crate) fn all(&self) -> Vec<Arc<OperatorSession>> {
-        self.map().values().cloned().collect()
-    }
-}
 
 /// A `direct-tcpip` request as received.
 pub(crate) struct StreamRequest {
@@ -244,9 +127,21 @@ pub(crate) async fn open_endpoint(
         originator_address,
         originator_port,
     );
+    // A session being replaced (its device reconnected) is told why before it is cut; what
+    // waits on it fails at once rather than with it.
+    let open = async {
+        tokio::select! {
+            opened = open => Some(opened),
+            () = dev.replaced.cancelled() => None,
+        }
+    };
     match tokio::time::timeout(DEVICE_OPEN_TIMEOUT, open).await {
-        Ok(Ok(channel)) => Ok((dev, channel)),
-        Ok(Err(e)) => Err(Refusal::new(
+        Ok(None) => Err(Refusal::new(
+            CONNECT_FAILED,
+            format!("device {device} reconnected while this stream was opening; try again"),
+        )),
+        Ok(Some(Ok(channel))) => Ok((dev, channel)),
+        Ok(Some(Err(e))) => Err(Refusal::new(
             CONNECT_FAILED,
             format!("device {device} refused the connection to its port {port}: {e}"),
         )),
@@ -327,7 +222,7 @@ pub(crate) fn open_stream(
 /// is printed ("Received disconnect from ...: burrow: ...") and makes ssh exit with 255. So
 /// when the cut stream was the connection's only one, the connection ends with the reason.
 async fn tell_cut(op: &OperatorSession, target: &str, why: &SpliceError) {
-    if !op.uses().is_empty() {
+    if op.has_open_uses() {
         return;
     }
     if let Some(handle) = op.handle.get() {

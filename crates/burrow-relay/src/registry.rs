@@ -51,6 +51,8 @@ pub struct DeviceSession {
     pub handle: Handle,
     /// Cancelling this cuts the connection (see `burrow_io::cut`).
     pub cut: CancellationToken,
+    /// Cancelled when a newer session of the device took over (just before it is cut).
+    pub replaced: CancellationToken,
     /// Flow control on its channels: credit with a burrow agent, a capped queue with stock ssh.
     pub flow: Flow,
     endpoints: Mutex<BTreeMap<u16, Endpoint>>,
@@ -74,6 +76,7 @@ impl DeviceSession {
             peer,
             since: Instant::now(),
             handle,
+            replaced: CancellationToken::new(),
             cut,
             flow,
             endpoints: Mutex::new(BTreeMap::new()),

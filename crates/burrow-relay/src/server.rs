@@ -23,7 +23,7 @@ pub(crate) async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!("relay listening on {addr}");
     }
-    let watcher = relay.tracker.spawn(crate::conn::watch_revocations(
+    let watcher = relay.tracker.spawn(crate::revocation::watch_revocations(
         relay.clone(),
         shutdown.clone(),
     ));

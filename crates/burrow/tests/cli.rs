@@ -465,3 +465,25 @@ fn public_key_given_as_agent_key_says_so() {
     assert!(err.contains(&key.display().to_string()), "{err}");
     assert!(!err.contains("chmod"), "{err}");
 }
+
+#[test]
+fn readme_says_how_to_install_before_relay_setup_and_license_matches_cargo() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let install = readme.find("\n## Install").expect("an Install section");
+    let relay = readme.find("\n## Relay setup").unwrap();
+    assert!(install < relay, "Install must come before Relay setup");
+    let section = &readme[install..relay];
+    assert!(
+        section.contains("cargo install --locked --path crates/burrow"),
+        "{section}"
+    );
+    assert!(section.contains("build-deb.sh"), "{section}");
+    let cargo = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    assert!(cargo.contains("license = \"Apache-2.0\""), "{cargo}");
+    let license = std::fs::read_to_string(root.join("LICENSE")).expect("a LICENSE file");
+    assert!(
+        license.contains("Apache License") && license.contains("Version 2.0, January 2004"),
+        "LICENSE does not match Cargo.toml's Apache-2.0"
+    );
+}
