@@ -159,16 +159,13 @@ async fn operator_password_set_and_clear() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut login = password_ssh(
+    let out = password_login(
         &relay,
         dir.path(),
         &["new pass"],
         &["alice@127.0.0.1", "ls"],
-    );
-    let out = tokio::time::timeout(WAIT, login.output())
-        .await
-        .unwrap()
-        .unwrap();
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",
@@ -176,16 +173,13 @@ async fn operator_password_set_and_clear() {
     );
     let (ok, _, err) = relay.cli(&["operator", "password", "alice", "--clear"]);
     assert!(ok, "{err}");
-    let mut login = password_ssh(
+    let out = password_login(
         &relay,
         dir.path(),
         &["new pass"],
         &["alice@127.0.0.1", "ls"],
-    );
-    let out = tokio::time::timeout(WAIT, login.output())
-        .await
-        .unwrap()
-        .unwrap();
+    )
+    .await;
     assert!(!out.status.success());
     // A password-only operator cannot lose its last credential.
     let hash = burrow_relay::admin::hash_password("pw").unwrap();

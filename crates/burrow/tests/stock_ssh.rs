@@ -198,14 +198,13 @@ async fn mistyped_password_can_be_retried_on_the_same_connection() {
         .store()
         .add_operator("bob", &[], Some(&hash), &["*".to_string()], false)
         .unwrap();
-    let out = password_ssh(
+    let out = password_login(
         &relay,
         dir.path(),
         &["correct hrose", "correct horse"],
         &["bob@127.0.0.1", "ls"],
     )
-    .output();
-    let out = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();
+    .await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
@@ -412,14 +411,8 @@ async fn password_guessing_locks_the_operator_until_unlocked() {
         .store()
         .add_operator("bob", &[], Some(&hash), &["*".to_string()], false)
         .unwrap();
-    let login = |passwords: &[&str]| {
-        let mut c = password_ssh(&relay, dir.path(), passwords, &["bob@127.0.0.1", "ls"]);
-        async move {
-            tokio::time::timeout(WAIT, c.output())
-                .await
-                .unwrap()
-                .unwrap()
-        }
+    let login = |passwords: &'static [&'static str]| {
+        password_login(&relay, dir.path(), passwords, &["bob@127.0.0.1", "ls"])
     };
     // Three guesses on one connection: the third locks bob's password login.
     let out = login(&["guess1", "guess2", "guess3"]).await;

@@ -367,6 +367,20 @@ pub async fn open_echo_stream(
     (child, stdin)
 }
 
+/// [`password_ssh`] run to its end: its output, failing the test if it hangs.
+pub async fn password_login(
+    relay: &TestRelay,
+    dir: &Path,
+    passwords: &[&str],
+    args: &[&str],
+) -> std::process::Output {
+    let mut login = password_ssh(relay, dir, passwords, args);
+    tokio::time::timeout(WAIT, login.output())
+        .await
+        .expect("ssh finished")
+        .unwrap()
+}
+
 /// Kills a child process when dropped.
 pub struct KillOnDrop(pub Child);
 
