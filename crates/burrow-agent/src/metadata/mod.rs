@@ -156,6 +156,7 @@ impl Supervisor {
         match outcome {
             Err(e) => self.keep_state(at, e),
             Ok(None) => {
+                let stopped = self.running.is_some();
                 if let Some(running) = self.running.take() {
                     tracing::info!(
                         "metadata: the entry for this device is gone; stopping the tunnel and deleting its key"
@@ -164,7 +165,6 @@ impl Supervisor {
                     self.forget_entry();
                     // Nothing of the stopped tunnel stays on show, its "agent stopped" included.
                     self.status.retarget(&self.base.name, "", Vec::new());
-                    self.status.set_state(State::Idle, None);
                 }
                 let id = self.id_text();
                 self.status.update_metadata(|m| {
@@ -174,6 +174,10 @@ impl Supervisor {
                     m.tunnel = None;
                     m.host_key = None;
                 });
+                // Idle last: whoever sees it sees a status with the tunnel already gone.
+                if stopped {
+                    self.status.set_state(State::Idle, None);
+                }
             }
             Ok(Some(found)) => self.apply(found, at).await,
         }
