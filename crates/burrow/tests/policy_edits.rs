@@ -191,4 +191,15 @@ async fn operator_password_set_and_clear() {
     let (ok, _, err) = relay.cli(&["operator", "password", "bob", "--clear"]);
     assert!(!ok);
     assert!(err.contains("lock it out"), "{err}");
+    // With a key added, bob may drop the password and log in by key.
+    let bob_key = keypair(dir.path(), "bob");
+    let bob_pub = format!("{}.pub", bob_key.display());
+    let (ok, _, err) = relay.cli(&["operator", "add-key", "bob", "--pubkey", &bob_pub]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = relay.cli(&["operator", "password", "bob", "--clear"]);
+    assert!(ok, "{err}");
+    let bob = ssh_config(dir.path(), &relay, "bob", &bob_key);
+    let (ok, out, err) = ssh_output(&bob, &["relay", "ls"], b"").await;
+    assert!(ok, "{err}");
+    assert!(String::from_utf8_lossy(&out).contains("DEVICE"));
 }

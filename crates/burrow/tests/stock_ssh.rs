@@ -596,3 +596,48 @@ async fn x11_forwarding_is_refused_and_no_sha1_signatures_are_offered() {
         "SHA-1 ssh-rsa offered: {algs:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_stream_is_closed_when_the_device_session_is_taken_over() {
+    let site = relay_with_echo_device("op").await;
+    let (mut operator, _stdin) = open_echo_stream(&site.operator).await;
+    // The device reboots: its old session freezes, a new one takes over.
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &site.device.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let old_peer = site.relay.relay.online_peer("pi").unwrap();
+    let dev_key = site.dir.path().join("dev");
+    let dev_cfg = ssh_config(site.dir.path(), &site.relay, "pi", &dev_key);
+    let service = echo_server().await;
+    let _new = stock_device(
+        &dev_cfg,
+        &["-R", &format!("22:localhost:{}", service.port())],
+    );
+    eventually("the takeover", || {
+        site.relay
+            .relay
+            .online_peer("pi")
+            .filter(|p| *p != old_peer)
+            .map(|_| ())
+    })
+    .await;
+    tokio::time::timeout(WAIT, operator.wait())
+        .await
+        .expect("the stream on the replaced session was left hanging")
+        .unwrap();
+    let row = eventually("the stream's audit row", || {
+        site.relay
+            .relay
+            .store()
+            .audit_tail(50)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.event == "stream" && r.outcome != "open")
+    })
+    .await;
+    assert_eq!(row.outcome, "interrupted", "{row:?}");
+}
