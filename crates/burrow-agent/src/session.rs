@@ -20,8 +20,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bind address sent with every `tcpip-forward`: loopback on a stock sshd relay, and on a
 /// burrow relay simply "this device's own name".
 const FORWARD_BIND: &str = "127.0.0.1";
-/// Bind address of the probe endpoint on a burrow relay (its `registry::PROBE_BIND`).
-const PROBE_BIND: &str = "burrow/probe";
 
 /// The connection currently up, for the `[[connect]]` listeners.
 pub(crate) type Current = Arc<Mutex<Option<(Arc<Handle<AgentHandler>>, Flow)>>>;
@@ -170,7 +168,8 @@ async fn session(
             .await
             .map_err(|e| format!("cannot reach relay {relay}: {e}"))?;
         let _ = tcp.set_nodelay(true);
-        let (tcp, seen) = burrow_io::first_bytes::FirstBytes::new(tcp);
+        let (tcp, seen) =
+            burrow_io::first_bytes::FirstBytes::new(tcp, burrow_io::first_bytes::IDENTIFICATION);
         let mut handle =
             russh::client::connect_stream(client_config, CutStream::new(tcp, cut.clone()), handler)
                 .await
@@ -255,7 +254,7 @@ async fn session(
     if !probe_interval.is_zero() {
         // A burrow relay keeps the probe endpoint internal (unlisted, closed to operators).
         let bind = if burrow_relay {
-            PROBE_BIND
+            burrow_proto::PROBE_BIND
         } else {
             FORWARD_BIND
         };

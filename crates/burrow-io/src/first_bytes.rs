@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Bytes kept: an SSH identification line is at most 255.
-const KEPT: usize = 256;
+/// Bytes that hold an SSH identification line (at most 255 with its CR LF).
+pub const IDENTIFICATION: usize = 256;
 
 /// What the peer sent first, shared with whoever wants to look.
 #[derive(Clone, Default)]
@@ -34,22 +34,25 @@ impl Seen {
     }
 }
 
-/// A stream that records the first [`KEPT`] bytes read from it.
+/// A stream that records the first `keep` bytes read from it.
 pub struct FirstBytes<T> {
     inner: T,
     seen: Seen,
-    full: bool,
+    /// Bytes still to record; nothing is looked at once this is 0.
+    left: usize,
 }
 
 impl<T> FirstBytes<T> {
-    /// Wraps `inner`; returns the stream and the record of what it reads first.
-    pub fn new(inner: T) -> (Self, Seen) {
+    /// Wraps `inner`, keeping the first `keep` bytes read (1 answers "said anything?",
+    /// [`IDENTIFICATION`] holds the peer's SSH identification line); returns the stream and
+    /// the record.
+    pub fn new(inner: T, keep: usize) -> (Self, Seen) {
         let seen = Seen::default();
         (
             FirstBytes {
                 inner,
                 seen: seen.clone(),
-                full: false,
+                left: keep,
             },
             seen,
         )
@@ -64,14 +67,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for FirstBytes<T> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if !self.full {
+        if self.left > 0 {
             let new = buf.filled().get(before..).unwrap_or_default();
-            let mut kept = self.seen.bytes();
-            let room = KEPT.saturating_sub(kept.len());
-            kept.extend_from_slice(new.get(..room.min(new.len())).unwrap_or_default());
-            let full = kept.len() >= KEPT;
-            drop(kept);
-            self.full = full;
+            let take = self.left.min(new.len());
+            self.seen
+                .bytes()
+                .extend_from_slice(new.get(..take).unwrap_or_default());
+            self.left -= take;
         }
         polled
     }
@@ -103,7 +105,7 @@ mod tests {
     #[tokio::test]
     async fn keeps_the_first_line_and_no_more_than_it_needs() {
         let (a, mut b) = tokio::io::duplex(4096);
-        let (mut r, seen) = FirstBytes::new(a);
+        let (mut r, seen) = FirstBytes::new(a, IDENTIFICATION);
         assert!(!seen.any());
         b.write_all(b"SSH-2.0-OpenSSH_9.2p1 Debian\r\n")
             .await
@@ -115,6 +117,6 @@ mod tests {
         assert_eq!(all.len(), 1030);
         assert!(seen.any());
         assert_eq!(seen.first_line().unwrap(), "SSH-2.0-OpenSSH_9.2p1 Debian");
-        assert_eq!(seen.bytes().len(), KEPT);
+        assert_eq!(seen.bytes().len(), IDENTIFICATION);
     }
 }

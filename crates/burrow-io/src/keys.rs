@@ -64,14 +64,13 @@ pub fn fingerprint(key: &PublicKey) -> String {
 
 /// Loads an unencrypted OpenSSH private key, refusing files readable by group or others.
 pub fn load_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
-    let meta = std::fs::metadata(path).map_err(|source| KeyError::Read {
+    let read = |source| KeyError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let text = std::fs::read_to_string(path).map_err(read)?;
     // A `.pub` given by mistake is world-readable by design: say what it is before the mode.
-    if let Ok(text) = std::fs::read_to_string(path)
-        && parse_public_keys(&text, "").is_ok_and(|keys| !keys.is_empty())
-    {
+    if parse_public_keys(&text, "").is_ok() {
         let shown = path.display().to_string();
         return Err(KeyError::PublicNotPrivate {
             path: path.to_path_buf(),
@@ -81,17 +80,13 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
                 .to_string(),
         });
     }
-    let mode = meta.permissions().mode() & 0o777;
+    let mode = std::fs::metadata(path).map_err(read)?.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyError::TooOpen {
             path: path.to_path_buf(),
             mode,
         });
     }
-    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
     parse_private_key(&text).map_err(|reason| KeyError::Parse {
         what: path.display().to_string(),
         reason,

@@ -284,7 +284,7 @@ impl Source {
         }
     }
 
-    /// The queue limit, and whether to wait (rather than fail) when it is reached.
+    /// The queue limit, and what to do when it is reached.
     fn queue_limit(&self) -> Option<(u64, WhenFull)> {
         match self {
             Source::Channel {

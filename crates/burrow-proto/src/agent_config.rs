@@ -41,9 +41,7 @@ impl Seconds {
             Seconds::Fraction(_) => Duration::ZERO,
         }
     }
-}
 
-impl Seconds {
     /// Checks that the value lies in `[min, max]` seconds (`0` also allowed when `zero_ok`);
     /// the message names `key` and the range.
     pub fn check_range(self, key: &str, min: f64, max: f64, zero_ok: bool) -> Result<(), String> {
@@ -395,14 +393,11 @@ impl AgentConfig {
             }
         }
         if let Some(count) = self.keepalive_count
-            && count > 100
+            && !(1..=100).contains(&count)
         {
             return invalid(format!(
-                "keepalive_count = {count} is out of range: use 1 to 100"
+                "keepalive_count = {count} is out of range: use at least 1 and at most 100"
             ));
-        }
-        if self.keepalive_count == Some(0) {
-            return invalid("keepalive_count must be at least 1".into());
         }
         if self.backoff_max() < self.backoff_min() {
             return invalid("backoff_max must not be smaller than backoff_min".into());
@@ -548,9 +543,10 @@ impl Expose {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn every_duration_has_a_range_and_extremes_are_refused() {
-        use super::*;
         for (key, min, max, zero_ok) in DURATION_RANGES {
             for (value, ok) in [
                 (Seconds::Fraction(1e300), false),
@@ -599,8 +595,6 @@ mod tests {
             }
         }
     }
-
-    use super::*;
 
     const FULL: &str = r#"
 relay = "relay.example.com:443"

@@ -46,3 +46,7 @@ pub(crate) fn xorshift(seed: &mut u64) -> u64 {
 /// Start of the SSH disconnect message with which a relay tells a device session that a newer
 /// session of the same device replaced it; the agent recognises it and backs off.
 pub const REPLACED_PREFIX: &str = "burrow: a new session";
+
+/// Bind address with which a burrow agent asks a burrow relay for its probe endpoint; the relay
+/// keeps that endpoint internal (unlisted, closed to operators, its streams not audited).
+pub const PROBE_BIND: &str = "burrow/probe";

@@ -5,7 +5,7 @@ pub const MAX_NAME_CHARS: usize = 128;
 /// Longest untrusted free text kept (a command line, a detail), in characters.
 pub const MAX_TEXT_CHARS: usize = 1024;
 
-/// `text` with control characters escaped (`\n`, `\x1b`, ...) and cut to `max` characters; a
+/// `text` with control characters escaped (`\n`, `\u{1b}`, ...) and cut to `max` characters; a
 /// cut says how much was dropped. A peer cannot forge log lines, move a terminal's cursor, or
 /// fill the audit table with one 256 KiB user name.
 pub fn clean(text: &str, max: usize) -> String {

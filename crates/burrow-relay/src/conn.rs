@@ -183,8 +183,8 @@ impl Handler for Conn {
         let name = login.principal().to_string();
         let ip = self.peer.ip();
         let throttle = &self.relay.throttle;
-        let hash = match self.relay.store.operator_password_hash(&name) {
-            Ok(Some(h)) => h,
+        let login_state = match self.relay.store.operator_password(&name) {
+            Ok(Some(l)) => l,
             Ok(None) => {
                 throttle.failed(ip, None, Instant::now());
                 return Ok(self.reject(
@@ -194,9 +194,7 @@ impl Handler for Conn {
             }
             Err(e) => return Ok(self.reject(user, &e.to_string())),
         };
-        if let Ok(Some(record)) = self.relay.store.operator(&name)
-            && let Some(until) = record.locked_until
-        {
+        if let Some(until) = login_state.locked_until {
             return Ok(self.reject(
                 user,
                 &format!(
@@ -213,7 +211,7 @@ impl Handler for Conn {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let password = password.to_string();
+        let (hash, password) = (login_state.hash, password.to_string());
         // argon2 costs tens of milliseconds of CPU: keep it off the async workers.
         let ok =
             tokio::task::spawn_blocking(move || crate::admin::verify_password(&hash, &password))

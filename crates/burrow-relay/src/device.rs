@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_io::splice::{End, splice};
+use burrow_proto::REPLACED_PREFIX;
 use russh::Channel;
 use russh::server::{ChannelOpenHandle, Msg};
 use tokio::net::TcpStream;
@@ -12,8 +13,6 @@ use crate::Relay;
 use crate::audit::{Outcome, stream_summary};
 use crate::operator::{Asker, CONNECT_FAILED, PROHIBITED, Refusal, StreamRequest, open_endpoint};
 use crate::registry::DeviceSession;
-
-use burrow_proto::REPLACED_PREFIX;
 
 /// A session replaced sooner than this after it came up counts as flapping.
 const FLAPPING_WITHIN: Duration = Duration::from_secs(60);
@@ -97,7 +96,7 @@ fn is_own_bind_address(address: &str, device: &str) -> bool {
         address,
         "" | "localhost" | "127.0.0.1" | "0.0.0.0" | "::" | "::1" | "*"
     ) || address == device
-        || address == crate::registry::PROBE_BIND
+        || address == burrow_proto::PROBE_BIND
         // `console/NAME` is the agent's way to name a console endpoint.
         || address
             .strip_prefix(crate::registry::CONSOLE_BIND_PREFIX)
@@ -154,7 +153,7 @@ pub(crate) async fn forward(
         Err(e) => tracing::error!("{e}"),
     }
     *port = u32::from(assigned);
-    if address == crate::registry::PROBE_BIND {
+    if address == burrow_proto::PROBE_BIND {
         // Internal: not listed, not audited.
         tracing::debug!("probe endpoint {name}:{assigned}");
         return true;

@@ -91,15 +91,27 @@ impl Listeners {
     }
 
     /// Closes the listeners whose `allow-listen` rule is gone (`allowed(device, addr, port)`).
+    /// The rules are read without holding the map, so accepts and takeovers never wait on
+    /// the database.
     pub(crate) fn retain_allowed(&self, allowed: impl Fn(&str, &str, u16) -> bool) {
-        self.map().retain(|(addr, port), e| {
-            let keep = allowed(&e.device, addr, *port);
-            if !keep {
-                tracing::info!(device = %e.device, "allow-listen {addr}:{port} removed; listener closed");
+        let held: Vec<((String, u16), String)> = self
+            .map()
+            .iter()
+            .map(|(key, e)| (key.clone(), e.device.clone()))
+            .collect();
+        for ((addr, port), device) in held {
+            if allowed(&device, &addr, port) {
+                continue;
+            }
+            let key = (addr, port);
+            let mut map = self.map();
+            if map.get(&key).is_some_and(|e| e.device == device)
+                && let Some(e) = map.remove(&key)
+            {
+                tracing::info!(device = %device, "allow-listen {}:{port} removed; listener closed", key.0);
                 e.stop.cancel();
             }
-            keep
-        });
+        }
     }
 
     /// Closes the listener of `device` on `port`.

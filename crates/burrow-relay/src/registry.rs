@@ -15,9 +15,7 @@ pub const DYNAMIC_PORT_FIRST: u16 = 49152;
 /// Bind address prefix with which an agent announces a console endpoint (`console/NAME`).
 pub const CONSOLE_BIND_PREFIX: &str = "console/";
 
-/// Bind address with which a burrow agent asks for its probe endpoint: internal, so it is not
-/// listed, not reachable by operators, and its streams are not audited.
-pub const PROBE_BIND: &str = "burrow/probe";
+pub use burrow_proto::PROBE_BIND;
 
 /// One endpoint `NAME:PORT` as the device asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -106,41 +106,38 @@ async fn handle_connection(
     let _ = stream.set_nodelay(true);
     let (authed_tx, authed_rx) = oneshot::channel();
     let conn = Conn::new(relay.clone(), peer, cut.clone(), permit, authed_tx);
-    let (stream, heard) = FirstBytes::new(stream);
+    // One byte tells whether the client said anything: that is all the relay keeps of it.
+    let (stream, heard) = FirstBytes::new(stream, 1);
     let stream = CutStream::new(stream, cut.clone());
     let deadline = relay.config.pre_auth_timeout;
-    // A connection that says nothing holds a place for nothing: it gets a short deadline for
-    // its identification line, well before the authentication deadline.
     let banner_timeout = relay.config.banner_timeout;
-    let banner_cut = cut.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            () = tokio::time::sleep(banner_timeout) => {
-                if !heard.any() {
-                    tracing::debug!(%peer, "no identification within {banner_timeout:?}; closing");
-                    banner_cut.cancel();
-                }
-            }
-            () = banner_cut.cancelled() => {}
-        }
-    });
     let session = async {
         let running = russh::server::run_stream(relay.ssh.clone(), stream, conn).await?;
         running.await
     };
     tokio::pin!(session);
-    // Until authentication succeeds the whole exchange (banner, kex, auth) has one deadline.
+    // Until authentication succeeds the whole exchange (banner, kex, auth) has one deadline;
+    // a connection that says nothing holds a place for nothing, so its identification line
+    // has a shorter one.
     let pre_auth = async {
-        match tokio::time::timeout(deadline, authed_rx).await {
-            Ok(Ok(())) => std::future::pending::<()>().await,
-            Ok(Err(_)) => std::future::pending::<()>().await,
-            Err(_) => {}
+        let banner = async {
+            tokio::time::sleep(banner_timeout).await;
+            if heard.any() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            authed = tokio::time::timeout(deadline, authed_rx) => match authed {
+                Ok(_) => std::future::pending().await,
+                Err(_) => ("no authentication", deadline),
+            },
+            () = banner => ("no identification line", banner_timeout),
         }
     };
     tokio::select! {
         result = &mut session => log_end(result, &span),
-        () = pre_auth => {
-            span.in_scope(|| tracing::info!("no authentication within {deadline:?}; closing"));
+        (why, limit) = pre_auth => {
+            span.in_scope(|| tracing::info!("{why} within {limit:?}; closing"));
             cut.cancel();
             let _ = session.await;
         }

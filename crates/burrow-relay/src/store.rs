@@ -138,6 +138,14 @@ pub struct OperatorRecord {
     pub locked_until: Option<i64>,
 }
 
+/// What a password login is checked against.
+pub struct PasswordLogin {
+    /// The argon2 hash.
+    pub hash: String,
+    /// Locked after repeated wrong passwords until then (seconds since the epoch).
+    pub locked_until: Option<i64>,
+}
+
 /// One audit entry.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AuditRecord {
@@ -713,16 +721,24 @@ impl Store {
         self.with(|c| operator_record(c, name))
     }
 
-    /// The operator's password hash, if it has one.
-    pub fn operator_password_hash(&self, name: &str) -> Result<Option<String>, StoreError> {
+    /// The operator's password hash, if it has one, and until when repeated wrong passwords
+    /// locked it (a lock already over reads as none).
+    pub fn operator_password(&self, name: &str) -> Result<Option<PasswordLogin>, StoreError> {
         self.with(|c| {
             c.query_row(
-                "SELECT password_hash FROM operators WHERE name = ?1",
+                "SELECT password_hash, locked_until FROM operators WHERE name = ?1",
                 [name],
-                |r| r.get::<_, Option<String>>(0),
+                |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<i64>>(1)?)),
             )
             .optional()
-            .map(Option::flatten)
+            .map(|row| {
+                row.and_then(|(hash, locked_until)| {
+                    hash.map(|hash| PasswordLogin {
+                        hash,
+                        locked_until: locked_until.filter(|t| *t > now()),
+                    })
+                })
+            })
             .map_err(sql("reading a password hash"))
         })
     }

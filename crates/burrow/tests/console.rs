@@ -236,20 +236,9 @@ async fn recording_is_valid_asciicast_with_markers() {
         assert!(markers.iter().any(|x| x == m), "{m} not in {markers:?}");
     }
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_burrow"))
-        .args(["relay", "recordings", "ls", "pi", "--data-dir"])
-        .arg(&s.relay.data_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout)
-            .contains(files[0].path.file_name().unwrap().to_str().unwrap())
-    );
+    let (ok, out, err) = s.relay.cli(&["recordings", "ls", "pi"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(files[0].path.file_name().unwrap().to_str().unwrap()));
     s.agent.stop().await;
 }
 
@@ -823,6 +812,27 @@ async fn recording_has_the_operator_terminal_size_and_its_changes() {
     assert_eq!(
         (header["width"].as_u64(), header["height"].as_u64()),
         (Some(132), Some(43))
+    );
+    s.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_losing_a_device_is_detached_from_its_console_and_write_is_freed() {
+    let s = site().await;
+    let alice = console_writer(&s.alice, "alice:pi").await;
+    let (ok, _, err) = s
+        .relay
+        .cli(&["operator", "set", "alice", "--allow", "other-*"]);
+    assert!(ok, "{err}");
+    alice.expect("may no longer use device pi").await;
+    // Alice's place is given up: bob attaches read-write, not behind a writer who is gone.
+    let _bob = console_writer(&s.bob, "bob:pi").await;
+    let audit = s.relay.relay.store().audit_tail(50).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.event == "console-detach" && r.who == "alice"),
+        "{audit:#?}"
     );
     s.agent.stop().await;
 }

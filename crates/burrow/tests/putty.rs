@@ -57,7 +57,14 @@ async fn plink_password_login_and_putty_requests_are_not_warnings() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("DEVICE"));
     // PuTTY asks `simple@putty.projects.tartarus.org` on every session: expected, refused
     // quietly, never a warning in the relay's log.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    eventually("the relay to log the command", || {
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("event=exec"))
+            .then_some(())
+    })
+    .await;
     let log = log.lock().unwrap().join("\n");
     assert!(log.contains("operator authenticated by password"), "{log}");
     assert!(!log.contains("unknown channel request"), "{log}");

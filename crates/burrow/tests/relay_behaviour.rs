@@ -204,33 +204,15 @@ async fn device_cannot_claim_another_name_or_get_a_shell() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_device_is_cut_off_while_online() {
-    let dir = tempdir();
-    let relay = TestRelay::start(&dir.path().join("relay")).await;
-    let dev_key = keypair(dir.path(), "dev");
-    relay.add_device("pi", &dev_key);
-    let service = echo_server().await;
-    let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
-    let device = stock_device(
-        &dev_cfg,
-        &["-R", &format!("22:localhost:{}", service.port())],
-    );
-    relay.wait_endpoint("pi", 22).await;
+    let site = relay_with_echo_device("op").await;
+    let relay = &site.relay;
     // The CLI runs in another process against the same database.
-    let out = Command::new(env!("CARGO_BIN_EXE_burrow"))
-        .args(["relay", "device", "rm", "pi", "--data-dir"])
-        .arg(&relay.data_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, _, err) = relay.cli(&["device", "rm", "pi"]);
+    assert!(ok, "{err}");
     eventually("the removed device to go offline", || {
         relay.relay.online_endpoints("pi").is_none().then_some(())
     })
     .await;
-    drop(device);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -306,16 +306,7 @@ async fn operator_stream_is_closed_when_the_device_session_dies() {
         .expect("the operator's stream was left hanging after the device session ended")
         .unwrap();
     drop(stdin);
-    let row = eventually("the stream's audit row to be completed", || {
-        relay
-            .relay
-            .store()
-            .audit_tail(50)
-            .unwrap()
-            .into_iter()
-            .find(|r| r.event == "stream" && r.outcome != "open")
-    })
-    .await;
+    let row = relay.ended_stream_row().await;
     assert_eq!(row.outcome, "interrupted", "{row:?}");
     assert!(row.detail.contains("4 bytes to device"), "{row:?}");
 }
@@ -629,15 +620,6 @@ async fn operator_stream_is_closed_when_the_device_session_is_taken_over() {
         .await
         .expect("the stream on the replaced session was left hanging")
         .unwrap();
-    let row = eventually("the stream's audit row", || {
-        site.relay
-            .relay
-            .store()
-            .audit_tail(50)
-            .unwrap()
-            .into_iter()
-            .find(|r| r.event == "stream" && r.outcome != "open")
-    })
-    .await;
+    let row = site.relay.ended_stream_row().await;
     assert_eq!(row.outcome, "interrupted", "{row:?}");
 }

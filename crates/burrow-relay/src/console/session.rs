@@ -29,6 +29,31 @@ async fn say(write: &ChannelWriteHalf<Msg>, text: &str) {
     let _ = write.data_bytes(notice_line(text)).await;
 }
 
+/// An operator's place on a hub, given up however the session ends: returned, its connection
+/// cut, or its future dropped because policy no longer allows it. (A session that did not
+/// detach would keep write, and the console connection, for ever.)
+struct Attachment<'a> {
+    relay: &'a Relay,
+    hub: &'a Hub,
+    id: u64,
+    operator: &'a str,
+    /// Tell the others and the audit (interactive and watch sessions; one-shot commands not).
+    announce: bool,
+}
+
+impl Drop for Attachment<'_> {
+    fn drop(&mut self) {
+        self.hub.detach(self.id);
+        if self.announce {
+            self.hub.notice(&format!("{} detached", self.operator));
+            let target = format!("{}/{}", self.hub.device, self.hub.console);
+            self.relay
+                .audit
+                .record("console-detach", self.operator, &target, Outcome::Ok, "");
+        }
+    }
+}
+
 /// Runs a console session on an operator's channel; returns the exit status.
 /// Terminal size recorded when the operator has no pty (scripts, `console watch`).
 pub(crate) const DEFAULT_SIZE: (u16, u16) = (80, 24);
@@ -77,6 +102,13 @@ pub(crate) async fn run_console(
             say(write, &why).await;
             return 1;
         }
+    };
+    let _attachment = Attachment {
+        relay,
+        hub: &hub,
+        id,
+        operator,
+        announce: true,
     };
     let mode_text = if role == Role::Writer {
         "read-write"
@@ -153,11 +185,6 @@ pub(crate) async fn run_console(
             },
         }
     }
-    hub.detach(id);
-    hub.notice(&format!("{operator} detached"));
-    relay
-        .audit
-        .record("console-detach", operator, &target, Outcome::Ok, "");
     0
 }
 
@@ -331,7 +358,14 @@ pub(crate) async fn console_exec(
             return 1;
         }
     };
-    let status = if role != Role::Writer {
+    let _attachment = Attachment {
+        relay,
+        hub: &hub,
+        id,
+        operator,
+        announce: false,
+    };
+    if role != Role::Writer {
         let who = hub.writer().unwrap_or_default();
         let _ = write
             .extended_data_bytes(
@@ -364,7 +398,5 @@ pub(crate) async fn console_exec(
             }
         }
         u32::from(failed)
-    };
-    hub.detach(id);
-    status
+    }
 }

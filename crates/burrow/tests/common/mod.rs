@@ -143,6 +143,19 @@ impl TestRelay {
         .await;
     }
 
+    /// The first stream's audit row once the stream ended (its outcome no longer `open`).
+    pub async fn ended_stream_row(&self) -> burrow_relay::store::AuditRecord {
+        eventually("the stream's audit row to be completed", || {
+            self.relay
+                .store()
+                .audit_tail(50)
+                .unwrap()
+                .into_iter()
+                .find(|r| r.event == "stream" && r.outcome != "open")
+        })
+        .await
+    }
+
     /// Waits until `device` has a session.
     pub async fn wait_online(&self, device: &str) {
         eventually(&format!("{device} to be online"), || {
