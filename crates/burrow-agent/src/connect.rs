@@ -65,13 +65,19 @@ async fn serve(
             },
         };
         let handle = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let Some((handle, flow)) = handle else {
+        let Some(crate::session::Live {
+            handle,
+            flow,
+            streams,
+        }) = handle
+        else {
             tracing::warn!("connection from {peer} to {to} dropped: not connected to the relay");
             continue;
         };
         let to = to.clone();
         let device = device.clone();
         tokio::spawn(async move {
+            let _guard = streams.device_side();
             let opened = handle
                 .channel_open_direct_tcpip(
                     to.host.clone(),

@@ -21,6 +21,9 @@ const SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest probe nonce echoed back.
 pub(crate) const PROBE_NONCE_LEN: usize = 16;
 
+/// The routed probe waiting for its stream: nonce, and who to tell when it arrives.
+pub(crate) type PendingProbe = Arc<Mutex<Option<(u32, tokio::sync::oneshot::Sender<()>)>>>;
+
 /// What one connection's handler needs.
 pub(crate) struct Shared {
     pub(crate) relay_host: String,
@@ -35,6 +38,10 @@ pub(crate) struct Shared {
 
 pub(crate) struct AgentHandler {
     pub(crate) shared: Arc<Shared>,
+    /// This session's open streams and the last proof of its path.
+    pub(crate) streams: Arc<crate::liveness::Streams>,
+    /// The routed probe in flight, if any.
+    pub(crate) pending_probe: PendingProbe,
     /// Port of this session's probe endpoint, once the relay assigned it.
     pub(crate) probe_port: Arc<Mutex<Option<u16>>>,
     /// Why the host key was refused, for the error message.
@@ -149,6 +156,29 @@ impl Handler for AgentHandler {
         };
         let probe = *self.probe_port.lock().unwrap_or_else(|e| e.into_inner());
         if probe == Some(port) {
+            if originator_address == burrow_proto::PROBE_ORIGIN {
+                // The routed probe arrived: that is the whole proof. Refusing the stream ends
+                // it in one message.
+                let waiting = self
+                    .pending_probe
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take_if(|(nonce, _)| *nonce == originator_port);
+                let answer = match waiting {
+                    Some((_, arrived)) => {
+                        let _ = arrived.send(());
+                        "probe answered"
+                    }
+                    None => "no probe of that nonce is waiting",
+                };
+                reply
+                    .reject(ChannelOpenFailure::Other {
+                        code: 2,
+                        reason: answer.into(),
+                    })
+                    .await;
+                return Ok(());
+            }
             reply.accept().await;
             tokio::spawn(echo(channel));
             return Ok(());
@@ -156,11 +186,12 @@ impl Handler for AgentHandler {
         if let Some(console) = self.shared.consoles.get(&port).cloned() {
             reply.accept().await;
             tracing::info!("console {} opened from {originator_address}", console.name);
-            tokio::spawn(crate::console::serve(
-                channel,
-                console,
-                self.shared.port_opener.clone(),
-            ));
+            let guard = self.streams.from_relay();
+            let opener = self.shared.port_opener.clone();
+            tokio::spawn(async move {
+                crate::console::serve(channel, console, opener).await;
+                drop(guard);
+            });
             return Ok(());
         }
         let Some(target) = self.shared.services.get(&port).cloned() else {
@@ -169,8 +200,10 @@ impl Handler for AgentHandler {
         };
         let flow = *self.flow.lock().unwrap_or_else(|e| e.into_inner());
         let from = format!("{originator_address}:{originator_port}");
+        let guard = self.streams.from_relay();
         // Connecting is a round trip: never await it inside the handler.
         tokio::spawn(async move {
+            let _guard = guard;
             let connect = TcpStream::connect((target.host.as_str(), target.port));
             match tokio::time::timeout(SERVICE_CONNECT_TIMEOUT, connect).await {
                 Ok(Ok(tcp)) => {

@@ -6,17 +6,20 @@
 //! - [`status`]: the status file, `burrow agent status`, and the state-change hook.
 //! - `handler`: the russh client handler: host key check, forwarded channels, probe echo.
 //! - `session`: one connection from dial to end: auth, forwards, keepalive, probes.
+//! - `liveness`: open streams, proof of the path, and TCP's progress, for keepalives and probes.
 //! - [`console`]: serial ports served as RFC 2217 console endpoints.
 //! - `connect`: local `[[connect]]` listeners that reach relay-side targets.
 //! - `run`: the reconnect loop with jittered backoff.
 //! - [`metadata`]: on-demand access: the tunnel follows a metadata service (SORACOM, any URL).
-// Denied, not forbidden: `console::tty` needs two ioctls (break on/off) that have no safe wrapper.
+// Denied, not forbidden: `console::tty` needs two ioctls (break on/off) and `liveness` one
+// getsockopt (TCP_INFO) that have no safe wrapper.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod connect;
 pub mod console;
 mod handler;
+mod liveness;
 pub mod hostkey;
 pub mod metadata;
 mod run;

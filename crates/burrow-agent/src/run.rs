@@ -28,6 +28,20 @@ pub async fn run(
     config
         .validate()
         .map_err(|e| AgentError::Config(e.to_string()))?;
+    if let Some(count) = config.keepalive_count {
+        tracing::warn!(
+            "keepalive_count = {count} is no longer used: TCP retries a keepalive until keepalive_timeout ({:?}) runs out; remove it from the config",
+            config.keepalive_timeout()
+        );
+    }
+    let schedule = config.schedule();
+    tracing::info!(
+        "keepalive after {:?} without sending ({:?} while streams hear nothing), answer within {:?}; profile {}",
+        schedule.interval,
+        schedule.busy_interval,
+        schedule.timeout,
+        config.profile.name()
+    );
     if let Some(metadata) = config.metadata.clone() {
         return crate::metadata::run(config, metadata, options, shutdown).await;
     }

@@ -1,18 +1,23 @@
 //! One connection to the relay, from dial to end: host key, auth, forwards, keepalive, probes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use burrow_io::activity::{Activity, Metered};
 use burrow_io::cut::CutStream;
 use burrow_io::splice::Flow;
 use burrow_proto::agent_config::AgentConfig;
+use burrow_proto::liveness::{Link, Liveness, Step};
 use russh::client::Handle;
 use russh::keys::PrivateKeyWithHashAlg;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::handler::{AgentHandler, PROBE_NONCE_LEN, Shared};
+use crate::handler::{AgentHandler, PROBE_NONCE_LEN, PendingProbe, Shared};
+use crate::liveness::{AckWatch, Streams};
 use crate::status::{ProbeStatus, State, StatusBoard, now_rfc3339};
 
 /// Time allowed for TCP connect, SSH handshake and authentication together.
@@ -21,8 +26,24 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// burrow relay simply "this device's own name".
 const FORWARD_BIND: &str = "127.0.0.1";
 
+/// Consecutive failed probes after which the session is given up: one is not a verdict.
+const PROBE_FAILURES_FATAL: u32 = 2;
+/// Key exchanges renewed by time at most this often: AES-GCM and ChaCha20-Poly1305 need no
+/// hourly rekey, and on an idle cellular session each one costs a few kilobytes.
+pub(crate) const REKEY_TIME_LIMIT: Duration = Duration::from_secs(24 * 3600);
+
 /// The connection currently up, for the `[[connect]]` listeners.
-pub(crate) type Current = Arc<Mutex<Option<(Arc<Handle<AgentHandler>>, Flow)>>>;
+pub(crate) type Current = Arc<Mutex<Option<Live>>>;
+
+/// What the `[[connect]]` listeners need of the session that is up.
+#[derive(Clone)]
+pub(crate) struct Live {
+    pub(crate) handle: Arc<Handle<AgentHandler>>,
+    pub(crate) flow: Flow,
+    pub(crate) streams: Arc<Streams>,
+}
+
+type ProbeRun = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 /// How a session ended.
 pub(crate) struct Ended {
@@ -111,6 +132,7 @@ pub(crate) async fn run(ctx: &Ctx, shutdown: &CancellationToken) -> Ended {
         for e in &mut s.endpoints {
             e.up = false;
         }
+        s.relay_silent_since = None;
     });
     let replaced = replaced.lock().unwrap_or_else(|e| e.into_inner()).take();
     Ended {
@@ -135,7 +157,13 @@ async fn session(
     let flow = Arc::new(Mutex::new(Flow::Capped(
         burrow_io::splice::DEFAULT_STALL_TIMEOUT,
     )));
+    let streams = Arc::new(Streams::default());
+    let pending_probe: PendingProbe = Arc::default();
+    let activity = Activity::new();
+    let schedule = config.schedule();
     let handler = AgentHandler {
+        streams: streams.clone(),
+        pending_probe: pending_probe.clone(),
         shared: ctx.shared.clone(),
         probe_port: probe_port.clone(),
         host_key_error: host_key_error.clone(),
@@ -145,11 +173,14 @@ async fn session(
     };
     let relay = format!("{}:{}", ctx.shared.relay_host, ctx.shared.relay_port);
     let client_config = Arc::new(russh::client::Config {
+        // The comment declares the keepalive schedule: a burrow relay then sends none of its
+        // own and drops the session once a keepalive is overdue.
         client_id: russh::SshId::Standard(
             format!(
-                "{}{}",
+                "{}{} {}",
                 crate::BURROW_SSH_ID_PREFIX,
-                env!("CARGO_PKG_VERSION")
+                env!("CARGO_PKG_VERSION"),
+                schedule.comment()
             )
             .into(),
         ),
@@ -157,21 +188,27 @@ async fn session(
             cipher: std::borrow::Cow::Borrowed(preferred_ciphers()),
             ..Default::default()
         },
-        keepalive_interval: Some(config.keepalive_interval()),
-        keepalive_max: config.keepalive_count() as usize,
+        // Keepalives are sent by the session loop below, only when the line is quiet.
+        keepalive_interval: None,
         inactivity_timeout: None,
+        limits: russh::Limits {
+            rekey_time_limit: REKEY_TIME_LIMIT,
+            ..Default::default()
+        },
         nodelay: true,
         ..Default::default()
     });
+    let mut socket = None;
     let connect = async {
         let tcp = TcpStream::connect((ctx.shared.relay_host.as_str(), ctx.shared.relay_port))
             .await
             .map_err(|e| format!("cannot reach relay {relay}: {e}"))?;
         let _ = tcp.set_nodelay(true);
+        socket = std::os::fd::AsFd::as_fd(&tcp).try_clone_to_owned().ok();
         let (tcp, seen) =
             burrow_io::first_bytes::FirstBytes::new(tcp, burrow_io::first_bytes::IDENTIFICATION);
-        let mut handle =
-            russh::client::connect_stream(client_config, CutStream::new(tcp, cut.clone()), handler)
+        let stream = Metered::new(CutStream::new(tcp, cut.clone()), activity.clone());
+        let mut handle = russh::client::connect_stream(client_config, stream, handler)
                 .await
                 .map_err(|e| {
                     let why = host_key_error
@@ -269,7 +306,11 @@ async fn session(
     }
 
     let session_flow = *flow.lock().unwrap_or_else(|e| e.into_inner());
-    *ctx.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((handle.clone(), session_flow));
+    *ctx.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Live {
+        handle: handle.clone(),
+        flow: session_flow,
+        streams: streams.clone(),
+    });
     *up_since = Some(Instant::now());
     tracing::info!("connected to relay {relay} as {}", config.name);
     let previous = ctx
@@ -279,46 +320,253 @@ async fn session(
     ctx.status.set_state(State::Up, None);
 
     let probe_port = *probe_port.lock().unwrap_or_else(|e| e.into_inner());
-    let mut next_probe = tokio::time::Instant::now() + probe_interval;
-    loop {
-        let probe_wait = async {
-            match probe_port {
-                Some(_) if !probe_interval.is_zero() => tokio::time::sleep_until(next_probe).await,
-                _ => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                let _ = handle.disconnect(russh::Disconnect::ByApplication, "agent stopping", "").await;
-                return Ok(());
-            }
-            _ = dead.cancelled() => {
-                return Err(format!("connection to relay {relay} lost (keepalive timeout or network error)"));
-            }
-            _ = probe_wait => {
-                next_probe = tokio::time::Instant::now() + probe_interval;
-                let port = probe_port.unwrap_or_default();
-                let started = Instant::now();
-                let result = tokio::time::timeout(config.probe_timeout(), probe(&handle, port)).await
-                    .unwrap_or_else(|_| Err(format!("no answer within {:?}", config.probe_timeout())));
-                let rtt = started.elapsed();
-                ctx.status.update(|s| s.last_probe = Some(ProbeStatus {
-                    at: now_rfc3339(),
-                    ok: result.is_ok(),
-                    rtt_ms: result.is_ok().then_some(rtt.as_secs_f64() * 1000.0),
-                    error: result.clone().err(),
-                }));
-                if let Err(e) = result {
-                    return Err(format!("tunnel probe through relay {relay} failed: {e}; reconnecting"));
-                }
-                tracing::debug!("probe ok in {rtt:?}");
-            }
+    let probes = match probe_port {
+        Some(port) if !probe_interval.is_zero() => Some(Probes {
+            port,
+            interval: probe_interval,
+            timeout: config.probe_timeout(),
+            burrow_relay,
+            pending: pending_probe,
+        }),
+        _ => None,
+    };
+    let watch = Watch {
+        relay: &relay,
+        handle: &handle,
+        activity: &activity,
+        streams: &streams,
+        acks: AckWatch::new(socket),
+        liveness: Liveness::new(schedule),
+        status: &ctx.status,
+    };
+    watch.run(probes, shutdown, &dead).await
+}
+
+/// The end-to-end probe's settings for one session.
+struct Probes {
+    port: u16,
+    /// Time without proof of the path after which a probe runs.
+    interval: Duration,
+    timeout: Duration,
+    /// A burrow relay routes the one-round-trip probe; a stock sshd needs the echo.
+    burrow_relay: bool,
+    pending: PendingProbe,
+}
+
+impl Probes {
+    fn start(&self, handle: &Arc<Handle<AgentHandler>>) -> ProbeRun {
+        let handle = handle.clone();
+        if self.burrow_relay {
+            Box::pin(routed_probe(handle, self.port, self.pending.clone()))
+        } else {
+            Box::pin(echo_probe(handle, self.port))
         }
     }
 }
 
-/// Sends a random nonce through the relay to this agent's own probe endpoint and checks the echo.
-async fn probe(handle: &Handle<AgentHandler>, port: u16) -> Result<(), String> {
+/// The session loop: keepalives when the line is quiet, probes when nothing proved the path.
+struct Watch<'a> {
+    relay: &'a str,
+    handle: &'a Arc<Handle<AgentHandler>>,
+    activity: &'a Activity,
+    streams: &'a Arc<Streams>,
+    acks: AckWatch,
+    liveness: Liveness,
+    status: &'a StatusBoard,
+}
+
+impl Watch<'_> {
+    async fn run(
+        mut self,
+        probes: Option<Probes>,
+        shutdown: &CancellationToken,
+        dead: &CancellationToken,
+    ) -> Result<(), String> {
+        let relay = self.relay;
+        let up_at = Instant::now();
+        let mut probing: Option<(Instant, ProbeRun)> = None;
+        let mut failures = 0u32;
+        let mut last_attempt = up_at;
+        let mut silent_shown = false;
+        loop {
+            let now = Instant::now();
+            let moved = self.acks.poll(now);
+            let link = Link {
+                last_rx: self.activity.last_rx(),
+                last_tx: self.activity.last_tx(),
+                streams_open: self.streams.open() > 0,
+                queue_moving_at: moved,
+            };
+            let schedule = self.liveness.schedule();
+            let mut wake = match self.liveness.step(now, link) {
+                Step::SendKeepalive => {
+                    self.handle
+                        .send_keepalive(true)
+                        .await
+                        .map_err(|e| format!("connection to relay {relay} lost: {e}"))?;
+                    continue;
+                }
+                Step::Dead(why) => {
+                    return Err(format!("connection to relay {relay} lost: {why}"));
+                }
+                Step::Wait(t) => t,
+            };
+            // Waiting for an answer: watch TCP's progress, and say so once it takes long.
+            if let Some(sent) = self.liveness.waiting_since() {
+                wake = wake.min(now + poll_step(schedule.timeout));
+                let silent = now.saturating_duration_since(sent) >= schedule.timeout / 4;
+                if silent && !silent_shown {
+                    let since = now_rfc3339_minus(now.saturating_duration_since(link.last_rx));
+                    self.status.update(|s| s.relay_silent_since = Some(since));
+                    silent_shown = true;
+                }
+            } else if silent_shown {
+                self.status.update(|s| s.relay_silent_since = None);
+                silent_shown = false;
+            }
+            // Open streams need the busy rule checked even when nothing wakes the loop.
+            wake = wake.min(now + schedule.busy_interval);
+            if let Some(probes) = &probes {
+                match probing.as_ref().map(|(sent, _)| *sent) {
+                    Some(sent) => {
+                        let clock = moved.map_or(sent, |m| m.max(sent));
+                        let deadline = clock + probes.timeout;
+                        if now >= deadline {
+                            probing = None;
+                            let why = format!("no answer within {:?}", probes.timeout);
+                            failures += 1;
+                            self.record_probe(sent, Err(why.clone()));
+                            if failures >= PROBE_FAILURES_FATAL {
+                                return Err(format!(
+                                    "tunnel probe through relay {relay} failed {failures} times in a row ({why}); reconnecting"
+                                ));
+                            }
+                            continue;
+                        }
+                        wake = wake.min(deadline).min(now + poll_step(probes.timeout));
+                    }
+                    None => {
+                        let due = if failures > 0 {
+                            last_attempt + probes.timeout.min(probes.interval)
+                        } else {
+                            self.streams.proven().unwrap_or(up_at).max(up_at) + probes.interval
+                        };
+                        if now >= due {
+                            let heard = now.saturating_duration_since(link.last_rx);
+                            if self.streams.relay_open() > 0 && heard < schedule.busy_interval {
+                                // An operator stream moving data proves the path already.
+                                self.streams.proved(now);
+                            } else {
+                                last_attempt = now;
+                                probing = Some((now, probes.start(self.handle)));
+                            }
+                            continue;
+                        }
+                        wake = wake.min(due);
+                    }
+                }
+            }
+            let probe = async {
+                match probing.as_mut() {
+                    Some((_, run)) => run.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "agent stopping", "").await;
+                    return Ok(());
+                }
+                _ = dead.cancelled() => {
+                    return Err(format!("connection to relay {relay} lost (network error or closed by the relay)"));
+                }
+                () = tokio::time::sleep_until(wake.into()) => {}
+                result = probe => {
+                    let Some((sent, _)) = probing.take() else { continue };
+                    match &result {
+                        Ok(()) => {
+                            failures = 0;
+                            self.streams.proved(Instant::now());
+                        }
+                        Err(_) => failures += 1,
+                    }
+                    self.record_probe(sent, result.clone());
+                    if let Err(e) = result && failures >= PROBE_FAILURES_FATAL {
+                        return Err(format!(
+                            "tunnel probe through relay {relay} failed {failures} times in a row ({e}); reconnecting"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    fn record_probe(&self, sent: Instant, result: Result<(), String>) {
+        let rtt = sent.elapsed();
+        match &result {
+            Ok(()) => tracing::debug!("probe ok in {rtt:?}"),
+            Err(e) => tracing::warn!("tunnel probe failed: {e}"),
+        }
+        self.status.update(|s| {
+            s.probes += 1;
+            s.last_probe = Some(ProbeStatus {
+                at: now_rfc3339(),
+                ok: result.is_ok(),
+                rtt_ms: result.is_ok().then_some(rtt.as_secs_f64() * 1000.0),
+                error: result.err(),
+            })
+        });
+    }
+}
+
+/// How often progress is checked while something waits for an answer.
+fn poll_step(timeout: Duration) -> Duration {
+    (timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// The wall-clock time `ago` before now, as RFC 3339.
+fn now_rfc3339_minus(ago: Duration) -> String {
+    let secs = std::time::SystemTime::now()
+        .checked_sub(ago)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs() as i64);
+    burrow_proto::time::format_rfc3339(secs)
+}
+
+/// The probe through a burrow relay, one round trip: the agent asks the relay to open a stream
+/// to this device's probe endpoint (the route every operator stream takes) and waits for that
+/// stream to arrive here; the handler answers it with a refusal, which ends it.
+async fn routed_probe(
+    handle: Arc<Handle<AgentHandler>>,
+    port: u16,
+    pending: PendingProbe,
+) -> Result<(), String> {
+    let nonce: u32 = rand::random();
+    let (arrived_tx, arrived) = tokio::sync::oneshot::channel();
+    *pending.lock().unwrap_or_else(|e| e.into_inner()) = Some((nonce, arrived_tx));
+    let open = handle.channel_open_direct_tcpip(
+        FORWARD_BIND,
+        u32::from(port),
+        burrow_proto::PROBE_ORIGIN,
+        nonce,
+    );
+    tokio::pin!(open);
+    tokio::select! {
+        biased;
+        arrived = arrived => arrived.map_err(|_| "the session ended".to_string()),
+        opened = &mut open => match opened {
+            // The relay answers after the stream arrived; give the handler its turn.
+            Err(russh::Error::ChannelOpenFailure(_)) | Ok(_) => Err(
+                "the relay routed no stream back to this device".into(),
+            ),
+            Err(e) => Err(format!("relay refused the probe: {e}")),
+        },
+    }
+}
+
+/// The probe through a stock sshd relay: a real connection to the forwarded port on the relay,
+/// whose far end echoes a random nonce.
+async fn echo_probe(handle: Arc<Handle<AgentHandler>>, port: u16) -> Result<(), String> {
     let channel = handle
         .channel_open_direct_tcpip(FORWARD_BIND, u32::from(port), "127.0.0.1", 0)
         .await

@@ -83,6 +83,12 @@ pub struct Status {
     pub endpoints: Vec<EndpointStatus>,
     /// Last probe.
     pub last_probe: Option<ProbeStatus>,
+    /// Probes run in this agent's life (they run only when nothing else proved the path).
+    #[serde(default)]
+    pub probes: u64,
+    /// Set while a keepalive waits long for its answer: when the relay was last heard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_silent_since: Option<String>,
     /// Connections made after the first.
     pub reconnects: u64,
     /// Last error.
@@ -130,6 +136,8 @@ impl StatusBoard {
                 since: now.clone(),
                 endpoints,
                 last_probe: None,
+                probes: 0,
+                relay_silent_since: None,
                 reconnects: 0,
                 last_error: None,
                 pid: std::process::id(),
@@ -166,6 +174,8 @@ impl StatusBoard {
             s.relay = relay.to_string();
             s.endpoints = endpoints;
             s.last_probe = None;
+            s.probes = 0;
+            s.relay_silent_since = None;
             s.reconnects = 0;
             s.last_error = None;
         });
@@ -290,6 +300,11 @@ pub fn render(s: &Status) -> String {
         "device     {}\nrelay      {relay}\nstate      {state} since {}\nreconnects {}\n",
         s.name, s.since, s.reconnects
     );
+    if let Some(t) = &s.relay_silent_since {
+        out.push_str(&format!(
+            "silent     the relay has sent nothing since {t}; a keepalive waits for its answer\n"
+        ));
+    }
     match &s.last_probe {
         Some(p) if p.ok => out.push_str(&format!(
             "probe      ok at {}, round trip {:.1} ms\n",
@@ -301,7 +316,7 @@ pub fn render(s: &Status) -> String {
             p.at,
             p.error.as_deref().unwrap_or("?")
         )),
-        None => out.push_str("probe      none yet\n"),
+        None => out.push_str("probe      none yet (probes run only when nothing else proved the path)\n"),
     }
     if let Some(e) = &s.last_error {
         out.push_str(&format!("last error {e}\n"));

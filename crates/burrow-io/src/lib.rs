@@ -2,6 +2,7 @@
 //! sockets or to other channels with bounded buffers.
 //!
 //! # Layout
+//! - [`activity`]: a stream wrapper that records when bytes last moved each way.
 //! - [`cut`]: a stream wrapper that ends a session at once (takeover, revocation, timeouts).
 //! - [`first_bytes`]: a stream wrapper that keeps what the peer sent first (its SSH banner).
 //! - [`keys`]: loading, generating and fingerprinting SSH keys; key file permission checks.
@@ -9,6 +10,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod activity;
 pub mod cut;
 pub mod first_bytes;
 pub mod keys;

@@ -64,8 +64,10 @@ impl Seconds {
 }
 
 /// Accepted range of every agent duration, in seconds: (key, min, max, 0 turns it off).
-pub const DURATION_RANGES: [(&str, f64, f64, bool); 5] = [
+pub const DURATION_RANGES: [(&str, f64, f64, bool); 7] = [
     ("keepalive_interval", 0.05, 3600.0, false),
+    ("keepalive_timeout", 0.05, 3600.0, false),
+    ("busy_keepalive_interval", 0.05, 3600.0, false),
     ("backoff_min", 0.01, 3600.0, false),
     ("backoff_max", 0.01, 86_400.0, false),
     ("probe_interval", 0.05, 86_400.0, true),
@@ -234,15 +236,25 @@ pub struct AgentConfig {
     /// Accept and record an unknown relay host key on first connection (into `known_hosts`).
     #[serde(default)]
     pub trust_on_first_use: bool,
-    /// Seconds between SSH keepalives (default 15).
+    /// The defaults of the keepalive and probe timings: how much idle data a month buys how
+    /// quick a verdict on a dead link.
+    #[serde(default)]
+    pub profile: Profile,
+    /// Seconds without sending anything after which the agent sends a keepalive.
     pub keepalive_interval: Option<Seconds>,
-    /// Missed keepalives before the connection counts as dead (default 3).
+    /// Seconds a keepalive may go unanswered before the session counts as dead.
+    pub keepalive_timeout: Option<Seconds>,
+    /// While streams are open: seconds without hearing from the relay before a keepalive.
+    pub busy_keepalive_interval: Option<Seconds>,
+    /// No longer used (a keepalive is retried by TCP until `keepalive_timeout`); still accepted
+    /// so that older configurations keep working.
     pub keepalive_count: Option<u32>,
     /// First reconnect delay in seconds (default 1).
     pub backoff_min: Option<Seconds>,
     /// Longest reconnect delay in seconds (default 30).
     pub backoff_max: Option<Seconds>,
-    /// Seconds between end-to-end tunnel probes (default 60; 0 disables).
+    /// Seconds without proof of the path (an operator stream, or a probe) after which an
+    /// end-to-end tunnel probe runs (0 disables probes).
     pub probe_interval: Option<Seconds>,
     /// Seconds a probe may take before it fails (default 10).
     pub probe_timeout: Option<Seconds>,
@@ -263,16 +275,78 @@ pub struct AgentConfig {
     pub metadata: Option<MetadataConfig>,
 }
 
-/// Default seconds between keepalives.
-pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
-/// Default missed keepalives before a connection is dead.
-pub const DEFAULT_KEEPALIVE_COUNT: u32 = 3;
+/// Timing defaults, chosen by `profile`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// About 4.5 MB a month idle; a dead link is noticed within 3 minutes.
+    #[default]
+    Standard,
+    /// About 1 MB a month idle; a dead link is noticed within 11 minutes. For carriers whose
+    /// NAT keeps idle TCP mappings for more than 10 minutes.
+    Metered,
+    /// For fixed lines: a dead link is noticed within 35 seconds, for about 30 MB a month.
+    Responsive,
+}
+
+/// The timings a profile sets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProfileTimings {
+    /// `keepalive_interval`.
+    pub keepalive_interval: Duration,
+    /// `keepalive_timeout`.
+    pub keepalive_timeout: Duration,
+    /// `busy_keepalive_interval`.
+    pub busy_keepalive_interval: Duration,
+    /// `probe_interval`.
+    pub probe_interval: Duration,
+}
+
+impl Profile {
+    /// The timings this profile sets.
+    pub fn timings(self) -> ProfileTimings {
+        let s = Duration::from_secs;
+        let (interval, timeout, busy, probe) = match self {
+            Profile::Standard => (s(150), s(20), s(10), s(3600)),
+            Profile::Metered => (s(600), s(30), s(20), s(6 * 3600)),
+            Profile::Responsive => (s(25), s(10), s(5), s(300)),
+        };
+        ProfileTimings {
+            keepalive_interval: interval,
+            keepalive_timeout: timeout,
+            busy_keepalive_interval: busy,
+            probe_interval: probe,
+        }
+    }
+
+    /// The profile's name as written in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Standard => "standard",
+            Profile::Metered => "metered",
+            Profile::Responsive => "responsive",
+        }
+    }
+}
+
+impl std::str::FromStr for Profile {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Profile, String> {
+        match s {
+            "standard" => Ok(Profile::Standard),
+            "metered" => Ok(Profile::Metered),
+            "responsive" => Ok(Profile::Responsive),
+            other => Err(format!(
+                "unknown profile {other:?}: use standard, metered or responsive"
+            )),
+        }
+    }
+}
+
 /// Default first reconnect delay.
 pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// Default longest reconnect delay.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Default interval between end-to-end probes.
-pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(60);
 /// Default time a probe may take.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -294,7 +368,10 @@ impl AgentConfig {
             host_key: None,
             known_hosts: None,
             trust_on_first_use: false,
+            profile: Profile::Standard,
             keepalive_interval: None,
+            keepalive_timeout: None,
+            busy_keepalive_interval: None,
             keepalive_count: None,
             backoff_min: None,
             backoff_max: None,
@@ -380,6 +457,8 @@ impl AgentConfig {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         let values = [
             self.keepalive_interval,
+            self.keepalive_timeout,
+            self.busy_keepalive_interval,
             self.backoff_min,
             self.backoff_max,
             self.probe_interval,
@@ -488,15 +567,34 @@ impl AgentConfig {
         }
     }
 
-    /// Seconds between keepalives.
+    /// Time without sending after which a keepalive goes out.
     pub fn keepalive_interval(&self) -> Duration {
-        self.keepalive_interval
-            .map_or(DEFAULT_KEEPALIVE_INTERVAL, Seconds::duration)
+        self.keepalive_interval.map_or(
+            self.profile.timings().keepalive_interval,
+            Seconds::duration,
+        )
     }
 
-    /// Missed keepalives before the connection is dead.
-    pub fn keepalive_count(&self) -> u32 {
-        self.keepalive_count.unwrap_or(DEFAULT_KEEPALIVE_COUNT)
+    /// Time a keepalive may go unanswered.
+    pub fn keepalive_timeout(&self) -> Duration {
+        self.keepalive_timeout
+            .map_or(self.profile.timings().keepalive_timeout, Seconds::duration)
+    }
+
+    /// While streams are open: time without hearing from the relay before a keepalive.
+    pub fn busy_keepalive_interval(&self) -> Duration {
+        self.busy_keepalive_interval
+            .map_or(self.profile.timings().busy_keepalive_interval, Seconds::duration)
+            .min(self.keepalive_interval())
+    }
+
+    /// The keepalive schedule, as the agent runs it and declares it to the relay.
+    pub fn schedule(&self) -> crate::liveness::Schedule {
+        crate::liveness::Schedule {
+            interval: self.keepalive_interval(),
+            busy_interval: self.busy_keepalive_interval(),
+            timeout: self.keepalive_timeout(),
+        }
     }
 
     /// First reconnect delay.
@@ -511,10 +609,10 @@ impl AgentConfig {
             .map_or(DEFAULT_BACKOFF_MAX, Seconds::duration)
     }
 
-    /// Interval between probes; zero disables them.
+    /// Time without proof of the path after which a probe runs; zero disables probes.
     pub fn probe_interval(&self) -> Duration {
         self.probe_interval
-            .map_or(DEFAULT_PROBE_INTERVAL, Seconds::duration)
+            .map_or(self.profile.timings().probe_interval, Seconds::duration)
     }
 
     /// Time a probe may take.
@@ -564,6 +662,8 @@ mod tests {
                 c.host_key = Some("SHA256:x".into());
                 let slot = match key {
                     "keepalive_interval" => &mut c.keepalive_interval,
+                    "keepalive_timeout" => &mut c.keepalive_timeout,
+                    "busy_keepalive_interval" => &mut c.busy_keepalive_interval,
                     "backoff_min" => &mut c.backoff_min,
                     "backoff_max" => &mut c.backoff_max,
                     "probe_interval" => &mut c.probe_interval,
@@ -587,6 +687,7 @@ mod tests {
                 if ok {
                     let _ = (
                         c.keepalive_interval(),
+                        c.schedule(),
                         c.probe_interval(),
                         c.probe_timeout(),
                     );
@@ -644,6 +745,34 @@ to = "localhost:1883"
         let err = err.unwrap_or_default();
         assert!(err.contains("line 7"), "{err}");
         assert!(err.contains("keepalive_cuont"), "{err}");
+    }
+
+    #[test]
+    fn profiles_set_the_timings_and_explicit_keys_win() {
+        let c = AgentConfig::from_toml(FULL).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.profile, Profile::Standard);
+        assert_eq!(c.keepalive_interval(), Duration::from_secs(15));
+        assert_eq!(c.keepalive_timeout(), Duration::from_secs(20));
+        assert_eq!(c.busy_keepalive_interval(), Duration::from_secs(10));
+        let metered = format!("profile = \"metered\"\n{FULL}").replace("keepalive_interval = 15\n", "");
+        let c = AgentConfig::from_toml(&metered).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.schedule().interval, Duration::from_secs(600));
+        assert_eq!(c.probe_interval(), Duration::from_secs(60));
+        let c = AgentConfig::from_toml(&metered.replace("probe_interval = 60\n", ""))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.probe_interval(), Duration::from_secs(6 * 3600));
+        // The busy interval never exceeds the idle one.
+        let fast = format!("profile = \"metered\"\n{FULL}");
+        let c = AgentConfig::from_toml(&fast).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.busy_keepalive_interval(), Duration::from_secs(15));
+        let err = AgentConfig::from_toml(&format!("profile = \"cheap\"\n{FULL}"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("cheap") && err.contains("metered"), "{err}");
+        for p in [Profile::Standard, Profile::Metered, Profile::Responsive] {
+            assert_eq!(p.name().parse::<Profile>(), Ok(p));
+        }
     }
 
     #[test]

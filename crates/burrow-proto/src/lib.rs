@@ -6,6 +6,7 @@
 //! - [`addr`]: `HOST:PORT` targets, `[ADDR:]PORT` listen specs and `--expose` specs.
 //! - [`time`]: UTC timestamps as people read them in messages.
 //! - [`backoff`]: jittered exponential reconnect backoff.
+//! - [`liveness`]: when the agent sends a keepalive and when either end gives a session up.
 //! - [`rfc2217`]: Telnet COM-PORT-OPTION framing of console endpoints.
 //! - [`escape`]: the console escape parser (`Ctrl-E c` ...).
 //! - [`asciicast`]: asciicast v2 recording lines and a UTF-8 stream decoder.
@@ -26,6 +27,7 @@ pub mod asciicast;
 pub mod backoff;
 pub mod escape;
 pub mod glob;
+pub mod liveness;
 pub mod metadata;
 pub mod name;
 pub mod rfc2217;
@@ -50,3 +52,8 @@ pub const REPLACED_PREFIX: &str = "burrow: a new session";
 /// Bind address with which a burrow agent asks a burrow relay for its probe endpoint; the relay
 /// keeps that endpoint internal (unlisted, closed to operators, its streams not audited).
 pub const PROBE_BIND: &str = "burrow/probe";
+
+/// Originator address of the agent's one-round-trip probe on a burrow relay: the relay opens a
+/// stream to the agent's probe endpoint carrying it back, with the probe's nonce as originator
+/// port, and the agent answers that stream with a refusal.
+pub const PROBE_ORIGIN: &str = "burrow-probe";

@@ -11,9 +11,10 @@ pub const BURROW_SSH_ID_PREFIX: &str = "SSH-2.0-burrow_";
 
 /// Default listening address: one port for devices and operators.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:2222";
-/// Seconds of silence before the relay sends a keepalive.
+/// Seconds of silence before the relay's TCP keepalive probes a stock SSH client (burrow agents
+/// declare their own schedule and get none).
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
-/// Unanswered keepalives after which a session is dropped.
+/// Unanswered TCP keepalive probes after which a stock client's session is dropped.
 pub const DEFAULT_KEEPALIVE_MAX: usize = 3;
 /// Time a connection may take to authenticate.
 pub const DEFAULT_PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,6 +30,9 @@ pub const DEFAULT_AUDIT_KEEP: Duration = Duration::from_secs(365 * 86_400);
 pub const DEFAULT_AUDIT_MAX_ROWS: u64 = 1_000_000;
 /// How often the audit retention is applied.
 pub const DEFAULT_AUDIT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// Key exchanges renewed by time at most this often: AES-GCM and ChaCha20-Poly1305 need no
+/// hourly rekey, and on an idle cellular session each one costs a few kilobytes.
+pub const REKEY_TIME_LIMIT: Duration = Duration::from_secs(24 * 3600);
 /// Time a new connection has to send its SSH identification line.
 pub const DEFAULT_BANNER_TIMEOUT: Duration = Duration::from_secs(10);
 /// New connections per second accepted from one address (0: no limit).
@@ -61,9 +65,9 @@ pub(crate) fn auth_methods() -> MethodSet {
 pub struct RelayConfig {
     /// Data directory (host key, database).
     pub data_dir: PathBuf,
-    /// Seconds of silence before a keepalive.
+    /// Stock SSH clients: seconds of silence before a TCP keepalive probe.
     pub keepalive_interval: Duration,
-    /// Unanswered keepalives before a session is dropped.
+    /// Stock SSH clients: unanswered TCP keepalive probes before a session is dropped.
     pub keepalive_max: usize,
     /// Time a connection may take to authenticate.
     pub pre_auth_timeout: Duration,
@@ -153,10 +157,16 @@ impl RelayConfig {
             // OpenSSH probes with "none" first; answering that at once costs nothing.
             auth_rejection_time_initial: Some(Duration::ZERO),
             keys: vec![host_key],
-            keepalive_interval: Some(self.keepalive_interval),
-            keepalive_max: self.keepalive_max,
-            // Liveness is the keepalives' job; an idle device is not a dead one.
+            // Liveness is watched outside russh: agents by their declared schedule, stock clients
+            // by TCP keepalive. russh's keepalive would cost an idle cellular device a request
+            // and an answer every interval whatever the agent does.
+            keepalive_interval: None,
+            // An idle device is not a dead one.
             inactivity_timeout: None,
+            limits: russh::Limits {
+                rekey_time_limit: REKEY_TIME_LIMIT,
+                ..Default::default()
+            },
             max_auth_attempts: 6,
             nodelay: true,
             ..Default::default()

@@ -1,10 +1,13 @@
 //! The russh handler of one connection: authentication, then dispatch to device or operator rules.
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
 
+use burrow_io::activity::Activity;
 use burrow_io::splice::Flow;
+use burrow_proto::liveness::Schedule;
 use burrow_proto::name::Login;
 use russh::keys::PublicKey;
 use russh::server::{Auth, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
@@ -36,6 +39,10 @@ pub(crate) struct Conn {
     pub(crate) peer: SocketAddr,
     pub(crate) cut: CancellationToken,
     pub(crate) principal: Principal,
+    /// When bytes last moved on the connection.
+    activity: Arc<Activity>,
+    /// The socket (a duplicate), until authentication tells how to watch it.
+    socket: Option<OwnedFd>,
     permit: Option<Permit>,
     authed: Option<oneshot::Sender<()>>,
 }
@@ -47,12 +54,16 @@ impl Conn {
         cut: CancellationToken,
         permit: Permit,
         authed: oneshot::Sender<()>,
+        activity: Arc<Activity>,
+        socket: Option<OwnedFd>,
     ) -> Self {
         Conn {
             relay,
             peer,
             cut,
             principal: Principal::Nobody,
+            activity,
+            socket,
             permit: Some(permit),
             authed: Some(authed),
         }
@@ -246,6 +257,23 @@ impl Handler for Conn {
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
         self.permit = None;
+        let burrow = session
+            .remote_sshid()
+            .starts_with(crate::config::BURROW_SSH_ID_PREFIX.as_bytes());
+        // An agent that declared its keepalive schedule is watched by its silence alone; every
+        // other client keeps the TCP keepalive set at accept.
+        let schedule = match &self.principal {
+            Principal::Device { .. } if burrow => {
+                Schedule::from_ssh_id(&String::from_utf8_lossy(session.remote_sshid()))
+            }
+            _ => None,
+        };
+        if let (Some(_), Some(socket)) = (&schedule, &self.socket)
+            && let Err(e) = crate::server::quiet_socket(socket)
+        {
+            tracing::debug!("cannot turn TCP keepalive off: {e}");
+        }
+        self.socket = None;
         if let Principal::Operator(op) = &self.principal {
             let _ = op.handle.set(session.handle());
         }
@@ -266,14 +294,13 @@ impl Handler for Conn {
                 session.handle(),
                 self.cut.clone(),
                 // Both ends speak burrow's stream credit only when the device runs the agent.
-                if session
-                    .remote_sshid()
-                    .starts_with(crate::config::BURROW_SSH_ID_PREFIX.as_bytes())
-                {
+                if burrow {
                     Flow::Credit
                 } else {
                     Flow::Capped(self.relay.config.stalled_stream_timeout)
                 },
+                self.activity.clone(),
+                schedule,
             ));
             *slot = Some(dev.clone());
             crate::device::came_online(&self.relay, dev);

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use crate::Relay;
 use crate::audit::{Outcome, stream_summary};
 use crate::operator::{Asker, CONNECT_FAILED, PROHIBITED, Refusal, StreamRequest, open_endpoint};
-use crate::registry::DeviceSession;
+use crate::registry::{DeviceSession, Health};
 
 /// A session replaced sooner than this after it came up counts as flapping.
 const FLAPPING_WITHIN: Duration = Duration::from_secs(60);
@@ -77,16 +77,48 @@ pub(crate) fn went_offline(relay: &Relay, dev: &DeviceSession) {
         if let Err(e) = relay.store.set_offline(&dev.name) {
             tracing::error!("{e}");
         }
+        let why = dev.gave_up().map(|w| format!(": {w}")).unwrap_or_default();
         relay.audit.record(
             "offline",
             &dev.name,
             &dev.peer.to_string(),
             Outcome::Ok,
             &format!(
-                "device session down after {:.0} s",
+                "device session down after {:.0} s{why}",
                 dev.since.elapsed().as_secs_f64()
             ),
         );
+    }
+}
+
+/// Gives up device sessions whose agent stopped keeping its declared keepalive schedule. One
+/// task for all devices: an idle session costs no timer of its own.
+pub(crate) async fn watch_silence(relay: Arc<Relay>, shutdown: tokio_util::sync::CancellationToken) {
+    let mut tick = Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            () = tokio::time::sleep(tick) => {}
+        }
+        let now = Instant::now();
+        tick = Duration::from_secs(1);
+        for dev in relay.registry.all() {
+            let Some(schedule) = dev.schedule else {
+                continue;
+            };
+            // Check a few times within the shortest timeout in use.
+            tick = tick.min((schedule.timeout / 4).max(Duration::from_millis(10)));
+            if dev.health(now) == Health::Dead {
+                let why = format!(
+                    "nothing heard for {:.0} s (its agent promised a keepalive after {:.0} s of quiet, answered within {:.0} s)",
+                    dev.silence(now).as_secs_f64(),
+                    schedule.interval.as_secs_f64(),
+                    schedule.timeout.as_secs_f64()
+                );
+                tracing::info!(device = %dev.name, peer = %dev.peer, "device session given up: {why}");
+                dev.give_up(why);
+            }
+        }
     }
 }
 
@@ -214,6 +246,9 @@ pub(crate) fn open_stream(
     relay.tracker.spawn(async move {
         let target = format!("{}:{}", req.host, req.port);
         let name = dev.name.clone();
+        if req.originator_address == burrow_proto::PROBE_ORIGIN {
+            return routed_probe(&relay2, &dev, &req, reply).await;
+        }
         let result = connect(&relay2, &dev, &req).await;
         let peer = match result {
             Ok(peer) => peer,
@@ -245,6 +280,46 @@ pub(crate) fn open_stream(
             None => tracing::debug!(device = %name, "probe stream: {detail}"),
         }
     });
+}
+
+/// The agent's one-round-trip probe: open a stream to its probe endpoint the way an operator
+/// stream goes (by name, through the registry), carrying the probe's nonce; the agent refuses
+/// that stream as its answer, and the probe's own open is refused with the outcome. Probes are
+/// not audited: the agent's status carries them.
+async fn routed_probe(relay: &Relay, dev: &DeviceSession, req: &StreamRequest, reply: ChannelOpenHandle) {
+    let internal = u16::try_from(req.port)
+        .ok()
+        .and_then(|p| dev.endpoint(p))
+        .is_some_and(|e| e.is_internal());
+    let outcome = if !internal {
+        format!("port {} is not this device's probe endpoint", req.port)
+    } else {
+        let port = u16::try_from(req.port).unwrap_or_default();
+        match open_endpoint(
+            relay,
+            &dev.name,
+            port,
+            &req.originator_address,
+            req.originator_port,
+            Asker::Device,
+        )
+        .await
+        {
+            // An agent of before the routed probe accepts the stream: close it at once.
+            Ok((_, channel)) => {
+                let _ = channel.close().await;
+                "probe stream accepted and closed".into()
+            }
+            Err(refusal) => refusal.reason,
+        }
+    };
+    tracing::debug!(device = %dev.name, "probe: {outcome}");
+    reply
+        .reject(russh::ChannelOpenFailure::Other {
+            code: CONNECT_FAILED,
+            reason: outcome,
+        })
+        .await;
 }
 
 enum Peer {

@@ -103,6 +103,16 @@ pub(crate) async fn open_endpoint(
             )),
         };
     };
+    let now = std::time::Instant::now();
+    if dev.health(now) != crate::registry::Health::Fine {
+        return Err(Refusal::new(
+            CONNECT_FAILED,
+            format!(
+                "device {device} has not answered for {:.0} s (its session is about to be given up; the device reconnects once its link works)",
+                dev.silence(now).as_secs_f64()
+            ),
+        ));
+    }
     let ep = match asker {
         Asker::Device => dev.endpoint(port),
         Asker::Operator => dev.public_endpoint(port),
@@ -145,10 +155,14 @@ pub(crate) async fn open_endpoint(
             CONNECT_FAILED,
             format!("device {device} refused the connection to its port {port}: {e}"),
         )),
-        Err(_) => Err(Refusal::new(
-            CONNECT_FAILED,
-            format!("device {device} did not answer within {DEVICE_OPEN_TIMEOUT:?}"),
-        )),
+        Err(_) => {
+            // Until the device is heard again, others get this answer at once.
+            dev.open_unanswered(now);
+            Err(Refusal::new(
+                CONNECT_FAILED,
+                format!("device {device} did not answer within {DEVICE_OPEN_TIMEOUT:?}"),
+            ))
+        }
     }
 }
 

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use burrow_io::activity::Activity;
 use burrow_io::splice::Flow;
+use burrow_proto::liveness::Schedule;
 use russh::server::Handle;
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +55,28 @@ pub struct DeviceSession {
     pub replaced: CancellationToken,
     /// Flow control on its channels: credit with a burrow agent, a capped queue with stock ssh.
     pub flow: Flow,
+    /// When bytes last moved on its connection.
+    pub activity: Arc<Activity>,
+    /// The keepalive schedule a burrow agent declared; `None` for stock SSH clients, which TCP
+    /// keepalive watches instead.
+    pub schedule: Option<Schedule>,
+    /// Set when an open to the device went unanswered, until the device is heard again.
+    unanswered_open: Mutex<Option<Instant>>,
+    /// Why the relay gave the session up, for the offline record.
+    gave_up: Mutex<Option<String>>,
     endpoints: Mutex<BTreeMap<u16, Endpoint>>,
+}
+
+/// How the relay sees a device session's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Heard from in time.
+    Fine,
+    /// Silent past its schedule, or silent since an open went unanswered: operators get an
+    /// answer at once instead of waiting for the device.
+    Suspect,
+    /// Silent past its schedule's timeout: the session is given up.
+    Dead,
 }
 
 impl DeviceSession {
@@ -66,6 +89,8 @@ impl DeviceSession {
         handle: Handle,
         cut: CancellationToken,
         flow: Flow,
+        activity: Arc<Activity>,
+        schedule: Option<Schedule>,
     ) -> Self {
         DeviceSession {
             id,
@@ -77,8 +102,51 @@ impl DeviceSession {
             replaced: CancellationToken::new(),
             cut,
             flow,
+            activity,
+            schedule,
+            unanswered_open: Mutex::new(None),
+            gave_up: Mutex::new(None),
             endpoints: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// How long nothing was heard from the device, at `now`.
+    pub fn silence(&self, now: Instant) -> std::time::Duration {
+        self.activity.silence(now)
+    }
+
+    /// The session's health at `now`.
+    pub fn health(&self, now: Instant) -> Health {
+        let silence = self.silence(now);
+        if let Some(schedule) = &self.schedule {
+            if silence >= schedule.dead_after() {
+                return Health::Dead;
+            }
+            if silence >= schedule.suspect_after() {
+                return Health::Suspect;
+            }
+        }
+        let unanswered = *self.unanswered_open.lock().unwrap_or_else(|e| e.into_inner());
+        match unanswered {
+            Some(at) if self.activity.last_rx() < at => Health::Suspect,
+            _ => Health::Fine,
+        }
+    }
+
+    /// Records that an open sent at `at` got no answer in time.
+    pub fn open_unanswered(&self, at: Instant) {
+        *self.unanswered_open.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+    }
+
+    /// Records why the relay gives the session up.
+    pub fn give_up(&self, why: String) {
+        *self.gave_up.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        self.cut.cancel();
+    }
+
+    /// Why the relay gave the session up, if it did.
+    pub fn gave_up(&self) -> Option<String> {
+        self.gave_up.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn endpoints(&self) -> std::sync::MutexGuard<'_, BTreeMap<u16, Endpoint>> {

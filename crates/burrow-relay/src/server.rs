@@ -7,6 +7,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use burrow_io::activity::{Activity, Metered};
 use burrow_io::cut::CutStream;
 use burrow_io::first_bytes::FirstBytes;
 
@@ -28,6 +29,10 @@ pub(crate) async fn run(
         shutdown.clone(),
     ));
     let c = &relay.config;
+    let sweeper = relay.tracker.spawn(crate::device::watch_silence(
+        relay.clone(),
+        shutdown.clone(),
+    ));
     let pruner = relay.tracker.spawn(crate::audit::keep_pruned(
         relay.store.clone(),
         c.audit_keep,
@@ -77,6 +82,7 @@ pub(crate) async fn run(
     shutdown.cancel();
     drop(listener);
     watcher.abort();
+    sweeper.abort();
     pruner.abort();
     relay.tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, relay.tracker.wait())
@@ -86,6 +92,31 @@ pub(crate) async fn run(
         tracing::warn!("sessions still running after {SHUTDOWN_GRACE:?}; stopping anyway");
     }
     result
+}
+
+/// TCP keepalive after `interval` of silence, `max` unanswered probes `interval` apart, and the
+/// same bound on data left unacknowledged.
+fn watch_socket(
+    stream: &TcpStream,
+    interval: std::time::Duration,
+    max: usize,
+) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(stream);
+    let retries = u32::try_from(max).unwrap_or(u32::MAX).max(1);
+    socket.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(interval)
+            .with_interval(interval)
+            .with_retries(retries),
+    )?;
+    socket.set_tcp_user_timeout(Some(interval.saturating_mul(retries.saturating_add(1))))
+}
+
+/// Turns TCP keepalive off: an agent that declared its schedule is watched by its silence.
+pub(crate) fn quiet_socket(socket: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(socket);
+    socket.set_keepalive(false)?;
+    socket.set_tcp_user_timeout(None)
 }
 
 fn is_transient(e: &std::io::Error) -> bool {
@@ -104,11 +135,27 @@ async fn handle_connection(
 ) {
     let span = tracing::info_span!("conn", %peer);
     let _ = stream.set_nodelay(true);
+    // Until the client turns out to be an agent with a declared keepalive schedule, TCP
+    // keepalive watches the connection (OpenSSH's sshd relies on it by default too).
+    let c = &relay.config;
+    if let Err(e) = watch_socket(&stream, c.keepalive_interval, c.keepalive_max) {
+        tracing::debug!(%peer, "cannot set TCP keepalive: {e}");
+    }
+    let socket = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
+    let activity = Activity::new();
     let (authed_tx, authed_rx) = oneshot::channel();
-    let conn = Conn::new(relay.clone(), peer, cut.clone(), permit, authed_tx);
+    let conn = Conn::new(
+        relay.clone(),
+        peer,
+        cut.clone(),
+        permit,
+        authed_tx,
+        activity.clone(),
+        socket,
+    );
     // One byte tells whether the client said anything: that is all the relay keeps of it.
     let (stream, heard) = FirstBytes::new(stream, 1);
-    let stream = CutStream::new(stream, cut.clone());
+    let stream = Metered::new(CutStream::new(stream, cut.clone()), activity);
     let deadline = relay.config.pre_auth_timeout;
     let banner_timeout = relay.config.banner_timeout;
     let session = async {

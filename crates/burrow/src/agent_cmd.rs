@@ -85,6 +85,9 @@ pub fn build_config(args: &AgentArgs) -> Result<AgentConfig> {
     if args.trust_on_first_use {
         config.trust_on_first_use = true;
     }
+    if let Some(p) = args.profile {
+        config.profile = p;
+    }
     if let Some(c) = &args.on_state_change {
         config.on_state_change = Some(c.clone());
     }
@@ -100,6 +103,11 @@ pub fn build_config(args: &AgentArgs) -> Result<AgentConfig> {
             "--keepalive-interval",
             args.keepalive_interval,
             &mut config.keepalive_interval,
+        ),
+        (
+            "--keepalive-timeout",
+            args.keepalive_timeout,
+            &mut config.keepalive_timeout,
         ),
     ] {
         if let Some(v) = value {

@@ -272,7 +272,7 @@ pub struct AgentArgs {
     /// Command run with `sh -c` on up/down transitions (BURROW_STATE=up|down).
     #[arg(long, value_name = "CMD")]
     pub on_state_change: Option<String>,
-    /// Seconds between end-to-end probes (0 disables).
+    /// Seconds without proof of the path before an end-to-end probe runs (0 disables).
     #[arg(long, value_name = "SECS")]
     pub probe_interval: Option<f64>,
     /// First reconnect delay in seconds.
@@ -281,9 +281,15 @@ pub struct AgentArgs {
     /// Longest reconnect delay in seconds.
     #[arg(long, value_name = "SECS")]
     pub backoff_max: Option<f64>,
-    /// Seconds between keepalives.
+    /// Timing defaults: standard, metered (least idle data) or responsive (fixed lines).
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<burrow_proto::agent_config::Profile>,
+    /// Seconds without sending anything after which a keepalive goes out.
     #[arg(long, value_name = "SECS")]
     pub keepalive_interval: Option<f64>,
+    /// Seconds a keepalive may go unanswered before the session counts as dead.
+    #[arg(long, value_name = "SECS")]
+    pub keepalive_timeout: Option<f64>,
 }
 
 #[derive(Subcommand, Debug)]
