@@ -19,8 +19,8 @@
 mod connect;
 pub mod console;
 mod handler;
-mod liveness;
 pub mod hostkey;
+mod liveness;
 pub mod metadata;
 mod run;
 mod session;

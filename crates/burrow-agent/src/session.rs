@@ -209,15 +209,15 @@ async fn session(
             burrow_io::first_bytes::FirstBytes::new(tcp, burrow_io::first_bytes::IDENTIFICATION);
         let stream = Metered::new(CutStream::new(tcp, cut.clone()), activity.clone());
         let mut handle = russh::client::connect_stream(client_config, stream, handler)
-                .await
-                .map_err(|e| {
-                    let why = host_key_error
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .take()
-                        .unwrap_or_else(|| format!("SSH handshake with relay {relay} failed: {e}"));
-                    with_server_hint(why, &relay, seen.first_line(), config)
-                })?;
+            .await
+            .map_err(|e| {
+                let why = host_key_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .unwrap_or_else(|| format!("SSH handshake with relay {relay} failed: {e}"));
+                with_server_hint(why, &relay, seen.first_line(), config)
+            })?;
         let hash = handle
             .best_supported_rsa_hash()
             .await

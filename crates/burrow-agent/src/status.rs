@@ -316,7 +316,8 @@ pub fn render(s: &Status) -> String {
             p.at,
             p.error.as_deref().unwrap_or("?")
         )),
-        None => out.push_str("probe      none yet (probes run only when nothing else proved the path)\n"),
+        None => out
+            .push_str("probe      none yet (probes run only when nothing else proved the path)\n"),
     }
     if let Some(e) = &s.last_error {
         out.push_str(&format!("last error {e}\n"));

@@ -569,10 +569,8 @@ impl AgentConfig {
 
     /// Time without sending after which a keepalive goes out.
     pub fn keepalive_interval(&self) -> Duration {
-        self.keepalive_interval.map_or(
-            self.profile.timings().keepalive_interval,
-            Seconds::duration,
-        )
+        self.keepalive_interval
+            .map_or(self.profile.timings().keepalive_interval, Seconds::duration)
     }
 
     /// Time a keepalive may go unanswered.
@@ -584,7 +582,10 @@ impl AgentConfig {
     /// While streams are open: time without hearing from the relay before a keepalive.
     pub fn busy_keepalive_interval(&self) -> Duration {
         self.busy_keepalive_interval
-            .map_or(self.profile.timings().busy_keepalive_interval, Seconds::duration)
+            .map_or(
+                self.profile.timings().busy_keepalive_interval,
+                Seconds::duration,
+            )
             .min(self.keepalive_interval())
     }
 
@@ -754,7 +755,8 @@ to = "localhost:1883"
         assert_eq!(c.keepalive_interval(), Duration::from_secs(15));
         assert_eq!(c.keepalive_timeout(), Duration::from_secs(20));
         assert_eq!(c.busy_keepalive_interval(), Duration::from_secs(10));
-        let metered = format!("profile = \"metered\"\n{FULL}").replace("keepalive_interval = 15\n", "");
+        let metered =
+            format!("profile = \"metered\"\n{FULL}").replace("keepalive_interval = 15\n", "");
         let c = AgentConfig::from_toml(&metered).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.schedule().interval, Duration::from_secs(600));
         assert_eq!(c.probe_interval(), Duration::from_secs(60));

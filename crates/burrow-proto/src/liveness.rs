@@ -182,7 +182,10 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Liveness::new(S);
         assert_eq!(l.step(t0, idle(t0, 0, 0)), Step::Wait(t0 + secs(150)));
-        assert_eq!(l.step(t0 + secs(149), idle(t0, 0, 0)), Step::Wait(t0 + secs(150)));
+        assert_eq!(
+            l.step(t0 + secs(149), idle(t0, 0, 0)),
+            Step::Wait(t0 + secs(150))
+        );
         assert_eq!(l.step(t0 + secs(150), idle(t0, 0, 0)), Step::SendKeepalive);
         // Waiting: the deadline is the timeout after sending.
         assert_eq!(
@@ -208,7 +211,10 @@ mod tests {
         );
         // Receiving only (a one-way stream to the device) still needs the agent to speak up,
         // or the relay, which hears nothing, would drop the session.
-        assert_eq!(l.step(t0 + secs(200), idle(t0, 199, 0)), Step::SendKeepalive);
+        assert_eq!(
+            l.step(t0 + secs(200), idle(t0, 199, 0)),
+            Step::SendKeepalive
+        );
     }
 
     #[test]

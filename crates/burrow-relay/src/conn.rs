@@ -286,21 +286,24 @@ impl Handler for Conn {
             session: slot,
         } = &mut self.principal
         {
-            let dev = Arc::new(DeviceSession::new(
-                self.relay.next_id(),
-                name.clone(),
-                key_fingerprint.clone(),
-                self.peer,
-                session.handle(),
-                self.cut.clone(),
+            let carrier = crate::registry::Carrier {
+                peer: self.peer,
+                handle: session.handle(),
+                cut: self.cut.clone(),
                 // Both ends speak burrow's stream credit only when the device runs the agent.
-                if burrow {
+                flow: if burrow {
                     Flow::Credit
                 } else {
                     Flow::Capped(self.relay.config.stalled_stream_timeout)
                 },
-                self.activity.clone(),
+                activity: self.activity.clone(),
                 schedule,
+            };
+            let dev = Arc::new(DeviceSession::new(
+                self.relay.next_id(),
+                name.clone(),
+                key_fingerprint.clone(),
+                carrier,
             ));
             *slot = Some(dev.clone());
             crate::device::came_online(&self.relay, dev);

@@ -93,7 +93,10 @@ pub(crate) fn went_offline(relay: &Relay, dev: &DeviceSession) {
 
 /// Gives up device sessions whose agent stopped keeping its declared keepalive schedule. One
 /// task for all devices: an idle session costs no timer of its own.
-pub(crate) async fn watch_silence(relay: Arc<Relay>, shutdown: tokio_util::sync::CancellationToken) {
+pub(crate) async fn watch_silence(
+    relay: Arc<Relay>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     let mut tick = Duration::from_secs(1);
     loop {
         tokio::select! {
@@ -286,7 +289,12 @@ pub(crate) fn open_stream(
 /// stream goes (by name, through the registry), carrying the probe's nonce; the agent refuses
 /// that stream as its answer, and the probe's own open is refused with the outcome. Probes are
 /// not audited: the agent's status carries them.
-async fn routed_probe(relay: &Relay, dev: &DeviceSession, req: &StreamRequest, reply: ChannelOpenHandle) {
+async fn routed_probe(
+    relay: &Relay,
+    dev: &DeviceSession,
+    req: &StreamRequest,
+    reply: ChannelOpenHandle,
+) {
     let internal = u16::try_from(req.port)
         .ok()
         .and_then(|p| dev.endpoint(p))

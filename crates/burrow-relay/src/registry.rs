@@ -79,19 +79,33 @@ pub enum Health {
     Dead,
 }
 
+/// What a device session keeps of the connection that carries it.
+pub struct Carrier {
+    /// Remote address.
+    pub peer: SocketAddr,
+    /// Handle to open channels on it.
+    pub handle: Handle,
+    /// Cancelling this cuts the connection.
+    pub cut: CancellationToken,
+    /// Flow control on its channels.
+    pub flow: Flow,
+    /// When bytes last moved on it.
+    pub activity: Arc<Activity>,
+    /// The keepalive schedule its agent declared, if any.
+    pub schedule: Option<Schedule>,
+}
+
 impl DeviceSession {
     /// A new session with no endpoints.
-    pub fn new(
-        id: u64,
-        name: String,
-        key_fingerprint: String,
-        peer: SocketAddr,
-        handle: Handle,
-        cut: CancellationToken,
-        flow: Flow,
-        activity: Arc<Activity>,
-        schedule: Option<Schedule>,
-    ) -> Self {
+    pub fn new(id: u64, name: String, key_fingerprint: String, carrier: Carrier) -> Self {
+        let Carrier {
+            peer,
+            handle,
+            cut,
+            flow,
+            activity,
+            schedule,
+        } = carrier;
         DeviceSession {
             id,
             name,
@@ -126,7 +140,10 @@ impl DeviceSession {
                 return Health::Suspect;
             }
         }
-        let unanswered = *self.unanswered_open.lock().unwrap_or_else(|e| e.into_inner());
+        let unanswered = *self
+            .unanswered_open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         match unanswered {
             Some(at) if self.activity.last_rx() < at => Health::Suspect,
             _ => Health::Fine,
@@ -135,7 +152,10 @@ impl DeviceSession {
 
     /// Records that an open sent at `at` got no answer in time.
     pub fn open_unanswered(&self, at: Instant) {
-        *self.unanswered_open.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+        *self
+            .unanswered_open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(at);
     }
 
     /// Records why the relay gives the session up.
@@ -146,7 +166,10 @@ impl DeviceSession {
 
     /// Why the relay gave the session up, if it did.
     pub fn gave_up(&self) -> Option<String> {
-        self.gave_up.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.gave_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn endpoints(&self) -> std::sync::MutexGuard<'_, BTreeMap<u16, Endpoint>> {
