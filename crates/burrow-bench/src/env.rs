@@ -85,7 +85,7 @@ fn which(cmd: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     eprintln!("burrow-bench: installing {}", packages.join(" "));
     let sudo = if rustix::process::geteuid().is_root() {
         vec![]

@@ -7,9 +7,12 @@
 //!   operator paths) with a bulk-transfer port and an echo port behind it.
 //! - `traffic`: throughput (bulk streams) and latency (64-byte round trips).
 //! - `devices`: many idle device sessions from one process; memory per device; reconnects.
+//! - `cellular`: idle bytes a month per device (network namespaces, veth counters) and
+//!   behaviour through an emulated cellular link (blackout, throughput, latency).
 //! - `report`: the Markdown and JSON output, with targets.
 #![forbid(unsafe_code)]
 
+mod cellular;
 mod devices;
 mod env;
 mod report;
@@ -51,6 +54,9 @@ pub struct Args {
     /// The burrow binary (default: next to this one).
     #[arg(long)]
     pub burrow: Option<PathBuf>,
+    /// Seconds of the idle window whose bytes are scaled to a month.
+    #[arg(long, default_value_t = 600)]
+    pub idle_seconds: u64,
     /// Skip rathole even when it could be installed.
     #[arg(long)]
     pub no_rathole: bool,
@@ -80,6 +86,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     traffic::run_all(&env, &args, &mut results).await?;
     eprintln!("burrow-bench: idle devices and reconnects");
     devices::run_all(&env, &args, &mut results).await?;
+    eprintln!("burrow-bench: the cellular link (idle cost, blackout, throughput, latency)");
+    for r in cellular::run_all(&env, &args).await? {
+        match &r.note {
+            Some(note) => results.push_note(&r.group, &r.system, r.value, r.unit, note),
+            None => results.push(&r.group, &r.system, r.value, r.unit),
+        }
+    }
     report::write(&args.out, &results)?;
     eprintln!(
         "burrow-bench: wrote {}",

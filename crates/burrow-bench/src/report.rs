@@ -119,8 +119,21 @@ impl Results {
             ("reconnect after a device reboot", "burrow"),
             ("reconnect storm", "burrow"),
             ("agent footprint", "idle agent RSS"),
+            ("cellular link: throughput", "burrow"),
+            ("cellular link: throughput", "OpenSSH"),
+            ("cellular link: latency p50", "burrow"),
+            ("cellular link: time to notice a blackout", "burrow agent"),
+            ("cellular link: time to notice a blackout", "burrow relay"),
+            ("cellular link: endpoint back", "burrow"),
         ];
-        for (group, system) in needed {
+        // Idle costs need network namespaces (root); where they can be made, they must be there.
+        let idle = [
+            (crate::cellular::IDLE_GROUP, "burrow, profile standard"),
+            (crate::cellular::IDLE_GROUP, "burrow, profile metered"),
+            (crate::cellular::IDLE_GROUP, "OpenSSH ssh -R"),
+        ];
+        let netns = rustix::process::geteuid().is_root();
+        for (group, system) in needed.into_iter().chain(idle.into_iter().filter(|_| netns)) {
             match self.find(group, system) {
                 Some(e) if e.value.is_finite() && e.value >= 0.0 => {}
                 _ => bail!("no result for {group} / {system}"),
@@ -195,6 +208,43 @@ impl Results {
                 "10k devices all back within 30 s of a relay restart".into(),
                 format!("{:.1} s", e.value),
                 Some(e.value <= 30.0),
+            ));
+        }
+        let idle = |s: &str| v(crate::cellular::IDLE_GROUP, s);
+        if let Some(b) = idle("burrow, profile standard") {
+            out.push((
+                "idle device with default settings: at most 5 MB a month on the wire".into(),
+                format!("{b:.2} MB"),
+                Some(b <= 5.0),
+            ));
+            let autossh = [idle("OpenSSH ssh -R"), idle("autossh -M")]
+                .into_iter()
+                .flatten()
+                .fold(f64::INFINITY, f64::min);
+            if autossh.is_finite() {
+                out.push((
+                    "idle cost at most a quarter of the cheapest autossh setup".into(),
+                    format!("{:.2}x of {autossh:.1} MB", b / autossh),
+                    Some(b <= autossh / 4.0),
+                ));
+            }
+        }
+        let notice = [
+            v("cellular link: time to notice", "burrow agent"),
+            v("cellular link: time to notice", "burrow relay"),
+        ];
+        if let [Some(a), Some(r)] = notice {
+            out.push((
+                "idle device's dead link marked down on both sides within 3 minutes".into(),
+                format!("agent {a:.0} s, relay {r:.0} s"),
+                Some(a.max(r) <= 180.0),
+            ));
+        }
+        if let Some(b) = v("cellular link: endpoint back", "burrow") {
+            out.push((
+                "endpoint back within seconds (10 s) of the link returning".into(),
+                format!("{b:.1} s"),
+                Some(b <= 10.0),
             ));
         }
         if let Some(r) = v("agent footprint", "idle agent RSS") {
@@ -276,6 +326,8 @@ const NOTES: &str = "
 - **Latency**: one TCP connection, 64-byte writes echoed back, the first tenth discarded; the median p50 and p99 of `--repeats` runs.
 - **Idle devices**: real SSH device sessions (one process opening them all), each authenticated and holding one endpoint; the relay's RSS and PSS before and after, divided by the count. For sshd, the same with `ssh -N -R` client processes, summed over sshd's processes.
 - **Reconnect after a reboot**: the device's old session is frozen with SIGSTOP (TCP open, nothing answers) and a new one starts at once: the time until the endpoint answers again. OpenSSH's new `ssh -R` is restarted every second, as autossh does, until its forward can bind; a value marked *not back within the cap* means the old session still held the port when `--reconnect-cap` ran out (a lower bound). A frozen client's kernel keeps acknowledging TCP, so only sshd's own keepalive (`ClientAlive*`) could free the port; after a real reboot the peer's kernel is gone too, and the port is freed only when TCP retransmissions give up (about 15 minutes with Linux defaults; the seeds report about 10).
+- **Idle cost**: each system runs in two network namespaces made for it (relay side and device side, joined by a veth pair); after the tunnel is up and settled, the device's veth counters (both ways) are read before and after a quiet window (`--idle-seconds`, default 600) and scaled to 30 days. Bytes are IP bytes: the veth's count minus its 14-byte Ethernet header per packet, which a cellular carrier does not carry. burrow's rows add what the window is too short to see: its probes (the cost of one probe, measured by an agent that probes every 20 s and sends no keepalives, times the probes a month its profile runs) and one key exchange a day (counted as a whole new connection, an upper bound). OpenSSH rekeys by data only and runs no probes. WireGuard, not measured here, sends a 32-byte keepalive in a 60-byte IP packet every 25 s with its usual `PersistentKeepalive = 25`: about 6.2 MB a month.
+- **Cellular link**: `burrow-linkemu` (a userspace TCP relay, since this kernel has no `sch_netem`) between the device and the relay: 2 Mbit/s each way, 300 ± 100 ms each way, 3 % of segments lost and retransmitted. burrow runs its defaults; OpenSSH is `ssh -R` with the seed's autossh settings (`ServerAliveInterval 30`, `ServerAliveCountMax 3`, restarted a second after it exits) to an sshd with its defaults. For the blackout both links drop everything at once, with the devices idle; each end's verdict is timed from the start of the blackout (the burrow agent's status, `device ls` on the relay, the ssh client's exit, and sshd's forwarded port closing), then the links come back and the time until a 64-byte echo passes again is taken. The emulator relays TCP, so a connection the ssh client gives up is closed towards sshd as soon as the link returns: kinder to OpenSSH than a real carrier, where sshd would hold the stale port until its own timeouts.
 - **Reconnect storm**: the relay is killed; once every device has seen its session go down, the relay is restarted on the same data directory and the clock starts; devices reconnect with the agent's backoff (1 s doubling to 30 s, jittered); the time until every device has its endpoint again.
 ";
 

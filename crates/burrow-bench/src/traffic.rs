@@ -121,7 +121,12 @@ async fn bulk_stream(port: u16, seconds: u32, download: bool) -> anyhow::Result<
 }
 
 /// Gbit/s over `streams` parallel connections, counted when the receiver has everything.
-async fn throughput(port: u16, seconds: u32, streams: u32, download: bool) -> anyhow::Result<f64> {
+pub(crate) async fn throughput(
+    port: u16,
+    seconds: u32,
+    streams: u32,
+    download: bool,
+) -> anyhow::Result<f64> {
     let start = Instant::now();
     let runs: Vec<_> = (0..streams)
         .map(|_| tokio::spawn(bulk_stream(port, seconds, download)))
