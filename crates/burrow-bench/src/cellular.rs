@@ -192,6 +192,21 @@ impl NetPair {
             .unwrap_or(false)
     }
 
+    /// Waits until `what` listens on `port` on the relay side.
+    async fn wait_listening(&self, port: u16, what: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.relay_listens(port) {
+            if Instant::now() > deadline {
+                bail!(
+                    "{what} in {} did not listen on port {port}",
+                    self.relay_ns()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
     fn remove(&self) {
         for ns in [self.relay_ns(), self.device_ns()] {
             let _ = Command::new("ip")
@@ -217,28 +232,6 @@ fn netns_available() -> bool {
             false
         }
     }
-}
-
-/// A relay data directory with device `bench-dev` allowed; returns its host key fingerprint.
-fn relay_data(env: &Env, dir: &std::path::Path) -> anyhow::Result<String> {
-    let d = dir.to_str().context("path")?;
-    let pubkey = env.public_key();
-    let pubkey = pubkey.to_str().context("path")?;
-    env.burrow_cli(&["relay", "--data-dir", d, "init"])?;
-    env.burrow_cli(&[
-        "relay",
-        "--data-dir",
-        d,
-        "device",
-        "add",
-        "bench-dev",
-        "--pubkey",
-        pubkey,
-    ])?;
-    Ok(env
-        .burrow_cli(&["relay", "--data-dir", d, "fingerprint"])?
-        .trim()
-        .to_string())
 }
 
 /// `burrow agent` flags shared by every bench agent.
@@ -283,7 +276,7 @@ async fn burrow_idle(
 ) -> anyhow::Result<IdleSystem> {
     let pair = NetPair::create(n)?;
     let data = env.path(&format!("idle-relay-{n}"));
-    let fingerprint = relay_data(env, &data)?;
+    let fingerprint = crate::systems::relay_data(env, &data)?;
     let listen = format!("{}:2222", pair.relay_ip());
     let relay = Proc::spawn(
         NetPair::exec(&pair.relay_ns(), &env.burrow)
@@ -291,13 +284,7 @@ async fn burrow_idle(
             .arg(&data)
             .env("BURROW_LOG", "error"),
     )?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !pair.relay_listens(2222) {
-        if Instant::now() > deadline {
-            bail!("burrow relay in {} did not listen", pair.relay_ns());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    pair.wait_listening(2222, "burrow relay").await?;
     let status = env.path(&format!("idle-agent-{n}.json"));
     let agent = Proc::spawn(
         NetPair::exec(&pair.device_ns(), &env.burrow)
@@ -354,13 +341,7 @@ async fn openssh_idle(
             .arg("-f")
             .arg(&config),
     )?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !pair.relay_listens(22) {
-        if Instant::now() > deadline {
-            bail!("sshd in {} did not listen", pair.relay_ns());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    pair.wait_listening(22, "sshd").await?;
     let program = match autossh_monitor {
         Some(_) => std::path::PathBuf::from("autossh"),
         None => std::path::PathBuf::from("ssh"),
@@ -620,7 +601,7 @@ async fn burrow_linked(
     stop: &CancellationToken,
 ) -> anyhow::Result<(LinkedSystem, std::path::PathBuf, std::path::PathBuf)> {
     let data = env.path("cellular-relay");
-    let fingerprint = relay_data(env, &data)?;
+    let fingerprint = crate::systems::relay_data(env, &data)?;
     let d = data.to_str().context("path")?;
     let (bulk, echo) = (free_port(), free_port());
     for p in [bulk, echo] {

@@ -226,9 +226,9 @@ pub async fn start_relay(env: &Env, data_dir: &std::path::Path, port: u16) -> an
     Ok(relay)
 }
 
-pub async fn burrow_site(env: &Env, name: &str, b: Backends) -> anyhow::Result<BurrowSite> {
-    let data_dir = env.path(name);
-    let d = data_dir.to_str().context("path")?;
+/// A relay data directory with device `bench-dev` registered; returns its host key fingerprint.
+pub fn relay_data(env: &Env, dir: &std::path::Path) -> anyhow::Result<String> {
+    let d = dir.to_str().context("path")?;
     let pubkey = env.public_key();
     let pubkey = pubkey.to_str().context("path")?;
     env.burrow_cli(&["relay", "--data-dir", d, "init"])?;
@@ -242,6 +242,18 @@ pub async fn burrow_site(env: &Env, name: &str, b: Backends) -> anyhow::Result<B
         "--pubkey",
         pubkey,
     ])?;
+    Ok(env
+        .burrow_cli(&["relay", "--data-dir", d, "fingerprint"])?
+        .trim()
+        .to_string())
+}
+
+pub async fn burrow_site(env: &Env, name: &str, b: Backends) -> anyhow::Result<BurrowSite> {
+    let data_dir = env.path(name);
+    let fingerprint = relay_data(env, &data_dir)?;
+    let d = data_dir.to_str().context("path")?;
+    let pubkey = env.public_key();
+    let pubkey = pubkey.to_str().context("path")?;
     env.burrow_cli(&[
         "relay",
         "--data-dir",
@@ -264,10 +276,6 @@ pub async fn burrow_site(env: &Env, name: &str, b: Backends) -> anyhow::Result<B
             &p.to_string(),
         ])?;
     }
-    let fingerprint = env
-        .burrow_cli(&["relay", "--data-dir", d, "fingerprint"])?
-        .trim()
-        .to_string();
     let relay_port = free_port();
     let relay = start_relay(env, &data_dir, relay_port).await?;
     let status_file = env.path(&format!("{name}-agent.json"));

@@ -309,6 +309,9 @@ struct Listing {
     /// RFC 3339 UTC; now while online.
     last_seen: Option<String>,
     endpoints: Vec<u16>,
+    /// Online but suspect: seconds since the device was last heard.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    silent_for: Option<u64>,
 }
 
 fn listings(relay: &Relay, op: &OperatorSession) -> Vec<Listing> {
@@ -322,7 +325,13 @@ fn listings(relay: &Relay, op: &OperatorSession) -> Vec<Listing> {
         .filter(|d| any_matches(&record.allow, &d.name))
         .map(|d| {
             let live = relay.registry.get(&d.name);
+            let now = Instant::now();
+            let silent_for = live
+                .as_ref()
+                .filter(|s| s.health(now) != crate::registry::Health::Fine)
+                .map(|s| s.silence(now).as_secs());
             Listing {
+                silent_for,
                 online: live.is_some(),
                 endpoints: live.map(|s| s.ports()).unwrap_or_default(),
                 last_seen: d.last_seen.map(format_rfc3339),
@@ -342,7 +351,11 @@ fn render_table(rows: &[Listing]) -> String {
         out.push_str(&format!(
             "{:<width$}  {:<7}  {:<20}  {}\n",
             r.name,
-            crate::admin::state_text(r.online),
+            match r.silent_for {
+                // Online, but its keepalive is overdue (or an open went unanswered).
+                Some(_) => "silent",
+                None => crate::admin::state_text(r.online),
+            },
             r.last_seen.as_deref().unwrap_or("never"),
             crate::admin::endpoints_text(&r.endpoints)
         ));

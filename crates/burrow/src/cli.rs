@@ -32,10 +32,11 @@ pub struct RelayArgs {
     /// Data directory: host key, database [default: /var/lib/burrow for root, else ~/.local/state/burrow]
     #[arg(long, env = "BURROW_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
-    /// Seconds between keepalives to idle sessions.
+    /// Stock SSH clients: seconds of silence before a TCP keepalive probe (burrow agents declare
+    /// their own keepalive schedule and get none).
     #[arg(long, default_value_t = 15)]
     pub keepalive_interval: u64,
-    /// Unanswered keepalives before a session is dropped.
+    /// Stock SSH clients: unanswered TCP keepalive probes before a session is dropped.
     #[arg(long, default_value_t = 3)]
     pub keepalive_max: usize,
     /// Unauthenticated connections accepted at once.

@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use burrow_linkemu::{Impairment, Link};
@@ -41,6 +41,36 @@ async fn link_to(relay: SocketAddr, impairment: Impairment) -> (Link, Cancellati
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let link = Link::start(listener, relay, impairment, shutdown.clone()).unwrap();
     (link, shutdown)
+}
+
+/// Device `pi` with an echo service on port 22, its agent behind a link without a rate limit,
+/// keepalive timeout `timeout` and no probes; up when this returns.
+async fn idle_device_behind_a_link(
+    timeout: f64,
+) -> (
+    tempfile::TempDir,
+    TestRelay,
+    PathBuf,
+    Link,
+    CancellationToken,
+    TestAgent,
+) {
+    let (dir, relay, dev_key, op_key) = relay_with("pi", "op").await;
+    let mut impairment = Impairment::cellular();
+    impairment.rate = None;
+    let (link, stop) = link_to(relay.addr, impairment).await;
+    let mut config = agent_config(
+        &link.addr().to_string(),
+        "pi",
+        &dev_key,
+        &relay.relay.fingerprint(),
+    );
+    scaled(&mut config, timeout, 0.0);
+    expose(&mut config, 22, echo_server().await);
+    let agent = TestAgent::start(dir.path(), config);
+    agent.wait_up().await;
+    relay.wait_online("pi").await;
+    (dir, relay, op_key, link, stop, agent)
 }
 
 /// Scaled timings: a keepalive after 1 s of quiet, answered within `timeout`.
@@ -91,26 +121,6 @@ async fn checking_sink(expected: Vec<u8>) -> SocketAddr {
     addr
 }
 
-/// `ssh ARGS` with `input` on stdin: (success, stdout, stderr), allowing a slow transfer.
-async fn slow_ssh(config: &Path, args: &[&str], input: Vec<u8>) -> (bool, Vec<u8>, String) {
-    let mut cmd = tokio::process::Command::from(ssh(config, args));
-    cmd.kill_on_drop(true);
-    let mut child = cmd.spawn().expect("ssh is installed");
-    let mut stdin = child.stdin.take().unwrap();
-    tokio::spawn(async move {
-        let _ = stdin.write_all(&input).await;
-    });
-    let out = tokio::time::timeout(TRANSFER_WAIT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("ssh {args:?} did not finish within {TRANSFER_WAIT:?}"))
-        .unwrap();
-    (
-        out.status.success(),
-        out.stdout,
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
 /// Session ends the relay recorded for `device`: takeovers and offline entries.
 fn session_ends(relay: &TestRelay, device: &str) -> Vec<String> {
     let (ok, out, err) = relay.cli(&["audit", "--limit", "500"]);
@@ -159,8 +169,8 @@ async fn saturating_transfers_over_a_cellular_link_never_drop_the_session() {
     let op = ssh_config(dir.path(), &relay, "op", &op_key);
 
     // Operator streams both ways at once, saturating the link.
-    let download = slow_ssh(&op, &["-W", "pi:80", "relay"], Vec::new());
-    let upload = slow_ssh(&op, &["-W", "pi:81", "relay"], up.clone());
+    let download = ssh_output_within(&op, &["-W", "pi:80", "relay"], b"", TRANSFER_WAIT);
+    let upload = ssh_output_within(&op, &["-W", "pi:81", "relay"], &up, TRANSFER_WAIT);
     let ((ok_d, got, err_d), (ok_u, verdict, err_u)) = tokio::join!(download, upload);
     assert!(ok_d, "{err_d}");
     assert!(got == down, "download arrived altered: {} bytes", got.len());
@@ -200,21 +210,7 @@ async fn saturating_transfers_over_a_cellular_link_never_drop_the_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blackout_is_noticed_on_both_sides_and_the_device_returns_after_it() {
-    let (dir, relay, dev_key, _op_key) = relay_with("pi", "op").await;
-    let mut lossy = Impairment::cellular();
-    lossy.rate = None;
-    let (link, _link_stop) = link_to(relay.addr, lossy).await;
-    let mut config = agent_config(
-        &link.addr().to_string(),
-        "pi",
-        &dev_key,
-        &relay.relay.fingerprint(),
-    );
-    scaled(&mut config, 2.0, 0.0);
-    expose(&mut config, 22, echo_server().await);
-    let agent = TestAgent::start(dir.path(), config);
-    agent.wait_up().await;
-    relay.wait_online("pi").await;
+    let (_dir, relay, _op_key, link, _link_stop, agent) = idle_device_behind_a_link(2.0).await;
 
     link.set(|i| i.blackout = true);
     // The agent: its keepalive goes unanswered.
@@ -247,21 +243,8 @@ async fn blackout_is_noticed_on_both_sides_and_the_device_returns_after_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_the_relay_suspects_gets_operators_an_answer_at_once() {
-    let (dir, relay, dev_key, op_key) = relay_with("pi", "op").await;
-    let mut quick = Impairment::cellular();
-    quick.rate = None;
-    let (link, _link_stop) = link_to(relay.addr, quick).await;
-    let mut config = agent_config(
-        &link.addr().to_string(),
-        "pi",
-        &dev_key,
-        &relay.relay.fingerprint(),
-    );
     // Suspect after 1 + 10 s of silence, given up after 1 + 20 s.
-    scaled(&mut config, 20.0, 0.0);
-    expose(&mut config, 22, echo_server().await);
-    let agent = TestAgent::start(dir.path(), config);
-    agent.wait_up().await;
+    let (dir, relay, op_key, link, _link_stop, agent) = idle_device_behind_a_link(20.0).await;
     let op = ssh_config(dir.path(), &relay, "op", &op_key);
 
     link.set(|i| i.blackout = true);
@@ -279,6 +262,16 @@ async fn a_device_the_relay_suspects_gets_operators_an_answer_at_once() {
     // wait on the device, and not from an offline device.
     assert!(!answer.contains("did not answer within"), "{answer}");
     assert!(relay.relay.online_endpoints("pi").is_some(), "{answer}");
+    // The operator listing says so too.
+    let (ok, listing, err) = ssh_output(&op, &["relay", "ls"], b"").await;
+    assert!(ok, "{err}");
+    let listing = String::from_utf8_lossy(&listing);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("pi") && l.contains("silent")),
+        "{listing}"
+    );
     link.set(|i| i.blackout = false);
     agent.stop().await;
 }

@@ -257,6 +257,16 @@ pub fn ssh(config: &Path, args: &[&str]) -> Command {
 /// Runs ssh with `input` on stdin (then EOF) and returns (status ok, stdout, stderr); fails the
 /// test if ssh is still running after [`WAIT`].
 pub async fn ssh_output(config: &Path, args: &[&str], input: &[u8]) -> (bool, Vec<u8>, String) {
+    ssh_output_within(config, args, input, WAIT).await
+}
+
+/// [`ssh_output`] allowing `wait` (a slow transfer).
+pub async fn ssh_output_within(
+    config: &Path,
+    args: &[&str],
+    input: &[u8],
+    wait: Duration,
+) -> (bool, Vec<u8>, String) {
     let mut cmd = tokio::process::Command::from(ssh(config, args));
     cmd.kill_on_drop(true);
     let mut child = cmd.spawn().expect("ssh is installed");
@@ -265,9 +275,9 @@ pub async fn ssh_output(config: &Path, args: &[&str], input: &[u8]) -> (bool, Ve
     tokio::spawn(async move {
         let _ = stdin.write_all(&input).await;
     });
-    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+    let out = tokio::time::timeout(wait, child.wait_with_output())
         .await
-        .unwrap_or_else(|_| panic!("ssh {args:?} did not finish within {WAIT:?}"))
+        .unwrap_or_else(|_| panic!("ssh {args:?} did not finish within {wait:?}"))
         .unwrap();
     (
         out.status.success(),
