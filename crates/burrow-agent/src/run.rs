@@ -155,6 +155,11 @@ pub(crate) async fn run_tunnel(
             None => {
                 replaced_in_a_row = 0;
                 let error = ended.error.unwrap_or_else(|| "session ended".into());
+                // An attempt that timed out waiting on a dark link already waited long: the
+                // next one goes at once, so that it is under way when the link returns.
+                if ended.unanswered {
+                    backoff.reset();
+                }
                 let delay = backoff.next_delay(rand::random::<f64>());
                 tracing::warn!("{error}; retrying in {:.1} s", delay.as_secs_f64());
                 (error, delay)

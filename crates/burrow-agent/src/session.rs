@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,15 +23,19 @@ use crate::status::{ProbeStatus, State, StatusBoard, now_rfc3339};
 
 /// Time allowed for TCP connect, SSH handshake and authentication together.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for the TCP connection alone: a fresh attempt sends a fresh SYN, where the
+/// kernel's retransmissions of the first would wait longer and longer through an outage.
+const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bind address sent with every `tcpip-forward`: loopback on a stock sshd relay, and on a
 /// burrow relay simply "this device's own name".
 const FORWARD_BIND: &str = "127.0.0.1";
 
 /// Consecutive failed probes after which the session is given up: one is not a verdict.
 const PROBE_FAILURES_FATAL: u32 = 2;
-/// Key exchanges renewed by time at most this often: AES-GCM and ChaCha20-Poly1305 need no
-/// hourly rekey, and on an idle cellular session each one costs a few kilobytes.
-pub(crate) const REKEY_TIME_LIMIT: Duration = Duration::from_secs(24 * 3600);
+/// Key exchanges renewed by time at most this often (and after every GiB either way, russh's
+/// default): AES-GCM and ChaCha20-Poly1305 need no hourly rekey, OpenSSH rekeys by volume only,
+/// and on an idle cellular session each one costs a few kilobytes.
+pub(crate) const REKEY_TIME_LIMIT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The connection currently up, for the `[[connect]]` listeners.
 pub(crate) type Current = Arc<Mutex<Option<Live>>>;
@@ -53,6 +58,9 @@ pub(crate) struct Ended {
     pub(crate) error: Option<String>,
     /// The relay's word that a newer session of this device replaced this one.
     pub(crate) replaced: Option<String>,
+    /// Whether it ended waiting for an answer that never came (a dark link): such an attempt
+    /// paced itself, and backing off further would only delay the return.
+    pub(crate) unanswered: bool,
 }
 
 pub(crate) struct Ctx {
@@ -125,7 +133,17 @@ pub(crate) async fn run(ctx: &Ctx, shutdown: &CancellationToken) -> Ended {
     let probe_port = Arc::new(Mutex::new(None));
     let mut up_since = None;
     let replaced = Arc::new(Mutex::new(None));
-    let result = session(ctx, shutdown, &cut, &probe_port, &replaced, &mut up_since).await;
+    let unanswered = AtomicBool::new(false);
+    let result = session(
+        ctx,
+        shutdown,
+        &cut,
+        &probe_port,
+        &replaced,
+        &mut up_since,
+        &unanswered,
+    )
+    .await;
     *ctx.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
     cut.cancel();
     ctx.status.update(|s| {
@@ -139,6 +157,7 @@ pub(crate) async fn run(ctx: &Ctx, shutdown: &CancellationToken) -> Ended {
         up_for: up_since.map(|t: Instant| t.elapsed()).unwrap_or_default(),
         error: result.err(),
         replaced,
+        unanswered: unanswered.load(Ordering::Relaxed),
     }
 }
 
@@ -149,6 +168,7 @@ async fn session(
     probe_port: &Arc<Mutex<Option<u16>>>,
     replaced: &Arc<Mutex<Option<String>>>,
     up_since: &mut Option<Instant>,
+    unanswered: &AtomicBool,
 ) -> Result<(), String> {
     let config = &ctx.config;
     let key = burrow_io::keys::load_private_key(&config.key).map_err(|e| e.to_string())?;
@@ -200,9 +220,16 @@ async fn session(
     });
     let mut socket = None;
     let connect = async {
-        let tcp = TcpStream::connect((ctx.shared.relay_host.as_str(), ctx.shared.relay_port))
-            .await
-            .map_err(|e| format!("cannot reach relay {relay}: {e}"))?;
+        let tcp = TcpStream::connect((ctx.shared.relay_host.as_str(), ctx.shared.relay_port));
+        let tcp = match tokio::time::timeout(TCP_CONNECT_TIMEOUT, tcp).await {
+            Ok(tcp) => tcp.map_err(|e| format!("cannot reach relay {relay}: {e}"))?,
+            Err(_) => {
+                unanswered.store(true, Ordering::Relaxed);
+                return Err(format!(
+                    "relay {relay} did not answer the TCP connection within {TCP_CONNECT_TIMEOUT:?}"
+                ));
+            }
+        };
         let _ = tcp.set_nodelay(true);
         socket = std::os::fd::AsFd::as_fd(&tcp).try_clone_to_owned().ok();
         let (tcp, seen) =
@@ -244,7 +271,10 @@ async fn session(
         _ = shutdown.cancelled() => return Ok(()),
         r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => match r {
             Ok(r) => r?,
-            Err(_) => return Err(format!("relay {relay} did not complete the handshake within {CONNECT_TIMEOUT:?}")),
+            Err(_) => {
+                unanswered.store(true, Ordering::Relaxed);
+                return Err(format!("relay {relay} did not complete the handshake within {CONNECT_TIMEOUT:?}"));
+            }
         },
     };
     let handle = Arc::new(handle);
@@ -338,6 +368,7 @@ async fn session(
         acks: AckWatch::new(socket),
         liveness: Liveness::new(schedule),
         status: &ctx.status,
+        unanswered,
     };
     watch.run(probes, shutdown, &dead).await
 }
@@ -373,6 +404,7 @@ struct Watch<'a> {
     acks: AckWatch,
     liveness: Liveness,
     status: &'a StatusBoard,
+    unanswered: &'a AtomicBool,
 }
 
 impl Watch<'_> {
@@ -407,6 +439,7 @@ impl Watch<'_> {
                     continue;
                 }
                 Step::Dead(why) => {
+                    self.unanswered.store(true, Ordering::Relaxed);
                     return Err(format!("connection to relay {relay} lost: {why}"));
                 }
                 Step::Wait(t) => t,

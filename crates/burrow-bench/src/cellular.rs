@@ -299,7 +299,8 @@ async fn burrow_idle(
         _procs: vec![relay, agent],
         status: Some(status),
         probes_per_month,
-        rekeys_per_month: 30.0,
+        // One key exchange a week, by time.
+        rekeys_per_month: 30.0 / 7.0,
         note: note.into(),
     })
 }
@@ -417,14 +418,15 @@ async fn idle_cost(env: &Env, args: &Args) -> anyhow::Result<Vec<Row>> {
     } else {
         Duration::from_secs(args.idle_seconds)
     };
-    let mut systems = vec![
+    let mut systems =
+        vec![
         burrow_idle(
             env,
             1,
             "burrow, profile standard (the default)",
             &[],
-            MONTH / 3600.0,
-            "a keepalive after 150 s without sending; a probe when nothing proved the path for an hour",
+            MONTH / (6.0 * 3600.0),
+            "a keepalive after 150 s without sending; a probe when nothing proved the path for 6 h",
         )
         .await?,
         burrow_idle(
@@ -432,8 +434,8 @@ async fn idle_cost(env: &Env, args: &Args) -> anyhow::Result<Vec<Row>> {
             2,
             "burrow, profile metered",
             &["--profile", "metered"],
-            MONTH / (6.0 * 3600.0),
-            "a keepalive after 600 s; a probe after 6 h without proof",
+            MONTH / (24.0 * 3600.0),
+            "a keepalive after 600 s; a probe after a day without proof",
         )
         .await?,
         burrow_idle(
@@ -555,7 +557,7 @@ async fn idle_cost(env: &Env, args: &Args) -> anyhow::Result<Vec<Row>> {
                 connect_bytes as f64,
                 "B",
                 Some(format!(
-                    "{connect_packets} packets; counted once a day for the rekey"
+                    "{connect_packets} packets; counted once a week for the rekey"
                 )),
             ));
         }

@@ -30,9 +30,10 @@ pub const DEFAULT_AUDIT_KEEP: Duration = Duration::from_secs(365 * 86_400);
 pub const DEFAULT_AUDIT_MAX_ROWS: u64 = 1_000_000;
 /// How often the audit retention is applied.
 pub const DEFAULT_AUDIT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
-/// Key exchanges renewed by time at most this often: AES-GCM and ChaCha20-Poly1305 need no
-/// hourly rekey, and on an idle cellular session each one costs a few kilobytes.
-pub const REKEY_TIME_LIMIT: Duration = Duration::from_secs(24 * 3600);
+/// Key exchanges renewed by time at most this often (and after every GiB either way, russh's
+/// default): AES-GCM and ChaCha20-Poly1305 need no hourly rekey, OpenSSH rekeys by volume only,
+/// and on an idle cellular session each one costs a few kilobytes.
+pub const REKEY_TIME_LIMIT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Time a new connection has to send its SSH identification line.
 pub const DEFAULT_BANNER_TIMEOUT: Duration = Duration::from_secs(10);
 /// New connections per second accepted from one address (0: no limit).
