@@ -16,6 +16,8 @@ command -v plink >/dev/null 2>&1 || need+=(putty-tools)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
+# The bench smoke run counts idle bytes on a veth between network namespaces (ip, ss).
+{ command -v ip >/dev/null 2>&1 && command -v ss >/dev/null 2>&1; } || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   sudo_if_needed apt-get update -qq

@@ -224,7 +224,7 @@ impl Drop for NetPair {
 }
 
 /// Whether network namespaces can be made here (root, `ip` present).
-fn netns_available() -> bool {
+pub fn netns_available() -> bool {
     match NetPair::create(0) {
         Ok(_) => true,
         Err(e) => {

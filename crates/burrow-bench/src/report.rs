@@ -132,7 +132,7 @@ impl Results {
             (crate::cellular::IDLE_GROUP, "burrow, profile metered"),
             (crate::cellular::IDLE_GROUP, "OpenSSH ssh -R"),
         ];
-        let netns = rustix::process::geteuid().is_root();
+        let netns = crate::cellular::netns_available();
         for (group, system) in needed.into_iter().chain(idle.into_iter().filter(|_| netns)) {
             match self.find(group, system) {
                 Some(e) if e.value.is_finite() && e.value >= 0.0 => {}

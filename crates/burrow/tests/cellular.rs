@@ -242,6 +242,41 @@ async fn blackout_is_noticed_on_both_sides_and_the_device_returns_after_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_with_a_stream_open_notices_a_dead_link_long_before_its_idle_keepalive() {
+    let (dir, relay, dev_key, op_key) = relay_with("pi", "op").await;
+    let mut impairment = Impairment::cellular();
+    impairment.rate = None;
+    let (link, _link_stop) = link_to(relay.addr, impairment).await;
+    let mut config = agent_config(
+        &link.addr().to_string(),
+        "pi",
+        &dev_key,
+        &relay.relay.fingerprint(),
+    );
+    scaled(&mut config, 2.0, 0.0);
+    // Idle, a dead link would take a minute to show; with a stream open, the busy rule applies.
+    config.keepalive_interval = Some(Seconds::Whole(60));
+    expose(&mut config, 22, echo_server().await);
+    let agent = TestAgent::start(dir.path(), config);
+    agent.wait_up().await;
+    let op = ssh_config(dir.path(), &relay, "op", &op_key);
+    let (_stream, _stdin) = open_echo_stream(&op).await;
+
+    link.set(|i| i.blackout = true);
+    let status = eventually("the agent to give the session up", || {
+        agent
+            .status()
+            .filter(|s| s.state != burrow_agent::status::State::Up)
+    })
+    .await;
+    let why = status.last_error.unwrap_or_default();
+    assert!(why.contains("keepalive unanswered"), "{why}");
+    link.set(|i| i.blackout = false);
+    agent.wait_up().await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_the_relay_suspects_gets_operators_an_answer_at_once() {
     // Suspect after 1 + 10 s of silence, given up after 1 + 20 s.
     let (dir, relay, op_key, link, _link_stop, agent) = idle_device_behind_a_link(20.0).await;
