@@ -57,6 +57,9 @@ pub struct Args {
     /// Seconds of the idle window whose bytes are scaled to a month.
     #[arg(long, default_value_t = 600)]
     pub idle_seconds: u64,
+    /// Only rewrite BENCHMARKS.md (into --out) from this results.json of an earlier run.
+    #[arg(long, value_name = "RESULTS_JSON")]
+    pub render: Option<PathBuf>,
     /// Skip rathole even when it could be installed.
     #[arg(long)]
     pub no_rathole: bool,
@@ -64,6 +67,9 @@ pub struct Args {
 
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
+    if let Some(results) = &args.render {
+        return report::render(results, &args.out);
+    }
     if args.smoke {
         args.seconds = 1;
         args.repeats = 1;
