@@ -604,19 +604,7 @@ async fn burrow_linked(
 ) -> anyhow::Result<(LinkedSystem, std::path::PathBuf, std::path::PathBuf)> {
     let data = env.path("cellular-relay");
     let fingerprint = crate::systems::relay_data(env, &data)?;
-    let d = data.to_str().context("path")?;
-    let (bulk, echo) = (free_port(), free_port());
-    for p in [bulk, echo] {
-        env.burrow_cli(&[
-            "relay",
-            "--data-dir",
-            d,
-            "device",
-            "allow-listen",
-            "bench-dev",
-            &p.to_string(),
-        ])?;
-    }
+    let (bulk, echo) = crate::systems::allow_listen_pair(env, &data)?;
     let relay_port = free_port();
     let relay = crate::systems::start_relay(env, &data, relay_port).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -226,6 +226,24 @@ pub async fn start_relay(env: &Env, data_dir: &std::path::Path, port: u16) -> an
     Ok(relay)
 }
 
+/// Two free ports that `bench-dev` may listen on (`allow-listen`): bulk and echo endpoints.
+pub fn allow_listen_pair(env: &Env, dir: &std::path::Path) -> anyhow::Result<(u16, u16)> {
+    let d = dir.to_str().context("path")?;
+    let (bulk, echo) = (free_port(), free_port());
+    for p in [bulk, echo] {
+        env.burrow_cli(&[
+            "relay",
+            "--data-dir",
+            d,
+            "device",
+            "allow-listen",
+            "bench-dev",
+            &p.to_string(),
+        ])?;
+    }
+    Ok((bulk, echo))
+}
+
 /// A relay data directory with device `bench-dev` registered; returns its host key fingerprint.
 pub fn relay_data(env: &Env, dir: &std::path::Path) -> anyhow::Result<String> {
     let d = dir.to_str().context("path")?;
@@ -264,18 +282,7 @@ pub async fn burrow_site(env: &Env, name: &str, b: Backends) -> anyhow::Result<B
         "--pubkey",
         pubkey,
     ])?;
-    let (bulk, echo) = (free_port(), free_port());
-    for p in [bulk, echo] {
-        env.burrow_cli(&[
-            "relay",
-            "--data-dir",
-            d,
-            "device",
-            "allow-listen",
-            "bench-dev",
-            &p.to_string(),
-        ])?;
-    }
+    let (bulk, echo) = allow_listen_pair(env, &data_dir)?;
     let relay_port = free_port();
     let relay = start_relay(env, &data_dir, relay_port).await?;
     let status_file = env.path(&format!("{name}-agent.json"));

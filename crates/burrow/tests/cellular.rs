@@ -44,9 +44,10 @@ async fn link_to(relay: SocketAddr, impairment: Impairment) -> (Link, Cancellati
 }
 
 /// Device `pi` with an echo service on port 22, its agent behind a link without a rate limit,
-/// keepalive timeout `timeout` and no probes; up when this returns.
-async fn idle_device_behind_a_link(
+/// keepalive timeout `timeout` and no probes (then `adjust`); up when this returns.
+async fn device_behind_a_link(
     timeout: f64,
+    adjust: impl FnOnce(&mut AgentConfig),
 ) -> (
     tempfile::TempDir,
     TestRelay,
@@ -66,6 +67,7 @@ async fn idle_device_behind_a_link(
         &relay.relay.fingerprint(),
     );
     scaled(&mut config, timeout, 0.0);
+    adjust(&mut config);
     expose(&mut config, 22, echo_server().await);
     let agent = TestAgent::start(dir.path(), config);
     agent.wait_up().await;
@@ -210,7 +212,7 @@ async fn saturating_transfers_over_a_cellular_link_never_drop_the_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blackout_is_noticed_on_both_sides_and_the_device_returns_after_it() {
-    let (_dir, relay, _op_key, link, _link_stop, agent) = idle_device_behind_a_link(2.0).await;
+    let (_dir, relay, _op_key, link, _link_stop, agent) = device_behind_a_link(2.0, |_| {}).await;
 
     link.set(|i| i.blackout = true);
     // The agent: its keepalive goes unanswered.
@@ -243,22 +245,11 @@ async fn blackout_is_noticed_on_both_sides_and_the_device_returns_after_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_with_a_stream_open_notices_a_dead_link_long_before_its_idle_keepalive() {
-    let (dir, relay, dev_key, op_key) = relay_with("pi", "op").await;
-    let mut impairment = Impairment::cellular();
-    impairment.rate = None;
-    let (link, _link_stop) = link_to(relay.addr, impairment).await;
-    let mut config = agent_config(
-        &link.addr().to_string(),
-        "pi",
-        &dev_key,
-        &relay.relay.fingerprint(),
-    );
-    scaled(&mut config, 2.0, 0.0);
     // Idle, a dead link would take a minute to show; with a stream open, the busy rule applies.
-    config.keepalive_interval = Some(Seconds::Whole(60));
-    expose(&mut config, 22, echo_server().await);
-    let agent = TestAgent::start(dir.path(), config);
-    agent.wait_up().await;
+    let (dir, relay, op_key, link, _link_stop, agent) = device_behind_a_link(2.0, |c| {
+        c.keepalive_interval = Some(Seconds::Whole(60));
+    })
+    .await;
     let op = ssh_config(dir.path(), &relay, "op", &op_key);
     let (_stream, _stdin) = open_echo_stream(&op).await;
 
@@ -279,7 +270,7 @@ async fn a_device_with_a_stream_open_notices_a_dead_link_long_before_its_idle_ke
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_the_relay_suspects_gets_operators_an_answer_at_once() {
     // Suspect after 1 + 10 s of silence, given up after 1 + 20 s.
-    let (dir, relay, op_key, link, _link_stop, agent) = idle_device_behind_a_link(20.0).await;
+    let (dir, relay, op_key, link, _link_stop, agent) = device_behind_a_link(20.0, |_| {}).await;
     let op = ssh_config(dir.path(), &relay, "op", &op_key);
 
     link.set(|i| i.blackout = true);
