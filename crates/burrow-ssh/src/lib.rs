@@ -1,0 +1,41 @@
+//! burrow's own SSH protocol layer, written as a deterministic state machine with no I/O (the
+//! way quinn-proto does QUIC): the caller feeds bytes and the time in and takes events and bytes
+//! out. This is the first part of it: the wire encoding every message is built from, the
+//! identification exchange, the binary packet framing and the key exchange offer with its
+//! negotiation. Ciphers, key exchange, authentication and channels follow.
+//!
+//! # Layout
+//! - [`wire`]: RFC 4251 §5 data types, read with every length bounded before allocation.
+//! - [`msg`]: message numbers.
+//! - [`version`]: the identification lines of RFC 4253 §4.2.
+//! - [`packet`]: the binary packet protocol of RFC 4253 §6 (lengths and padding).
+//! - [`kexinit`]: `SSH_MSG_KEXINIT`, algorithm negotiation (RFC 4253 §7.1) and the markers of
+//!   strict key exchange and `ext-info`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+// Everything here parses what a hostile peer sends: no panics, no unchecked arithmetic.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        clippy::arithmetic_side_effects
+    )
+)]
+
+pub mod kexinit;
+pub mod msg;
+pub mod packet;
+pub mod version;
+pub mod wire;
+
+/// A deterministic xorshift64 step for the hostile-input tests.
+#[cfg(test)]
+pub(crate) fn xorshift(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
