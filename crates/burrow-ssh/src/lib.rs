@@ -2,8 +2,8 @@
 //! way quinn-proto does QUIC): the caller feeds bytes and the time in and takes events and bytes
 //! out. This is the first part of it: the wire encoding every message is built from, the
 //! identification exchange, the binary packet framing, the key exchange offer with its
-//! negotiation, and the AEAD packet protection. Key exchange, authentication and channels
-//! follow.
+//! negotiation, the AEAD packet protection and the key exchange's computations. The transport
+//! state machine, authentication and channels follow.
 //!
 //! # Layout
 //! - [`wire`]: RFC 4251 §5 data types, read with every length bounded before allocation.
@@ -11,6 +11,7 @@
 //! - [`version`]: the identification lines of RFC 4253 §4.2.
 //! - [`packet`]: the binary packet protocol of RFC 4253 §6 (lengths and padding).
 //! - [`crypto`]: packet protection after NEWKEYS: ChaCha20-Poly1305 and AES-GCM on ring.
+//! - [`kex`]: `curve25519-sha256`, the exchange hash, key derivation, `ssh-ed25519` signatures.
 //! - [`kexinit`]: `SSH_MSG_KEXINIT`, algorithm negotiation (RFC 4253 §7.1) and the markers of
 //!   strict key exchange and `ext-info`.
 #![forbid(unsafe_code)]
@@ -28,6 +29,7 @@
 )]
 
 pub mod crypto;
+pub mod kex;
 pub mod kexinit;
 pub mod msg;
 pub mod packet;
