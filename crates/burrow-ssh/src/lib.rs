@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`wire`]: RFC 4251 §5 data types, read with every length bounded before allocation.
 //! - [`msg`]: message numbers.
+//! - [`messages`]: DISCONNECT, EXT_INFO (`server-sig-algs`) and the authentication requests.
 //! - [`version`]: the identification lines of RFC 4253 §4.2.
 //! - [`packet`]: the binary packet protocol of RFC 4253 §6 (lengths and padding).
 //! - [`crypto`]: packet protection after NEWKEYS: ChaCha20-Poly1305 and AES-GCM on ring.
@@ -31,6 +32,7 @@
 pub mod crypto;
 pub mod kex;
 pub mod kexinit;
+pub mod messages;
 pub mod msg;
 pub mod packet;
 pub mod version;
