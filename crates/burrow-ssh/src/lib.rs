@@ -13,6 +13,7 @@
 //! - [`packet`]: the binary packet protocol of RFC 4253 §6 (lengths and padding).
 //! - [`crypto`]: packet protection after NEWKEYS: ChaCha20-Poly1305 and AES-GCM on ring.
 //! - [`kex`]: `curve25519-sha256`, the exchange hash, key derivation, `ssh-ed25519` signatures.
+//! - [`transport`]: the transport state machine: key exchange, rekeying, strict kex, packet order.
 //! - [`kexinit`]: `SSH_MSG_KEXINIT`, algorithm negotiation (RFC 4253 §7.1) and the markers of
 //!   strict key exchange and `ext-info`.
 #![forbid(unsafe_code)]
@@ -35,6 +36,7 @@ pub mod kexinit;
 pub mod messages;
 pub mod msg;
 pub mod packet;
+pub mod transport;
 pub mod version;
 pub mod wire;
 

@@ -1,0 +1,832 @@
+//! The transport layer as a state machine (RFC 4253): identification, key exchange and rekeying,
+//! packet protection, and the ordering rules around them, with no I/O. The caller feeds received
+//! bytes to [`Transport::receive`], writes out what [`Transport::poll_transmit`] returns, takes
+//! [`Event`]s from [`Transport::poll_event`], hands messages of the layers above to
+//! [`Transport::send`], and passes the time to [`Transport::handle_time`].
+//!
+//! Key exchange: `curve25519-sha256` with an `ssh-ed25519` host key, AEAD ciphers only, strict
+//! key exchange when both sides offer it (sequence numbers restart at each NEWKEYS, and nothing
+//! but the exchange's own messages may arrive during the first one).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::crypto::{Opener, Sealer, TAG_LEN};
+use crate::kex::{Ephemeral, HashInput, HostKey, SharedSecret, derive, exchange_hash};
+use crate::kexinit::{self, KexInit, Negotiated};
+use crate::messages::Disconnect;
+use crate::msg;
+use crate::packet::Framing;
+use crate::version::{Identification, VersionReader};
+use crate::wire::{Reader, Writer};
+
+/// Which end this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Dials and verifies the host key.
+    Client,
+    /// Accepts and signs with its host key.
+    Server,
+}
+
+/// Decides whether the server's host key blob is trusted (the client's pin or known_hosts).
+pub type HostKeyCheck = Box<dyn Fn(&[u8]) -> bool + Send>;
+
+/// How a transport runs.
+pub struct Config {
+    /// Which end.
+    pub role: Role,
+    /// Software version for the identification line (`burrow_0.1.0`).
+    pub software: String,
+    /// Comment for the identification line.
+    pub comment: Option<String>,
+    /// Ciphers in order of preference (see [`crate::crypto::CIPHERS`]).
+    pub ciphers: Vec<String>,
+    /// The server's host key.
+    pub host_key: Option<Arc<HostKey>>,
+    /// The client's check of the server's host key.
+    pub host_key_check: Option<HostKeyCheck>,
+    /// Rekey after this many bytes either way.
+    pub rekey_bytes: u64,
+    /// Rekey after this long.
+    pub rekey_time: Duration,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The peer's identification arrived.
+    PeerVersion(Identification),
+    /// New keys are in use both ways; `first` for the initial exchange.
+    KeysReady {
+        /// Whether this was the first key exchange.
+        first: bool,
+    },
+    /// A message for the layers above (service, authentication, connection).
+    Message(Vec<u8>),
+    /// The peer ended the connection.
+    Disconnected(Disconnect),
+}
+
+/// Why the transport failed; the connection is over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportError(pub String);
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+fn fail<T>(why: impl Into<String>) -> Result<T, TransportError> {
+    Err(TransportError(why.into()))
+}
+
+/// One key exchange in progress.
+#[derive(Default)]
+struct Kex {
+    ours: Vec<u8>,
+    /// Sequence number our KEXINIT went out with.
+    ours_seq: u32,
+    theirs: Option<Vec<u8>>,
+    negotiated: Option<Negotiated>,
+    ephemeral: Option<Ephemeral>,
+    /// Skip the peer's next key exchange packet: it guessed wrong.
+    skip_guess: bool,
+    /// Keys for incoming packets after the peer's NEWKEYS.
+    next_opener: Option<Opener>,
+    sent_newkeys: bool,
+    got_newkeys: bool,
+}
+
+/// The transport of one connection.
+pub struct Transport {
+    config: Config,
+    our_id: Vec<u8>,
+    version: Option<VersionReader>,
+    peer_id: Option<Identification>,
+    inbuf: Vec<u8>,
+    rx_seq: u32,
+    tx_seq: u32,
+    opener: Option<Opener>,
+    sealer: Option<Sealer>,
+    out: VecDeque<Vec<u8>>,
+    held: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+    kex: Option<Kex>,
+    session_id: Option<Vec<u8>>,
+    strict: bool,
+    keys_done: u32,
+    bytes_since_kex: u64,
+    kex_at: Instant,
+    rng: SystemRandom,
+    failed: Option<TransportError>,
+}
+
+impl Transport {
+    /// A transport that starts at `now`: its identification line and first KEXINIT are queued.
+    pub fn new(config: Config, now: Instant) -> Transport {
+        let line = crate::version::line(&config.software, config.comment.as_deref());
+        let our_id = line.strip_suffix(b"\r\n").unwrap_or(&line).to_vec();
+        let from_server = config.role == Role::Client;
+        let mut t = Transport {
+            config,
+            our_id,
+            version: Some(VersionReader::new(from_server)),
+            peer_id: None,
+            inbuf: Vec::new(),
+            rx_seq: 0,
+            tx_seq: 0,
+            opener: None,
+            sealer: None,
+            out: VecDeque::from([line]),
+            held: VecDeque::new(),
+            events: VecDeque::new(),
+            kex: None,
+            session_id: None,
+            strict: false,
+            keys_done: 0,
+            bytes_since_kex: 0,
+            kex_at: now,
+            rng: SystemRandom::new(),
+            failed: None,
+        };
+        t.start_kex();
+        t
+    }
+
+    /// Bytes to write to the peer, in order.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.out.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The session identifier (the first exchange hash), once known.
+    pub fn session_id(&self) -> Option<&[u8]> {
+        self.session_id.as_deref()
+    }
+
+    /// Whether a key exchange is under way.
+    pub fn in_kex(&self) -> bool {
+        self.kex.is_some()
+    }
+
+    /// Queues a message of the layers above; held back while keys are being exchanged.
+    pub fn send(&mut self, payload: Vec<u8>) -> Result<(), TransportError> {
+        self.check()?;
+        if self.kex.is_some() || self.keys_done == 0 {
+            self.held.push_back(payload);
+            return Ok(());
+        }
+        self.write_packet(&payload);
+        Ok(())
+    }
+
+    /// Starts a key exchange now (a rekey) unless one is running.
+    pub fn rekey(&mut self) {
+        if self.kex.is_none() && self.keys_done > 0 {
+            self.start_kex();
+        }
+    }
+
+    /// When [`Transport::handle_time`] next has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        (self.keys_done > 0 && self.kex.is_none())
+            .then(|| self.kex_at.checked_add(self.config.rekey_time))
+            .flatten()
+    }
+
+    /// Rekeys when the time or volume since the last exchange calls for it.
+    pub fn handle_time(&mut self, now: Instant) {
+        let by_time = self
+            .kex_at
+            .checked_add(self.config.rekey_time)
+            .is_some_and(|at| now >= at);
+        let due = by_time || self.bytes_since_kex >= self.config.rekey_bytes;
+        if due {
+            self.kex_at = now;
+            self.rekey();
+        }
+    }
+
+    /// Takes bytes from the peer.
+    pub fn receive(&mut self, bytes: &[u8]) -> Result<(), TransportError> {
+        self.check()?;
+        let result = self.receive_inner(bytes);
+        if let Err(e) = &result {
+            self.failed = Some(e.clone());
+        }
+        result
+    }
+
+    fn check(&self) -> Result<(), TransportError> {
+        match &self.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn receive_inner(&mut self, bytes: &[u8]) -> Result<(), TransportError> {
+        self.bytes_since_kex = self.bytes_since_kex.saturating_add(bytes.len() as u64);
+        if let Some(reader) = self.version.as_mut() {
+            match reader.feed(bytes) {
+                Ok(None) => return Ok(()),
+                Ok(Some((id, rest))) => {
+                    self.version = None;
+                    self.peer_id = Some(id.clone());
+                    self.events.push_back(Event::PeerVersion(id));
+                    self.inbuf.extend_from_slice(&rest);
+                }
+                Err(e) => return fail(format!("identification: {e}")),
+            }
+        } else {
+            self.inbuf.extend_from_slice(bytes);
+        }
+        while let Some(payload) = self.next_packet()? {
+            // Dispatch sees this packet's own number (NEWKEYS under strict kex resets it).
+            self.dispatch(payload)?;
+            self.rx_seq = self.rx_seq.wrapping_add(1);
+        }
+        Ok(())
+    }
+
+    /// The next whole packet's payload from `inbuf`, if one is there.
+    fn next_packet(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+        let Some(first) = self.inbuf.get(..4) else {
+            return Ok(None);
+        };
+        let first: [u8; 4] = first
+            .try_into()
+            .map_err(|_| TransportError("short packet length".into()))?;
+        let whole = match &self.opener {
+            Some(opener) => opener
+                .length(self.rx_seq, first)
+                .map_err(|e| TransportError(format!("packet: {e}")))?,
+            None => Framing::CLEAR
+                .check_length(u32::from_be_bytes(first))
+                .map_err(|e| TransportError(format!("packet: {e}")))?
+                .saturating_add(4),
+        };
+        if self.inbuf.len() < whole {
+            return Ok(None);
+        }
+        let mut packet: Vec<u8> = self.inbuf.drain(..whole).collect();
+        let payload = match self.opener.as_mut() {
+            Some(opener) => opener
+                .open(self.rx_seq, &mut packet)
+                .map_err(|e| TransportError(format!("packet {}: {e}", self.rx_seq)))?,
+            None => Framing::CLEAR
+                .payload(packet.get(4..).unwrap_or(&[]))
+                .map_err(|e| TransportError(format!("packet: {e}")))?
+                .to_vec(),
+        };
+        Ok(Some(payload))
+    }
+
+    fn dispatch(&mut self, payload: Vec<u8>) -> Result<(), TransportError> {
+        let Some(&number) = payload.first() else {
+            return fail("an empty packet");
+        };
+        let first_kex = self.keys_done == 0;
+        if let Some(kex) = &self.kex {
+            let kex_message =
+                matches!(number, msg::KEXINIT | msg::NEWKEYS) || (30..=49).contains(&number);
+            if first_kex && self.strict_offered_by_both() && !kex_message {
+                return fail(format!(
+                    "message {number} during the first key exchange breaks strict key exchange"
+                ));
+            }
+            if kex_message {
+                return self.kex_message(number, payload);
+            }
+            // Between its KEXINIT and its NEWKEYS the peer sends only transport messages; what
+            // it sent before it saw our KEXINIT may still arrive and is delivered.
+            let peer_in_kex = kex.theirs.is_some() && !kex.got_newkeys;
+            if (peer_in_kex || first_kex) && !msg::allowed_during_kex(number) {
+                return fail(format!("message {number} during key exchange"));
+            }
+        }
+        match number {
+            msg::DISCONNECT => {
+                let d = Disconnect::decode(&payload)
+                    .map_err(|e| TransportError(format!("DISCONNECT: {e}")))?;
+                self.events.push_back(Event::Disconnected(d));
+                Ok(())
+            }
+            msg::UNIMPLEMENTED => {
+                let seq = Reader::new(payload.get(1..).unwrap_or(&[]))
+                    .u32("sequence number")
+                    .ok();
+                // OpenSSH's sshd takes no key re-exchange during authentication: it answers
+                // our KEXINIT with this, and waiting for its KEXINIT would wait forever.
+                if let Some(kex) = &self.kex
+                    && seq == Some(kex.ours_seq)
+                {
+                    return fail("the peer does not take a key re-exchange now");
+                }
+                Ok(())
+            }
+            msg::IGNORE | msg::DEBUG => Ok(()),
+            msg::KEXINIT => {
+                // The peer starts a rekey.
+                self.start_kex();
+                self.kex_message(number, payload)
+            }
+            _ if first_kex => fail(format!("message {number} before the first key exchange")),
+            _ if (20..=49).contains(&number) => {
+                fail(format!("message {number} outside a key exchange"))
+            }
+            _ => {
+                self.events.push_back(Event::Message(payload));
+                Ok(())
+            }
+        }
+    }
+
+    fn strict_offered_by_both(&self) -> bool {
+        self.kex
+            .as_ref()
+            .and_then(|k| k.negotiated.as_ref())
+            .is_some_and(|n| n.strict)
+    }
+
+    fn our_offer(&self) -> KexInit {
+        let mut cookie = [0u8; 16];
+        let _ = self.rng.fill(&mut cookie);
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut kex = names(&[
+            crate::kex::CURVE25519_SHA256,
+            crate::kex::CURVE25519_SHA256_LIBSSH,
+        ]);
+        // Markers go in the first offer only.
+        if self.keys_done == 0 {
+            kex.extend(names(match self.config.role {
+                Role::Client => &[kexinit::EXT_INFO_C, kexinit::STRICT_C],
+                Role::Server => &[kexinit::STRICT_S],
+            }));
+        }
+        let macs = names(&["hmac-sha2-256-etm@openssh.com"]);
+        KexInit {
+            cookie,
+            kex,
+            host_key: names(&[crate::kex::SSH_ED25519]),
+            cipher_c2s: self.config.ciphers.clone(),
+            cipher_s2c: self.config.ciphers.clone(),
+            mac_c2s: macs.clone(),
+            mac_s2c: macs,
+            compression_c2s: names(&["none"]),
+            compression_s2c: names(&["none"]),
+            ..KexInit::default()
+        }
+    }
+
+    fn start_kex(&mut self) {
+        if self.kex.is_some() {
+            return;
+        }
+        let ours = self.our_offer().encode();
+        let ours_seq = self.tx_seq;
+        self.write_packet(&ours);
+        self.kex = Some(Kex {
+            ours,
+            ours_seq,
+            ..Kex::default()
+        });
+    }
+
+    fn kex_message(&mut self, number: u8, payload: Vec<u8>) -> Result<(), TransportError> {
+        let Some(mut kex) = self.kex.take() else {
+            return fail("key exchange message outside a key exchange");
+        };
+        let result = self.kex_step(&mut kex, number, payload);
+        let done = kex.sent_newkeys && kex.got_newkeys;
+        if !done {
+            self.kex = Some(kex);
+        }
+        result?;
+        if done {
+            self.finish_kex();
+        }
+        Ok(())
+    }
+
+    fn kex_step(
+        &mut self,
+        kex: &mut Kex,
+        number: u8,
+        payload: Vec<u8>,
+    ) -> Result<(), TransportError> {
+        if kex.skip_guess && (30..=49).contains(&number) {
+            kex.skip_guess = false;
+            return Ok(());
+        }
+        match number {
+            msg::KEXINIT => {
+                if kex.theirs.is_some() {
+                    return fail("a second KEXINIT in one key exchange");
+                }
+                let theirs = KexInit::decode(&payload)
+                    .map_err(|e| TransportError(format!("KEXINIT: {e}")))?;
+                let ours = KexInit::decode(&kex.ours)
+                    .map_err(|e| TransportError(format!("our KEXINIT: {e}")))?;
+                let (client, server) = match self.config.role {
+                    Role::Client => (&ours, &theirs),
+                    Role::Server => (&theirs, &ours),
+                };
+                let negotiated = kexinit::negotiate(client, server)
+                    .map_err(|e| TransportError(e.to_string()))?;
+                if self.keys_done == 0 {
+                    self.strict = negotiated.strict;
+                    // Strict: the peer's KEXINIT must be its very first packet.
+                    if self.strict && self.rx_seq != 0 {
+                        return fail("strict key exchange: KEXINIT was not the first packet");
+                    }
+                }
+                kex.skip_guess = negotiated.ignore_guess && theirs.first_kex_follows;
+                kex.theirs = Some(payload);
+                kex.negotiated = Some(negotiated);
+                if self.config.role == Role::Client {
+                    let e = Ephemeral::generate(&self.rng)
+                        .map_err(|e| TransportError(e.to_string()))?;
+                    let mut init = Writer::message(msg::KEX_ECDH_INIT);
+                    init.string(e.public());
+                    kex.ephemeral = Some(e);
+                    self.write_packet(&init.into_bytes());
+                }
+                Ok(())
+            }
+            msg::KEX_ECDH_INIT if self.config.role == Role::Server => {
+                self.server_reply(kex, &payload)
+            }
+            msg::KEX_ECDH_REPLY if self.config.role == Role::Client => {
+                self.client_finish(kex, &payload)
+            }
+            msg::NEWKEYS => {
+                let Some(opener) = kex.next_opener.take() else {
+                    return fail("NEWKEYS before the key exchange finished");
+                };
+                self.opener = Some(opener);
+                kex.got_newkeys = true;
+                if self.strict {
+                    // The packet after NEWKEYS is number 0 (dispatch adds one after this).
+                    self.rx_seq = u32::MAX;
+                }
+                Ok(())
+            }
+            other => fail(format!("unexpected key exchange message {other}")),
+        }
+    }
+
+    fn hash_input<'a>(
+        &'a self,
+        kex: &'a Kex,
+        host_key: &'a [u8],
+        q_c: &'a [u8],
+        q_s: &'a [u8],
+    ) -> Option<HashInput<'a>> {
+        let peer = self.peer_id.as_ref()?.line.as_bytes();
+        let theirs = kex.theirs.as_deref()?;
+        let (client_id, server_id, client_kexinit, server_kexinit) = match self.config.role {
+            Role::Client => (&self.our_id[..], peer, &kex.ours[..], theirs),
+            Role::Server => (peer, &self.our_id[..], theirs, &kex.ours[..]),
+        };
+        Some(HashInput {
+            client_id,
+            server_id,
+            client_kexinit,
+            server_kexinit,
+            host_key,
+            client_public: q_c,
+            server_public: q_s,
+        })
+    }
+
+    fn server_reply(&mut self, kex: &mut Kex, payload: &[u8]) -> Result<(), TransportError> {
+        let mut r = Reader::new(payload);
+        let _ = r.u8("message number");
+        let q_c = r
+            .string(64, "Q_C")
+            .map_err(|e| TransportError(format!("KEX_ECDH_INIT: {e}")))?
+            .to_vec();
+        let Some(host) = self.config.host_key.clone() else {
+            return fail("a server needs a host key");
+        };
+        let e = Ephemeral::generate(&self.rng).map_err(|e| TransportError(e.to_string()))?;
+        let q_s = e.public().to_vec();
+        let secret = e.agree(&q_c).map_err(|e| TransportError(e.to_string()))?;
+        let blob = host.blob();
+        let hash = {
+            let input = self
+                .hash_input(kex, &blob, &q_c, &q_s)
+                .ok_or_else(|| TransportError("ECDH before KEXINIT".into()))?;
+            exchange_hash(&input, &secret)
+        };
+        let signature = host.sign(&hash);
+        let mut reply = Writer::message(msg::KEX_ECDH_REPLY);
+        reply.string(&blob).string(&q_s).string(&signature);
+        self.write_packet(&reply.into_bytes());
+        self.install_keys(kex, &secret, &hash)
+    }
+
+    fn client_finish(&mut self, kex: &mut Kex, payload: &[u8]) -> Result<(), TransportError> {
+        let mut r = Reader::new(payload);
+        let _ = r.u8("message number");
+        let (host_key, q_s, signature) =
+            ecdh_reply(&mut r).map_err(|e| TransportError(format!("KEX_ECDH_REPLY: {e}")))?;
+        let Some(e) = kex.ephemeral.take() else {
+            return fail("KEX_ECDH_REPLY before our KEX_ECDH_INIT");
+        };
+        let q_c = e.public().to_vec();
+        let secret = e.agree(&q_s).map_err(|e| TransportError(e.to_string()))?;
+        let hash = {
+            let input = self
+                .hash_input(kex, &host_key, &q_c, &q_s)
+                .ok_or_else(|| TransportError("ECDH before KEXINIT".into()))?;
+            exchange_hash(&input, &secret)
+        };
+        crate::kex::verify_host_signature(&host_key, &signature, &hash)
+            .map_err(|e| TransportError(e.to_string()))?;
+        let trusted = self
+            .config
+            .host_key_check
+            .as_ref()
+            .is_some_and(|check| check(&host_key));
+        if !trusted {
+            return fail("the server's host key is not the one pinned");
+        }
+        self.install_keys(kex, &secret, &hash)
+    }
+
+    /// Derives the next keys, sends NEWKEYS and switches outgoing packets to them.
+    fn install_keys(
+        &mut self,
+        kex: &mut Kex,
+        secret: &SharedSecret,
+        hash: &[u8],
+    ) -> Result<(), TransportError> {
+        let session_id = self.session_id.get_or_insert_with(|| hash.to_vec()).clone();
+        let Some(n) = kex.negotiated.as_ref() else {
+            return fail("keys before negotiation");
+        };
+        let material = |cipher: &str, iv: u8, key: u8| {
+            let (key_len, iv_len) = crate::crypto::key_material(cipher)?;
+            Some((
+                derive(secret, hash, &session_id, key, key_len),
+                derive(secret, hash, &session_id, iv, iv_len),
+            ))
+        };
+        let (c2s_key, c2s_iv) = material(&n.cipher_c2s, b'A', b'C')
+            .ok_or_else(|| TransportError(format!("cipher {} not supported", n.cipher_c2s)))?;
+        let (s2c_key, s2c_iv) = material(&n.cipher_s2c, b'B', b'D')
+            .ok_or_else(|| TransportError(format!("cipher {} not supported", n.cipher_s2c)))?;
+        let c2s = (n.cipher_c2s.clone(), c2s_key, c2s_iv);
+        let s2c = (n.cipher_s2c.clone(), s2c_key, s2c_iv);
+        let (out, inn) = match self.config.role {
+            Role::Client => (c2s, s2c),
+            Role::Server => (s2c, c2s),
+        };
+        let sealer = Sealer::new(&out.0, &out.1, &out.2)
+            .ok_or_else(|| TransportError("cannot key the cipher".into()))?;
+        kex.next_opener = Some(
+            Opener::new(&inn.0, &inn.1, &inn.2)
+                .ok_or_else(|| TransportError("cannot key the cipher".into()))?,
+        );
+        self.write_packet(&[msg::NEWKEYS]);
+        self.sealer = Some(sealer);
+        if self.strict {
+            self.tx_seq = 0;
+        }
+        kex.sent_newkeys = true;
+        Ok(())
+    }
+
+    fn finish_kex(&mut self) {
+        self.keys_done = self.keys_done.saturating_add(1);
+        self.bytes_since_kex = 0;
+        self.events.push_back(Event::KeysReady {
+            first: self.keys_done == 1,
+        });
+        while let Some(payload) = self.held.pop_front() {
+            self.write_packet(&payload);
+        }
+    }
+
+    fn write_packet(&mut self, payload: &[u8]) {
+        let rng = &self.rng;
+        let fill = |pad: &mut [u8]| {
+            let _ = rng.fill(pad);
+        };
+        let packet = match self.sealer.as_mut() {
+            Some(sealer) => sealer.seal(self.tx_seq, payload, fill),
+            None => Framing::CLEAR.frame(payload, fill),
+        };
+        self.bytes_since_kex = self.bytes_since_kex.saturating_add(packet.len() as u64);
+        self.tx_seq = self.tx_seq.wrapping_add(1);
+        self.out.push_back(packet);
+    }
+}
+
+/// The server's host key blob, public value and signature from a KEX_ECDH_REPLY.
+type EcdhReply = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+fn ecdh_reply(r: &mut Reader<'_>) -> Result<EcdhReply, crate::wire::WireError> {
+    let k_s = r.string(4096, "K_S")?.to_vec();
+    let q_s = r.string(64, "Q_S")?.to_vec();
+    let sig = r.string(4096, "signature")?.to_vec();
+    r.finish()?;
+    Ok((k_s, q_s, sig))
+}
+
+/// Largest packet this transport writes, for callers sizing buffers.
+pub const MAX_WIRE_PACKET: usize = crate::packet::MAX_PACKET + TAG_LEN;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(cipher: &str) -> (Transport, Transport) {
+        let host = Arc::new(HostKey::from_seed(&[5; 32]).expect("seed"));
+        let pinned = host.blob();
+        let now = Instant::now();
+        let config = |role| Config {
+            role,
+            software: "burrow_test".into(),
+            comment: None,
+            ciphers: vec![cipher.to_string()],
+            host_key: None,
+            host_key_check: None,
+            rekey_bytes: 1 << 30,
+            rekey_time: Duration::from_secs(3600),
+        };
+        let mut client = config(Role::Client);
+        client.host_key_check = Some(Box::new(move |k| k == pinned.as_slice()));
+        let mut server = config(Role::Server);
+        server.host_key = Some(host);
+        (Transport::new(client, now), Transport::new(server, now))
+    }
+
+    /// Moves bytes both ways, in chunks of `chunk`, until neither side has any.
+    fn pump(a: &mut Transport, b: &mut Transport, chunk: usize) -> Result<(), TransportError> {
+        fn one_way(
+            from: &mut Transport,
+            to: &mut Transport,
+            chunk: usize,
+        ) -> Result<bool, TransportError> {
+            let mut moved = false;
+            while let Some(bytes) = from.poll_transmit() {
+                moved = true;
+                for piece in bytes.chunks(chunk.max(1)) {
+                    to.receive(piece)?;
+                }
+            }
+            Ok(moved)
+        }
+        loop {
+            let there = one_way(a, b, chunk)?;
+            let back = one_way(b, a, chunk)?;
+            if !there && !back {
+                return Ok(());
+            }
+        }
+    }
+
+    fn events(t: &mut Transport) -> Vec<Event> {
+        std::iter::from_fn(|| t.poll_event()).collect()
+    }
+
+    #[test]
+    fn client_and_server_agree_on_keys_and_carry_messages_with_every_cipher() {
+        for cipher in crate::crypto::CIPHERS {
+            for chunk in [1, 7, 4096] {
+                let (mut c, mut s) = pair(cipher);
+                // Held back until the keys are in place.
+                c.send(b"\x05first".to_vec()).expect("queued");
+                pump(&mut c, &mut s, chunk).expect("kex");
+                let ce = events(&mut c);
+                let se = events(&mut s);
+                assert!(ce.contains(&Event::KeysReady { first: true }), "{ce:?}");
+                assert!(
+                    se.contains(&Event::Message(b"\x05first".to_vec())),
+                    "{se:?}"
+                );
+                assert_eq!(c.session_id(), s.session_id());
+                s.send(b"\x06back".to_vec()).expect("send");
+                pump(&mut c, &mut s, chunk).expect("message");
+                assert_eq!(events(&mut c), vec![Event::Message(b"\x06back".to_vec())]);
+            }
+        }
+    }
+
+    #[test]
+    fn rekey_mid_stream_keeps_every_message_in_order() {
+        let (mut c, mut s) = pair("chacha20-poly1305@openssh.com");
+        pump(&mut c, &mut s, 4096).expect("kex");
+        let _ = (events(&mut c), events(&mut s));
+        let first_id = c.session_id().map(<[u8]>::to_vec);
+        for i in 0..50u8 {
+            c.send(vec![94, i]).expect("send");
+            if i == 20 {
+                c.rekey();
+                assert!(c.in_kex());
+            }
+            if i == 30 {
+                // The server starts one too, crossing the client's.
+                s.rekey();
+            }
+            if i % 7 == 0 {
+                pump(&mut c, &mut s, 13).expect("pump");
+            }
+        }
+        pump(&mut c, &mut s, 13).expect("pump");
+        let got: Vec<u8> = events(&mut s)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Message(m) => m.get(1).copied(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, (0..50).collect::<Vec<u8>>());
+        assert!(!c.in_kex() && !s.in_kex());
+        assert_eq!(c.session_id().map(<[u8]>::to_vec), first_id);
+        // Rekey by time.
+        let later = Instant::now() + Duration::from_secs(7200);
+        c.handle_time(later);
+        assert!(c.in_kex());
+        pump(&mut c, &mut s, 4096).expect("timed rekey");
+        assert!(events(&mut c).contains(&Event::KeysReady { first: false }));
+    }
+
+    #[test]
+    fn a_wrong_host_key_and_a_tampered_packet_end_the_connection() {
+        let (mut c, mut s) = pair("aes256-gcm@openssh.com");
+        let other = Arc::new(HostKey::from_seed(&[6; 32]).expect("seed"));
+        s.config.host_key = Some(other);
+        let err = pump(&mut c, &mut s, 4096).expect_err("refused");
+        assert!(err.0.contains("not the one pinned"), "{err}");
+        // Every later call fails the same way.
+        assert!(c.receive(b"x").is_err());
+
+        let (mut c, mut s) = pair("aes256-gcm@openssh.com");
+        pump(&mut c, &mut s, 4096).expect("kex");
+        c.send(b"\x05hello".to_vec()).expect("send");
+        let mut bytes = c.poll_transmit().expect("packet");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        let err = s.receive(&bytes).expect_err("tampered");
+        assert!(err.0.contains("authentication"), "{err}");
+    }
+
+    #[test]
+    fn strict_key_exchange_refuses_anything_else_during_the_first_exchange() {
+        let (mut c, mut s) = pair("aes128-gcm@openssh.com");
+        // The client's version line and KEXINIT reach the server...
+        while let Some(bytes) = c.poll_transmit() {
+            s.receive(&bytes).expect("version and KEXINIT");
+        }
+        // ...then an IGNORE, as the Terrapin attack would slip in.
+        let ignore = Framing::CLEAR.frame(&[msg::IGNORE, 0, 0, 0, 0], |p| p.fill(0));
+        let err = s.receive(&ignore).expect_err("strict");
+        assert!(err.0.contains("strict"), "{err}");
+    }
+
+    #[test]
+    fn messages_before_keys_or_out_of_place_are_refused() {
+        let (mut c, mut s) = pair("chacha20-poly1305@openssh.com");
+        let id = c.poll_transmit().expect("version");
+        s.receive(&id).expect("version");
+        let early = Framing::CLEAR.frame(&[msg::SERVICE_REQUEST, 0, 0, 0, 0], |p| p.fill(0));
+        assert!(s.receive(&early).is_err());
+        let (mut c, mut s) = pair("chacha20-poly1305@openssh.com");
+        pump(&mut c, &mut s, 4096).expect("kex");
+        c.sealer.as_ref().expect("keys");
+        c.send(vec![msg::KEX_ECDH_REPLY]).expect("queued");
+        assert!(pump(&mut c, &mut s, 4096).is_err());
+    }
+
+    #[test]
+    fn hostile_bytes_after_the_version_never_panic() {
+        let mut seed = 23u64;
+        for _ in 0..300 {
+            let (mut c, mut s) = pair("aes128-gcm@openssh.com");
+            let id = c.poll_transmit().expect("version");
+            s.receive(&id).expect("version");
+            let kexinit = c.poll_transmit().expect("kexinit");
+            let mut bytes = kexinit.clone();
+            for _ in 0..(crate::xorshift(&mut seed) % 4 + 1) {
+                let at = (crate::xorshift(&mut seed) as usize) % bytes.len();
+                bytes[at] = crate::xorshift(&mut seed) as u8;
+            }
+            let _ = s.receive(&bytes);
+            let _ = pump(&mut c, &mut s, 5);
+        }
+    }
+}
