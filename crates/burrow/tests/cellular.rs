@@ -75,6 +75,19 @@ async fn device_behind_a_link(
     (dir, relay, op_key, link, stop, agent)
 }
 
+/// Darkens the link and waits until the agent gives its session up for an unanswered keepalive.
+async fn blackout_until_the_agent_gives_up(link: &Link, agent: &TestAgent) {
+    link.set(|i| i.blackout = true);
+    let status = eventually("the agent to give the session up", || {
+        agent
+            .status()
+            .filter(|s| s.state != burrow_agent::status::State::Up)
+    })
+    .await;
+    let why = status.last_error.unwrap_or_default();
+    assert!(why.contains("keepalive unanswered"), "{why}");
+}
+
 /// Scaled timings: a keepalive after 1 s of quiet, answered within `timeout`.
 fn scaled(config: &mut AgentConfig, timeout: f64, probe_interval: f64) {
     config.keepalive_interval = Some(Seconds::Fraction(1.0));
@@ -214,16 +227,8 @@ async fn saturating_transfers_over_a_cellular_link_never_drop_the_session() {
 async fn blackout_is_noticed_on_both_sides_and_the_device_returns_after_it() {
     let (_dir, relay, _op_key, link, _link_stop, agent) = device_behind_a_link(2.0, |_| {}).await;
 
-    link.set(|i| i.blackout = true);
     // The agent: its keepalive goes unanswered.
-    let status = eventually("the agent to give the session up", || {
-        agent
-            .status()
-            .filter(|s| s.state != burrow_agent::status::State::Up)
-    })
-    .await;
-    let why = status.last_error.unwrap_or_default();
-    assert!(why.contains("keepalive unanswered"), "{why}");
+    blackout_until_the_agent_gives_up(&link, &agent).await;
     // The relay: the keepalive it was promised is overdue.
     eventually("the relay to give the session up", || {
         relay.relay.online_endpoints("pi").is_none().then_some(())
@@ -253,15 +258,7 @@ async fn a_device_with_a_stream_open_notices_a_dead_link_long_before_its_idle_ke
     let op = ssh_config(dir.path(), &relay, "op", &op_key);
     let (_stream, _stdin) = open_echo_stream(&op).await;
 
-    link.set(|i| i.blackout = true);
-    let status = eventually("the agent to give the session up", || {
-        agent
-            .status()
-            .filter(|s| s.state != burrow_agent::status::State::Up)
-    })
-    .await;
-    let why = status.last_error.unwrap_or_default();
-    assert!(why.contains("keepalive unanswered"), "{why}");
+    blackout_until_the_agent_gives_up(&link, &agent).await;
     link.set(|i| i.blackout = false);
     agent.wait_up().await;
     agent.stop().await;
