@@ -261,6 +261,28 @@ impl Env {
         self.key.with_extension("pub")
     }
 
+    /// `burrow agent` arguments as device `bench-dev` against `relay` (`HOST:PORT`).
+    pub fn agent_args(&self, relay: &str, fingerprint: &str, status: &Path) -> Vec<String> {
+        self.device_args(relay, "bench-dev", fingerprint, status)
+    }
+
+    fn device_args(
+        &self,
+        relay: &str,
+        name: &str,
+        fingerprint: &str,
+        status: &Path,
+    ) -> Vec<String> {
+        let mut args: Vec<String> = ["agent", "--relay", relay, "--name", name, "--key"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(self.key.display().to_string());
+        args.extend(["--host-key".into(), fingerprint.into()]);
+        args.extend(["--status-file".into(), status.display().to_string()]);
+        args
+    }
+
     /// `burrow agent` as device `name` against the relay on `relay_port`, with `extra` flags.
     pub fn agent(
         &self,
@@ -270,21 +292,11 @@ impl Env {
         extra: &[&str],
         status: &Path,
     ) -> anyhow::Result<Proc> {
+        let relay = format!("127.0.0.1:{relay_port}");
         Proc::spawn(
             Command::new(&self.burrow)
-                .args([
-                    "agent",
-                    "--relay",
-                    &format!("127.0.0.1:{relay_port}"),
-                    "--name",
-                    name,
-                    "--key",
-                ])
-                .arg(&self.key)
-                .args(["--host-key", fingerprint])
+                .args(self.device_args(&relay, name, fingerprint, status))
                 .args(extra)
-                .arg("--status-file")
-                .arg(status)
                 .env("BURROW_LOG", "error"),
         )
     }

@@ -26,10 +26,9 @@ pub struct Path {
 /// The cipher burrow's agent and relay agree on by default, used for OpenSSH too.
 pub const SAME_CIPHER: &str = "aes256-gcm@openssh.com";
 
-/// Common options of the stock ssh client in the bench.
-pub fn ssh_base(env: &Env, port: u16) -> Command {
-    let mut c = Command::new("ssh");
-    c.args(["-F", "/dev/null", "-i"])
+/// Options every stock ssh client in the bench takes: the bench key, no host key prompts.
+pub fn ssh_options(env: &Env, cmd: &mut Command) {
+    cmd.args(["-F", "/dev/null", "-i"])
         .arg(&env.key)
         .args([
             "-o",
@@ -44,8 +43,14 @@ pub fn ssh_base(env: &Env, port: u16) -> Command {
             "BatchMode=yes",
             "-o",
             "IdentitiesOnly=yes",
-        ])
-        .args(["-p", &port.to_string()]);
+        ]);
+}
+
+/// The stock ssh client with [`ssh_options`], to `port` on loopback.
+pub fn ssh_base(env: &Env, port: u16) -> Command {
+    let mut c = Command::new("ssh");
+    ssh_options(env, &mut c);
+    c.args(["-p", &port.to_string()]);
     c
 }
 
@@ -58,8 +63,14 @@ pub fn direct(b: Backends) -> Path {
     }
 }
 
-/// A test sshd on loopback with `extra` config lines; returns it and its port.
-pub async fn sshd(env: &Env, name: &str, extra: &str) -> anyhow::Result<(Proc, u16)> {
+/// A host key and an `sshd_config` for a test sshd on `listen:port` with `extra` lines.
+pub fn sshd_config(
+    env: &Env,
+    name: &str,
+    listen: &str,
+    port: u16,
+    extra: &str,
+) -> anyhow::Result<std::path::PathBuf> {
     let dir = env.path(name);
     std::fs::create_dir_all(&dir)?;
     let host_key = dir.join("host_key");
@@ -72,12 +83,11 @@ pub async fn sshd(env: &Env, name: &str, extra: &str) -> anyhow::Result<(Proc, u
             bail!("ssh-keygen failed");
         }
     }
-    let port = free_port();
     let config = dir.join("sshd_config");
     std::fs::write(
         &config,
         format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\nStrictModes no\nUsePAM no\n\
+            "Port {port}\nListenAddress {listen}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\nStrictModes no\nUsePAM no\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
              AllowTcpForwarding yes\nMaxStartups 2000:30:4000\nMaxSessions 100\nLogLevel ERROR\n{extra}\n",
             host_key.display(),
@@ -85,6 +95,13 @@ pub async fn sshd(env: &Env, name: &str, extra: &str) -> anyhow::Result<(Proc, u
             dir.join("sshd.pid").display(),
         ),
     )?;
+    Ok(config)
+}
+
+/// A test sshd on loopback with `extra` config lines; returns it and its port.
+pub async fn sshd(env: &Env, name: &str, extra: &str) -> anyhow::Result<(Proc, u16)> {
+    let port = free_port();
+    let config = sshd_config(env, name, "127.0.0.1", port, extra)?;
     let proc = Proc::spawn(Command::new(&env.sshd).arg("-D").arg("-f").arg(&config))?;
     wait_port(port, "sshd").await?;
     Ok((proc, port))

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::crypto::{Opener, Sealer, TAG_LEN};
+use crate::crypto::{Opener, Sealer};
 use crate::kex::{Ephemeral, HashInput, HostKey, SharedSecret, derive, exchange_hash};
 use crate::kexinit::{self, KexInit, Negotiated};
 use crate::messages::Disconnect;
@@ -645,9 +645,6 @@ fn ecdh_reply(r: &mut Reader<'_>) -> Result<EcdhReply, crate::wire::WireError> {
     r.finish()?;
     Ok((k_s, q_s, sig))
 }
-
-/// Largest packet this transport writes, for callers sizing buffers.
-pub const MAX_WIRE_PACKET: usize = crate::packet::MAX_PACKET + TAG_LEN;
 
 #[cfg(test)]
 mod tests {

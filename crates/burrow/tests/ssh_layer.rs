@@ -21,14 +21,12 @@ use common::*;
 struct Conn {
     tcp: TcpStream,
     clear: ClearReader,
-    sent: u32,
 }
 
 impl Conn {
     fn send_clear(&mut self, payload: &[u8]) {
         let packet = Framing::CLEAR.frame(payload, |p| p.fill(0));
         self.tcp.write_all(&packet).unwrap();
-        self.sent = self.sent.wrapping_add(1);
     }
 
     fn read_clear(&mut self) -> Vec<u8> {
@@ -68,7 +66,6 @@ fn exchange_with_sshd(port: u16, cipher: &str) {
     let mut conn = Conn {
         tcp,
         clear: ClearReader::default(),
-        sent: 0,
     };
     conn.clear.feed(&rest);
     let server_kexinit = conn.read_clear();
