@@ -30,12 +30,15 @@
     )
 )]
 
+pub mod auth;
+pub mod channel;
 pub mod crypto;
 pub mod kex;
 pub mod kexinit;
 pub mod messages;
 pub mod msg;
 pub mod packet;
+pub mod session;
 pub mod transport;
 pub mod version;
 pub mod wire;

@@ -53,6 +53,9 @@ pub struct Config {
     pub rekey_bytes: u64,
     /// Rekey after this long.
     pub rekey_time: Duration,
+    /// A server's `SSH_MSG_EXT_INFO`, sent right after its first NEWKEYS to a client that
+    /// asked for it (RFC 8308 §2.4).
+    pub ext_info: Option<Vec<u8>>,
 }
 
 /// What happened.
@@ -173,6 +176,21 @@ impl Transport {
     /// The session identifier (the first exchange hash), once known.
     pub fn session_id(&self) -> Option<&[u8]> {
         self.session_id.as_deref()
+    }
+
+    /// The peer's identification, once it arrived.
+    pub fn peer_id(&self) -> Option<&Identification> {
+        self.peer_id.as_ref()
+    }
+
+    /// Sends DISCONNECT (RFC 4253 §11.1); the caller closes the connection after writing it.
+    /// It goes out even after a failure: the sending direction is still intact.
+    pub fn disconnect(&mut self, reason: u32, description: &str) {
+        let d = Disconnect {
+            reason,
+            description: description.to_string(),
+        };
+        self.write_packet(&d.encode());
     }
 
     /// Whether a key exchange is under way.
@@ -606,6 +624,14 @@ impl Transport {
             self.tx_seq = 0;
         }
         kex.sent_newkeys = true;
+        let first = self.keys_done == 0;
+        if first
+            && self.config.role == Role::Server
+            && n.ext_info_to_client
+            && let Some(ext_info) = self.config.ext_info.clone()
+        {
+            self.write_packet(&ext_info);
+        }
         Ok(())
     }
 
@@ -663,6 +689,7 @@ mod tests {
             host_key_check: None,
             rekey_bytes: 1 << 30,
             rekey_time: Duration::from_secs(3600),
+            ext_info: None,
         };
         let mut client = config(Role::Client);
         client.host_key_check = Some(Box::new(move |k| k == pinned.as_slice()));

@@ -181,6 +181,7 @@ fn transport_session_with_sshd(port: u16, cipher: &str) {
             host_key_check: Some(Box::new(|_| true)),
             rekey_bytes: 1 << 30,
             rekey_time: Duration::from_secs(3600),
+            ext_info: None,
         },
         std::time::Instant::now(),
     );

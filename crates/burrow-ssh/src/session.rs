@@ -1,0 +1,410 @@
+//! One SSH connection as a state machine with no I/O: the [`Transport`] carrying the
+//! authentication service and then the connection protocol ([`Connection`]).
+//!
+//! The caller feeds received bytes to [`Session::receive`], writes out what
+//! [`Session::poll_transmit`] returns, answers the [`Event`]s from [`Session::poll_event`], and
+//! passes the time to [`Session::handle_time`] when [`Session::poll_timeout`] says. Channels
+//! are driven through [`Session::connection`]. Nothing here reads a clock or a socket.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use crate::auth::{self, ClientAuth, Credential, Decision, Question, ServerAuth};
+use crate::channel::{self, Connection, Limits};
+use crate::messages::{Disconnect, ExtInfo, reason};
+use crate::msg;
+use crate::transport::{self, Role, Transport};
+use crate::version::Identification;
+use crate::wire::Reader;
+
+/// Which end, with what it needs for authentication.
+pub enum Side {
+    /// Accepts logins: offers these methods and allows this many failed attempts.
+    Server {
+        /// Methods offered (see [`auth::method`]).
+        methods: Vec<&'static str>,
+        /// Failed attempts before the connection is cut.
+        max_attempts: u32,
+    },
+    /// Logs in as `user` with `credentials`, tried in order.
+    Client {
+        /// Login name.
+        user: String,
+        /// Keys and passwords.
+        credentials: Vec<Credential>,
+    },
+}
+
+/// What happened.
+#[derive(Debug)]
+pub enum Event {
+    /// The server asks the application; answer with [`Session::decide`].
+    Auth(Question),
+    /// The server refused an attempt (for the audit): the user named and why.
+    AuthRefused {
+        /// The login name.
+        user: String,
+        /// Why.
+        why: String,
+    },
+    /// Authentication succeeded: channels may open.
+    Authenticated {
+        /// The login name.
+        user: String,
+    },
+    /// The server's banner (client side).
+    Banner(String),
+    /// Something on a channel or a global request.
+    Connection(channel::Event),
+    /// The peer ended the connection.
+    Disconnected(Disconnect),
+}
+
+/// Why the session ended; the caller closes the socket after writing what is queued (a
+/// DISCONNECT naming the reason, when there was one to send).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionError(pub String);
+
+impl std::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+enum Auth {
+    Server {
+        auth: Box<ServerAuth>,
+        service_accepted: bool,
+    },
+    Client(Box<ClientAuth>),
+}
+
+/// One SSH connection.
+pub struct Session {
+    transport: Transport,
+    auth: Auth,
+    authenticated: bool,
+    connection: Connection,
+    events: VecDeque<Event>,
+    failed: Option<SessionError>,
+}
+
+impl Session {
+    /// A session starting at `now`; its identification and first KEXINIT are queued.
+    pub fn new(mut config: transport::Config, side: Side, limits: Limits, now: Instant) -> Session {
+        let auth = match side {
+            Side::Server {
+                methods,
+                max_attempts,
+            } => {
+                config.role = Role::Server;
+                if config.ext_info.is_none() {
+                    config.ext_info =
+                        Some(ExtInfo::server_sig_algs(&auth::SIGNATURE_ALGORITHMS).encode());
+                }
+                Auth::Server {
+                    auth: Box::new(ServerAuth::new(methods, max_attempts)),
+                    service_accepted: false,
+                }
+            }
+            Side::Client { user, credentials } => {
+                config.role = Role::Client;
+                Auth::Client(Box::new(ClientAuth::new(&user, credentials)))
+            }
+        };
+        Session {
+            transport: Transport::new(config, now),
+            auth,
+            authenticated: false,
+            connection: Connection::new(limits),
+            events: VecDeque::new(),
+            failed: None,
+        }
+    }
+
+    /// The peer's identification, once it arrived.
+    pub fn peer_id(&self) -> Option<&Identification> {
+        self.transport.peer_id()
+    }
+
+    /// Whether authentication succeeded.
+    pub fn authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// The channels and global requests.
+    pub fn connection(&mut self) -> &mut Connection {
+        &mut self.connection
+    }
+
+    /// The transport (for rekeying and keepalive bookkeeping).
+    pub fn transport(&mut self) -> &mut Transport {
+        &mut self.transport
+    }
+
+    /// Bytes to write to the peer, in order.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.flush_connection();
+        self.transport.poll_transmit()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Session::handle_time`] next has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.transport.poll_timeout()
+    }
+
+    /// Passes the time (rekeying by time).
+    pub fn handle_time(&mut self, now: Instant) {
+        self.transport.handle_time(now);
+    }
+
+    /// Sends `keepalive@openssh.com`; any answer (success or failure) proves the peer alive.
+    pub fn send_keepalive(&mut self, want_reply: bool) {
+        self.connection
+            .global_request(&channel::GlobalRequest::Keepalive, want_reply);
+    }
+
+    /// Ends the connection with DISCONNECT; the caller closes after writing what is queued.
+    pub fn disconnect(&mut self, reason: u32, description: &str) {
+        self.flush_connection();
+        self.transport.disconnect(reason, description);
+        self.failed
+            .get_or_insert_with(|| SessionError(format!("disconnected: {description}")));
+    }
+
+    fn flush_connection(&mut self) {
+        if !self.authenticated || self.failed.is_some() {
+            return;
+        }
+        while let Some(m) = self.connection.poll_transmit() {
+            if self.transport.send(m).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn check(&self) -> Result<(), SessionError> {
+        match &self.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Fails the session: a DISCONNECT with `code` and the reason goes out first.
+    fn fail(&mut self, code: u32, why: String) -> SessionError {
+        let e = SessionError(why);
+        if self.failed.is_none() {
+            self.transport.disconnect(code, &e.0);
+            self.failed = Some(e.clone());
+        }
+        e
+    }
+
+    /// Takes bytes from the peer.
+    pub fn receive(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+        self.check()?;
+        if let Err(e) = self.transport.receive(bytes) {
+            // A broken packet or exchange: say so to the peer, then stop.
+            return Err(self.fail(reason::PROTOCOL_ERROR, e.0));
+        }
+        while let Some(event) = self.transport.poll_event() {
+            match event {
+                transport::Event::PeerVersion(_) => {}
+                transport::Event::KeysReady { first } => {
+                    if let (true, Auth::Client(client)) = (first, &self.auth) {
+                        let start = client.start();
+                        self.send(start)?;
+                    }
+                }
+                transport::Event::Disconnected(d) => {
+                    self.failed = Some(SessionError(format!(
+                        "the peer disconnected: {}",
+                        d.description
+                    )));
+                    self.events.push_back(Event::Disconnected(d));
+                    return Ok(());
+                }
+                transport::Event::Message(payload) => self.dispatch(payload)?,
+            }
+        }
+        self.take_connection_events();
+        Ok(())
+    }
+
+    fn send(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
+        self.transport.send(payload).map_err(|e| SessionError(e.0))
+    }
+
+    fn take_connection_events(&mut self) {
+        while let Some(e) = self.connection.poll_event() {
+            self.events.push_back(Event::Connection(e));
+        }
+    }
+
+    fn session_id(&self) -> Vec<u8> {
+        self.transport.session_id().unwrap_or_default().to_vec()
+    }
+
+    fn dispatch(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
+        let number = payload.first().copied().unwrap_or(0);
+        match number {
+            msg::EXT_INFO => {
+                // The client learns nothing it needs from it: burrow signs with ed25519, or
+                // with rsa-sha2-512, which every server that accepts RSA keys takes.
+                Ok(())
+            }
+            msg::SERVICE_REQUEST => self.service_request(&payload),
+            msg::SERVICE_ACCEPT
+            | msg::USERAUTH_FAILURE
+            | msg::USERAUTH_SUCCESS
+            | msg::USERAUTH_BANNER
+            | msg::USERAUTH_PK_OK => self.client_auth(&payload),
+            msg::USERAUTH_REQUEST | msg::USERAUTH_INFO_RESPONSE => self.server_auth(payload),
+            80..=127 => {
+                if !self.authenticated {
+                    return Err(self.fail(
+                        reason::PROTOCOL_ERROR,
+                        format!("connection message {number} before authentication"),
+                    ));
+                }
+                if let Err(e) = self.connection.receive(payload) {
+                    return Err(self.fail(reason::PROTOCOL_ERROR, e.0));
+                }
+                Ok(())
+            }
+            _ => Err(self.fail(
+                reason::PROTOCOL_ERROR,
+                format!("message {number} out of place"),
+            )),
+        }
+    }
+
+    fn service_request(&mut self, payload: &[u8]) -> Result<(), SessionError> {
+        let mut r = Reader::new(payload);
+        let _ = r.u8("message number");
+        let name = r.utf8(256, "service name").map(str::to_string);
+        let Auth::Server {
+            service_accepted, ..
+        } = &mut self.auth
+        else {
+            return Err(self.fail(
+                reason::PROTOCOL_ERROR,
+                "a service request sent to a client".into(),
+            ));
+        };
+        match name {
+            Ok(n) if n == auth::USERAUTH_SERVICE && !*service_accepted => {
+                *service_accepted = true;
+                let mut w = crate::wire::Writer::message(msg::SERVICE_ACCEPT);
+                w.string(n.as_bytes());
+                self.send(w.into_bytes())
+            }
+            Ok(n) => Err(self.fail(
+                reason::SERVICE_NOT_AVAILABLE,
+                format!("service {n:?} is not available"),
+            )),
+            Err(e) => Err(self.fail(reason::PROTOCOL_ERROR, format!("SERVICE_REQUEST: {e}"))),
+        }
+    }
+
+    fn client_auth(&mut self, payload: &[u8]) -> Result<(), SessionError> {
+        let session_id = self.session_id();
+        let Auth::Client(client) = &mut self.auth else {
+            return Err(self.fail(
+                reason::PROTOCOL_ERROR,
+                "an authentication answer sent to a server".into(),
+            ));
+        };
+        if client.done() {
+            return Err(self.fail(
+                reason::PROTOCOL_ERROR,
+                "an authentication message after success".into(),
+            ));
+        }
+        let step = match client.receive(payload, &session_id) {
+            Ok(step) => step,
+            Err(e) => {
+                return Err(self.fail(reason::NO_MORE_AUTH_METHODS_AVAILABLE, e.0));
+            }
+        };
+        if let Some(banner) = client.take_banner() {
+            self.events.push_back(Event::Banner(banner));
+        }
+        for m in step.send {
+            self.send(m)?;
+        }
+        if step.success {
+            self.authenticated = true;
+            let user = match &self.auth {
+                Auth::Client(c) => c.user().to_string(),
+                Auth::Server { .. } => String::new(),
+            };
+            self.events.push_back(Event::Authenticated { user });
+        }
+        Ok(())
+    }
+
+    fn server_auth(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
+        let session_id = self.session_id();
+        let Auth::Server {
+            auth,
+            service_accepted,
+        } = &mut self.auth
+        else {
+            return Err(self.fail(
+                reason::PROTOCOL_ERROR,
+                "an authentication request sent to a client".into(),
+            ));
+        };
+        if !*service_accepted {
+            return Err(self.fail(
+                reason::PROTOCOL_ERROR,
+                "an authentication request before the service request".into(),
+            ));
+        }
+        let step = auth.receive(payload, &session_id);
+        self.server_step(step)
+    }
+
+    /// Answers the authentication question out.
+    pub fn decide(&mut self, decision: Decision) -> Result<(), SessionError> {
+        self.check()?;
+        let session_id = self.session_id();
+        let Auth::Server { auth, .. } = &mut self.auth else {
+            return Err(SessionError("a client has no questions to decide".into()));
+        };
+        let step = auth.decide(decision, &session_id);
+        self.server_step(step)
+    }
+
+    fn server_step(
+        &mut self,
+        step: Result<auth::ServerStep, auth::AuthError>,
+    ) -> Result<(), SessionError> {
+        let step = match step {
+            Ok(s) => s,
+            Err(e) => return Err(self.fail(reason::NO_MORE_AUTH_METHODS_AVAILABLE, e.0)),
+        };
+        for m in step.send {
+            self.send(m)?;
+        }
+        if let Some((user, why)) = step.refused {
+            self.events.push_back(Event::AuthRefused { user, why });
+        }
+        if let Some(q) = step.question {
+            self.events.push_back(Event::Auth(q));
+        }
+        if let Some(user) = step.success {
+            self.authenticated = true;
+            self.events.push_back(Event::Authenticated { user });
+        }
+        Ok(())
+    }
+}
