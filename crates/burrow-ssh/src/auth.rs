@@ -479,6 +479,24 @@ impl ClientKey {
         ClientKey { key }
     }
 
+    /// Reads an OpenSSH private key file; an encrypted key is refused (burrow runs unattended).
+    pub fn read(path: &std::path::Path) -> Result<ClientKey, String> {
+        let key = ssh_key::PrivateKey::read_openssh_file(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if key.is_encrypted() {
+            return Err(format!(
+                "{} is protected by a passphrase; burrow needs a key it can use unattended",
+                path.display()
+            ));
+        }
+        Ok(ClientKey::new(key))
+    }
+
+    /// The public half.
+    pub fn public_key(&self) -> &PublicKey {
+        self.key.public_key()
+    }
+
     /// The signature algorithm this key signs with (RSA keys: `rsa-sha2-512`).
     pub fn algorithm(&self) -> &'static str {
         match self.key.algorithm() {

@@ -562,6 +562,11 @@ impl Connection {
         self.events.pop_front()
     }
 
+    /// Whether messages wait in [`Connection::poll_transmit`].
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
     /// How many channels are in use.
     pub fn channel_count(&self) -> usize {
         self.channels.len()

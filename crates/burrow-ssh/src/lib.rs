@@ -33,6 +33,8 @@
 pub mod auth;
 pub mod channel;
 pub mod crypto;
+#[cfg(feature = "tokio")]
+pub mod driver;
 pub mod kex;
 pub mod kexinit;
 pub mod messages;
@@ -42,6 +44,10 @@ pub mod session;
 pub mod transport;
 pub mod version;
 pub mod wire;
+
+/// The key types in this crate's interface (`PublicKey` in questions, `PrivateKey` for
+/// clients) come from `ssh-key`.
+pub use ssh_key;
 
 /// A deterministic xorshift64 step for the hostile-input tests.
 #[cfg(test)]

@@ -129,6 +129,11 @@ impl Session {
         self.transport.peer_id()
     }
 
+    /// Why the session ended, once it did (a DISCONNECT either way, or a protocol error).
+    pub fn failure(&self) -> Option<&SessionError> {
+        self.failed.as_ref()
+    }
+
     /// Whether authentication succeeded.
     pub fn authenticated(&self) -> bool {
         self.authenticated
