@@ -5,16 +5,24 @@
 //!   associated data, a 12-byte nonce of a fixed part and a 64-bit counter that grows by one per
 //!   packet).
 //!
+//! - `aes128-ctr` and `aes256-ctr` with `hmac-sha2-256-etm@openssh.com` or
+//!   `hmac-sha2-512-etm@openssh.com`, for older dropbear and TeraTerm builds (OpenSSH's
+//!   PROTOCOL §1.7: the length in the clear, the rest encrypted, the MAC over the sequence
+//!   number and the whole encrypted packet, checked before anything is decrypted). AES-CTR
+//!   comes from RustCrypto (ring has none), HMAC from ring.
+//!
 //! A packet is sealed whole; opening is in two steps, because the length must be known before
 //! the rest of the packet can be awaited: [`Opener::length`] reads it (for ChaCha20, decrypts
 //! it, not yet authenticated), then [`Opener::open`] authenticates and decrypts the packet.
 
+use aes::cipher::{KeyIvInit, StreamCipher};
 use ring::aead::chacha20_poly1305_openssh as chacha;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::hmac;
 
 use crate::packet::{Framing, PacketError};
 
-/// Authentication tag length of every supported cipher.
+/// Authentication tag length of the AEAD ciphers.
 pub const TAG_LEN: usize = 16;
 
 /// Why a packet could not be opened.
@@ -37,11 +45,20 @@ impl std::fmt::Display for OpenError {
 
 impl std::error::Error for OpenError {}
 
-/// The ciphers this layer offers, best first where AES instructions exist.
-pub const CIPHERS: [&str; 3] = [
+/// The ciphers this layer offers, best first where AES instructions exist; the CTR ciphers
+/// last, for peers that have nothing better.
+pub const CIPHERS: [&str; 5] = [
     "aes256-gcm@openssh.com",
     "chacha20-poly1305@openssh.com",
     "aes128-gcm@openssh.com",
+    "aes256-ctr",
+    "aes128-ctr",
+];
+
+/// The MACs offered with the CTR ciphers: encrypt-then-MAC only, no SHA-1.
+pub const MACS: [&str; 2] = [
+    "hmac-sha2-256-etm@openssh.com",
+    "hmac-sha2-512-etm@openssh.com",
 ];
 
 /// Key and IV lengths a cipher needs from the key derivation: (key, iv).
@@ -50,7 +67,77 @@ pub fn key_material(cipher: &str) -> Option<(usize, usize)> {
         "chacha20-poly1305@openssh.com" => Some((chacha::KEY_LEN, 0)),
         "aes256-gcm@openssh.com" => Some((32, 12)),
         "aes128-gcm@openssh.com" => Some((16, 12)),
+        "aes256-ctr" => Some((32, 16)),
+        "aes128-ctr" => Some((16, 16)),
         _ => None,
+    }
+}
+
+/// The key length a MAC needs from the key derivation.
+pub fn mac_key_len(mac: &str) -> Option<usize> {
+    match mac {
+        "hmac-sha2-256-etm@openssh.com" => Some(32),
+        "hmac-sha2-512-etm@openssh.com" => Some(64),
+        _ => None,
+    }
+}
+
+/// AES-CTR's keystream for one direction; it runs on across packets.
+enum Ctr {
+    Aes128(Box<ctr::Ctr128BE<aes::Aes128>>),
+    Aes256(Box<ctr::Ctr128BE<aes::Aes256>>),
+}
+
+impl Ctr {
+    fn new(cipher: &str, key: &[u8], iv: &[u8]) -> Option<Ctr> {
+        Some(match cipher {
+            "aes128-ctr" => Ctr::Aes128(Box::new(
+                ctr::Ctr128BE::<aes::Aes128>::new_from_slices(key, iv).ok()?,
+            )),
+            "aes256-ctr" => Ctr::Aes256(Box::new(
+                ctr::Ctr128BE::<aes::Aes256>::new_from_slices(key, iv).ok()?,
+            )),
+            _ => return None,
+        })
+    }
+
+    fn apply(&mut self, data: &mut [u8]) {
+        match self {
+            Ctr::Aes128(c) => c.apply_keystream(data),
+            Ctr::Aes256(c) => c.apply_keystream(data),
+        }
+    }
+}
+
+/// AES-CTR with an encrypt-then-MAC HMAC.
+struct CtrEtm {
+    ctr: Ctr,
+    mac: hmac::Key,
+    mac_len: usize,
+}
+
+impl CtrEtm {
+    fn new(cipher: &str, key: &[u8], iv: &[u8], mac: (&str, &[u8])) -> Option<CtrEtm> {
+        let (algorithm, mac_len) = match mac.0 {
+            "hmac-sha2-256-etm@openssh.com" => (hmac::HMAC_SHA256, 32),
+            "hmac-sha2-512-etm@openssh.com" => (hmac::HMAC_SHA512, 64),
+            _ => return None,
+        };
+        if Some(mac.1.len()) != mac_key_len(mac.0) {
+            return None;
+        }
+        Some(CtrEtm {
+            ctr: Ctr::new(cipher, key, iv)?,
+            mac: hmac::Key::new(algorithm, mac.1),
+            mac_len,
+        })
+    }
+
+    fn tag(&self, seq: u32, packet: &[u8]) -> hmac::Tag {
+        let mut ctx = hmac::Context::with_key(&self.mac);
+        ctx.update(&seq.to_be_bytes());
+        ctx.update(packet);
+        ctx.sign()
     }
 }
 
@@ -106,7 +193,11 @@ fn framing(cipher: &str) -> Framing {
 enum SealKey {
     ChaCha(chacha::SealingKey),
     Gcm(Gcm),
+    CtrEtm(CtrEtm),
 }
+
+/// A MAC by name with its key, for the ciphers that need one.
+pub type MacKey<'a> = Option<(&'a str, &'a [u8])>;
 
 /// Protects outgoing packets in one direction.
 pub struct Sealer {
@@ -115,11 +206,13 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    /// For `cipher` with the derived `key` and `iv`; `None` for an unknown cipher or a key of
-    /// the wrong length.
-    pub fn new(cipher: &str, key: &[u8], iv: &[u8]) -> Option<Sealer> {
+    /// For `cipher` with the derived `key` and `iv` (and `mac` for a CTR cipher); `None` for
+    /// an unknown cipher or a key of the wrong length.
+    pub fn new(cipher: &str, key: &[u8], iv: &[u8], mac: MacKey<'_>) -> Option<Sealer> {
         let key = if cipher == CHACHA {
             SealKey::ChaCha(chacha::SealingKey::new(chacha_material(key)?))
+        } else if let Some(mac) = mac {
+            SealKey::CtrEtm(CtrEtm::new(cipher, key, iv, mac)?)
         } else {
             SealKey::Gcm(Gcm::new(cipher, key, iv)?)
         };
@@ -132,6 +225,12 @@ impl Sealer {
     /// The sealed packet for `payload` with sequence number `seq`; `fill` makes the padding.
     pub fn seal(&mut self, seq: u32, payload: &[u8], fill: impl FnOnce(&mut [u8])) -> Vec<u8> {
         let mut packet = self.framing.frame(payload, fill);
+        if let SealKey::CtrEtm(etm) = &mut self.key {
+            etm.ctr.apply(packet.get_mut(4..).unwrap_or_default());
+            let tag = etm.tag(seq, &packet);
+            packet.extend_from_slice(tag.as_ref());
+            return packet;
+        }
         let mut tag = [0u8; TAG_LEN];
         match &mut self.key {
             SealKey::ChaCha(key) => key.seal_in_place(seq, &mut packet, &mut tag),
@@ -146,6 +245,7 @@ impl Sealer {
                     tag.copy_from_slice(t.as_ref());
                 }
             }
+            SealKey::CtrEtm(_) => {}
         }
         packet.extend_from_slice(&tag);
         packet
@@ -155,6 +255,7 @@ impl Sealer {
 enum OpenKey {
     ChaCha(chacha::OpeningKey),
     Gcm(Gcm),
+    CtrEtm(CtrEtm),
 }
 
 /// Checks and decrypts incoming packets in one direction.
@@ -164,10 +265,12 @@ pub struct Opener {
 }
 
 impl Opener {
-    /// For `cipher` with the derived `key` and `iv`.
-    pub fn new(cipher: &str, key: &[u8], iv: &[u8]) -> Option<Opener> {
+    /// For `cipher` with the derived `key` and `iv` (and `mac` for a CTR cipher).
+    pub fn new(cipher: &str, key: &[u8], iv: &[u8], mac: MacKey<'_>) -> Option<Opener> {
         let key = if cipher == CHACHA {
             OpenKey::ChaCha(chacha::OpeningKey::new(chacha_material(key)?))
+        } else if let Some(mac) = mac {
+            OpenKey::CtrEtm(CtrEtm::new(cipher, key, iv, mac)?)
         } else {
             OpenKey::Gcm(Gcm::new(cipher, key, iv)?)
         };
@@ -182,18 +285,47 @@ impl Opener {
     pub fn length(&self, seq: u32, first: [u8; 4]) -> Result<usize, OpenError> {
         let plain = match &self.key {
             OpenKey::ChaCha(key) => key.decrypt_packet_length(seq, first),
-            OpenKey::Gcm(_) => first,
+            OpenKey::Gcm(_) | OpenKey::CtrEtm(_) => first,
         };
         let body = self
             .framing
             .check_length(u32::from_be_bytes(plain))
             .map_err(OpenError::Packet)?;
-        Ok(body.saturating_add(4).saturating_add(TAG_LEN))
+        Ok(body.saturating_add(4).saturating_add(self.tag_len()))
+    }
+
+    fn tag_len(&self) -> usize {
+        match &self.key {
+            OpenKey::CtrEtm(etm) => etm.mac_len,
+            OpenKey::ChaCha(_) | OpenKey::Gcm(_) => TAG_LEN,
+        }
     }
 
     /// The payload of a whole packet (as long as [`Opener::length`] said) with sequence
     /// number `seq`.
     pub fn open(&mut self, seq: u32, packet: &mut [u8]) -> Result<Vec<u8>, OpenError> {
+        if let OpenKey::CtrEtm(etm) = &mut self.key {
+            let split = packet
+                .len()
+                .checked_sub(etm.mac_len)
+                .ok_or(OpenError::Authentication)?;
+            let (sealed, tag) = packet.split_at_mut(split);
+            // The MAC is checked (in constant time) before a byte is decrypted.
+            let mut ctx = hmac::Context::with_key(&etm.mac);
+            ctx.update(&seq.to_be_bytes());
+            ctx.update(sealed);
+            let expected = ctx.sign();
+            if !constant_time_eq(expected.as_ref(), tag) {
+                return Err(OpenError::Authentication);
+            }
+            let body = sealed.get_mut(4..).unwrap_or_default();
+            etm.ctr.apply(body);
+            return self
+                .framing
+                .payload(body)
+                .map(<[u8]>::to_vec)
+                .map_err(OpenError::Packet);
+        }
         let split = packet
             .len()
             .checked_sub(TAG_LEN)
@@ -219,6 +351,7 @@ impl Opener {
                 body.copy_from_slice(plain);
                 body
             }
+            OpenKey::CtrEtm(_) => return Err(OpenError::Authentication),
         };
         self.framing
             .payload(body)
@@ -227,18 +360,62 @@ impl Opener {
     }
 }
 
+/// Whether two byte strings are equal, in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn pair(cipher: &str) -> (Sealer, Opener) {
+        pair_with(cipher, MACS[0])
+    }
+
+    fn pair_with(cipher: &str, mac: &str) -> (Sealer, Opener) {
         let (key_len, iv_len) = key_material(cipher).expect("known");
         let key: Vec<u8> = (0..key_len).map(|i| i as u8).collect();
         let iv: Vec<u8> = (0..iv_len).map(|i| 0xf0 ^ i as u8).collect();
+        let mac_key = vec![0x5a; mac_key_len(mac).expect("mac")];
+        let mac = (!crate::kexinit::is_aead(cipher)).then_some((mac, mac_key.as_slice()));
         (
-            Sealer::new(cipher, &key, &iv).expect("sealer"),
-            Opener::new(cipher, &key, &iv).expect("opener"),
+            Sealer::new(cipher, &key, &iv, mac).expect("sealer"),
+            Opener::new(cipher, &key, &iv, mac).expect("opener"),
         )
+    }
+
+    #[test]
+    fn ctr_with_either_mac_round_trips_and_refuses_a_flipped_bit() {
+        for cipher in ["aes128-ctr", "aes256-ctr"] {
+            for mac in MACS {
+                let (mut s, mut o) = pair_with(cipher, mac);
+                for seq in 0..4u32 {
+                    let payload = vec![seq as u8 + 1; 100 * seq as usize];
+                    let mut packet = s.seal(seq, &payload, |p| p.fill(3));
+                    // The length is in the clear and the body is not.
+                    if !payload.is_empty() {
+                        assert_ne!(&packet[5..13], &payload[..8]);
+                    }
+                    let first: [u8; 4] = packet[..4].try_into().expect("4");
+                    assert_eq!(o.length(seq, first), Ok(packet.len()));
+                    assert_eq!(o.open(seq, &mut packet), Ok(payload), "{cipher} {mac}");
+                }
+                let mut packet = s.seal(4, b"x", |p| p.fill(0));
+                packet[6] ^= 1;
+                assert_eq!(o.open(4, &mut packet), Err(OpenError::Authentication));
+            }
+        }
+        assert!(
+            Sealer::new(
+                "aes128-ctr",
+                &[0; 16],
+                &[0; 16],
+                Some(("hmac-sha1", &[0; 20]))
+            )
+            .is_none()
+        );
+        assert!(Sealer::new("aes128-ctr", &[0; 16], &[0; 16], Some((MACS[0], &[0; 5]))).is_none());
     }
 
     #[test]
@@ -278,8 +455,8 @@ mod tests {
                 "{cipher}"
             );
         }
-        assert!(Sealer::new("aes128-cbc", &[0; 16], &[0; 16]).is_none());
-        assert!(Sealer::new("aes256-gcm@openssh.com", &[0; 5], &[0; 12]).is_none());
+        assert!(Sealer::new("aes128-cbc", &[0; 16], &[0; 16], None).is_none());
+        assert!(Sealer::new("aes256-gcm@openssh.com", &[0; 5], &[0; 12], None).is_none());
     }
 
     #[test]

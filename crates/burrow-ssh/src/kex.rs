@@ -272,10 +272,13 @@ mod tests {
             let client_iv = derive(&k_c, &h_c, &h_c, b'A', iv_len);
             let server_key = derive(&k_s, &h_s, &h_s, b'C', key_len);
             let server_iv = derive(&k_s, &h_s, &h_s, b'A', iv_len);
+            let mac_key = [7u8; 32];
+            let mac = (!crate::kexinit::is_aead(cipher))
+                .then_some((crate::crypto::MACS[0], &mac_key[..]));
             let mut seal =
-                crate::crypto::Sealer::new(cipher, &client_key, &client_iv).expect("seal");
+                crate::crypto::Sealer::new(cipher, &client_key, &client_iv, mac).expect("seal");
             let mut open =
-                crate::crypto::Opener::new(cipher, &server_key, &server_iv).expect("open");
+                crate::crypto::Opener::new(cipher, &server_key, &server_iv, mac).expect("open");
             let mut packet = seal.seal(3, b"\x05ssh-userauth", |p| p.fill(1));
             assert_eq!(
                 open.open(3, &mut packet),

@@ -392,7 +392,7 @@ impl Transport {
                 Role::Server => &[kexinit::STRICT_S],
             }));
         }
-        let macs = names(&["hmac-sha2-256-etm@openssh.com"]);
+        let macs = names(&crate::crypto::MACS);
         KexInit {
             cookie,
             kex,
@@ -606,16 +606,27 @@ impl Transport {
             .ok_or_else(|| TransportError(format!("cipher {} not supported", n.cipher_c2s)))?;
         let (s2c_key, s2c_iv) = material(&n.cipher_s2c, b'B', b'D')
             .ok_or_else(|| TransportError(format!("cipher {} not supported", n.cipher_s2c)))?;
-        let c2s = (n.cipher_c2s.clone(), c2s_key, c2s_iv);
-        let s2c = (n.cipher_s2c.clone(), s2c_key, s2c_iv);
+        // The MAC keys (RFC 4253 §7.2 letters E and F), for the ciphers that need one.
+        let mac = |mac: &Option<String>, letter: u8| {
+            mac.as_ref().map(|name| {
+                let len = crate::crypto::mac_key_len(name).unwrap_or(0);
+                (name.clone(), derive(secret, hash, &session_id, letter, len))
+            })
+        };
+        let c2s = (n.cipher_c2s.clone(), c2s_key, c2s_iv, mac(&n.mac_c2s, b'E'));
+        let s2c = (n.cipher_s2c.clone(), s2c_key, s2c_iv, mac(&n.mac_s2c, b'F'));
         let (out, inn) = match self.config.role {
             Role::Client => (c2s, s2c),
             Role::Server => (s2c, c2s),
         };
-        let sealer = Sealer::new(&out.0, &out.1, &out.2)
+        fn mac_ref(m: &Option<(String, zeroize::Zeroizing<Vec<u8>>)>) -> crate::crypto::MacKey<'_> {
+            m.as_ref()
+                .map(|(name, key)| (name.as_str(), key.as_slice()))
+        }
+        let sealer = Sealer::new(&out.0, &out.1, &out.2, mac_ref(&out.3))
             .ok_or_else(|| TransportError("cannot key the cipher".into()))?;
         kex.next_opener = Some(
-            Opener::new(&inn.0, &inn.1, &inn.2)
+            Opener::new(&inn.0, &inn.1, &inn.2, mac_ref(&inn.3))
                 .ok_or_else(|| TransportError("cannot key the cipher".into()))?,
         );
         self.write_packet(&[msg::NEWKEYS]);

@@ -544,3 +544,42 @@ async fn a_burrow_ssh_client_logs_in_to_openssh_sshd_and_forwards_both_ways() {
         assert!(why.contains("test over") || why.contains("closed"), "{why}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_agrees_with_the_server_on_every_cipher_and_mac() {
+    let dir = tempdir();
+    let key = keypair(dir.path(), "op");
+    let public = PublicKey::read_openssh_file(key.with_extension("pub")).unwrap();
+    let server = test_server(dir.path(), public).await;
+    let echo = echo_server().await;
+    let target = format!("127.0.0.1:{}", echo.port());
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    for (cipher, mac) in [
+        (
+            "chacha20-poly1305@openssh.com",
+            "hmac-sha2-256-etm@openssh.com",
+        ),
+        ("aes256-gcm@openssh.com", "hmac-sha2-256-etm@openssh.com"),
+        ("aes128-gcm@openssh.com", "hmac-sha2-256-etm@openssh.com"),
+        ("aes128-ctr", "hmac-sha2-512-etm@openssh.com"),
+        ("aes256-ctr", "hmac-sha2-256-etm@openssh.com"),
+    ] {
+        let cmd = stock_ssh(
+            &server,
+            Some(&key),
+            &["-c", cipher, "-m", mac, "-W", &target, "op@127.0.0.1"],
+        );
+        let (ok, out, err) = run_with_input(cmd, payload.clone()).await;
+        assert!(ok, "{cipher} {mac}: {err}");
+        assert_eq!(sha256(&out), sha256(&payload), "{cipher} {mac}");
+    }
+    // A client that offers only what burrow refuses (CBC, SHA-1 MACs) is told so.
+    let cmd = stock_ssh(
+        &server,
+        Some(&key),
+        &["-c", "aes128-cbc", "-W", &target, "op@127.0.0.1"],
+    );
+    let (ok, _, err) = run_with_input(cmd, Vec::new()).await;
+    assert!(!ok);
+    assert!(err.contains("no matching cipher"), "{err}");
+}

@@ -121,8 +121,8 @@ fn exchange_with_sshd(port: u16, cipher: &str) {
 
     let (key_len, iv_len) = burrow_ssh::crypto::key_material(cipher).unwrap();
     let key = |letter, len| derive(&secret, &hash, &hash, letter, len);
-    let mut sealer = Sealer::new(cipher, &key(b'C', key_len), &key(b'A', iv_len)).unwrap();
-    let mut opener = Opener::new(cipher, &key(b'D', key_len), &key(b'B', iv_len)).unwrap();
+    let mut sealer = Sealer::new(cipher, &key(b'C', key_len), &key(b'A', iv_len), None).unwrap();
+    let mut opener = Opener::new(cipher, &key(b'D', key_len), &key(b'B', iv_len), None).unwrap();
     // Strict key exchange: sequence numbers start again at zero after NEWKEYS.
     let mut request = Writer::message(msg::SERVICE_REQUEST);
     request.string(b"ssh-userauth");
@@ -156,7 +156,11 @@ fn exchange_with_sshd(port: u16, cipher: &str) {
 async fn key_exchange_and_every_cipher_agree_with_openssh_sshd() {
     let dir = tempdir();
     let sshd = TestSshd::start(dir.path(), &[], "").await;
-    for cipher in burrow_ssh::crypto::CIPHERS {
+    // The hand-made exchange covers the AEAD ciphers; the state machine below covers all.
+    for cipher in burrow_ssh::crypto::CIPHERS
+        .into_iter()
+        .filter(|c| burrow_ssh::kexinit::is_aead(c))
+    {
         let port = sshd.port;
         tokio::task::spawn_blocking(move || exchange_with_sshd(port, cipher))
             .await
