@@ -16,6 +16,8 @@ command -v plink >/dev/null 2>&1 || need+=(putty-tools)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
+# libFuzzer (built by the fuzz targets) is C++.
+command -v g++ >/dev/null 2>&1 || need+=(g++)
 # The bench smoke run counts idle bytes on a veth between network namespaces (ip, ss).
 { command -v ip >/dev/null 2>&1 && command -v ss >/dev/null 2>&1; } || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
@@ -34,6 +36,7 @@ fi
 [ -d /run/sshd ] || sudo_if_needed mkdir -p /run/sshd
 
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
 # The README's first quick-start command, exactly as written (it once failed in a fresh clone).
@@ -44,6 +47,9 @@ cargo build -p burrow -p burrow-bench
 smoke_out=$(mktemp -d)
 ./target/debug/burrow-bench --smoke --out "$smoke_out"
 rm -rf "$smoke_out"
+
+# The SSH layer's fuzz targets, a bounded run (20 s each); a crash fails the run.
+./fuzz/run.sh 20
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
