@@ -1,9 +1,9 @@
 //! Local `[[connect]]` listeners: each accepted connection becomes a `direct-tcpip` channel to a
 //! relay-side target (the seeds' MQTT broker on the relay host), over whatever session is up.
 
-use burrow_io::splice::{End, splice};
+use burrow_io::splice::splice;
 use burrow_proto::addr::{ListenSpec, Target};
-use russh::client::Msg;
+use burrow_ssh::channel::OpenKind;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -67,7 +67,7 @@ async fn serve(
         let handle = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(crate::session::Live {
             handle,
-            flow,
+            burrow_relay,
             streams,
         }) = handle
         else {
@@ -79,21 +79,22 @@ async fn serve(
         tokio::spawn(async move {
             let _guard = streams.device_side();
             let opened = handle
-                .channel_open_direct_tcpip(
-                    to.host.clone(),
-                    u32::from(to.port),
-                    peer.ip().to_string(),
-                    u32::from(peer.port()),
-                )
+                .open(OpenKind::DirectTcpip {
+                    host: to.host.clone(),
+                    port: u32::from(to.port),
+                    originator: peer.ip().to_string(),
+                    originator_port: u32::from(peer.port()),
+                })
                 .await;
             match opened {
                 Ok(channel) => {
-                    let (_, r) = splice(End::Shared(channel, flow), End::<Msg>::Tcp(tcp)).await;
+                    let _ = tcp.set_nodelay(true);
+                    let (_, r) = splice(channel, tcp).await;
                     if let Err(e) = r {
                         tracing::debug!("forward to {to} ended: {e}");
                     }
                 }
-                Err(e) if flow == burrow_io::splice::Flow::Credit => tracing::warn!(
+                Err(e) if burrow_relay => tracing::warn!(
                     "relay refused the connection to {to}: {e}; a burrow relay opens only targets its rules name: run `burrow relay device allow-connect {device} {to}` on the relay"
                 ),
                 Err(e) => tracing::warn!(

@@ -1,11 +1,10 @@
 //! Pinning the relay's host key: a `SHA256:` fingerprint, a known_hosts file, or trust on
 //! first use (only when asked for, and then recorded in the known_hosts file).
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
-use russh::keys::PublicKey;
-
-use burrow_io::keys::fingerprint;
+use burrow_io::keys::{PublicKey, fingerprint};
 
 /// How the relay's host key is checked.
 #[derive(Debug, Clone)]
@@ -50,12 +49,12 @@ impl HostKeyPolicy {
                 trust_on_first_use,
             } => {
                 let known = if path.exists() {
-                    russh::keys::known_hosts::known_host_keys_path(host, port, path)
+                    known_host_keys(host, port, path)
                         .map_err(|e| format!("cannot read known_hosts {}: {e}", path.display()))?
                 } else {
                     Vec::new()
                 };
-                if known.iter().any(|(_, k)| k == key) {
+                if known.iter().any(|(_, k)| k.key_data() == key.key_data()) {
                     return Ok(Verified::Matched);
                 }
                 if let Some((line, k)) = known.first() {
@@ -76,7 +75,7 @@ impl HostKeyPolicy {
                 if let Some(dir) = path.parent() {
                     let _ = std::fs::create_dir_all(dir);
                 }
-                russh::keys::known_hosts::learn_known_hosts_path(host, port, key, path)
+                learn_host_key(host, port, key, path)
                     .map_err(|e| format!("cannot record relay key in {}: {e}", path.display()))?;
                 Ok(Verified::Learned(got))
             }
@@ -84,9 +83,147 @@ impl HostKeyPolicy {
     }
 }
 
+/// How known_hosts names a host on a port (OpenSSH's form: `[host]:port` unless 22).
+fn host_name(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+/// Whether one host pattern of a known_hosts line matches `name` (OpenSSH's `*` and `?`
+/// wildcards, or a hashed `|1|salt|hash` entry).
+fn pattern_matches(pattern: &str, name: &str) -> bool {
+    if let Some(hashed) = pattern.strip_prefix("|1|") {
+        let Some((salt, hash)) = hashed.split_once('|') else {
+            return false;
+        };
+        let (Some(salt), Some(hash)) = (base64_decode(salt), base64_decode(hash)) else {
+            return false;
+        };
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &salt);
+        return ring::hmac::verify(&key, name.as_bytes(), &hash).is_ok();
+    }
+    glob(pattern.as_bytes(), name.as_bytes())
+}
+
+fn glob(pattern: &[u8], name: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some((b'*', rest)) => {
+            (0..=name.len()).any(|i| glob(rest, name.get(i..).unwrap_or_default()))
+        }
+        Some((b'?', rest)) => name.split_first().is_some_and(|(_, n)| glob(rest, n)),
+        Some((c, rest)) => name
+            .split_first()
+            .is_some_and(|(n, tail)| n.eq_ignore_ascii_case(c) && glob(rest, tail)),
+    }
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    use ssh_key::encoding::base64::{Base64, Encoding};
+    Base64::decode_vec(text).ok()
+}
+
+/// The keys a known_hosts file holds for `host:port`, with their line numbers. Negated
+/// patterns (`!host`) exclude a line; `@revoked` and `@cert-authority` lines are not pins.
+fn known_host_keys(host: &str, port: u16, path: &Path) -> std::io::Result<Vec<(usize, PublicKey)>> {
+    let name = host_name(host, port);
+    let text = std::fs::read_to_string(path)?;
+    let mut keys = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('@') {
+            continue;
+        }
+        let Some((hosts, key)) = line.split_once(char::is_whitespace) else {
+            continue;
+        };
+        let mut matched = false;
+        let mut negated = false;
+        for pattern in hosts.split(',') {
+            match pattern.strip_prefix('!') {
+                Some(p) if pattern_matches(p, &name) => negated = true,
+                Some(_) => {}
+                None if pattern_matches(pattern, &name) => matched = true,
+                None => {}
+            }
+        }
+        if !matched || negated {
+            continue;
+        }
+        if let Ok(key) = PublicKey::from_openssh(key.trim()) {
+            keys.push((n + 1, key));
+        }
+    }
+    Ok(keys)
+}
+
+/// Appends `host:port key` to a known_hosts file.
+fn learn_host_key(host: &str, port: u16, key: &PublicKey, path: &Path) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let mut key = key.clone();
+    key.set_comment("");
+    let line = key.to_openssh().map_err(std::io::Error::other)?;
+    writeln!(file, "{} {}", host_name(host, port), line.trim())?;
+    file.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_hosts_as_openssh_writes_them() {
+        let dir = tempdir();
+        let path = dir.join("known_hosts");
+        let k = burrow_io::keys::generate_ed25519();
+        let line = burrow_io::keys::public_key_line(k.public_key());
+        // OpenSSH's forms: patterns, negations, ports, markers; hashed names below.
+        std::fs::write(
+            &path,
+            format!(
+                "# comment\n@revoked relay.example {line}\nother.example {line}\n\
+                 *.example.net,!bad.example.net {line}\n[127.0.0.1]:2222 {line}\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(known_host_keys("127.0.0.1", 2222, &path).unwrap().len(), 1);
+        assert_eq!(known_host_keys("127.0.0.1", 22, &path).unwrap().len(), 0);
+        assert_eq!(
+            known_host_keys("relay.example", 22, &path).unwrap().len(),
+            0,
+            "@revoked is no pin"
+        );
+        assert_eq!(
+            known_host_keys("a.example.net", 22, &path).unwrap().len(),
+            1
+        );
+        assert_eq!(
+            known_host_keys("bad.example.net", 22, &path).unwrap().len(),
+            0
+        );
+        // A hashed entry as `ssh-keygen -H` writes it.
+        let ok = std::process::Command::new("ssh-keygen")
+            .args(["-H", "-f"])
+            .arg(&path)
+            .output()
+            .expect("ssh-keygen is installed");
+        assert!(ok.status.success());
+        let hashed = std::fs::read_to_string(&path).unwrap();
+        assert!(hashed.contains("|1|"), "{hashed}");
+        assert_eq!(known_host_keys("127.0.0.1", 2222, &path).unwrap().len(), 1);
+        assert_eq!(
+            known_host_keys("other.example", 22, &path).unwrap().len(),
+            1
+        );
+        assert_eq!(known_host_keys("nope.example", 22, &path).unwrap().len(), 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn fingerprint_pin() {

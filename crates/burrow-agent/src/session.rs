@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use burrow_io::activity::{Activity, Metered};
-use burrow_io::cut::CutStream;
-use burrow_io::splice::Flow;
+use burrow_io::activity::Activity;
 use burrow_proto::agent_config::AgentConfig;
 use burrow_proto::liveness::{Link, Liveness, Step};
-use russh::client::Handle;
-use russh::keys::PrivateKeyWithHashAlg;
+use burrow_ssh::auth::{ClientKey, Credential};
+use burrow_ssh::channel::{GlobalRequest, Limits, OpenKind};
+use burrow_ssh::driver::{GlobalAnswer, Handle};
+use burrow_ssh::session::{Session, Side};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -32,8 +32,10 @@ const FORWARD_BIND: &str = "127.0.0.1";
 
 /// Consecutive failed probes after which the session is given up: one is not a verdict.
 const PROBE_FAILURES_FATAL: u32 = 2;
-/// Key exchanges renewed by time at most this often (and after every GiB either way, russh's
-/// default): AES-GCM and ChaCha20-Poly1305 need no hourly rekey, OpenSSH rekeys by volume only,
+/// Key exchanges renewed after this many bytes either way.
+const REKEY_BYTES: u64 = 1 << 30;
+/// Key exchanges renewed by time at most this often (and after every GiB either way, as
+/// OpenSSH does): AES-GCM and ChaCha20-Poly1305 need no hourly rekey, OpenSSH rekeys by volume only,
 /// and on an idle cellular session each one costs a few kilobytes.
 pub(crate) const REKEY_TIME_LIMIT: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -43,8 +45,9 @@ pub(crate) type Current = Arc<Mutex<Option<Live>>>;
 /// What the `[[connect]]` listeners need of the session that is up.
 #[derive(Clone)]
 pub(crate) struct Live {
-    pub(crate) handle: Arc<Handle<AgentHandler>>,
-    pub(crate) flow: Flow,
+    pub(crate) handle: Handle,
+    /// The relay is burrow's (its rules decide which targets a device may open).
+    pub(crate) burrow_relay: bool,
     pub(crate) streams: Arc<Streams>,
 }
 
@@ -75,17 +78,18 @@ pub(crate) struct Ctx {
 /// The ciphers the agent offers, best first. With AES and carry-less multiply instructions
 /// (x86-64 AES-NI + PCLMULQDQ, ARMv8 AES + PMULL) ring's AES-GCM outruns ChaCha20-Poly1305;
 /// without them (the Raspberry Pi 4 and older have none) ChaCha20 is several times faster.
-pub(crate) fn preferred_ciphers() -> &'static [russh::cipher::Name] {
-    const AES_FIRST: &[russh::cipher::Name] =
-        &[russh::cipher::AES_256_GCM, russh::cipher::CHACHA20_POLY1305];
-    const CHACHA_FIRST: &[russh::cipher::Name] =
-        &[russh::cipher::CHACHA20_POLY1305, russh::cipher::AES_256_GCM];
+pub(crate) fn preferred_ciphers() -> &'static [&'static str] {
+    const AES_FIRST: &[&str] = &[AES_256_GCM, CHACHA20_POLY1305];
+    const CHACHA_FIRST: &[&str] = &[CHACHA20_POLY1305, AES_256_GCM];
     if aes_instructions() {
         AES_FIRST
     } else {
         CHACHA_FIRST
     }
 }
+
+const AES_256_GCM: &str = "aes256-gcm@openssh.com";
+const CHACHA20_POLY1305: &str = "chacha20-poly1305@openssh.com";
 
 fn aes_instructions() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -172,11 +176,7 @@ async fn session(
 ) -> Result<(), String> {
     let config = &ctx.config;
     let key = burrow_io::keys::load_private_key(&config.key).map_err(|e| e.to_string())?;
-    let dead = CancellationToken::new();
     let host_key_error = Arc::new(Mutex::new(None));
-    let flow = Arc::new(Mutex::new(Flow::Capped(
-        burrow_io::splice::DEFAULT_STALL_TIMEOUT,
-    )));
     let streams = Arc::new(Streams::default());
     let pending_probe: PendingProbe = Arc::default();
     let activity = Activity::new();
@@ -186,38 +186,35 @@ async fn session(
         pending_probe: pending_probe.clone(),
         shared: ctx.shared.clone(),
         probe_port: probe_port.clone(),
-        host_key_error: host_key_error.clone(),
-        dead: dead.clone(),
-        flow: flow.clone(),
-        replaced: replaced.clone(),
     };
     let relay = format!("{}:{}", ctx.shared.relay_host, ctx.shared.relay_port);
-    let client_config = Arc::new(russh::client::Config {
+    let check = {
+        let shared = ctx.shared.clone();
+        let error = host_key_error.clone();
+        move |blob: &[u8]| host_key_trusted(&shared, blob, &error)
+    };
+    let transport = burrow_ssh::transport::Config {
+        role: burrow_ssh::transport::Role::Client,
+        software: format!("burrow_{}", env!("CARGO_PKG_VERSION")),
         // The comment declares the keepalive schedule: a burrow relay then sends none of its
         // own and drops the session once a keepalive is overdue.
-        client_id: russh::SshId::Standard(
-            format!(
-                "{}{} {}",
-                crate::BURROW_SSH_ID_PREFIX,
-                env!("CARGO_PKG_VERSION"),
-                schedule.comment()
-            )
-            .into(),
-        ),
-        preferred: russh::Preferred {
-            cipher: std::borrow::Cow::Borrowed(preferred_ciphers()),
-            ..Default::default()
+        comment: Some(schedule.comment()),
+        ciphers: preferred_ciphers().iter().map(|c| c.to_string()).collect(),
+        host_key: None,
+        host_key_check: Some(Box::new(check)),
+        rekey_bytes: REKEY_BYTES,
+        rekey_time: REKEY_TIME_LIMIT,
+        ext_info: None,
+    };
+    let ssh = Session::new(
+        transport,
+        Side::Client {
+            user: config.name.clone(),
+            credentials: vec![Credential::Key(Box::new(ClientKey::new(key.clone())))],
         },
-        // Keepalives are sent by the session loop below, only when the line is quiet.
-        keepalive_interval: None,
-        inactivity_timeout: None,
-        limits: russh::Limits {
-            rekey_time_limit: REKEY_TIME_LIMIT,
-            ..Default::default()
-        },
-        nodelay: true,
-        ..Default::default()
-    });
+        Limits::default(),
+        Instant::now(),
+    );
     let mut socket = None;
     let connect = async {
         let tcp = TcpStream::connect((ctx.shared.relay_host.as_str(), ctx.shared.relay_port));
@@ -232,38 +229,33 @@ async fn session(
         };
         let _ = tcp.set_nodelay(true);
         socket = std::os::fd::AsFd::as_fd(&tcp).try_clone_to_owned().ok();
-        let (tcp, seen) =
-            burrow_io::first_bytes::FirstBytes::new(tcp, burrow_io::first_bytes::IDENTIFICATION);
-        let stream = Metered::new(CutStream::new(tcp, cut.clone()), activity.clone());
-        let mut handle = russh::client::connect_stream(client_config, stream, handler)
-            .await
-            .map_err(|e| {
-                let why = host_key_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take()
-                    .unwrap_or_else(|| format!("SSH handshake with relay {relay} failed: {e}"));
-                with_server_hint(why, &relay, seen.first_line(), config)
-            })?;
-        let hash = handle
-            .best_supported_rsa_hash()
-            .await
-            .ok()
-            .flatten()
-            .flatten();
-        let auth = handle
-            .authenticate_publickey(
-                &config.name,
-                PrivateKeyWithHashAlg::new(Arc::new(key.clone()), hash),
-            )
-            .await
-            .map_err(|e| format!("authentication with relay {relay} failed: {e}"))?;
-        if !auth.success() {
-            let name = &config.name;
-            return Err(format!(
-                "relay {relay} refused key {} for device {name}; register it there with `burrow relay device add {name} --pubkey FILE`, or, if device {name} exists with another key, `burrow relay device add-key {name} --pubkey FILE`",
-                burrow_io::keys::fingerprint(key.public_key()),
-            ));
+        let (handle, driver) = burrow_ssh::driver::start(tcp, ssh, handler, Some(activity.clone()));
+        // The connection runs on its own task; cancelling `cut` drops it, closing the socket.
+        let cut = cut.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = driver => {}
+                () = cut.cancelled() => {}
+            }
+        });
+        if let Err(e) = handle.authenticated().await {
+            let server = handle.peer_id().map(|id| id.line);
+            let why = match host_key_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                Some(why) => why,
+                None if e.0.contains("refused every credential") => {
+                    let name = &config.name;
+                    format!(
+                        "relay {relay} refused key {} for device {name}; register it there with `burrow relay device add {name} --pubkey FILE`, or, if device {name} exists with another key, `burrow relay device add-key {name} --pubkey FILE`",
+                        burrow_io::keys::fingerprint(key.public_key()),
+                    )
+                }
+                None => format!("SSH handshake with relay {relay} failed: {e}"),
+            };
+            return Err(with_server_hint(why, &relay, server, config));
         }
         Ok(handle)
     };
@@ -277,19 +269,92 @@ async fn session(
             }
         },
     };
-    let handle = Arc::new(handle);
+    let result = serve(
+        ctx,
+        shutdown,
+        &handle,
+        &relay,
+        probe_port,
+        &pending_probe,
+        &streams,
+        &activity,
+        socket,
+        up_since,
+        unanswered,
+    )
+    .await;
+    // The relay's word that a newer session of this device replaced this one.
+    if let Some(why) = handle
+        .peer_disconnect()
+        .filter(|d| d.starts_with(burrow_proto::REPLACED_PREFIX))
+    {
+        *replaced.lock().unwrap_or_else(|e| e.into_inner()) = Some(burrow_proto::text::clean(
+            &why,
+            burrow_proto::text::MAX_TEXT_CHARS,
+        ));
+    }
+    result
+}
 
+/// Checks the relay's host key blob against the pin; the refusal's reason is kept for the
+/// error message.
+fn host_key_trusted(shared: &Shared, blob: &[u8], error: &Mutex<Option<String>>) -> bool {
+    let refuse = |why: String| {
+        *error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        false
+    };
+    let key = match burrow_io::keys::PublicKey::from_bytes(blob) {
+        Ok(k) => k,
+        Err(e) => return refuse(format!("the relay's host key does not parse: {e}")),
+    };
+    match shared
+        .host_key
+        .check(&shared.relay_host, shared.relay_port, &key)
+    {
+        Ok(crate::hostkey::Verified::Matched) => true,
+        Ok(crate::hostkey::Verified::Learned(fp)) => {
+            tracing::warn!(
+                "TRUSTED ON FIRST USE: recorded relay {}:{} host key {fp}; verify it with `burrow relay fingerprint` on the relay",
+                shared.relay_host,
+                shared.relay_port
+            );
+            true
+        }
+        Err(e) => refuse(e),
+    }
+}
+
+/// The authenticated session: forwards, then the watch loop until it ends.
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    ctx: &Ctx,
+    shutdown: &CancellationToken,
+    handle: &Handle,
+    relay: &str,
+    probe_port: &Arc<Mutex<Option<u16>>>,
+    pending_probe: &PendingProbe,
+    streams: &Arc<Streams>,
+    activity: &Arc<Activity>,
+    socket: Option<std::os::fd::OwnedFd>,
+    up_since: &mut Option<Instant>,
+    unanswered: &AtomicBool,
+) -> Result<(), String> {
+    let config = &ctx.config;
+    let schedule = config.schedule();
+    let burrow_relay = handle
+        .peer_id()
+        .is_some_and(|id| id.line.starts_with(crate::BURROW_SSH_ID_PREFIX));
     // Every forward must bind, or the session counts as down (ExitOnForwardFailure).
     for expose in &config.expose {
         let requested = expose.requested_port();
         let bind = expose.bind.as_deref().unwrap_or(FORWARD_BIND);
-        let result = handle.tcpip_forward(bind, u32::from(requested)).await;
+        let result = forward(handle, bind, requested).await;
         let error = result.err().map(|e| match e {
-            russh::Error::RequestDenied => format!(
+            None => format!(
                 "relay refused to listen on port {requested} (in use, or not allowed for {})",
                 config.name
             ),
-            e => format!("forward of port {requested} failed: {e}"),
+            Some(e) => format!("forward of port {requested} failed: {e}"),
         });
         ctx.status.update(|s| {
             if let Some(ep) = s.endpoints.iter_mut().find(|ep| ep.port == expose.port) {
@@ -303,14 +368,14 @@ async fn session(
     }
     // Consoles are endpoints too; on a burrow relay their bind address names them, so the relay
     // can offer `OPERATOR:DEVICE/NAME` logins.
-    let burrow_relay = *flow.lock().unwrap_or_else(|e| e.into_inner()) == Flow::Credit;
     for (console, port) in config.consoles() {
         let bind = if burrow_relay {
             format!("console/{}", console.name)
         } else {
             FORWARD_BIND.to_string()
         };
-        if let Err(e) = handle.tcpip_forward(bind, u32::from(port)).await {
+        if let Err(e) = forward(handle, &bind, port).await {
+            let e = e.unwrap_or_else(|| "refused".into());
             return Err(format!(
                 "relay refused console {} on port {port}: {e}",
                 console.name
@@ -325,9 +390,9 @@ async fn session(
         } else {
             FORWARD_BIND
         };
-        match handle.tcpip_forward(bind, 0).await {
+        match forward(handle, bind, 0).await {
             Ok(port) if port > 0 => {
-                *probe_port.lock().unwrap_or_else(|e| e.into_inner()) = u16::try_from(port).ok();
+                *probe_port.lock().unwrap_or_else(|e| e.into_inner()) = Some(port);
             }
             other => tracing::warn!(
                 "relay gave no probe endpoint ({other:?}); end-to-end probes are off"
@@ -335,10 +400,9 @@ async fn session(
         }
     }
 
-    let session_flow = *flow.lock().unwrap_or_else(|e| e.into_inner());
     *ctx.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Live {
         handle: handle.clone(),
-        flow: session_flow,
+        burrow_relay,
         streams: streams.clone(),
     });
     *up_since = Some(Instant::now());
@@ -356,21 +420,40 @@ async fn session(
             interval: probe_interval,
             timeout: config.probe_timeout(),
             burrow_relay,
-            pending: pending_probe,
+            pending: pending_probe.clone(),
         }),
         _ => None,
     };
     let watch = Watch {
-        relay: &relay,
-        handle: &handle,
-        activity: &activity,
-        streams: &streams,
+        relay,
+        handle,
+        activity,
+        streams,
         acks: AckWatch::new(socket),
         liveness: Liveness::new(schedule),
         status: &ctx.status,
         unanswered,
     };
-    watch.run(probes, shutdown, &dead).await
+    watch.run(probes, shutdown).await
+}
+
+/// `tcpip-forward`: the port bound (the one asked for, or the relay's choice for 0); `None` as
+/// the error when the relay said no, `Some` when the connection failed.
+async fn forward(handle: &Handle, bind: &str, port: u16) -> Result<u16, Option<String>> {
+    let answer = handle
+        .global_request(GlobalRequest::TcpipForward {
+            address: bind.to_string(),
+            port: u32::from(port),
+        })
+        .await
+        .map_err(|e| Some(e.to_string()))?;
+    match answer {
+        GlobalAnswer::Success(Some(bound)) if port == 0 => {
+            u16::try_from(bound).map_err(|_| Some(format!("the relay bound port {bound}")))
+        }
+        GlobalAnswer::Success(_) => Ok(port),
+        GlobalAnswer::Failure => Err(None),
+    }
 }
 
 /// The end-to-end probe's settings for one session.
@@ -385,7 +468,7 @@ struct Probes {
 }
 
 impl Probes {
-    fn start(&self, handle: &Arc<Handle<AgentHandler>>) -> ProbeRun {
+    fn start(&self, handle: &Handle) -> ProbeRun {
         let handle = handle.clone();
         if self.burrow_relay {
             Box::pin(routed_probe(handle, self.port, self.pending.clone()))
@@ -398,7 +481,7 @@ impl Probes {
 /// The session loop: keepalives when the line is quiet, probes when nothing proved the path.
 struct Watch<'a> {
     relay: &'a str,
-    handle: &'a Arc<Handle<AgentHandler>>,
+    handle: &'a Handle,
     activity: &'a Activity,
     streams: &'a Arc<Streams>,
     acks: AckWatch,
@@ -412,7 +495,6 @@ impl Watch<'_> {
         mut self,
         probes: Option<Probes>,
         shutdown: &CancellationToken,
-        dead: &CancellationToken,
     ) -> Result<(), String> {
         let relay = self.relay;
         let up_at = Instant::now();
@@ -432,10 +514,10 @@ impl Watch<'_> {
             let schedule = self.liveness.schedule();
             let mut wake = match self.liveness.step(now, link) {
                 Step::SendKeepalive => {
-                    self.handle
-                        .send_keepalive(true)
-                        .await
-                        .map_err(|e| format!("connection to relay {relay} lost: {e}"))?;
+                    if let Some(why) = self.handle.ended() {
+                        return Err(format!("connection to relay {relay} lost: {why}"));
+                    }
+                    self.handle.send_keepalive();
                     continue;
                 }
                 Step::Dead(why) => {
@@ -507,11 +589,12 @@ impl Watch<'_> {
             };
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "agent stopping", "").await;
+                    self.handle.disconnect("agent stopping");
+                    let _ = tokio::time::timeout(Duration::from_secs(1), self.handle.closed()).await;
                     return Ok(());
                 }
-                _ = dead.cancelled() => {
-                    return Err(format!("connection to relay {relay} lost (network error or closed by the relay)"));
+                why = self.handle.closed() => {
+                    return Err(format!("connection to relay {relay} lost: {why}"));
                 }
                 () = tokio::time::sleep_until(wake.into()) => {}
                 result = probe => {
@@ -569,29 +652,24 @@ fn now_rfc3339_minus(ago: Duration) -> String {
 /// The probe through a burrow relay, one round trip: the agent asks the relay to open a stream
 /// to this device's probe endpoint (the route every operator stream takes) and waits for that
 /// stream to arrive here; the handler answers it with a refusal, which ends it.
-async fn routed_probe(
-    handle: Arc<Handle<AgentHandler>>,
-    port: u16,
-    pending: PendingProbe,
-) -> Result<(), String> {
+async fn routed_probe(handle: Handle, port: u16, pending: PendingProbe) -> Result<(), String> {
     let nonce: u32 = rand::random();
     let (arrived_tx, arrived) = tokio::sync::oneshot::channel();
     *pending.lock().unwrap_or_else(|e| e.into_inner()) = Some((nonce, arrived_tx));
-    let open = handle.channel_open_direct_tcpip(
-        FORWARD_BIND,
-        u32::from(port),
-        burrow_proto::PROBE_ORIGIN,
-        nonce,
-    );
+    let open = handle.open(OpenKind::DirectTcpip {
+        host: FORWARD_BIND.into(),
+        port: u32::from(port),
+        originator: burrow_proto::PROBE_ORIGIN.into(),
+        originator_port: nonce,
+    });
     tokio::pin!(open);
     tokio::select! {
         biased;
         arrived = arrived => arrived.map_err(|_| "the session ended".to_string()),
         opened = &mut open => match opened {
             // The relay answers after the stream arrived; give the handler its turn.
-            Err(russh::Error::ChannelOpenFailure(_)) | Ok(_) => Err(
-                "the relay routed no stream back to this device".into(),
-            ),
+            Ok(_) => Err("the relay routed no stream back to this device".into()),
+            Err(e) if e.reason != 0 => Err("the relay routed no stream back to this device".into()),
             Err(e) => Err(format!("relay refused the probe: {e}")),
         },
     }
@@ -599,12 +677,16 @@ async fn routed_probe(
 
 /// The probe through a stock sshd relay: a real connection to the forwarded port on the relay,
 /// whose far end echoes a random nonce.
-async fn echo_probe(handle: Arc<Handle<AgentHandler>>, port: u16) -> Result<(), String> {
-    let channel = handle
-        .channel_open_direct_tcpip(FORWARD_BIND, u32::from(port), "127.0.0.1", 0)
+async fn echo_probe(handle: Handle, port: u16) -> Result<(), String> {
+    let mut stream = handle
+        .open(OpenKind::DirectTcpip {
+            host: FORWARD_BIND.into(),
+            port: u32::from(port),
+            originator: "127.0.0.1".into(),
+            originator_port: 0,
+        })
         .await
         .map_err(|e| format!("relay refused the probe channel: {e}"))?;
-    let mut stream = channel.into_stream();
     let nonce: [u8; PROBE_NONCE_LEN] = rand::random();
     stream.write_all(&nonce).await.map_err(|e| e.to_string())?;
     stream.flush().await.map_err(|e| e.to_string())?;
@@ -627,11 +709,8 @@ mod tests {
     fn both_aeads_offered_in_an_order_that_fits_this_cpu() {
         let offered = super::preferred_ciphers();
         assert_eq!(offered.len(), 2);
-        assert!(offered.contains(&russh::cipher::AES_256_GCM));
-        assert!(offered.contains(&russh::cipher::CHACHA20_POLY1305));
-        assert_eq!(
-            offered[0] == russh::cipher::AES_256_GCM,
-            super::aes_instructions()
-        );
+        assert!(offered.contains(&super::AES_256_GCM));
+        assert!(offered.contains(&super::CHACHA20_POLY1305));
+        assert_eq!(offered[0] == super::AES_256_GCM, super::aes_instructions());
     }
 }

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use burrow_io::keys::PrivateKey;
 use burrow_proto::backoff::Backoff;
-use russh::keys::{PrivateKey, PrivateKeyWithHashAlg};
+use burrow_ssh::driver::{GlobalAnswer, Handle};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -19,37 +20,54 @@ use crate::systems::{BurrowSite, ssh_base, start_relay};
 /// A device client that trusts any relay key (the bench measures, it does not pin).
 struct LoadDevice;
 
-impl russh::client::Handler for LoadDevice {
-    type Error = russh::Error;
+impl burrow_ssh::driver::Handler for LoadDevice {}
 
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-}
-
-/// Connects as `name`, exposes port 22, and returns the session (which ends when dropped).
+/// Connects as `name`, exposes port 22, and returns the session and the task that runs it
+/// (which ends with the connection).
 async fn connect_device(
     port: u16,
     name: &str,
     key: Arc<PrivateKey>,
-) -> anyhow::Result<russh::client::Handle<LoadDevice>> {
-    let config = Arc::new(russh::client::Config {
-        keepalive_interval: Some(Duration::from_secs(15)),
-        inactivity_timeout: None,
-        ..Default::default()
-    });
-    let mut handle = russh::client::connect(config, ("127.0.0.1", port), LoadDevice).await?;
-    let auth = handle
-        .authenticate_publickey(name, PrivateKeyWithHashAlg::new(key, None))
+) -> anyhow::Result<(
+    Handle,
+    tokio::task::JoinHandle<Result<(), burrow_ssh::driver::Error>>,
+)> {
+    let config = burrow_ssh::transport::Config {
+        role: burrow_ssh::transport::Role::Client,
+        software: "burrow_bench".into(),
+        comment: None,
+        ciphers: vec!["aes256-gcm@openssh.com".into()],
+        host_key: None,
+        host_key_check: Some(Box::new(|_| true)),
+        rekey_bytes: 1 << 30,
+        rekey_time: Duration::from_secs(7 * 24 * 3600),
+        ext_info: None,
+    };
+    let session = burrow_ssh::session::Session::new(
+        config,
+        burrow_ssh::session::Side::Client {
+            user: name.into(),
+            credentials: vec![burrow_ssh::auth::Credential::Key(Box::new(
+                burrow_ssh::auth::ClientKey::new((*key).clone()),
+            ))],
+        },
+        burrow_ssh::channel::Limits::default(),
+        Instant::now(),
+    );
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let (handle, task) = burrow_ssh::driver::connect(tcp, session, LoadDevice)
+        .await
+        .map_err(|e| anyhow::anyhow!("device {name}: {e}"))?;
+    let forward = handle
+        .global_request(burrow_ssh::channel::GlobalRequest::TcpipForward {
+            address: String::new(),
+            port: 22,
+        })
         .await?;
-    if !auth.success() {
-        bail!("relay refused device {name}");
+    if forward == GlobalAnswer::Failure {
+        bail!("relay refused the forward of device {name}");
     }
-    handle.tcpip_forward("", 22).await?;
-    Ok(handle)
+    Ok((handle, task))
 }
 
 /// N devices held from this process; each reconnects with the agent's backoff when dropped.
@@ -73,10 +91,10 @@ impl Fleet {
                     let permit = gate.acquire().await;
                     let session = connect_device(port, &name, key.clone()).await;
                     drop(permit);
-                    if let Ok(handle) = session {
+                    if let Ok((_handle, task)) = session {
                         backoff.reset();
                         up.fetch_add(1, Ordering::Relaxed);
-                        let _ = handle.await;
+                        let _ = task.await;
                         up.fetch_sub(1, Ordering::Relaxed);
                     }
                     tokio::time::sleep(backoff.next_delay(rand::random::<f64>())).await;

@@ -18,6 +18,7 @@ pub struct Activity {
     last_rx: AtomicU64,
     last_tx: AtomicU64,
     tx_bytes: AtomicU64,
+    rx_bytes: AtomicU64,
 }
 
 impl Activity {
@@ -28,6 +29,7 @@ impl Activity {
             last_rx: AtomicU64::new(0),
             last_tx: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
         })
     }
 
@@ -59,14 +61,35 @@ impl Activity {
         self.tx_bytes.load(Ordering::Relaxed)
     }
 
+    /// Bytes received so far.
+    pub fn rx_bytes(&self) -> u64 {
+        self.rx_bytes.load(Ordering::Relaxed)
+    }
+
     /// Records that bytes arrived now.
     pub fn received(&self) {
         self.last_rx.store(self.stamp(), Ordering::Relaxed);
     }
 
+    fn received_bytes(&self, n: usize) {
+        self.received();
+        self.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     fn sent(&self, n: usize) {
         self.last_tx.store(self.stamp(), Ordering::Relaxed);
         self.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// The SSH driver reports every byte its connection moves.
+impl burrow_ssh::driver::Observer for Activity {
+    fn received(&self, bytes: usize) {
+        self.received_bytes(bytes);
+    }
+
+    fn sent(&self, bytes: usize) {
+        Activity::sent(self, bytes);
     }
 }
 
@@ -91,8 +114,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.received();
+        let got = buf.filled().len().saturating_sub(before);
+        if matches!(polled, Poll::Ready(Ok(()))) && got > 0 {
+            self.activity.received_bytes(got);
         }
         polled
     }

@@ -4,9 +4,8 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use russh::keys::ssh_key::{self, LineEnding};
-use russh::keys::{Algorithm, HashAlg};
-pub use russh::keys::{PrivateKey, PublicKey};
+use ssh_key::{Algorithm, HashAlg, LineEnding};
+pub use ssh_key::{PrivateKey, PublicKey};
 
 /// Why a key could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -93,10 +92,78 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
     })
 }
 
-/// Parses an unencrypted private key in OpenSSH format.
+/// Parses an unencrypted private key: OpenSSH's format, or PEM (PKCS#1 and PKCS#8 RSA,
+/// PKCS#8 and SEC1 ECDSA) as cloud providers hand keys out.
 pub fn parse_private_key(text: &str) -> Result<PrivateKey, String> {
-    let key = russh::keys::decode_secret_key(text, None).map_err(|e| e.to_string())?;
+    let text = text.trim();
+    if text.starts_with("-----BEGIN RSA PRIVATE KEY-----")
+        || text.starts_with("-----BEGIN PRIVATE KEY-----")
+        || text.starts_with("-----BEGIN EC PRIVATE KEY-----")
+    {
+        return parse_pem_private_key(text);
+    }
+    let key = PrivateKey::from_openssh(text).map_err(|e| {
+        format!("{e} (expected an OpenSSH private key, `-----BEGIN OPENSSH PRIVATE KEY-----`)")
+    })?;
+    if key.is_encrypted() {
+        return Err(
+            "the key is protected by a passphrase; burrow runs unattended and needs a key without one (`ssh-keygen -p -N '' -f KEY` removes it)"
+                .into(),
+        );
+    }
     Ok(key)
+}
+
+fn parse_pem_private_key(text: &str) -> Result<PrivateKey, String> {
+    use p256::elliptic_curve::sec1::ToSec1Point;
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::pkcs8::DecodePrivateKey;
+    use ssh_key::private::{EcdsaKeypair, KeypairData, RsaKeypair};
+    let rsa_key = |k: rsa::RsaPrivateKey| -> Result<PrivateKey, String> {
+        let pair = RsaKeypair::try_from(k).map_err(|e| format!("RSA key: {e}"))?;
+        PrivateKey::new(KeypairData::Rsa(pair), "").map_err(|e| e.to_string())
+    };
+    let ecdsa = |pair: EcdsaKeypair| -> Result<PrivateKey, String> {
+        PrivateKey::new(KeypairData::Ecdsa(pair), "").map_err(|e| e.to_string())
+    };
+    if text.starts_with("-----BEGIN RSA PRIVATE KEY-----") {
+        if text.contains("ENCRYPTED") {
+            return Err(
+                "the PEM key is protected by a passphrase; burrow needs a key without one".into(),
+            );
+        }
+        let k =
+            rsa::RsaPrivateKey::from_pkcs1_pem(text).map_err(|e| format!("PKCS#1 RSA key: {e}"))?;
+        return rsa_key(k);
+    }
+    if let Ok(k) = rsa::RsaPrivateKey::from_pkcs8_pem(text) {
+        return rsa_key(k);
+    }
+    let p256 =
+        p256::SecretKey::from_pkcs8_pem(text).or_else(|_| p256::SecretKey::from_sec1_pem(text));
+    if let Ok(k) = p256 {
+        return ecdsa(EcdsaKeypair::NistP256 {
+            public: k.public_key().to_sec1_point(false),
+            private: k.into(),
+        });
+    }
+    let p384 =
+        p384::SecretKey::from_pkcs8_pem(text).or_else(|_| p384::SecretKey::from_sec1_pem(text));
+    if let Ok(k) = p384 {
+        return ecdsa(EcdsaKeypair::NistP384 {
+            public: k.public_key().to_sec1_point(false),
+            private: k.into(),
+        });
+    }
+    let p521 =
+        p521::SecretKey::from_pkcs8_pem(text).or_else(|_| p521::SecretKey::from_sec1_pem(text));
+    if let Ok(k) = p521 {
+        return ecdsa(EcdsaKeypair::NistP521 {
+            public: k.public_key().to_sec1_point(false),
+            private: k.into(),
+        });
+    }
+    Err("a PEM private key that is neither RSA nor ECDSA P-256/384/521 (or is encrypted)".into())
 }
 
 /// Generates a new ed25519 key pair.
@@ -211,6 +278,7 @@ mod pem_tests {
             ("rsa_pkcs1", &["-t", "rsa", "-b", "2048", "-m", "PEM"][..]),
             ("rsa_pkcs8", &["-t", "rsa", "-b", "2048", "-m", "PKCS8"][..]),
             ("ecdsa_pkcs8", &["-t", "ecdsa", "-m", "PKCS8"][..]),
+            ("ecdsa_sec1", &["-t", "ecdsa", "-b", "384", "-m", "PEM"][..]),
         ] {
             let path = dir.join(name);
             let ok = std::process::Command::new("ssh-keygen")
@@ -221,7 +289,11 @@ mod pem_tests {
                 .expect("ssh-keygen is installed (./test.sh installs openssh-client)");
             assert!(ok.success(), "{name}");
             let text = std::fs::read_to_string(&path).unwrap();
-            super::parse_private_key(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let key = super::parse_private_key(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            // The same public key as ssh-keygen derives from the file.
+            let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+            let public = super::parse_public_key(&public).unwrap();
+            assert_eq!(key.public_key().key_data(), public.key_data(), "{name}");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

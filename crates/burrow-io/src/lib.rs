@@ -1,9 +1,8 @@
 //! Shared I/O pieces of burrow: SSH key files and fingerprints, and splicing SSH channels to
-//! sockets or to other channels with bounded buffers.
+//! sockets or to other channels.
 //!
 //! # Layout
-//! - [`activity`]: a stream wrapper that records when bytes last moved each way.
-//! - [`cut`]: a stream wrapper that ends a session at once (takeover, revocation, timeouts).
+//! - [`activity`]: when bytes last moved each way on a connection.
 //! - [`first_bytes`]: a stream wrapper that keeps what the peer sent first (its SSH banner).
 //! - [`keys`]: loading, generating and fingerprinting SSH keys; key file permission checks.
 //! - [`splice`]: copying both ways between channels and TCP streams, honouring half-close.
@@ -11,7 +10,6 @@
 #![warn(missing_docs)]
 
 pub mod activity;
-pub mod cut;
 pub mod first_bytes;
 pub mod keys;
 pub mod splice;

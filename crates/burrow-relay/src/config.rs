@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use russh::keys::PrivateKey;
-use russh::{MethodKind, MethodSet, SshId};
+use std::sync::Arc;
+
+use burrow_ssh::auth::method;
+use burrow_ssh::kex::HostKey;
 
 /// Start of the SSH identification string of burrow's relay and agent (`SSH-2.0-burrow_0.1.0`).
 pub const BURROW_SSH_ID_PREFIX: &str = "SSH-2.0-burrow_";
@@ -30,8 +32,8 @@ pub const DEFAULT_AUDIT_KEEP: Duration = Duration::from_secs(365 * 86_400);
 pub const DEFAULT_AUDIT_MAX_ROWS: u64 = 1_000_000;
 /// How often the audit retention is applied.
 pub const DEFAULT_AUDIT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
-/// Key exchanges renewed by time at most this often (and after every GiB either way, russh's
-/// default): AES-GCM and ChaCha20-Poly1305 need no hourly rekey, OpenSSH rekeys by volume only,
+/// Key exchanges renewed by time at most this often (and after every GiB either way, as
+/// OpenSSH does): AES-GCM and ChaCha20-Poly1305 need no hourly rekey, OpenSSH rekeys by volume only,
 /// and on an idle cellular session each one costs a few kilobytes.
 pub const REKEY_TIME_LIMIT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Time a new connection has to send its SSH identification line.
@@ -53,12 +55,20 @@ pub const DEFAULT_AUTH_REJECTION_TIME: Duration = Duration::from_secs(1);
 /// Time to wait for sessions to end at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// The authentication methods the relay offers, and keeps offering after a failure.
-pub(crate) fn auth_methods() -> MethodSet {
-    let mut methods = MethodSet::empty();
-    methods.push(MethodKind::PublicKey);
-    methods.push(MethodKind::Password);
-    methods
+/// Key exchanges renewed after this many bytes either way.
+pub const REKEY_BYTES: u64 = 1 << 30;
+/// Failed authentication attempts before a connection is cut.
+pub const MAX_AUTH_ATTEMPTS: u32 = 6;
+
+/// The authentication methods the relay offers, and keeps offering after a failure: a key, or
+/// an operator's password typed at `password` or at keyboard-interactive's prompt (PuTTY and
+/// TeraTerm ask that way).
+pub(crate) fn auth_methods() -> Vec<&'static str> {
+    vec![
+        method::PUBLICKEY,
+        method::PASSWORD,
+        method::KEYBOARD_INTERACTIVE,
+    ]
 }
 
 /// How a relay runs.
@@ -88,8 +98,6 @@ pub struct RelayConfig {
     pub console_escape: [u8; 2],
     /// Connections one `allow-listen` listener carries at once.
     pub max_listener_connections: usize,
-    /// A stream from a stock `ssh -R` device whose receiver takes nothing for this long is cut.
-    pub stalled_stream_timeout: Duration,
     /// Largest single console recording, in bytes.
     pub recording_max_bytes: u64,
     /// Largest total of all console recordings, in bytes.
@@ -124,7 +132,6 @@ impl RelayConfig {
             auth_rejection_time: DEFAULT_AUTH_REJECTION_TIME,
             console_escape: burrow_proto::escape::DEFAULT_PREFIX,
             max_listener_connections: DEFAULT_MAX_LISTENER_CONNECTIONS,
-            stalled_stream_timeout: burrow_io::splice::DEFAULT_STALL_TIMEOUT,
             recording_max_bytes: DEFAULT_RECORDING_MAX_BYTES,
             recordings_max_total: DEFAULT_RECORDINGS_MAX_TOTAL,
             require_recordings: false,
@@ -136,41 +143,22 @@ impl RelayConfig {
         }
     }
 
-    pub(crate) fn ssh_config(&self, host_key: PrivateKey) -> russh::server::Config {
-        let defaults = russh::Preferred::default();
-        // `server-sig-algs` lists these: no SHA-1 `ssh-rsa`; RSA keys sign with rsa-sha2-256/512.
-        let key: Vec<russh::keys::Algorithm> = defaults
-            .key
-            .iter()
-            .filter(|a| !matches!(a, russh::keys::Algorithm::Rsa { hash: None }))
-            .cloned()
-            .collect();
-        russh::server::Config {
-            preferred: russh::Preferred {
-                key: key.into(),
-                ..defaults
-            },
-            server_id: SshId::Standard(
-                format!("{BURROW_SSH_ID_PREFIX}{}", env!("CARGO_PKG_VERSION")).into(),
-            ),
-            methods: auth_methods(),
-            auth_rejection_time: self.auth_rejection_time,
-            // OpenSSH probes with "none" first; answering that at once costs nothing.
-            auth_rejection_time_initial: Some(Duration::ZERO),
-            keys: vec![host_key],
-            // Liveness is watched outside russh: agents by their declared schedule, stock clients
-            // by TCP keepalive. russh's keepalive would cost an idle cellular device a request
-            // and an answer every interval whatever the agent does.
-            keepalive_interval: None,
-            // An idle device is not a dead one.
-            inactivity_timeout: None,
-            limits: russh::Limits {
-                rekey_time_limit: REKEY_TIME_LIMIT,
-                ..Default::default()
-            },
-            max_auth_attempts: 6,
-            nodelay: true,
-            ..Default::default()
+    /// The SSH transport settings of one connection.
+    pub(crate) fn transport(&self, host_key: Arc<HostKey>) -> burrow_ssh::transport::Config {
+        burrow_ssh::transport::Config {
+            role: burrow_ssh::transport::Role::Server,
+            software: format!("burrow_{}", env!("CARGO_PKG_VERSION")),
+            comment: None,
+            ciphers: burrow_ssh::crypto::CIPHERS
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            host_key: Some(host_key),
+            host_key_check: None,
+            rekey_bytes: REKEY_BYTES,
+            rekey_time: REKEY_TIME_LIMIT,
+            // `server-sig-algs`: no SHA-1 `ssh-rsa`; RSA keys sign with rsa-sha2-256/512.
+            ext_info: None,
         }
     }
 }

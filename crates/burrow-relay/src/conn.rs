@@ -1,4 +1,4 @@
-//! The russh handler of one connection: authentication, then dispatch to device or operator rules.
+//! The SSH handler of one connection: authentication, then dispatch to device or operator rules.
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burrow_io::activity::Activity;
-use burrow_io::splice::Flow;
+use burrow_io::keys::PublicKey;
 use burrow_proto::liveness::Schedule;
 use burrow_proto::name::Login;
-use russh::keys::PublicKey;
-use russh::server::{Auth, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, ChannelOpenFailure};
+use burrow_ssh::auth::{Decision, Question};
+use burrow_ssh::channel::{GlobalRequest, OpenKind, open_failure};
+use burrow_ssh::driver::{GlobalAnswer, Handle, Handler, Offer};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -69,16 +69,14 @@ impl Conn {
         }
     }
 
-    fn reject(&self, login: &str, why: &str) -> Auth {
+    /// Audits a refusal; every method stays open until the attempt limit, so a mistyped
+    /// password does not leave a PuTTY or OpenSSH user with "Permission denied (publickey)"
+    /// and no second try.
+    fn reject(&self, login: &str, why: &str) -> Decision {
         self.relay
             .audit
             .record("auth", login, &self.peer.to_string(), Outcome::Denied, why);
-        // Both methods stay open until the attempt limit: a mistyped password must not leave a
-        // PuTTY or OpenSSH user with "Permission denied (publickey)" and no second try.
-        Auth::Reject {
-            proceed_with_methods: Some(crate::config::auth_methods()),
-            partial_success: false,
-        }
+        Decision::Reject
     }
 
     /// Checks a public key for `user` without changing state.
@@ -110,12 +108,12 @@ impl Conn {
         Err(format!("key {fp} is not registered for {user}"))
     }
 
-    fn become_operator(&mut self, login: Login, method: &str) -> Result<Auth, russh::Error> {
+    fn become_operator(&mut self, login: Login, method: &str) -> Decision {
         let name = login.principal().to_string();
         match self.relay.store.operator(&name) {
             Ok(Some(_)) => {}
-            Ok(None) => return Ok(self.reject(&login.to_string(), "operator vanished")),
-            Err(e) => return Ok(self.reject(&login.to_string(), &e.to_string())),
+            Ok(None) => return self.reject(&login.to_string(), "operator vanished"),
+            Err(e) => return self.reject(&login.to_string(), &e.to_string()),
         }
         self.relay.audit.record(
             "auth",
@@ -131,41 +129,11 @@ impl Conn {
         ));
         self.relay.operators.insert(op.clone());
         self.principal = Principal::Operator(op);
-        Ok(Auth::Accept)
-    }
-}
-
-enum KeyMatch {
-    Device(String, String),
-    Operator(Login, String),
-}
-
-impl Handler for Conn {
-    type Error = russh::Error;
-
-    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
-        Ok(Auth::reject())
+        Decision::Accept
     }
 
-    async fn auth_publickey_offered(
-        &mut self,
-        user: &str,
-        offer: PublicKeyOffer<'_>,
-    ) -> Result<Auth, Self::Error> {
-        // Refusing here spares the signature; each refused key counts as a failed attempt
-        // (bounded by max_auth_attempts per connection).
-        Ok(match self.key_allowed(user, offer.public_key) {
-            Ok(_) => Auth::Accept,
-            Err(why) => self.reject(user, &why),
-        })
-    }
-
-    async fn auth_publickey(
-        &mut self,
-        user: &str,
-        key: VerifiedPublicKey<'_>,
-    ) -> Result<Auth, Self::Error> {
-        match self.key_allowed(user, key.public_key) {
+    fn key(&mut self, user: &str, key: &PublicKey) -> Decision {
+        match self.key_allowed(user, key) {
             Ok(KeyMatch::Device(name, fp)) => {
                 self.relay.audit.record(
                     "auth",
@@ -179,17 +147,17 @@ impl Handler for Conn {
                     key_fingerprint: fp,
                     session: None,
                 };
-                Ok(Auth::Accept)
+                Decision::Accept
             }
             Ok(KeyMatch::Operator(login, _fp)) => self.become_operator(login, "public key"),
-            Err(why) => Ok(self.reject(user, &why)),
+            Err(why) => self.reject(user, &why),
         }
     }
 
-    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+    async fn password(&mut self, user: &str, password: &str, method: &str) -> Decision {
         let login = match Login::parse(user) {
             Ok(l) => l,
-            Err(e) => return Ok(self.reject(user, &e.to_string())),
+            Err(e) => return self.reject(user, &e.to_string()),
         };
         let name = login.principal().to_string();
         let ip = self.peer.ip();
@@ -198,24 +166,24 @@ impl Handler for Conn {
             Ok(Some(l)) => l,
             Ok(None) => {
                 throttle.failed(ip, None, Instant::now());
-                return Ok(self.reject(
+                return self.reject(
                     user,
                     "password login: no operator with a password of that name",
-                ));
+                );
             }
-            Err(e) => return Ok(self.reject(user, &e.to_string())),
+            Err(e) => return self.reject(user, &e.to_string()),
         };
         if let Some(until) = login_state.locked_until {
-            return Ok(self.reject(
+            return self.reject(
                 user,
                 &format!(
                     "password login locked until {} after repeated wrong passwords (lift it with `burrow relay operator unlock {name}`)",
                     burrow_proto::time::format_rfc3339(until)
                 ),
-            ));
+            );
         }
         let Some(_checking) = throttle.begin(ip) else {
-            return Ok(self.reject(user, "too many password checks at once from this address"));
+            return self.reject(user, "too many password checks at once from this address");
         };
         // Each failure makes the next guess (from this address, or at this operator) wait longer.
         let delay = throttle.delay(ip, &name, Instant::now());
@@ -230,7 +198,7 @@ impl Handler for Conn {
                 .unwrap_or(false);
         if ok {
             throttle.succeeded(ip, &name);
-            return self.become_operator(login, "password");
+            return self.become_operator(login, method);
         }
         let in_a_row = throttle.failed(ip, Some(&name), Instant::now());
         let config = &self.relay.config;
@@ -252,20 +220,53 @@ impl Handler for Conn {
                 ),
             );
         }
-        Ok(self.reject(user, "wrong password"))
+        self.reject(user, "wrong password")
+    }
+}
+
+enum KeyMatch {
+    Device(String, String),
+    Operator(Login, String),
+}
+
+impl Handler for Conn {
+    async fn auth(&mut self, question: Question) -> Decision {
+        let decision = match &question {
+            // Refusing a key before its signature spares one; each refusal counts as a
+            // failed attempt (bounded per connection).
+            Question::KeyQuery { user, key } => match self.key_allowed(user, key) {
+                Ok(_) => Decision::Accept,
+                Err(why) => self.reject(user, &why),
+            },
+            Question::Key { user, key } => self.key(user, key),
+            Question::Password {
+                user,
+                password,
+                method,
+            } => self.password(user, password, method).await,
+        };
+        if decision == Decision::Reject {
+            // Failures are answered after a pause, as sshd does: guessing costs time.
+            tokio::time::sleep(self.relay.config.auth_rejection_time).await;
+        }
+        decision
     }
 
-    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+    fn auth_refused(&mut self, user: &str, why: &str) {
+        let user = burrow_proto::text::clean(user, burrow_proto::text::MAX_NAME_CHARS);
+        self.relay
+            .audit
+            .record("auth", &user, &self.peer.to_string(), Outcome::Denied, why);
+    }
+
+    async fn authenticated(&mut self, _user: &str, handle: &Handle) {
         self.permit = None;
-        let burrow = session
-            .remote_sshid()
-            .starts_with(crate::config::BURROW_SSH_ID_PREFIX.as_bytes());
+        let peer_id = handle.peer_id().map(|id| id.line).unwrap_or_default();
+        let burrow = peer_id.starts_with(crate::config::BURROW_SSH_ID_PREFIX);
         // An agent that declared its keepalive schedule is watched by its silence alone; every
         // other client keeps the TCP keepalive set at accept.
         let schedule = match &self.principal {
-            Principal::Device { .. } if burrow => {
-                Schedule::from_ssh_id(&String::from_utf8_lossy(session.remote_sshid()))
-            }
+            Principal::Device { .. } if burrow => Schedule::from_ssh_id(&peer_id),
             _ => None,
         };
         if let (Some(_), Some(socket)) = (&schedule, &self.socket)
@@ -275,7 +276,7 @@ impl Handler for Conn {
         }
         self.socket = None;
         if let Principal::Operator(op) = &self.principal {
-            let _ = op.handle.set(session.handle());
+            let _ = op.handle.set(handle.clone());
         }
         if let Some(tx) = self.authed.take() {
             let _ = tx.send(());
@@ -288,14 +289,8 @@ impl Handler for Conn {
         {
             let carrier = crate::registry::Carrier {
                 peer: self.peer,
-                handle: session.handle(),
+                handle: handle.clone(),
                 cut: self.cut.clone(),
-                // Both ends speak burrow's stream credit only when the device runs the agent.
-                flow: if burrow {
-                    Flow::Credit
-                } else {
-                    Flow::Capped(self.relay.config.stalled_stream_timeout)
-                },
                 activity: self.activity.clone(),
                 schedule,
             };
@@ -308,21 +303,17 @@ impl Handler for Conn {
             *slot = Some(dev.clone());
             crate::device::came_online(&self.relay, dev);
         }
-        Ok(())
     }
 
-    async fn channel_open_session(
-        &mut self,
-        channel: Channel<Msg>,
-        reply: russh::server::ChannelOpenHandle,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        match &self.principal {
-            Principal::Operator(op) => {
-                reply.accept().await;
-                crate::operator::session_opened(self.relay.clone(), op.clone(), channel);
-            }
-            Principal::Device { name, .. } => {
+    async fn channel_open(&mut self, kind: OpenKind, offer: Offer) {
+        match (kind, &self.principal) {
+            (OpenKind::Session, Principal::Operator(op)) => match offer.accept() {
+                Ok(channel) => {
+                    crate::operator::session_opened(self.relay.clone(), op.clone(), channel)
+                }
+                Err(e) => tracing::debug!("session channel lost before it opened: {e}"),
+            },
+            (OpenKind::Session, Principal::Device { name, .. }) => {
                 self.relay.audit.record(
                     "session",
                     name,
@@ -330,159 +321,80 @@ impl Handler for Conn {
                     Outcome::Denied,
                     "devices get no shell, exec or pty",
                 );
-                reply
-                    .reject(ChannelOpenFailure::Other {
-                        code: 1,
-                        reason: "devices get no session on the relay".into(),
-                    })
-                    .await;
+                offer.reject(
+                    open_failure::PROHIBITED,
+                    "devices get no session on the relay",
+                );
             }
-            Principal::Nobody => {}
-        }
-        Ok(())
-    }
-
-    async fn exec_request(
-        &mut self,
-        channel: ChannelId,
-        _data: &[u8],
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        match &self.principal {
-            // The command itself is run by the task that owns the channel.
-            Principal::Operator(_) => session.channel_success(channel)?,
-            _ => session.channel_failure(channel)?,
-        }
-        Ok(())
-    }
-
-    async fn shell_request(
-        &mut self,
-        channel: ChannelId,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        match &self.principal {
-            Principal::Operator(_) => session.channel_success(channel)?,
-            _ => session.channel_failure(channel)?,
-        }
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn pty_request(
-        &mut self,
-        channel: ChannelId,
-        _term: &str,
-        _col_width: u32,
-        _row_height: u32,
-        _pix_width: u32,
-        _pix_height: u32,
-        _modes: &[(russh::Pty, u32)],
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        match self.principal {
-            Principal::Operator(_) => session.channel_success(channel)?,
-            _ => session.channel_failure(channel)?,
-        }
-        Ok(())
-    }
-
-    async fn x11_request(
-        &mut self,
-        channel: ChannelId,
-        _single_connection: bool,
-        _x11_auth_protocol: &str,
-        _x11_auth_cookie: &str,
-        _x11_screen_number: u32,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        // Nothing on the relay draws windows, and a forwarded display is a way into the client.
-        tracing::info!("X11 forwarding refused: the relay forwards no displays");
-        session.channel_failure(channel)?;
-        Ok(())
-    }
-
-    async fn subsystem_request(
-        &mut self,
-        channel: ChannelId,
-        name: &str,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        let name = burrow_proto::text::clean(name, burrow_proto::text::MAX_NAME_CHARS);
-        tracing::info!("subsystem {name:?} refused: the relay offers none");
-        session.channel_failure(channel)?;
-        Ok(())
-    }
-
-    async fn tcpip_forward(
-        &mut self,
-        address: &str,
-        port: &mut u32,
-        _session: &mut Session,
-    ) -> Result<bool, Self::Error> {
-        match &self.principal {
-            Principal::Device {
-                session: Some(dev), ..
-            } => Ok(crate::device::forward(&self.relay, dev, address, port).await),
-            _ => {
-                tracing::info!("tcpip-forward refused: only devices expose endpoints");
-                Ok(false)
+            (
+                OpenKind::DirectTcpip {
+                    host,
+                    port,
+                    originator,
+                    originator_port,
+                },
+                principal,
+            ) => {
+                let request = crate::operator::StreamRequest {
+                    host,
+                    port,
+                    originator: format!("{originator}:{originator_port}"),
+                    originator_address: originator,
+                    originator_port,
+                };
+                match principal {
+                    Principal::Operator(op) => {
+                        crate::operator::open_stream(self.relay.clone(), op.clone(), request, offer)
+                    }
+                    Principal::Device {
+                        session: Some(dev), ..
+                    } => {
+                        crate::device::open_stream(self.relay.clone(), dev.clone(), request, offer)
+                    }
+                    _ => offer.reject(open_failure::PROHIBITED, "not authenticated"),
+                }
+            }
+            (kind, _) => {
+                tracing::info!("channel type {} refused", kind.name());
+                offer.reject(
+                    open_failure::UNKNOWN_CHANNEL_TYPE,
+                    "the relay opens session and direct-tcpip channels only",
+                );
             }
         }
     }
 
-    async fn cancel_tcpip_forward(
-        &mut self,
-        address: &str,
-        port: u32,
-        _session: &mut Session,
-    ) -> Result<bool, Self::Error> {
-        match &self.principal {
+    async fn global_request(&mut self, request: GlobalRequest) -> GlobalAnswer {
+        let dev = match &self.principal {
             Principal::Device {
                 session: Some(dev), ..
-            } => Ok(crate::device::cancel_forward(
-                &self.relay,
-                dev,
-                address,
-                port,
-            )),
-            _ => Ok(false),
-        }
-    }
-
-    async fn channel_open_direct_tcpip(
-        &mut self,
-        channel: Channel<Msg>,
-        host_to_connect: &str,
-        port_to_connect: u32,
-        originator_address: &str,
-        originator_port: u32,
-        reply: russh::server::ChannelOpenHandle,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        let request = crate::operator::StreamRequest {
-            host: host_to_connect.to_string(),
-            port: port_to_connect,
-            originator: format!("{originator_address}:{originator_port}"),
-            originator_address: originator_address.to_string(),
-            originator_port,
+            } => Some(dev.clone()),
+            _ => None,
         };
-        match &self.principal {
-            Principal::Operator(op) => crate::operator::open_stream(
-                self.relay.clone(),
-                op.clone(),
-                request,
-                channel,
-                reply,
-            ),
-            Principal::Device {
-                session: Some(dev), ..
-            } => {
-                crate::device::open_stream(self.relay.clone(), dev.clone(), request, channel, reply)
+        match (request, dev) {
+            (GlobalRequest::TcpipForward { address, port }, Some(dev)) => {
+                let asked = port;
+                let mut port = port;
+                if crate::device::forward(&self.relay, &dev, &address, &mut port).await {
+                    // The port goes back only when the client asked for any (RFC 4254 §7.1).
+                    GlobalAnswer::Success((asked == 0).then_some(port))
+                } else {
+                    GlobalAnswer::Failure
+                }
             }
-            _ => {}
+            (GlobalRequest::CancelTcpipForward { address, port }, Some(dev)) => {
+                if crate::device::cancel_forward(&self.relay, &dev, &address, port) {
+                    GlobalAnswer::Success(None)
+                } else {
+                    GlobalAnswer::Failure
+                }
+            }
+            (GlobalRequest::TcpipForward { .. }, None) => {
+                tracing::info!("tcpip-forward refused: only devices expose endpoints");
+                GlobalAnswer::Failure
+            }
+            _ => GlobalAnswer::Failure,
         }
-        Ok(())
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use russh::keys::PrivateKey;
+use burrow_io::keys::PrivateKey;
 
 use crate::RelayError;
 

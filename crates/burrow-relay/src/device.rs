@@ -3,10 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burrow_io::splice::{End, splice};
+use burrow_io::splice::splice;
 use burrow_proto::REPLACED_PREFIX;
-use russh::Channel;
-use russh::server::{ChannelOpenHandle, Msg};
+use burrow_ssh::driver::{Channel, Offer};
 use tokio::net::TcpStream;
 
 use crate::Relay;
@@ -52,13 +51,10 @@ pub(crate) fn came_online(relay: &Relay, dev: Arc<DeviceSession>) {
             dev.name
         );
         tokio::spawn(async move {
-            let told = old
-                .handle
-                .disconnect(russh::Disconnect::ByApplication, why, String::new());
-            let _ = tokio::time::timeout(Duration::from_millis(500), told).await;
+            old.handle.disconnect(&why);
             // A live peer reads the reason and the session ends by itself; a frozen one gets
             // a moment for the packet to leave, then the socket is cut.
-            let _ = tokio::time::timeout(Duration::from_millis(200), old.cut.cancelled()).await;
+            let _ = tokio::time::timeout(Duration::from_millis(700), old.handle.closed()).await;
             old.cut.cancel();
         });
     }
@@ -242,15 +238,14 @@ pub(crate) fn open_stream(
     relay: Arc<Relay>,
     dev: Arc<DeviceSession>,
     req: StreamRequest,
-    channel: Channel<Msg>,
-    reply: ChannelOpenHandle,
+    offer: Offer,
 ) {
     let relay2 = relay.clone();
     relay.tracker.spawn(async move {
         let target = format!("{}:{}", req.host, req.port);
         let name = dev.name.clone();
         if req.originator_address == burrow_proto::PROBE_ORIGIN {
-            return routed_probe(&relay2, &dev, &req, reply).await;
+            return routed_probe(&relay2, &dev, &req, offer).await;
         }
         let result = connect(&relay2, &dev, &req).await;
         let peer = match result {
@@ -263,19 +258,23 @@ pub(crate) fn open_stream(
                     refusal.outcome(),
                     &refusal.reason,
                 );
-                return refusal.send(reply).await;
+                return refusal.send(offer);
             }
         };
-        reply.accept().await;
+        let Ok(own) = offer.accept() else {
+            return;
+        };
         let started = Instant::now();
         let probe = matches!(peer, Peer::Endpoint(_, true));
         // A probe every minute per device would swamp the audit trail; the agent's status
         // carries its result.
         let row = (!probe).then(|| relay2.audit.open("device-connect", &name, &target, ""));
-        let own = End::Shared(channel, dev.flow);
         let (transfer, result) = match peer {
-            Peer::Endpoint(ch, _) => splice(own, End::Shared(ch, dev.flow)).await,
-            Peer::Tcp(tcp) => splice(own, End::<Msg>::Tcp(tcp)).await,
+            Peer::Endpoint(ch, _) => splice(own, ch).await,
+            Peer::Tcp(tcp) => {
+                let _ = tcp.set_nodelay(true);
+                splice(own, tcp).await
+            }
         };
         let (outcome, detail) = stream_summary(transfer.b_to_a, transfer.a_to_b, started, &result);
         match row {
@@ -289,12 +288,7 @@ pub(crate) fn open_stream(
 /// stream goes (by name, through the registry), carrying the probe's nonce; the agent refuses
 /// that stream as its answer, and the probe's own open is refused with the outcome. Probes are
 /// not audited: the agent's status carries them.
-async fn routed_probe(
-    relay: &Relay,
-    dev: &DeviceSession,
-    req: &StreamRequest,
-    reply: ChannelOpenHandle,
-) {
+async fn routed_probe(relay: &Relay, dev: &DeviceSession, req: &StreamRequest, offer: Offer) {
     let internal = u16::try_from(req.port)
         .ok()
         .and_then(|p| dev.endpoint(p))
@@ -315,24 +309,19 @@ async fn routed_probe(
         {
             // An agent of before the routed probe accepts the stream: close it at once.
             Ok((_, channel)) => {
-                let _ = channel.close().await;
+                channel.close();
                 "probe stream accepted and closed".into()
             }
             Err(refusal) => refusal.reason,
         }
     };
     tracing::debug!(device = %dev.name, "probe: {outcome}");
-    reply
-        .reject(russh::ChannelOpenFailure::Other {
-            code: CONNECT_FAILED,
-            reason: outcome,
-        })
-        .await;
+    offer.reject(CONNECT_FAILED, &outcome);
 }
 
 enum Peer {
     /// One of the device's own endpoints; true when it is the internal probe endpoint.
-    Endpoint(Channel<Msg>, bool),
+    Endpoint(Channel, bool),
     Tcp(TcpStream),
 }
 

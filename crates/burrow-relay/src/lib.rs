@@ -14,7 +14,7 @@
 //! - [`registry`]: online device sessions, endpoints, takeover.
 //! - `gate`: caps and rates of unauthenticated connections; room made by cutting the oldest.
 //! - `server`: the accept loop and per-connection task.
-//! - `conn`: the russh handler: authentication and request dispatch.
+//! - `conn`: the SSH handler of one connection: authentication and request dispatch.
 //! - `device`: what devices may ask for (forwards, allowed targets).
 //! - `operator`: what operators may ask for (endpoint streams, `ls`).
 //! - `operator_session`: operator connections and what each has open (for revocation).
@@ -44,7 +44,8 @@ mod throttle;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use russh::keys::PrivateKey;
+use burrow_io::keys::PrivateKey;
+use burrow_ssh::kex::HostKey;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -77,7 +78,8 @@ pub struct Relay {
     hubs: console::Hubs,
     recording_limits: console::recording::Limits,
     gate: gate::Gate,
-    ssh: Arc<russh::server::Config>,
+    /// The host key as the SSH layer signs with it.
+    ssh_host_key: Arc<HostKey>,
     host_key: PrivateKey,
     tracker: TaskTracker,
     next_id: AtomicU64,
@@ -108,7 +110,17 @@ impl Relay {
                 "{interrupted} audit entries (streams, device sessions) were left open by the previous run; marked interrupted"
             );
         }
-        let ssh = Arc::new(config.ssh_config(host_key.clone()));
+        let ssh_host_key = host_key
+            .key_data()
+            .ed25519()
+            .and_then(|k| HostKey::from_seed(k.private.as_ref()))
+            .map(Arc::new)
+            .ok_or_else(|| {
+                RelayError::DataDir(format!(
+                    "the host key in {} is not an ed25519 key",
+                    config.data_dir.display()
+                ))
+            })?;
         Ok(Arc::new(Relay {
             audit: audit::Audit::new(store.clone()),
             gate: gate::Gate::new(
@@ -128,7 +140,7 @@ impl Relay {
                 config.recordings_max_total,
             ),
             store,
-            ssh,
+            ssh_host_key,
             host_key,
             tracker: TaskTracker::new(),
             next_id: AtomicU64::new(1),

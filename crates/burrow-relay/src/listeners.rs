@@ -8,8 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use burrow_io::splice::{End, splice};
-use russh::server::Msg;
+use burrow_io::splice::splice;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -171,8 +170,8 @@ async fn serve(
                 crate::operator::Asker::Operator,
             )
             .await;
-            let (channel, flow) = match opened {
-                Ok((dev, ch)) => (ch, dev.flow),
+            let channel = match opened {
+                Ok((_, ch)) => ch,
                 Err(r) => {
                     relay2
                         .audit
@@ -182,7 +181,8 @@ async fn serve(
             };
             let started = Instant::now();
             let row = relay2.audit.open("stream", &who, &target, "");
-            let (t, result) = splice(End::<Msg>::Tcp(tcp), End::Shared(channel, flow)).await;
+            let _ = tcp.set_nodelay(true);
+            let (t, result) = splice(tcp, channel).await;
             let (outcome, detail) = stream_summary(t.a_to_b, t.b_to_a, started, &result);
             row.close(outcome, &detail);
         });

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burrow_io::splice::{End, SpliceError, splice_until};
+use burrow_io::splice::splice_until;
 use burrow_proto::glob::any_matches;
 use burrow_proto::name::{Login, is_valid_name};
 use burrow_proto::time::{format_rfc3339, format_utc_minutes};
-use russh::server::{ChannelOpenHandle, Msg};
-use russh::{Channel, ChannelMsg, ChannelOpenFailure};
+use burrow_ssh::channel::{OpenKind, Request};
+use burrow_ssh::driver::{Channel, ChannelMsg, Offer};
 
 use crate::Relay;
 use crate::audit::{Outcome, stream_summary};
@@ -55,13 +55,8 @@ impl Refusal {
         }
     }
 
-    pub(crate) async fn send(self, reply: ChannelOpenHandle) {
-        reply
-            .reject(ChannelOpenFailure::Other {
-                code: self.code,
-                reason: self.reason,
-            })
-            .await;
+    pub(crate) fn send(self, offer: Offer) {
+        offer.reject(self.code, &self.reason);
     }
 }
 
@@ -93,7 +88,7 @@ pub(crate) async fn open_endpoint(
     originator_address: &str,
     originator_port: u32,
     asker: Asker,
-) -> Result<(Arc<DeviceSession>, Channel<Msg>), Refusal> {
+) -> Result<(Arc<DeviceSession>, Channel), Refusal> {
     let Some(dev) = relay.registry.get(device) else {
         return match relay.store.device_exists(device) {
             Ok(true) => Err(Refusal::new(CONNECT_FAILED, offline_reason(relay, device))),
@@ -131,12 +126,12 @@ pub(crate) async fn open_endpoint(
             ),
         ));
     };
-    let open = dev.handle.channel_open_forwarded_tcpip(
-        ep.bind.clone(),
-        u32::from(port),
-        originator_address,
+    let open = dev.handle.open(OpenKind::ForwardedTcpip {
+        address: ep.bind.clone(),
+        port: u32::from(port),
+        originator: originator_address.to_string(),
         originator_port,
-    );
+    });
     // A session being replaced (its device reconnected) is told why before it is cut; what
     // waits on it fails at once rather than with it.
     let open = async {
@@ -179,8 +174,7 @@ pub(crate) fn open_stream(
     relay: Arc<Relay>,
     op: Arc<OperatorSession>,
     req: StreamRequest,
-    channel: Channel<Msg>,
-    reply: ChannelOpenHandle,
+    offer: Offer,
 ) {
     let who = op.name().to_string();
     let target = format!("{}:{}", req.host, req.port);
@@ -195,7 +189,7 @@ pub(crate) fn open_stream(
         };
         let (device, port) = match checked {
             Ok(t) => t,
-            Err(r) => return refuse(&relay2, r).send(reply).await,
+            Err(r) => return refuse(&relay2, r).send(offer),
         };
         let opened = open_endpoint(
             &relay2,
@@ -208,46 +202,22 @@ pub(crate) fn open_stream(
         .await;
         let (dev, dev_channel) = match opened {
             Ok(o) => o,
-            Err(r) => return refuse(&relay2, r).send(reply).await,
+            Err(r) => return refuse(&relay2, r).send(offer),
         };
-        reply.accept().await;
+        let Ok(channel) = offer.accept() else {
+            return;
+        };
         let started = Instant::now();
         let via = format!("from {} via session {}", req.originator, dev.id);
         let row = relay2.audit.open("stream", &who, &target, &via);
         let guard = op.track(&relay2, &device, false);
-        // The operator's connection carries this stream alone: plain backpressure there.
-        let (transfer, result) = splice_until(
-            End::Channel(channel),
-            End::Shared(dev_channel, dev.flow),
-            guard.stop.cancelled(),
-        )
-        .await;
+        // Each stream has its own window on both connections: a slow reader holds back
+        // this stream only.
+        let (transfer, result) = splice_until(channel, dev_channel, guard.stop.cancelled()).await;
         let (outcome, summary) = stream_summary(transfer.a_to_b, transfer.b_to_a, started, &result);
         row.close(outcome, &format!("{via}: {summary}"));
         drop(guard);
-        if let Err(e @ SpliceError::Stalled(..)) = &result {
-            tell_cut(&op, &target, e).await;
-        }
     });
-}
-
-/// A cut stream must not look like a finished one. A channel closed without EOF looks, to
-/// OpenSSH's `ssh -W` and `-J`, like a normal end (exit status 0); a disconnect with a reason
-/// is printed ("Received disconnect from ...: burrow: ...") and makes ssh exit with 255. So
-/// when the cut stream was the connection's only one, the connection ends with the reason.
-async fn tell_cut(op: &OperatorSession, target: &str, why: &SpliceError) {
-    if op.has_open_uses() {
-        return;
-    }
-    if let Some(handle) = op.handle.get() {
-        let _ = handle
-            .disconnect(
-                russh::Disconnect::ByApplication,
-                format!("burrow: stream to {target} cut: {why}"),
-                String::new(),
-            )
-            .await;
-    }
 }
 
 fn check_stream(
@@ -400,21 +370,32 @@ fn current_record(relay: &Relay, op: &OperatorSession) -> Option<OperatorRecord>
 
 /// Serves an operator's session channel: exec commands, the shell (a listing and help), and
 /// console logins (`OPERATOR:DEVICE/CONSOLE`).
-pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channel: Channel<Msg>) {
+pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channel: Channel) {
     let relay2 = relay.clone();
     relay.tracker.spawn(async move {
         let relay = relay2;
-        let (mut read, write) = channel.split();
         let mut pty = None;
         let status = loop {
-            match read.wait().await {
-                Some(ChannelMsg::RequestPty {
-                    col_width,
-                    row_height,
-                    ..
-                }) => pty = Some(crate::console::term_size(col_width, row_height)),
-                Some(ChannelMsg::Exec { command, .. }) => {
-                    let command = String::from_utf8_lossy(&command).to_string();
+            let (request, want_reply) = match channel.next().await {
+                Some(ChannelMsg::Request {
+                    request,
+                    want_reply,
+                }) => (request, want_reply),
+                Some(ChannelMsg::Data(_)) => continue,
+                Some(ChannelMsg::Eof) | None => return,
+            };
+            let reply = |ok: bool| {
+                if want_reply {
+                    channel.reply(ok);
+                }
+            };
+            match request {
+                Request::PtyReq { size, .. } => {
+                    pty = Some(crate::console::term_size(size.cols, size.rows));
+                    reply(true);
+                }
+                Request::Exec(command) => {
+                    reply(true);
                     let words: Vec<&str> = command.split_whitespace().collect();
                     let status = if let Some(("console", rest)) =
                         words.split_first().map(|(a, b)| (*a, b))
@@ -425,20 +406,13 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                                 .as_ref()
                                 .is_some_and(|r| any_matches(&r.allow, device))
                         };
-                        crate::console::console_exec(
-                            &relay,
-                            op.name(),
-                            &allowed,
-                            rest,
-                            &mut read,
-                            &write,
-                        )
-                        .await
+                        crate::console::console_exec(&relay, op.name(), &allowed, rest, &channel)
+                            .await
                     } else {
                         let (out, err, status) = run_command(&relay, &op, &command);
-                        let _ = write.data_bytes(out.into_bytes()).await;
+                        let _ = channel.data(out.as_bytes()).await;
                         if !err.is_empty() {
-                            let _ = write.extended_data_bytes(1, err.into_bytes()).await;
+                            let _ = channel.stderr(err.as_bytes()).await;
                         }
                         status
                     };
@@ -456,7 +430,8 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                         .record("exec", op.name(), &command, outcome, &detail);
                     break status;
                 }
-                Some(ChannelMsg::RequestShell { .. }) => {
+                Request::Shell => {
+                    reply(true);
                     if let Login::Console {
                         device, console, ..
                     } = &op.login
@@ -473,9 +448,7 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                                 Outcome::Denied,
                                 &why,
                             );
-                            let _ = write
-                                .data_bytes(format!("[burrow] {why}\r\n").into_bytes())
-                                .await;
+                            let _ = channel.data(format!("[burrow] {why}\r\n").as_bytes()).await;
                             break 1;
                         }
                         let guard = op.track(&relay, device, true);
@@ -486,8 +459,7 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                             console,
                             crate::console::Mode::Interactive,
                             pty.unwrap_or(crate::console::DEFAULT_SIZE),
-                            &mut read,
-                            &write,
+                            &channel,
                         );
                         tokio::select! {
                             status = attached => break status,
@@ -496,27 +468,37 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                                     "\r\n[burrow] operator {} may no longer use device {device}; disconnected\r\n",
                                     op.name()
                                 );
-                                let _ = write.data_bytes(why.into_bytes()).await;
+                                let _ = channel.data(why.as_bytes()).await;
                                 break 1;
                             }
                         }
                     }
                     if let Some(size) = pty {
-                        break crate::console::run_menu(&relay, op.name(), size, &mut read, &write)
-                            .await;
+                        break crate::console::run_menu(&relay, op.name(), size, &channel).await;
                     }
                     let (out, _, _) = run_command(&relay, &op, "ls");
-                    let _ = write
-                        .data_bytes(format!("{out}\n{HELP}").replace('\n', "\r\n").into_bytes())
+                    let _ = channel
+                        .data(format!("{out}\n{HELP}").replace('\n', "\r\n").as_bytes())
                         .await;
                     break 0;
                 }
-                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return,
-                Some(_) => continue,
+                Request::Subsystem(name) => {
+                    let name = burrow_proto::text::clean(&name, burrow_proto::text::MAX_NAME_CHARS);
+                    tracing::info!("subsystem {name:?} refused: the relay offers none");
+                    reply(false);
+                }
+                Request::Other(name) if name == "x11-req" => {
+                    // Nothing on the relay draws windows, and a forwarded display is a way
+                    // into the client.
+                    tracing::info!("X11 forwarding refused: the relay forwards no displays");
+                    reply(false);
+                }
+                // `env` is ignored, as sshd ignores what AcceptEnv does not list.
+                _ => reply(false),
             }
         };
-        let _ = write.exit_status(status).await;
-        let _ = write.eof().await;
-        let _ = write.close().await;
+        channel.exit_status(status);
+        channel.eof();
+        channel.close();
     });
 }

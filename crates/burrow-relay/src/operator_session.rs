@@ -18,7 +18,7 @@ pub(crate) struct OperatorSession {
     /// Cuts the whole connection (the operator was removed).
     pub(crate) cut: CancellationToken,
     /// The connection's handle, once authenticated: to tell the client why it is cut.
-    pub(crate) handle: std::sync::OnceLock<russh::server::Handle>,
+    pub(crate) handle: std::sync::OnceLock<burrow_ssh::driver::Handle>,
     /// What it has open, so that a policy change can close what is no longer allowed.
     open: Mutex<HashMap<u64, OpenUse>>,
 }
@@ -58,11 +58,6 @@ impl OperatorSession {
 
     pub(crate) fn name(&self) -> &str {
         self.login.principal()
-    }
-
-    /// Whether it has streams or consoles open.
-    pub(crate) fn has_open_uses(&self) -> bool {
-        !self.uses().is_empty()
     }
 
     fn uses(&self) -> std::sync::MutexGuard<'_, HashMap<u64, OpenUse>> {

@@ -6,9 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use burrow_io::activity::Activity;
-use burrow_io::splice::Flow;
 use burrow_proto::liveness::Schedule;
-use russh::server::Handle;
+use burrow_ssh::driver::Handle;
 use tokio_util::sync::CancellationToken;
 
 /// First port handed out for `tcpip-forward` requests with port 0 (as sshd picks an ephemeral one).
@@ -53,8 +52,6 @@ pub struct DeviceSession {
     pub cut: CancellationToken,
     /// Cancelled when a newer session of the device took over (just before it is cut).
     pub replaced: CancellationToken,
-    /// Flow control on its channels: credit with a burrow agent, a capped queue with stock ssh.
-    pub flow: Flow,
     /// When bytes last moved on its connection.
     pub activity: Arc<Activity>,
     /// The keepalive schedule a burrow agent declared; `None` for stock SSH clients, which TCP
@@ -87,8 +84,6 @@ pub struct Carrier {
     pub handle: Handle,
     /// Cancelling this cuts the connection.
     pub cut: CancellationToken,
-    /// Flow control on its channels.
-    pub flow: Flow,
     /// When bytes last moved on it.
     pub activity: Arc<Activity>,
     /// The keepalive schedule its agent declared, if any.
@@ -102,7 +97,6 @@ impl DeviceSession {
             peer,
             handle,
             cut,
-            flow,
             activity,
             schedule,
         } = carrier;
@@ -115,7 +109,6 @@ impl DeviceSession {
             handle,
             replaced: CancellationToken::new(),
             cut,
-            flow,
             activity,
             schedule,
             unanswered_open: Mutex::new(None),

@@ -7,9 +7,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use burrow_io::activity::{Activity, Metered};
-use burrow_io::cut::CutStream;
-use burrow_io::first_bytes::FirstBytes;
+use burrow_io::activity::Activity;
+use burrow_ssh::channel::Limits;
+use burrow_ssh::session::{Session, Side};
 
 use crate::config::SHUTDOWN_GRACE;
 use crate::conn::Conn;
@@ -153,14 +153,26 @@ async fn handle_connection(
         activity.clone(),
         socket,
     );
-    // One byte tells whether the client said anything: that is all the relay keeps of it.
-    let (stream, heard) = FirstBytes::new(stream, 1);
-    let stream = Metered::new(CutStream::new(stream, cut.clone()), activity);
     let deadline = relay.config.pre_auth_timeout;
     let banner_timeout = relay.config.banner_timeout;
+    let ssh = Session::new(
+        relay.config.transport(relay.ssh_host_key.clone()),
+        Side::Server {
+            methods: crate::config::auth_methods(),
+            max_attempts: crate::config::MAX_AUTH_ATTEMPTS,
+        },
+        Limits::default(),
+        std::time::Instant::now(),
+    );
+    let heard = activity.clone();
+    let (_handle, driver) = burrow_ssh::driver::start(stream, ssh, conn, Some(activity));
+    // Cutting the token drops the driver, which closes the socket at once (takeover,
+    // revocation, the pre-auth deadline): no write to a frozen peer can hold it.
     let session = async {
-        let running = russh::server::run_stream(relay.ssh.clone(), stream, conn).await?;
-        running.await
+        tokio::select! {
+            result = driver => result,
+            () = cut.cancelled() => Err(burrow_ssh::driver::Error("connection cut".into())),
+        }
     };
     tokio::pin!(session);
     // Until authentication succeeds the whole exchange (banner, kex, auth) has one deadline;
@@ -169,7 +181,7 @@ async fn handle_connection(
     let pre_auth = async {
         let banner = async {
             tokio::time::sleep(banner_timeout).await;
-            if heard.any() {
+            if heard.rx_bytes() > 0 {
                 std::future::pending::<()>().await;
             }
         };
@@ -191,13 +203,10 @@ async fn handle_connection(
     }
 }
 
-fn log_end(result: Result<(), russh::Error>, span: &tracing::Span) {
+fn log_end(result: Result<(), burrow_ssh::driver::Error>, span: &tracing::Span) {
     let _g = span.enter();
     match result {
         Ok(()) => tracing::debug!("connection closed"),
-        Err(russh::Error::IO(e)) if e.kind() == std::io::ErrorKind::ConnectionAborted => {
-            tracing::debug!("connection cut")
-        }
         Err(e) => tracing::debug!("connection ended: {e}"),
     }
 }

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use burrow_io::keys::PublicKey;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use russh::keys::PublicKey;
 
 /// A database error with the operation that failed.
 #[derive(Debug, thiserror::Error)]

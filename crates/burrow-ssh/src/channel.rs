@@ -714,9 +714,12 @@ impl Connection {
         Ok(taken)
     }
 
-    /// The application took `n` bytes of a channel's data: the window reopens once half of it
-    /// was taken (one WINDOW_ADJUST per half window, as OpenSSH does).
+    /// The application took `n` bytes of a channel's data: what was taken goes back to the
+    /// peer once it reaches three maximum packets or half the window, whichever is less (as
+    /// OpenSSH does). Frequent small adjustments keep a long upload's sender from waiting, and
+    /// keep the receiver audible: a link that carries data one way hears the other way too.
     pub fn consume(&mut self, channel: ChannelId, n: usize) -> Result<(), ConnectionError> {
+        let step = self.limits.max_packet.saturating_mul(3);
         let c = self.get(channel)?;
         let n = u32::try_from(n).unwrap_or(u32::MAX);
         c.consumed = c.consumed.saturating_add(n);
@@ -727,7 +730,11 @@ impl Connection {
                 given_back.saturating_sub(c.recv_max)
             ));
         }
-        if c.consumed >= c.recv_max / 2 && c.state == State::Open && !c.got_eof && !c.sent_close {
+        if c.consumed >= step.min(c.recv_max / 2)
+            && c.state == State::Open
+            && !c.got_eof
+            && !c.sent_close
+        {
             let mut w = Writer::message(msg::CHANNEL_WINDOW_ADJUST);
             w.u32(c.remote).u32(c.consumed);
             c.recv_window = given_back;
@@ -1551,5 +1558,44 @@ mod tests {
             bytes.truncate(cut.max(1));
             let _ = b.receive(bytes);
         }
+    }
+}
+#[cfg(test)]
+mod consume_steps {
+    use super::*;
+
+    /// The window goes back every three packets taken (OpenSSH's step), not every half
+    /// window: a long upload's receiver stays audible and its sender never waits long.
+    #[test]
+    fn default_limits_adjust_every_three_packets() {
+        let (mut a, mut b) = (
+            Connection::new(Limits::default()),
+            Connection::new(Limits::default()),
+        );
+        let id = a.open(&OpenKind::Session).unwrap();
+        while let Some(m) = a.poll_transmit() {
+            b.receive(m).unwrap();
+        }
+        let Some(Event::Open { channel, .. }) = b.poll_event() else {
+            panic!()
+        };
+        b.accept(channel).unwrap();
+        while let Some(m) = b.poll_transmit() {
+            a.receive(m).unwrap();
+        }
+        let data = vec![0u8; 1 << 20];
+        assert_eq!(a.send(id, &data).unwrap(), 1 << 20);
+        while let Some(m) = a.poll_transmit() {
+            b.receive(m).unwrap();
+        }
+        let mut adjusts = 0;
+        for _ in 0..32 {
+            b.consume(channel, 32 * 1024).unwrap();
+            while let Some(m) = b.poll_transmit() {
+                assert_eq!(m[0], msg::CHANNEL_WINDOW_ADJUST);
+                adjusts += 1;
+            }
+        }
+        assert_eq!(adjusts, 10);
     }
 }

@@ -69,7 +69,9 @@ pub enum GlobalAnswer {
 }
 
 /// What the application decides for a connection. Every method has a refusing default.
-/// The driver awaits each call before it handles the connection's next event.
+/// The driver awaits each call before it handles the connection's next event. Channel
+/// requests (`pty-req`, `exec`, `break`...) go to the channel's owner, in order with its data:
+/// see [`Channel::next`].
 pub trait Handler: Send + 'static {
     /// Server: may this key or password log in?
     fn auth(&mut self, question: Question) -> impl Future<Output = Decision> + Send {
@@ -96,16 +98,6 @@ pub trait Handler: Send + 'static {
         async {}
     }
 
-    /// A channel request; the answer goes back when the peer asked for one.
-    fn channel_request(
-        &mut self,
-        channel: ChannelId,
-        request: Request,
-    ) -> impl Future<Output = bool> + Send {
-        let _ = (channel, request);
-        async { false }
-    }
-
     /// A global request (`tcpip-forward`...).
     fn global_request(
         &mut self,
@@ -121,12 +113,50 @@ pub trait Handler: Send + 'static {
     }
 }
 
+/// What arrived on a channel, in order.
+enum Item {
+    Data(Vec<u8>),
+    Request(Request, bool),
+}
+
+/// Most requests queued on a channel nobody takes them from; more are refused at once.
+const MAX_QUEUED_REQUESTS: usize = 32;
+
+/// What a channel's owner gets from [`Channel::next`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelMsg {
+    /// Data (window is given back as it is taken).
+    Data(Vec<u8>),
+    /// A request; if `want_reply`, answer with [`Channel::reply`], in order.
+    Request {
+        /// The request.
+        request: Request,
+        /// Whether the peer waits for the answer.
+        want_reply: bool,
+    },
+    /// The peer sends no more data.
+    Eof,
+}
+
+/// Sees every byte the connection moves (for liveness decisions that must count keepalive
+/// answers and window adjustments, not only what reaches channels).
+pub trait Observer: Send + Sync + 'static {
+    /// `bytes` arrived from the peer.
+    fn received(&self, bytes: usize);
+    /// `bytes` were handed to the socket.
+    fn sent(&self, bytes: usize);
+}
+
 #[derive(Default)]
 struct Slot {
-    /// Data not yet read, oldest first; `head` is how much of the first piece was read.
-    recv: VecDeque<Vec<u8>>,
+    /// Data and requests not yet taken, oldest first; `head` is how much of the first data
+    /// piece was read.
+    recv: VecDeque<Item>,
     head: usize,
+    requests: usize,
     eof: bool,
+    /// [`Channel::next`] has returned EOF.
+    eof_taken: bool,
     closed: bool,
     /// The [`Channel`] was dropped; what arrives is thrown away.
     dropped: bool,
@@ -156,6 +186,8 @@ struct State {
     blocked: Vec<Waker>,
     /// Why the connection ended, once it did.
     ended: Option<String>,
+    /// The peer's DISCONNECT description, if it sent one.
+    peer_disconnect: Option<String>,
     authenticated: Option<String>,
 }
 
@@ -297,6 +329,11 @@ impl Handle {
     /// The peer's identification.
     pub fn peer_id(&self) -> Option<Identification> {
         self.inner.lock().session.peer_id().cloned()
+    }
+
+    /// The description of the peer's DISCONNECT, if it sent one.
+    pub fn peer_disconnect(&self) -> Option<String> {
+        self.inner.lock().peer_disconnect.clone()
     }
 
     /// Why the connection ended, if it did.
@@ -487,10 +524,140 @@ impl Channel {
         st.slots.get(&self.id).map_or(0, |s| {
             s.recv
                 .iter()
-                .map(Vec::len)
+                .map(|i| match i {
+                    Item::Data(d) => d.len(),
+                    Item::Request(..) => 0,
+                })
                 .sum::<usize>()
                 .saturating_sub(s.head)
         })
+    }
+
+    /// The next message: data, a request or EOF, in the order they arrived; `None` once the
+    /// channel is closed.
+    pub async fn next(&self) -> Option<ChannelMsg> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<ChannelMsg>> {
+        let mut st = self.inner.lock();
+        let State { session, slots, .. } = &mut *st;
+        let Some(slot) = slots.get_mut(&self.id) else {
+            return Poll::Ready(None);
+        };
+        if let Some(item) = slot.recv.pop_front() {
+            let head = std::mem::take(&mut slot.head);
+            let msg = match item {
+                Item::Data(mut d) => {
+                    let rest = d.split_off(head.min(d.len()));
+                    let _ = session.connection().consume(self.id, rest.len());
+                    ChannelMsg::Data(rest)
+                }
+                Item::Request(request, want_reply) => {
+                    slot.requests = slot.requests.saturating_sub(1);
+                    ChannelMsg::Request {
+                        request,
+                        want_reply,
+                    }
+                }
+            };
+            let wake = session.connection().has_output();
+            drop(st);
+            if wake {
+                self.inner.wake.notify_one();
+            }
+            return Poll::Ready(Some(msg));
+        }
+        if slot.eof && !slot.eof_taken {
+            slot.eof_taken = true;
+            return Poll::Ready(Some(ChannelMsg::Eof));
+        }
+        if slot.closed {
+            return Poll::Ready(None);
+        }
+        slot.reader = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Answers the oldest request that wanted a reply.
+    pub fn reply(&self, success: bool) {
+        let _ = self
+            .inner
+            .lock()
+            .session
+            .connection()
+            .reply(self.id, success);
+        self.inner.wake.notify_one();
+    }
+
+    /// Writes all of `data`, waiting for window as needed.
+    pub async fn data(&self, data: &[u8]) -> io::Result<()> {
+        self.write_with(None, data).await
+    }
+
+    /// Writes all of `data` as extended data (stderr), waiting for window as needed.
+    pub async fn stderr(&self, data: &[u8]) -> io::Result<()> {
+        self.write_with(Some(1), data).await
+    }
+
+    async fn write_with(&self, code: Option<u32>, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let n = std::future::poll_fn(|cx| self.poll_send(cx, code, data)).await?;
+            data = data.get(n..).unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    fn poll_send(
+        &self,
+        cx: &mut Context<'_>,
+        code: Option<u32>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut st = self.inner.lock();
+        if st.ended.is_some() || st.slots.get(&self.id).is_none_or(|s| s.closed) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the channel is closed",
+            )));
+        }
+        if st.backlog >= BACKLOG_HIGH {
+            st.blocked.push(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let sent = match code {
+            None => st.session.connection().send(self.id, buf),
+            Some(code) => st.session.connection().send_extended(self.id, code, buf),
+        };
+        let n = match sent {
+            Ok(n) => n,
+            Err(e) => return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e.0))),
+        };
+        if n == 0 && !buf.is_empty() {
+            if let Some(slot) = st.slots.get_mut(&self.id) {
+                slot.writer = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        drop(st);
+        self.inner.wake.notify_one();
+        Poll::Ready(Ok(n))
+    }
+
+    /// Sends `exit-status`.
+    pub fn exit_status(&self, code: u32) {
+        let _ = self.inner.lock().session.connection().request(
+            self.id,
+            &Request::ExitStatus(code),
+            false,
+        );
+        self.inner.wake.notify_one();
+    }
+
+    /// Closes the channel (EOF first is the caller's choice: [`Channel::eof`]).
+    pub fn close(&self) {
+        let _ = self.inner.lock().session.connection().close(self.id);
+        self.inner.wake.notify_one();
     }
 }
 
@@ -502,44 +669,72 @@ impl AsyncRead for Channel {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let mut st = this.inner.lock();
-        let State { session, slots, .. } = &mut *st;
+        let State {
+            session,
+            slots,
+            ended,
+            ..
+        } = &mut *st;
         let Some(slot) = slots.get_mut(&this.id) else {
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Err(interrupted(ended.as_deref())));
         };
         let mut taken = 0usize;
         while buf.remaining() > 0 {
-            let Some(front) = slot.recv.front() else {
-                break;
-            };
-            let rest = front.get(slot.head..).unwrap_or_default();
-            let n = rest.len().min(buf.remaining());
-            buf.put_slice(rest.get(..n).unwrap_or_default());
-            taken = taken.saturating_add(n);
-            slot.head = slot.head.saturating_add(n);
-            if slot.head >= front.len() {
-                slot.recv.pop_front();
-                slot.head = 0;
+            match slot.recv.front() {
+                None => break,
+                Some(Item::Request(_, want_reply)) => {
+                    // A byte stream takes no requests: refuse the ones that wait for an answer.
+                    if *want_reply {
+                        let _ = session.connection().reply(this.id, false);
+                    }
+                    slot.requests = slot.requests.saturating_sub(1);
+                    slot.recv.pop_front();
+                }
+                Some(Item::Data(front)) => {
+                    let rest = front.get(slot.head..).unwrap_or_default();
+                    let n = rest.len().min(buf.remaining());
+                    buf.put_slice(rest.get(..n).unwrap_or_default());
+                    taken = taken.saturating_add(n);
+                    slot.head = slot.head.saturating_add(n);
+                    if slot.head >= front.len() {
+                        slot.recv.pop_front();
+                        slot.head = 0;
+                    }
+                }
             }
+        }
+        if slot.recv.is_empty() {
+            // Give the memory back while the channel is quiet.
+            slot.recv = VecDeque::new();
         }
         if taken > 0 {
-            if slot.recv.is_empty() {
-                // Give the memory back while the channel is quiet.
-                slot.recv = VecDeque::new();
-            }
             let _ = session.connection().consume(this.id, taken);
-            let wake = session.connection().has_output();
-            drop(st);
-            if wake {
-                this.inner.wake.notify_one();
-            }
-            return Poll::Ready(Ok(()));
         }
-        if slot.eof || slot.closed {
-            return Poll::Ready(Ok(()));
+        let wake = session.connection().has_output();
+        let result = if taken > 0 || slot.eof {
+            Poll::Ready(Ok(()))
+        } else if slot.closed {
+            // Closed without EOF: the other side did not finish its stream.
+            Poll::Ready(Err(interrupted(ended.as_deref())))
+        } else {
+            slot.reader = Some(cx.waker().clone());
+            Poll::Pending
+        };
+        drop(st);
+        if wake {
+            this.inner.wake.notify_one();
         }
-        slot.reader = Some(cx.waker().clone());
-        Poll::Pending
+        result
     }
+}
+
+/// The error a read gets when the channel ended without EOF.
+fn interrupted(ended: Option<&str>) -> io::Error {
+    let why = match ended {
+        Some(why) => format!("the SSH connection ended: {why}"),
+        None => "the channel was closed before its end of stream".to_string(),
+    };
+    io::Error::new(io::ErrorKind::ConnectionAborted, why)
 }
 
 impl AsyncWrite for Channel {
@@ -548,31 +743,7 @@ impl AsyncWrite for Channel {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let mut st = this.inner.lock();
-        if st.ended.is_some() || st.slots.get(&this.id).is_none_or(|s| s.closed) {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the channel is closed",
-            )));
-        }
-        if st.backlog >= BACKLOG_HIGH {
-            st.blocked.push(cx.waker().clone());
-            return Poll::Pending;
-        }
-        let n = match st.session.connection().send(this.id, buf) {
-            Ok(n) => n,
-            Err(e) => return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e.0))),
-        };
-        if n == 0 && !buf.is_empty() {
-            if let Some(slot) = st.slots.get_mut(&this.id) {
-                slot.writer = Some(cx.waker().clone());
-            }
-            return Poll::Pending;
-        }
-        drop(st);
-        this.inner.wake.notify_one();
-        Poll::Ready(Ok(n))
+        self.poll_send(cx, None, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -610,18 +781,20 @@ pub async fn connect<H: Handler>(
     session: Session,
     handler: H,
 ) -> Result<(Handle, tokio::task::JoinHandle<Result<(), Error>>), Error> {
-    let (handle, driver) = start(socket, session, handler);
+    let (handle, driver) = start(socket, session, handler, None);
     let task = tokio::spawn(driver);
     handle.authenticated().await?;
     Ok((handle, task))
 }
 
 /// Starts driving `session` over `socket`: returns the handle and the future that runs the
-/// connection (spawn it); the future ends when the connection does.
+/// connection (spawn it); the future ends when the connection does. Dropping the future cuts
+/// the connection. `observer` sees the bytes moved.
 pub fn start<H: Handler>(
     socket: TcpStream,
     session: Session,
     handler: H,
+    observer: Option<Arc<dyn Observer>>,
 ) -> (Handle, impl Future<Output = Result<(), Error>> + Send) {
     let inner = Arc::new(Inner {
         state: Mutex::new(State {
@@ -632,6 +805,7 @@ pub fn start<H: Handler>(
             backlog: 0,
             blocked: Vec::new(),
             ended: None,
+            peer_disconnect: None,
             authenticated: None,
         }),
         wake: Notify::new(),
@@ -644,6 +818,7 @@ pub fn start<H: Handler>(
         inner,
         socket,
         handler,
+        observer,
         out: Vec::new(),
         out_at: 0,
     };
@@ -654,8 +829,17 @@ struct Driver<H> {
     inner: Arc<Inner>,
     socket: TcpStream,
     handler: H,
+    observer: Option<Arc<dyn Observer>>,
     out: Vec<u8>,
     out_at: usize,
+}
+
+impl<H> Drop for Driver<H> {
+    fn drop(&mut self) {
+        // Ended or cut (the future dropped): everyone waiting on the connection learns it.
+        self.inner.lock().end("the connection was cut");
+        self.inner.changed.notify_waiters();
+    }
 }
 
 impl<H: Handler> Driver<H> {
@@ -675,6 +859,10 @@ impl<H: Handler> Driver<H> {
         let mut st = self.inner.lock();
         if self.out_at >= self.out.len() {
             self.out.clear();
+            self.out_at = 0;
+        } else if self.out_at >= READ_SIZE && self.out_at >= self.out.len() / 2 {
+            // Under steady traffic the buffer never empties: drop what was written.
+            self.out.drain(..self.out_at);
             self.out_at = 0;
         }
         while let Some(bytes) = st.session.poll_transmit() {
@@ -725,6 +913,9 @@ impl<H: Handler> Driver<H> {
                     match self.socket.try_read(&mut buf) {
                         Ok(0) => return Err(Error("the peer closed the connection".into())),
                         Ok(n) => {
+                            if let Some(o) = &self.observer {
+                                o.received(n);
+                            }
                             let mut st = self.inner.lock();
                             if let Err(e) = st.session.receive(buf.get(..n).unwrap_or_default()) {
                                 failure = Some(e.0);
@@ -737,7 +928,12 @@ impl<H: Handler> Driver<H> {
                 ready = self.socket.writable(), if pending => {
                     ready.map_err(|e| Error(format!("socket: {e}")))?;
                     match self.socket.try_write(self.out.get(self.out_at..).unwrap_or_default()) {
-                        Ok(n) => self.out_at = self.out_at.saturating_add(n),
+                        Ok(n) => {
+                            if let Some(o) = &self.observer {
+                                o.sent(n);
+                            }
+                            self.out_at = self.out_at.saturating_add(n);
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(e) => return Err(Error(format!("socket: {e}"))),
                     }
@@ -791,7 +987,10 @@ impl<H: Handler> Driver<H> {
             Event::Banner(text) => self.handler.banner(&text),
             Event::Disconnected(d) => {
                 let why = format!("the peer disconnected: {}", d.description);
-                self.inner.lock().end(&why);
+                let mut st = self.inner.lock();
+                st.peer_disconnect = Some(d.description);
+                st.end(&why);
+                drop(st);
                 self.inner.changed.notify_waiters();
             }
             Event::Connection(e) => self.connection_event(e).await,
@@ -807,16 +1006,6 @@ impl<H: Handler> Driver<H> {
                     id: channel,
                 };
                 self.handler.channel_open(kind, offer).await;
-            }
-            E::Request {
-                channel,
-                request,
-                want_reply,
-            } => {
-                let ok = self.handler.channel_request(channel, request).await;
-                if want_reply {
-                    let _ = self.inner.lock().session.connection().reply(channel, ok);
-                }
             }
             E::Global {
                 request,
@@ -853,7 +1042,7 @@ impl State {
             E::Data { channel, data } => {
                 match self.slots.get_mut(&channel) {
                     Some(slot) if !slot.dropped => {
-                        slot.recv.push_back(data);
+                        slot.recv.push_back(Item::Data(data));
                         if let Some(w) = slot.reader.take() {
                             w.wake();
                         }
@@ -928,8 +1117,26 @@ impl State {
                     });
                 }
             }
+            E::Request {
+                channel,
+                request,
+                want_reply,
+            } => match self.slots.get_mut(&channel) {
+                Some(slot) if !slot.dropped && slot.requests < MAX_QUEUED_REQUESTS => {
+                    slot.requests = slot.requests.saturating_add(1);
+                    slot.recv.push_back(Item::Request(request, want_reply));
+                    if let Some(w) = slot.reader.take() {
+                        w.wake();
+                    }
+                }
+                _ => {
+                    if want_reply {
+                        let _ = self.session.connection().reply(channel, false);
+                    }
+                }
+            },
             // Handled by the driver with the handler.
-            E::Open { .. } | E::Request { .. } | E::Global { .. } => {}
+            E::Open { .. } | E::Global { .. } => {}
         }
     }
 }

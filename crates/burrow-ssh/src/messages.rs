@@ -7,6 +7,9 @@ use crate::wire::{Reader, WireError, Writer};
 
 /// Longest user name, service or method name taken from a peer.
 const MAX_NAME: usize = 256;
+/// Longest user name taken: long enough that a hostile one is refused and audited (cut short
+/// by the application) rather than ending the connection unrecorded; the packet bounds it too.
+const MAX_USER: usize = 32 * 1024;
 /// Longest free text (descriptions, passwords, prompts).
 const MAX_TEXT: usize = 4096;
 /// Longest key or signature blob.
@@ -189,7 +192,7 @@ impl AuthRequest {
     pub fn decode(payload: &[u8]) -> Result<AuthRequest, WireError> {
         let mut r = Reader::new(payload);
         expect(&mut r, msg::USERAUTH_REQUEST, "not USERAUTH_REQUEST")?;
-        let user = r.utf8(MAX_NAME, "user name")?.to_string();
+        let user = r.utf8(MAX_USER, "user name")?.to_string();
         let service = r.utf8(MAX_NAME, "service name")?.to_string();
         let method_name = r.utf8(MAX_NAME, "method name")?;
         let method = match method_name {

@@ -54,9 +54,10 @@ pub struct RelayArgs {
     /// Burst of new connections accepted from one address.
     #[arg(long, default_value_t = burrow_relay::config::DEFAULT_HANDSHAKE_BURST_PER_IP, value_name = "N")]
     pub handshake_burst: f64,
-    /// Cut a stream from a stock ssh -R device whose receiver takes nothing for this long.
-    #[arg(long, default_value_t = 20, value_name = "SECS")]
-    pub stalled_stream_timeout: u64,
+    /// No longer used: each stream has its own SSH window, so a stalled receiver holds back
+    /// only its own stream. Accepted (with a warning) so that older unit files keep working.
+    #[arg(long, hide = true, value_name = "SECS")]
+    pub stalled_stream_timeout: Option<u64>,
     /// Largest single console recording, in MiB.
     #[arg(long, default_value_t = 64, value_name = "MIB")]
     pub recording_max_mib: u64,

@@ -28,9 +28,7 @@ fn main() {
     // The demo prints instructions: keep its log to warnings and the audit trail.
     let default_log = match cli.command {
         Command::Demo(_) => "warn,burrow::audit=info",
-        // russh warns about every channel request it does not know (PuTTY sends
-        // `simple@putty.projects.tartarus.org` on each session): expected, and refused anyway.
-        _ => "info,russh=warn,russh::server::encrypted=error",
+        _ => "info",
     };
     init_tracing(default_log);
     keep_freed_memory();

@@ -49,13 +49,11 @@ async fn serve(args: &RelayArgs, data_dir: PathBuf, shutdown: CancellationToken)
             ));
         }
     }
-    if !(1..=3600).contains(&args.stalled_stream_timeout) {
-        return Err(Failure::new(
-            exit::USAGE,
-            "--stalled-stream-timeout must be 1 to 3600 seconds",
-        ));
+    if args.stalled_stream_timeout.is_some() {
+        tracing::warn!(
+            "--stalled-stream-timeout has no effect any more: every stream has its own SSH window, so a receiver that stops holds back only its own stream; remove the flag"
+        );
     }
-    config.stalled_stream_timeout = Duration::from_secs(args.stalled_stream_timeout);
     config.recording_max_bytes = args.recording_max_mib.saturating_mul(1 << 20);
     config.recordings_max_total = args.recordings_max_mib.saturating_mul(1 << 20);
     config.require_recordings = args.require_recordings;

@@ -4,79 +4,75 @@ mod common;
 
 use std::sync::Arc;
 
+use burrow_ssh::auth::{Decision, Question, method};
+use burrow_ssh::channel::{GlobalRequest, Limits, OpenKind};
+use burrow_ssh::driver::{GlobalAnswer, Handle, Handler};
+use burrow_ssh::session::{Session, Side};
 use common::*;
-use russh::server::{Auth, Handler, Msg, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId};
 use tokio::sync::mpsc;
 
 struct Hostile {
     results: mpsc::UnboundedSender<(String, bool)>,
+    handle: Option<Handle>,
 }
 
 impl Handler for Hostile {
-    type Error = russh::Error;
-
-    async fn auth_publickey(
-        &mut self,
-        _user: &str,
-        _key: VerifiedPublicKey<'_>,
-    ) -> Result<Auth, Self::Error> {
-        Ok(Auth::Accept)
+    async fn auth(&mut self, _question: Question) -> Decision {
+        Decision::Accept
     }
 
-    async fn tcpip_forward(
-        &mut self,
-        _address: &str,
-        port: &mut u32,
-        session: &mut Session,
-    ) -> Result<bool, Self::Error> {
-        if *port == 0 {
-            *port = 40000;
-            return Ok(true);
+    async fn authenticated(&mut self, _user: &str, handle: &Handle) {
+        self.handle = Some(handle.clone());
+    }
+
+    async fn global_request(&mut self, request: GlobalRequest) -> GlobalAnswer {
+        let GlobalRequest::TcpipForward { port, .. } = request else {
+            return GlobalAnswer::Failure;
+        };
+        if port == 0 {
+            return GlobalAnswer::Success(Some(40000));
         }
         // Once the agent asked for its endpoint, try everything it did not ask for.
-        let handle = session.handle();
+        let Some(handle) = self.handle.clone() else {
+            return GlobalAnswer::Failure;
+        };
         let results = self.results.clone();
-        let exposed = *port;
+        let exposed = port;
+        let forwarded = move |port| OpenKind::ForwardedTcpip {
+            address: "127.0.0.1".into(),
+            port,
+            originator: "1.2.3.4".into(),
+            originator_port: 1,
+        };
         tokio::spawn(async move {
-            let session = handle.channel_open_session().await;
-            let _ = results.send(("session".into(), session.is_ok()));
-            let other = handle
-                .channel_open_forwarded_tcpip("127.0.0.1", exposed + 1, "1.2.3.4", 1)
-                .await;
-            let _ = results.send(("forwarded-tcpip to an unexposed port".into(), other.is_ok()));
-            let direct = handle
-                .channel_open_direct_tcpip("127.0.0.1", 22, "1.2.3.4", 1)
-                .await;
-            let _ = results.send(("direct-tcpip".into(), direct.is_ok()));
-            let agent = handle.channel_open_agent().await;
-            let _ = results.send(("agent forwarding".into(), agent.is_ok()));
-            let x11 = handle.channel_open_x11("1.2.3.4", 6000).await;
-            let _ = results.send(("x11".into(), x11.is_ok()));
-            let ok = handle
-                .channel_open_forwarded_tcpip("127.0.0.1", exposed, "1.2.3.4", 1)
-                .await;
-            let _ = results.send(("forwarded-tcpip to the exposed port".into(), ok.is_ok()));
+            let tries = [
+                ("session", OpenKind::Session),
+                (
+                    "forwarded-tcpip to an unexposed port",
+                    forwarded(exposed + 1),
+                ),
+                (
+                    "direct-tcpip",
+                    OpenKind::DirectTcpip {
+                        host: "127.0.0.1".into(),
+                        port: 22,
+                        originator: "1.2.3.4".into(),
+                        originator_port: 1,
+                    },
+                ),
+                (
+                    "agent forwarding",
+                    OpenKind::Other("auth-agent@openssh.com".into()),
+                ),
+                ("x11", OpenKind::Other("x11".into())),
+                ("forwarded-tcpip to the exposed port", forwarded(exposed)),
+            ];
+            for (what, kind) in tries {
+                let opened = handle.open(kind).await;
+                let _ = results.send((what.into(), opened.is_ok()));
+            }
         });
-        Ok(true)
-    }
-
-    async fn channel_open_session(
-        &mut self,
-        _channel: Channel<Msg>,
-        _reply: russh::server::ChannelOpenHandle,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        Ok(())
-    }
-
-    async fn data(
-        &mut self,
-        _channel: ChannelId,
-        _data: &[u8],
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        Ok(())
+        GlobalAnswer::Success(None)
     }
 }
 
@@ -85,20 +81,42 @@ async fn agent_refuses_channels_it_did_not_ask_for() {
     let dir = tempdir();
     let host_key = burrow_io::keys::generate_ed25519();
     let fingerprint = burrow_io::keys::fingerprint(host_key.public_key());
-    let config = Arc::new(russh::server::Config {
-        keys: vec![host_key],
-        auth_rejection_time: std::time::Duration::ZERO,
-        ..Default::default()
-    });
+    let seed = host_key.key_data().ed25519().unwrap().private.to_bytes();
+    let host = Arc::new(burrow_ssh::kex::HostKey::from_seed(&seed).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let session = russh::server::run_stream(config, tcp, Hostile { results: tx })
-            .await
-            .unwrap();
-        let _ = session.await;
+        let config = burrow_ssh::transport::Config {
+            role: burrow_ssh::transport::Role::Server,
+            software: "hostile".into(),
+            comment: None,
+            ciphers: burrow_ssh::crypto::CIPHERS
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            host_key: Some(host),
+            host_key_check: None,
+            rekey_bytes: 1 << 30,
+            rekey_time: std::time::Duration::from_secs(3600),
+            ext_info: None,
+        };
+        let session = Session::new(
+            config,
+            Side::Server {
+                methods: vec![method::PUBLICKEY],
+                max_attempts: 6,
+            },
+            Limits::default(),
+            std::time::Instant::now(),
+        );
+        let hostile = Hostile {
+            results: tx,
+            handle: None,
+        };
+        let (_handle, run) = burrow_ssh::driver::start(tcp, session, hostile, None);
+        let _ = run.await;
     });
 
     let dev_key = keypair(dir.path(), "dev");

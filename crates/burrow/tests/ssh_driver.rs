@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use burrow_ssh::auth::{ClientKey, Credential, Decision, Question, method};
-use burrow_ssh::channel::{ChannelId, GlobalRequest, Limits, OpenKind, Request};
-use burrow_ssh::driver::{self, GlobalAnswer, Handle, Handler, Offer};
+use burrow_ssh::channel::{GlobalRequest, Limits, OpenKind, Request};
+use burrow_ssh::driver::{self, ChannelMsg, GlobalAnswer, Handle, Handler, Offer};
 use burrow_ssh::kex::HostKey;
 use burrow_ssh::session::{Session, Side};
 use burrow_ssh::ssh_key::PublicKey;
@@ -101,26 +101,44 @@ impl Handler for ServerHandler {
             }
             OpenKind::Session => {
                 let ch = offer.accept().unwrap();
-                // The console: whatever is typed comes back, until EOF.
+                let seen = self.seen.clone();
+                // The console: whatever is typed comes back; requests are answered in order.
                 tokio::spawn(async move {
-                    let (mut r, mut w) = tokio::io::split(ch);
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    while let Some(msg) = ch.next().await {
+                        match msg {
+                            ChannelMsg::Data(d) => {
+                                if ch.data(&d).await.is_err() {
+                                    break;
+                                }
+                            }
+                            ChannelMsg::Request {
+                                request,
+                                want_reply,
+                            } => {
+                                let ok = {
+                                    let mut seen = seen.lock().unwrap();
+                                    seen.requests.push(request.name().to_string());
+                                    match request {
+                                        Request::Break { ms } => {
+                                            seen.breaks.push(ms);
+                                            true
+                                        }
+                                        Request::PtyReq { .. }
+                                        | Request::Shell
+                                        | Request::WindowChange(_) => true,
+                                        _ => false,
+                                    }
+                                };
+                                if want_reply {
+                                    ch.reply(ok);
+                                }
+                            }
+                            ChannelMsg::Eof => break,
+                        }
+                    }
                 });
             }
             _ => offer.reject(1, "not here"),
-        }
-    }
-
-    async fn channel_request(&mut self, _channel: ChannelId, request: Request) -> bool {
-        let mut seen = self.seen.lock().unwrap();
-        seen.requests.push(request.name().to_string());
-        match request {
-            Request::Break { ms } => {
-                seen.breaks.push(ms);
-                true
-            }
-            Request::PtyReq { .. } | Request::Shell | Request::WindowChange(_) => true,
-            _ => false,
         }
     }
 
@@ -177,7 +195,7 @@ async fn test_server(dir: &Path, key: PublicKey) -> TestServer {
                 Limits::default(),
                 Instant::now(),
             );
-            let (_handle, run) = driver::start(tcp, session, handler.clone());
+            let (_handle, run) = driver::start(tcp, session, handler.clone(), None);
             tokio::spawn(run);
         }
     });

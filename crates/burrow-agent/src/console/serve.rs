@@ -14,9 +14,8 @@ use burrow_proto::rfc2217::{
     CONTROL_BREAK_OFF, CONTROL_BREAK_ON, ComPort, Decoder, Event, Negotiator, encode_command,
     encode_data, encode_notice,
 };
+use burrow_ssh::driver::{Channel, ChannelMsg};
 use bytes::Bytes;
-use russh::client::Msg;
-use russh::{Channel, ChannelMsg, ChannelWriteHalf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -30,7 +29,7 @@ const MAX_BREAK: Duration = Duration::from_secs(5);
 /// Keystroke chunks queued in front of the port before input is dropped.
 const INPUT_QUEUE: usize = 256;
 
-type Writer = Arc<ChannelWriteHalf<Msg>>;
+type Writer = Arc<Channel>;
 
 struct ActivePort {
     control: Box<dyn SerialControl>,
@@ -58,9 +57,8 @@ struct Server {
 }
 
 /// Serves one console channel until the relay closes it.
-pub(crate) async fn serve(channel: Channel<Msg>, console: Console, opener: Arc<dyn PortOpener>) {
-    let (mut read, write) = channel.split();
-    let write: Writer = Arc::new(write);
+pub(crate) async fn serve(channel: Channel, console: Console, opener: Arc<dyn PortOpener>) {
+    let write: Writer = Arc::new(channel);
     let (gone_tx, mut gone_rx) = mpsc::channel(4);
     let mut server = Server {
         console,
@@ -81,16 +79,20 @@ pub(crate) async fn serve(channel: Channel<Msg>, console: Console, opener: Arc<d
     loop {
         let break_deadline = server.breaking;
         tokio::select! {
-            msg = read.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => {
+            msg = write.next() => match msg {
+                Some(ChannelMsg::Data(data)) => {
                     let mut events = Vec::new();
                     decoder.feed(&data, &mut events);
                     for event in events {
                         server.handle(event, &mut negotiator).await;
                     }
                 }
-                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => break,
-                Some(_) => {}
+                Some(ChannelMsg::Eof) | None => break,
+                Some(ChannelMsg::Request { want_reply, .. }) => {
+                    if want_reply {
+                        write.reply(false);
+                    }
+                }
             },
             Some(why) = gone_rx.recv() => {
                 server.port = None;
@@ -109,7 +111,7 @@ pub(crate) async fn serve(channel: Channel<Msg>, console: Console, opener: Arc<d
     if server.breaking.is_some() {
         server.set_break(false).await;
     }
-    let _ = write.close().await;
+    write.close();
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -120,7 +122,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 async fn send(write: &Writer, bytes: Vec<u8>) {
-    let _ = write.data_bytes(bytes).await;
+    let _ = write.data(&bytes).await;
 }
 
 impl Server {
@@ -260,7 +262,7 @@ async fn pump_from_port(
             Ok(n) => {
                 let mut out = Vec::with_capacity(n + 8);
                 encode_data(buf.get(..n).unwrap_or_default(), &mut out);
-                if write.data_bytes(out).await.is_err() {
+                if write.data(&out).await.is_err() {
                     return;
                 }
             }

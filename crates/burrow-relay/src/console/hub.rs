@@ -14,8 +14,8 @@ use burrow_proto::rfc2217::{
     CONTROL_BREAK_OFF, CONTROL_BREAK_ON, ComPort, Decoder, Event, Negotiator, encode_command,
     encode_data,
 };
+use burrow_ssh::driver::{Channel, ChannelMsg};
 use bytes::Bytes;
-use russh::ChannelMsg;
 use tokio::sync::mpsc;
 
 use super::recording::Recording;
@@ -28,6 +28,17 @@ pub(crate) const RING_BYTES: usize = 64 * 1024;
 const VIEWER_QUEUE: usize = 256;
 /// How long a break from `^Ecl1` or `console break` holds the line.
 pub(crate) const BREAK_DURATION: Duration = Duration::from_millis(500);
+/// Longest break an SSH client may ask for: a line held in break longer is a line down.
+pub(crate) const MAX_BREAK: Duration = Duration::from_secs(3);
+
+/// The length of a break an SSH client asked for (RFC 4335: milliseconds, 0 for the default).
+pub(crate) fn break_length(ms: u32) -> Duration {
+    if ms == 0 {
+        BREAK_DURATION
+    } else {
+        Duration::from_millis(u64::from(ms)).min(MAX_BREAK)
+    }
+}
 
 /// The notice that closes a break.
 pub(crate) const BREAK_ENDED: &str = "break ended";
@@ -140,7 +151,7 @@ impl Hubs {
             let hub = hub.clone();
             drop(map);
             tokio::spawn(async move {
-                let _ = channel.close().await;
+                channel.close();
             });
             return Ok(hub);
         }
@@ -166,7 +177,7 @@ impl Hubs {
                 if relay.config.require_recordings {
                     drop(map);
                     tokio::spawn(async move {
-                        let _ = channel.close().await;
+                        channel.close();
                     });
                     return Err(format!(
                         "{why}; this relay requires recordings (--require-recordings), so the console stays closed"
@@ -216,17 +227,17 @@ impl Hubs {
 async fn run_connection(
     relay: Arc<Relay>,
     hub: Arc<Hub>,
-    channel: russh::Channel<russh::server::Msg>,
+    channel: Channel,
     mut from_hub: mpsc::Receiver<Bytes>,
 ) {
-    let (mut read, write) = channel.split();
+    let write = &channel;
     let mut negotiator = Negotiator::default();
-    let _ = write.data_bytes(negotiator.hello(true)).await;
+    let _ = write.data(&negotiator.hello(true)).await;
     let mut decoder = Decoder::default();
     let why = loop {
         tokio::select! {
-            msg = read.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => {
+            msg = channel.next() => match msg {
+                Some(ChannelMsg::Data(data)) => {
                     let mut events = Vec::new();
                     decoder.feed(&data, &mut events);
                     for event in events {
@@ -241,15 +252,19 @@ async fn run_connection(
                             }
                             Event::Negotiate(verb, option) => {
                                 if let Some(answer) = negotiator.answer(verb, option) {
-                                    let _ = write.data_bytes(answer.to_vec()).await;
+                                    let _ = write.data(&answer).await;
                                 }
                             }
                             Event::ComPort { .. } => {}
                         }
                     }
                 }
-                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => break "the device closed the console",
-                Some(_) => {}
+                Some(ChannelMsg::Eof) | None => break "the device closed the console",
+                Some(ChannelMsg::Request { want_reply, .. }) => {
+                    if want_reply {
+                        channel.reply(false);
+                    }
+                }
             },
             bytes = from_hub.recv() => match bytes {
                 Some(bytes) if bytes.is_empty() => {
@@ -258,7 +273,7 @@ async fn run_connection(
                     }
                 }
                 Some(bytes) => {
-                    if write.data_bytes(bytes).await.is_err() {
+                    if write.data(&bytes).await.is_err() {
                         break "the device session ended";
                     }
                 }
@@ -266,7 +281,7 @@ async fn run_connection(
             },
         }
     };
-    let _ = write.close().await;
+    channel.close();
     if !why.is_empty() {
         hub.notice(&format!("console connection lost: {why}"));
     }
@@ -499,19 +514,22 @@ impl Hub {
         let _ = self.to_device.send(Bytes::from(wire)).await;
     }
 
-    /// Holds a break on the line for [`BREAK_DURATION`].
-    pub(crate) async fn send_break(&self, relay: &Relay, operator: &str) {
+    /// Holds a break on the line for `length`.
+    pub(crate) async fn send_break(&self, relay: &Relay, operator: &str, length: Duration) {
         let target = format!("{}/{}", self.device, self.console);
         relay.audit.record(
             "console-break",
             operator,
             &target,
             Outcome::Ok,
-            &format!("{} ms", BREAK_DURATION.as_millis()),
+            &format!("{} ms", length.as_millis()),
         );
-        self.notice(&format!("break sent by {operator}"));
+        self.notice(&format!(
+            "break ({} ms) sent by {operator}",
+            length.as_millis()
+        ));
         self.command(ComPort::SetControl(CONTROL_BREAK_ON)).await;
-        tokio::time::sleep(BREAK_DURATION).await;
+        tokio::time::sleep(length).await;
         self.command(ComPort::SetControl(CONTROL_BREAK_OFF)).await;
     }
 

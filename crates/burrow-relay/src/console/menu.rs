@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use burrow_proto::glob::any_matches;
 use burrow_proto::time::format_utc_minutes;
-use russh::server::Msg;
-use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use burrow_ssh::driver::{Channel, ChannelMsg};
 
 use super::session::{Mode, run_console};
 use crate::Relay;
@@ -92,23 +91,27 @@ pub(crate) async fn run_menu(
     relay: &Arc<Relay>,
     operator: &str,
     size: (u16, u16),
-    read: &mut ChannelReadHalf,
-    write: &ChannelWriteHalf<Msg>,
+    write: &Channel,
 ) -> u32 {
     let mut list = entries(relay, operator);
-    let _ = write.data_bytes(render(operator, &list).into_bytes()).await;
+    let _ = write.data(render(operator, &list).as_bytes()).await;
     let mut line = String::new();
     loop {
-        let data = match read.wait().await {
-            Some(ChannelMsg::Data { data }) => data,
-            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return 0,
-            Some(_) => continue,
+        let data = match write.next().await {
+            Some(ChannelMsg::Data(data)) => data,
+            Some(ChannelMsg::Request { want_reply, .. }) => {
+                if want_reply {
+                    write.reply(false);
+                }
+                continue;
+            }
+            Some(ChannelMsg::Eof) | None => return 0,
         };
         for &b in data.iter() {
             match b {
                 b'\r' | b'\n' => {
                     let choice = std::mem::take(&mut line);
-                    let _ = write.data_bytes(&b"\r\n"[..]).await;
+                    let _ = write.data(b"\r\n").await;
                     match choice.trim() {
                         "q" | "quit" | "exit" => return 0,
                         "" | "r" => {}
@@ -131,33 +134,30 @@ pub(crate) async fn run_menu(
                                         console,
                                         Mode::Interactive,
                                         size,
-                                        read,
                                         write,
                                     )
                                     .await;
                                 }
                                 _ => {
                                     let _ = write
-                                        .data_bytes(
-                                            format!("no console number {n:?}\r\n").into_bytes(),
-                                        )
+                                        .data(format!("no console number {n:?}\r\n").as_bytes())
                                         .await;
                                 }
                             }
                         }
                     }
                     list = entries(relay, operator);
-                    let _ = write.data_bytes(render(operator, &list).into_bytes()).await;
+                    let _ = write.data(render(operator, &list).as_bytes()).await;
                 }
                 // Backspace and delete.
                 0x08 | 0x7f if line.pop().is_some() => {
-                    let _ = write.data_bytes(&b"\x08 \x08"[..]).await;
+                    let _ = write.data(b"\x08 \x08").await;
                 }
                 // Ctrl-C and Ctrl-D leave.
                 0x03 | 0x04 => return 0,
                 b if b.is_ascii_graphic() && line.len() < MAX_LINE => {
                     line.push(char::from(b));
-                    let _ = write.data_bytes(vec![b]).await;
+                    let _ = write.data(&[b]).await;
                 }
                 _ => {}
             }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use burrow_proto::escape::{Action, EscapeParser, describe_prefix, help_text};
 use burrow_proto::name::{DEFAULT_CONSOLE, check_name};
-use russh::server::Msg;
-use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use burrow_ssh::channel::Request;
+use burrow_ssh::driver::{Channel, ChannelMsg};
 
 use super::hub::{Hub, Out, Role};
 use crate::Relay;
@@ -25,8 +25,8 @@ fn notice_line(text: &str) -> Vec<u8> {
     format!("\r\n[burrow] {text}\r\n").into_bytes()
 }
 
-async fn say(write: &ChannelWriteHalf<Msg>, text: &str) {
-    let _ = write.data_bytes(notice_line(text)).await;
+async fn say(channel: &Channel, text: &str) {
+    let _ = channel.data(&notice_line(text)).await;
 }
 
 /// An operator's place on a hub, given up however the session ends: returned, its connection
@@ -67,8 +67,6 @@ pub(crate) fn term_size(cols: u32, rows: u32) -> (u16, u16) {
     (fit(cols, DEFAULT_SIZE.0), fit(rows, DEFAULT_SIZE.1))
 }
 
-// The channel halves, who and what, and how: splitting them into a struct would only rename them.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_console(
     relay: &Arc<Relay>,
     operator: &str,
@@ -76,8 +74,7 @@ pub(crate) async fn run_console(
     console: &str,
     mode: Mode,
     size: (u16, u16),
-    read: &mut ChannelReadHalf,
-    write: &ChannelWriteHalf<Msg>,
+    write: &Channel,
 ) -> u32 {
     let target = format!("{device}/{console}");
     let hub = match relay.hubs.open(relay, device, console, size).await {
@@ -132,7 +129,7 @@ pub(crate) async fn run_console(
     }
     say(write, &banner).await;
     if !replay.is_empty() {
-        let _ = write.data_bytes(replay).await;
+        let _ = write.data(&replay).await;
     }
     hub.notice(&format!("{operator} attached ({mode_text})"));
 
@@ -144,7 +141,7 @@ pub(crate) async fn run_console(
                 Some(out) => {
                     match out {
                         Out::Data(bytes) => {
-                            if write.data_bytes(bytes).await.is_err() {
+                            if write.data(&bytes).await.is_err() {
                                 break;
                             }
                         }
@@ -163,8 +160,8 @@ pub(crate) async fn run_console(
                     break;
                 }
             },
-            msg = read.wait() => match msg {
-                Some(ChannelMsg::Data { data }) if mode == Mode::Interactive => {
+            msg = write.next() => match msg {
+                Some(ChannelMsg::Data(data)) if mode == Mode::Interactive => {
                     let mut leave = false;
                     for action in parser.feed(&data) {
                         match act(relay, &hub, id, operator, action, write, &mut told_read_only).await {
@@ -176,12 +173,31 @@ pub(crate) async fn run_console(
                         break;
                     }
                 }
-                Some(ChannelMsg::Data { .. }) => {}
-                Some(ChannelMsg::WindowChange { col_width, row_height, .. }) => {
-                    hub.resize(id, col_width, row_height);
+                Some(ChannelMsg::Data(_)) => {}
+                Some(ChannelMsg::Request { request, want_reply }) => {
+                    let ok = match request {
+                        Request::WindowChange(size) => {
+                            hub.resize(id, size.cols, size.rows);
+                            true
+                        }
+                        // A terminal's own break (OpenSSH `~B`, PuTTY's and TeraTerm's Send
+                        // Break, RFC 4335) with the length it asks for.
+                        Request::Break { ms } if mode == Mode::Interactive => {
+                            if hub.is_writer(id) {
+                                hub.send_break(relay, operator, super::hub::break_length(ms)).await;
+                                true
+                            } else {
+                                say(write, "read-only: only the writer can send a break").await;
+                                false
+                            }
+                        }
+                        _ => false,
+                    };
+                    if want_reply {
+                        write.reply(ok);
+                    }
                 }
-                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => break,
-                Some(_) => {}
+                Some(ChannelMsg::Eof) | None => break,
             },
         }
     }
@@ -199,7 +215,7 @@ async fn act(
     id: u64,
     operator: &str,
     action: Action,
-    write: &ChannelWriteHalf<Msg>,
+    write: &Channel,
     told_read_only: &mut bool,
 ) -> Flow {
     match action {
@@ -220,7 +236,8 @@ async fn act(
         }
         Action::Break => {
             if hub.is_writer(id) {
-                hub.send_break(relay, operator).await;
+                hub.send_break(relay, operator, super::hub::BREAK_DURATION)
+                    .await;
             } else {
                 say(write, "read-only: only the writer can send a break").await;
             }
@@ -245,7 +262,7 @@ async fn act(
         }
         Action::Replay => {
             say(write, "recent output:").await;
-            let _ = write.data_bytes(hub.recent()).await;
+            let _ = write.data(&hub.recent()).await;
         }
         Action::Disconnect => {
             say(write, "disconnected").await;
@@ -253,7 +270,7 @@ async fn act(
         }
         Action::Help | Action::Unknown(_) => {
             let _ = write
-                .data_bytes(format!("\r\n{}", help_text(relay.config.console_escape)).into_bytes())
+                .data(format!("\r\n{}", help_text(relay.config.console_escape)).as_bytes())
                 .await;
         }
     }
@@ -274,8 +291,7 @@ pub(crate) async fn console_exec(
     operator: &str,
     allowed: &(dyn Fn(&str) -> bool + Sync),
     words: &[&str],
-    read: &mut ChannelReadHalf,
-    write: &ChannelWriteHalf<Msg>,
+    write: &Channel,
 ) -> u32 {
     const USAGE: &str = "usage: console break DEVICE[/NAME] | console baud DEVICE[/NAME] RATE | console watch DEVICE[/NAME]";
     let (verb, target, rate) = match words {
@@ -285,24 +301,20 @@ pub(crate) async fn console_exec(
             Ok(r) if r > 0 => ("baud", *t, Some(r)),
             _ => {
                 let _ = write
-                    .extended_data_bytes(1, format!("{r:?} is not a baud rate\n").into_bytes())
+                    .stderr(format!("{r:?} is not a baud rate\n").as_bytes())
                     .await;
                 return 2;
             }
         },
         _ => {
-            let _ = write
-                .extended_data_bytes(1, format!("{USAGE}\n").into_bytes())
-                .await;
+            let _ = write.stderr(format!("{USAGE}\n").as_bytes()).await;
             return 2;
         }
     };
     let (device, console) = match parse_target(target) {
         Ok(t) => t,
         Err(e) => {
-            let _ = write
-                .extended_data_bytes(1, format!("{e}\n").into_bytes())
-                .await;
+            let _ = write.stderr(format!("{e}\n").as_bytes()).await;
             return 2;
         }
     };
@@ -315,9 +327,7 @@ pub(crate) async fn console_exec(
             Outcome::Denied,
             &why,
         );
-        let _ = write
-            .extended_data_bytes(1, format!("{why}\n").into_bytes())
-            .await;
+        let _ = write.stderr(format!("{why}\n").as_bytes()).await;
         return 1;
     }
     if verb == "watch" {
@@ -328,7 +338,6 @@ pub(crate) async fn console_exec(
             &console,
             Mode::Watch,
             DEFAULT_SIZE,
-            read,
             write,
         )
         .await;
@@ -340,9 +349,7 @@ pub(crate) async fn console_exec(
     {
         Ok(h) => h,
         Err(why) => {
-            let _ = write
-                .extended_data_bytes(1, format!("{why}\n").into_bytes())
-                .await;
+            let _ = write.stderr(format!("{why}\n").as_bytes()).await;
             return 1;
         }
     };
@@ -352,9 +359,7 @@ pub(crate) async fn console_exec(
     } = match hub.attach(operator, true) {
         Ok(a) => a,
         Err(why) => {
-            let _ = write
-                .extended_data_bytes(1, format!("{why}\n").into_bytes())
-                .await;
+            let _ = write.stderr(format!("{why}\n").as_bytes()).await;
             return 1;
         }
     };
@@ -368,16 +373,16 @@ pub(crate) async fn console_exec(
     if role != Role::Writer {
         let who = hub.writer().unwrap_or_default();
         let _ = write
-            .extended_data_bytes(
-                1,
-                format!("{who} holds write on {device}/{console}; not changed\n").into_bytes(),
-            )
+            .stderr(format!("{who} holds write on {device}/{console}; not changed\n").as_bytes())
             .await;
         1
     } else {
         match rate {
             Some(rate) => hub.set_baud(relay, operator, rate).await,
-            None => hub.send_break(relay, operator).await,
+            None => {
+                hub.send_break(relay, operator, super::hub::BREAK_DURATION)
+                    .await
+            }
         }
         // Give the agent a moment to answer, and pass on what it says (a failed break, say).
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -388,7 +393,7 @@ pub(crate) async fn console_exec(
                     if text.contains("failed") || text.starts_with("offline") {
                         failed = true;
                     }
-                    let _ = write.data_bytes(format!("{text}\n").into_bytes()).await;
+                    let _ = write.data(format!("{text}\n").as_bytes()).await;
                     if text.starts_with("line speed is") || text == super::hub::BREAK_ENDED {
                         break;
                     }
