@@ -183,6 +183,12 @@ impl Relay {
         self.registry.get(device).map(|s| s.peer)
     }
 
+    /// The most bytes one stream of `device`'s current session ever held unread at the relay
+    /// (bounded by the window the relay advertised on that stream), if online.
+    pub fn online_peak_buffered(&self, device: &str) -> Option<usize> {
+        self.registry.get(device).map(|s| s.handle.peak_buffered())
+    }
+
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }

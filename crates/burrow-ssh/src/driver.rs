@@ -153,6 +153,8 @@ struct Slot {
     /// piece was read.
     recv: VecDeque<Item>,
     head: usize,
+    /// Data bytes in `recv` not yet read (at most the window this channel advertised).
+    queued: usize,
     requests: usize,
     eof: bool,
     /// [`Channel::next`] has returned EOF.
@@ -189,6 +191,8 @@ struct State {
     /// The peer's DISCONNECT description, if it sent one.
     peer_disconnect: Option<String>,
     authenticated: Option<String>,
+    /// The most data bytes ever queued unread on one channel of this connection.
+    peak_queued: usize,
 }
 
 impl State {
@@ -373,6 +377,12 @@ impl Handle {
         }
     }
 
+    /// The most data ever queued unread on one channel of this connection: what a reader
+    /// that falls behind costs in memory (never more than the window its channel advertised).
+    pub fn peak_buffered(&self) -> usize {
+        self.inner.lock().peak_queued
+    }
+
     /// How many channels are open.
     pub fn channel_count(&self) -> usize {
         self.inner.lock().slots.len()
@@ -520,17 +530,11 @@ impl Channel {
 
     /// Bytes received and not yet read.
     pub fn buffered(&self) -> usize {
-        let st = self.inner.lock();
-        st.slots.get(&self.id).map_or(0, |s| {
-            s.recv
-                .iter()
-                .map(|i| match i {
-                    Item::Data(d) => d.len(),
-                    Item::Request(..) => 0,
-                })
-                .sum::<usize>()
-                .saturating_sub(s.head)
-        })
+        self.inner
+            .lock()
+            .slots
+            .get(&self.id)
+            .map_or(0, |s| s.queued)
     }
 
     /// The next message: data, a request or EOF, in the order they arrived; `None` once the
@@ -550,6 +554,7 @@ impl Channel {
             let msg = match item {
                 Item::Data(mut d) => {
                     let rest = d.split_off(head.min(d.len()));
+                    slot.queued = slot.queued.saturating_sub(rest.len());
                     let _ = session.connection().consume(self.id, rest.len());
                     ChannelMsg::Data(rest)
                 }
@@ -695,6 +700,7 @@ impl AsyncRead for Channel {
                     let n = rest.len().min(buf.remaining());
                     buf.put_slice(rest.get(..n).unwrap_or_default());
                     taken = taken.saturating_add(n);
+                    slot.queued = slot.queued.saturating_sub(n);
                     slot.head = slot.head.saturating_add(n);
                     if slot.head >= front.len() {
                         slot.recv.pop_front();
@@ -807,6 +813,7 @@ pub fn start<H: Handler>(
             ended: None,
             peer_disconnect: None,
             authenticated: None,
+            peak_queued: 0,
         }),
         wake: Notify::new(),
         changed: Notify::new(),
@@ -1042,6 +1049,8 @@ impl State {
             E::Data { channel, data } => {
                 match self.slots.get_mut(&channel) {
                     Some(slot) if !slot.dropped => {
+                        slot.queued = slot.queued.saturating_add(data.len());
+                        self.peak_queued = self.peak_queued.max(slot.queued);
                         slot.recv.push_back(Item::Data(data));
                         if let Some(w) = slot.reader.take() {
                             w.wake();

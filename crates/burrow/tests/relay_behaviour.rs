@@ -63,7 +63,7 @@ async fn takeover_after_stalled_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_reader_holds_back_only_its_own_stream_and_loses_nothing() {
+async fn a_stopped_then_slow_reader_holds_back_only_its_own_stream_and_loses_nothing() {
     let dir = tempdir();
     let relay = TestRelay::start(&dir.path().join("relay")).await;
     let dev_key = keypair(dir.path(), "dev");
@@ -115,14 +115,33 @@ async fn a_stopped_reader_holds_back_only_its_own_stream_and_loses_nothing() {
         assert_eq!(out.len(), payload.len());
         assert!(out.iter().all(|b| *b == b'Q'));
     }
-    // The stopped stream was held back, not cut: once read, every byte arrives in order.
+    // The stopped stream was held back, not cut: read slowly now (a small read, then a
+    // pause, far below what the device sends), every byte arrives in order.
     use tokio::io::AsyncReadExt;
     let mut got = Vec::with_capacity(TOTAL);
-    tokio::time::timeout(WAIT * 6, out.read_to_end(&mut got))
+    let slow_read = async {
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = out.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(WAIT * 6, slow_read)
         .await
-        .expect("the held stream delivers the rest")
-        .unwrap();
+        .expect("the held stream delivers the rest");
     assert_eq!(got.len(), TOTAL);
+    // What the relay held for the stream never passed the window it advertised to the
+    // device (burrow-ssh's default, as OpenSSH's: 2 MiB).
+    let peak = relay.relay.online_peak_buffered("pi").unwrap();
+    let window = burrow_ssh::channel::Limits::default().window as usize;
+    assert!(
+        peak > 0 && peak <= window,
+        "{peak} bytes held for one stream, window {window}"
+    );
     assert!(
         got == pattern(TOTAL),
         "the bytes arrived altered or out of order"
@@ -146,6 +165,98 @@ async fn a_stopped_reader_holds_back_only_its_own_stream_and_loses_nothing() {
         row.detail.contains(&format!("{TOTAL} bytes from device")),
         "{row:?}"
     );
+}
+
+/// Like iperf3 through one `ssh -L` connection: a control stream and data streams share the
+/// operator's connection. One stream is never read; the others keep moving both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_through_one_ssh_l_keep_moving_beside_one_never_read() {
+    use tokio::io::AsyncReadExt;
+    let (dir, relay, dev_key, op_key) = relay_with("pi", "op").await;
+    let hose = firehose(256 << 20).await;
+    let echo = echo_server().await;
+    let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
+    let _device = stock_device(
+        &dev_cfg,
+        &[
+            "-R",
+            &format!("80:localhost:{}", hose.port()),
+            "-R",
+            &format!("81:localhost:{}", echo.port()),
+        ],
+    );
+    relay.wait_endpoint("pi", 80).await;
+    relay.wait_endpoint("pi", 81).await;
+    let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+    let (idle_port, busy_port) = (free_port(), free_port());
+    let _operator = KillOnDrop(
+        ssh(
+            &op_cfg,
+            &[
+                "-N",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-L",
+                &format!("{idle_port}:pi:80"),
+                "-L",
+                &format!("{busy_port}:pi:81"),
+                "relay",
+            ],
+        )
+        .spawn()
+        .unwrap(),
+    );
+    let never_read = eventually("ssh -L to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", idle_port)).ok()
+    })
+    .await;
+    // Let the unread stream fill every buffer on its way: the local socket, ssh's channel
+    // buffer, the relay's window towards the device.
+    eventually("the unread stream to be open at the relay", || {
+        relay
+            .relay
+            .store()
+            .audit_tail(20)
+            .ok()?
+            .iter()
+            .any(|r| r.event == "stream" && r.target == "pi:80")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+
+    // Four streams at once, each 4 MiB each way, all through the same operator connection.
+    let mut streams = Vec::new();
+    for n in 0..4u8 {
+        streams.push(tokio::spawn(async move {
+            let payload: Vec<u8> = (0..4usize << 20).map(|i| (i as u8) ^ n).collect();
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", busy_port))
+                .await
+                .unwrap();
+            let (mut r, mut w) = tcp.into_split();
+            let sent = payload.clone();
+            let writer = tokio::spawn(async move {
+                w.write_all(&sent).await.unwrap();
+                w.shutdown().await.unwrap();
+            });
+            let mut back = Vec::new();
+            r.read_to_end(&mut back).await.unwrap();
+            writer.await.unwrap();
+            back == payload
+        }));
+    }
+    for s in streams {
+        let same = tokio::time::timeout(WAIT * 3, s)
+            .await
+            .expect("a stream beside the unread one finished")
+            .unwrap();
+        assert!(same, "a stream's bytes came back altered");
+    }
+    // The unread stream is still there, held back rather than cut, and the device too.
+    assert!(relay.relay.online_endpoints("pi").is_some());
+    never_read.set_nonblocking(true).unwrap();
+    let mut peek = [0u8; 1];
+    assert_eq!(never_read.peek(&mut peek).unwrap(), 1);
 }
 
 /// The bytes [`patterned_firehose`] sends: position-dependent, so that a lost, repeated or
