@@ -10,8 +10,10 @@ need=()
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
-# PuTTY's plink logs in by password as PuTTY and TeraTerm users do.
+# PuTTY's plink logs in by password as PuTTY and TeraTerm users do, and jumps with -nc.
 command -v plink >/dev/null 2>&1 || need+=(putty-tools)
+# dropbear's client (device and operator) and server (the agent against it).
+{ command -v dbclient >/dev/null 2>&1 && [ -x /usr/sbin/dropbear ]; } || need+=(dropbear-bin)
 # The package tests verify the systemd units; the https metadata test makes its CA with openssl.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
@@ -25,13 +27,16 @@ if [ ${#need[@]} -gt 0 ]; then
   sudo_if_needed apt-get update -qq
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
-# The console tests drive pyserial's RFC 2217 client.
-if ! python3 -c 'import serial' >/dev/null 2>&1; then
-  echo "test.sh: installing pyserial"
-  python3 -m pip install --quiet pyserial 2>/dev/null \
-    || python3 -m pip install --quiet --break-system-packages pyserial 2>/dev/null \
-    || { sudo_if_needed apt-get update -qq && sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-serial; }
-fi
+# Python clients the tests drive: pyserial's RFC 2217 client (consoles), paramiko (a third
+# SSH implementation), ssh-audit (the relay's algorithms).
+pip_install() {
+  python3 -m pip install --quiet "$1" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages "$1" 2>/dev/null
+}
+python3 -c 'import serial' >/dev/null 2>&1 || { echo "test.sh: installing pyserial"; pip_install pyserial \
+  || { sudo_if_needed apt-get update -qq && sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-serial; }; }
+python3 -c 'import paramiko' >/dev/null 2>&1 || { echo "test.sh: installing paramiko"; pip_install paramiko; }
+python3 -c 'import ssh_audit' >/dev/null 2>&1 || { echo "test.sh: installing ssh-audit"; pip_install ssh-audit; }
 # sshd refuses to start without its privilege separation directory.
 [ -d /run/sshd ] || sudo_if_needed mkdir -p /run/sshd
 

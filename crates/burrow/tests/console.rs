@@ -397,6 +397,105 @@ async fn break_reaches_the_port_layer_with_its_duration() {
     agent.stop().await;
 }
 
+/// The markers of a console recording.
+fn recording_markers(relay: &TestRelay) -> Vec<String> {
+    let files = burrow_relay::console::recording::list(&relay.data_dir, Some("pi")).unwrap();
+    let mut markers = Vec::new();
+    for f in files {
+        for line in std::fs::read_to_string(&f.path).unwrap().lines().skip(1) {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            if event[1] == "m" {
+                markers.push(event[2].as_str().unwrap().to_string());
+            }
+        }
+    }
+    markers
+}
+
+/// A terminal's own break: OpenSSH's `~B` (a 1000 ms RFC 4335 request), and the request
+/// PuTTY's and TeraTerm's Send Break make (length 0: the serial layer's default). Both reach
+/// the port layer held for their length, and both are audited and marked in the recording.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_break_requests_reach_the_port_with_their_length() {
+    let (dir, relay, agent, cfg, breaks) = site_with_backend(false).await;
+    // The escape character back on (the helper turns it off).
+    let mut t = Terminal::spawn(&cfg, &["-e", "~", "-l", "alice:pi", "relay"]);
+    t.expect("read-write").await;
+    t.send(b"\r~B").await;
+    t.expect("break (1000 ms) sent by alice").await;
+    eventually("the break to end at the port", || {
+        (breaks.lock().unwrap().len() == 2).then_some(())
+    })
+    .await;
+    let log = breaks.lock().unwrap().clone();
+    assert_eq!(
+        log.iter().map(|(on, _)| *on).collect::<Vec<_>>(),
+        [true, false]
+    );
+    let held = log[1].1 - log[0].1;
+    assert!(held >= std::time::Duration::from_millis(900), "{held:?}");
+    t.send(b"\r~.").await;
+    t.wait().await;
+
+    // PuTTY's Send Break, as it puts it on the wire (plink has no way to send one).
+    use burrow_ssh::channel::{OpenKind, Request, TermSize};
+    let handle = burrow_ssh_client(relay.addr, "alice:pi", &dir.path().join("alice")).await;
+    let channel = handle.open(OpenKind::Session).await.unwrap();
+    let size = TermSize {
+        cols: 80,
+        rows: 24,
+        width_px: 0,
+        height_px: 0,
+    };
+    let pty = Request::PtyReq {
+        term: "xterm".into(),
+        size,
+        modes: vec![0],
+    };
+    assert!(channel.request(pty, true).await.unwrap());
+    assert!(channel.request(Request::Shell, true).await.unwrap());
+    assert!(
+        channel
+            .request(Request::Break { ms: 0 }, true)
+            .await
+            .unwrap(),
+        "the break request is accepted"
+    );
+    eventually("the second break to end at the port", || {
+        (breaks.lock().unwrap().len() == 4).then_some(())
+    })
+    .await;
+    let log = breaks.lock().unwrap().clone();
+    let held = log[3].1 - log[2].1;
+    assert!(held >= std::time::Duration::from_millis(400), "{held:?}");
+    channel.close();
+    drop(channel);
+    handle.disconnect("done");
+
+    let audit = relay.relay.store().audit_tail(50).unwrap();
+    let lengths: Vec<_> = audit
+        .iter()
+        .filter(|r| r.event == "console-break")
+        .map(|r| (r.who.as_str(), r.detail.as_str()))
+        .collect();
+    assert!(lengths.contains(&("alice", "1000 ms")), "{lengths:?}");
+    assert!(lengths.contains(&("alice", "500 ms")), "{lengths:?}");
+    let markers = eventually("both breaks in the recordings", || {
+        let m = recording_markers(&relay);
+        (m.iter().filter(|m| m.starts_with("break (")).count() == 2).then_some(m)
+    })
+    .await;
+    assert!(
+        markers.iter().any(|m| m == "break (1000 ms) sent by alice"),
+        "{markers:?}"
+    );
+    assert!(
+        markers.iter().any(|m| m == "break (500 ms) sent by alice"),
+        "{markers:?}"
+    );
+    agent.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn break_failure_is_reported_to_the_operator() {
     let (_dir, _relay, agent, cfg, _) = site_with_backend(true).await;
@@ -832,6 +931,77 @@ async fn operator_losing_a_device_is_detached_from_its_console_and_write_is_free
         audit
             .iter()
             .any(|r| r.event == "console-detach" && r.who == "alice"),
+        "{audit:#?}"
+    );
+    s.agent.stop().await;
+}
+
+/// PuTTY's plink at a console the way PuTTY users log in: the user name carries the target,
+/// the password goes in at keyboard-interactive's prompt, a pty is asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plink_console_login_with_a_password() {
+    let s = site().await;
+    let hash = burrow_relay::admin::hash_password("putty pass").unwrap();
+    s.relay
+        .relay
+        .store()
+        .add_operator("erin", &[], Some(&hash), &["pi".to_string()], true)
+        .unwrap();
+    let mut plink = tokio::process::Command::new("plink");
+    plink
+        .args([
+            "-ssh",
+            "-batch",
+            "-t",
+            "-P",
+            &s.relay.addr.port().to_string(),
+        ])
+        .args([
+            "-hostkey",
+            &s.relay.relay.fingerprint(),
+            "-pw",
+            "putty pass",
+        ])
+        .arg("erin:pi@127.0.0.1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = plink
+        .spawn()
+        .expect("plink is installed (putty-tools; ./test.sh installs it)");
+    let mut stdin = child.stdin.take().unwrap();
+    use tokio::io::AsyncWriteExt;
+    eventually("erin to hold write", || {
+        s.relay
+            .relay
+            .store()
+            .audit_tail(20)
+            .ok()?
+            .iter()
+            .any(|r| r.event == "console-attach" && r.who == "erin")
+            .then_some(())
+    })
+    .await;
+    stdin.write_all(b"show clock\r").await.unwrap();
+    eventually("the line at the router", || {
+        String::from_utf8_lossy(&s.router.received())
+            .contains("show clock\r")
+            .then_some(())
+    })
+    .await;
+    stdin.write_all(b"\x05c.").await.unwrap();
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Router# got show clock"), "{text}");
+    let audit = s.relay.relay.store().audit_tail(50).unwrap();
+    assert!(
+        audit.iter().any(|r| r.event == "auth"
+            && r.who.starts_with("erin:pi")
+            && r.detail.contains("keyboard-interactive")),
         "{audit:#?}"
     );
     s.agent.stop().await;

@@ -401,41 +401,6 @@ async fn silent_and_garbage_connections_are_closed_and_relay_keeps_serving() {
     assert!(ok, "{err}");
 }
 
-/// A minimal burrow-ssh client acting as a device, for requests stock ssh cannot send on
-/// demand.
-struct Device;
-
-impl burrow_ssh::driver::Handler for Device {}
-
-async fn device_session(relay: &TestRelay, name: &str, key: &std::path::Path) -> Handle {
-    let key = burrow_ssh::auth::ClientKey::read(key).unwrap();
-    let config = burrow_ssh::transport::Config {
-        role: burrow_ssh::transport::Role::Client,
-        software: "test_device".into(),
-        comment: None,
-        ciphers: vec!["chacha20-poly1305@openssh.com".into()],
-        host_key: None,
-        host_key_check: Some(Box::new(|_| true)),
-        rekey_bytes: 1 << 30,
-        rekey_time: std::time::Duration::from_secs(3600),
-        ext_info: None,
-    };
-    let session = burrow_ssh::session::Session::new(
-        config,
-        burrow_ssh::session::Side::Client {
-            user: name.into(),
-            credentials: vec![burrow_ssh::auth::Credential::Key(Box::new(key))],
-        },
-        burrow_ssh::channel::Limits::default(),
-        std::time::Instant::now(),
-    );
-    let tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
-    let (handle, _task) = burrow_ssh::driver::connect(tcp, session, Device)
-        .await
-        .expect("the device logs in");
-    handle
-}
-
 async fn forward(handle: &Handle, address: &str, port: u32) -> Result<u32, String> {
     use burrow_ssh::driver::GlobalAnswer;
     match handle
@@ -457,7 +422,7 @@ async fn cancel_tcpip_forward_removes_the_endpoint() {
     let relay = TestRelay::start(&dir.path().join("relay")).await;
     let dev_key = keypair(dir.path(), "dev");
     relay.add_device("pi", &dev_key);
-    let handle = device_session(&relay, "pi", &dev_key).await;
+    let handle = burrow_ssh_client(relay.addr, "pi", &dev_key).await;
     forward(&handle, "", 22).await.unwrap();
     forward(&handle, "pi", 80).await.unwrap();
     let dynamic = forward(&handle, "localhost", 0).await.unwrap();

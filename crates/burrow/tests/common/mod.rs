@@ -870,3 +870,43 @@ impl FakeRouter {
         drop(self.master);
     }
 }
+
+/// A burrow-ssh client that accepts nothing the server offers, for requests stock clients
+/// cannot send on demand.
+struct PlainClient;
+
+impl burrow_ssh::driver::Handler for PlainClient {}
+
+/// A burrow-ssh client session to `addr` as `user` with `key` (any host key accepted).
+pub async fn burrow_ssh_client(
+    addr: SocketAddr,
+    user: &str,
+    key: &Path,
+) -> burrow_ssh::driver::Handle {
+    let key = burrow_ssh::auth::ClientKey::read(key).unwrap();
+    let config = burrow_ssh::transport::Config {
+        role: burrow_ssh::transport::Role::Client,
+        software: "test_client".into(),
+        comment: None,
+        ciphers: vec!["chacha20-poly1305@openssh.com".into()],
+        host_key: None,
+        host_key_check: Some(Box::new(|_| true)),
+        rekey_bytes: 1 << 30,
+        rekey_time: Duration::from_secs(3600),
+        ext_info: None,
+    };
+    let session = burrow_ssh::session::Session::new(
+        config,
+        burrow_ssh::session::Side::Client {
+            user: user.into(),
+            credentials: vec![burrow_ssh::auth::Credential::Key(Box::new(key))],
+        },
+        burrow_ssh::channel::Limits::default(),
+        Instant::now(),
+    );
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (handle, _task) = burrow_ssh::driver::connect(tcp, session, PlainClient)
+        .await
+        .expect("the client logs in");
+    handle
+}
