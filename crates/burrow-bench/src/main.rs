@@ -63,6 +63,27 @@ pub struct Args {
     /// Skip rathole even when it could be installed.
     #[arg(long)]
     pub no_rathole: bool,
+    /// Only these parts (repeatable; default all), for tuning runs: the report then holds
+    /// only their numbers.
+    #[arg(long, value_enum)]
+    pub only: Vec<Part>,
+}
+
+/// The parts of a run.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// Throughput and latency through each system.
+    Traffic,
+    /// Idle devices, memory per device, reconnects.
+    Devices,
+    /// Idle bytes and the emulated cellular link.
+    Cellular,
+}
+
+impl Args {
+    fn runs(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -88,12 +109,21 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let env = env::Env::prepare(&args).await?;
     let mut results = report::Results::new(&env);
-    eprintln!("burrow-bench: traffic (throughput and latency) through each system");
-    traffic::run_all(&env, &args, &mut results).await?;
-    eprintln!("burrow-bench: idle devices and reconnects");
-    devices::run_all(&env, &args, &mut results).await?;
-    eprintln!("burrow-bench: the cellular link (idle cost, blackout, throughput, latency)");
-    for r in cellular::run_all(&env, &args).await? {
+    if args.runs(Part::Traffic) {
+        eprintln!("burrow-bench: traffic (throughput and latency) through each system");
+        traffic::run_all(&env, &args, &mut results).await?;
+    }
+    if args.runs(Part::Devices) {
+        eprintln!("burrow-bench: idle devices and reconnects");
+        devices::run_all(&env, &args, &mut results).await?;
+    }
+    let cellular = if args.runs(Part::Cellular) {
+        eprintln!("burrow-bench: the cellular link (idle cost, blackout, throughput, latency)");
+        cellular::run_all(&env, &args).await?
+    } else {
+        Vec::new()
+    };
+    for r in cellular {
         match &r.note {
             Some(note) => results.push_note(&r.group, &r.system, r.value, r.unit, note),
             None => results.push(&r.group, &r.system, r.value, r.unit),

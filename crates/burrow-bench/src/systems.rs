@@ -107,12 +107,36 @@ pub async fn sshd(env: &Env, name: &str, extra: &str) -> anyhow::Result<(Proc, u
     Ok((proc, port))
 }
 
-pub async fn openssh(env: &Env, b: Backends) -> anyhow::Result<Path> {
+/// `-c CIPHER` when a cipher is chosen, and how a system's name says which.
+fn cipher_args(cipher: Option<&str>) -> (Vec<String>, String) {
+    match cipher {
+        Some(c) => (
+            vec!["-c".into(), c.into()],
+            c.trim_end_matches("@openssh.com").to_string(),
+        ),
+        None => (Vec::new(), "default cipher".into()),
+    }
+}
+
+/// The seed's exposure path: `ssh -R` from the device to a stock sshd, clients connect to the
+/// ports sshd opens. With `cipher`, that cipher; otherwise OpenSSH's own choice.
+pub async fn openssh(env: &Env, b: Backends, cipher: Option<&str>) -> anyhow::Result<Path> {
+    Ok(openssh_with_sshd(env, b, cipher).await?.0)
+}
+
+/// [`openssh`], and the port of its sshd.
+async fn openssh_with_sshd(
+    env: &Env,
+    b: Backends,
+    cipher: Option<&str>,
+) -> anyhow::Result<(Path, u16)> {
     let (sshd, port) = sshd(env, "sshd-traffic", "").await?;
     let (ri, re) = (free_port(), free_port());
+    let (c, label) = cipher_args(cipher);
     let client = Proc::spawn(
         ssh_base(env, port)
-            .args(["-N", "-c", SAME_CIPHER, "-o", "ExitOnForwardFailure=yes"])
+            .args(["-N", "-o", "ExitOnForwardFailure=yes"])
+            .args(&c)
             .args([
                 "-R",
                 &format!("{ri}:127.0.0.1:{}", b.bulk),
@@ -123,14 +147,46 @@ pub async fn openssh(env: &Env, b: Backends) -> anyhow::Result<Path> {
     )?;
     wait_port(re, "ssh -R").await?;
     crate::traffic::wait_echo(re).await?;
-    Ok(Path {
-        system: format!(
-            "OpenSSH ssh -R ({})",
-            SAME_CIPHER.trim_end_matches("@openssh.com")
-        ),
+    let path = Path {
+        system: format!("OpenSSH ssh -R ({label})"),
         bulk: ri,
         echo: re,
         _procs: vec![sshd, client],
+    };
+    Ok((path, port))
+}
+
+/// The seed's operator path: the device's `ssh -R` to a stock sshd, and the operator's
+/// `ssh -L` to those ports through the same sshd: two encrypted hops, as burrow's operator
+/// path has (device to relay, relay to operator).
+pub async fn openssh_operator(
+    env: &Env,
+    b: Backends,
+    cipher: Option<&str>,
+) -> anyhow::Result<Path> {
+    let (mut exposure, sshd_port) = openssh_with_sshd(env, b, cipher).await?;
+    let (li, le) = (free_port(), free_port());
+    let (c, label) = cipher_args(cipher);
+    let operator = Proc::spawn(
+        ssh_base(env, sshd_port)
+            .args(["-N", "-o", "ExitOnForwardFailure=yes"])
+            .args(&c)
+            .args([
+                "-L",
+                &format!("{li}:127.0.0.1:{}", exposure.bulk),
+                "-L",
+                &format!("{le}:127.0.0.1:{}", exposure.echo),
+            ])
+            .arg(format!("{}@127.0.0.1", env.user)),
+    )?;
+    wait_port(le, "ssh -L").await?;
+    crate::traffic::wait_echo(le).await?;
+    exposure._procs.push(operator);
+    Ok(Path {
+        system: format!("OpenSSH operator path, ssh -L to ssh -R ({label})"),
+        bulk: li,
+        echo: le,
+        _procs: exposure._procs,
     })
 }
 
@@ -337,12 +393,18 @@ pub fn burrow_exposure(site: &BurrowSite) -> Path {
 }
 
 /// The operator path: stock `ssh -L` through the relay to the device's endpoints (direct-tcpip,
-/// as `ssh -W` and `ssh -J` use).
-pub async fn burrow_operator(env: &Env, site: &BurrowSite) -> anyhow::Result<Path> {
+/// as `ssh -W` and `ssh -J` use), with `cipher` on the operator's hop or OpenSSH's own choice.
+pub async fn burrow_operator(
+    env: &Env,
+    site: &BurrowSite,
+    cipher: Option<&str>,
+) -> anyhow::Result<Path> {
     let (li, le) = (free_port(), free_port());
+    let (c, label) = cipher_args(cipher);
     let ssh = Proc::spawn(
         ssh_base(env, site.relay_port)
             .args(["-N", "-o", "ExitOnForwardFailure=yes"])
+            .args(&c)
             .args([
                 "-L",
                 &format!("{li}:bench-dev:{}", site.bulk),
@@ -354,7 +416,7 @@ pub async fn burrow_operator(env: &Env, site: &BurrowSite) -> anyhow::Result<Pat
     wait_port(le, "ssh -L").await?;
     crate::traffic::wait_echo(le).await?;
     Ok(Path {
-        system: "burrow operator (ssh -L via relay)".into(),
+        system: format!("burrow operator, ssh -L via relay ({label})"),
         bulk: li,
         echo: le,
         _procs: vec![ssh],

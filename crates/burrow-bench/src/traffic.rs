@@ -215,8 +215,14 @@ pub async fn run_all(env: &Env, args: &Args, results: &mut Results) -> anyhow::R
         echo: echo_server().await?,
     };
     measure(args, &systems::direct(b), results).await?;
-    {
-        let path = systems::openssh(env, b).await?;
+    // OpenSSH with its own cipher choice (chacha20-poly1305), and with burrow's default
+    // (aes256-gcm) for same-cipher ratios; each path torn down before the next starts.
+    for cipher in [None, Some(systems::SAME_CIPHER)] {
+        let path = systems::openssh(env, b, cipher).await?;
+        measure(args, &path, results).await?;
+    }
+    for cipher in [None, Some(systems::SAME_CIPHER)] {
+        let path = systems::openssh_operator(env, b, cipher).await?;
         measure(args, &path, results).await?;
     }
     for noise in [true, false] {
@@ -226,8 +232,8 @@ pub async fn run_all(env: &Env, args: &Args, results: &mut Results) -> anyhow::R
     }
     let site = systems::burrow_site(env, "relay-traffic", b).await?;
     measure(args, &systems::burrow_exposure(&site), results).await?;
-    {
-        let path = systems::burrow_operator(env, &site).await?;
+    for cipher in [None, Some(systems::SAME_CIPHER)] {
+        let path = systems::burrow_operator(env, &site, cipher).await?;
         measure(args, &path, results).await?;
     }
     // The agent's footprint with one endpoint and one console, while it is here.

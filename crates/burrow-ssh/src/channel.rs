@@ -13,6 +13,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use bytes::Bytes;
+
 use crate::msg;
 use crate::wire::{Reader, WireError, Writer};
 
@@ -386,8 +388,8 @@ pub enum Event {
     Data {
         /// The channel.
         channel: ChannelId,
-        /// The bytes.
-        data: Vec<u8>,
+        /// The bytes (a view of the packet they came in: no copy).
+        data: Bytes,
     },
     /// Extended data (stderr is code 1); it counts against the window like data.
     ExtendedData {
@@ -396,7 +398,7 @@ pub enum Event {
         /// Data type code.
         code: u32,
         /// The bytes.
-        data: Vec<u8>,
+        data: Bytes,
     },
     /// The peer will send no more data on the channel.
     Eof(ChannelId),
@@ -1155,7 +1157,7 @@ impl Connection {
         &mut self,
         channel: ChannelId,
         code: Option<u32>,
-        mut payload: Vec<u8>,
+        payload: Vec<u8>,
         len: usize,
     ) -> Result<(), ConnectionError> {
         let c = self.get(channel)?;
@@ -1177,9 +1179,9 @@ impl Connection {
             // In flight when we closed: dropped, and there is no one to give the window to.
             return Ok(());
         }
-        // The data is the tail of the payload: cut the header off in place.
+        // The data is the tail of the payload: a view past the header, not a copy.
         let header = payload.len().saturating_sub(len);
-        payload.drain(..header);
+        let payload = Bytes::from(payload).slice(header..);
         self.events.push_back(match code {
             None => Event::Data {
                 channel,
@@ -1303,7 +1305,7 @@ mod tests {
         events
             .iter()
             .flat_map(|e| match e {
-                Event::Data { data, .. } => data.clone(),
+                Event::Data { data, .. } => data.to_vec(),
                 _ => Vec::new(),
             })
             .collect()

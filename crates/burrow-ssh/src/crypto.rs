@@ -17,7 +17,7 @@
 
 use aes::cipher::{KeyIvInit, StreamCipher};
 use ring::aead::chacha20_poly1305_openssh as chacha;
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::aead::{self, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 use ring::hmac;
 
 use crate::packet::{Framing, PacketError};
@@ -302,8 +302,8 @@ impl Opener {
     }
 
     /// The payload of a whole packet (as long as [`Opener::length`] said) with sequence
-    /// number `seq`.
-    pub fn open(&mut self, seq: u32, packet: &mut [u8]) -> Result<Vec<u8>, OpenError> {
+    /// number `seq`, decrypted in place: a slice of `packet`.
+    pub fn open<'p>(&mut self, seq: u32, packet: &'p mut [u8]) -> Result<&'p [u8], OpenError> {
         if let OpenKey::CtrEtm(etm) = &mut self.key {
             let split = packet
                 .len()
@@ -320,11 +320,7 @@ impl Opener {
             }
             let body = sealed.get_mut(4..).unwrap_or_default();
             etm.ctr.apply(body);
-            return self
-                .framing
-                .payload(body)
-                .map(<[u8]>::to_vec)
-                .map_err(OpenError::Packet);
+            return self.framing.payload(body).map_err(OpenError::Packet);
         }
         let split = packet
             .len()
@@ -339,24 +335,22 @@ impl Opener {
             OpenKey::Gcm(gcm) => {
                 let at = 4.min(sealed.len());
                 let (length, body) = sealed.split_at_mut(at);
-                let mut in_out = body.to_vec();
-                in_out.extend_from_slice(&tag);
                 // The nonce advances whether or not the packet is genuine: a failure ends the
                 // connection anyway.
                 let nonce = gcm.next_nonce();
-                let plain = gcm
-                    .key
-                    .open_in_place(nonce, Aad::from(&*length), &mut in_out)
-                    .map_err(|_| OpenError::Authentication)?;
-                body.copy_from_slice(plain);
-                body
+                gcm.key
+                    .open_in_place_separate_tag(
+                        nonce,
+                        Aad::from(&*length),
+                        Tag::from(tag),
+                        body,
+                        0..,
+                    )
+                    .map_err(|_| OpenError::Authentication)?
             }
             OpenKey::CtrEtm(_) => return Err(OpenError::Authentication),
         };
-        self.framing
-            .payload(body)
-            .map(<[u8]>::to_vec)
-            .map_err(OpenError::Packet)
+        self.framing.payload(body).map_err(OpenError::Packet)
     }
 }
 
@@ -399,7 +393,7 @@ mod tests {
                     }
                     let first: [u8; 4] = packet[..4].try_into().expect("4");
                     assert_eq!(o.length(seq, first), Ok(packet.len()));
-                    assert_eq!(o.open(seq, &mut packet), Ok(payload), "{cipher} {mac}");
+                    assert_eq!(o.open(seq, &mut packet), Ok(&payload[..]), "{cipher} {mac}");
                 }
                 let mut packet = s.seal(4, b"x", |p| p.fill(0));
                 packet[6] ^= 1;
@@ -427,7 +421,7 @@ mod tests {
                 let mut packet = s.seal(seq, &payload, |p| p.fill(0x11));
                 let first: [u8; 4] = packet[..4].try_into().expect("4 bytes");
                 assert_eq!(o.length(seq, first), Ok(packet.len()), "{cipher}");
-                assert_eq!(o.open(seq, &mut packet), Ok(payload), "{cipher}");
+                assert_eq!(o.open(seq, &mut packet), Ok(&payload[..]), "{cipher}");
             }
         }
     }

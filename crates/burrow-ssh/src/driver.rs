@@ -115,7 +115,7 @@ pub trait Handler: Send + 'static {
 
 /// What arrived on a channel, in order.
 enum Item {
-    Data(Vec<u8>),
+    Data(bytes::Bytes),
     Request(Request, bool),
 }
 
@@ -552,8 +552,8 @@ impl Channel {
         if let Some(item) = slot.recv.pop_front() {
             let head = std::mem::take(&mut slot.head);
             let msg = match item {
-                Item::Data(mut d) => {
-                    let rest = d.split_off(head.min(d.len()));
+                Item::Data(d) => {
+                    let rest = d.get(head..).unwrap_or_default().to_vec();
                     slot.queued = slot.queued.saturating_sub(rest.len());
                     let _ = session.connection().consume(self.id, rest.len());
                     ChannelMsg::Data(rest)
@@ -826,8 +826,9 @@ pub fn start<H: Handler>(
         socket,
         handler,
         observer,
-        out: Vec::new(),
+        out: VecDeque::new(),
         out_at: 0,
+        out_len: 0,
     };
     (handle, driver.run())
 }
@@ -837,8 +838,12 @@ struct Driver<H> {
     socket: TcpStream,
     handler: H,
     observer: Option<Arc<dyn Observer>>,
-    out: Vec<u8>,
+    /// Sealed packets waiting for the socket, written as they are (no copy into one buffer);
+    /// `out_at` is how much of the first was written.
+    out: VecDeque<Vec<u8>>,
     out_at: usize,
+    /// Bytes in `out` not yet written.
+    out_len: usize,
 }
 
 impl<H> Drop for Driver<H> {
@@ -864,18 +869,11 @@ impl<H: Handler> Driver<H> {
     /// Moves the session's output into `out` and takes its events.
     fn collect(&mut self) -> (Vec<Event>, Option<Instant>, Option<String>) {
         let mut st = self.inner.lock();
-        if self.out_at >= self.out.len() {
-            self.out.clear();
-            self.out_at = 0;
-        } else if self.out_at >= READ_SIZE && self.out_at >= self.out.len() / 2 {
-            // Under steady traffic the buffer never empties: drop what was written.
-            self.out.drain(..self.out_at);
-            self.out_at = 0;
-        }
         while let Some(bytes) = st.session.poll_transmit() {
-            self.out.extend_from_slice(&bytes);
+            self.out_len = self.out_len.saturating_add(bytes.len());
+            self.out.push_back(bytes);
         }
-        st.backlog = self.out.len().saturating_sub(self.out_at);
+        st.backlog = self.out_len;
         if st.backlog < BACKLOG_HIGH / 2 {
             for w in st.blocked.drain(..) {
                 w.wake();
@@ -896,16 +894,15 @@ impl<H: Handler> Driver<H> {
             if had_events {
                 continue;
             }
+            let pending = !self.out.is_empty();
             if let Some(why) = &failure
-                && self.out_at >= self.out.len()
+                && !pending
             {
                 return Err(Error(why.clone()));
             }
-            let pending = self.out_at < self.out.len();
-            if !pending {
-                // Nothing to write: give the buffer back while idle.
-                self.out = Vec::new();
-                self.out_at = 0;
+            if !pending && self.out.capacity() > 0 {
+                // Nothing to write: give the queue back while idle.
+                self.out = VecDeque::new();
             }
             let sleep = async {
                 match timeout {
@@ -916,15 +913,16 @@ impl<H: Handler> Driver<H> {
             tokio::select! {
                 ready = self.socket.readable(), if failure.is_none() => {
                     ready.map_err(|e| Error(format!("socket: {e}")))?;
-                    let mut buf = vec![0u8; READ_SIZE];
-                    match self.socket.try_read(&mut buf) {
+                    // Allocated as the bytes arrive and not zeroed; freed once they are taken.
+                    let mut buf = Vec::with_capacity(READ_SIZE);
+                    match self.socket.try_read_buf(&mut buf) {
                         Ok(0) => return Err(Error("the peer closed the connection".into())),
                         Ok(n) => {
                             if let Some(o) = &self.observer {
                                 o.received(n);
                             }
                             let mut st = self.inner.lock();
-                            if let Err(e) = st.session.receive(buf.get(..n).unwrap_or_default()) {
+                            if let Err(e) = st.session.receive(&buf) {
                                 failure = Some(e.0);
                             }
                         }
@@ -934,12 +932,11 @@ impl<H: Handler> Driver<H> {
                 }
                 ready = self.socket.writable(), if pending => {
                     ready.map_err(|e| Error(format!("socket: {e}")))?;
-                    match self.socket.try_write(self.out.get(self.out_at..).unwrap_or_default()) {
+                    match self.write_some() {
                         Ok(n) => {
                             if let Some(o) = &self.observer {
                                 o.sent(n);
                             }
-                            self.out_at = self.out_at.saturating_add(n);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(e) => return Err(Error(format!("socket: {e}"))),
@@ -961,6 +958,37 @@ impl<H: Handler> Driver<H> {
                 failure = self.session_failure();
             }
         }
+    }
+
+    /// Writes as many queued packets as the socket takes in one vectored write, and drops
+    /// those written whole.
+    fn write_some(&mut self) -> io::Result<usize> {
+        const MAX_SLICES: usize = 64;
+        let mut slices = [io::IoSlice::new(&[]); MAX_SLICES];
+        let mut count = 0;
+        for (i, packet) in self.out.iter().take(MAX_SLICES).enumerate() {
+            let from = if i == 0 { self.out_at } else { 0 };
+            if let Some(slot) = slices.get_mut(i) {
+                *slot = io::IoSlice::new(packet.get(from..).unwrap_or_default());
+                count = i.saturating_add(1);
+            }
+        }
+        let n = self
+            .socket
+            .try_write_vectored(slices.get(..count).unwrap_or_default())?;
+        self.out_len = self.out_len.saturating_sub(n);
+        let mut left = n;
+        while let Some(front) = self.out.front() {
+            let rest = front.len().saturating_sub(self.out_at);
+            if left < rest {
+                self.out_at = self.out_at.saturating_add(left);
+                break;
+            }
+            left = left.saturating_sub(rest);
+            self.out.pop_front();
+            self.out_at = 0;
+        }
+        Ok(n)
     }
 
     /// The session's own end (a DISCONNECT either way), which ends the driver once what is

@@ -7,6 +7,8 @@
 pub const MAX_PACKET: usize = 35_000;
 /// Least padding.
 pub const MIN_PADDING: usize = 4;
+/// Longest MAC or tag after a packet (hmac-sha2-512).
+const MAX_MAC: usize = 64;
 
 /// Why a packet was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,11 +69,12 @@ impl Framing {
         padding
     }
 
-    /// The framed packet: length, padding length, payload, padding from `fill`.
+    /// The framed packet: length, padding length, payload, padding from `fill`; with room
+    /// for the largest MAC or tag, so that sealing it does not move it.
     pub fn frame(self, payload: &[u8], fill: impl FnOnce(&mut [u8])) -> Vec<u8> {
         let padding = self.padding_for(payload.len());
         let body = payload.len().saturating_add(1).saturating_add(padding);
-        let mut out = Vec::with_capacity(body.saturating_add(4));
+        let mut out = Vec::with_capacity(body.saturating_add(4).saturating_add(MAX_MAC));
         out.extend_from_slice(&u32::try_from(body).unwrap_or(u32::MAX).to_be_bytes());
         out.push(u8::try_from(padding).unwrap_or(u8::MAX));
         out.extend_from_slice(payload);

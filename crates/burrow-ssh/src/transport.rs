@@ -269,17 +269,36 @@ impl Transport {
         } else {
             self.inbuf.extend_from_slice(bytes);
         }
-        while let Some(payload) = self.next_packet()? {
-            // Dispatch sees this packet's own number (NEWKEYS under strict kex resets it).
-            self.dispatch(payload)?;
-            self.rx_seq = self.rx_seq.wrapping_add(1);
+        let mut at = 0usize;
+        let result = loop {
+            match self.next_packet(at) {
+                Ok(Some((payload, len))) => {
+                    at = at.saturating_add(len);
+                    // Dispatch sees this packet's own number (NEWKEYS under strict kex resets
+                    // it).
+                    if let Err(e) = self.dispatch(payload) {
+                        break Err(e);
+                    }
+                    self.rx_seq = self.rx_seq.wrapping_add(1);
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        if at >= self.inbuf.len() {
+            // Nothing left over: give the memory back (an idle session holds no buffer).
+            self.inbuf = Vec::new();
+        } else if at > 0 {
+            self.inbuf.drain(..at);
         }
-        Ok(())
+        result
     }
 
-    /// The next whole packet's payload from `inbuf`, if one is there.
-    fn next_packet(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
-        let Some(first) = self.inbuf.get(..4) else {
+    /// The next whole packet's payload from `inbuf` at `at`, and the packet's length on the
+    /// wire, if a whole packet is there. The packet is decrypted in place.
+    fn next_packet(&mut self, at: usize) -> Result<Option<(Vec<u8>, usize)>, TransportError> {
+        let buf = self.inbuf.get_mut(at..).unwrap_or_default();
+        let Some(first) = buf.get(..4) else {
             return Ok(None);
         };
         let first: [u8; 4] = first
@@ -294,20 +313,18 @@ impl Transport {
                 .map_err(|e| TransportError(format!("packet: {e}")))?
                 .saturating_add(4),
         };
-        if self.inbuf.len() < whole {
+        let Some(packet) = buf.get_mut(..whole) else {
             return Ok(None);
-        }
-        let mut packet: Vec<u8> = self.inbuf.drain(..whole).collect();
+        };
         let payload = match self.opener.as_mut() {
             Some(opener) => opener
-                .open(self.rx_seq, &mut packet)
+                .open(self.rx_seq, packet)
                 .map_err(|e| TransportError(format!("packet {}: {e}", self.rx_seq)))?,
             None => Framing::CLEAR
                 .payload(packet.get(4..).unwrap_or(&[]))
-                .map_err(|e| TransportError(format!("packet: {e}")))?
-                .to_vec(),
+                .map_err(|e| TransportError(format!("packet: {e}")))?,
         };
-        Ok(Some(payload))
+        Ok(Some((payload.to_vec(), whole)))
     }
 
     fn dispatch(&mut self, payload: Vec<u8>) -> Result<(), TransportError> {

@@ -1,0 +1,13 @@
+/work/main/fuzz/target/debug/deps/primeorder-0e8b424218746a8f.d: /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/lib.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/mul_backend.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/point_arithmetic.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/affine.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/projective.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/tables.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/tables/lookup.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/tables/radix16.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/../README.md
+
+/work/main/fuzz/target/debug/deps/libprimeorder-0e8b424218746a8f.rmeta: /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/lib.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/mul_backend.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/point_arithmetic.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/affine.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/projective.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/tables.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/tables/lookup.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/tables/radix16.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/../README.md
+
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/lib.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/mul_backend.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/point_arithmetic.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/affine.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/projective.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/tables.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/tables/lookup.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/tables/radix16.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/primeorder-0.14.0/src/../README.md:
