@@ -887,7 +887,8 @@ impl Connection {
     }
 
     /// Takes a connection protocol message (80-127).
-    pub fn receive(&mut self, payload: Vec<u8>) -> Result<(), ConnectionError> {
+    pub fn receive(&mut self, payload: impl Into<Bytes>) -> Result<(), ConnectionError> {
+        let payload: Bytes = payload.into();
         let mut r = Reader::new(&payload);
         let number = r
             .u8("message number")
@@ -940,7 +941,7 @@ impl Connection {
                     .map_err(|e| malformed("CHANNEL_DATA", e))?
                     .len();
                 r.finish().map_err(|e| malformed("CHANNEL_DATA", e))?;
-                self.on_data(ChannelId(id), code, payload, len)
+                self.on_data(ChannelId(id), code, payload.clone(), len)
             }
             msg::CHANNEL_EOF => {
                 let channel = self.channel_of(&mut r, "CHANNEL_EOF")?;
@@ -1157,7 +1158,7 @@ impl Connection {
         &mut self,
         channel: ChannelId,
         code: Option<u32>,
-        payload: Vec<u8>,
+        payload: Bytes,
         len: usize,
     ) -> Result<(), ConnectionError> {
         let c = self.get(channel)?;
@@ -1181,7 +1182,7 @@ impl Connection {
         }
         // The data is the tail of the payload: a view past the header, not a copy.
         let header = payload.len().saturating_sub(len);
-        let payload = Bytes::from(payload).slice(header..);
+        let payload = payload.slice(header..);
         self.events.push_back(match code {
             None => Event::Data {
                 channel,

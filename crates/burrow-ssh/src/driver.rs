@@ -913,21 +913,25 @@ impl<H: Handler> Driver<H> {
             tokio::select! {
                 ready = self.socket.readable(), if failure.is_none() => {
                     ready.map_err(|e| Error(format!("socket: {e}")))?;
-                    // Allocated as the bytes arrive and not zeroed; freed once they are taken.
-                    let mut buf = Vec::with_capacity(READ_SIZE);
-                    match self.socket.try_read_buf(&mut buf) {
-                        Ok(0) => return Err(Error("the peer closed the connection".into())),
-                        Ok(n) => {
+                    // Read straight into the session's buffer: packets are decrypted where
+                    // they land and their data handed on without a copy.
+                    let socket = &self.socket;
+                    let mut st = self.inner.lock();
+                    let got = st.session.receive_with(|buf| {
+                        buf.reserve(READ_SIZE);
+                        socket.try_read_buf(buf)
+                    });
+                    drop(st);
+                    match got {
+                        Ok(Ok(0)) => return Err(Error("the peer closed the connection".into())),
+                        Ok(Ok(n)) => {
                             if let Some(o) = &self.observer {
                                 o.received(n);
                             }
-                            let mut st = self.inner.lock();
-                            if let Err(e) = st.session.receive(&buf) {
-                                failure = Some(e.0);
-                            }
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(Error(format!("socket: {e}"))),
+                        Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Ok(Err(e)) => return Err(Error(format!("socket: {e}"))),
+                        Err(e) => failure = Some(e.0),
                     }
                 }
                 ready = self.socket.writable(), if pending => {

@@ -219,6 +219,25 @@ impl Session {
             // A broken packet or exchange: say so to the peer, then stop.
             return Err(self.fail(reason::PROTOCOL_ERROR, e.0));
         }
+        self.take_transport_events()
+    }
+
+    /// Reads from the peer with `read`, which appends to the buffer it is given (see
+    /// [`Transport::receive_with`]), then handles what arrived; `read`'s own result comes back.
+    pub fn receive_with<E>(
+        &mut self,
+        read: impl FnOnce(&mut bytes::BytesMut) -> Result<usize, E>,
+    ) -> Result<Result<usize, E>, SessionError> {
+        self.check()?;
+        let got = match self.transport.receive_with(read) {
+            Ok(got) => got,
+            Err(e) => return Err(self.fail(reason::PROTOCOL_ERROR, e.0)),
+        };
+        self.take_transport_events()?;
+        Ok(got)
+    }
+
+    fn take_transport_events(&mut self) -> Result<(), SessionError> {
         while let Some(event) = self.transport.poll_event() {
             match event {
                 transport::Event::PeerVersion(_) => {}
@@ -257,7 +276,7 @@ impl Session {
         self.transport.session_id().unwrap_or_default().to_vec()
     }
 
-    fn dispatch(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
+    fn dispatch(&mut self, payload: bytes::Bytes) -> Result<(), SessionError> {
         let number = payload.first().copied().unwrap_or(0);
         match number {
             msg::EXT_INFO => {
@@ -271,7 +290,9 @@ impl Session {
             | msg::USERAUTH_SUCCESS
             | msg::USERAUTH_BANNER
             | msg::USERAUTH_PK_OK => self.client_auth(&payload),
-            msg::USERAUTH_REQUEST | msg::USERAUTH_INFO_RESPONSE => self.server_auth(payload),
+            msg::USERAUTH_REQUEST | msg::USERAUTH_INFO_RESPONSE => {
+                self.server_auth(payload.to_vec())
+            }
             80..=127 => {
                 if !self.authenticated {
                     return Err(self.fail(

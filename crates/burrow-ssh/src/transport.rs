@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::crypto::{Opener, Sealer};
@@ -69,7 +70,7 @@ pub enum Event {
         first: bool,
     },
     /// A message for the layers above (service, authentication, connection).
-    Message(Vec<u8>),
+    Message(Bytes),
     /// The peer ended the connection.
     Disconnected(Disconnect),
 }
@@ -113,7 +114,8 @@ pub struct Transport {
     our_id: Vec<u8>,
     version: Option<VersionReader>,
     peer_id: Option<Identification>,
-    inbuf: Vec<u8>,
+    /// Bytes received and not yet taken as packets (freed whenever it runs empty).
+    inbuf: BytesMut,
     rx_seq: u32,
     tx_seq: u32,
     opener: Option<Opener>,
@@ -142,7 +144,7 @@ impl Transport {
             our_id,
             version: Some(VersionReader::new(from_server)),
             peer_id: None,
-            inbuf: Vec::new(),
+            inbuf: BytesMut::new(),
             rx_seq: 0,
             tx_seq: 0,
             opener: None,
@@ -253,6 +255,34 @@ impl Transport {
         }
     }
 
+    /// Reads from the peer with `read`, which appends what it got to the buffer it is given
+    /// (reserving room first), then takes whole packets from it. Packets are decrypted where
+    /// they arrived and handed on as views of that buffer: nothing is copied.
+    pub fn receive_with<E>(
+        &mut self,
+        read: impl FnOnce(&mut BytesMut) -> Result<usize, E>,
+    ) -> Result<Result<usize, E>, TransportError> {
+        self.check()?;
+        if self.version.is_some() {
+            let mut first = BytesMut::new();
+            let got = read(&mut first);
+            if !first.is_empty() {
+                self.receive(&first)?;
+            }
+            return Ok(got);
+        }
+        let got = read(&mut self.inbuf);
+        if let Ok(n) = &got {
+            self.bytes_since_kex = self.bytes_since_kex.saturating_add(*n as u64);
+            let result = self.take_packets();
+            if let Err(e) = &result {
+                self.failed = Some(e.clone());
+            }
+            result?;
+        }
+        Ok(got)
+    }
+
     fn receive_inner(&mut self, bytes: &[u8]) -> Result<(), TransportError> {
         self.bytes_since_kex = self.bytes_since_kex.saturating_add(bytes.len() as u64);
         if let Some(reader) = self.version.as_mut() {
@@ -269,11 +299,14 @@ impl Transport {
         } else {
             self.inbuf.extend_from_slice(bytes);
         }
-        let mut at = 0usize;
+        self.take_packets()
+    }
+
+    /// Dispatches every whole packet in `inbuf`.
+    fn take_packets(&mut self) -> Result<(), TransportError> {
         let result = loop {
-            match self.next_packet(at) {
-                Ok(Some((payload, len))) => {
-                    at = at.saturating_add(len);
+            match self.next_packet() {
+                Ok(Some(payload)) => {
                     // Dispatch sees this packet's own number (NEWKEYS under strict kex resets
                     // it).
                     if let Err(e) = self.dispatch(payload) {
@@ -285,20 +318,17 @@ impl Transport {
                 Err(e) => break Err(e),
             }
         };
-        if at >= self.inbuf.len() {
-            // Nothing left over: give the memory back (an idle session holds no buffer).
-            self.inbuf = Vec::new();
-        } else if at > 0 {
-            self.inbuf.drain(..at);
+        if self.inbuf.is_empty() {
+            // Nothing left over: let the memory go (an idle session holds no buffer).
+            self.inbuf = BytesMut::new();
         }
         result
     }
 
-    /// The next whole packet's payload from `inbuf` at `at`, and the packet's length on the
-    /// wire, if a whole packet is there. The packet is decrypted in place.
-    fn next_packet(&mut self, at: usize) -> Result<Option<(Vec<u8>, usize)>, TransportError> {
-        let buf = self.inbuf.get_mut(at..).unwrap_or_default();
-        let Some(first) = buf.get(..4) else {
+    /// The next whole packet's payload from `inbuf`, if a whole packet is there. The packet
+    /// is decrypted in place and split off the buffer.
+    fn next_packet(&mut self) -> Result<Option<Bytes>, TransportError> {
+        let Some(first) = self.inbuf.get(..4) else {
             return Ok(None);
         };
         let first: [u8; 4] = first
@@ -313,21 +343,28 @@ impl Transport {
                 .map_err(|e| TransportError(format!("packet: {e}")))?
                 .saturating_add(4),
         };
-        let Some(packet) = buf.get_mut(..whole) else {
+        if self.inbuf.len() < whole {
             return Ok(None);
-        };
-        let payload = match self.opener.as_mut() {
+        }
+        let mut packet = self.inbuf.split_to(whole);
+        let len = match self.opener.as_mut() {
             Some(opener) => opener
-                .open(self.rx_seq, packet)
-                .map_err(|e| TransportError(format!("packet {}: {e}", self.rx_seq)))?,
+                .open(self.rx_seq, &mut packet)
+                .map_err(|e| TransportError(format!("packet {}: {e}", self.rx_seq)))?
+                .len(),
             None => Framing::CLEAR
                 .payload(packet.get(4..).unwrap_or(&[]))
-                .map_err(|e| TransportError(format!("packet: {e}")))?,
+                .map_err(|e| TransportError(format!("packet: {e}")))?
+                .len(),
         };
-        Ok(Some((payload.to_vec(), whole)))
+        // The payload follows the length and the padding length.
+        let start = 5usize;
+        Ok(Some(
+            packet.freeze().slice(start..start.saturating_add(len)),
+        ))
     }
 
-    fn dispatch(&mut self, payload: Vec<u8>) -> Result<(), TransportError> {
+    fn dispatch(&mut self, payload: Bytes) -> Result<(), TransportError> {
         let Some(&number) = payload.first() else {
             return fail("an empty packet");
         };
@@ -341,7 +378,7 @@ impl Transport {
                 ));
             }
             if kex_message {
-                return self.kex_message(number, payload);
+                return self.kex_message(number, payload.to_vec());
             }
             // Between its KEXINIT and its NEWKEYS the peer sends only transport messages; what
             // it sent before it saw our KEXINIT may still arrive and is delivered.
@@ -374,7 +411,7 @@ impl Transport {
             msg::KEXINIT => {
                 // The peer starts a rekey.
                 self.start_kex();
-                self.kex_message(number, payload)
+                self.kex_message(number, payload.to_vec())
             }
             _ if first_kex => fail(format!("message {number} before the first key exchange")),
             _ if (20..=49).contains(&number) => {
@@ -767,13 +804,16 @@ mod tests {
                 let se = events(&mut s);
                 assert!(ce.contains(&Event::KeysReady { first: true }), "{ce:?}");
                 assert!(
-                    se.contains(&Event::Message(b"\x05first".to_vec())),
+                    se.contains(&Event::Message(Bytes::from_static(b"\x05first"))),
                     "{se:?}"
                 );
                 assert_eq!(c.session_id(), s.session_id());
                 s.send(b"\x06back".to_vec()).expect("send");
                 pump(&mut c, &mut s, chunk).expect("message");
-                assert_eq!(events(&mut c), vec![Event::Message(b"\x06back".to_vec())]);
+                assert_eq!(
+                    events(&mut c),
+                    vec![Event::Message(Bytes::from_static(b"\x06back"))]
+                );
             }
         }
     }
