@@ -477,6 +477,24 @@ impl Default for Limits {
     }
 }
 
+/// The fields of a CHANNEL_DATA or CHANNEL_EXTENDED_DATA message before its data.
+#[derive(Debug, Clone, Copy)]
+pub struct DataHeader {
+    bytes: [u8; 13],
+    len: usize,
+}
+
+impl DataHeader {
+    /// The header's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// We asked; the peer has not answered.
@@ -682,6 +700,30 @@ impl Connection {
         code: Option<u32>,
         mut data: &[u8],
     ) -> Result<usize, ConnectionError> {
+        let mut taken = 0usize;
+        while let Some((header, n)) = self.data_header(channel, code, data.len())? {
+            let (chunk, rest) = data.split_at(n.min(data.len()));
+            let mut message = Vec::with_capacity(header.len().saturating_add(n));
+            message.extend_from_slice(header.as_slice());
+            message.extend_from_slice(chunk);
+            self.out.push_back(message);
+            taken = taken.saturating_add(n);
+            data = rest;
+        }
+        Ok(taken)
+    }
+
+    /// Takes up to `len` bytes of data for `channel`, as many as its window and one packet
+    /// allow: the message header to send before them, and how many were taken (`None` when
+    /// nothing can be: no data, or no window). The caller sends the header and that many bytes
+    /// as one message before anything else this connection queues (see
+    /// [`crate::session::Session::send_data`]), which spares copying the data twice.
+    pub fn data_header(
+        &mut self,
+        channel: ChannelId,
+        code: Option<u32>,
+        len: usize,
+    ) -> Result<Option<(DataHeader, usize)>, ConnectionError> {
         let c = self.get(channel)?;
         if c.state != State::Open {
             return fail(format!("{channel} is not open yet"));
@@ -689,31 +731,36 @@ impl Connection {
         if c.sent_eof || c.sent_close {
             return fail(format!("{channel}: data after EOF"));
         }
-        let mut taken = 0usize;
-        let mut packets = Vec::new();
+        if len == 0 || c.send_window == 0 {
+            return Ok(None);
+        }
         // A packet's data leaves room for the message's own fields within the peer's maximum.
         let packet = (c.send_packet as usize).saturating_sub(16).max(1);
-        while !data.is_empty() && c.send_window > 0 {
-            let n = data.len().min(packet).min(c.send_window as usize);
-            let (chunk, rest) = data.split_at(n);
-            let mut w = match code {
-                None => Writer::message(msg::CHANNEL_DATA),
-                Some(_) => Writer::message(msg::CHANNEL_EXTENDED_DATA),
-            };
-            w.u32(c.remote);
-            if let Some(code) = code {
-                w.u32(code);
+        let n = len.min(packet).min(c.send_window as usize);
+        let n32 = u32::try_from(n).unwrap_or(u32::MAX);
+        let mut header = DataHeader {
+            bytes: [0; 13],
+            len: 0,
+        };
+        let mut put = |b: &[u8]| {
+            for x in b {
+                if let Some(slot) = header.bytes.get_mut(header.len) {
+                    *slot = *x;
+                    header.len = header.len.saturating_add(1);
+                }
             }
-            w.string(chunk);
-            packets.push(w.into_bytes());
-            c.send_window = c
-                .send_window
-                .saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
-            taken = taken.saturating_add(n);
-            data = rest;
+        };
+        match code {
+            None => put(&[msg::CHANNEL_DATA]),
+            Some(_) => put(&[msg::CHANNEL_EXTENDED_DATA]),
         }
-        self.out.extend(packets);
-        Ok(taken)
+        put(&c.remote.to_be_bytes());
+        if let Some(code) = code {
+            put(&code.to_be_bytes());
+        }
+        put(&n32.to_be_bytes());
+        c.send_window = c.send_window.saturating_sub(n32);
+        Ok(Some((header, n)))
     }
 
     /// The application took `n` bytes of a channel's data: what was taken goes back to the

@@ -224,7 +224,18 @@ impl Sealer {
 
     /// The sealed packet for `payload` with sequence number `seq`; `fill` makes the padding.
     pub fn seal(&mut self, seq: u32, payload: &[u8], fill: impl FnOnce(&mut [u8])) -> Vec<u8> {
-        let mut packet = self.framing.frame(payload, fill);
+        self.seal_parts(seq, payload, &[], fill)
+    }
+
+    /// [`Sealer::seal`] for a payload of `head` followed by `body`.
+    pub fn seal_parts(
+        &mut self,
+        seq: u32,
+        head: &[u8],
+        body: &[u8],
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Vec<u8> {
+        let mut packet = self.framing.frame_parts(head, body, fill);
         if let SealKey::CtrEtm(etm) = &mut self.key {
             etm.ctr.apply(packet.get_mut(4..).unwrap_or_default());
             let tag = etm.tag(seq, &packet);

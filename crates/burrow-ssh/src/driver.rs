@@ -630,10 +630,7 @@ impl Channel {
             st.blocked.push(cx.waker().clone());
             return Poll::Pending;
         }
-        let sent = match code {
-            None => st.session.connection().send(self.id, buf),
-            Some(code) => st.session.connection().send_extended(self.id, code, buf),
-        };
+        let sent = st.session.send_data(self.id, code, buf);
         let n = match sent {
             Ok(n) => n,
             Err(e) => return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e.0))),

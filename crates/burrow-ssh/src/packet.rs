@@ -72,12 +72,19 @@ impl Framing {
     /// The framed packet: length, padding length, payload, padding from `fill`; with room
     /// for the largest MAC or tag, so that sealing it does not move it.
     pub fn frame(self, payload: &[u8], fill: impl FnOnce(&mut [u8])) -> Vec<u8> {
-        let padding = self.padding_for(payload.len());
-        let body = payload.len().saturating_add(1).saturating_add(padding);
+        self.frame_parts(payload, &[], fill)
+    }
+
+    /// [`Framing::frame`] for a payload of `head` followed by `rest`.
+    pub fn frame_parts(self, head: &[u8], rest: &[u8], fill: impl FnOnce(&mut [u8])) -> Vec<u8> {
+        let payload_len = head.len().saturating_add(rest.len());
+        let padding = self.padding_for(payload_len);
+        let body = payload_len.saturating_add(1).saturating_add(padding);
         let mut out = Vec::with_capacity(body.saturating_add(4).saturating_add(MAX_MAC));
         out.extend_from_slice(&u32::try_from(body).unwrap_or(u32::MAX).to_be_bytes());
         out.push(u8::try_from(padding).unwrap_or(u8::MAX));
-        out.extend_from_slice(payload);
+        out.extend_from_slice(head);
+        out.extend_from_slice(rest);
         let start = out.len();
         out.resize(start.saturating_add(padding), 0);
         if let Some(pad) = out.get_mut(start..) {

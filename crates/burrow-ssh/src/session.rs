@@ -184,6 +184,31 @@ impl Session {
             .get_or_insert_with(|| SessionError(format!("disconnected: {description}")));
     }
 
+    /// Sends up to `data.len()` bytes of data on `channel` (extended data with `code`), as
+    /// many as its window allows, framed straight from `data`; returns how many were taken.
+    pub fn send_data(
+        &mut self,
+        channel: channel::ChannelId,
+        code: Option<u32>,
+        mut data: &[u8],
+    ) -> Result<usize, channel::ConnectionError> {
+        if !self.authenticated || self.failed.is_some() {
+            return Err(channel::ConnectionError("the session is not open".into()));
+        }
+        // What the connection queued goes first: channel messages stay in order.
+        self.flush_connection();
+        let mut taken = 0usize;
+        while let Some((header, n)) = self.connection.data_header(channel, code, data.len())? {
+            let (chunk, rest) = data.split_at(n.min(data.len()));
+            if let Err(e) = self.transport.send_parts(header.as_slice(), chunk) {
+                return Err(channel::ConnectionError(e.0));
+            }
+            taken = taken.saturating_add(n);
+            data = rest;
+        }
+        Ok(taken)
+    }
+
     fn flush_connection(&mut self) {
         if !self.authenticated || self.failed.is_some() {
             return;

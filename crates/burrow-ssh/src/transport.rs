@@ -211,6 +211,18 @@ impl Transport {
         Ok(())
     }
 
+    /// Sends a message made of `head` and then `body`, framed from both without joining them
+    /// first (channel data).
+    pub fn send_parts(&mut self, head: &[u8], body: &[u8]) -> Result<(), TransportError> {
+        self.check()?;
+        if self.kex.is_some() || self.keys_done == 0 {
+            self.held.push_back([head, body].concat());
+            return Ok(());
+        }
+        self.write_packet_parts(head, body);
+        Ok(())
+    }
+
     /// Starts a key exchange now (a rekey) unless one is running.
     pub fn rekey(&mut self) {
         if self.kex.is_none() && self.keys_done > 0 {
@@ -712,18 +724,43 @@ impl Transport {
     }
 
     fn write_packet(&mut self, payload: &[u8]) {
-        let rng = &self.rng;
-        let fill = |pad: &mut [u8]| {
-            let _ = rng.fill(pad);
-        };
+        self.write_packet_parts(payload, &[]);
+    }
+
+    fn write_packet_parts(&mut self, head: &[u8], body: &[u8]) {
+        let fill = |pad: &mut [u8]| random_padding(&self.rng, pad);
         let packet = match self.sealer.as_mut() {
-            Some(sealer) => sealer.seal(self.tx_seq, payload, fill),
-            None => Framing::CLEAR.frame(payload, fill),
+            Some(sealer) => sealer.seal_parts(self.tx_seq, head, body, fill),
+            None => Framing::CLEAR.frame_parts(head, body, fill),
         };
         self.bytes_since_kex = self.bytes_since_kex.saturating_add(packet.len() as u64);
         self.tx_seq = self.tx_seq.wrapping_add(1);
         self.out.push_back(packet);
     }
+}
+
+/// Fills `pad` with random bytes from a per-thread pool refilled from the system in blocks,
+/// rather than a system call for each packet's few bytes of padding.
+fn random_padding(rng: &SystemRandom, pad: &mut [u8]) {
+    const POOL: usize = 4096;
+    thread_local! {
+        static POOL_BYTES: std::cell::RefCell<(Vec<u8>, usize)> =
+            const { std::cell::RefCell::new((Vec::new(), 0)) };
+    }
+    POOL_BYTES.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let (bytes, at) = &mut *cell;
+        if bytes.len() != POOL || at.saturating_add(pad.len()) > POOL {
+            bytes.resize(POOL, 0);
+            let _ = rng.fill(bytes);
+            *at = 0;
+        }
+        let end = at.saturating_add(pad.len());
+        if let Some(src) = bytes.get(*at..end) {
+            pad.copy_from_slice(src);
+        }
+        *at = end;
+    });
 }
 
 /// The server's host key blob, public value and signature from a KEX_ECDH_REPLY.
