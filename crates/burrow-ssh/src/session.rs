@@ -267,9 +267,22 @@ impl Session {
             match event {
                 transport::Event::PeerVersion(_) => {}
                 transport::Event::KeysReady { first } => {
-                    if let (true, Auth::Client(client)) = (first, &self.auth) {
-                        let start = client.start();
-                        self.send(start)?;
+                    if first && matches!(self.auth, Auth::Client(_)) {
+                        let session_id = self.session_id();
+                        let start = match &mut self.auth {
+                            Auth::Client(client) => client.start(&session_id),
+                            Auth::Server { .. } => Ok(Vec::new()),
+                        };
+                        match start {
+                            Ok(messages) => {
+                                for m in messages {
+                                    self.send(m)?;
+                                }
+                            }
+                            Err(e) => {
+                                return Err(self.fail(reason::NO_MORE_AUTH_METHODS_AVAILABLE, e.0));
+                            }
+                        }
                     }
                 }
                 transport::Event::Disconnected(d) => {
