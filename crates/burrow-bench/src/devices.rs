@@ -173,7 +173,11 @@ async fn burrow_idle_and_storm(
     settle().await;
     let (rss0, pss0) = memory_kib(relay.pid());
     let fleet = Fleet::start(port, n, key.clone());
-    fleet.wait_all(n, Duration::from_secs(600)).await?;
+    let first = fleet.wait_all(n, Duration::from_secs(600)).await?;
+    eprintln!(
+        "    {n} devices connected from scratch in {:.1} s",
+        first.as_secs_f64()
+    );
     settle().await;
     let (rss1, pss1) = memory_kib(relay.pid());
     let group = format!("idle devices held by one relay ({n})");
@@ -203,6 +207,10 @@ async fn burrow_idle_and_storm(
     fleet.wait_down(Duration::from_secs(120)).await?;
     let restarted = Instant::now();
     let relay = start_relay(env, &data_dir, port).await?;
+    eprintln!(
+        "    relay listening again {:.2} s after the restart",
+        restarted.elapsed().as_secs_f64()
+    );
     // Devices notice the loss (keepalive or reset) and come back with jittered backoff.
     fleet.wait_all(n, Duration::from_secs(600)).await?;
     results.push(

@@ -572,6 +572,13 @@ impl Connection {
         }
     }
 
+    /// Frees the buffers of empty queues (see [`crate::session::Session::release_idle`]).
+    pub fn release_idle(&mut self) {
+        crate::session::shrink(&mut self.out);
+        crate::session::shrink(&mut self.events);
+        crate::session::shrink(&mut self.global_expected);
+    }
+
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.out.pop_front()

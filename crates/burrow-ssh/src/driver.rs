@@ -196,6 +196,21 @@ struct State {
 }
 
 impl State {
+    /// Lets go of the memory an idle connection does not need.
+    fn release_idle(&mut self) {
+        self.session.release_idle();
+        if self.slots.is_empty() && self.slots.capacity() > 0 {
+            self.slots = HashMap::new();
+        }
+        if self.opens.is_empty() && self.opens.capacity() > 0 {
+            self.opens = HashMap::new();
+        }
+        crate::session::shrink(&mut self.globals);
+        if self.blocked.is_empty() && self.blocked.capacity() > 0 {
+            self.blocked = Vec::new();
+        }
+    }
+
     fn end(&mut self, why: &str) {
         if self.ended.is_some() {
             return;
@@ -897,9 +912,10 @@ impl<H: Handler> Driver<H> {
             {
                 return Err(Error(why.clone()));
             }
-            if !pending && self.out.capacity() > 0 {
-                // Nothing to write: give the queue back while idle.
+            if !pending {
+                // Nothing to write: give the queues back while idle.
                 self.out = VecDeque::new();
+                self.inner.lock().release_idle();
             }
             let sleep = async {
                 match timeout {
@@ -1010,13 +1026,15 @@ impl<H: Handler> Driver<H> {
     async fn event(&mut self, event: Event) {
         match event {
             Event::Auth(q) => {
-                let d = self.handler.auth(q).await;
+                // Handler futures are boxed: held inline, the largest of them would size every
+                // connection's task for as long as it lives, idle or not.
+                let d = Box::pin(self.handler.auth(q)).await;
                 let _ = self.inner.lock().session.decide(d);
             }
             Event::AuthRefused { user, why } => self.handler.auth_refused(&user, &why),
             Event::Authenticated { user } => {
                 let handle = self.handle();
-                self.handler.authenticated(&user, &handle).await;
+                Box::pin(self.handler.authenticated(&user, &handle)).await;
                 self.inner.lock().authenticated = Some(user);
                 self.inner.changed.notify_waiters();
             }
@@ -1041,13 +1059,13 @@ impl<H: Handler> Driver<H> {
                     inner: Some(self.inner.clone()),
                     id: channel,
                 };
-                self.handler.channel_open(kind, offer).await;
+                Box::pin(self.handler.channel_open(kind, offer)).await;
             }
             E::Global {
                 request,
                 want_reply,
             } => {
-                let answer = self.handler.global_request(request).await;
+                let answer = Box::pin(self.handler.global_request(request)).await;
                 if want_reply {
                     let (ok, port) = match answer {
                         GlobalAnswer::Failure => (false, None),

@@ -79,6 +79,8 @@ enum Auth {
         service_accepted: bool,
     },
     Client(Box<ClientAuth>),
+    /// Logged in: nothing of the exchange is kept.
+    Done,
 }
 
 /// One SSH connection.
@@ -122,6 +124,17 @@ impl Session {
             events: VecDeque::new(),
             failed: None,
         }
+    }
+
+    /// Lets go of what an idle connection does not need: the buffers of empty queues, and the
+    /// authentication exchange once it succeeded. A driver calls it before it waits.
+    pub fn release_idle(&mut self) {
+        if self.authenticated && self.events.is_empty() {
+            self.auth = Auth::Done;
+        }
+        shrink(&mut self.events);
+        self.transport.release_idle();
+        self.connection.release_idle();
     }
 
     /// The peer's identification, once it arrived.
@@ -271,7 +284,7 @@ impl Session {
                         let session_id = self.session_id();
                         let start = match &mut self.auth {
                             Auth::Client(client) => client.start(&session_id),
-                            Auth::Server { .. } => Ok(Vec::new()),
+                            Auth::Server { .. } | Auth::Done => Ok(Vec::new()),
                         };
                         match start {
                             Ok(messages) => {
@@ -379,6 +392,12 @@ impl Session {
     }
 
     fn client_auth(&mut self, payload: &[u8]) -> Result<(), SessionError> {
+        if matches!(self.auth, Auth::Done) {
+            return Err(self.fail(
+                reason::PROTOCOL_ERROR,
+                "an authentication message after success".into(),
+            ));
+        }
         let session_id = self.session_id();
         let Auth::Client(client) = &mut self.auth else {
             return Err(self.fail(
@@ -408,7 +427,7 @@ impl Session {
             self.authenticated = true;
             let user = match &self.auth {
                 Auth::Client(c) => c.user().to_string(),
-                Auth::Server { .. } => String::new(),
+                Auth::Server { .. } | Auth::Done => String::new(),
             };
             self.events.push_back(Event::Authenticated { user });
         }
@@ -416,6 +435,10 @@ impl Session {
     }
 
     fn server_auth(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
+        if self.authenticated && matches!(self.auth, Auth::Done) {
+            // RFC 4252 §5.1: requests after success are ignored.
+            return Ok(());
+        }
         let session_id = self.session_id();
         let Auth::Server {
             auth,
@@ -470,5 +493,12 @@ impl Session {
             self.events.push_back(Event::Authenticated { user });
         }
         Ok(())
+    }
+}
+
+/// Frees an empty queue's buffer.
+pub(crate) fn shrink<T>(queue: &mut VecDeque<T>) {
+    if queue.is_empty() && queue.capacity() > 0 {
+        *queue = VecDeque::new();
     }
 }

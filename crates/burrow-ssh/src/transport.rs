@@ -223,6 +223,13 @@ impl Transport {
         Ok(())
     }
 
+    /// Frees the buffers of empty queues (see [`crate::session::Session::release_idle`]).
+    pub fn release_idle(&mut self) {
+        crate::session::shrink(&mut self.out);
+        crate::session::shrink(&mut self.held);
+        crate::session::shrink(&mut self.events);
+    }
+
     /// Starts a key exchange now (a rekey) unless one is running.
     pub fn rekey(&mut self) {
         if self.kex.is_none() && self.keys_done > 0 {
