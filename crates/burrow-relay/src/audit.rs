@@ -1,8 +1,6 @@
 //! Every accept/deny decision, written to the audit table and the log together.
 
-use std::sync::Arc;
-
-use crate::store::{AuditRecord, Store, now};
+use crate::store::{AuditRecord, Db, Write, Written, now};
 
 /// Whether a decision allowed or refused something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,32 +56,33 @@ pub(crate) fn stream_summary(
 /// Writes audit entries.
 #[derive(Clone)]
 pub struct Audit {
-    store: Arc<Store>,
+    db: Db,
 }
 
 impl Audit {
-    /// An auditor writing to `store`.
-    pub fn new(store: Arc<Store>) -> Self {
-        Audit { store }
+    /// An auditor writing to `db`.
+    pub fn new(db: Db) -> Self {
+        Audit { db }
     }
 
     /// Records one decision: `who` did `event` to `target` with `outcome`, because `detail`.
+    /// The entry is logged at once and committed with the next batch, in order.
     pub fn record(&self, event: &str, who: &str, target: &str, outcome: Outcome, detail: &str) {
         let record = entry(event, who, target, outcome, detail);
         log(&record);
-        if let Err(e) = self.store.audit(&record) {
-            tracing::error!("audit entry not stored: {e}");
-        }
+        self.db.submit(Write::Audit(record));
     }
 
     /// Writes the row of something that runs (a stream) when it starts, so that a crash cannot
     /// lose it; [`OpenEntry::close`] completes it. Rows a crash left open are marked interrupted
     /// at the next start.
-    pub fn open(&self, event: &str, who: &str, target: &str, detail: &str) -> OpenEntry {
+    /// The row is committed before this returns.
+    pub async fn open(&self, event: &str, who: &str, target: &str, detail: &str) -> OpenEntry {
         let record = entry(event, who, target, Outcome::Open, detail);
         tracing::debug!(target: "burrow::audit", event = %record.event, who = %record.who, target = %record.target, "started: {}", record.detail);
-        let id = match self.store.audit_insert(&record) {
-            Ok(id) => Some(id),
+        let id = match self.db.write(Write::AuditOpen(record.clone())).await {
+            Ok(Written::Id(id)) => Some(id),
+            Ok(Written::Done) => None,
             Err(e) => {
                 tracing::error!("audit entry not stored: {e}");
                 None
@@ -99,7 +98,7 @@ impl Audit {
 
 /// Applies the audit retention now and then every `interval` until `shutdown`.
 pub(crate) async fn keep_pruned(
-    store: Arc<Store>,
+    db: Db,
     keep: std::time::Duration,
     max_rows: u64,
     interval: std::time::Duration,
@@ -112,13 +111,9 @@ pub(crate) async fn keep_pruned(
             _ = tick.tick() => {}
         }
         let before = now().saturating_sub(i64::try_from(keep.as_secs()).unwrap_or(i64::MAX));
-        let store = store.clone();
-        // A large delete is disk work: keep it off the async workers.
-        let pruned = tokio::task::spawn_blocking(move || store.prune_audit(before, max_rows)).await;
-        match pruned {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!("audit retention: deleted {n} old entries"),
-            Ok(Err(e)) => tracing::error!("audit retention: {e}"),
+        match db.prune_audit(before, max_rows).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("audit retention: deleted {n} old entries"),
             Err(e) => tracing::error!("audit retention: {e}"),
         }
     }
@@ -137,17 +132,14 @@ impl OpenEntry {
         self.record.outcome = outcome.as_str().into();
         self.record.detail = burrow_proto::text::clean(detail, burrow_proto::text::MAX_TEXT_CHARS);
         log(&self.record);
-        let stored = match self.id {
-            Some(id) => {
-                self.audit
-                    .store
-                    .audit_complete(id, &self.record.outcome, &self.record.detail)
-            }
-            None => self.audit.store.audit(&self.record),
-        };
-        if let Err(e) = stored {
-            tracing::error!("audit entry not stored: {e}");
-        }
+        self.audit.db.submit(match self.id {
+            Some(id) => Write::AuditComplete {
+                id,
+                outcome: self.record.outcome.clone(),
+                detail: self.record.detail.clone(),
+            },
+            None => Write::Audit(self.record.clone()),
+        });
     }
 }
 

@@ -19,6 +19,7 @@ use crate::Relay;
 use crate::audit::Outcome;
 use crate::gate::Permit;
 use crate::registry::DeviceSession;
+use crate::store::Principal as KeyOwner;
 
 /// Who a connection authenticated as.
 pub(crate) enum Principal {
@@ -79,38 +80,26 @@ impl Conn {
         Decision::Reject
     }
 
-    /// Checks a public key for `user` without changing state.
-    fn key_allowed(&self, user: &str, key: &PublicKey) -> Result<KeyMatch, String> {
+    /// Checks a public key for `user` without changing state (one query).
+    async fn key_allowed(&self, user: &str, key: &PublicKey) -> Result<KeyMatch, String> {
         let login = Login::parse(user).map_err(|e| e.to_string())?;
         let fp = burrow_io::keys::fingerprint(key);
-        let store = &self.relay.store;
-        match &login {
-            Login::Plain(name) => {
-                if store.device_has_key(name, &fp).map_err(|e| e.to_string())? {
-                    return Ok(KeyMatch::Device(name.clone(), fp));
-                }
-                if store
-                    .operator_has_key(name, &fp)
-                    .map_err(|e| e.to_string())?
-                {
-                    return Ok(KeyMatch::Operator(login, fp));
-                }
-            }
-            Login::Console { operator, .. } => {
-                if store
-                    .operator_has_key(operator, &fp)
-                    .map_err(|e| e.to_string())?
-                {
-                    return Ok(KeyMatch::Operator(login, fp));
-                }
-            }
+        let owner = self
+            .relay
+            .db
+            .key_owner(login.principal(), &fp)
+            .await
+            .map_err(|e| e.to_string())?;
+        match (owner, login) {
+            (Some(KeyOwner::Device), Login::Plain(name)) => Ok(KeyMatch::Device(name, fp)),
+            (Some(KeyOwner::Operator), login) => Ok(KeyMatch::Operator(login, fp)),
+            _ => Err(format!("key {fp} is not registered for {user}")),
         }
-        Err(format!("key {fp} is not registered for {user}"))
     }
 
-    fn become_operator(&mut self, login: Login, method: &str) -> Decision {
+    async fn become_operator(&mut self, login: Login, method: &str) -> Decision {
         let name = login.principal().to_string();
-        match self.relay.store.operator(&name) {
+        match self.relay.db.operator(&name).await {
             Ok(Some(_)) => {}
             Ok(None) => return self.reject(&login.to_string(), "operator vanished"),
             Err(e) => return self.reject(&login.to_string(), &e.to_string()),
@@ -132,8 +121,8 @@ impl Conn {
         Decision::Accept
     }
 
-    fn key(&mut self, user: &str, key: &PublicKey) -> Decision {
-        match self.key_allowed(user, key) {
+    async fn key(&mut self, user: &str, key: &PublicKey) -> Decision {
+        match self.key_allowed(user, key).await {
             Ok(KeyMatch::Device(name, fp)) => {
                 self.relay.audit.record(
                     "auth",
@@ -149,7 +138,7 @@ impl Conn {
                 };
                 Decision::Accept
             }
-            Ok(KeyMatch::Operator(login, _fp)) => self.become_operator(login, "public key"),
+            Ok(KeyMatch::Operator(login, _fp)) => self.become_operator(login, "public key").await,
             Err(why) => self.reject(user, &why),
         }
     }
@@ -162,7 +151,7 @@ impl Conn {
         let name = login.principal().to_string();
         let ip = self.peer.ip();
         let throttle = &self.relay.throttle;
-        let login_state = match self.relay.store.operator_password(&name) {
+        let login_state = match self.relay.db.operator_password(&name).await {
             Ok(Some(l)) => l,
             Ok(None) => {
                 throttle.failed(ip, None, Instant::now());
@@ -198,16 +187,17 @@ impl Conn {
                 .unwrap_or(false);
         if ok {
             throttle.succeeded(ip, &name);
-            return self.become_operator(login, method);
+            return self.become_operator(login, method).await;
         }
         let in_a_row = throttle.failed(ip, Some(&name), Instant::now());
         let config = &self.relay.config;
         if in_a_row >= config.password_lock_after {
             let until = crate::store::now()
                 + i64::try_from(config.password_lock_for.as_secs()).unwrap_or(i64::MAX / 2);
-            if let Err(e) = self.relay.store.lock_operator(&name, until) {
-                tracing::error!("{e}");
-            }
+            self.relay.db.submit(crate::store::Write::LockOperator {
+                name: name.clone(),
+                until,
+            });
             throttle.forget_operator(&name);
             self.relay.audit.record(
                 "lock",
@@ -234,11 +224,11 @@ impl Handler for Conn {
         let decision = match &question {
             // Refusing a key before its signature spares one; each refusal counts as a
             // failed attempt (bounded per connection).
-            Question::KeyQuery { user, key } => match self.key_allowed(user, key) {
+            Question::KeyQuery { user, key } => match self.key_allowed(user, key).await {
                 Ok(_) => Decision::Accept,
                 Err(why) => self.reject(user, &why),
             },
-            Question::Key { user, key } => self.key(user, key),
+            Question::Key { user, key } => self.key(user, key).await,
             Question::Password {
                 user,
                 password,

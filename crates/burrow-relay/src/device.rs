@@ -12,6 +12,7 @@ use crate::Relay;
 use crate::audit::{Outcome, stream_summary};
 use crate::operator::{Asker, CONNECT_FAILED, PROHIBITED, Refusal, StreamRequest, open_endpoint};
 use crate::registry::{DeviceSession, Health};
+use crate::store::Write;
 
 /// A session replaced sooner than this after it came up counts as flapping.
 const FLAPPING_WITHIN: Duration = Duration::from_secs(60);
@@ -58,9 +59,11 @@ pub(crate) fn came_online(relay: &Relay, dev: Arc<DeviceSession>) {
             old.cut.cancel();
         });
     }
-    if let Err(e) = relay.store.set_online(&dev.name, &peer) {
-        tracing::error!("{e}");
-    }
+    relay.db.submit(Write::Online {
+        device: dev.name.clone(),
+        peer: peer.clone(),
+        session: dev.id,
+    });
     relay
         .audit
         .record("online", &dev.name, &peer, Outcome::Ok, "device session up");
@@ -70,9 +73,10 @@ pub(crate) fn came_online(relay: &Relay, dev: Arc<DeviceSession>) {
 pub(crate) fn went_offline(relay: &Relay, dev: &DeviceSession) {
     relay.listeners.release(dev.id);
     if relay.registry.remove(&dev.name, dev.id) {
-        if let Err(e) = relay.store.set_offline(&dev.name) {
-            tracing::error!("{e}");
-        }
+        relay.db.submit(Write::Offline {
+            device: dev.name.clone(),
+            session: dev.id,
+        });
         let why = dev.gave_up().map(|w| format!(": {w}")).unwrap_or_default();
         relay.audit.record(
             "offline",
@@ -166,7 +170,7 @@ pub(crate) async fn forward(
     let Some(assigned) = dev.add_endpoint(address, requested) else {
         return deny("no free dynamic port".into());
     };
-    match relay.store.listen_addr(name, assigned) {
+    match relay.db.listen_addr(name, assigned).await {
         Ok(Some(addr)) => {
             if let Err(e) = relay.listeners.ensure(relay, &addr, assigned, dev).await {
                 dev.remove_endpoint(assigned);
@@ -189,9 +193,11 @@ pub(crate) async fn forward(
         tracing::debug!("probe endpoint {name}:{assigned}");
         return true;
     }
-    if let Err(e) = relay.store.set_endpoint(name, assigned, true) {
-        tracing::error!("{e}");
-    }
+    relay.db.submit(Write::Endpoint {
+        device: name.to_string(),
+        port: assigned,
+        present: true,
+    });
     relay.audit.record(
         "endpoint-add",
         name,
@@ -220,9 +226,11 @@ pub(crate) fn cancel_forward(
         return true;
     }
     relay.listeners.close(&dev.name, port);
-    if let Err(e) = relay.store.set_endpoint(&dev.name, port, false) {
-        tracing::error!("{e}");
-    }
+    relay.db.submit(Write::Endpoint {
+        device: dev.name.clone(),
+        port,
+        present: false,
+    });
     relay.audit.record(
         "endpoint-remove",
         &dev.name,
@@ -268,7 +276,16 @@ pub(crate) fn open_stream(
         let probe = matches!(peer, Peer::Endpoint(_, true));
         // A probe every minute per device would swamp the audit trail; the agent's status
         // carries its result.
-        let row = (!probe).then(|| relay2.audit.open("device-connect", &name, &target, ""));
+        let row = if probe {
+            None
+        } else {
+            Some(
+                relay2
+                    .audit
+                    .open("device-connect", &name, &target, "")
+                    .await,
+            )
+        };
         let (transfer, result) = match peer {
             Peer::Endpoint(ch, _) => splice(own, ch).await,
             Peer::Tcp(tcp) => {
@@ -347,8 +364,9 @@ async fn connect(relay: &Relay, dev: &DeviceSession, req: &StreamRequest) -> Res
         return Ok(Peer::Endpoint(ch, ep.is_internal()));
     }
     let allowed = relay
-        .store
+        .db
         .may_connect(name, &req.host, port)
+        .await
         .map_err(|e| Refusal::new(CONNECT_FAILED, e.to_string()))?;
     if !allowed {
         return Err(Refusal::new(

@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`config`]: relay settings and their defaults.
 //! - [`datadir`]: data directory, host key creation.
-//! - [`store`]: the SQLite registry (devices, operators, keys, policy, audit).
+//! - [`store`]: the registry (devices, operators, keys, policy, audit) behind one async
+//!   interface, on SQLite or PostgreSQL.
 //! - [`admin`]: registry operations behind `burrow relay device|operator ...`.
 //! - [`audit`]: the audit trail (table and log).
 //! - [`console`]: serial consoles terminated at the relay (hubs, sessions, recordings).
@@ -69,7 +70,7 @@ pub enum RelayError {
 /// A relay: its state, shared by every connection.
 pub struct Relay {
     config: RelayConfig,
-    store: Arc<store::Store>,
+    db: store::Db,
     audit: audit::Audit,
     registry: registry::Registry,
     operators: operator::Operators,
@@ -100,11 +101,11 @@ impl Relay {
             "relay data directory {}, host key fingerprint {fingerprint}",
             config.data_dir.display()
         );
-        let store = Arc::new(store::Store::open(
-            &config.data_dir.join(datadir::DATABASE_FILE),
-        )?);
+        let db = store::Db::sqlite(&config.data_dir.join(datadir::DATABASE_FILE))?;
         // Nothing is online yet; what a crash left open is recorded as interrupted.
-        let interrupted = store.interrupt_leftovers()?;
+        let interrupted = db
+            .sqlite_store()
+            .map_or(Ok(0), |s| s.interrupt_leftovers())?;
         if interrupted > 0 {
             tracing::warn!(
                 "{interrupted} audit entries (streams, device sessions) were left open by the previous run; marked interrupted"
@@ -122,7 +123,7 @@ impl Relay {
                 ))
             })?;
         Ok(Arc::new(Relay {
-            audit: audit::Audit::new(store.clone()),
+            audit: audit::Audit::new(db.clone()),
             gate: gate::Gate::new(
                 config.max_unauthenticated,
                 config.max_unauthenticated_per_ip,
@@ -139,7 +140,7 @@ impl Relay {
                 config.recording_max_bytes,
                 config.recordings_max_total,
             ),
-            store,
+            db,
             ssh_host_key,
             host_key,
             tracker: TaskTracker::new(),
@@ -158,9 +159,20 @@ impl Relay {
         burrow_io::keys::public_key_line(self.host_key.public_key())
     }
 
-    /// The registry database.
+    /// The registry.
+    pub fn db(&self) -> &store::Db {
+        &self.db
+    }
+
+    /// The SQLite store of a relay on SQLite, for the demo and tests that write the registry
+    /// directly.
+    ///
+    /// # Panics
+    /// On a relay whose registry is not SQLite.
     pub fn store(&self) -> &store::Store {
-        &self.store
+        self.db
+            .sqlite_store()
+            .expect("Relay::store is for relays on SQLite; use Relay::db")
     }
 
     /// Serves connections from `listener` until `shutdown` is cancelled, then closes every

@@ -180,7 +180,7 @@ async fn serve(
                 }
             };
             let started = Instant::now();
-            let row = relay2.audit.open("stream", &who, &target, "");
+            let row = relay2.audit.open("stream", &who, &target, "").await;
             let _ = tcp.set_nodelay(true);
             let (t, result) = splice(tcp, channel).await;
             let (outcome, detail) = stream_summary(t.a_to_b, t.b_to_a, started, &result);

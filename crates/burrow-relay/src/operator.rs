@@ -61,8 +61,8 @@ impl Refusal {
 }
 
 /// The reason given for an offline device.
-pub(crate) fn offline_reason(relay: &Relay, device: &str) -> String {
-    match relay.store.last_seen(device) {
+pub(crate) async fn offline_reason(relay: &Relay, device: &str) -> String {
+    match relay.db.last_seen(device).await {
         Ok(Some(t)) => format!(
             "device {device} is offline (last seen {})",
             format_utc_minutes(t)
@@ -90,8 +90,11 @@ pub(crate) async fn open_endpoint(
     asker: Asker,
 ) -> Result<(Arc<DeviceSession>, Channel), Refusal> {
     let Some(dev) = relay.registry.get(device) else {
-        return match relay.store.device_exists(device) {
-            Ok(true) => Err(Refusal::new(CONNECT_FAILED, offline_reason(relay, device))),
+        return match relay.db.device_exists(device).await {
+            Ok(true) => Err(Refusal::new(
+                CONNECT_FAILED,
+                offline_reason(relay, device).await,
+            )),
             _ => Err(Refusal::new(
                 CONNECT_FAILED,
                 format!("no device named {device}"),
@@ -178,9 +181,9 @@ pub(crate) fn open_stream(
 ) {
     let who = op.name().to_string();
     let target = format!("{}:{}", req.host, req.port);
-    let checked = check_stream(&relay, &op, &req);
     let relay2 = relay.clone();
     relay.tracker.spawn(async move {
+        let checked = check_stream(&relay2, &op, &req).await;
         let refuse = |relay: &Relay, refusal: Refusal| {
             relay
                 .audit
@@ -209,7 +212,7 @@ pub(crate) fn open_stream(
         };
         let started = Instant::now();
         let via = format!("from {} via session {}", req.originator, dev.id);
-        let row = relay2.audit.open("stream", &who, &target, &via);
+        let row = relay2.audit.open("stream", &who, &target, &via).await;
         let guard = op.track(&relay2, &device, false);
         // Each stream has its own window on both connections: a slow reader holds back
         // this stream only.
@@ -220,7 +223,7 @@ pub(crate) fn open_stream(
     });
 }
 
-fn check_stream(
+async fn check_stream(
     relay: &Relay,
     op: &OperatorSession,
     req: &StreamRequest,
@@ -233,7 +236,7 @@ fn check_stream(
         ));
     }
     // Re-read policy: changes made with the CLI apply to sessions that are already up.
-    let record = match relay.store.operator(name) {
+    let record = match relay.db.operator(name).await {
         Ok(Some(r)) => r,
         Ok(None) => {
             return Err(Refusal::new(
@@ -284,12 +287,12 @@ struct Listing {
     silent_for: Option<u64>,
 }
 
-fn listings(relay: &Relay, op: &OperatorSession) -> Vec<Listing> {
+async fn listings(relay: &Relay, op: &OperatorSession) -> Vec<Listing> {
     // Policy as it is now: a removed operator sees nothing.
-    let Some(record) = current_record(relay, op) else {
+    let Some(record) = current_record(relay, op).await else {
         return Vec::new();
     };
-    let devices = relay.store.devices().unwrap_or_default();
+    let devices = relay.db.devices().await.unwrap_or_default();
     devices
         .into_iter()
         .filter(|d| any_matches(&record.allow, &d.name))
@@ -345,12 +348,12 @@ A console interactively: ssh -t OPERATOR:DEVICE[/NAME]@relay (or ssh -t OPERATOR
 ";
 
 /// Runs an exec command that needs no channel; returns (stdout, stderr, exit status).
-fn run_command(relay: &Relay, op: &OperatorSession, command: &str) -> (String, String, u32) {
+async fn run_command(relay: &Relay, op: &OperatorSession, command: &str) -> (String, String, u32) {
     let words: Vec<&str> = command.split_whitespace().collect();
     match words.as_slice() {
-        ["ls"] => (render_table(&listings(relay, op)), String::new(), 0),
+        ["ls"] => (render_table(&listings(relay, op).await), String::new(), 0),
         ["ls", "--json"] => (
-            serde_json::to_string_pretty(&listings(relay, op)).unwrap_or_default() + "\n",
+            serde_json::to_string_pretty(&listings(relay, op).await).unwrap_or_default() + "\n",
             String::new(),
             0,
         ),
@@ -364,8 +367,8 @@ fn run_command(relay: &Relay, op: &OperatorSession, command: &str) -> (String, S
 }
 
 /// The operator's current policy record (changes made with the CLI apply at once).
-fn current_record(relay: &Relay, op: &OperatorSession) -> Option<OperatorRecord> {
-    relay.store.operator(op.name()).ok().flatten()
+async fn current_record(relay: &Relay, op: &OperatorSession) -> Option<OperatorRecord> {
+    relay.db.operator(op.name()).await.ok().flatten()
 }
 
 /// Serves an operator's session channel: exec commands, the shell (a listing and help), and
@@ -400,7 +403,7 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                     let status = if let Some(("console", rest)) =
                         words.split_first().map(|(a, b)| (*a, b))
                     {
-                        let record = current_record(&relay, &op);
+                        let record = current_record(&relay, &op).await;
                         let allowed = |device: &str| {
                             record
                                 .as_ref()
@@ -409,7 +412,7 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                         crate::console::console_exec(&relay, op.name(), &allowed, rest, &channel)
                             .await
                     } else {
-                        let (out, err, status) = run_command(&relay, &op, &command);
+                        let (out, err, status) = run_command(&relay, &op, &command).await;
                         let _ = channel.data(out.as_bytes()).await;
                         if !err.is_empty() {
                             let _ = channel.stderr(err.as_bytes()).await;
@@ -437,6 +440,7 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                     } = &op.login
                     {
                         let allowed = current_record(&relay, &op)
+                            .await
                             .is_some_and(|r| any_matches(&r.allow, device));
                         if !allowed {
                             let why =
@@ -476,7 +480,7 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                     if let Some(size) = pty {
                         break crate::console::run_menu(&relay, op.name(), size, &channel).await;
                     }
-                    let (out, _, _) = run_command(&relay, &op, "ls");
+                    let (out, _, _) = run_command(&relay, &op, "ls").await;
                     let _ = channel
                         .data(format!("{out}\n{HELP}").replace('\n', "\r\n").as_bytes())
                         .await;

@@ -1,6 +1,7 @@
 //! Registry changes made with the CLI (another process, same database) reaching sessions that
 //! are already open: removed devices, keys, operators and rules, and narrowed operator policy.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,28 +9,40 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Relay;
 use crate::audit::Outcome;
+use crate::store::OperatorRecord;
 
 /// How often the relay checks whether the CLI changed the registry.
 const REVOCATION_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Cuts sessions whose device or key was removed from the registry while they were online.
+/// The registry's change counter is read every few seconds; when it moved, every open session
+/// is checked against the registry in a fixed number of queries.
 pub(crate) async fn watch_revocations(relay: Arc<Relay>, shutdown: CancellationToken) {
-    let mut last = relay.store.data_version().unwrap_or(0);
+    let mut last = relay.db.registry_version().await.unwrap_or(0);
     let mut tick = tokio::time::interval(REVOCATION_CHECK_INTERVAL);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Ok(version) = relay.store.data_version() else {
+        let Ok(version) = relay.db.registry_version().await else {
             continue;
         };
         if version == last {
             continue;
         }
         last = version;
+        enforce(&relay).await;
+    }
+}
+
+/// Holds every open session to the registry as it is now.
+async fn enforce(relay: &Relay) {
+    // A read error is no revocation: nothing is cut on a failed query.
+    if let Ok(pairs) = relay.db.device_key_pairs().await {
+        let keys: HashSet<(String, String)> = pairs.into_iter().collect();
         for dev in relay.registry.all() {
-            if let Ok(false) = relay.store.device_has_key(&dev.name, &dev.key_fingerprint) {
+            if !keys.contains(&(dev.name.clone(), dev.key_fingerprint.clone())) {
                 relay.audit.record(
                     "revoke",
                     &dev.name,
@@ -40,24 +53,32 @@ pub(crate) async fn watch_revocations(relay: Arc<Relay>, shutdown: CancellationT
                 dev.cut.cancel();
             }
         }
-        enforce_operator_policy(&relay);
+    }
+    if let Ok(operators) = relay.db.operators().await {
+        enforce_operator_policy(relay, &operators);
+    }
+    if let Ok(devices) = relay.db.devices().await {
+        let allowed: HashSet<(String, String, u16)> = devices
+            .iter()
+            .flat_map(|d| {
+                d.allow_listen.iter().filter_map(|rule| {
+                    let (addr, port) = rule.rsplit_once(':')?;
+                    Some((d.name.clone(), addr.to_string(), port.parse().ok()?))
+                })
+            })
+            .collect();
         relay.listeners.retain_allowed(|device, addr, port| {
-            match relay.store.listen_addr(device, port) {
-                Ok(Some(a)) => a == addr,
-                Ok(None) => false,
-                // A read error is no revocation.
-                Err(_) => true,
-            }
+            allowed.contains(&(device.to_string(), addr.to_string(), port))
         });
     }
 }
 
 /// Operators removed are cut off; streams and consoles their new policy forbids are closed.
-fn enforce_operator_policy(relay: &Relay) {
+fn enforce_operator_policy(relay: &Relay, operators: &[OperatorRecord]) {
+    let by_name: HashMap<&str, &OperatorRecord> =
+        operators.iter().map(|o| (o.name.as_str(), o)).collect();
     for op in relay.operators.all() {
-        let Ok(record) = relay.store.operator(op.name()) else {
-            continue;
-        };
+        let record = by_name.get(op.name()).copied();
         if record.is_none() {
             relay.audit.record(
                 "revoke",
@@ -67,7 +88,7 @@ fn enforce_operator_policy(relay: &Relay) {
                 "operator was removed; connection closed",
             );
         }
-        for device in op.enforce(record.as_ref()) {
+        for device in op.enforce(record) {
             relay.audit.record(
                 "revoke",
                 op.name(),

@@ -34,7 +34,7 @@ pub(crate) async fn run(
         shutdown.clone(),
     ));
     let pruner = relay.tracker.spawn(crate::audit::keep_pruned(
-        relay.store.clone(),
+        relay.db.clone(),
         c.audit_keep,
         c.audit_max_rows,
         c.audit_prune_interval,
@@ -91,6 +91,8 @@ pub(crate) async fn run(
     {
         tracing::warn!("sessions still running after {SHUTDOWN_GRACE:?}; stopping anyway");
     }
+    // What the sessions wrote on their way out is stored before the relay says it stopped.
+    relay.db.flush().await;
     result
 }
 

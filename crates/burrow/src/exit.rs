@@ -10,6 +10,8 @@ pub const NOINPUT: i32 = 66;
 pub const SOFTWARE: i32 = 70;
 /// An operating system error (cannot bind, ...).
 pub const OSERR: i32 = 71;
+/// EX_TEMPFAIL: a temporary failure (the database cannot be reached); try again.
+pub const TEMPFAIL: i32 = 75;
 /// Bad configuration.
 pub const CONFIG: i32 = 78;
 

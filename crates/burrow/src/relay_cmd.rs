@@ -162,7 +162,9 @@ fn store_err(e: burrow_relay::store::StoreError) -> Failure {
     use burrow_relay::store::StoreError::*;
     let code = match e {
         NoDevice(_) | NoOperator(_) | Conflict(_) => exit::DATAERR,
-        Sqlite { .. } => exit::SOFTWARE,
+        Sqlite { .. } | Schema(_) => exit::SOFTWARE,
+        // The database cannot be reached: a temporary failure, worth trying again.
+        Postgres { .. } => exit::TEMPFAIL,
     };
     Failure::new(code, e.to_string())
 }

@@ -55,7 +55,7 @@ async fn agent_exposes_and_connects_through_burrow_relay() {
         .await
         .unwrap_or_default();
     assert!(out.is_empty());
-    let audit = relay.relay.store().audit_tail(100).unwrap();
+    let audit = relay.audit_now(100).await;
     assert!(
         audit.iter().any(|r| r.event == "device-connect"
             && r.outcome == "denied"
@@ -130,7 +130,7 @@ async fn probe_endpoint_is_internal_and_probes_are_not_audited() {
         err.contains("does not expose port 49152 (it exposes: 22)"),
         "{err}"
     );
-    let audit = relay.relay.store().audit_tail(200).unwrap();
+    let audit = relay.audit_now(200).await;
     assert!(
         !audit.iter().any(|r| r.event == "device-connect"),
         "probes in the audit: {audit:#?}"
@@ -255,7 +255,7 @@ async fn agent_refuses_changed_relay_host_key() {
     assert!(!error.contains("not a burrow relay"), "{error}");
     // The agent gave up during key exchange: it never authenticated to the unpinned relay.
     assert!(relay.relay.online_endpoints("pi").is_none());
-    let audit = relay.relay.store().audit_tail(100).unwrap();
+    let audit = relay.audit_now(100).await;
     assert!(
         !audit.iter().any(|r| r.event == "auth" && r.who == "pi"),
         "{audit:#?}"
@@ -397,7 +397,7 @@ async fn slow_reader_on_agent_stream_is_slowed_not_dropped() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), TOTAL.to_string());
 
-    let audit = relay.relay.store().audit_tail(100).unwrap();
+    let audit = relay.audit_now(100).await;
     assert!(
         !audit.iter().any(|r| r.detail.contains("did not read")),
         "{audit:#?}"
@@ -568,7 +568,7 @@ async fn two_agents_with_one_name_do_not_fight_and_the_displaced_one_knows_why()
     assert!(why.contains("Waiting 60 s"), "{why}");
     // It waits instead of taking the name back: one takeover, not a fight.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let audit = relay.relay.store().audit_tail(100).unwrap();
+    let audit = relay.audit_now(100).await;
     let takeovers: Vec<_> = audit.iter().filter(|r| r.event == "takeover").collect();
     assert_eq!(takeovers.len(), 1, "{takeovers:#?}");
     assert!(

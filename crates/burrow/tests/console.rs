@@ -90,7 +90,7 @@ async fn operator_types_and_router_answers() {
     t.send(b"\x05c.").await;
     t.expect("disconnected").await;
     assert!(t.wait().await);
-    let audit = s.relay.relay.store().audit_tail(50).unwrap();
+    let audit = s.relay.audit_now(50).await;
     assert!(
         audit
             .iter()
@@ -161,7 +161,7 @@ async fn baud_change_reaches_the_port() {
     assert!(ok, "{err}");
     assert!(String::from_utf8_lossy(&out).contains("line speed is 19200 baud"));
     assert_eq!(s.router.speed(), 19_200);
-    let audit = s.relay.relay.store().audit_tail(50).unwrap();
+    let audit = s.relay.audit_now(50).await;
     assert!(
         audit
             .iter()
@@ -389,7 +389,7 @@ async fn break_reaches_the_port_layer_with_its_duration() {
     assert!(ok, "{err}");
     assert!(String::from_utf8_lossy(&out).contains("break ended"));
     assert_eq!(breaks.lock().unwrap().len(), 4);
-    let audit = relay.relay.store().audit_tail(50).unwrap();
+    let audit = relay.audit_now(50).await;
     assert_eq!(
         audit.iter().filter(|r| r.event == "console-break").count(),
         2
@@ -472,7 +472,7 @@ async fn terminal_break_requests_reach_the_port_with_their_length() {
     drop(channel);
     handle.disconnect("done");
 
-    let audit = relay.relay.store().audit_tail(50).unwrap();
+    let audit = relay.audit_now(50).await;
     let lengths: Vec<_> = audit
         .iter()
         .filter(|r| r.event == "console-break")
@@ -713,12 +713,10 @@ async fn password_login_without_pty_and_watch() {
 }
 
 /// The console's audit entries about its recording.
-fn recording_audit(relay: &TestRelay) -> Vec<burrow_relay::store::AuditRecord> {
+async fn recording_audit(relay: &TestRelay) -> Vec<burrow_relay::store::AuditRecord> {
     relay
-        .relay
-        .store()
-        .audit_tail(200)
-        .unwrap()
+        .audit_now(200)
+        .await
         .into_iter()
         .filter(|r| r.event == "console-recording")
         .collect()
@@ -734,7 +732,7 @@ async fn recording_cap_stops_the_recording_and_the_console_goes_on() {
     t.expect("the console goes on unrecorded").await;
     t.send(b"still here\r").await;
     t.expect("Router# got still here").await;
-    let audit = recording_audit(&s.relay);
+    let audit = recording_audit(&s.relay).await;
     assert!(
         audit
             .iter()
@@ -793,7 +791,7 @@ async fn full_disk_stops_the_recording_and_the_console_goes_on() {
     t.expect("No space left on device").await;
     t.send(b"disk full\r").await;
     t.expect("Router# got disk full").await;
-    let audit = recording_audit(&s.relay);
+    let audit = recording_audit(&s.relay).await;
     assert!(
         audit
             .iter()
@@ -926,7 +924,7 @@ async fn operator_losing_a_device_is_detached_from_its_console_and_write_is_free
     alice.expect("may no longer use device pi").await;
     // Alice's place is given up: bob attaches read-write, not behind a writer who is gone.
     let _bob = console_writer(&s.bob, "bob:pi").await;
-    let audit = s.relay.relay.store().audit_tail(50).unwrap();
+    let audit = s.relay.audit_now(50).await;
     assert!(
         audit
             .iter()
@@ -997,7 +995,7 @@ async fn plink_console_login_with_a_password() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Router# got show clock"), "{text}");
-    let audit = s.relay.relay.store().audit_tail(50).unwrap();
+    let audit = s.relay.audit_now(50).await;
     assert!(
         audit.iter().any(|r| r.event == "auth"
             && r.who.starts_with("erin:pi")

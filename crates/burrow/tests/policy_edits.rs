@@ -42,7 +42,7 @@ async fn operator_rm_and_policy_change_cut_open_streams() {
     let (ok, _, err) = relay.cli(&["operator", "rm", "alice"]);
     assert!(ok, "{err}");
     ended(&mut stream, "after operator rm").await;
-    let audit = relay.relay.store().audit_tail(100).unwrap();
+    let audit = relay.audit_now(100).await;
     let revokes: Vec<_> = audit.iter().filter(|r| r.event == "revoke").collect();
     assert!(
         revokes

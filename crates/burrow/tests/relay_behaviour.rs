@@ -49,7 +49,7 @@ async fn takeover_after_stalled_session() {
     let (ok, out, err) = ssh_output(&op_cfg, &["-W", "pi:22", "relay"], b"").await;
     assert!(ok, "{err}");
     assert_eq!(out, b"new session");
-    let audit = relay.relay.store().audit_tail(100).unwrap();
+    let audit = relay.audit_now(100).await;
     let takeover = audit
         .iter()
         .find(|r| r.event == "takeover")
@@ -155,7 +155,7 @@ async fn a_stopped_then_slow_reader_holds_back_only_its_own_stream_and_loses_not
         relay.relay.online_endpoints("pi").is_some(),
         "the device session survived"
     );
-    let audit = relay.relay.store().audit_tail(50).unwrap();
+    let audit = relay.audit_now(50).await;
     let row = audit
         .iter()
         .find(|r| r.event == "stream" && r.target == "pi:80" && r.outcome != "open")
@@ -324,7 +324,7 @@ async fn device_cannot_claim_another_name_or_get_a_shell() {
     let (ok, _, err) = ssh_output(&pi_cfg, &["-W", &target.to_string(), "relay"], b"hi").await;
     assert!(!ok && err.contains("may not open"), "{err}");
 
-    let audit = relay.relay.store().audit_tail(100).unwrap();
+    let audit = relay.audit_now(100).await;
     for event in ["auth", "session", "endpoint-add", "device-connect"] {
         assert!(
             audit
@@ -443,7 +443,7 @@ async fn cancel_tcpip_forward_removes_the_endpoint() {
         relay.relay.online_endpoints("pi").unwrap(),
         vec![22, dynamic as u16]
     );
-    let audit = relay.relay.store().audit_tail(20).unwrap();
+    let audit = relay.audit_now(20).await;
     assert!(
         audit
             .iter()

@@ -147,7 +147,7 @@ fn exchange_with_sshd(port: u16, cipher: &str) {
     let payload = opener
         .open(0, &mut pending[..whole])
         .expect("sshd's packet authenticates under our keys");
-    let mut r = Reader::new(&payload);
+    let mut r = Reader::new(payload);
     assert_eq!(r.u8("msg").unwrap(), msg::SERVICE_ACCEPT, "{cipher}");
     assert_eq!(r.string(64, "service").unwrap(), b"ssh-userauth");
 }

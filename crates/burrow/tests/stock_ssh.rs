@@ -26,7 +26,7 @@ async fn stock_ssh_r_device_and_ssh_w_operator_with_half_close() {
     assert!(ok, "ssh -W failed: {err}");
     assert_eq!(out, payload.to_ascii_uppercase());
 
-    let audit = relay.relay.store().audit_tail(50).unwrap();
+    let audit = relay.audit_now(50).await;
     let stream = audit
         .iter()
         .find(|r| r.event == "stream" && r.who == "op" && r.outcome == "ok")
@@ -181,7 +181,7 @@ async fn operator_password_login_and_wrong_password() {
     assert!(err.contains("Permission denied"), "{err}");
     // After a failure the relay still offers password (and publickey), so clients may retry.
     assert!(err.contains("publickey,password"), "{err}");
-    let audit = relay.relay.store().audit_tail(50).unwrap();
+    let audit = relay.audit_now(50).await;
     assert!(audit.iter().any(|r| r.event == "auth"
         && r.who == "bob"
         && r.outcome == "denied"
@@ -211,7 +211,7 @@ async fn mistyped_password_can_be_retried_on_the_same_connection() {
         String::from_utf8_lossy(&out.stdout).contains("DEVICE"),
         "{err}"
     );
-    let audit = relay.relay.store().audit_tail(50).unwrap();
+    let audit = relay.audit_now(50).await;
     let auths: Vec<_> = audit.iter().filter(|r| r.event == "auth").collect();
     assert!(
         auths
@@ -280,7 +280,7 @@ async fn refused_exec_is_audited_as_refused_and_help_lists_console_commands() {
     ] {
         assert!(out.contains(command), "help lacks {command:?}: {out}");
     }
-    let audit = relay.relay.store().audit_tail(50).unwrap();
+    let audit = relay.audit_now(50).await;
     let exec = |cmd: &str| {
         audit
             .iter()
@@ -322,7 +322,7 @@ async fn hostile_user_names_are_bounded_and_escaped_in_the_audit() {
     let config = ssh_config(dir.path(), &relay, "nobody", &key);
     let (ok, _, _) = ssh_output(&config, &["-l", &long, "relay", "ls"], b"").await;
     assert!(!ok);
-    let audit = relay.relay.store().audit_tail(50).unwrap();
+    let audit = relay.audit_now(50).await;
     let row = audit
         .iter()
         .find(|r| r.event == "auth" && r.who.starts_with("evil"))
@@ -411,7 +411,7 @@ async fn password_guessing_locks_the_operator_until_unlocked() {
     // Now even the right password is refused, and the audit and `operator ls` say why.
     let out = login(&["correct horse"]).await;
     assert!(!out.status.success(), "a locked operator got in");
-    let audit = relay.relay.store().audit_tail(50).unwrap();
+    let audit = relay.audit_now(50).await;
     assert!(
         audit
             .iter()
@@ -539,7 +539,7 @@ async fn bulk_download_from_stock_ssh_r_device_arrives_whole() {
         out.iter().enumerate().all(|(i, b)| *b == pattern(i)),
         "download altered"
     );
-    let audit = relay.relay.store().audit_tail(50).unwrap();
+    let audit = relay.audit_now(50).await;
     assert!(
         audit.iter().any(|r| r.event == "stream"
             && r.outcome == "ok"

@@ -120,7 +120,7 @@ impl Hubs {
             return Ok(hub.clone());
         }
         let Some(dev) = relay.registry.get(device) else {
-            return Err(crate::operator::offline_reason(relay, device));
+            return Err(crate::operator::offline_reason(relay, device).await);
         };
         let Some(port) = dev.console_port(console) else {
             let consoles = dev.consoles();

@@ -19,16 +19,17 @@ struct Entry {
     state: String,
 }
 
-fn entries(relay: &Relay, operator: &str) -> Vec<Entry> {
+async fn entries(relay: &Relay, operator: &str) -> Vec<Entry> {
     let allow = relay
-        .store
+        .db
         .operator(operator)
+        .await
         .ok()
         .flatten()
         .map(|r| r.allow)
         .unwrap_or_default();
     let mut out = Vec::new();
-    for d in relay.store.devices().unwrap_or_default() {
+    for d in relay.db.devices().await.unwrap_or_default() {
         if !any_matches(&allow, &d.name) {
             continue;
         }
@@ -93,7 +94,7 @@ pub(crate) async fn run_menu(
     size: (u16, u16),
     write: &Channel,
 ) -> u32 {
-    let mut list = entries(relay, operator);
+    let mut list = entries(relay, operator).await;
     let _ = write.data(render(operator, &list).as_bytes()).await;
     let mut line = String::new();
     loop {
@@ -146,7 +147,7 @@ pub(crate) async fn run_menu(
                             }
                         }
                     }
-                    list = entries(relay, operator);
+                    list = entries(relay, operator).await;
                     let _ = write.data(render(operator, &list).as_bytes()).await;
                 }
                 // Backspace and delete.

@@ -143,6 +143,13 @@ impl TestRelay {
         .await;
     }
 
+    /// The most recent `n` audit entries once everything queued so far is stored (the relay
+    /// commits audit entries in batches, within milliseconds).
+    pub async fn audit_now(&self, n: usize) -> Vec<burrow_relay::store::AuditRecord> {
+        self.relay.db().flush().await;
+        self.relay.store().audit_tail(n).unwrap()
+    }
+
     /// The first stream's audit row once the stream ended (its outcome no longer `open`).
     pub async fn ended_stream_row(&self) -> burrow_relay::store::AuditRecord {
         eventually("the stream's audit row to be completed", || {

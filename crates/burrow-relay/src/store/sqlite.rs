@@ -1,9 +1,11 @@
-//! The relay's SQLite database: devices, operators, keys, policy, online mirror and audit.
+//! The SQLite backend: one relay's registry in one file.
 //!
 //! The CLI (`burrow relay device add`, …) and the running relay open the same file; WAL mode lets
 //! them work at once, and the relay reads policy on every decision, so changes apply without a
 //! restart. The `online`/`endpoints` tables mirror the relay's memory for the CLI's listings.
+//! The schema is versioned (`PRAGMA user_version`) and migrated forward when opened.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -11,31 +13,31 @@ use std::time::Duration;
 use burrow_io::keys::PublicKey;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-/// A database error with the operation that failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite failed.
-    #[error("database error while {doing}: {source}")]
-    Sqlite {
-        /// What was being done.
-        doing: &'static str,
-        /// The SQLite error.
-        source: rusqlite::Error,
-    },
-    /// The named device does not exist.
-    #[error("no device named {0:?} (list them with `burrow relay device ls`)")]
-    NoDevice(String),
-    /// The named operator does not exist.
-    #[error("no operator named {0:?} (list them with `burrow relay operator ls`)")]
-    NoOperator(String),
-    /// The name is already in use.
-    #[error("{0}")]
-    Conflict(String),
-}
+use super::{
+    AuditRecord, DeviceRecord, OperatorRecord, PasswordLogin, Principal, StoreError, Write,
+    Written, now, sql,
+};
 
-fn sql(doing: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
-    move |source| StoreError::Sqlite { doing, source }
-}
+/// The schema version this build writes; each step below brings a database one version up.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Version 2: a counter of registry changes kept by triggers (the relay rereads policy when it
+/// moves, rather than on every write to the audit table).
+const REGISTRY_VERSION: &str = "
+CREATE TABLE IF NOT EXISTS meta (one INTEGER PRIMARY KEY CHECK (one = 1), registry_version INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (one, registry_version) VALUES (1, 0);
+";
+
+/// The tables whose changes revoke or narrow what open sessions may do.
+const REGISTRY_TABLES: [&str; 7] = [
+    "devices",
+    "device_keys",
+    "device_allow_connect",
+    "device_allow_listen",
+    "operators",
+    "operator_keys",
+    "operator_allow",
+];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS devices (
@@ -99,77 +101,6 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 ";
 
-/// A device as the registry knows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct DeviceRecord {
-    /// Device name.
-    pub name: String,
-    /// SHA256 fingerprints of its keys.
-    pub fingerprints: Vec<String>,
-    /// When last seen: now while online, else when its session ended (seconds since the
-    /// epoch; RFC 3339 UTC in JSON).
-    #[serde(serialize_with = "rfc3339")]
-    pub last_seen: Option<i64>,
-    /// Whether a session is up (as mirrored by the running relay).
-    pub online: bool,
-    /// Endpoint ports it currently exposes.
-    pub endpoints: Vec<u16>,
-    /// Relay-side targets it may open, `HOST:PORT`.
-    pub allow_connect: Vec<String>,
-    /// Real relay listeners it may hold, `ADDR:PORT`.
-    pub allow_listen: Vec<String>,
-}
-
-/// An operator as the registry knows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct OperatorRecord {
-    /// Operator name.
-    pub name: String,
-    /// SHA256 fingerprints of its keys.
-    pub fingerprints: Vec<String>,
-    /// Whether a password is set.
-    pub has_password: bool,
-    /// Device name patterns it may reach.
-    pub allow: Vec<String>,
-    /// Consoles only, no endpoint forwarding.
-    pub console_only: bool,
-    /// Password login locked after repeated failures, until then (seconds since the epoch).
-    #[serde(serialize_with = "rfc3339")]
-    pub locked_until: Option<i64>,
-}
-
-/// What a password login is checked against.
-pub struct PasswordLogin {
-    /// The argon2 hash.
-    pub hash: String,
-    /// Locked after repeated wrong passwords until then (seconds since the epoch).
-    pub locked_until: Option<i64>,
-}
-
-/// One audit entry.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct AuditRecord {
-    /// Seconds since the epoch.
-    pub at: i64,
-    /// What happened (`auth`, `endpoint-add`, `takeover`, `stream`, …).
-    pub event: String,
-    /// Who did it.
-    pub who: String,
-    /// What it was done to.
-    pub target: String,
-    /// `ok` or `denied` / `failed`.
-    pub outcome: String,
-    /// Why, and numbers.
-    pub detail: String,
-}
-
-/// Now, in seconds since the epoch.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// The relay database.
 pub struct Store {
     conn: Mutex<Connection>,
@@ -194,8 +125,6 @@ impl Store {
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         )
         .map_err(sql("configuring the database"))?;
-        conn.execute_batch(SCHEMA)
-            .map_err(sql("creating the schema"))?;
         migrate(&conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
@@ -210,11 +139,88 @@ impl Store {
         f(&mut conn)
     }
 
-    /// A counter that changes whenever another connection (the CLI) commits.
-    pub fn data_version(&self) -> Result<i64, StoreError> {
+    /// A counter that moves whenever the registry (devices, keys, operators, rules) changes,
+    /// from any process.
+    pub fn registry_version(&self) -> Result<i64, StoreError> {
         self.with(|c| {
-            c.query_row("PRAGMA data_version", [], |r| r.get(0))
-                .map_err(sql("reading the data version"))
+            c.query_row("SELECT registry_version FROM meta", [], |r| r.get(0))
+                .map_err(sql("reading the registry version"))
+        })
+    }
+
+    /// Applies queued writes in one transaction (group commit); if the batch fails as a whole,
+    /// each write is tried alone so that one bad write fails only itself.
+    pub fn apply(&self, writes: &[&Write]) -> Vec<Result<Written, StoreError>> {
+        let whole = self.with(|c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("writing a batch"))?;
+            let mut out = Vec::with_capacity(writes.len());
+            for w in writes {
+                out.push(apply_one(&tx, w)?);
+            }
+            tx.commit().map_err(sql("writing a batch"))?;
+            Ok(out)
+        });
+        match whole {
+            Ok(done) => done.into_iter().map(Ok).collect(),
+            Err(_) if writes.len() > 1 => writes
+                .iter()
+                .map(|w| {
+                    self.with(|c| {
+                        let tx = c
+                            .transaction_with_behavior(TransactionBehavior::Immediate)
+                            .map_err(sql("writing"))?;
+                        let r = apply_one(&tx, w)?;
+                        tx.commit().map_err(sql("writing"))?;
+                        Ok(r)
+                    })
+                })
+                .collect(),
+            Err(e) => vec![Err(e)],
+        }
+    }
+
+    /// Whose key `fingerprint` is when `name` logs in with it: the device, the operator, or
+    /// nobody (one query).
+    pub fn key_owner(
+        &self,
+        name: &str,
+        fingerprint: &str,
+    ) -> Result<Option<Principal>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT 'device' FROM device_keys WHERE device = ?1 AND fingerprint = ?2
+                 UNION ALL
+                 SELECT 'operator' FROM operator_keys WHERE operator = ?1 AND fingerprint = ?2
+                 LIMIT 1",
+                params![name, fingerprint],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map(|o| {
+                o.map(|kind| {
+                    if kind == "device" {
+                        Principal::Device
+                    } else {
+                        Principal::Operator
+                    }
+                })
+            })
+            .map_err(sql("checking a key"))
+        })
+    }
+
+    /// Every (device, key fingerprint) pair, for checking all open sessions at once.
+    pub fn device_key_pairs(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT device, fingerprint FROM device_keys")
+                .map_err(sql("reading device keys"))?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(sql("reading device keys"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sql("reading device keys"))
         })
     }
 
@@ -438,11 +444,11 @@ impl Store {
         })
     }
 
-    /// All devices, sorted by name.
+    /// All devices, sorted by name: five queries however many devices there are.
     pub fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         self.with(|c| {
             let mut stmt = c
-                .prepare(
+                .prepare_cached(
                     "SELECT d.name, d.last_seen, o.device IS NOT NULL FROM devices d
                      LEFT JOIN online o ON o.device = d.name ORDER BY d.name",
                 )
@@ -454,29 +460,30 @@ impl Store {
                 .map_err(sql("listing devices"))?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(sql("listing devices"))?;
-            let mut out = Vec::with_capacity(rows.len());
+            let mut keys = grouped(c, "SELECT device, fingerprint FROM device_keys ORDER BY device, fingerprint")?;
+            let mut endpoints = grouped(c, "SELECT device, port FROM endpoints ORDER BY device, port")?;
+            let mut connect = grouped(c, "SELECT device, host || ':' || port FROM device_allow_connect ORDER BY device, host, port")?;
+            let mut listen = grouped(c, "SELECT device, addr || ':' || port FROM device_allow_listen ORDER BY device, port")?;
             let now = now();
-            for (name, last_seen, online) in rows {
-                // An online device is seen now, not when its session started.
-                let last_seen = if online { Some(now) } else { last_seen };
-                let fingerprints = strings(c, "SELECT fingerprint FROM device_keys WHERE device = ?1 ORDER BY fingerprint", &name)?;
-                let endpoints = strings(c, "SELECT port FROM endpoints WHERE device = ?1 ORDER BY port", &name)?
-                    .iter()
-                    .filter_map(|p| p.parse().ok())
-                    .collect();
-                let allow_connect = strings(c, "SELECT host || ':' || port FROM device_allow_connect WHERE device = ?1 ORDER BY host, port", &name)?;
-                let allow_listen = strings(c, "SELECT addr || ':' || port FROM device_allow_listen WHERE device = ?1 ORDER BY port", &name)?;
-                out.push(DeviceRecord {
-                    name,
-                    fingerprints,
-                    last_seen,
+            Ok(rows
+                .into_iter()
+                .map(|(name, last_seen, online)| DeviceRecord {
+                    // An online device is seen now, not when its session started.
+                    last_seen: if online { Some(now) } else { last_seen },
                     online,
-                    endpoints,
-                    allow_connect,
-                    allow_listen,
-                });
-            }
-            Ok(out)
+                    fingerprints: keys.remove(&name).unwrap_or_default(),
+                    endpoints: endpoints
+                        .remove(&name)
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(|p| p.parse().ok())
+                        .collect(),
+                    allow_connect: connect.remove(&name).unwrap_or_default(),
+                    allow_listen: listen.remove(&name).unwrap_or_default(),
+                    relay: None,
+                    name,
+                })
+                .collect())
         })
     }
 
@@ -498,57 +505,31 @@ impl Store {
 
     /// Records that `device` came online from `peer`.
     pub fn set_online(&self, device: &str, peer: &str) -> Result<(), StoreError> {
-        self.with(|c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql("recording a device online"))?;
-            tx.execute(
-                "INSERT OR REPLACE INTO online (device, since, peer) VALUES (?1, ?2, ?3)",
-                params![device, now(), peer],
-            )
-            .map_err(sql("recording a device online"))?;
-            tx.execute("DELETE FROM endpoints WHERE device = ?1", [device])
-                .map_err(sql("recording a device online"))?;
-            tx.execute(
-                "UPDATE devices SET last_seen = ?2 WHERE name = ?1",
-                params![device, now()],
-            )
-            .map_err(sql("recording a device online"))?;
-            tx.commit().map_err(sql("recording a device online"))
+        self.apply_single(&Write::Online {
+            device: device.into(),
+            peer: peer.into(),
+            session: 0,
         })
+        .map(|_| ())
     }
 
     /// Records that `device` went offline.
     pub fn set_offline(&self, device: &str) -> Result<(), StoreError> {
-        self.with(|c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql("recording a device offline"))?;
-            tx.execute("DELETE FROM online WHERE device = ?1", [device])
-                .map_err(sql("recording a device offline"))?;
-            tx.execute("DELETE FROM endpoints WHERE device = ?1", [device])
-                .map_err(sql("recording a device offline"))?;
-            tx.execute(
-                "UPDATE devices SET last_seen = ?2 WHERE name = ?1",
-                params![device, now()],
-            )
-            .map_err(sql("recording a device offline"))?;
-            tx.commit().map_err(sql("recording a device offline"))
+        self.apply_single(&Write::Offline {
+            device: device.into(),
+            session: 0,
         })
+        .map(|_| ())
     }
 
     /// Mirrors an endpoint added or removed.
     pub fn set_endpoint(&self, device: &str, port: u16, present: bool) -> Result<(), StoreError> {
-        self.with(|c| {
-            let q = if present {
-                "INSERT OR IGNORE INTO endpoints (device, port) VALUES (?1, ?2)"
-            } else {
-                "DELETE FROM endpoints WHERE device = ?1 AND port = ?2"
-            };
-            c.execute(q, params![device, port])
-                .map_err(sql("recording an endpoint"))?;
-            Ok(())
+        self.apply_single(&Write::Endpoint {
+            device: device.into(),
+            port,
+            present,
         })
+        .map(|_| ())
     }
 
     // ----- operators -----
@@ -644,14 +625,11 @@ impl Store {
 
     /// Locks an operator's password login until `until` (seconds since the epoch).
     pub fn lock_operator(&self, name: &str, until: i64) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE operators SET locked_until = ?2 WHERE name = ?1",
-                params![name, until],
-            )
-            .map_err(sql("locking an operator"))?;
-            Ok(())
+        self.apply_single(&Write::LockOperator {
+            name: name.into(),
+            until,
         })
+        .map(|_| ())
     }
 
     /// Lifts a lock; false if the operator was not locked.
@@ -757,25 +735,40 @@ impl Store {
         })
     }
 
-    /// All operators, sorted by name.
+    /// All operators, sorted by name: three queries however many there are.
     pub fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
         self.with(|c| {
-            let names = {
-                let mut stmt = c
-                    .prepare("SELECT name FROM operators ORDER BY name")
-                    .map_err(sql("listing operators"))?;
-                stmt.query_map([], |r| r.get::<_, String>(0))
-                    .map_err(sql("listing operators"))?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(sql("listing operators"))?
-            };
-            let mut out = Vec::new();
-            for name in names {
-                if let Some(op) = operator_record(c, &name)? {
-                    out.push(op);
-                }
-            }
-            Ok(out)
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT name, password_hash IS NOT NULL, console_only, locked_until FROM operators ORDER BY name",
+                )
+                .map_err(sql("listing operators"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, bool>(1)?,
+                        r.get::<_, bool>(2)?,
+                        r.get::<_, Option<i64>>(3)?,
+                    ))
+                })
+                .map_err(sql("listing operators"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sql("listing operators"))?;
+            let mut keys = grouped(c, "SELECT operator, fingerprint FROM operator_keys ORDER BY operator, fingerprint")?;
+            let mut allow = grouped(c, "SELECT operator, pattern FROM operator_allow ORDER BY operator, pattern")?;
+            let now = now();
+            Ok(rows
+                .into_iter()
+                .map(|(name, has_password, console_only, locked_until)| OperatorRecord {
+                    fingerprints: keys.remove(&name).unwrap_or_default(),
+                    allow: allow.remove(&name).unwrap_or_default(),
+                    has_password,
+                    console_only,
+                    locked_until: locked_until.filter(|t| *t > now),
+                    name,
+                })
+                .collect())
         })
     }
 
@@ -783,38 +776,29 @@ impl Store {
 
     /// Appends an audit entry.
     pub fn audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO audit (at, event, who, target, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![record.at, record.event, record.who, record.target, record.outcome, record.detail],
-            )
-            .map_err(sql("writing the audit log"))?;
-            Ok(())
-        })
+        self.apply_single(&Write::Audit(record.clone())).map(|_| ())
     }
 
     /// Appends an audit entry and returns its row id (to complete it later).
     pub fn audit_insert(&self, record: &AuditRecord) -> Result<i64, StoreError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO audit (at, event, who, target, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![record.at, record.event, record.who, record.target, record.outcome, record.detail],
-            )
-            .map_err(sql("writing the audit log"))?;
-            Ok(c.last_insert_rowid())
-        })
+        match self.apply_single(&Write::AuditOpen(record.clone()))? {
+            Written::Id(id) => Ok(id),
+            Written::Done => Ok(0),
+        }
     }
 
     /// Completes an audit entry written by [`Store::audit_insert`].
     pub fn audit_complete(&self, id: i64, outcome: &str, detail: &str) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE audit SET outcome = ?2, detail = ?3 WHERE id = ?1",
-                params![id, outcome, detail],
-            )
-            .map_err(sql("completing an audit entry"))?;
-            Ok(())
+        self.apply_single(&Write::AuditComplete {
+            id,
+            outcome: outcome.into(),
+            detail: detail.into(),
         })
+        .map(|_| ())
+    }
+
+    fn apply_single(&self, w: &Write) -> Result<Written, StoreError> {
+        self.apply(&[w]).pop().unwrap_or(Ok(Written::Done))
     }
 
     /// At start: what the previous run left open (streams, device sessions) is marked
@@ -906,8 +890,40 @@ impl Store {
     }
 }
 
-/// Columns added after the first release, for databases created before them.
+/// Brings the schema to [`SCHEMA_VERSION`], one version at a time, each in a transaction.
+/// Version 0 is a new file or one made before versions were counted.
 fn migrate(c: &Connection) -> Result<(), StoreError> {
+    let version: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql("reading the schema version"))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Schema(format!(
+            "the database is at schema version {version}, newer than this burrow knows ({SCHEMA_VERSION}): run a newer burrow"
+        )));
+    }
+    for to in (version + 1)..=SCHEMA_VERSION {
+        c.execute_batch("BEGIN IMMEDIATE")
+            .map_err(sql("migrating the schema"))?;
+        let step = match to {
+            1 => schema_v1(c),
+            _ => registry_version_v2(c),
+        };
+        let done = step.and_then(|()| {
+            c.execute_batch(&format!("PRAGMA user_version = {to}; COMMIT"))
+                .map_err(sql("migrating the schema"))
+        });
+        if let Err(e) = done {
+            let _ = c.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// The first schema, and the lock column added before versions were counted.
+fn schema_v1(c: &Connection) -> Result<(), StoreError> {
+    c.execute_batch(SCHEMA)
+        .map_err(sql("creating the schema"))?;
     let has_lock: bool = c
         .query_row(
             "SELECT COUNT(*) FROM pragma_table_info('operators') WHERE name = 'locked_until'",
@@ -923,12 +939,26 @@ fn migrate(c: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Serializes seconds since the epoch as RFC 3339 UTC (`2026-11-23T12:03:00Z`).
-fn rfc3339<S: serde::Serializer>(at: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
-    match at {
-        Some(t) => s.serialize_str(&burrow_proto::time::format_rfc3339(*t)),
-        None => s.serialize_none(),
+fn registry_version_v2(c: &Connection) -> Result<(), StoreError> {
+    c.execute_batch(REGISTRY_VERSION)
+        .map_err(sql("adding the registry version"))?;
+    for table in REGISTRY_TABLES {
+        for op in ["INSERT", "UPDATE", "DELETE"] {
+            // A password lock is not a policy change: it does not move the version.
+            let when = if table == "operators" && op == "UPDATE" {
+                " WHEN OLD.locked_until IS NEW.locked_until"
+            } else {
+                ""
+            };
+            c.execute_batch(&format!(
+                "CREATE TRIGGER IF NOT EXISTS {table}_{op}_version AFTER {op} ON {table}{when}
+                 BEGIN UPDATE meta SET registry_version = registry_version + 1; END;",
+                op = op.to_lowercase()
+            ))
+            .map_err(sql("adding the registry version"))?;
+        }
     }
+    Ok(())
 }
 
 fn device_exists(c: &Connection, name: &str) -> Result<bool, StoreError> {
@@ -988,17 +1018,109 @@ fn operator_record(c: &Connection, name: &str) -> Result<Option<OperatorRecord>,
 
 fn strings(c: &Connection, query: &str, arg: &str) -> Result<Vec<String>, StoreError> {
     let mut stmt = c.prepare_cached(query).map_err(sql("reading a list"))?;
-    stmt.query_map([arg], |r| {
-        let v: rusqlite::types::Value = r.get(0)?;
-        Ok(match v {
-            rusqlite::types::Value::Integer(i) => i.to_string(),
-            rusqlite::types::Value::Text(t) => t,
-            _ => String::new(),
+    stmt.query_map([arg], |r| Ok(value_text(r.get(0)?)))
+        .map_err(sql("reading a list"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sql("reading a list"))
+}
+
+/// Rows of (owner, value) grouped by owner.
+fn grouped(c: &Connection, query: &str) -> Result<HashMap<String, Vec<String>>, StoreError> {
+    let mut stmt = c.prepare_cached(query).map_err(sql("reading a list"))?;
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    let rows = stmt
+        .query_map([], |r| {
+            let owner: String = r.get(0)?;
+            let v: rusqlite::types::Value = r.get(1)?;
+            Ok((owner, value_text(v)))
         })
-    })
-    .map_err(sql("reading a list"))?
-    .collect::<Result<Vec<_>, _>>()
-    .map_err(sql("reading a list"))
+        .map_err(sql("reading a list"))?;
+    for row in rows {
+        let (owner, v) = row.map_err(sql("reading a list"))?;
+        out.entry(owner).or_default().push(v);
+    }
+    Ok(out)
+}
+
+fn value_text(v: rusqlite::types::Value) -> String {
+    match v {
+        rusqlite::types::Value::Integer(i) => i.to_string(),
+        rusqlite::types::Value::Text(t) => t,
+        _ => String::new(),
+    }
+}
+
+/// One queued write inside the writer's transaction.
+fn apply_one(c: &Connection, w: &Write) -> Result<Written, StoreError> {
+    const AUDIT: &str = "INSERT INTO audit (at, event, who, target, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+    match w {
+        Write::Audit(r) | Write::AuditOpen(r) => {
+            c.prepare_cached(AUDIT)
+                .and_then(|mut s| {
+                    s.execute(params![r.at, r.event, r.who, r.target, r.outcome, r.detail])
+                })
+                .map_err(sql("writing the audit log"))?;
+            Ok(match w {
+                Write::AuditOpen(_) => Written::Id(c.last_insert_rowid()),
+                _ => Written::Done,
+            })
+        }
+        Write::AuditComplete {
+            id,
+            outcome,
+            detail,
+        } => {
+            c.prepare_cached("UPDATE audit SET outcome = ?2, detail = ?3 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![id, outcome, detail]))
+                .map_err(sql("completing an audit entry"))?;
+            Ok(Written::Done)
+        }
+        Write::Online { device, peer, .. } => {
+            let now = now();
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO online (device, since, peer) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| s.execute(params![device, now, peer]))
+            .and_then(|_| c.prepare_cached("DELETE FROM endpoints WHERE device = ?1"))
+            .and_then(|mut s| s.execute([device]))
+            .and_then(|_| c.prepare_cached("UPDATE devices SET last_seen = ?2 WHERE name = ?1"))
+            .and_then(|mut s| s.execute(params![device, now]))
+            .map_err(sql("recording a device online"))?;
+            Ok(Written::Done)
+        }
+        Write::Offline { device, .. } => {
+            c.prepare_cached("DELETE FROM online WHERE device = ?1")
+                .and_then(|mut s| s.execute([device]))
+                .and_then(|_| c.prepare_cached("DELETE FROM endpoints WHERE device = ?1"))
+                .and_then(|mut s| s.execute([device]))
+                .and_then(|_| c.prepare_cached("UPDATE devices SET last_seen = ?2 WHERE name = ?1"))
+                .and_then(|mut s| s.execute(params![device, now()]))
+                .map_err(sql("recording a device offline"))?;
+            Ok(Written::Done)
+        }
+        Write::Endpoint {
+            device,
+            port,
+            present,
+        } => {
+            let q = if *present {
+                "INSERT OR IGNORE INTO endpoints (device, port) VALUES (?1, ?2)"
+            } else {
+                "DELETE FROM endpoints WHERE device = ?1 AND port = ?2"
+            };
+            c.prepare_cached(q)
+                .and_then(|mut s| s.execute(params![device, port]))
+                .map_err(sql("recording an endpoint"))?;
+            Ok(Written::Done)
+        }
+        Write::LockOperator { name, until } => {
+            c.prepare_cached("UPDATE operators SET locked_until = ?2 WHERE name = ?1")
+                .and_then(|mut s| s.execute(params![name, until]))
+                .map_err(sql("locking an operator"))?;
+            Ok(Written::Done)
+        }
+        Write::Barrier => Ok(Written::Done),
+    }
 }
 
 fn insert_keys(

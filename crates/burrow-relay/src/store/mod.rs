@@ -1,0 +1,141 @@
+//! The registry: devices, operators, keys, policy, the online mirror and the audit trail.
+//!
+//! # Layout
+//! - [`sqlite`]: the embedded backend of a single relay (the default), which the CLI can also
+//!   open directly beside a running relay.
+//! - [`db`]: the one async interface the relay uses, over either backend: reads run off the
+//!   async workers, writes are queued in order and committed in batches.
+
+pub mod db;
+pub mod sqlite;
+
+pub use db::{Db, Write, Written};
+pub use sqlite::Store;
+
+/// A database error with the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("database error while {doing}: {source}")]
+    Sqlite {
+        /// What was being done.
+        doing: &'static str,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// PostgreSQL failed or cannot be reached.
+    #[error("PostgreSQL error while {doing}: {why}")]
+    Postgres {
+        /// What was being done.
+        doing: &'static str,
+        /// What went wrong.
+        why: String,
+    },
+    /// The database is on a newer schema than this relay knows.
+    #[error("{0}")]
+    Schema(String),
+    /// The named device does not exist.
+    #[error("no device named {0:?} (list them with `burrow relay device ls`)")]
+    NoDevice(String),
+    /// The named operator does not exist.
+    #[error("no operator named {0:?} (list them with `burrow relay operator ls`)")]
+    NoOperator(String),
+    /// The name is already in use.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+pub(crate) fn sql(doing: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Sqlite { doing, source }
+}
+
+/// A device as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceRecord {
+    /// Device name.
+    pub name: String,
+    /// SHA256 fingerprints of its keys.
+    pub fingerprints: Vec<String>,
+    /// When last seen: now while online, else when its session ended (seconds since the
+    /// epoch; RFC 3339 UTC in JSON).
+    #[serde(serialize_with = "rfc3339")]
+    pub last_seen: Option<i64>,
+    /// Whether a session is up (as mirrored by the running relay).
+    pub online: bool,
+    /// Endpoint ports it currently exposes.
+    pub endpoints: Vec<u16>,
+    /// Relay-side targets it may open, `HOST:PORT`.
+    pub allow_connect: Vec<String>,
+    /// Real relay listeners it may hold, `ADDR:PORT`.
+    pub allow_listen: Vec<String>,
+    /// The relay holding its session, in a cluster (`None` on a single relay).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
+}
+
+/// Whose key a login presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    /// The device of that name.
+    Device,
+    /// The operator of that name.
+    Operator,
+}
+
+/// An operator as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OperatorRecord {
+    /// Operator name.
+    pub name: String,
+    /// SHA256 fingerprints of its keys.
+    pub fingerprints: Vec<String>,
+    /// Whether a password is set.
+    pub has_password: bool,
+    /// Device name patterns it may reach.
+    pub allow: Vec<String>,
+    /// Consoles only, no endpoint forwarding.
+    pub console_only: bool,
+    /// Password login locked after repeated failures, until then (seconds since the epoch).
+    #[serde(serialize_with = "rfc3339")]
+    pub locked_until: Option<i64>,
+}
+
+/// What a password login is checked against.
+pub struct PasswordLogin {
+    /// The argon2 hash.
+    pub hash: String,
+    /// Locked after repeated wrong passwords until then (seconds since the epoch).
+    pub locked_until: Option<i64>,
+}
+
+/// One audit entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRecord {
+    /// Seconds since the epoch.
+    pub at: i64,
+    /// What happened (`auth`, `endpoint-add`, `takeover`, `stream`, …).
+    pub event: String,
+    /// Who did it.
+    pub who: String,
+    /// What it was done to.
+    pub target: String,
+    /// `ok` or `denied` / `failed`.
+    pub outcome: String,
+    /// Why, and numbers.
+    pub detail: String,
+}
+
+/// Now, in seconds since the epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Serializes seconds since the epoch as RFC 3339 UTC (`2026-11-23T12:03:00Z`).
+fn rfc3339<S: serde::Serializer>(at: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(t) => s.serialize_str(&burrow_proto::time::format_rfc3339(*t)),
+        None => s.serialize_none(),
+    }
+}
