@@ -24,6 +24,8 @@ pub(crate) type PendingProbe = Arc<Mutex<Option<(u32, tokio::sync::oneshot::Send
 
 /// What one connection's handler needs.
 pub(crate) struct Shared {
+    /// This agent process (see [`crate::AgentOptions::instance`]).
+    pub(crate) instance: String,
     pub(crate) relay_host: String,
     pub(crate) relay_port: u16,
     pub(crate) host_key: HostKeyPolicy,

@@ -4,7 +4,7 @@
 //! # Layout
 //! - [`hostkey`]: pinning the relay's host key (fingerprint, known_hosts, trust on first use).
 //! - [`status`]: the status file, `burrow agent status`, and the state-change hook.
-//! - `handler`: the russh client handler: host key check, forwarded channels, probe echo.
+//! - `handler`: the SSH client handler: forwarded channels, probe echo.
 //! - `session`: one connection from dial to end: auth, forwards, keepalive, probes.
 //! - `liveness`: open streams, proof of the path, and TCP's progress, for keepalives and probes.
 //! - [`console`]: serial ports served as RFC 2217 console endpoints.
@@ -48,6 +48,9 @@ pub struct AgentOptions {
     pub status_file: PathBuf,
     /// How console ports are opened (real terminals unless a test stands in another backend).
     pub port_opener: std::sync::Arc<dyn console::port::PortOpener>,
+    /// This agent process, as it tells relays (random per start): its sessions on several
+    /// relays belong together, and the next start (a reboot) takes them all over.
+    pub instance: String,
 }
 
 impl AgentOptions {
@@ -56,12 +59,12 @@ impl AgentOptions {
         AgentOptions {
             status_file,
             port_opener: std::sync::Arc::new(console::TtyOpener),
+            instance: format!("{:016x}", rand::random::<u64>()),
         }
     }
 }
 
-/// Start of the SSH identification string of burrow's relay and agent; a relay that sends it
-/// speaks burrow's per-stream credit (see `burrow_io::splice`).
+/// Start of the SSH identification string of burrow's relay and agent.
 pub const BURROW_SSH_ID_PREFIX: &str = "SSH-2.0-burrow_";
 
 /// The status file used when the config names none: `$STATE_DIRECTORY/status.json` under

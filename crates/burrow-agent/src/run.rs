@@ -106,6 +106,7 @@ pub(crate) async fn run_tunnel(
         .map(|(c, port)| (port, c.clone()))
         .collect();
     let shared = Arc::new(Shared {
+        instance: options.instance.clone(),
         consoles,
         port_opener: options.port_opener.clone(),
         relay_host: relay.host.clone(),

@@ -196,9 +196,14 @@ async fn session(
     let transport = burrow_ssh::transport::Config {
         role: burrow_ssh::transport::Role::Client,
         software: format!("burrow_{}", env!("CARGO_PKG_VERSION")),
-        // The comment declares the keepalive schedule: a burrow relay then sends none of its
-        // own and drops the session once a keepalive is overdue.
-        comment: Some(schedule.comment()),
+        // The comment declares the keepalive schedule (a burrow relay then sends none of its
+        // own and drops the session once a keepalive is overdue) and this agent process (its
+        // sessions on several relays coexist; a new process takes over the old one's).
+        comment: Some(format!(
+            "{} {}",
+            schedule.comment(),
+            burrow_proto::liveness::instance_word(&ctx.shared.instance)
+        )),
         ciphers: preferred_ciphers().iter().map(|c| c.to_string()).collect(),
         host_key: None,
         host_key_check: Some(Box::new(check)),

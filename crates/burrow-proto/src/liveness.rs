@@ -71,6 +71,26 @@ impl Schedule {
     }
 }
 
+/// Key of the agent process's id in its identification comment (`instance=9f2c...`).
+const INSTANCE_KEY: &str = "instance=";
+
+/// The identification comment word that names an agent process: its sessions on several
+/// relays belong together, and a new process (a reboot) takes over an old one's.
+pub fn instance_word(instance: &str) -> String {
+    format!("{INSTANCE_KEY}{instance}")
+}
+
+/// The agent process id declared in the identification line `id`, if any (1 to 32 hex
+/// digits; anything else is ignored).
+pub fn instance_from_ssh_id(id: &str) -> Option<String> {
+    let comment = id.split_once(' ')?.1;
+    let value = comment
+        .split(' ')
+        .find_map(|word| word.strip_prefix(INSTANCE_KEY))?;
+    (!value.is_empty() && value.len() <= 32 && value.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| value.to_ascii_lowercase())
+}
+
 /// What the link did, as the agent sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Link {
@@ -281,6 +301,25 @@ mod tests {
             "SSH-2.0-burrow_0.1.0 keepalive=-5/20",
         ] {
             assert_eq!(Schedule::from_ssh_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_agent_process_travels_in_the_identification_comment() {
+        let id = format!(
+            "SSH-2.0-burrow_0.1.0 {} {}",
+            S.comment(),
+            instance_word("9F2c00")
+        );
+        assert_eq!(instance_from_ssh_id(&id).as_deref(), Some("9f2c00"));
+        assert!(Schedule::from_ssh_id(&id).is_some());
+        for bad in [
+            "SSH-2.0-OpenSSH_9.6",
+            "SSH-2.0-burrow_0.1.0 instance=",
+            "SSH-2.0-burrow_0.1.0 instance=xyz",
+            "SSH-2.0-burrow_0.1.0 instance=0123456789abcdef0123456789abcdef0",
+        ] {
+            assert_eq!(instance_from_ssh_id(bad), None, "{bad}");
         }
     }
 }

@@ -283,6 +283,8 @@ impl Handler for Conn {
                 cut: self.cut.clone(),
                 activity: self.activity.clone(),
                 schedule,
+                instance: burrow_proto::liveness::instance_from_ssh_id(&peer_id)
+                    .unwrap_or_default(),
             };
             let dev = Arc::new(DeviceSession::new(
                 self.relay.next_id(),

@@ -63,6 +63,7 @@ pub(crate) fn came_online(relay: &Relay, dev: Arc<DeviceSession>) {
         device: dev.name.clone(),
         peer: peer.clone(),
         session: dev.id,
+        instance: dev.instance.clone(),
     });
     relay
         .audit

@@ -57,6 +57,8 @@ pub struct DeviceSession {
     /// The keepalive schedule a burrow agent declared; `None` for stock SSH clients, which TCP
     /// keepalive watches instead.
     pub schedule: Option<Schedule>,
+    /// The agent process it comes from, as the agent declared it; empty for stock clients.
+    pub instance: String,
     /// Set when an open to the device went unanswered, until the device is heard again.
     unanswered_open: Mutex<Option<Instant>>,
     /// Why the relay gave the session up, for the offline record.
@@ -88,6 +90,8 @@ pub struct Carrier {
     pub activity: Arc<Activity>,
     /// The keepalive schedule its agent declared, if any.
     pub schedule: Option<Schedule>,
+    /// The agent process it comes from; empty for stock clients.
+    pub instance: String,
 }
 
 impl DeviceSession {
@@ -99,6 +103,7 @@ impl DeviceSession {
             cut,
             activity,
             schedule,
+            instance,
         } = carrier;
         DeviceSession {
             id,
@@ -111,6 +116,7 @@ impl DeviceSession {
             cut,
             activity,
             schedule,
+            instance,
             unanswered_open: Mutex::new(None),
             gave_up: Mutex::new(None),
             endpoints: Mutex::new(BTreeMap::new()),

@@ -9,8 +9,10 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use burrow_io::keys::PublicKey;
+use tokio::sync::{Mutex, mpsc, oneshot};
 
+use super::postgres::Pg;
 use super::{
     AuditRecord, DeviceRecord, OperatorRecord, PasswordLogin, Principal, Store, StoreError,
 };
@@ -42,6 +44,9 @@ pub enum Write {
         peer: String,
         /// The session, unique on this relay.
         session: u64,
+        /// The agent process it comes from (its sessions on several relays coexist; a new
+        /// process takes over the old one's); empty for stock clients.
+        instance: String,
     },
     /// A device session ended (a newer session of the device is left alone).
     Offline {
@@ -86,6 +91,13 @@ struct Job {
 
 enum Backend {
     Sqlite(Arc<Store>),
+    Postgres {
+        url: String,
+        /// Reads (queries pipeline on one connection).
+        reads: Pg,
+        /// Registry changes (the CLI), on a connection opened when first needed.
+        changes: Mutex<Option<Pg>>,
+    },
 }
 
 struct Inner {
@@ -131,11 +143,69 @@ impl Db {
         })
     }
 
+    /// The PostgreSQL registry at `url` (migrated if needed), as relay `relay` (empty for the
+    /// CLI), with its writer task.
+    pub async fn postgres(url: &str, relay: &str) -> Result<Db, StoreError> {
+        let reads = Pg::open(url, relay).await?;
+        let mut writer = Pg::writer(url, relay).await?;
+        let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+        tokio::spawn(async move {
+            while let Some(first) = queue.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match queue.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                let writes_of: Vec<&Write> = batch.iter().map(|j| &j.write).collect();
+                let results = writer.apply(&writes_of).await;
+                finish(batch, results);
+            }
+        });
+        Ok(Db {
+            inner: Arc::new(Inner {
+                backend: Backend::Postgres {
+                    url: url.to_string(),
+                    reads,
+                    changes: Mutex::new(None),
+                },
+                jobs,
+            }),
+        })
+    }
+
+    /// Opens `database`: a `postgresql://` URL, or else an SQLite file path.
+    pub async fn open(database: &str, relay: &str) -> Result<Db, StoreError> {
+        if is_postgres_url(database) {
+            Db::postgres(database, relay).await
+        } else {
+            Db::sqlite(std::path::Path::new(database))
+        }
+    }
+
     /// The SQLite store behind this registry, if that is the backend (the CLI and tests use
     /// it directly).
     pub fn sqlite_store(&self) -> Option<&Store> {
         match &self.inner.backend {
             Backend::Sqlite(s) => Some(s),
+            Backend::Postgres { .. } => None,
+        }
+    }
+
+    /// The PostgreSQL connection behind this registry, if that is the backend.
+    pub fn postgres_reads(&self) -> Option<&Pg> {
+        match &self.inner.backend {
+            Backend::Postgres { reads, .. } => Some(reads),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    /// The URL of the PostgreSQL backend, if that is the backend.
+    pub fn postgres_url(&self) -> Option<&str> {
+        match &self.inner.backend {
+            Backend::Postgres { url, .. } => Some(url),
+            Backend::Sqlite(_) => None,
         }
     }
 
@@ -163,23 +233,52 @@ impl Db {
         let _ = self.write(Write::Barrier).await;
     }
 
+    /// Runs `sqlite` on a blocking thread, or `pg` on the PostgreSQL connection.
     async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+        sqlite: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+        pg: impl AsyncFnOnce(&Pg) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         match &self.inner.backend {
             Backend::Sqlite(store) => {
                 let store = store.clone();
-                tokio::task::spawn_blocking(move || f(&store))
+                tokio::task::spawn_blocking(move || sqlite(&store))
                     .await
                     .map_err(|e| StoreError::Schema(format!("a database read failed: {e}")))?
+            }
+            Backend::Postgres { reads, .. } => pg(reads).await,
+        }
+    }
+
+    /// Runs a registry change: `sqlite` on a blocking thread, or `pg` on the change
+    /// connection (opened when first needed).
+    async fn change<T: Send + 'static>(
+        &self,
+        sqlite: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+        pg: impl AsyncFnOnce(&mut Pg) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(_) => self.read(sqlite, async |_| Err(unreachable_pg())).await,
+            Backend::Postgres { url, changes, .. } => {
+                let mut conn = changes.lock().await;
+                if conn.as_ref().is_none_or(Pg::is_closed) {
+                    *conn = Some(Pg::writer(url, "").await?);
+                }
+                match conn.as_mut() {
+                    Some(c) => pg(c).await,
+                    None => Err(unreachable_pg()),
+                }
             }
         }
     }
 
     /// A counter that moves whenever the registry (devices, keys, operators, rules) changes.
     pub async fn registry_version(&self) -> Result<i64, StoreError> {
-        self.read(|s| s.registry_version()).await
+        self.read(
+            |s| s.registry_version(),
+            async |p| p.registry_version().await,
+        )
+        .await
     }
 
     /// Whose key `fingerprint` is when `name` logs in with it.
@@ -188,19 +287,31 @@ impl Db {
         name: &str,
         fingerprint: &str,
     ) -> Result<Option<Principal>, StoreError> {
-        let (name, fingerprint) = (name.to_string(), fingerprint.to_string());
-        self.read(move |s| s.key_owner(&name, &fingerprint)).await
+        let (n, f) = (name.to_string(), fingerprint.to_string());
+        self.read(
+            move |s| s.key_owner(&n, &f),
+            async |p| p.key_owner(name, fingerprint).await,
+        )
+        .await
     }
 
     /// Every (device, key fingerprint) pair.
     pub async fn device_key_pairs(&self) -> Result<Vec<(String, String)>, StoreError> {
-        self.read(|s| s.device_key_pairs()).await
+        self.read(
+            |s| s.device_key_pairs(),
+            async |p| p.device_key_pairs().await,
+        )
+        .await
     }
 
     /// Whether a device of this name exists.
     pub async fn device_exists(&self, name: &str) -> Result<bool, StoreError> {
-        let name = name.to_string();
-        self.read(move |s| s.device_exists(&name)).await
+        let n = name.to_string();
+        self.read(
+            move |s| s.device_exists(&n),
+            async |p| p.device_exists(name).await,
+        )
+        .await
     }
 
     /// Whether `device` may open `host:port` on the relay side.
@@ -210,59 +321,279 @@ impl Db {
         host: &str,
         port: u16,
     ) -> Result<bool, StoreError> {
-        let (device, host) = (device.to_string(), host.to_string());
-        self.read(move |s| s.may_connect(&device, &host, port))
-            .await
+        let (d, h) = (device.to_string(), host.to_string());
+        self.read(
+            move |s| s.may_connect(&d, &h, port),
+            async |p| p.may_connect(device, host, port).await,
+        )
+        .await
     }
 
     /// The listen address allowed for `device` on `port`, if any.
     pub async fn listen_addr(&self, device: &str, port: u16) -> Result<Option<String>, StoreError> {
-        let device = device.to_string();
-        self.read(move |s| s.listen_addr(&device, port)).await
+        let d = device.to_string();
+        self.read(
+            move |s| s.listen_addr(&d, port),
+            async |p| p.listen_addr(device, port).await,
+        )
+        .await
     }
 
     /// All devices, sorted by name (a fixed number of queries).
     pub async fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        self.read(|s| s.devices()).await
+        self.read(|s| s.devices(), async |p| p.devices().await)
+            .await
     }
 
     /// Last time `device` connected or disconnected.
     pub async fn last_seen(&self, device: &str) -> Result<Option<i64>, StoreError> {
-        let device = device.to_string();
-        self.read(move |s| s.last_seen(&device)).await
+        let d = device.to_string();
+        self.read(
+            move |s| s.last_seen(&d),
+            async |p| p.last_seen(device).await,
+        )
+        .await
     }
 
     /// One operator, if it exists.
     pub async fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
-        let name = name.to_string();
-        self.read(move |s| s.operator(&name)).await
+        let n = name.to_string();
+        self.read(move |s| s.operator(&n), async |p| p.operator(name).await)
+            .await
     }
 
     /// All operators, sorted by name (a fixed number of queries).
     pub async fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
-        self.read(|s| s.operators()).await
+        self.read(|s| s.operators(), async |p| p.operators().await)
+            .await
     }
 
     /// What a password login of `name` is checked against.
     pub async fn operator_password(&self, name: &str) -> Result<Option<PasswordLogin>, StoreError> {
-        let name = name.to_string();
-        self.read(move |s| s.operator_password(&name)).await
-    }
-
-    /// At start: what the previous run left open is marked interrupted; returns how many.
-    pub async fn interrupt_leftovers(&self) -> Result<usize, StoreError> {
-        self.read(|s| s.interrupt_leftovers()).await
+        let n = name.to_string();
+        self.read(
+            move |s| s.operator_password(&n),
+            async |p| p.operator_password(name).await,
+        )
+        .await
     }
 
     /// Applies the audit retention; returns how many entries were deleted.
     pub async fn prune_audit(&self, before: i64, max_rows: u64) -> Result<usize, StoreError> {
-        self.read(move |s| s.prune_audit(before, max_rows)).await
+        self.read(
+            move |s| s.prune_audit(before, max_rows),
+            async |p| p.prune_audit(before, max_rows).await,
+        )
+        .await
     }
 
     /// The most recent `limit` audit entries, oldest first.
     pub async fn audit_tail(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
-        self.read(move |s| s.audit_tail(limit)).await
+        self.read(
+            move |s| s.audit_tail(limit),
+            async |p| p.audit_tail(limit).await,
+        )
+        .await
     }
+
+    // ----- registry changes (the CLI) -----
+
+    /// Adds a device with its first keys.
+    pub async fn add_device(&self, name: &str, keys: &[PublicKey]) -> Result<(), StoreError> {
+        let (n, k) = (name.to_string(), keys.to_vec());
+        self.change(
+            move |s| s.add_device(&n, &k),
+            async |p| p.add_device(name, keys).await,
+        )
+        .await
+    }
+
+    /// Adds keys to an existing device.
+    pub async fn add_device_keys(&self, name: &str, keys: &[PublicKey]) -> Result<(), StoreError> {
+        let (n, k) = (name.to_string(), keys.to_vec());
+        self.change(
+            move |s| s.add_device_keys(&n, &k),
+            async |p| p.add_device_keys(name, keys).await,
+        )
+        .await
+    }
+
+    /// Removes a device and everything it owns.
+    pub async fn remove_device(&self, name: &str) -> Result<(), StoreError> {
+        let n = name.to_string();
+        self.change(
+            move |s| s.remove_device(&n),
+            async |p| p.remove_device(name).await,
+        )
+        .await
+    }
+
+    /// Removes one key of a device (the last one is kept).
+    pub async fn remove_device_key(&self, name: &str, fingerprint: &str) -> Result<(), StoreError> {
+        let (n, f) = (name.to_string(), fingerprint.to_string());
+        self.change(
+            move |s| s.remove_device_key(&n, &f),
+            async |p| p.remove_device_key(name, fingerprint).await,
+        )
+        .await
+    }
+
+    /// Lets `device` open `host:port` on the relay side.
+    pub async fn allow_connect(
+        &self,
+        device: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<(), StoreError> {
+        let (d, h) = (device.to_string(), host.to_string());
+        self.change(
+            move |s| s.allow_connect(&d, &h, port),
+            async |p| p.allow_connect(device, host, port).await,
+        )
+        .await
+    }
+
+    /// Removes an `allow-connect` rule; false if there was none.
+    pub async fn disallow_connect(
+        &self,
+        device: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<bool, StoreError> {
+        let (d, h) = (device.to_string(), host.to_string());
+        self.change(
+            move |s| s.disallow_connect(&d, &h, port),
+            async |p| p.disallow_connect(device, host, port).await,
+        )
+        .await
+    }
+
+    /// Lets `device` hold a real listener on `addr:port`.
+    pub async fn allow_listen(
+        &self,
+        device: &str,
+        addr: &str,
+        port: u16,
+    ) -> Result<(), StoreError> {
+        let (d, a) = (device.to_string(), addr.to_string());
+        self.change(
+            move |s| s.allow_listen(&d, &a, port),
+            async |p| p.allow_listen(device, addr, port).await,
+        )
+        .await
+    }
+
+    /// Removes an `allow-listen` rule; false if there was none.
+    pub async fn disallow_listen(
+        &self,
+        device: &str,
+        addr: &str,
+        port: u16,
+    ) -> Result<bool, StoreError> {
+        let (d, a) = (device.to_string(), addr.to_string());
+        self.change(
+            move |s| s.disallow_listen(&d, &a, port),
+            async |p| p.disallow_listen(device, addr, port).await,
+        )
+        .await
+    }
+
+    /// Adds an operator.
+    pub async fn add_operator(
+        &self,
+        name: &str,
+        keys: &[PublicKey],
+        password_hash: Option<&str>,
+        allow: &[String],
+        console_only: bool,
+    ) -> Result<(), StoreError> {
+        let (n, k, h, a) = (
+            name.to_string(),
+            keys.to_vec(),
+            password_hash.map(str::to_string),
+            allow.to_vec(),
+        );
+        self.change(
+            move |s| s.add_operator(&n, &k, h.as_deref(), &a, console_only),
+            async |p| {
+                p.add_operator(name, keys, password_hash, allow, console_only)
+                    .await
+            },
+        )
+        .await
+    }
+
+    /// Removes an operator.
+    pub async fn remove_operator(&self, name: &str) -> Result<(), StoreError> {
+        let n = name.to_string();
+        self.change(
+            move |s| s.remove_operator(&n),
+            async |p| p.remove_operator(name).await,
+        )
+        .await
+    }
+
+    /// Changes an operator's `--allow` patterns and/or console-only flag.
+    pub async fn set_operator_policy(
+        &self,
+        name: &str,
+        allow: Option<&[String]>,
+        console_only: Option<bool>,
+    ) -> Result<(), StoreError> {
+        let (n, a) = (name.to_string(), allow.map(<[String]>::to_vec));
+        self.change(
+            move |s| s.set_operator_policy(&n, a.as_deref(), console_only),
+            async |p| p.set_operator_policy(name, allow, console_only).await,
+        )
+        .await
+    }
+
+    /// Lifts a password lock; false if the operator was not locked.
+    pub async fn unlock_operator(&self, name: &str) -> Result<bool, StoreError> {
+        let n = name.to_string();
+        self.change(
+            move |s| s.unlock_operator(&n),
+            async |p| p.unlock_operator(name).await,
+        )
+        .await
+    }
+
+    /// Sets or clears an operator's password (never its last credential).
+    pub async fn set_operator_password(
+        &self,
+        name: &str,
+        hash: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let (n, h) = (name.to_string(), hash.map(str::to_string));
+        self.change(
+            move |s| s.set_operator_password(&n, h.as_deref()),
+            async |p| p.set_operator_password(name, hash).await,
+        )
+        .await
+    }
+
+    /// Adds keys to an existing operator.
+    pub async fn add_operator_keys(
+        &self,
+        name: &str,
+        keys: &[PublicKey],
+    ) -> Result<(), StoreError> {
+        let (n, k) = (name.to_string(), keys.to_vec());
+        self.change(
+            move |s| s.add_operator_keys(&n, &k),
+            async |p| p.add_operator_keys(name, keys).await,
+        )
+        .await
+    }
+}
+
+/// Whether `database` names PostgreSQL rather than an SQLite file.
+pub fn is_postgres_url(database: &str) -> bool {
+    database.starts_with("postgresql://") || database.starts_with("postgres://")
+}
+
+fn unreachable_pg() -> StoreError {
+    StoreError::Schema("not a PostgreSQL registry".into())
 }
 
 /// Hands each write of a batch its result.

@@ -3,10 +3,12 @@
 //! # Layout
 //! - [`sqlite`]: the embedded backend of a single relay (the default), which the CLI can also
 //!   open directly beside a running relay.
+//! - [`postgres`]: the shared backend of a relay cluster.
 //! - [`db`]: the one async interface the relay uses, over either backend: reads run off the
 //!   async workers, writes are queued in order and committed in batches.
 
 pub mod db;
+pub mod postgres;
 pub mod sqlite;
 
 pub use db::{Db, Write, Written};

@@ -509,6 +509,7 @@ impl Store {
             device: device.into(),
             peer: peer.into(),
             session: 0,
+            instance: String::new(),
         })
         .map(|_| ())
     }
