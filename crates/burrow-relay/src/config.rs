@@ -114,6 +114,33 @@ pub struct RelayConfig {
     pub audit_max_rows: u64,
     /// How often retention is applied (and once at start).
     pub audit_prune_interval: Duration,
+    /// The registry: `None` for the SQLite file in the data directory, or a PostgreSQL URL
+    /// shared by the relays of a cluster.
+    pub database: Option<String>,
+    /// This relay's name in a cluster (the host name by default).
+    pub relay_id: String,
+    /// Where other relays of the cluster reach this one's peer port (`HOST:PORT`).
+    pub peer_advertise: Option<String>,
+    /// How long this relay's presence lasts unless renewed (it is renewed every third of it).
+    pub lease: Duration,
+    /// Longest the relay admits devices and operators from its last copy of the registry
+    /// while the database cannot be reached.
+    pub snapshot_max_age: Duration,
+}
+
+/// Default presence lease in a cluster: a relay killed with SIGKILL stops being routed to
+/// within this long.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(6);
+/// Default bound on the age of the registry copy used while PostgreSQL is unreachable.
+pub const DEFAULT_SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// This machine's host name, the default relay id.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "relay".into())
 }
 
 impl RelayConfig {
@@ -138,6 +165,11 @@ impl RelayConfig {
             password_lock_after: DEFAULT_PASSWORD_LOCK_AFTER,
             password_lock_for: DEFAULT_PASSWORD_LOCK_FOR,
             audit_keep: DEFAULT_AUDIT_KEEP,
+            database: None,
+            relay_id: host_name(),
+            peer_advertise: None,
+            lease: DEFAULT_LEASE,
+            snapshot_max_age: DEFAULT_SNAPSHOT_MAX_AGE,
             audit_max_rows: DEFAULT_AUDIT_MAX_ROWS,
             audit_prune_interval: DEFAULT_AUDIT_PRUNE_INTERVAL,
         }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Relay;
 use crate::audit::Outcome;
 use crate::gate::Permit;
+use crate::metrics::AuthFailure;
 use crate::registry::DeviceSession;
 use crate::store::Principal as KeyOwner;
 
@@ -73,7 +74,8 @@ impl Conn {
     /// Audits a refusal; every method stays open until the attempt limit, so a mistyped
     /// password does not leave a PuTTY or OpenSSH user with "Permission denied (publickey)"
     /// and no second try.
-    fn reject(&self, login: &str, why: &str) -> Decision {
+    fn reject(&self, login: &str, why: &str, kind: AuthFailure) -> Decision {
+        self.relay.metrics.auth_failed(kind);
         self.relay
             .audit
             .record("auth", login, &self.peer.to_string(), Outcome::Denied, why);
@@ -101,8 +103,10 @@ impl Conn {
         let name = login.principal().to_string();
         match self.relay.db.operator(&name).await {
             Ok(Some(_)) => {}
-            Ok(None) => return self.reject(&login.to_string(), "operator vanished"),
-            Err(e) => return self.reject(&login.to_string(), &e.to_string()),
+            Ok(None) => {
+                return self.reject(&login.to_string(), "operator vanished", AuthFailure::Other);
+            }
+            Err(e) => return self.reject(&login.to_string(), &e.to_string(), AuthFailure::Other),
         }
         self.relay.audit.record(
             "auth",
@@ -139,14 +143,14 @@ impl Conn {
                 Decision::Accept
             }
             Ok(KeyMatch::Operator(login, _fp)) => self.become_operator(login, "public key").await,
-            Err(why) => self.reject(user, &why),
+            Err(why) => self.reject(user, &why, AuthFailure::UnknownKey),
         }
     }
 
     async fn password(&mut self, user: &str, password: &str, method: &str) -> Decision {
         let login = match Login::parse(user) {
             Ok(l) => l,
-            Err(e) => return self.reject(user, &e.to_string()),
+            Err(e) => return self.reject(user, &e.to_string(), AuthFailure::Other),
         };
         let name = login.principal().to_string();
         let ip = self.peer.ip();
@@ -158,9 +162,10 @@ impl Conn {
                 return self.reject(
                     user,
                     "password login: no operator with a password of that name",
+                    AuthFailure::Password,
                 );
             }
-            Err(e) => return self.reject(user, &e.to_string()),
+            Err(e) => return self.reject(user, &e.to_string(), AuthFailure::Other),
         };
         if let Some(until) = login_state.locked_until {
             return self.reject(
@@ -169,10 +174,15 @@ impl Conn {
                     "password login locked until {} after repeated wrong passwords (lift it with `burrow relay operator unlock {name}`)",
                     burrow_proto::time::format_rfc3339(until)
                 ),
+                AuthFailure::Locked,
             );
         }
         let Some(_checking) = throttle.begin(ip) else {
-            return self.reject(user, "too many password checks at once from this address");
+            return self.reject(
+                user,
+                "too many password checks at once from this address",
+                AuthFailure::Throttled,
+            );
         };
         // Each failure makes the next guess (from this address, or at this operator) wait longer.
         let delay = throttle.delay(ip, &name, Instant::now());
@@ -210,7 +220,7 @@ impl Conn {
                 ),
             );
         }
-        self.reject(user, "wrong password")
+        self.reject(user, "wrong password", AuthFailure::Password)
     }
 }
 
@@ -226,7 +236,7 @@ impl Handler for Conn {
             // failed attempt (bounded per connection).
             Question::KeyQuery { user, key } => match self.key_allowed(user, key).await {
                 Ok(_) => Decision::Accept,
-                Err(why) => self.reject(user, &why),
+                Err(why) => self.reject(user, &why, AuthFailure::UnknownKey),
             },
             Question::Key { user, key } => self.key(user, key).await,
             Question::Password {
@@ -243,6 +253,7 @@ impl Handler for Conn {
     }
 
     fn auth_refused(&mut self, user: &str, why: &str) {
+        self.relay.metrics.auth_failed(AuthFailure::Other);
         let user = burrow_proto::text::clean(user, burrow_proto::text::MAX_NAME_CHARS);
         self.relay
             .audit

@@ -24,6 +24,7 @@ const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) fn came_online(relay: &Relay, dev: Arc<DeviceSession>) {
     let peer = dev.peer.to_string();
     if let Some(old) = relay.registry.take_over(dev.clone()) {
+        relay.metrics.takeover();
         old.replaced.cancel();
         relay.listeners.transfer(old.id, dev.id);
         let up = old.since.elapsed();
@@ -287,6 +288,7 @@ pub(crate) fn open_stream(
                     .await,
             )
         };
+        relay2.metrics.stream_opened();
         let (transfer, result) = match peer {
             Peer::Endpoint(ch, _) => splice(own, ch).await,
             Peer::Tcp(tcp) => {
@@ -294,6 +296,9 @@ pub(crate) fn open_stream(
                 splice(own, tcp).await
             }
         };
+        relay2
+            .metrics
+            .stream_closed(transfer.b_to_a, transfer.a_to_b);
         let (outcome, detail) = stream_summary(transfer.b_to_a, transfer.a_to_b, started, &result);
         match row {
             Some(row) => row.close(outcome, &detail),

@@ -11,6 +11,8 @@
 //!   interface, on SQLite or PostgreSQL.
 //! - [`admin`]: registry operations behind `burrow relay device|operator ...`.
 //! - [`audit`]: the audit trail (table and log).
+//! - `cluster`: several relays on one PostgreSQL registry: presence, routing, peer links.
+//! - [`metrics`]: Prometheus counters and their page.
 //! - [`console`]: serial consoles terminated at the relay (hubs, sessions, recordings).
 //! - [`registry`]: online device sessions, endpoints, takeover.
 //! - `gate`: caps and rates of unauthenticated connections; room made by cutting the oldest.
@@ -27,6 +29,7 @@
 
 pub mod admin;
 pub mod audit;
+mod cluster;
 pub mod config;
 mod conn;
 pub mod console;
@@ -34,6 +37,7 @@ pub mod datadir;
 mod device;
 mod gate;
 mod listeners;
+pub mod metrics;
 mod operator;
 mod operator_session;
 pub mod registry;
@@ -84,11 +88,14 @@ pub struct Relay {
     host_key: PrivateKey,
     tracker: TaskTracker,
     next_id: AtomicU64,
+    metrics: metrics::Metrics,
+    /// This relay's part in a cluster, when its registry is PostgreSQL.
+    cluster: Option<cluster::Cluster>,
 }
 
 impl Relay {
     /// Opens the data directory (creating the host key and database on first start).
-    pub fn open(config: RelayConfig) -> Result<Arc<Relay>, RelayError> {
+    pub async fn open(config: RelayConfig) -> Result<Arc<Relay>, RelayError> {
         let (host_key, created) = datadir::load_or_create_host_key(&config.data_dir)?;
         let fingerprint = burrow_io::keys::fingerprint(host_key.public_key());
         if created {
@@ -101,16 +108,32 @@ impl Relay {
             "relay data directory {}, host key fingerprint {fingerprint}",
             config.data_dir.display()
         );
-        let db = store::Db::sqlite(&config.data_dir.join(datadir::DATABASE_FILE))?;
+        let (db, interrupted) = match &config.database {
+            Some(url) => {
+                let db = store::Db::postgres(url, &config.relay_id).await?;
+                let interrupted = db.interrupt_leftovers_postgres().await?;
+                (db, interrupted)
+            }
+            None => {
+                let db = store::Db::sqlite(&config.data_dir.join(datadir::DATABASE_FILE))?;
+                let interrupted = db
+                    .sqlite_store()
+                    .map_or(Ok(0), |s| s.interrupt_leftovers())?;
+                (db, interrupted)
+            }
+        };
         // Nothing is online yet; what a crash left open is recorded as interrupted.
-        let interrupted = db
-            .sqlite_store()
-            .map_or(Ok(0), |s| s.interrupt_leftovers())?;
         if interrupted > 0 {
             tracing::warn!(
                 "{interrupted} audit entries (streams, device sessions) were left open by the previous run; marked interrupted"
             );
         }
+        let cluster = config.database.as_ref().map(|_| {
+            cluster::Cluster::new(
+                config.relay_id.clone(),
+                config.peer_advertise.clone().unwrap_or_default(),
+            )
+        });
         let ssh_host_key = host_key
             .key_data()
             .ed25519()
@@ -145,6 +168,8 @@ impl Relay {
             host_key,
             tracker: TaskTracker::new(),
             next_id: AtomicU64::new(1),
+            metrics: metrics::Metrics::default(),
+            cluster,
             config,
         }))
     }
@@ -183,6 +208,42 @@ impl Relay {
         shutdown: CancellationToken,
     ) -> Result<(), RelayError> {
         server::run(self, listener, shutdown).await
+    }
+
+    /// Serves the relay-to-relay port of a cluster from `listener` until `shutdown`.
+    pub async fn serve_peers(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        cluster::peer::serve(self, listener, shutdown).await;
+    }
+
+    /// Serves Prometheus metrics from `listener` until `shutdown`.
+    pub async fn serve_metrics(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) {
+        metrics::serve(self, listener, shutdown).await;
+    }
+
+    /// The metrics page as a scrape sees it now.
+    pub async fn metrics_page(&self) -> String {
+        let held = self.registry.all().len() as u64;
+        let devices_online = match self.db.postgres_reads() {
+            Some(pg) => pg.count_online().await.unwrap_or(held),
+            None => held,
+        };
+        let gauges = metrics::Gauges {
+            devices_online,
+            devices_held: held,
+            operator_sessions: self.operators.all().len() as u64,
+            audit_queue: self.db.queued() as u64,
+            degraded: self.cluster.as_ref().is_some_and(|c| c.is_degraded()),
+        };
+        metrics::render(&self.metrics, self.db.stats(), &gauges)
+    }
+
+    /// Whether the relay runs degraded (its cluster database cannot be reached).
+    pub fn is_degraded(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| c.is_degraded())
     }
 
     /// Endpoint ports of `device` if it is online (from the relay's memory, not the database).

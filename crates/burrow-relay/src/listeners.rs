@@ -182,7 +182,9 @@ async fn serve(
             let started = Instant::now();
             let row = relay2.audit.open("stream", &who, &target, "").await;
             let _ = tcp.set_nodelay(true);
+            relay2.metrics.stream_opened();
             let (t, result) = splice(tcp, channel).await;
+            relay2.metrics.stream_closed(t.a_to_b, t.b_to_a);
             let (outcome, detail) = stream_summary(t.a_to_b, t.b_to_a, started, &result);
             row.close(outcome, &detail);
         });

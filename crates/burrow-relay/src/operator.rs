@@ -172,6 +172,43 @@ pub(crate) fn join_ports(ports: &[u16]) -> String {
         .join(", ")
 }
 
+/// Opens the device's endpoint for an operator stream: on the session held here, or in a
+/// cluster through the relay that holds it. Returns how it goes (for the audit) and the
+/// channel.
+async fn route(
+    relay: &Arc<Relay>,
+    device: &str,
+    port: u16,
+    req: &StreamRequest,
+) -> Result<(String, Channel), Refusal> {
+    let local = open_endpoint(
+        relay,
+        device,
+        port,
+        &req.originator_address,
+        req.originator_port,
+        Asker::Operator,
+    )
+    .await;
+    match (local, &relay.cluster) {
+        (Ok((dev, channel)), _) => Ok((format!("session {}", dev.id), channel)),
+        (Err(here), Some(cluster)) if relay.registry.get(device).is_none() => {
+            let (holder, channel) = cluster
+                .open_stream(
+                    relay,
+                    device,
+                    port,
+                    &req.originator_address,
+                    req.originator_port,
+                    here,
+                )
+                .await?;
+            Ok((format!("relay {holder}"), channel))
+        }
+        (Err(refusal), _) => Err(refusal),
+    }
+}
+
 /// Checks policy for an operator stream and, when allowed, splices it to the device.
 pub(crate) fn open_stream(
     relay: Arc<Relay>,
@@ -194,16 +231,8 @@ pub(crate) fn open_stream(
             Ok(t) => t,
             Err(r) => return refuse(&relay2, r).send(offer),
         };
-        let opened = open_endpoint(
-            &relay2,
-            &device,
-            port,
-            &req.originator_address,
-            req.originator_port,
-            Asker::Operator,
-        )
-        .await;
-        let (dev, dev_channel) = match opened {
+        let opened = route(&relay2, &device, port, &req).await;
+        let (via, dev_channel) = match opened {
             Ok(o) => o,
             Err(r) => return refuse(&relay2, r).send(offer),
         };
@@ -211,12 +240,16 @@ pub(crate) fn open_stream(
             return;
         };
         let started = Instant::now();
-        let via = format!("from {} via session {}", req.originator, dev.id);
+        let via = format!("from {} via {via}", req.originator);
         let row = relay2.audit.open("stream", &who, &target, &via).await;
         let guard = op.track(&relay2, &device, false);
+        relay2.metrics.stream_opened();
         // Each stream has its own window on both connections: a slow reader holds back
         // this stream only.
         let (transfer, result) = splice_until(channel, dev_channel, guard.stop.cancelled()).await;
+        relay2
+            .metrics
+            .stream_closed(transfer.a_to_b, transfer.b_to_a);
         let (outcome, summary) = stream_summary(transfer.a_to_b, transfer.b_to_a, started, &result);
         row.close(outcome, &format!("{via}: {summary}"));
         drop(guard);
@@ -456,15 +489,32 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                             break 1;
                         }
                         let guard = op.track(&relay, device, true);
-                        let attached = crate::console::run_console(
-                            &relay,
-                            op.name(),
-                            device,
-                            console,
-                            crate::console::Mode::Interactive,
-                            pty.unwrap_or(crate::console::DEFAULT_SIZE),
-                            &channel,
-                        );
+                        let size = pty.unwrap_or(crate::console::DEFAULT_SIZE);
+                        let attached = async {
+                            // In a cluster, a console held by another relay runs there.
+                            let command = format!(
+                                "{} {} {device} {console} rw {} {}",
+                                crate::cluster::peer::CONSOLE_ATTACH,
+                                op.name(),
+                                size.0,
+                                size.1
+                            );
+                            let elsewhere =
+                                crate::cluster::console_elsewhere(&relay, device, command, &channel);
+                            if let Some(status) = elsewhere.await {
+                                return status;
+                            }
+                            crate::console::run_console(
+                                &relay,
+                                op.name(),
+                                device,
+                                console,
+                                crate::console::Mode::Interactive,
+                                size,
+                                &channel,
+                            )
+                            .await
+                        };
                         tokio::select! {
                             status = attached => break status,
                             () = guard.stop.cancelled() => {

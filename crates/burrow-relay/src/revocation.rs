@@ -37,7 +37,7 @@ pub(crate) async fn watch_revocations(relay: Arc<Relay>, shutdown: CancellationT
 }
 
 /// Holds every open session to the registry as it is now.
-async fn enforce(relay: &Relay) {
+pub(crate) async fn enforce(relay: &Relay) {
     // A read error is no revocation: nothing is cut on a failed query.
     if let Ok(pairs) = relay.db.device_key_pairs().await {
         let keys: HashSet<(String, String)> = pairs.into_iter().collect();

@@ -40,6 +40,13 @@ pub(crate) async fn run(
         c.audit_prune_interval,
         shutdown.clone(),
     ));
+    let present = relay.tracker.spawn(crate::cluster::keep_present(
+        relay.clone(),
+        shutdown.clone(),
+    ));
+    let hearing = relay
+        .tracker
+        .spawn(crate::cluster::hear_others(relay.clone(), shutdown.clone()));
     let result = loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -84,6 +91,8 @@ pub(crate) async fn run(
     watcher.abort();
     sweeper.abort();
     pruner.abort();
+    present.abort();
+    hearing.abort();
     relay.tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, relay.tracker.wait())
         .await

@@ -32,6 +32,10 @@ pub struct RelayArgs {
     /// Data directory: host key, database [default: /var/lib/burrow for root, else ~/.local/state/burrow]
     #[arg(long, env = "BURROW_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
+    /// The registry of a relay cluster: a PostgreSQL URL (`postgresql://USER@HOST/DB`);
+    /// without it, the SQLite file in the data directory.
+    #[arg(long, env = "BURROW_DATABASE_URL", global = true, value_name = "URL")]
+    pub database: Option<String>,
     /// Stock SSH clients: seconds of silence before a TCP keepalive probe (burrow agents declare
     /// their own keepalive schedule and get none).
     #[arg(long, default_value_t = 15)]
@@ -76,6 +80,18 @@ pub struct RelayArgs {
     /// Connections one allow-listen listener carries at once.
     #[arg(long, default_value_t = burrow_relay::config::DEFAULT_MAX_LISTENER_CONNECTIONS)]
     pub max_listener_connections: usize,
+    /// This relay's name in a cluster [default: the host name].
+    #[arg(long, env = "BURROW_RELAY_ID", value_name = "NAME")]
+    pub relay_id: Option<String>,
+    /// Address the relay-to-relay port listens on (a cluster on --database needs it).
+    #[arg(long, env = "BURROW_PEER_LISTEN", value_name = "ADDR")]
+    pub peer_listen: Option<String>,
+    /// Address other relays dial to reach this one's peer port [default: --peer-listen].
+    #[arg(long, env = "BURROW_PEER_ADVERTISE", value_name = "HOST:PORT")]
+    pub peer_advertise: Option<String>,
+    /// Serve Prometheus metrics over HTTP on this address (off by default).
+    #[arg(long, env = "BURROW_METRICS", value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,6 +113,12 @@ pub enum RelayCommand {
     /// Console recordings (asciicast v2; play them with `asciinema play FILE`).
     #[command(subcommand)]
     Recordings(RecordingsCommand),
+    /// Copy this relay's SQLite registry and audit into the cluster's PostgreSQL database.
+    Migrate {
+        /// The PostgreSQL database to copy into (`postgresql://USER@HOST/DB`).
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
     /// Show the most recent audit entries.
     Audit {
         /// How many entries.

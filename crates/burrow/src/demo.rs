@@ -32,6 +32,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result {
 
     // Relay on a free loopback port.
     let relay = Relay::open(RelayConfig::new(root.join("relay")))
+        .await
         .map_err(|e| Failure::new(exit::SOFTWARE, e.to_string()))?;
     let listener = TcpListener::bind("127.0.0.1:0")
         .await

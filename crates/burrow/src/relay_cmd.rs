@@ -6,25 +6,28 @@ use std::time::Duration;
 
 use burrow_proto::addr::{ListenSpec, Target};
 use burrow_proto::name::check_name;
-use burrow_relay::store::Store;
+use burrow_relay::store::{Db, Store};
 use burrow_relay::{Relay, RelayConfig, datadir};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{DeviceCommand, OperatorCommand, RecordingsCommand, RelayArgs, RelayCommand};
 use crate::exit::{self, Failure, Result};
 
-pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result {
+pub async fn run(mut args: RelayArgs, shutdown: CancellationToken) -> Result {
     let data_dir = args
         .data_dir
         .clone()
         .unwrap_or_else(datadir::default_data_dir);
-    match args.command {
+    match args.command.take() {
         None => serve(&args, data_dir, shutdown).await,
         Some(RelayCommand::Init) => init(&data_dir),
         Some(RelayCommand::Fingerprint { known_hosts }) => fingerprint(&data_dir, known_hosts),
-        Some(RelayCommand::Device(cmd)) => device(&open_store(&data_dir)?, cmd),
-        Some(RelayCommand::Operator(cmd)) => operator(&open_store(&data_dir)?, cmd),
-        Some(RelayCommand::Audit { limit, json }) => audit(&open_store(&data_dir)?, limit, json),
+        Some(RelayCommand::Device(cmd)) => device(&open_db(&args, &data_dir).await?, cmd).await,
+        Some(RelayCommand::Operator(cmd)) => operator(&open_db(&args, &data_dir).await?, cmd).await,
+        Some(RelayCommand::Migrate { to }) => migrate(&data_dir, &to).await,
+        Some(RelayCommand::Audit { limit, json }) => {
+            audit(&open_db(&args, &data_dir).await?, limit, json).await
+        }
         Some(RelayCommand::Recordings(RecordingsCommand::Ls { device, json })) => {
             recordings(&data_dir, device.as_deref(), json)
         }
@@ -69,7 +72,79 @@ async fn serve(args: &RelayArgs, data_dir: PathBuf, shutdown: CancellationToken)
     config.audit_max_rows = args.audit_max_rows;
     config.console_escape = burrow_proto::escape::parse_prefix(&args.console_escape)
         .map_err(|e| Failure::new(exit::USAGE, format!("--console-escape: {e}")))?;
-    let relay = Relay::open(config).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    if let Some(id) = &args.relay_id {
+        config.relay_id = id.clone();
+    }
+    let id_ok = |id: &str| {
+        !id.is_empty()
+            && id.len() <= 63
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    if !id_ok(&config.relay_id) {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "relay id {:?}: use 1 to 63 letters, digits, dots, dashes or underscores (--relay-id)",
+                config.relay_id
+            ),
+        ));
+    }
+    let peer_listener = match (&args.database, &args.peer_listen) {
+        (Some(url), Some(addr)) => {
+            config.database = Some(url.clone());
+            let listener = bind(addr, "--peer-listen").await?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| Failure::new(exit::OSERR, e.to_string()))?;
+            config.peer_advertise = Some(match &args.peer_advertise {
+                Some(a) => a.clone(),
+                None if bound.ip().is_unspecified() => {
+                    return Err(Failure::new(
+                        exit::USAGE,
+                        format!(
+                            "--peer-listen {addr} listens on every address: say which one other relays dial with --peer-advertise HOST:PORT"
+                        ),
+                    ));
+                }
+                None => bound.to_string(),
+            });
+            Some(listener)
+        }
+        (Some(_), None) => {
+            return Err(Failure::new(
+                exit::USAGE,
+                "a relay on --database is part of a cluster: give it --peer-listen ADDR (the port other relays reach it on)",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Failure::new(
+                exit::USAGE,
+                "--peer-listen needs --database postgresql://... (a cluster shares one registry)",
+            ));
+        }
+        (None, None) => None,
+    };
+    let metrics_listener = match &args.metrics {
+        Some(addr) => Some(bind(addr, "--metrics").await?),
+        None => None,
+    };
+    let relay = Relay::open(config)
+        .await
+        .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    if let Some(listener) = peer_listener {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!("relay-to-relay port listening on {addr}");
+        }
+        tokio::spawn(relay.clone().serve_peers(listener, shutdown.clone()));
+    }
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!("metrics on http://{addr}/metrics");
+        }
+        tokio::spawn(relay.clone().serve_metrics(listener, shutdown.clone()));
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| {
@@ -87,11 +162,51 @@ async fn serve(args: &RelayArgs, data_dir: PathBuf, shutdown: CancellationToken)
         .map_err(|e| Failure::new(exit::SOFTWARE, e.to_string()))
 }
 
-/// Opens the registry of an existing relay; admin commands never create one.
-fn open_store(data_dir: &Path) -> Result<Store> {
+async fn bind(addr: &str, flag: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Failure::new(
+            exit::OSERR,
+            format!("cannot listen on {addr} ({flag}): {e}"),
+        )
+    })
+}
+
+/// Opens the registry: the cluster's PostgreSQL database with `--database`, else the SQLite
+/// file of an existing relay (admin commands never create one).
+async fn open_db(args: &RelayArgs, data_dir: &Path) -> Result<Db> {
+    if let Some(url) = &args.database {
+        return Db::postgres(url, "")
+            .await
+            .map_err(|e| Failure::new(exit::CONFIG, e.to_string()));
+    }
     datadir::require_existing(data_dir).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
-    Store::open(&data_dir.join(datadir::DATABASE_FILE))
+    Db::sqlite(&data_dir.join(datadir::DATABASE_FILE))
         .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))
+}
+
+/// `relay migrate --to URL`: this relay's SQLite registry and audit into PostgreSQL.
+async fn migrate(data_dir: &Path, to: &str) -> Result {
+    datadir::require_existing(data_dir).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    if !burrow_relay::store::db::is_postgres_url(to) {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!("--to {to:?} is not a postgresql:// URL"),
+        ));
+    }
+    let report = burrow_relay::store::migrate::sqlite_to_postgres(
+        &data_dir.join(datadir::DATABASE_FILE),
+        to,
+    )
+    .await
+    .map_err(store_err)?;
+    for (table, had, copied) in &report.tables {
+        println!("{table:<22} {had:>8} rows in SQLite, {copied:>8} in PostgreSQL");
+    }
+    println!(
+        "migrated {} into PostgreSQL; start the relays with --database and --peer-listen",
+        data_dir.display()
+    );
+    Ok(())
 }
 
 /// `relay init`: creates the data directory, host key and database without serving.
@@ -181,21 +296,24 @@ fn check_patterns(patterns: &[String]) -> Result {
     Ok(())
 }
 
-fn device(store: &Store, cmd: DeviceCommand) -> Result {
+async fn device(store: &Db, cmd: DeviceCommand) -> Result {
     match cmd {
         DeviceCommand::Add { name, pubkey } => {
             valid("device", &name)?;
             let keys = read_keys(&pubkey)?;
-            store.add_device(&name, &keys).map_err(store_err)?;
+            store.add_device(&name, &keys).await.map_err(store_err)?;
             println!("device {name} added with key {}", fingerprints(&keys));
         }
         DeviceCommand::AddKey { name, pubkey } => {
             let keys = read_keys(&pubkey)?;
-            store.add_device_keys(&name, &keys).map_err(store_err)?;
+            store
+                .add_device_keys(&name, &keys)
+                .await
+                .map_err(store_err)?;
             println!("device {name}: added key {}", fingerprints(&keys));
         }
         DeviceCommand::Ls { json } => {
-            let devices = store.devices().map_err(store_err)?;
+            let devices = store.devices().await.map_err(store_err)?;
             if json {
                 println!(
                     "{}",
@@ -206,7 +324,7 @@ fn device(store: &Store, cmd: DeviceCommand) -> Result {
             }
         }
         DeviceCommand::Rm { name } => {
-            store.remove_device(&name).map_err(store_err)?;
+            store.remove_device(&name).await.map_err(store_err)?;
             println!("device {name} removed");
         }
         DeviceCommand::AllowConnect { name, target } => {
@@ -215,12 +333,14 @@ fn device(store: &Store, cmd: DeviceCommand) -> Result {
                 .map_err(|e| Failure::new(exit::USAGE, format!("{e}")))?;
             store
                 .allow_connect(&name, &t.host, t.port)
+                .await
                 .map_err(store_err)?;
             println!("device {name} may now open {t}");
         }
         DeviceCommand::RmKey { name, fingerprint } => {
             store
                 .remove_device_key(&name, &fingerprint)
+                .await
                 .map_err(store_err)?;
             println!("device {name}: removed key {fingerprint}");
         }
@@ -230,6 +350,7 @@ fn device(store: &Store, cmd: DeviceCommand) -> Result {
                 .map_err(|e| Failure::new(exit::USAGE, format!("{e}")))?;
             if !store
                 .disallow_connect(&name, &t.host, t.port)
+                .await
                 .map_err(store_err)?
             {
                 return Err(Failure::new(
@@ -247,6 +368,7 @@ fn device(store: &Store, cmd: DeviceCommand) -> Result {
                 .map_err(|e| Failure::new(exit::USAGE, format!("{e}")))?;
             if !store
                 .disallow_listen(&name, &l.addr, l.port)
+                .await
                 .map_err(store_err)?
             {
                 return Err(Failure::new(
@@ -264,6 +386,7 @@ fn device(store: &Store, cmd: DeviceCommand) -> Result {
                 .map_err(|e| Failure::new(exit::USAGE, format!("{e}")))?;
             store
                 .allow_listen(&name, &l.addr, l.port)
+                .await
                 .map_err(store_err)?;
             println!(
                 "device {name} may now listen on {l} (when it forwards port {})",
@@ -281,7 +404,7 @@ fn fingerprints(keys: &[burrow_io::keys::PublicKey]) -> String {
         .join(", ")
 }
 
-fn operator(store: &Store, cmd: OperatorCommand) -> Result {
+async fn operator(store: &Db, cmd: OperatorCommand) -> Result {
     match cmd {
         OperatorCommand::Add {
             name,
@@ -313,11 +436,12 @@ fn operator(store: &Store, cmd: OperatorCommand) -> Result {
             };
             store
                 .add_operator(&name, &keys, hash.as_deref(), &allow, console_only)
+                .await
                 .map_err(store_err)?;
             println!("operator {name} added (may reach: {})", allow.join(", "));
         }
         OperatorCommand::Ls { json } => {
-            let ops = store.operators().map_err(store_err)?;
+            let ops = store.operators().await.map_err(store_err)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&ops).unwrap_or_default());
             } else {
@@ -325,7 +449,7 @@ fn operator(store: &Store, cmd: OperatorCommand) -> Result {
             }
         }
         OperatorCommand::Rm { name } => {
-            store.remove_operator(&name).map_err(store_err)?;
+            store.remove_operator(&name).await.map_err(store_err)?;
             println!("operator {name} removed");
         }
         OperatorCommand::Set {
@@ -349,10 +473,15 @@ fn operator(store: &Store, cmd: OperatorCommand) -> Result {
             let patterns = (!allow.is_empty()).then_some(allow.as_slice());
             store
                 .set_operator_policy(&name, patterns, access)
+                .await
                 .map_err(store_err)?;
-            let now = store.operator(&name).map_err(store_err)?.ok_or_else(|| {
-                store_err(burrow_relay::store::StoreError::NoOperator(name.clone()))
-            })?;
+            let now = store
+                .operator(&name)
+                .await
+                .map_err(store_err)?
+                .ok_or_else(|| {
+                    store_err(burrow_relay::store::StoreError::NoOperator(name.clone()))
+                })?;
             println!(
                 "operator {name}: may reach {}{}",
                 now.allow.join(", "),
@@ -384,6 +513,7 @@ fn operator(store: &Store, cmd: OperatorCommand) -> Result {
             };
             store
                 .set_operator_password(&name, hash.as_deref())
+                .await
                 .map_err(store_err)?;
             if clear {
                 println!("operator {name}: password removed");
@@ -392,7 +522,7 @@ fn operator(store: &Store, cmd: OperatorCommand) -> Result {
             }
         }
         OperatorCommand::Unlock { name } => {
-            if store.unlock_operator(&name).map_err(store_err)? {
+            if store.unlock_operator(&name).await.map_err(store_err)? {
                 println!("operator {name}: password login unlocked");
             } else {
                 println!("operator {name} was not locked");
@@ -400,7 +530,10 @@ fn operator(store: &Store, cmd: OperatorCommand) -> Result {
         }
         OperatorCommand::AddKey { name, pubkey } => {
             let keys = read_keys(&pubkey)?;
-            store.add_operator_keys(&name, &keys).map_err(store_err)?;
+            store
+                .add_operator_keys(&name, &keys)
+                .await
+                .map_err(store_err)?;
             println!("operator {name}: added key {}", fingerprints(&keys));
         }
     }
@@ -428,8 +561,8 @@ fn recordings(data_dir: &Path, device: Option<&str>, json: bool) -> Result {
     Ok(())
 }
 
-fn audit(store: &Store, limit: usize, json: bool) -> Result {
-    let records = store.audit_tail(limit).map_err(store_err)?;
+async fn audit(store: &Db, limit: usize, json: bool) -> Result {
+    let records = store.audit_tail(limit).await.map_err(store_err)?;
     if json {
         println!(
             "{}",

@@ -330,6 +330,19 @@ pub(crate) async fn console_exec(
         let _ = write.stderr(format!("{why}\n").as_bytes()).await;
         return 1;
     }
+    // In a cluster, a console held by another relay runs there.
+    let command = format!(
+        "{} {operator} {}",
+        crate::cluster::peer::CONSOLE_EXEC,
+        words.join(" ")
+    );
+    if let Some(status) = Box::pin(crate::cluster::console_elsewhere(
+        relay, &device, command, write,
+    ))
+    .await
+    {
+        return status;
+    }
     if verb == "watch" {
         return run_console(
             relay,

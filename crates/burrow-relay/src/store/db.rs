@@ -89,8 +89,20 @@ struct Job {
     done: Option<oneshot::Sender<Result<Written, StoreError>>>,
 }
 
+/// A read for one of the SQLite reader threads.
+type ReadJob = Box<dyn FnOnce(&Store) + Send>;
+
+/// SQLite reader threads: each holds a connection of its own (WAL lets them read while the
+/// writer commits). A fixed few, not a thread per waiting read: a reconnect storm must not
+/// grow hundreds of threads and their memory.
+const SQLITE_READERS: usize = 4;
+
 enum Backend {
-    Sqlite(Arc<Store>),
+    Sqlite {
+        /// The store the CLI and tests use directly.
+        store: Arc<Store>,
+        reads: std::sync::mpsc::Sender<ReadJob>,
+    },
     Postgres {
         url: String,
         /// Reads (queries pipeline on one connection).
@@ -100,9 +112,35 @@ enum Backend {
     },
 }
 
+/// Time spent in database operations, and failures.
+#[derive(Default)]
+pub struct DbStats {
+    /// Microseconds spent, in total.
+    pub micros: std::sync::atomic::AtomicU64,
+    /// Operations (reads, changes, committed batches).
+    pub operations: std::sync::atomic::AtomicU64,
+    /// Operations that failed.
+    pub errors: std::sync::atomic::AtomicU64,
+}
+
+impl DbStats {
+    fn record<T>(&self, started: std::time::Instant, result: &Result<T, StoreError>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.micros.fetch_add(micros, Relaxed);
+        self.operations.fetch_add(1, Relaxed);
+        if result.is_err() {
+            self.errors.fetch_add(1, Relaxed);
+        }
+    }
+}
+
 struct Inner {
+    stats: Arc<DbStats>,
     backend: Backend,
     jobs: mpsc::UnboundedSender<Job>,
+    /// Writes queued and not yet committed.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The registry: cheap to clone, shared by every connection.
@@ -114,10 +152,35 @@ pub struct Db {
 impl Db {
     /// The SQLite registry at `path` (created and migrated if needed), with its writer thread.
     pub fn sqlite(path: &std::path::Path) -> Result<Db, StoreError> {
-        let reads = Arc::new(Store::open(path)?);
+        let store = Arc::new(Store::open(path)?);
+        let (reads, read_queue) = std::sync::mpsc::channel::<ReadJob>();
+        let read_queue = Arc::new(std::sync::Mutex::new(read_queue));
+        for i in 0..SQLITE_READERS {
+            let conn = Store::open(path)?;
+            let queue = read_queue.clone();
+            std::thread::Builder::new()
+                .name(format!("burrow-db-read-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = {
+                            let queue = queue.lock().unwrap_or_else(|e| e.into_inner());
+                            queue.recv()
+                        };
+                        match job {
+                            Ok(job) => job(&conn),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .map_err(|e| StoreError::Schema(format!("cannot start a database reader: {e}")))?;
+        }
         // The writer has a connection of its own: WAL lets readers go on while it commits.
         let writes = Store::open(path)?;
         let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let done = queued.clone();
+        let stats = Arc::new(DbStats::default());
+        let batch_stats = stats.clone();
         std::thread::Builder::new()
             .name("burrow-db-writer".into())
             .spawn(move || {
@@ -130,15 +193,19 @@ impl Db {
                         }
                     }
                     let writes_of: Vec<&Write> = batch.iter().map(|j| &j.write).collect();
+                    let started = std::time::Instant::now();
                     let results = writes.apply(&writes_of);
-                    finish(batch, results);
+                    batch_stats.record(started, results.first().unwrap_or(&Ok(Written::Done)));
+                    finish(batch, results, &done);
                 }
             })
             .map_err(|e| StoreError::Schema(format!("cannot start the database writer: {e}")))?;
         Ok(Db {
             inner: Arc::new(Inner {
-                backend: Backend::Sqlite(reads),
+                backend: Backend::Sqlite { store, reads },
                 jobs,
+                queued,
+                stats,
             }),
         })
     }
@@ -149,6 +216,10 @@ impl Db {
         let reads = Pg::open(url, relay).await?;
         let mut writer = Pg::writer(url, relay).await?;
         let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let done = queued.clone();
+        let stats = Arc::new(DbStats::default());
+        let batch_stats = stats.clone();
         tokio::spawn(async move {
             while let Some(first) = queue.recv().await {
                 let mut batch = vec![first];
@@ -159,8 +230,10 @@ impl Db {
                     }
                 }
                 let writes_of: Vec<&Write> = batch.iter().map(|j| &j.write).collect();
+                let started = std::time::Instant::now();
                 let results = writer.apply(&writes_of).await;
-                finish(batch, results);
+                batch_stats.record(started, results.first().unwrap_or(&Ok(Written::Done)));
+                finish(batch, results, &done);
             }
         });
         Ok(Db {
@@ -171,6 +244,8 @@ impl Db {
                     changes: Mutex::new(None),
                 },
                 jobs,
+                queued,
+                stats,
             }),
         })
     }
@@ -188,7 +263,7 @@ impl Db {
     /// it directly).
     pub fn sqlite_store(&self) -> Option<&Store> {
         match &self.inner.backend {
-            Backend::Sqlite(s) => Some(s),
+            Backend::Sqlite { store, .. } => Some(store),
             Backend::Postgres { .. } => None,
         }
     }
@@ -197,7 +272,7 @@ impl Db {
     pub fn postgres_reads(&self) -> Option<&Pg> {
         match &self.inner.backend {
             Backend::Postgres { reads, .. } => Some(reads),
-            Backend::Sqlite(_) => None,
+            Backend::Sqlite { .. } => None,
         }
     }
 
@@ -205,19 +280,35 @@ impl Db {
     pub fn postgres_url(&self) -> Option<&str> {
         match &self.inner.backend {
             Backend::Postgres { url, .. } => Some(url),
-            Backend::Sqlite(_) => None,
+            Backend::Sqlite { .. } => None,
         }
     }
 
     /// Queues a write and goes on; it is committed in order with the others, within
     /// milliseconds.
     pub fn submit(&self, write: Write) {
+        self.inner
+            .queued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _ = self.inner.jobs.send(Job { write, done: None });
+    }
+
+    /// Time spent in database operations, and failures.
+    pub fn stats(&self) -> &DbStats {
+        &self.inner.stats
+    }
+
+    /// Writes queued and not yet committed.
+    pub fn queued(&self) -> usize {
+        self.inner.queued.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Queues a write and waits until it is committed.
     pub async fn write(&self, write: Write) -> Result<Written, StoreError> {
         let (tx, rx) = oneshot::channel();
+        self.inner
+            .queued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner
             .jobs
             .send(Job {
@@ -239,12 +330,25 @@ impl Db {
         sqlite: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
         pg: impl AsyncFnOnce(&Pg) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        let started = std::time::Instant::now();
+        let result = self.read_inner(sqlite, pg).await;
+        self.inner.stats.record(started, &result);
+        result
+    }
+
+    async fn read_inner<T: Send + 'static>(
+        &self,
+        sqlite: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+        pg: impl AsyncFnOnce(&Pg) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         match &self.inner.backend {
-            Backend::Sqlite(store) => {
-                let store = store.clone();
-                tokio::task::spawn_blocking(move || sqlite(&store))
-                    .await
-                    .map_err(|e| StoreError::Schema(format!("a database read failed: {e}")))?
+            Backend::Sqlite { reads, .. } => {
+                let (tx, rx) = oneshot::channel();
+                let job: ReadJob = Box::new(move |store| {
+                    let _ = tx.send(sqlite(store));
+                });
+                reads.send(job).map_err(|_| stopped())?;
+                rx.await.map_err(|_| stopped())?
             }
             Backend::Postgres { reads, .. } => pg(reads).await,
         }
@@ -258,7 +362,7 @@ impl Db {
         pg: impl AsyncFnOnce(&mut Pg) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         match &self.inner.backend {
-            Backend::Sqlite(_) => self.read(sqlite, async |_| Err(unreachable_pg())).await,
+            Backend::Sqlite { .. } => self.read(sqlite, async |_| Err(unreachable_pg())).await,
             Backend::Postgres { url, changes, .. } => {
                 let mut conn = changes.lock().await;
                 if conn.as_ref().is_none_or(Pg::is_closed) {
@@ -269,6 +373,18 @@ impl Db {
                     None => Err(unreachable_pg()),
                 }
             }
+        }
+    }
+
+    /// At start of a relay on PostgreSQL: what this relay's previous run left open is marked
+    /// interrupted; returns how many rows.
+    pub async fn interrupt_leftovers_postgres(&self) -> Result<usize, StoreError> {
+        match &self.inner.backend {
+            Backend::Postgres { url, reads, .. } => {
+                let mut own = Pg::writer(url, reads.relay()).await?;
+                own.interrupt_leftovers().await
+            }
+            Backend::Sqlite { .. } => Err(unreachable_pg()),
         }
     }
 
@@ -597,7 +713,12 @@ fn unreachable_pg() -> StoreError {
 }
 
 /// Hands each write of a batch its result.
-fn finish(batch: Vec<Job>, results: Vec<Result<Written, StoreError>>) {
+fn finish(
+    batch: Vec<Job>,
+    results: Vec<Result<Written, StoreError>>,
+    queued: &std::sync::atomic::AtomicUsize,
+) {
+    queued.fetch_sub(batch.len(), std::sync::atomic::Ordering::Relaxed);
     let mut results = results.into_iter();
     for job in batch {
         let result = results.next().unwrap_or_else(|| Err(stopped()));

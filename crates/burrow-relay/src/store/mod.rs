@@ -4,10 +4,12 @@
 //! - [`sqlite`]: the embedded backend of a single relay (the default), which the CLI can also
 //!   open directly beside a running relay.
 //! - [`postgres`]: the shared backend of a relay cluster.
+//! - [`migrate`]: a single relay's SQLite registry copied into PostgreSQL.
 //! - [`db`]: the one async interface the relay uses, over either backend: reads run off the
 //!   async workers, writes are queued in order and committed in batches.
 
 pub mod db;
+pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
 

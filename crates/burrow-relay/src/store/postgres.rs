@@ -216,6 +216,11 @@ impl Pg {
         })
     }
 
+    /// The relay this connection writes as.
+    pub fn relay(&self) -> &str {
+        &self.relay
+    }
+
     /// Whether the connection still works.
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
@@ -637,6 +642,20 @@ impl Pg {
             .iter()
             .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
             .collect())
+    }
+
+    /// Devices with a session on a live relay.
+    pub async fn count_online(&self) -> Result<u64, StoreError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT COUNT(DISTINCT o.device) FROM online o
+                   JOIN relays r ON r.id = o.relay AND r.lease_until > $1",
+                &[&now_ms()],
+            )
+            .await
+            .map_err(pg("counting devices online"))?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
     /// At start: audit rows this relay left open are marked interrupted, and its old session

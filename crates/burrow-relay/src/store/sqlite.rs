@@ -131,6 +131,21 @@ impl Store {
         })
     }
 
+    /// Runs `query` and maps each row.
+    pub(crate) fn read_rows<T>(
+        &self,
+        query: &str,
+        map: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(query).map_err(sql("reading rows"))?;
+            stmt.query_map([], |r| map(r))
+                .map_err(sql("reading rows"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sql("reading rows"))
+        })
+    }
+
     fn with<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,

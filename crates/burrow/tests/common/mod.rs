@@ -80,7 +80,7 @@ impl TestRelay {
         let mut config = RelayConfig::new(data_dir.to_path_buf());
         config.auth_rejection_time = Duration::from_millis(50);
         adjust(&mut config);
-        let relay = Relay::open(config).unwrap();
+        let relay = Relay::open(config).await.unwrap();
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();

@@ -1,0 +1,295 @@
+//! Several relays on one PostgreSQL registry: presence, routing, takeover and revocation
+//! across relays.
+//!
+//! Each relay renews a lease on its row in `relays` (a third of the lease at a time); a relay
+//! killed with SIGKILL stops being routed to once its lease runs out. Device sessions are rows
+//! in `online` naming their relay. An operator's stream or console for a device held by another
+//! relay goes through an SSH link between the two relays ([`peer`]). A device session that
+//! comes up is announced with `NOTIFY`: a relay still holding an older session of that device
+//! from another agent process cuts it at once; registry changes are announced the same way and
+//! applied to open sessions at once.
+//!
+//! # Layout
+//! - [`peer`]: the relay-to-relay links (server and client).
+
+pub(crate) mod peer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use burrow_ssh::channel::OpenKind;
+use burrow_ssh::driver::Channel;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::Relay;
+use crate::audit::Outcome;
+use crate::operator::Refusal;
+use crate::store::postgres::{Notice, Pg};
+
+/// Longest a stream waits for the other relay to open it.
+const PEER_OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// This relay's part in a cluster.
+pub(crate) struct Cluster {
+    /// This relay's id.
+    pub(crate) id: String,
+    /// Where other relays reach this one's peer port.
+    pub(crate) advertise: String,
+    pub(crate) links: peer::Links,
+    /// The database cannot be reached: the relay runs on its last copy of the registry.
+    pub(crate) degraded: AtomicBool,
+}
+
+impl Cluster {
+    pub(crate) fn new(id: String, advertise: String) -> Cluster {
+        Cluster {
+            id,
+            advertise,
+            links: peer::Links::default(),
+            degraded: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the relay degraded (or back), saying so once in the log.
+    pub(crate) fn set_degraded(&self, degraded: bool, why: &str) {
+        let was = self.degraded.swap(degraded, Ordering::Relaxed);
+        match (was, degraded) {
+            (false, true) => tracing::error!(
+                "the database cannot be reached ({why}): running degraded; open sessions and streams go on, known devices and operators are admitted from the last copy of the registry, audit entries queue on local disk"
+            ),
+            (true, false) => tracing::warn!("the database is back: no longer degraded"),
+            _ => {}
+        }
+    }
+
+    pub(crate) fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// Opens `device:port` on the relay holding the device, for an operator stream; returns
+    /// that relay's id and the channel. `here` is why this relay could not: the answer when no
+    /// other relay holds the device either.
+    pub(crate) async fn open_stream(
+        &self,
+        relay: &Arc<Relay>,
+        device: &str,
+        port: u16,
+        originator: &str,
+        originator_port: u32,
+        here: Refusal,
+    ) -> Result<(String, Channel), Refusal> {
+        let mut last = None;
+        for holder in self.holders(relay, device).await? {
+            let open = async {
+                let link = self.links.get(relay, &holder).await?;
+                link.open(OpenKind::DirectTcpip {
+                    host: device.to_string(),
+                    port: u32::from(port),
+                    originator: originator.to_string(),
+                    originator_port,
+                })
+                .await
+                .map_err(|e| e.text)
+            };
+            match tokio::time::timeout(PEER_OPEN_TIMEOUT, open).await {
+                Ok(Ok(channel)) => return Ok((holder, channel)),
+                Ok(Err(why)) => {
+                    // A refusal from the device passes on as it is; a broken link is dropped.
+                    if why.contains("refused") || why.contains("does not expose") {
+                        return Err(Refusal::from_peer(&holder, &why));
+                    }
+                    self.links.forget(&holder);
+                    last = Some(Refusal::from_peer(&holder, &why));
+                }
+                Err(_) => {
+                    self.links.forget(&holder);
+                    last = Some(Refusal::from_peer(&holder, "no answer"));
+                }
+            }
+        }
+        Err(last.unwrap_or(here))
+    }
+
+    /// Opens a `session` channel on the relay holding `device` running `command` there (a
+    /// console attach or command for an operator of this relay); `None` when no other relay
+    /// holds the device.
+    pub(crate) async fn open_console(
+        &self,
+        relay: &Arc<Relay>,
+        device: &str,
+        command: String,
+    ) -> Result<Option<(String, Channel)>, String> {
+        let holders = self.holders(relay, device).await.map_err(|r| r.reason)?;
+        let Some(holder) = holders.into_iter().next() else {
+            return Ok(None);
+        };
+        let link = self.links.get(relay, &holder).await?;
+        let channel = link.open(OpenKind::Session).await.map_err(|e| e.text)?;
+        let accepted = channel
+            .request(burrow_ssh::channel::Request::Exec(command), true)
+            .await
+            .map_err(|e| e.0)?;
+        if !accepted {
+            return Err(format!("relay {holder} refused the console"));
+        }
+        Ok(Some((holder, channel)))
+    }
+
+    /// The other relays holding a session of `device`, newest session first.
+    async fn holders(&self, relay: &Relay, device: &str) -> Result<Vec<String>, Refusal> {
+        let pg = relay.db.postgres_reads().ok_or_else(|| {
+            Refusal::new(crate::operator::CONNECT_FAILED, "not a cluster".to_string())
+        })?;
+        let sessions = pg
+            .sessions_of(device)
+            .await
+            .map_err(|e| Refusal::new(crate::operator::CONNECT_FAILED, e.to_string()))?;
+        let mut out: Vec<String> = Vec::new();
+        for (holder, _) in sessions {
+            if holder != self.id && !out.contains(&holder) {
+                out.push(holder);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Runs a console or console command for an operator of this relay on the relay holding
+/// `device`, carrying the operator's channel there; `None` when no other relay holds it (the
+/// caller then answers for this relay: offline, or held here).
+pub(crate) async fn console_elsewhere(
+    relay: &Arc<Relay>,
+    device: &str,
+    command: String,
+    operator_channel: &Channel,
+) -> Option<u32> {
+    let cluster = relay.cluster.as_ref()?;
+    if relay.registry.get(device).is_some() {
+        return None;
+    }
+    match cluster.open_console(relay, device, command).await {
+        Ok(Some((_, peer))) => Some(peer::bridge(operator_channel, &peer).await),
+        Ok(None) => None,
+        Err(why) => {
+            let _ = operator_channel
+                .data(format!("[burrow] {why}\r\n").as_bytes())
+                .await;
+            Some(1)
+        }
+    }
+}
+
+/// Renews this relay's lease until `shutdown`; the relay is degraded while that fails.
+pub(crate) async fn keep_present(relay: Arc<Relay>, shutdown: CancellationToken) {
+    let Some(cluster) = &relay.cluster else {
+        return;
+    };
+    let Some(url) = relay.db.postgres_url().map(str::to_string) else {
+        return;
+    };
+    let host_key = relay.host_public_key();
+    let every = relay.config.lease / 3;
+    let mut conn: Option<Pg> = None;
+    loop {
+        if conn.as_ref().is_none_or(Pg::is_closed) {
+            conn = Pg::writer(&url, &cluster.id).await.ok();
+        }
+        let renewed = match &conn {
+            Some(pg) => pg
+                .renew_lease(&cluster.advertise, &host_key, relay.config.lease)
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("cannot connect".to_string()),
+        };
+        match renewed {
+            Ok(()) => cluster.set_degraded(false, ""),
+            Err(why) => {
+                conn = None;
+                cluster.set_degraded(true, &why);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Hears other relays' announcements until `shutdown`: takeovers cut local sessions, registry
+/// changes are applied to open sessions at once. Reconnects when the database comes back.
+pub(crate) async fn hear_others(relay: Arc<Relay>, shutdown: CancellationToken) {
+    let Some(cluster) = &relay.cluster else {
+        return;
+    };
+    let Some(url) = relay.db.postgres_url().map(str::to_string) else {
+        return;
+    };
+    loop {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        if let Err(e) = Pg::listen(&url, tx).await {
+            tracing::debug!("cannot listen for cluster announcements: {e}");
+        } else {
+            // What was announced while nobody listened is caught up once.
+            crate::revocation::enforce(&relay).await;
+            loop {
+                let notice = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    n = rx.recv() => n,
+                };
+                match notice {
+                    Some(Notice::Registry) => crate::revocation::enforce(&relay).await,
+                    Some(Notice::Session {
+                        device,
+                        relay: holder,
+                        instance,
+                        ..
+                    }) if holder != cluster.id => {
+                        taken_elsewhere(&relay, &device, &holder, &instance)
+                    }
+                    Some(Notice::Session { .. }) => {}
+                    None => break,
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// A session of `device` came up on relay `holder` from agent process `instance`: a session
+/// held here from another process (or a stock client) is replaced.
+fn taken_elsewhere(relay: &Relay, device: &str, holder: &str, instance: &str) {
+    let Some(local) = relay.registry.get(device) else {
+        return;
+    };
+    if !instance.is_empty() && local.instance == instance {
+        // The same agent process holds sessions to several relays at once.
+        return;
+    }
+    relay.metrics.takeover();
+    relay.audit.record(
+        "takeover",
+        device,
+        &local.peer.to_string(),
+        Outcome::Ok,
+        &format!(
+            "a new session on relay {holder} replaced the session from {} held here; it is closed",
+            local.peer
+        ),
+    );
+    let why = format!(
+        "{} of device {device} on relay {holder} replaced this one",
+        burrow_proto::REPLACED_PREFIX
+    );
+    local.replaced.cancel();
+    let old = local.clone();
+    tokio::spawn(async move {
+        old.handle.disconnect(&why);
+        let _ = tokio::time::timeout(Duration::from_millis(700), old.handle.closed()).await;
+        old.cut.cancel();
+    });
+}

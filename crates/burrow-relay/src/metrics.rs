@@ -1,0 +1,259 @@
+//! Prometheus metrics: counters kept as the relay works, served as text on `--metrics ADDR`.
+//!
+//! Names follow Prometheus conventions: a `burrow_` prefix, `_total` on counters, base units
+//! (bytes, seconds). Each scrape is one request on its own connection; nothing is kept per
+//! scrape.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::Relay;
+
+/// Why an authentication failed, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthFailure {
+    /// A key not registered for that name.
+    UnknownKey,
+    /// A wrong password, or a password for a name with none.
+    Password,
+    /// Password login locked after repeated failures.
+    Locked,
+    /// Too many password checks at once from one address.
+    Throttled,
+    /// Anything else (a malformed name, a vanished operator, a protocol refusal).
+    Other,
+}
+
+impl AuthFailure {
+    const ALL: [AuthFailure; 5] = [
+        AuthFailure::UnknownKey,
+        AuthFailure::Password,
+        AuthFailure::Locked,
+        AuthFailure::Throttled,
+        AuthFailure::Other,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            AuthFailure::UnknownKey => "unknown_key",
+            AuthFailure::Password => "password",
+            AuthFailure::Locked => "locked",
+            AuthFailure::Throttled => "throttled",
+            AuthFailure::Other => "other",
+        }
+    }
+}
+
+/// The relay's counters.
+#[derive(Default)]
+pub struct Metrics {
+    streams_open: AtomicU64,
+    streams_total: AtomicU64,
+    bytes_to_device: AtomicU64,
+    bytes_from_device: AtomicU64,
+    auth_failures: [AtomicU64; 5],
+    takeovers: AtomicU64,
+    peer_streams: AtomicU64,
+}
+
+impl Metrics {
+    /// A stream (operator, listener or device connect) started.
+    pub(crate) fn stream_opened(&self) {
+        self.streams_open.fetch_add(1, Ordering::Relaxed);
+        self.streams_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A stream ended after moving these bytes.
+    pub(crate) fn stream_closed(&self, to_device: u64, from_device: u64) {
+        self.streams_open.fetch_sub(1, Ordering::Relaxed);
+        self.bytes_to_device.fetch_add(to_device, Ordering::Relaxed);
+        self.bytes_from_device
+            .fetch_add(from_device, Ordering::Relaxed);
+    }
+
+    /// An authentication failed.
+    pub(crate) fn auth_failed(&self, why: AuthFailure) {
+        let i = AuthFailure::ALL.iter().position(|a| *a == why).unwrap_or(4);
+        if let Some(c) = self.auth_failures.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A device session took over an older one.
+    pub(crate) fn takeover(&self) {
+        self.takeovers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A stream was carried for another relay's operator.
+    pub(crate) fn peer_stream(&self) {
+        self.peer_streams.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The state a scrape reports beside the counters.
+pub(crate) struct Gauges {
+    pub(crate) devices_online: u64,
+    pub(crate) devices_held: u64,
+    pub(crate) operator_sessions: u64,
+    pub(crate) audit_queue: u64,
+    pub(crate) degraded: bool,
+}
+
+/// The metrics page.
+pub(crate) fn render(m: &Metrics, db: &crate::store::db::DbStats, g: &Gauges) -> String {
+    let mut s = String::new();
+    let mut one = |name: &str, kind: &str, help: &str, value: String| {
+        let _ = writeln!(
+            s,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    one(
+        "burrow_devices_online",
+        "gauge",
+        "Devices with a session on any relay of the cluster.",
+        g.devices_online.to_string(),
+    );
+    one(
+        "burrow_devices_held",
+        "gauge",
+        "Device sessions held by this relay.",
+        g.devices_held.to_string(),
+    );
+    one(
+        "burrow_operator_sessions",
+        "gauge",
+        "Operator connections to this relay.",
+        g.operator_sessions.to_string(),
+    );
+    one(
+        "burrow_streams_open",
+        "gauge",
+        "Streams this relay carries now.",
+        get(&m.streams_open).to_string(),
+    );
+    one(
+        "burrow_streams_total",
+        "counter",
+        "Streams this relay carried.",
+        get(&m.streams_total).to_string(),
+    );
+    let _ = writeln!(
+        s,
+        "# HELP burrow_stream_bytes_total Bytes carried by streams, by direction.\n# TYPE burrow_stream_bytes_total counter\nburrow_stream_bytes_total{{direction=\"to_device\"}} {}\nburrow_stream_bytes_total{{direction=\"from_device\"}} {}",
+        get(&m.bytes_to_device),
+        get(&m.bytes_from_device)
+    );
+    let _ = writeln!(
+        s,
+        "# HELP burrow_auth_failures_total Failed authentications, by reason.\n# TYPE burrow_auth_failures_total counter"
+    );
+    for (why, count) in AuthFailure::ALL.iter().zip(&m.auth_failures) {
+        let _ = writeln!(
+            s,
+            "burrow_auth_failures_total{{reason=\"{}\"}} {}",
+            why.label(),
+            get(count)
+        );
+    }
+    let mut one = |name: &str, kind: &str, help: &str, value: String| {
+        let _ = writeln!(
+            s,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    one(
+        "burrow_takeovers_total",
+        "counter",
+        "Device sessions that replaced an older session of the device.",
+        get(&m.takeovers).to_string(),
+    );
+    one(
+        "burrow_peer_streams_total",
+        "counter",
+        "Streams carried for operators of other relays.",
+        get(&m.peer_streams).to_string(),
+    );
+    let _ = writeln!(
+        s,
+        "# HELP burrow_db_operation_seconds Time spent in database operations.\n# TYPE burrow_db_operation_seconds summary\nburrow_db_operation_seconds_sum {}\nburrow_db_operation_seconds_count {}",
+        get(&db.micros) as f64 / 1e6,
+        get(&db.operations)
+    );
+    let mut one = |name: &str, kind: &str, help: &str, value: String| {
+        let _ = writeln!(
+            s,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    one(
+        "burrow_db_errors_total",
+        "counter",
+        "Database operations that failed.",
+        get(&db.errors).to_string(),
+    );
+    one(
+        "burrow_audit_queue_length",
+        "gauge",
+        "Audit and presence writes waiting for the database (in memory and on disk).",
+        g.audit_queue.to_string(),
+    );
+    one(
+        "burrow_degraded",
+        "gauge",
+        "1 while the database cannot be reached and the relay runs on its last copy of the registry.",
+        u8::from(g.degraded).to_string(),
+    );
+    s
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`.
+pub(crate) async fn serve(relay: Arc<Relay>, listener: TcpListener, shutdown: CancellationToken) {
+    loop {
+        let (mut tcp, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+        };
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            let read = async {
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(buf.get(..n).unwrap_or_default()),
+                    }
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(5), read)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let line = String::from_utf8_lossy(&request);
+            let response = if line.starts_with("GET /metrics ") || line.starts_with("GET / ") {
+                let body = relay.metrics_page().await;
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()
+            };
+            let _ = tcp.write_all(response.as_bytes()).await;
+            let _ = tcp.shutdown().await;
+        });
+    }
+}
