@@ -64,7 +64,13 @@ async fn serve(
                 }
             },
         };
-        let handle = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // Any session that is up will do (with several relays, the first one held).
+        let handle = current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .next()
+            .cloned();
         let Some(crate::session::Live {
             handle,
             burrow_relay,

@@ -26,8 +26,6 @@ pub(crate) type PendingProbe = Arc<Mutex<Option<(u32, tokio::sync::oneshot::Send
 pub(crate) struct Shared {
     /// This agent process (see [`crate::AgentOptions::instance`]).
     pub(crate) instance: String,
-    pub(crate) relay_host: String,
-    pub(crate) relay_port: u16,
     pub(crate) host_key: HostKeyPolicy,
     /// Local service by the port the relay sends in `forwarded-tcpip`.
     pub(crate) services: HashMap<u16, Target>,

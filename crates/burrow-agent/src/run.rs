@@ -1,9 +1,10 @@
 //! The reconnect loop: run a session, wait a jittered backoff, run again, forever.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use burrow_proto::addr::Target;
 use burrow_proto::agent_config::AgentConfig;
 use burrow_proto::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
@@ -75,8 +76,8 @@ pub(crate) async fn run_tunnel(
     current: Current,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    let relay = config
-        .relay_target()
+    let relays = config
+        .relay_targets()
         .map_err(|e| AgentError::Config(e.to_string()))?;
     let host_key = match (&config.host_key, &config.known_hosts) {
         (Some(fp), _) => HostKeyPolicy::Fingerprint(fp.clone()),
@@ -109,32 +110,109 @@ pub(crate) async fn run_tunnel(
         instance: options.instance.clone(),
         consoles,
         port_opener: options.port_opener.clone(),
-        relay_host: relay.host.clone(),
-        relay_port: relay.port,
         host_key,
         services,
     });
-    status.retarget(&config.name, &relay.to_string(), endpoints);
+    let relay_list = relays
+        .iter()
+        .map(Target::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    status.retarget(&config.name, &relay_list, endpoints);
 
-    let mut backoff = Backoff::new(config.backoff_min(), config.backoff_max());
-    let ctx = Ctx {
+    let connections = config.connection_count();
+    let ctx = Arc::new(Ctx {
         config,
         shared,
         status,
         current,
         sessions_up: Default::default(),
-    };
+    });
+    let relays = Arc::new(relays);
+    let in_use = Arc::new(Mutex::new(vec![None; connections]));
+    let mut slots = tokio::task::JoinSet::new();
+    for slot in 0..connections {
+        slots.spawn(hold(
+            ctx.clone(),
+            relays.clone(),
+            in_use.clone(),
+            slot,
+            shutdown.clone(),
+        ));
+    }
+    while slots.join_next().await.is_some() {}
+    ctx.status
+        .set_state(State::Down, Some("agent stopped".into()));
+    Ok(())
+}
+
+/// Which relay each slot holds a session with (by index into the relay list).
+type InUse = Arc<Mutex<Vec<Option<usize>>>>;
+
+/// The relay a slot tries next after `last`: the next in the list that no other slot holds
+/// (slots start on relays of their own), wrapping around.
+fn next_relay(relays: usize, slot: usize, last: Option<usize>, in_use: &InUse) -> usize {
+    let held = in_use.lock().unwrap_or_else(|e| e.into_inner());
+    let start = last.map_or(slot % relays.max(1), |l| (l + 1) % relays.max(1));
+    (0..relays)
+        .map(|i| (start + i) % relays)
+        .find(|r| {
+            !held
+                .iter()
+                .enumerate()
+                .any(|(s, h)| s != slot && *h == Some(*r))
+        })
+        .unwrap_or(start)
+}
+
+/// One connection slot: holds a session to one relay of the list, moving to the next one when
+/// it fails, until `shutdown`. A slot backs off only after every relay failed in a row.
+async fn hold(
+    ctx: Arc<Ctx>,
+    relays: Arc<Vec<Target>>,
+    in_use: InUse,
+    slot: usize,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(ctx.config.backoff_min(), ctx.config.backoff_max());
     let mut replaced_in_a_row = 0u32;
+    let mut failed_in_a_row = 0usize;
+    let mut last: Option<usize> = None;
     loop {
-        ctx.status.set_state(State::Connecting, None);
-        let ended = crate::session::run(&ctx, &shutdown).await;
+        let index = next_relay(relays.len(), slot, last, &in_use);
+        last = Some(index);
+        let Some(target) = relays.get(index) else {
+            return;
+        };
+        if let Some(h) = in_use
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(slot)
+        {
+            *h = Some(index);
+        }
+        if ctx
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            ctx.status.set_state(State::Connecting, None);
+        }
+        let ended = crate::session::run(&ctx, slot, target, &shutdown).await;
+        if let Some(h) = in_use
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(slot)
+        {
+            *h = None;
+        }
         if shutdown.is_cancelled() {
-            ctx.status
-                .set_state(State::Down, Some("agent stopped".into()));
-            return Ok(());
+            return;
         }
         if ended.up_for >= STABLE_PERIOD {
             backoff.reset();
+            failed_in_a_row = 0;
         }
         let (error, delay) = match ended.replaced {
             // Another session of this device took over: fighting it back every few seconds
@@ -155,20 +233,34 @@ pub(crate) async fn run_tunnel(
             }
             None => {
                 replaced_in_a_row = 0;
+                failed_in_a_row += 1;
                 let error = ended.error.unwrap_or_else(|| "session ended".into());
                 // An attempt that timed out waiting on a dark link already waited long: the
                 // next one goes at once, so that it is under way when the link returns.
                 if ended.unanswered {
                     backoff.reset();
                 }
-                let delay = backoff.next_delay(rand::random::<f64>());
+                // With other relays to try, the next one goes at once (failover); the backoff
+                // starts once each has failed in a row.
+                let delay = if relays.len() > 1 && failed_in_a_row % relays.len() != 0 {
+                    std::time::Duration::ZERO
+                } else {
+                    backoff.next_delay(rand::random::<f64>())
+                };
                 tracing::warn!("{error}; retrying in {:.1} s", delay.as_secs_f64());
                 (error, delay)
             }
         };
-        ctx.status.set_state(State::Down, Some(error));
+        if ctx
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            ctx.status.set_state(State::Down, Some(error));
+        }
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
     }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use burrow_io::activity::Activity;
+use burrow_proto::addr::Target;
 use burrow_proto::agent_config::AgentConfig;
 use burrow_proto::liveness::{Link, Liveness, Step};
 use burrow_ssh::auth::{ClientKey, Credential};
@@ -39,8 +40,8 @@ const REKEY_BYTES: u64 = 1 << 30;
 /// and on an idle cellular session each one costs a few kilobytes.
 pub(crate) const REKEY_TIME_LIMIT: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// The connection currently up, for the `[[connect]]` listeners.
-pub(crate) type Current = Arc<Mutex<Option<Live>>>;
+/// The connections up (one per relay held), for the `[[connect]]` listeners, by slot.
+pub(crate) type Current = Arc<Mutex<std::collections::BTreeMap<usize, Live>>>;
 
 /// What the `[[connect]]` listeners need of the session that is up.
 #[derive(Clone)]
@@ -132,7 +133,12 @@ fn with_server_hint(
 }
 
 /// Runs one session until it fails or `shutdown` is cancelled.
-pub(crate) async fn run(ctx: &Ctx, shutdown: &CancellationToken) -> Ended {
+pub(crate) async fn run(
+    ctx: &Ctx,
+    slot: usize,
+    target: &Target,
+    shutdown: &CancellationToken,
+) -> Ended {
     let cut = shutdown.child_token();
     let probe_port = Arc::new(Mutex::new(None));
     let mut up_since = None;
@@ -140,6 +146,8 @@ pub(crate) async fn run(ctx: &Ctx, shutdown: &CancellationToken) -> Ended {
     let unanswered = AtomicBool::new(false);
     let result = session(
         ctx,
+        slot,
+        target,
         shutdown,
         &cut,
         &probe_port,
@@ -148,14 +156,20 @@ pub(crate) async fn run(ctx: &Ctx, shutdown: &CancellationToken) -> Ended {
         &unanswered,
     )
     .await;
-    *ctx.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    let others_up = {
+        let mut current = ctx.current.lock().unwrap_or_else(|e| e.into_inner());
+        current.remove(&slot);
+        !current.is_empty()
+    };
     cut.cancel();
-    ctx.status.update(|s| {
-        for e in &mut s.endpoints {
-            e.up = false;
-        }
-        s.relay_silent_since = None;
-    });
+    if !others_up {
+        ctx.status.update(|s| {
+            for e in &mut s.endpoints {
+                e.up = false;
+            }
+            s.relay_silent_since = None;
+        });
+    }
     let replaced = replaced.lock().unwrap_or_else(|e| e.into_inner()).take();
     Ended {
         up_for: up_since.map(|t: Instant| t.elapsed()).unwrap_or_default(),
@@ -167,6 +181,8 @@ pub(crate) async fn run(ctx: &Ctx, shutdown: &CancellationToken) -> Ended {
 
 async fn session(
     ctx: &Ctx,
+    slot: usize,
+    target: &Target,
     shutdown: &CancellationToken,
     cut: &CancellationToken,
     probe_port: &Arc<Mutex<Option<u16>>>,
@@ -187,11 +203,12 @@ async fn session(
         shared: ctx.shared.clone(),
         probe_port: probe_port.clone(),
     };
-    let relay = format!("{}:{}", ctx.shared.relay_host, ctx.shared.relay_port);
+    let relay = target.to_string();
     let check = {
         let shared = ctx.shared.clone();
         let error = host_key_error.clone();
-        move |blob: &[u8]| host_key_trusted(&shared, blob, &error)
+        let target = target.clone();
+        move |blob: &[u8]| host_key_trusted(&shared, &target, blob, &error)
     };
     let transport = burrow_ssh::transport::Config {
         role: burrow_ssh::transport::Role::Client,
@@ -222,7 +239,7 @@ async fn session(
     );
     let mut socket = None;
     let connect = async {
-        let tcp = TcpStream::connect((ctx.shared.relay_host.as_str(), ctx.shared.relay_port));
+        let tcp = TcpStream::connect((target.host.as_str(), target.port));
         let tcp = match tokio::time::timeout(TCP_CONNECT_TIMEOUT, tcp).await {
             Ok(tcp) => tcp.map_err(|e| format!("cannot reach relay {relay}: {e}"))?,
             Err(_) => {
@@ -276,6 +293,7 @@ async fn session(
     };
     let result = serve(
         ctx,
+        slot,
         shutdown,
         &handle,
         &relay,
@@ -303,7 +321,12 @@ async fn session(
 
 /// Checks the relay's host key blob against the pin; the refusal's reason is kept for the
 /// error message.
-fn host_key_trusted(shared: &Shared, blob: &[u8], error: &Mutex<Option<String>>) -> bool {
+fn host_key_trusted(
+    shared: &Shared,
+    target: &Target,
+    blob: &[u8],
+    error: &Mutex<Option<String>>,
+) -> bool {
     let refuse = |why: String| {
         *error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
         false
@@ -312,16 +335,11 @@ fn host_key_trusted(shared: &Shared, blob: &[u8], error: &Mutex<Option<String>>)
         Ok(k) => k,
         Err(e) => return refuse(format!("the relay's host key does not parse: {e}")),
     };
-    match shared
-        .host_key
-        .check(&shared.relay_host, shared.relay_port, &key)
-    {
+    match shared.host_key.check(&target.host, target.port, &key) {
         Ok(crate::hostkey::Verified::Matched) => true,
         Ok(crate::hostkey::Verified::Learned(fp)) => {
             tracing::warn!(
-                "TRUSTED ON FIRST USE: recorded relay {}:{} host key {fp}; verify it with `burrow relay fingerprint` on the relay",
-                shared.relay_host,
-                shared.relay_port
+                "TRUSTED ON FIRST USE: recorded relay {target} host key {fp}; verify it with `burrow relay fingerprint` on the relay"
             );
             true
         }
@@ -333,6 +351,7 @@ fn host_key_trusted(shared: &Shared, blob: &[u8], error: &Mutex<Option<String>>)
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     ctx: &Ctx,
+    slot: usize,
     shutdown: &CancellationToken,
     handle: &Handle,
     relay: &str,
@@ -405,11 +424,17 @@ async fn serve(
         }
     }
 
-    *ctx.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Live {
-        handle: handle.clone(),
-        burrow_relay,
-        streams: streams.clone(),
-    });
+    ctx.current
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            slot,
+            Live {
+                handle: handle.clone(),
+                burrow_relay,
+                streams: streams.clone(),
+            },
+        );
     *up_since = Some(Instant::now());
     tracing::info!("connected to relay {relay} as {}", config.name);
     let previous = ctx

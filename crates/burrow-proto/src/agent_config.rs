@@ -216,12 +216,39 @@ impl Console {
     }
 }
 
+/// A string, or a list of strings kept comma-separated.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => Ok(s),
+        OneOrMany::Many(v) => {
+            if v.iter().any(|s| s.contains(',') || s.trim().is_empty()) {
+                return Err(serde::de::Error::custom(
+                    "each entry of the list is one address or fingerprint, without commas",
+                ));
+            }
+            Ok(v.join(","))
+        }
+    }
+}
+
+fn one_or_many_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    one_or_many(d).map(Some)
+}
+
 /// The agent configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// Relay address, `HOST[:PORT]` (port 22 when omitted). Empty with `[metadata]`.
-    #[serde(default)]
+    /// Relay address, `HOST[:PORT]` (port 22 when omitted), or several as a list (`relay =
+    /// ["r1:443", "r2:443"]`, kept here comma-separated): the agent fails over between them.
+    /// Empty with `[metadata]`.
+    #[serde(default, deserialize_with = "one_or_many")]
     pub relay: String,
     /// This device's name (with `[metadata]`, the default for burrow entries without one).
     #[serde(default)]
@@ -229,8 +256,13 @@ pub struct AgentConfig {
     /// Path of the device's private key (mode 0600). Empty with `[metadata]`.
     #[serde(default)]
     pub key: PathBuf,
-    /// Pinned relay host key fingerprint, `SHA256:...`.
+    /// Pinned relay host key fingerprint, `SHA256:...`, or several as a list (relays of one
+    /// cluster with keys of their own; kept here comma-separated): any of them is trusted.
+    #[serde(default, deserialize_with = "one_or_many_opt")]
     pub host_key: Option<String>,
+    /// Sessions held at once, each to a different relay of `relay` (default 1): with 2, a
+    /// relay crash interrupts only the streams that were on it.
+    pub connections: Option<u32>,
     /// known_hosts file holding the relay's host key.
     pub known_hosts: Option<PathBuf>,
     /// Accept and record an unknown relay host key on first connection (into `known_hosts`).
@@ -366,6 +398,7 @@ impl AgentConfig {
             name: name.into(),
             key,
             host_key: None,
+            connections: None,
             known_hosts: None,
             trust_on_first_use: false,
             profile: Profile::Standard,
@@ -430,14 +463,22 @@ impl AgentConfig {
                 ));
             }
         }
-        if let Err(e) = self.relay_target() {
+        if let Err(e) = self.relay_targets() {
             return invalid(format!("relay = {:?}: {e}", self.relay));
+        }
+        if let Some(n) = self.connections {
+            let relays = self.relay.split(',').count();
+            if n == 0 || n as usize > relays {
+                return invalid(format!(
+                    "connections = {n}: give 1 to {relays} (one session per relay in `relay`)"
+                ));
+            }
         }
         if let Err(e) = check_name("device", &self.name) {
             return invalid(format!("name: {e}"));
         }
         match (&self.host_key, &self.known_hosts, self.trust_on_first_use) {
-            (Some(fp), _, _) if !fp.starts_with("SHA256:") => {
+            (Some(fp), _, _) if fp.split(',').any(|f| !f.trim().starts_with("SHA256:")) => {
                 return invalid(format!(
                     "host_key = {fp:?}: write the relay's fingerprint as printed by `burrow relay fingerprint` (SHA256:...)"
                 ));
@@ -556,15 +597,42 @@ impl AgentConfig {
         })
     }
 
-    /// The relay address; a bare host gets port 22.
+    /// The (first) relay address; a bare host gets port 22.
     pub fn relay_target(&self) -> Result<Target, crate::addr::AddrError> {
-        if self.relay.contains(':') {
-            self.relay.parse()
-        } else if self.relay.is_empty() {
-            Err(crate::addr::AddrError::BadHost(self.relay.clone()))
-        } else {
-            Ok(Target::new(self.relay.clone(), 22))
+        self.relay_targets()?
+            .into_iter()
+            .next()
+            .ok_or_else(|| crate::addr::AddrError::BadHost(self.relay.clone()))
+    }
+
+    /// Every relay address, in the order given; a bare host gets port 22.
+    pub fn relay_targets(&self) -> Result<Vec<Target>, crate::addr::AddrError> {
+        if self.relay.trim().is_empty() {
+            return Err(crate::addr::AddrError::BadHost(self.relay.clone()));
         }
+        self.relay
+            .split(',')
+            .map(str::trim)
+            .map(|r| {
+                if r.contains(':') {
+                    r.parse()
+                } else if r.is_empty() {
+                    Err(crate::addr::AddrError::BadHost(r.to_string()))
+                } else {
+                    Ok(Target::new(r.to_string(), 22))
+                }
+            })
+            .collect()
+    }
+
+    /// Sessions to hold at once: `connections`, at most one per relay.
+    pub fn connection_count(&self) -> usize {
+        let relays = self
+            .relay
+            .split(',')
+            .filter(|r| !r.trim().is_empty())
+            .count();
+        (self.connections.unwrap_or(1) as usize).clamp(1, relays.max(1))
     }
 
     /// Time without sending after which a keepalive goes out.

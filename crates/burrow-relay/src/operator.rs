@@ -318,6 +318,9 @@ struct Listing {
     /// Online but suspect: seconds since the device was last heard.
     #[serde(skip_serializing_if = "Option::is_none")]
     silent_for: Option<u64>,
+    /// In a cluster: the relay (or relays) holding the device's session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay: Option<String>,
 }
 
 async fn listings(relay: &Relay, op: &OperatorSession) -> Vec<Listing> {
@@ -336,11 +339,17 @@ async fn listings(relay: &Relay, op: &OperatorSession) -> Vec<Listing> {
                 .as_ref()
                 .filter(|s| s.health(now) != crate::registry::Health::Fine)
                 .map(|s| s.silence(now).as_secs());
+            // Held here: this relay's own view; held elsewhere: the cluster's registry.
+            let (online, endpoints) = match &live {
+                Some(s) => (true, s.ports()),
+                None => (d.online, d.endpoints.clone()),
+            };
             Listing {
                 silent_for,
-                online: live.is_some(),
-                endpoints: live.map(|s| s.ports()).unwrap_or_default(),
+                online,
+                endpoints,
                 last_seen: d.last_seen.map(format_rfc3339),
+                relay: d.relay.clone(),
                 name: d.name,
             }
         })
@@ -349,13 +358,23 @@ async fn listings(relay: &Relay, op: &OperatorSession) -> Vec<Listing> {
 
 fn render_table(rows: &[Listing]) -> String {
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(6);
+    // A cluster says which relay holds each device.
+    let cluster = rows.iter().any(|r| r.relay.is_some());
     let mut out = format!(
-        "{:<width$}  {:<7}  {:<20}  ENDPOINTS\n",
-        "DEVICE", "STATE", "LAST SEEN"
+        "{:<width$}  {:<7}  {:<20}  {}ENDPOINTS\n",
+        "DEVICE",
+        "STATE",
+        "LAST SEEN",
+        if cluster { "RELAY       " } else { "" }
     );
     for r in rows {
+        let relay = if cluster {
+            format!("{:<12}", r.relay.as_deref().unwrap_or("-"))
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "{:<width$}  {:<7}  {:<20}  {}\n",
+            "{:<width$}  {:<7}  {:<20}  {relay}{}\n",
             r.name,
             match r.silent_for {
                 // Online, but its keepalive is overdue (or an open went unanswered).

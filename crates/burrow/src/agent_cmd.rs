@@ -48,7 +48,7 @@ pub fn build_config(args: &AgentArgs) -> Result<AgentConfig> {
         }
         None => {
             let missing: Vec<&str> = [
-                ("--relay", args.relay.is_none()),
+                ("--relay", args.relay.is_empty()),
                 ("--name", args.name.is_none()),
                 ("--key", args.key.is_none()),
             ]
@@ -67,8 +67,11 @@ pub fn build_config(args: &AgentArgs) -> Result<AgentConfig> {
             AgentConfig::new(String::new(), String::new(), PathBuf::new())
         }
     };
-    if let Some(r) = &args.relay {
-        config.relay = r.clone();
+    if !args.relay.is_empty() {
+        config.relay = args.relay.join(",");
+    }
+    if args.connections.is_some() {
+        config.connections = args.connections;
     }
     if let Some(n) = &args.name {
         config.name = n.clone();
@@ -76,8 +79,8 @@ pub fn build_config(args: &AgentArgs) -> Result<AgentConfig> {
     if let Some(k) = &args.key {
         config.key = k.clone();
     }
-    if let Some(h) = &args.host_key {
-        config.host_key = Some(h.clone());
+    if !args.host_key.is_empty() {
+        config.host_key = Some(args.host_key.join(","));
     }
     if let Some(k) = &args.known_hosts {
         config.known_hosts = Some(k.clone());

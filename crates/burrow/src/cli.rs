@@ -263,9 +263,12 @@ pub struct AgentArgs {
     /// TOML configuration file; flags below override its values.
     #[arg(long, short, env = "BURROW_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Relay address HOST:PORT.
+    /// Relay address HOST:PORT (repeatable: the relays of a cluster, tried in turn).
     #[arg(long)]
-    pub relay: Option<String>,
+    pub relay: Vec<String>,
+    /// Sessions held at once, each to a different --relay (default 1).
+    #[arg(long, value_name = "N")]
+    pub connections: Option<u32>,
     /// This device's name.
     #[arg(long)]
     pub name: Option<String>,
@@ -281,9 +284,10 @@ pub struct AgentArgs {
     /// Local forward LISTEN=HOST:PORT to a relay-side target (repeatable).
     #[arg(long, value_name = "[ADDR:]PORT=HOST:PORT")]
     pub connect: Vec<String>,
-    /// Pinned relay host key fingerprint (SHA256:...).
+    /// Pinned relay host key fingerprint (SHA256:...; repeatable for relays with keys of
+    /// their own).
     #[arg(long, value_name = "SHA256:...")]
-    pub host_key: Option<String>,
+    pub host_key: Vec<String>,
     /// known_hosts file with the relay's host key.
     #[arg(long, value_name = "FILE")]
     pub known_hosts: Option<PathBuf>,

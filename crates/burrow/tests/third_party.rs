@@ -136,41 +136,6 @@ async fn dropbear_client_as_device_and_as_operator() {
     assert_eq!(row.outcome, "ok", "{row:?}");
 }
 
-/// A local account for servers that log in real users (dropbear): created once, with a home
-/// of its own.
-fn test_account() -> (String, PathBuf) {
-    const NAME: &str = "burrow-test";
-    let home = PathBuf::from("/var/lib/burrow-test");
-    let exists = || {
-        Command::new("id")
-            .arg(NAME)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    };
-    if !exists() {
-        // Another test process may create it at the same moment: only the end state counts.
-        let _ = Command::new("useradd")
-            .args([
-                "--system",
-                "--create-home",
-                "--shell",
-                "/bin/sh",
-                "--home-dir",
-            ])
-            .arg(&home)
-            .arg(NAME)
-            .status();
-        assert!(
-            exists(),
-            "cannot create the local account {NAME}: run the tests as root (./test.sh does)"
-        );
-    }
-    (NAME.to_string(), home)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_against_a_dropbear_server_forwards_both_ways() {
     use std::os::unix::fs::PermissionsExt;

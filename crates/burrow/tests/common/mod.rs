@@ -147,7 +147,7 @@ impl TestRelay {
     /// commits audit entries in batches, within milliseconds).
     pub async fn audit_now(&self, n: usize) -> Vec<burrow_relay::store::AuditRecord> {
         self.relay.db().flush().await;
-        self.relay.store().audit_tail(n).unwrap()
+        self.relay.db().audit_tail(n).await.unwrap()
     }
 
     /// The first stream's audit row once the stream ended (its outcome no longer `open`).
@@ -916,4 +916,191 @@ pub async fn burrow_ssh_client(
         .await
         .expect("the client logs in");
     handle
+}
+
+/// A local account for servers that log in real users (dropbear): created once, with a home
+/// of its own.
+pub fn test_account() -> (String, PathBuf) {
+    const NAME: &str = "burrow-test";
+    let home = PathBuf::from("/var/lib/burrow-test");
+    let exists = || {
+        Command::new("id")
+            .arg(NAME)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    if !exists() {
+        // Another test process may create it at the same moment: only the end state counts.
+        let _ = Command::new("useradd")
+            .args([
+                "--system",
+                "--create-home",
+                "--shell",
+                "/bin/sh",
+                "--home-dir",
+            ])
+            .arg(&home)
+            .arg(NAME)
+            .status();
+        assert!(
+            exists(),
+            "cannot create the local account {NAME}: run the tests as root (./test.sh does)"
+        );
+    }
+    (NAME.to_string(), home)
+}
+
+/// A throwaway PostgreSQL server in a temporary directory, run as the unprivileged test
+/// account (`initdb` refuses root), on a free loopback port.
+pub struct TestPostgres {
+    pub url: String,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    server: Option<KillOnDrop>,
+}
+
+/// Where Debian's PostgreSQL keeps `initdb` and `postgres`.
+fn postgres_bin() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .pop()
+        .filter(|p| p.join("initdb").exists())
+        .expect("PostgreSQL is not installed: apt-get install postgresql (./test.sh does)")
+}
+
+impl TestPostgres {
+    pub async fn start() -> TestPostgres {
+        use std::os::unix::fs::PermissionsExt;
+        let (user, _) = test_account();
+        let dir = tempdir();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let chown = Command::new("chown")
+            .arg(format!("{user}:"))
+            .arg(&data)
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        let out = Command::new("runuser")
+            .args(["-u", &user, "--"])
+            .arg(postgres_bin().join("initdb"))
+            .args(["-D"])
+            .arg(&data)
+            .args(["-U", "burrow", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let mut pg = TestPostgres {
+            url: format!("postgresql://burrow@127.0.0.1:{port}/postgres"),
+            port,
+            dir,
+            server: None,
+        };
+        pg.resume().await;
+        pg
+    }
+
+    /// Starts the server (again) on the same data and port.
+    pub async fn resume(&mut self) {
+        let (user, _) = test_account();
+        let child = Command::new("runuser")
+            .args(["-u", &user, "--"])
+            .arg(postgres_bin().join("postgres"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(self.dir.path().join("data"))
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.server = Some(KillOnDrop(child));
+        let url = self.url.clone();
+        eventually_async("PostgreSQL to accept connections", || {
+            let url = url.clone();
+            async move {
+                tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
+        })
+        .await;
+    }
+
+    /// Stops the server (a fast shutdown: connections are dropped at once).
+    pub fn stop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &s.0.id().to_string()])
+                .status();
+            let _ = s.0.wait();
+        }
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls an async `check` until it returns `Some`, failing the test after [`WAIT`].
+pub async fn eventually_async<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A relay of a cluster on `pg`, in this process, with its peer port on loopback.
+pub async fn cluster_relay(dir: &Path, pg: &TestPostgres, id: &str) -> TestRelay {
+    let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let url = pg.url.clone();
+    let relay = TestRelay::start_with(&dir.join(id), "127.0.0.1:0", |c| {
+        c.database = Some(url);
+        c.relay_id = id.to_string();
+        c.peer_advertise = Some(peer_addr.to_string());
+    })
+    .await;
+    tokio::spawn(
+        relay
+            .relay
+            .clone()
+            .serve_peers(peer, relay.shutdown.clone()),
+    );
+    relay
 }

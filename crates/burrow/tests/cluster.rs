@@ -1,0 +1,458 @@
+//! Several relays on one PostgreSQL registry (a throwaway server per test, run as an
+//! unprivileged account): routing across relays, takeover and revocation cluster-wide, the
+//! migration from SQLite, and the metrics page.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Registers device `pi` (key `dev`) and operator `op` allowed everywhere (key `op`).
+async fn register(relay: &TestRelay, dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dev = keypair(dir, "dev");
+    let op = keypair(dir, "op");
+    let db = relay.relay.db();
+    db.add_device("pi", &[public_key(&dev)]).await.unwrap();
+    db.add_operator("op", &[public_key(&op)], None, &["*".into()], false)
+        .await
+        .unwrap();
+    (dev, op)
+}
+
+/// Three relays on one database.
+async fn three(dir: &Path, pg: &TestPostgres) -> [TestRelay; 3] {
+    [
+        cluster_relay(dir, pg, "r1").await,
+        cluster_relay(dir, pg, "r2").await,
+        cluster_relay(dir, pg, "r3").await,
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_on_one_relay_is_reached_through_the_others() {
+    let dir = tempdir();
+    let pg = TestPostgres::start().await;
+    let [r1, r2, r3] = three(dir.path(), &pg).await;
+    let (dev_key, op_key) = register(&r1, dir.path()).await;
+    let login_key = keypair(dir.path(), "login");
+    let sshd = TestSshd::start(dir.path(), &[&login_key], "").await;
+    let echo = echo_server().await;
+    let dev_cfg = ssh_config(dir.path(), &r1, "pi", &dev_key);
+    let _device = stock_device(
+        &dev_cfg,
+        &[
+            "-R",
+            &format!("22:localhost:{}", sshd.port),
+            "-R",
+            &format!("7:localhost:{}", echo.port()),
+        ],
+    );
+    r1.wait_endpoint("pi", 22).await;
+    r1.wait_endpoint("pi", 7).await;
+
+    // ssh -W through r2: bytes both ways, half-close, byte for byte.
+    let payload: Vec<u8> = (0..4usize << 20).map(|i| (i ^ (i >> 9)) as u8).collect();
+    let op2 = ssh_config(&dir.path().join("r2"), &r2, "op", &op_key);
+    let (ok, out, err) = ssh_output(&op2, &["-W", "pi:7", "relay"], &payload).await;
+    assert!(ok, "{err}");
+    assert!(out == payload, "{} bytes came back", out.len());
+    let audit = r2.audit_now(50).await;
+    let row = audit
+        .iter()
+        .find(|r| r.event == "stream" && r.target == "pi:7" && r.outcome != "open")
+        .expect("the stream is audited by the operator's relay");
+    assert_eq!(row.outcome, "ok", "{row:?}");
+    assert!(row.detail.contains("via relay r1"), "{row:?}");
+
+    // ssh -J through r3 to the sshd behind the device, end to end.
+    let dev_kh = dir.path().join("device_known_hosts");
+    std::fs::write(&dev_kh, format!("pi {}", sshd.host_key_line)).unwrap();
+    let op3 = ssh_config(&dir.path().join("r3"), &r3, "op", &op_key);
+    let (ok, out, err) = ssh_output(
+        &op3,
+        &[
+            "-J",
+            "relay",
+            "-i",
+            login_key.to_str().unwrap(),
+            "-o",
+            &format!("UserKnownHostsFile={}", dev_kh.display()),
+            &format!("{}@pi", current_user()),
+            "echo",
+            "across-$((6*7))",
+        ],
+        b"",
+    )
+    .await;
+    assert!(ok, "ssh -J through r3: {err}");
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "across-42");
+
+    // Every relay lists the device with the relay holding it.
+    let (ok, out, err) = ssh_output(&op3, &["relay", "ls", "--json"], b"").await;
+    assert!(ok, "{err}");
+    let listing: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(listing[0]["name"], "pi");
+    assert_eq!(listing[0]["online"], true);
+    assert_eq!(listing[0]["relay"], "r1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_reconnecting_through_another_relay_takes_over_at_once() {
+    let dir = tempdir();
+    let pg = TestPostgres::start().await;
+    let [r1, r2, r3] = three(dir.path(), &pg).await;
+    let (dev_key, op_key) = register(&r1, dir.path()).await;
+    let echo = echo_server().await;
+    let forward = format!("7:localhost:{}", echo.port());
+    let old = stock_device(
+        &ssh_config(&dir.path().join("r1"), &r1, "pi", &dev_key),
+        &["-R", &forward],
+    );
+    r1.wait_endpoint("pi", 7).await;
+    // The old session freezes (TCP open, nothing answers), as after a dead link.
+    let stopped = Command::new("kill")
+        .args(["-STOP", &old.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let _new = stock_device(
+        &ssh_config(&dir.path().join("r2"), &r2, "pi", &dev_key),
+        &["-R", &forward],
+    );
+    r2.wait_endpoint("pi", 7).await;
+    // The endpoint works at once, through a third relay.
+    let op3 = ssh_config(&dir.path().join("r3"), &r3, "op", &op_key);
+    let (ok, out, err) = ssh_output(&op3, &["-W", "pi:7", "relay"], b"right away").await;
+    assert!(ok, "{err}");
+    assert_eq!(out, b"right away");
+    // And r1 dropped the stale session.
+    eventually("r1 to drop the stale session", || {
+        r1.relay.online_endpoints("pi").is_none().then_some(())
+    })
+    .await;
+    let audit = r1.audit_now(50).await;
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.event == "takeover" && r.detail.contains("on relay r2")),
+        "{audit:#?}"
+    );
+    drop(old);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removals_on_one_relay_cut_sessions_held_on_another() {
+    let dir = tempdir();
+    let pg = TestPostgres::start().await;
+    let [r1, r2, r3] = three(dir.path(), &pg).await;
+    let (dev_key, op_key) = register(&r1, dir.path()).await;
+    let echo = echo_server().await;
+    let _device = stock_device(
+        &ssh_config(&dir.path().join("r1"), &r1, "pi", &dev_key),
+        &["-R", &format!("7:localhost:{}", echo.port())],
+    );
+    r1.wait_endpoint("pi", 7).await;
+    // An operator stream held on r2 (to the device on r1).
+    let op2 = ssh_config(&dir.path().join("r2"), &r2, "op", &op_key);
+    let (mut stream, _stdin) = open_echo_stream_to(&op2, "pi:7").await;
+
+    // `operator rm` given to r3's registry (the CLI, on the database) cuts it within 2 s.
+    let burrow = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_burrow"))
+            .arg("relay")
+            .args(args)
+            .args(["--database", &pg.url])
+            .output()
+            .unwrap()
+    };
+    let started = Instant::now();
+    let out = burrow(&["operator", "rm", "op"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ended = tokio::time::timeout(WAIT, stream.wait())
+        .await
+        .expect("the operator's stream was cut");
+    assert!(ended.is_ok());
+    let operator_cut = started.elapsed();
+
+    // `device rm` cuts the device's session on r1 the same way.
+    let started = Instant::now();
+    let out = burrow(&["device", "rm", "pi"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("r1 to cut the removed device", || {
+        r1.relay.online_endpoints("pi").is_none().then_some(())
+    })
+    .await;
+    let device_cut = started.elapsed();
+    // Bounds, not timings: a poll every 2 s would pass these too; NOTIFY is faster.
+    assert!(operator_cut < Duration::from_secs(3), "{operator_cut:?}");
+    assert!(device_cut < Duration::from_secs(3), "{device_cut:?}");
+    drop(r3);
+}
+
+/// An operator's `ssh -W TARGET` that has had a first message echoed and keeps its stdin open.
+async fn open_echo_stream_to(
+    config: &Path,
+    target: &str,
+) -> (tokio::process::Child, tokio::process::ChildStdin) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cmd = tokio::process::Command::from(ssh(config, &["-W", target, "relay"]));
+    let mut child = cmd.kill_on_drop(true).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    stdin.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(WAIT, stdout.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ping");
+    (child, stdin)
+}
+
+use std::process::Command;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_copies_every_row_of_a_single_relay() {
+    let dir = tempdir();
+    let single = TestRelay::start(&dir.path().join("single")).await;
+    let store = single.relay.store();
+    let mut keys = Vec::new();
+    for i in 0..20 {
+        let k = keypair(dir.path(), &format!("k{i}"));
+        keys.push(public_key(&k));
+    }
+    for i in 0..10 {
+        store
+            .add_device(&format!("dev-{i}"), &keys[i..i + 2])
+            .unwrap();
+        store
+            .allow_connect(&format!("dev-{i}"), "localhost", 1000 + i as u16)
+            .unwrap();
+    }
+    store.allow_listen("dev-3", "127.0.0.1", 8080).unwrap();
+    store
+        .add_operator(
+            "alice",
+            &keys[12..14],
+            Some("$argon2id$fake"),
+            &["dev-*".into()],
+            false,
+        )
+        .unwrap();
+    store
+        .add_operator(
+            "carol",
+            &keys[15..16],
+            None,
+            &["dev-1".into(), "dev-2".into()],
+            true,
+        )
+        .unwrap();
+    for i in 0..300 {
+        single.relay.db().submit(burrow_relay::store::Write::Audit(
+            burrow_relay::store::AuditRecord {
+                at: 1_000 + i,
+                event: "auth".into(),
+                who: format!("dev-{}", i % 10),
+                target: "127.0.0.1:1".into(),
+                outcome: "ok".into(),
+                detail: format!("row {i}"),
+            },
+        ));
+    }
+    single.relay.db().flush().await;
+    let before_devices = store.devices().unwrap();
+    let before_operators = store.operators().unwrap();
+    let before_audit = store.audit_tail(10_000).unwrap();
+    single.stop().await;
+
+    let pg = TestPostgres::start().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .args(["relay", "migrate", "--to", &pg.url, "--data-dir"])
+        .arg(dir.path().join("single"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("device_keys"), "{said}");
+
+    // Everything arrived, read back through the cluster's own registry.
+    let db = burrow_relay::store::Db::postgres(&pg.url, "check")
+        .await
+        .unwrap();
+    let mut after_devices = db.devices().await.unwrap();
+    for d in &mut after_devices {
+        d.relay = None;
+    }
+    assert_eq!(after_devices, before_devices);
+    assert_eq!(db.operators().await.unwrap(), before_operators);
+    let after_audit = db.audit_tail(10_000).await.unwrap();
+    assert_eq!(after_audit, before_audit);
+    // A second migration into the now populated database is refused, not doubled.
+    let again = Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .args(["relay", "migrate", "--to", &pg.url, "--data-dir"])
+        .arg(dir.path().join("single"))
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("empty database"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+/// Parses the metrics page with the Prometheus client's own text-format parser: each sample
+/// as `name{labels} value` lines of JSON.
+fn parse_metrics(page: &str) -> Vec<serde_json::Value> {
+    const PARSER: &str = r#"
+import sys, json
+from prometheus_client.parser import text_string_to_metric_families
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        print(json.dumps({"family": family.name, "type": family.type, "name": s.name, "labels": s.labels, "value": s.value}))
+"#;
+    use std::io::Write;
+    let mut child = Command::new("python3")
+        .args(["-c", PARSER])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the page does not parse as Prometheus text (pip install prometheus-client; ./test.sh does): {}\n{page}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn sample(samples: &[serde_json::Value], name: &str, label: Option<(&str, &str)>) -> f64 {
+    samples
+        .iter()
+        .find(|s| {
+            s["name"] == name && label.is_none_or(|(k, v)| s["labels"][k].as_str() == Some(v))
+        })
+        .and_then(|s| s["value"].as_f64())
+        .unwrap_or_else(|| panic!("no sample {name} {label:?}"))
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    body.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_move_as_streams_run() {
+    let dir = tempdir();
+    let pg = TestPostgres::start().await;
+    let [r1, r2, _r3] = three(dir.path(), &pg).await;
+    let (dev_key, op_key) = register(&r1, dir.path()).await;
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = metrics.local_addr().unwrap();
+    tokio::spawn(r2.relay.clone().serve_metrics(metrics, r2.shutdown.clone()));
+
+    let before = parse_metrics(&scrape(addr).await);
+    let families: Vec<&str> = before.iter().filter_map(|s| s["family"].as_str()).collect();
+    for f in [
+        "burrow_devices_online",
+        "burrow_devices_held",
+        "burrow_operator_sessions",
+        "burrow_streams_open",
+        "burrow_streams",
+        "burrow_stream_bytes",
+        "burrow_auth_failures",
+        "burrow_takeovers",
+        "burrow_peer_streams",
+        "burrow_db_operation_seconds",
+        "burrow_db_errors",
+        "burrow_audit_queue_length",
+        "burrow_degraded",
+    ] {
+        assert!(families.contains(&f), "{f} missing: {families:?}");
+    }
+    assert_eq!(sample(&before, "burrow_streams_total", None), 0.0);
+    assert_eq!(sample(&before, "burrow_degraded", None), 0.0);
+
+    let echo = echo_server().await;
+    let _device = stock_device(
+        &ssh_config(&dir.path().join("r1"), &r1, "pi", &dev_key),
+        &["-R", &format!("7:localhost:{}", echo.port())],
+    );
+    r1.wait_endpoint("pi", 7).await;
+    let op2 = ssh_config(&dir.path().join("r2"), &r2, "op", &op_key);
+    let payload = vec![b'm'; 100_000];
+    let (ok, out, err) = ssh_output(&op2, &["-W", "pi:7", "relay"], &payload).await;
+    assert!(ok && out == payload, "{err}");
+    // A wrong key counts as a failure by reason.
+    let stranger = keypair(dir.path(), "stranger");
+    let bad = ssh_config(&dir.path().join("r2s"), &r2, "op", &stranger);
+    let (ok, _, _) = ssh_output(&bad, &["relay", "ls"], b"").await;
+    assert!(!ok);
+
+    let after = eventually_async("the counters to move", || async {
+        let s = parse_metrics(&scrape(addr).await);
+        (sample(&s, "burrow_streams_total", None) >= 1.0
+            && sample(&s, "burrow_streams_open", None) == 0.0)
+            .then_some(s)
+    })
+    .await;
+    assert_eq!(sample(&after, "burrow_devices_online", None), 1.0);
+    assert_eq!(sample(&after, "burrow_devices_held", None), 0.0);
+    assert!(
+        sample(
+            &after,
+            "burrow_stream_bytes_total",
+            Some(("direction", "to_device"))
+        ) >= 100_000.0
+    );
+    assert!(
+        sample(
+            &after,
+            "burrow_stream_bytes_total",
+            Some(("direction", "from_device"))
+        ) >= 100_000.0
+    );
+    assert!(
+        sample(
+            &after,
+            "burrow_auth_failures_total",
+            Some(("reason", "unknown_key"))
+        ) >= 1.0
+    );
+    assert!(sample(&after, "burrow_db_operation_seconds_count", None) > 0.0);
+}
