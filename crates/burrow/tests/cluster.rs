@@ -420,7 +420,8 @@ async fn metrics_parse_and_move_as_streams_run() {
     assert!(ok && out == payload, "{err}");
     // A wrong key counts as a failure by reason.
     let stranger = keypair(dir.path(), "stranger");
-    let bad = ssh_config(&dir.path().join("r2s"), &r2, "op", &stranger);
+    std::fs::create_dir_all(dir.path().join("stranger-home")).unwrap();
+    let bad = ssh_config(&dir.path().join("stranger-home"), &r2, "op", &stranger);
     let (ok, _, _) = ssh_output(&bad, &["relay", "ls"], b"").await;
     assert!(!ok);
 

@@ -1018,8 +1018,14 @@ impl TestPostgres {
     /// Starts the server (again) on the same data and port.
     pub async fn resume(&mut self) {
         let (user, _) = test_account();
-        let child = Command::new("runuser")
-            .args(["-u", &user, "--"])
+        // setpriv runs postgres itself as the account (runuser would stay its parent, and a
+        // signal for a fast shutdown would stop at runuser).
+        let child = Command::new("setpriv")
+            .args([
+                &format!("--reuid={user}"),
+                &format!("--regid={user}"),
+                "--init-groups",
+            ])
             .arg(postgres_bin().join("postgres"))
             .arg("-D")
             .arg(self.dir.path().join("data"))
