@@ -14,6 +14,8 @@ command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 command -v plink >/dev/null 2>&1 || need+=(putty-tools)
 # dropbear's client (device and operator) and server (the agent against it).
 { command -v dbclient >/dev/null 2>&1 && [ -x /usr/sbin/dropbear ]; } || need+=(dropbear-bin)
+# The cluster tests start throwaway PostgreSQL servers (initdb and postgres from Debian's package).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 # The package tests verify the systemd units; the https metadata test makes its CA with openssl.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
@@ -28,7 +30,8 @@ if [ ${#need[@]} -gt 0 ]; then
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 # Python clients the tests drive: pyserial's RFC 2217 client (consoles), paramiko (a third
-# SSH implementation), ssh-audit (the relay's algorithms).
+# SSH implementation), ssh-audit (the relay's algorithms), prometheus-client (its text-format
+# parser reads the metrics page).
 pip_install() {
   python3 -m pip install --quiet "$1" 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages "$1" 2>/dev/null
@@ -36,6 +39,7 @@ pip_install() {
 python3 -c 'import serial' >/dev/null 2>&1 || { echo "test.sh: installing pyserial"; pip_install pyserial \
   || { sudo_if_needed apt-get update -qq && sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-serial; }; }
 python3 -c 'import paramiko' >/dev/null 2>&1 || { echo "test.sh: installing paramiko"; pip_install paramiko; }
+python3 -c 'import prometheus_client' >/dev/null 2>&1 || { echo "test.sh: installing prometheus-client"; pip_install prometheus-client; }
 python3 -c 'import ssh_audit' >/dev/null 2>&1 || { echo "test.sh: installing ssh-audit"; pip_install ssh-audit; }
 # sshd refuses to start without its privilege separation directory.
 [ -d /run/sshd ] || sudo_if_needed mkdir -p /run/sshd

@@ -457,3 +457,87 @@ async fn metrics_parse_and_move_as_streams_run() {
     );
     assert!(sample(&after, "burrow_db_operation_seconds_count", None) > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_held_on_one_relay_is_shared_across_the_others() {
+    let dir = tempdir();
+    let pg = TestPostgres::start().await;
+    let [r1, r2, r3] = three(dir.path(), &pg).await;
+    let dev = keypair(dir.path(), "dev");
+    let alice = keypair(dir.path(), "alice");
+    let bob = keypair(dir.path(), "bob");
+    let db = r1.relay.db();
+    db.add_device("pi", &[public_key(&dev)]).await.unwrap();
+    for (name, key) in [("alice", &alice), ("bob", &bob)] {
+        db.add_operator(name, &[public_key(key)], None, &["*".into()], false)
+            .await
+            .unwrap();
+    }
+    let router = FakeRouter::start(&dir.path().join("ttyUSB0"));
+    let mut config = agent_config(&r1.addr.to_string(), "pi", &dev, &r1.relay.fingerprint());
+    config
+        .console
+        .push(burrow_proto::agent_config::Console::new(
+            "console",
+            router.path.clone(),
+            9600,
+        ));
+    let agent = TestAgent::start(dir.path(), config);
+    agent.wait_up().await;
+
+    // alice writes through r2; bob watches through r3.
+    let alice_cfg = ssh_config(&dir.path().join("r2"), &r2, "alice", &alice);
+    let bob_cfg = ssh_config(&dir.path().join("r3"), &r3, "bob", &bob);
+    let mut a = Terminal::spawn(&alice_cfg, &["-l", "alice:pi", "relay"]);
+    a.expect("connected to pi/console, read-write").await;
+    let b = Terminal::spawn(&bob_cfg, &["-l", "bob:pi", "relay"]);
+    b.expect("read-only; alice holds write").await;
+    a.send(b"show version\r").await;
+    eventually("alice's line at the router", || {
+        String::from_utf8_lossy(&router.received())
+            .contains("show version\r")
+            .then_some(())
+    })
+    .await;
+    a.expect("Router# got show version").await;
+    b.expect("Router# got show version").await;
+    // A break from r2 reaches the hub on r1 (the relay holding the device).
+    a.send(b"\x05cl1").await;
+    a.expect("break (500 ms) sent by alice").await;
+    b.expect("break (500 ms) sent by alice").await;
+    a.send(b"\x05c.").await;
+    assert!(a.wait().await);
+    drop(b);
+
+    let audit = r1.audit_now(100).await;
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.event == "console-break" && r.who == "alice"),
+        "{audit:#?}"
+    );
+    let markers = eventually("the recording on r1 to hold both operators", || {
+        let files = burrow_relay::console::recording::list(&r1.data_dir, Some("pi")).ok()?;
+        let text = std::fs::read_to_string(&files.first()?.path).ok()?;
+        let markers: Vec<String> = text
+            .lines()
+            .skip(1)
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e[1] == "m")
+            .filter_map(|e| e[2].as_str().map(str::to_string))
+            .collect();
+        markers
+            .iter()
+            .any(|m| m.starts_with("detach alice"))
+            .then_some(markers)
+    })
+    .await;
+    for m in ["attach alice (read-write)", "attach bob (read-only)"] {
+        assert!(markers.iter().any(|x| x == m), "{m} not in {markers:?}");
+    }
+    assert!(
+        markers.iter().any(|x| x.starts_with("break (500 ms) sent by alice")),
+        "{markers:?}"
+    );
+    agent.stop().await;
+}
