@@ -536,8 +536,180 @@ async fn a_console_held_on_one_relay_is_shared_across_the_others() {
         assert!(markers.iter().any(|x| x == m), "{m} not in {markers:?}");
     }
     assert!(
-        markers.iter().any(|x| x.starts_with("break (500 ms) sent by alice")),
+        markers
+            .iter()
+            .any(|x| x.starts_with("break (500 ms) sent by alice")),
         "{markers:?}"
     );
     agent.stop().await;
+}
+
+/// Three relay processes on `pg`: (process, port, host key fingerprint) each.
+fn relay_processes(dir: &Path, pg: &TestPostgres) -> Vec<(KillOnDrop, u16, String)> {
+    ["r1", "r2", "r3"]
+        .iter()
+        .map(|id| {
+            let data = dir.join(id);
+            let init = Command::new(env!("CARGO_BIN_EXE_burrow"))
+                .args(["relay", "init", "--data-dir"])
+                .arg(&data)
+                .output()
+                .unwrap();
+            assert!(init.status.success());
+            let fp = Command::new(env!("CARGO_BIN_EXE_burrow"))
+                .args(["relay", "fingerprint", "--data-dir"])
+                .arg(&data)
+                .output()
+                .unwrap();
+            let fp = String::from_utf8_lossy(&fp.stdout).trim().to_string();
+            let (process, port, _log) = relay_process(
+                &data,
+                &[
+                    "--database",
+                    &pg.url,
+                    "--relay-id",
+                    id,
+                    "--peer-listen",
+                    "127.0.0.1:0",
+                ],
+            );
+            (process, port, fp)
+        })
+        .collect()
+}
+
+/// An ssh_config for operator `op` on the relay process at `port`.
+fn process_ssh_config(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    data: &Path,
+    key: &Path,
+) -> std::path::PathBuf {
+    let line = Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .args([
+            "relay",
+            "fingerprint",
+            "--known-hosts",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(data)
+        .output()
+        .unwrap();
+    let kh = dir.join(format!("known_hosts_{name}"));
+    std::fs::write(&kh, &line.stdout).unwrap();
+    let path = dir.join(format!("ssh_config_{name}"));
+    std::fs::write(
+        &path,
+        format!(
+            "Host relay\n  HostName 127.0.0.1\n  Port {port}\n  User op\n  IdentityFile {}\n  UserKnownHostsFile {}\n  IdentitiesOnly yes\n  BatchMode yes\n  StrictHostKeyChecking yes\n  ConnectTimeout 10\n",
+            key.display(),
+            kh.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_relay_loses_only_what_was_on_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempdir();
+    let pg = TestPostgres::start().await;
+    let mut relays = relay_processes(dir.path(), &pg);
+    let dev = keypair(dir.path(), "dev");
+    let op = keypair(dir.path(), "op");
+    let db = burrow_relay::store::Db::postgres(&pg.url, "")
+        .await
+        .unwrap();
+    db.add_device("pi", &[public_key(&dev)]).await.unwrap();
+    db.add_operator("op", &[public_key(&op)], None, &["*".into()], false)
+        .await
+        .unwrap();
+    let echo = echo_server().await;
+    // The agent knows all three relays and holds sessions to two of them at once.
+    let mut config = agent_config(
+        &relays
+            .iter()
+            .map(|(_, p, _)| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        "pi",
+        &dev,
+        &relays
+            .iter()
+            .map(|(_, _, fp)| fp.clone())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    config.connections = Some(2);
+    expose(&mut config, 7, echo);
+    let agent = TestAgent::start(dir.path(), config);
+    agent.wait_up().await;
+    let port = |i: usize| relays[i].1;
+    let op_cfg = |i: usize| {
+        process_ssh_config(
+            dir.path(),
+            &format!("r{}", i + 1),
+            port(i),
+            &dir.path().join(format!("r{}", i + 1)),
+            &op,
+        )
+    };
+    // The agent holds r1 and r2: each answers for the device by itself.
+    let through_r2 = op_cfg(1);
+    eventually_async("the device on r2 too", || {
+        let cfg = through_r2.clone();
+        async move {
+            let (ok, out, _) = ssh_output(&cfg, &["-W", "pi:7", "relay"], b"r2").await;
+            (ok && out == b"r2").then_some(())
+        }
+    })
+    .await;
+    // A stream through r2, open while r1 dies.
+    let mut cmd = tokio::process::Command::from(ssh(&through_r2, &["-W", "pi:7", "relay"]));
+    let mut stream = cmd.kill_on_drop(true).spawn().unwrap();
+    let mut stdin = stream.stdin.take().unwrap();
+    let mut stdout = stream.stdout.take().unwrap();
+    async fn echo_back(
+        stdin: &mut tokio::process::ChildStdin,
+        stdout: &mut tokio::process::ChildStdout,
+        sent: &[u8],
+    ) {
+        stdin.write_all(sent).await.unwrap();
+        let mut buf = vec![0u8; sent.len()];
+        tokio::time::timeout(WAIT, stdout.read_exact(&mut buf))
+            .await
+            .expect("the stream answered")
+            .unwrap();
+        assert_eq!(buf, sent);
+    }
+    echo_back(&mut stdin, &mut stdout, b"before").await;
+    let killed = Command::new("kill")
+        .args(["-KILL", &relays[0].0.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // The stream on r2 goes on.
+    echo_back(&mut stdin, &mut stdout, b"after the crash").await;
+    // The device is reachable through r3 (the agent's first slot moved on from r1).
+    let through_r3 = op_cfg(2);
+    eventually_async("the device through r3", || {
+        let cfg = through_r3.clone();
+        async move {
+            let (ok, out, _) = ssh_output(&cfg, &["-W", "pi:7", "relay"], b"r3").await;
+            (ok && out == b"r3").then_some(())
+        }
+    })
+    .await;
+    echo_back(&mut stdin, &mut stdout, b"still").await;
+    drop(stdin);
+    let status = tokio::time::timeout(WAIT, stream.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    agent.stop().await;
+    relays.clear();
 }
