@@ -110,7 +110,13 @@ impl Relay {
         );
         let (db, interrupted) = match &config.database {
             Some(url) => {
-                let db = store::Db::postgres(url, &config.relay_id).await?;
+                let db = store::Db::postgres_with(
+                    url,
+                    &config.relay_id,
+                    Some(&config.data_dir),
+                    config.snapshot_max_age,
+                )
+                .await?;
                 let interrupted = db.interrupt_leftovers_postgres().await?;
                 (db, interrupted)
             }
@@ -227,7 +233,7 @@ impl Relay {
     /// The metrics page as a scrape sees it now.
     pub async fn metrics_page(&self) -> String {
         let held = self.registry.all().len() as u64;
-        let devices_online = match self.db.postgres_reads() {
+        let devices_online = match self.db.postgres_reads().await {
             Some(pg) => pg.count_online().await.unwrap_or(held),
             None => held,
         };

@@ -713,3 +713,106 @@ async fn a_killed_relay_loses_only_what_was_on_it() {
     agent.stop().await;
     relays.clear();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_rides_out_a_database_outage_and_loses_no_audit_entry() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempdir();
+    let mut pg = TestPostgres::start().await;
+    let r1 = cluster_relay(dir.path(), &pg, "r1").await;
+    let (dev_key, op_key) = register(&r1, dir.path()).await;
+    // A second device, which reconnects during the outage.
+    let cam_key = keypair(dir.path(), "cam");
+    r1.relay
+        .db()
+        .add_device("cam", &[public_key(&cam_key)])
+        .await
+        .unwrap();
+    let echo = echo_server().await;
+    let forward = format!("7:localhost:{}", echo.port());
+    let dev_cfg = ssh_config(&dir.path().join("r1"), &r1, "pi", &dev_key);
+    let _pi = stock_device(&dev_cfg, &["-R", &forward]);
+    r1.wait_endpoint("pi", 7).await;
+    let cam_cfg = ssh_config(&dir.path().join("r1"), &r1, "cam", &cam_key);
+    let first = stock_device(&cam_cfg, &["-R", &forward]);
+    r1.wait_endpoint("cam", 7).await;
+    let op_cfg = ssh_config(&dir.path().join("r1"), &r1, "op", &op_key);
+    let mut cmd = tokio::process::Command::from(ssh(&op_cfg, &["-W", "pi:7", "relay"]));
+    let mut open = cmd.kill_on_drop(true).spawn().unwrap();
+    let mut stdin = open.stdin.take().unwrap();
+    let mut stdout = open.stdout.take().unwrap();
+    async fn echo_back(
+        stdin: &mut tokio::process::ChildStdin,
+        stdout: &mut tokio::process::ChildStdout,
+        sent: &[u8],
+    ) {
+        stdin.write_all(sent).await.unwrap();
+        let mut buf = vec![0u8; sent.len()];
+        tokio::time::timeout(WAIT, stdout.read_exact(&mut buf))
+            .await
+            .expect("the stream answered")
+            .unwrap();
+        assert_eq!(buf, sent);
+    }
+    echo_back(&mut stdin, &mut stdout, b"before").await;
+
+    // PostgreSQL goes away for 30 s.
+    let outage = Instant::now();
+    pg.stop();
+    eventually("r1 to say it runs degraded", || {
+        r1.relay.is_degraded().then_some(())
+    })
+    .await;
+    // The open stream keeps flowing.
+    echo_back(&mut stdin, &mut stdout, b"during the outage").await;
+    // A known device reconnecting gets in, from the relay's copy of the registry, and an
+    // operator reaches it.
+    drop(first);
+    eventually("the old session to end", || {
+        r1.relay.online_endpoints("cam").is_none().then_some(())
+    })
+    .await;
+    let _second = stock_device(&cam_cfg, &["-R", &forward]);
+    r1.wait_endpoint("cam", 7).await;
+    let (ok, out, err) = ssh_output(&op_cfg, &["-W", "cam:7", "relay"], b"new session").await;
+    assert!(ok, "{err}");
+    assert_eq!(out, b"new session");
+    let waiting = std::fs::read_to_string(dir.path().join("r1").join("write-queue.jsonl"))
+        .expect("writes wait on disk during the outage");
+    assert!(waiting.lines().count() >= 3, "{waiting}");
+
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed())).await;
+    pg.resume().await;
+    eventually("r1 back to normal", || {
+        (!r1.relay.is_degraded()).then_some(())
+    })
+    .await;
+    echo_back(&mut stdin, &mut stdout, b"after").await;
+    // What was written during the outage is in the database now.
+    let db = burrow_relay::store::Db::postgres(&pg.url, "check")
+        .await
+        .unwrap();
+    let rows = eventually_async("the queued rows in PostgreSQL", || async {
+        let rows = db.audit_tail(200).await.ok()?;
+        let online = rows
+            .iter()
+            .filter(|r| r.event == "online" && r.who == "cam")
+            .count();
+        let streams = rows
+            .iter()
+            .filter(|r| r.event == "stream" && r.outcome == "ok")
+            .count();
+        (online == 2 && streams >= 1).then_some(rows)
+    })
+    .await;
+    assert!(
+        rows.iter().any(|r| r.event == "auth" && r.who == "op"),
+        "{rows:#?}"
+    );
+    assert!(
+        !dir.path().join("r1").join("write-queue.jsonl").exists(),
+        "the disk queue is emptied once replayed"
+    );
+    drop(stdin);
+    let _ = open.wait().await;
+}

@@ -28,6 +28,8 @@ use crate::audit::Outcome;
 use crate::operator::Refusal;
 use crate::store::postgres::{Notice, Pg};
 
+/// How often the registry copy for an outage is refreshed when nothing changed.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(60);
 /// Longest a stream waits for the other relay to open it.
 const PEER_OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -139,8 +141,11 @@ impl Cluster {
 
     /// The other relays holding a session of `device`, newest session first.
     async fn holders(&self, relay: &Relay, device: &str) -> Result<Vec<String>, Refusal> {
-        let pg = relay.db.postgres_reads().ok_or_else(|| {
-            Refusal::new(crate::operator::CONNECT_FAILED, "not a cluster".to_string())
+        let pg = relay.db.postgres_reads().await.ok_or_else(|| {
+            Refusal::new(
+                crate::operator::CONNECT_FAILED,
+                "the cluster's registry cannot be reached".to_string(),
+            )
         })?;
         let sessions = pg
             .sessions_of(device)
@@ -192,6 +197,7 @@ pub(crate) async fn keep_present(relay: Arc<Relay>, shutdown: CancellationToken)
     let host_key = relay.host_public_key();
     let every = relay.config.lease / 3;
     let mut conn: Option<Pg> = None;
+    let mut copied = tokio::time::Instant::now();
     loop {
         if conn.as_ref().is_none_or(Pg::is_closed) {
             conn = Pg::writer(&url, &cluster.id).await.ok();
@@ -204,7 +210,13 @@ pub(crate) async fn keep_present(relay: Arc<Relay>, shutdown: CancellationToken)
             None => Err("cannot connect".to_string()),
         };
         match renewed {
-            Ok(()) => cluster.set_degraded(false, ""),
+            Ok(()) => {
+                cluster.set_degraded(false, "");
+                // The registry copy for an outage, at least every minute.
+                if copied.elapsed() >= SNAPSHOT_EVERY && relay.db.refresh_snapshot().await.is_ok() {
+                    copied = tokio::time::Instant::now();
+                }
+            }
             Err(why) => {
                 conn = None;
                 cluster.set_degraded(true, &why);
@@ -239,7 +251,10 @@ pub(crate) async fn hear_others(relay: Arc<Relay>, shutdown: CancellationToken) 
                     n = rx.recv() => n,
                 };
                 match notice {
-                    Some(Notice::Registry) => crate::revocation::enforce(&relay).await,
+                    Some(Notice::Registry) => {
+                        crate::revocation::enforce(&relay).await;
+                        let _ = relay.db.refresh_snapshot().await;
+                    }
                     Some(Notice::Session {
                         device,
                         relay: holder,

@@ -63,7 +63,11 @@ impl Handler for PeerClient {}
 
 /// Dials relay `id` at the address the registry gives and logs in as this relay.
 async fn dial(relay: &Arc<Relay>, id: &str) -> Result<Handle, String> {
-    let pg = relay.db.postgres_reads().ok_or("not a cluster")?;
+    let pg = relay
+        .db
+        .postgres_reads()
+        .await
+        .ok_or("the registry cannot be reached")?;
     let relays = pg.live_relays().await.map_err(|e| e.to_string())?;
     let (_, addr, key_line) = relays
         .into_iter()
@@ -153,7 +157,7 @@ struct PeerServer {
 
 impl PeerServer {
     async fn known_relay(&self, user: &str, key: &burrow_io::keys::PublicKey) -> bool {
-        let Some(pg) = self.relay.db.postgres_reads() else {
+        let Some(pg) = self.relay.db.postgres_reads().await else {
             return false;
         };
         let Ok(relays) = pg.live_relays().await else {

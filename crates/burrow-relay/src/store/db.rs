@@ -12,6 +12,7 @@ use std::sync::Arc;
 use burrow_io::keys::PublicKey;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use super::degraded::{Snapshot, Spill};
 use super::postgres::Pg;
 use super::{
     AuditRecord, DeviceRecord, OperatorRecord, PasswordLogin, Principal, Store, StoreError,
@@ -21,7 +22,7 @@ use super::{
 const MAX_BATCH: usize = 512;
 
 /// A write the relay makes while it serves; applied in the order queued.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Write {
     /// An audit entry.
     Audit(AuditRecord),
@@ -105,10 +106,19 @@ enum Backend {
     },
     Postgres {
         url: String,
-        /// Reads (queries pipeline on one connection).
-        reads: Pg,
+        relay: String,
+        /// Reads (queries pipeline on one connection), reconnected when it drops.
+        reads: tokio::sync::RwLock<Arc<Pg>>,
+        /// When a reconnect was last tried (at most one a second).
+        reconnect: Mutex<Option<std::time::Instant>>,
         /// Registry changes (the CLI), on a connection opened when first needed.
         changes: Mutex<Option<Pg>>,
+        /// The registry as last read, for answering while the database is unreachable.
+        snapshot: std::sync::RwLock<Option<Arc<Snapshot>>>,
+        /// The oldest copy answered from.
+        snapshot_max_age: std::time::Duration,
+        /// When answering from the copy was last logged.
+        said: std::sync::Mutex<Option<std::time::Instant>>,
     },
 }
 
@@ -211,43 +221,112 @@ impl Db {
     }
 
     /// The PostgreSQL registry at `url` (migrated if needed), as relay `relay` (empty for the
-    /// CLI), with its writer task.
-    pub async fn postgres(url: &str, relay: &str) -> Result<Db, StoreError> {
+    /// CLI), with its writer task. Writes the database cannot take go to a queue on disk in
+    /// `spill` (a relay's data directory) and are replayed when it answers again; reads that
+    /// fail are answered from the last copy of the registry while it is younger than
+    /// `snapshot_max_age`. Without `spill` (the CLI), failures are returned as they are.
+    pub async fn postgres_with(
+        url: &str,
+        relay: &str,
+        spill: Option<&std::path::Path>,
+        snapshot_max_age: std::time::Duration,
+    ) -> Result<Db, StoreError> {
         let reads = Pg::open(url, relay).await?;
-        let mut writer = Pg::writer(url, relay).await?;
-        let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+        let writer = Pg::writer(url, relay).await?;
+        let (jobs, queue) = mpsc::unbounded_channel::<Job>();
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let done = queued.clone();
         let stats = Arc::new(DbStats::default());
-        let batch_stats = stats.clone();
-        tokio::spawn(async move {
-            while let Some(first) = queue.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match queue.try_recv() {
-                        Ok(job) => batch.push(job),
-                        Err(_) => break,
-                    }
-                }
-                let writes_of: Vec<&Write> = batch.iter().map(|j| &j.write).collect();
-                let started = std::time::Instant::now();
-                let results = writer.apply(&writes_of).await;
-                batch_stats.record(started, results.first().unwrap_or(&Ok(Written::Done)));
-                finish(batch, results, &done);
-            }
-        });
-        Ok(Db {
+        let spill = spill.map(Spill::open);
+        if let Some(s) = &spill
+            && s.pending() > 0
+        {
+            tracing::warn!(
+                "{} writes queued on disk by an earlier run go to the database first",
+                s.pending()
+            );
+        }
+        tokio::spawn(pg_writer(
+            writer,
+            url.to_string(),
+            relay.to_string(),
+            queue,
+            spill,
+            queued.clone(),
+            stats.clone(),
+        ));
+        let db = Db {
             inner: Arc::new(Inner {
                 backend: Backend::Postgres {
                     url: url.to_string(),
-                    reads,
+                    relay: relay.to_string(),
+                    reads: tokio::sync::RwLock::new(Arc::new(reads)),
+                    reconnect: Mutex::new(None),
                     changes: Mutex::new(None),
+                    snapshot: std::sync::RwLock::new(None),
+                    snapshot_max_age,
+                    said: std::sync::Mutex::new(None),
                 },
                 jobs,
                 queued,
                 stats,
             }),
-        })
+        };
+        if spill_dir_given(&db) {
+            let _ = db.refresh_snapshot().await;
+        }
+        Ok(db)
+    }
+
+    /// The PostgreSQL registry at `url` as the CLI uses it: no disk queue, no copy.
+    pub async fn postgres(url: &str, relay: &str) -> Result<Db, StoreError> {
+        Db::postgres_with(url, relay, None, std::time::Duration::ZERO).await
+    }
+
+    /// Reads the registry again into the copy answered from while the database is
+    /// unreachable (a relay on PostgreSQL does this when the registry changes, and every
+    /// minute).
+    pub async fn refresh_snapshot(&self) -> Result<(), StoreError> {
+        let Backend::Postgres { snapshot, .. } = &self.inner.backend else {
+            return Ok(());
+        };
+        let pg = self.pg_reads().await?;
+        let copy = Snapshot::new(
+            pg.device_key_pairs().await?,
+            pg.devices().await?,
+            pg.operators().await?,
+            pg.password_hashes().await?,
+        );
+        *snapshot.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(copy));
+        Ok(())
+    }
+
+    /// The read connection, reconnected if it dropped (at most one attempt a second).
+    async fn pg_reads(&self) -> Result<Arc<Pg>, StoreError> {
+        let Backend::Postgres {
+            url,
+            relay,
+            reads,
+            reconnect,
+            ..
+        } = &self.inner.backend
+        else {
+            return Err(unreachable_pg());
+        };
+        let current = reads.read().await.clone();
+        if !current.is_closed() {
+            return Ok(current);
+        }
+        let mut last = reconnect.lock().await;
+        if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+            return Err(StoreError::Postgres {
+                doing: "reading the registry",
+                why: "the connection is down".into(),
+            });
+        }
+        *last = Some(std::time::Instant::now());
+        let fresh = Arc::new(Pg::writer(url, relay).await?);
+        *reads.write().await = fresh.clone();
+        Ok(fresh)
     }
 
     /// Opens `database`: a `postgresql://` URL, or else an SQLite file path.
@@ -268,10 +347,10 @@ impl Db {
         }
     }
 
-    /// The PostgreSQL connection behind this registry, if that is the backend.
-    pub fn postgres_reads(&self) -> Option<&Pg> {
+    /// The PostgreSQL connection behind this registry, if that is the backend and it answers.
+    pub async fn postgres_reads(&self) -> Option<Arc<Pg>> {
         match &self.inner.backend {
-            Backend::Postgres { reads, .. } => Some(reads),
+            Backend::Postgres { .. } => self.pg_reads().await.ok(),
             Backend::Sqlite { .. } => None,
         }
     }
@@ -324,16 +403,21 @@ impl Db {
         let _ = self.write(Write::Barrier).await;
     }
 
-    /// Runs `sqlite` on a blocking thread, or `pg` on the PostgreSQL connection.
+    /// Runs `sqlite` on a reader thread, or `pg` on the PostgreSQL connection; when that
+    /// fails, `copy` answers from the last copy of the registry if it may.
     async fn read<T: Send + 'static>(
         &self,
         sqlite: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
         pg: impl AsyncFnOnce(&Pg) -> Result<T, StoreError>,
+        copy: impl FnOnce(&Snapshot) -> Option<T>,
     ) -> Result<T, StoreError> {
         let started = std::time::Instant::now();
         let result = self.read_inner(sqlite, pg).await;
         self.inner.stats.record(started, &result);
-        result
+        match result {
+            Err(e @ StoreError::Postgres { .. }) => self.from_copy(copy).ok_or(e),
+            other => other,
+        }
     }
 
     async fn read_inner<T: Send + 'static>(
@@ -350,8 +434,38 @@ impl Db {
                 reads.send(job).map_err(|_| stopped())?;
                 rx.await.map_err(|_| stopped())?
             }
-            Backend::Postgres { reads, .. } => pg(reads).await,
+            Backend::Postgres { .. } => {
+                let conn = self.pg_reads().await?;
+                pg(&conn).await
+            }
         }
+    }
+
+    /// An answer from the registry copy, if there is one young enough.
+    fn from_copy<T>(&self, copy: impl FnOnce(&Snapshot) -> Option<T>) -> Option<T> {
+        let Backend::Postgres {
+            snapshot,
+            snapshot_max_age,
+            said,
+            ..
+        } = &self.inner.backend
+        else {
+            return None;
+        };
+        let snap = snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()?;
+        let age = snap.age();
+        if age > *snapshot_max_age {
+            return None;
+        }
+        let mut said = said.lock().unwrap_or_else(|e| e.into_inner());
+        if said.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(60)) {
+            *said = Some(std::time::Instant::now());
+            tracing::warn!(
+                "the database cannot be reached: answering from the copy of the registry taken {:.0} s ago",
+                age.as_secs_f64()
+            );
+        }
+        copy(&snap)
     }
 
     /// Runs a registry change: `sqlite` on a blocking thread, or `pg` on the change
@@ -362,7 +476,10 @@ impl Db {
         pg: impl AsyncFnOnce(&mut Pg) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         match &self.inner.backend {
-            Backend::Sqlite { .. } => self.read(sqlite, async |_| Err(unreachable_pg())).await,
+            Backend::Sqlite { .. } => {
+                self.read(sqlite, async |_| Err(unreachable_pg()), |_| None)
+                    .await
+            }
             Backend::Postgres { url, changes, .. } => {
                 let mut conn = changes.lock().await;
                 if conn.as_ref().is_none_or(Pg::is_closed) {
@@ -380,8 +497,8 @@ impl Db {
     /// interrupted; returns how many rows.
     pub async fn interrupt_leftovers_postgres(&self) -> Result<usize, StoreError> {
         match &self.inner.backend {
-            Backend::Postgres { url, reads, .. } => {
-                let mut own = Pg::writer(url, reads.relay()).await?;
+            Backend::Postgres { url, relay, .. } => {
+                let mut own = Pg::writer(url, relay).await?;
                 own.interrupt_leftovers().await
             }
             Backend::Sqlite { .. } => Err(unreachable_pg()),
@@ -393,6 +510,7 @@ impl Db {
         self.read(
             |s| s.registry_version(),
             async |p| p.registry_version().await,
+            |_| None,
         )
         .await
     }
@@ -407,6 +525,7 @@ impl Db {
         self.read(
             move |s| s.key_owner(&n, &f),
             async |p| p.key_owner(name, fingerprint).await,
+            |c| Some(c.key_owner(name, fingerprint)),
         )
         .await
     }
@@ -416,6 +535,7 @@ impl Db {
         self.read(
             |s| s.device_key_pairs(),
             async |p| p.device_key_pairs().await,
+            |c| Some(c.device_key_pairs()),
         )
         .await
     }
@@ -426,6 +546,7 @@ impl Db {
         self.read(
             move |s| s.device_exists(&n),
             async |p| p.device_exists(name).await,
+            |c| Some(c.device(name).is_some()),
         )
         .await
     }
@@ -441,6 +562,7 @@ impl Db {
         self.read(
             move |s| s.may_connect(&d, &h, port),
             async |p| p.may_connect(device, host, port).await,
+            |c| Some(c.may_connect(device, host, port)),
         )
         .await
     }
@@ -451,14 +573,19 @@ impl Db {
         self.read(
             move |s| s.listen_addr(&d, port),
             async |p| p.listen_addr(device, port).await,
+            |c| Some(c.listen_addr(device, port)),
         )
         .await
     }
 
     /// All devices, sorted by name (a fixed number of queries).
     pub async fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        self.read(|s| s.devices(), async |p| p.devices().await)
-            .await
+        self.read(
+            |s| s.devices(),
+            async |p| p.devices().await,
+            |c| Some(c.devices()),
+        )
+        .await
     }
 
     /// Last time `device` connected or disconnected.
@@ -467,6 +594,7 @@ impl Db {
         self.read(
             move |s| s.last_seen(&d),
             async |p| p.last_seen(device).await,
+            |c| Some(c.device(device).and_then(|d| d.last_seen)),
         )
         .await
     }
@@ -474,14 +602,22 @@ impl Db {
     /// One operator, if it exists.
     pub async fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
         let n = name.to_string();
-        self.read(move |s| s.operator(&n), async |p| p.operator(name).await)
-            .await
+        self.read(
+            move |s| s.operator(&n),
+            async |p| p.operator(name).await,
+            |c| Some(c.operator(name)),
+        )
+        .await
     }
 
     /// All operators, sorted by name (a fixed number of queries).
     pub async fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
-        self.read(|s| s.operators(), async |p| p.operators().await)
-            .await
+        self.read(
+            |s| s.operators(),
+            async |p| p.operators().await,
+            |c| Some(c.operators()),
+        )
+        .await
     }
 
     /// What a password login of `name` is checked against.
@@ -490,6 +626,7 @@ impl Db {
         self.read(
             move |s| s.operator_password(&n),
             async |p| p.operator_password(name).await,
+            |c| Some(c.operator_password(name)),
         )
         .await
     }
@@ -499,6 +636,7 @@ impl Db {
         self.read(
             move |s| s.prune_audit(before, max_rows),
             async |p| p.prune_audit(before, max_rows).await,
+            |_| None,
         )
         .await
     }
@@ -508,6 +646,7 @@ impl Db {
         self.read(
             move |s| s.audit_tail(limit),
             async |p| p.audit_tail(limit).await,
+            |_| None,
         )
         .await
     }
@@ -710,6 +849,118 @@ pub fn is_postgres_url(database: &str) -> bool {
 
 fn unreachable_pg() -> StoreError {
     StoreError::Schema("not a PostgreSQL registry".into())
+}
+
+/// Whether this registry answers from a copy when the database is unreachable (a relay's,
+/// not the CLI's).
+fn spill_dir_given(db: &Db) -> bool {
+    matches!(&db.inner.backend, Backend::Postgres { snapshot_max_age, .. } if !snapshot_max_age.is_zero())
+}
+
+/// The PostgreSQL write queue: batches committed in one transaction each. While the database
+/// cannot be reached, batches go to the disk queue (`spill`) and count as done; the disk queue
+/// is replayed, in order, before anything newer once the database answers again.
+async fn pg_writer(
+    mut writer: Pg,
+    url: String,
+    relay: String,
+    mut queue: mpsc::UnboundedReceiver<Job>,
+    mut spill: Option<Spill>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    stats: Arc<DbStats>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut spilled = spill.as_ref().map_or(0, Spill::pending);
+    queued.fetch_add(spilled, Relaxed);
+    let mut tried: Option<std::time::Instant> = None;
+    loop {
+        // Wake now and then while writes wait on disk, to try the database again.
+        let first = if spilled > 0 {
+            match tokio::time::timeout(std::time::Duration::from_secs(1), queue.recv()).await {
+                Ok(Some(job)) => Some(job),
+                Ok(None) => return,
+                Err(_) => None,
+            }
+        } else {
+            match queue.recv().await {
+                Some(job) => Some(job),
+                None => return,
+            }
+        };
+        let mut batch: Vec<Job> = first.into_iter().collect();
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // Reconnect at most once a second: an unreachable host must not hold up every batch.
+        if writer.is_closed()
+            && tried.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1))
+        {
+            tried = Some(std::time::Instant::now());
+            if let Ok(fresh) = Pg::writer(&url, &relay).await {
+                writer = fresh;
+            }
+        }
+        // What waits on disk goes first.
+        if spilled > 0
+            && !writer.is_closed()
+            && let Some(s) = spill.as_mut()
+        {
+            let waiting = s.read();
+            let refs: Vec<&Write> = waiting.iter().collect();
+            let mut all_done = true;
+            for chunk in refs.chunks(MAX_BATCH) {
+                if writer.apply(chunk).await.iter().any(Result::is_err) && writer.is_closed() {
+                    all_done = false;
+                    break;
+                }
+            }
+            if all_done && s.clear().is_ok() {
+                tracing::warn!(
+                    "{spilled} writes queued on disk during the outage are in the database"
+                );
+                queued.fetch_sub(spilled, Relaxed);
+                spilled = 0;
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let writes_of: Vec<&Write> = batch.iter().map(|j| &j.write).collect();
+        let started = std::time::Instant::now();
+        let results = if spilled == 0 && !writer.is_closed() {
+            writer.apply(&writes_of).await
+        } else {
+            vec![Err(StoreError::Postgres {
+                doing: "writing",
+                why: "the database is unreachable".into(),
+            })]
+        };
+        stats.record(started, results.first().unwrap_or(&Ok(Written::Done)));
+        let outage = results.iter().any(Result::is_err) && (spilled > 0 || writer.is_closed());
+        match (outage, spill.as_mut()) {
+            (true, Some(s)) => {
+                let before = s.pending();
+                match s.push(&writes_of) {
+                    Ok(()) => {
+                        let added = s.pending().saturating_sub(before);
+                        spilled = spilled.saturating_add(added);
+                        queued.fetch_add(added, Relaxed);
+                        let done: Vec<Result<Written, StoreError>> =
+                            batch.iter().map(|_| Ok(Written::Done)).collect();
+                        finish(batch, done, &queued);
+                    }
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        finish(batch, results, &queued);
+                    }
+                }
+            }
+            _ => finish(batch, results, &queued),
+        }
+    }
 }
 
 /// Hands each write of a batch its result.

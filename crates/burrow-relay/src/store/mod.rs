@@ -4,11 +4,13 @@
 //! - [`sqlite`]: the embedded backend of a single relay (the default), which the CLI can also
 //!   open directly beside a running relay.
 //! - [`postgres`]: the shared backend of a relay cluster.
+//! - [`degraded`]: the registry copy and disk queue of a relay whose database is unreachable.
 //! - [`migrate`]: a single relay's SQLite registry copied into PostgreSQL.
 //! - [`db`]: the one async interface the relay uses, over either backend: reads run off the
 //!   async workers, writes are queued in order and committed in batches.
 
 pub mod db;
+pub mod degraded;
 pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
@@ -113,7 +115,7 @@ pub struct PasswordLogin {
 }
 
 /// One audit entry.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuditRecord {
     /// Seconds since the epoch.
     pub at: i64,

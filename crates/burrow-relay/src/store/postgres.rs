@@ -532,6 +532,19 @@ impl Pg {
             .collect())
     }
 
+    /// Every operator's password hash (for the registry copy).
+    pub async fn password_hashes(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT name, password_hash FROM operators WHERE password_hash IS NOT NULL",
+                &[],
+            )
+            .await
+            .map_err(pg("reading password hashes"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// What a password login of `name` is checked against.
     pub async fn operator_password(&self, name: &str) -> Result<Option<PasswordLogin>, StoreError> {
         let row = self
