@@ -242,7 +242,7 @@ async fn hold(
                 }
                 // With other relays to try, the next one goes at once (failover); the backoff
                 // starts once each has failed in a row.
-                let delay = if relays.len() > 1 && failed_in_a_row % relays.len() != 0 {
+                let delay = if relays.len() > 1 && !failed_in_a_row.is_multiple_of(relays.len()) {
                     std::time::Duration::ZERO
                 } else {
                     backoff.next_delay(rand::random::<f64>())

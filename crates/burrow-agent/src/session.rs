@@ -179,6 +179,7 @@ pub(crate) async fn run(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     ctx: &Ctx,
     slot: usize,

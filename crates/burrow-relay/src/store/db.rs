@@ -98,6 +98,8 @@ type ReadJob = Box<dyn FnOnce(&Store) + Send>;
 /// grow hundreds of threads and their memory.
 const SQLITE_READERS: usize = 4;
 
+// The PostgreSQL variant is the larger; there is one per relay.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     Sqlite {
         /// The store the CLI and tests use directly.
@@ -415,7 +417,7 @@ impl Db {
         let result = self.read_inner(sqlite, pg).await;
         self.inner.stats.record(started, &result);
         match result {
-            Err(e @ StoreError::Postgres { .. }) => self.from_copy(copy).ok_or(e),
+            Err(e @ StoreError::Postgres { .. }) => self.answer_from_copy(copy).ok_or(e),
             other => other,
         }
     }
@@ -442,7 +444,7 @@ impl Db {
     }
 
     /// An answer from the registry copy, if there is one young enough.
-    fn from_copy<T>(&self, copy: impl FnOnce(&Snapshot) -> Option<T>) -> Option<T> {
+    fn answer_from_copy<T>(&self, copy: impl FnOnce(&Snapshot) -> Option<T>) -> Option<T> {
         let Backend::Postgres {
             snapshot,
             snapshot_max_age,

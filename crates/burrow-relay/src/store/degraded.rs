@@ -74,7 +74,7 @@ impl Snapshot {
     pub(crate) fn may_connect(&self, device: &str, host: &str, port: u16) -> bool {
         let rule = format!("{host}:{port}");
         self.device(device)
-            .is_some_and(|d| d.allow_connect.iter().any(|r| *r == rule))
+            .is_some_and(|d| d.allow_connect.contains(&rule))
     }
 
     pub(crate) fn listen_addr(&self, device: &str, port: u16) -> Option<String> {
