@@ -169,25 +169,42 @@ pub(crate) async fn forward(
     let Ok(requested) = u16::try_from(*port) else {
         return deny(format!("{port} is not a port"));
     };
-    let Some(assigned) = dev.add_endpoint(address, requested) else {
-        return deny("no free dynamic port".into());
-    };
-    match relay.db.listen_addr(name, assigned).await {
-        Ok(Some(addr)) => {
-            if let Err(e) = relay.listeners.ensure(relay, &addr, assigned, dev).await {
-                dev.remove_endpoint(assigned);
-                relay.audit.record(
-                    "endpoint-add",
-                    name,
-                    &format!("{addr}:{assigned}"),
-                    Outcome::Failed,
-                    &format!("cannot listen on {addr}:{assigned}: {e}"),
-                );
-                return false;
+    // A real listener (`allow-listen`) is bound before the endpoint is announced: whoever
+    // sees the endpoint can connect to it at once. (A port 0 request learns its port first.)
+    let listen = |port: u16| async move {
+        match relay.db.listen_addr(name, port).await {
+            Ok(Some(addr)) => match relay.listeners.ensure(relay, &addr, port, dev).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err((addr, e)),
+            },
+            Ok(None) => Ok(()),
+            Err(e) => {
+                tracing::error!("{e}");
+                Ok(())
             }
         }
-        Ok(None) => {}
-        Err(e) => tracing::error!("{e}"),
+    };
+    let listened = if requested != 0 {
+        listen(requested).await
+    } else {
+        Ok(())
+    };
+    let assigned = match listened {
+        Ok(()) => dev.add_endpoint(address, requested),
+        Err(failed) => {
+            listen_failed(relay, name, requested, failed);
+            return false;
+        }
+    };
+    let Some(assigned) = assigned else {
+        return deny("no free dynamic port".into());
+    };
+    if requested == 0
+        && let Err(failed) = listen(assigned).await
+    {
+        dev.remove_endpoint(assigned);
+        listen_failed(relay, name, assigned, failed);
+        return false;
     }
     *port = u32::from(assigned);
     if address == burrow_proto::PROBE_BIND {
@@ -208,6 +225,16 @@ pub(crate) async fn forward(
         &format!("bind address {address:?}"),
     );
     true
+}
+
+fn listen_failed(relay: &Relay, name: &str, port: u16, (addr, e): (String, std::io::Error)) {
+    relay.audit.record(
+        "endpoint-add",
+        name,
+        &format!("{addr}:{port}"),
+        Outcome::Failed,
+        &format!("cannot listen on {addr}:{port}: {e}"),
+    );
 }
 
 /// Handles `cancel-tcpip-forward`.
