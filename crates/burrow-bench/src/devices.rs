@@ -71,19 +71,26 @@ async fn connect_device(
 }
 
 /// N devices held from this process; each reconnects with the agent's backoff when dropped.
-struct Fleet {
+pub(crate) struct Fleet {
     up: Arc<AtomicUsize>,
     tasks: JoinSet<()>,
 }
 
 impl Fleet {
     fn start(port: u16, n: usize, key: Arc<PrivateKey>) -> Fleet {
+        Fleet::start_on(vec![port], n, key)
+    }
+
+    /// Device `i` connects to `ports[i % ports.len()]` (relays of a cluster).
+    pub(crate) fn start_on(ports: Vec<u16>, n: usize, key: Arc<PrivateKey>) -> Fleet {
+        let ports = Arc::new(ports);
         let up = Arc::new(AtomicUsize::new(0));
         // Bounded concurrent handshakes, as a fleet of real devices would arrive over time.
         let gate = Arc::new(Semaphore::new(256));
         let mut tasks = JoinSet::new();
         for i in 0..n {
             let (up, key, gate) = (up.clone(), key.clone(), gate.clone());
+            let port = ports.get(i % ports.len().max(1)).copied().unwrap_or(0);
             tasks.spawn(async move {
                 let name = format!("load-{i}");
                 let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
@@ -109,7 +116,7 @@ impl Fleet {
     }
 
     /// Waits until no device holds a session (they all noticed the relay went away).
-    async fn wait_down(&self, limit: Duration) -> anyhow::Result<()> {
+    pub(crate) async fn wait_down(&self, limit: Duration) -> anyhow::Result<()> {
         let start = Instant::now();
         while self.up() > 0 {
             if start.elapsed() > limit {
@@ -123,7 +130,7 @@ impl Fleet {
         Ok(())
     }
 
-    async fn wait_all(&self, n: usize, limit: Duration) -> anyhow::Result<Duration> {
+    pub(crate) async fn wait_all(&self, n: usize, limit: Duration) -> anyhow::Result<Duration> {
         let start = Instant::now();
         while self.up() < n {
             if start.elapsed() > limit {

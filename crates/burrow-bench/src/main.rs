@@ -7,12 +7,15 @@
 //!   operator paths) with a bulk-transfer port and an echo port behind it.
 //! - `traffic`: throughput (bulk streams) and latency (64-byte round trips).
 //! - `devices`: many idle device sessions from one process; memory per device; reconnects.
+//! - `cluster`: relays on PostgreSQL: `ls` latency on both backends, a storm across three
+//!   relays, failover after a relay is killed.
 //! - `cellular`: idle bytes a month per device (network namespaces, veth counters) and
 //!   behaviour through an emulated cellular link (blackout, throughput, latency).
 //! - `report`: the Markdown and JSON output, with targets.
 #![forbid(unsafe_code)]
 
 mod cellular;
+mod cluster;
 mod devices;
 mod env;
 mod report;
@@ -63,6 +66,15 @@ pub struct Args {
     /// Skip rathole even when it could be installed.
     #[arg(long)]
     pub no_rathole: bool,
+    /// Devices registered for the `ls` latency on SQLite and PostgreSQL (repeatable).
+    #[arg(long, default_values_t = vec![10_000, 100_000])]
+    pub ls_devices: Vec<usize>,
+    /// Idle devices in the reconnect storm across three relays on PostgreSQL.
+    #[arg(long, default_value_t = 10_000)]
+    pub cluster_devices: usize,
+    /// Agents in the failover measurement (each a process holding two sessions).
+    #[arg(long, default_value_t = 10)]
+    pub failover_devices: usize,
     /// Only these parts (repeatable; default all), for tuning runs: the report then holds
     /// only their numbers.
     #[arg(long, value_enum)]
@@ -78,6 +90,8 @@ pub enum Part {
     Devices,
     /// Idle bytes and the emulated cellular link.
     Cellular,
+    /// Relays on PostgreSQL.
+    Cluster,
 }
 
 impl Args {
@@ -99,6 +113,9 @@ fn main() -> anyhow::Result<()> {
         args.sshd_devices = 5;
         args.reconnect_cap = 3;
         args.no_rathole = true;
+        args.ls_devices = vec![100];
+        args.cluster_devices = 30;
+        args.failover_devices = 2;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -116,6 +133,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.runs(Part::Devices) {
         eprintln!("burrow-bench: idle devices and reconnects");
         devices::run_all(&env, &args, &mut results).await?;
+    }
+    if args.runs(Part::Cluster) {
+        eprintln!("burrow-bench: relays on PostgreSQL");
+        cluster::run_all(&env, &args, &mut results).await?;
     }
     let cellular = if args.runs(Part::Cellular) {
         eprintln!("burrow-bench: the cellular link (idle cost, blackout, throughput, latency)");

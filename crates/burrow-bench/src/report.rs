@@ -137,6 +137,20 @@ impl Results {
             (crate::cellular::IDLE_GROUP, "OpenSSH ssh -R"),
         ];
         let netns = crate::cellular::netns_available();
+        // The cluster parts need PostgreSQL (installed by test.sh) and root.
+        let cluster = [
+            ("ls latency", "burrow on SQLite"),
+            ("ls latency", "burrow on PostgreSQL"),
+            ("reconnect storm across three relays", "burrow"),
+            ("failover after SIGKILL", "burrow, two relays configured"),
+            ("failover after SIGKILL", "burrow, connections = 2"),
+        ];
+        for (group, system) in cluster.into_iter().filter(|_| crate::cluster::available()) {
+            match self.find(group, system) {
+                Some(e) if e.value.is_finite() && e.value >= 0.0 => {}
+                _ => bail!("no result for {group} / {system}"),
+            }
+        }
         for (group, system) in needed.into_iter().chain(idle.into_iter().filter(|_| netns)) {
             match self.find(group, system) {
                 Some(e) if e.value.is_finite() && e.value >= 0.0 => {}
@@ -247,6 +261,31 @@ impl Results {
                 "10k-device reconnect storm no slower than on russh (5.4 s)".into(),
                 format!("{:.1} s", e.value),
                 Some(e.value <= 5.4),
+            ));
+        }
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| e.group.starts_with("reconnect storm across three relays"))
+        {
+            out.push((
+                "10k devices back within 30 s across three relays on PostgreSQL".into(),
+                format!("{:.1} s", e.value),
+                Some(e.value <= 30.0),
+            ));
+        }
+        if let Some(t) = v("failover after SIGKILL", "burrow, two relays configured") {
+            out.push((
+                "failover after SIGKILL of a relay under 5 s (two relays configured)".into(),
+                format!("{t:.2} s"),
+                Some(t < 5.0),
+            ));
+        }
+        if let Some(n) = v("failover after SIGKILL", "burrow, connections = 2") {
+            out.push((
+                "no idle device interrupted by a relay's death with connections = 2".into(),
+                format!("{n:.0}"),
+                Some(n == 0.0),
             ));
         }
         let idle = |s: &str| v(crate::cellular::IDLE_GROUP, s);

@@ -266,6 +266,23 @@ impl Store {
         })
     }
 
+    /// Adds many devices with the same keys in one transaction (loading a fleet for the
+    /// bench, or an import); names that exist already are left as they are.
+    pub fn add_devices_bulk(&self, names: &[String], keys: &[PublicKey]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("adding devices"))?;
+            for name in names {
+                tx.prepare_cached("INSERT OR IGNORE INTO devices (name, created) VALUES (?1, ?2)")
+                    .and_then(|mut s| s.execute(params![name, now()]))
+                    .map_err(sql("adding devices"))?;
+                insert_keys(&tx, "device_keys", "device", name, keys)?;
+            }
+            tx.commit().map_err(sql("adding devices"))
+        })
+    }
+
     /// Adds keys to an existing device.
     pub fn add_device_keys(&self, name: &str, keys: &[PublicKey]) -> Result<(), StoreError> {
         self.with(|c| {
