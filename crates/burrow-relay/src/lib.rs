@@ -108,26 +108,19 @@ impl Relay {
             "relay data directory {}, host key fingerprint {fingerprint}",
             config.data_dir.display()
         );
-        let (db, interrupted) = match &config.database {
+        let db = match &config.database {
             Some(url) => {
-                let db = store::Db::postgres_with(
+                store::Db::postgres_with(
                     url,
                     &config.relay_id,
                     Some(&config.data_dir),
                     config.snapshot_max_age,
                 )
-                .await?;
-                let interrupted = db.interrupt_leftovers_postgres().await?;
-                (db, interrupted)
+                .await?
             }
-            None => {
-                let db = store::Db::sqlite(&config.data_dir.join(datadir::DATABASE_FILE))?;
-                let interrupted = db
-                    .sqlite_store()
-                    .map_or(Ok(0), |s| s.interrupt_leftovers())?;
-                (db, interrupted)
-            }
+            None => store::Db::sqlite(&config.data_dir.join(datadir::DATABASE_FILE))?,
         };
+        let interrupted = db.interrupt_leftovers().await?;
         // Nothing is online yet; what a crash left open is recorded as interrupted.
         if interrupted > 0 {
             tracing::warn!(

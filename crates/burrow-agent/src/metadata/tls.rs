@@ -1,5 +1,5 @@
 //! TLS for `https` metadata URLs: the system's certificate authorities plus an optional
-//! `ca_file`, through rustls on the ring provider that russh already uses.
+//! `ca_file`, through rustls on the ring provider that burrow-ssh already uses.
 
 use std::path::Path;
 use std::sync::Arc;

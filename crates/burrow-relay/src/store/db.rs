@@ -495,15 +495,22 @@ impl Db {
         }
     }
 
-    /// At start of a relay on PostgreSQL: what this relay's previous run left open is marked
-    /// interrupted; returns how many rows.
-    pub async fn interrupt_leftovers_postgres(&self) -> Result<usize, StoreError> {
+    /// At start of a relay: what its previous run left open (streams, device sessions) is
+    /// marked interrupted; returns how many rows.
+    pub async fn interrupt_leftovers(&self) -> Result<usize, StoreError> {
         match &self.inner.backend {
             Backend::Postgres { url, relay, .. } => {
                 let mut own = Pg::writer(url, relay).await?;
                 own.interrupt_leftovers().await
             }
-            Backend::Sqlite { .. } => Err(unreachable_pg()),
+            Backend::Sqlite { .. } => {
+                self.read(
+                    |s| s.interrupt_leftovers(),
+                    async |_| Err(unreachable_pg()),
+                    |_| None,
+                )
+                .await
+            }
         }
     }
 
