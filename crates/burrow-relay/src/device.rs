@@ -215,6 +215,7 @@ pub(crate) async fn forward(
     relay.db.submit(Write::Endpoint {
         device: name.to_string(),
         port: assigned,
+        bind: address.to_string(),
         present: true,
     });
     relay.audit.record(
@@ -258,6 +259,7 @@ pub(crate) fn cancel_forward(
     relay.db.submit(Write::Endpoint {
         device: dev.name.clone(),
         port,
+        bind: String::new(),
         present: false,
     });
     relay.audit.record(
@@ -316,11 +318,18 @@ pub(crate) fn open_stream(
             )
         };
         relay2.metrics.stream_opened();
-        let (transfer, result) = match peer {
-            Peer::Endpoint(ch, _) => splice(own, ch).await,
-            Peer::Tcp(tcp) => {
+        // Both ends stay open until the row is completed (a peer that saw the close finds
+        // the stream audited).
+        let mut own = own;
+        let (transfer, result, peer) = match peer {
+            Peer::Endpoint(mut ch, x) => {
+                let (t, r) = splice(&mut own, &mut ch).await;
+                (t, r, Peer::Endpoint(ch, x))
+            }
+            Peer::Tcp(mut tcp) => {
                 let _ = tcp.set_nodelay(true);
-                splice(own, tcp).await
+                let (t, r) = splice(&mut own, &mut tcp).await;
+                (t, r, Peer::Tcp(tcp))
             }
         };
         relay2
@@ -331,6 +340,7 @@ pub(crate) fn open_stream(
             Some(row) => row.close(outcome, &detail),
             None => tracing::debug!(device = %name, "probe stream: {detail}"),
         }
+        drop((own, peer));
     });
 }
 

@@ -183,10 +183,13 @@ async fn serve(
             let row = relay2.audit.open("stream", &who, &target, "").await;
             let _ = tcp.set_nodelay(true);
             relay2.metrics.stream_opened();
-            let (t, result) = splice(tcp, channel).await;
+            let (mut tcp, mut channel) = (tcp, channel);
+            let (t, result) = splice(&mut tcp, &mut channel).await;
             relay2.metrics.stream_closed(t.a_to_b, t.b_to_a);
             let (outcome, detail) = stream_summary(t.a_to_b, t.b_to_a, started, &result);
+            // Closed after the row is completed: a client that saw the close finds it audited.
             row.close(outcome, &detail);
+            drop((tcp, channel));
         });
     }
 }

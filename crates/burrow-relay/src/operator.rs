@@ -245,14 +245,17 @@ pub(crate) fn open_stream(
         let guard = op.track(&relay2, &device, false);
         relay2.metrics.stream_opened();
         // Each stream has its own window on both connections: a slow reader holds back
-        // this stream only.
-        let (transfer, result) = splice_until(channel, dev_channel, guard.stop.cancelled()).await;
+        // this stream only. The channels stay open until the row is completed, so a client
+        // that saw its stream close finds it audited.
+        let (mut channel, mut dev_channel) = (channel, dev_channel);
+        let (transfer, result) =
+            splice_until(&mut channel, &mut dev_channel, guard.stop.cancelled()).await;
         relay2
             .metrics
             .stream_closed(transfer.a_to_b, transfer.b_to_a);
         let (outcome, summary) = stream_summary(transfer.a_to_b, transfer.b_to_a, started, &result);
         row.close(outcome, &format!("{via}: {summary}"));
-        drop(guard);
+        drop((channel, dev_channel, guard));
     });
 }
 
@@ -509,31 +512,15 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                         }
                         let guard = op.track(&relay, device, true);
                         let size = pty.unwrap_or(crate::console::DEFAULT_SIZE);
-                        let attached = async {
-                            // In a cluster, a console held by another relay runs there.
-                            let command = format!(
-                                "{} {} {device} {console} rw {} {}",
-                                crate::cluster::peer::CONSOLE_ATTACH,
-                                op.name(),
-                                size.0,
-                                size.1
-                            );
-                            let elsewhere =
-                                crate::cluster::console_elsewhere(&relay, device, command, &channel);
-                            if let Some(status) = elsewhere.await {
-                                return status;
-                            }
-                            crate::console::run_console(
-                                &relay,
-                                op.name(),
-                                device,
-                                console,
-                                crate::console::Mode::Interactive,
-                                size,
-                                &channel,
-                            )
-                            .await
-                        };
+                        let attached = crate::console::attach(
+                            &relay,
+                            op.name(),
+                            device,
+                            console,
+                            crate::console::Mode::Interactive,
+                            size,
+                            &channel,
+                        );
                         tokio::select! {
                             status = attached => break status,
                             () = guard.stop.cancelled() => {

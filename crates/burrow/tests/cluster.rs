@@ -541,6 +541,20 @@ async fn a_console_held_on_one_relay_is_shared_across_the_others() {
             .any(|x| x.starts_with("break (500 ms) sent by alice")),
         "{markers:?}"
     );
+
+    // bob's menu on r3 lists the console r1 holds and attaches to it there.
+    let mut m = Terminal::spawn(&bob_cfg, &["relay"]);
+    m.expect("pi/console").await;
+    m.expect("online at relay r1").await;
+    m.send(b"1\r").await;
+    m.expect("connected to pi/console, read-write").await;
+    m.send(b"from the menu\r").await;
+    m.expect("Router# got from the menu").await;
+    m.send(b"\x05c.").await;
+    // Back at the menu (drawn a second time) before quitting it.
+    m.expect_times("burrow: consoles for bob", 2).await;
+    m.send(b"q\r").await;
+    assert!(m.wait().await);
     agent.stop().await;
 }
 

@@ -579,7 +579,7 @@ async fn menu_lists_consoles_and_attaches() {
     t.expect("Router# got from menu").await;
     t.send(b"\x05c.").await;
     t.expect("disconnected").await;
-    t.expect("> ").await;
+    t.expect_times("burrow: consoles for alice", 2).await;
     t.send(b"q\r").await;
     assert!(t.wait().await);
     s.agent.stop().await;

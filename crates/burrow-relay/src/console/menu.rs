@@ -1,13 +1,14 @@
 //! The interactive menu of `ssh -t OPERATOR@relay`: the consoles this operator may use, with
 //! their devices' state; typing a number attaches, `q` leaves.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use burrow_proto::glob::any_matches;
 use burrow_proto::time::format_utc_minutes;
 use burrow_ssh::driver::{Channel, ChannelMsg};
 
-use super::session::{Mode, run_console};
+use super::session::{Mode, attach};
 use crate::Relay;
 
 /// Longest line typed at the menu prompt.
@@ -28,38 +29,60 @@ async fn entries(relay: &Relay, operator: &str) -> Vec<Entry> {
         .flatten()
         .map(|r| r.allow)
         .unwrap_or_default();
+    // In a cluster, the consoles of devices other relays hold (one query for all of them).
+    let mut elsewhere: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for (device, console, holder) in relay.db.consoles_elsewhere().await.unwrap_or_default() {
+        elsewhere.entry(device).or_default().push((console, holder));
+    }
     let mut out = Vec::new();
     for d in relay.db.devices().await.unwrap_or_default() {
         if !any_matches(&allow, &d.name) {
             continue;
         }
-        match relay.registry.get(&d.name) {
-            Some(dev) => {
-                let mut consoles = dev.consoles();
-                consoles.sort();
-                if consoles.is_empty() {
-                    out.push(Entry {
-                        device: d.name.clone(),
-                        console: None,
-                        state: "online, no console".into(),
-                    });
-                }
-                for c in consoles {
-                    out.push(Entry {
-                        device: d.name.clone(),
-                        console: Some(c),
-                        state: "online".into(),
-                    });
-                }
-            }
-            None => out.push(Entry {
-                device: d.name.clone(),
-                console: None,
-                state: match d.last_seen {
+        let (mut consoles, state) = match (relay.registry.get(&d.name), &d.relay) {
+            (Some(dev), _) => (
+                dev.consoles()
+                    .into_iter()
+                    .map(|c| (c, String::new()))
+                    .collect(),
+                "online".to_string(),
+            ),
+            (None, Some(holders)) if d.online => (
+                elsewhere.remove(&d.name).unwrap_or_default(),
+                format!("online at relay {holders}"),
+            ),
+            (None, _) => {
+                let state = match d.last_seen {
                     Some(t) => format!("offline, last seen {}", format_utc_minutes(t)),
                     None => "offline, never seen".into(),
+                };
+                (Vec::new(), state)
+            }
+        };
+        consoles.sort();
+        consoles.dedup_by(|a, b| a.0 == b.0);
+        if consoles.is_empty() {
+            out.push(Entry {
+                device: d.name.clone(),
+                console: None,
+                state: if state.starts_with("online") {
+                    format!("{state}, no console")
+                } else {
+                    state
                 },
-            }),
+            });
+            continue;
+        }
+        for (c, holder) in consoles {
+            out.push(Entry {
+                device: d.name.clone(),
+                console: Some(c),
+                state: if holder.is_empty() {
+                    state.clone()
+                } else {
+                    format!("online at relay {holder}")
+                },
+            });
         }
     }
     out
@@ -128,7 +151,7 @@ pub(crate) async fn run_menu(
                                     console: Some(console),
                                     ..
                                 }) => {
-                                    run_console(
+                                    attach(
                                         relay,
                                         operator,
                                         device,

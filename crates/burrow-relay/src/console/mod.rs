@@ -13,4 +13,4 @@ mod session;
 
 pub(crate) use hub::Hubs;
 pub(crate) use menu::run_menu;
-pub(crate) use session::{DEFAULT_SIZE, Mode, console_exec, run_console, term_size};
+pub(crate) use session::{DEFAULT_SIZE, Mode, attach, console_exec, run_console, term_size};

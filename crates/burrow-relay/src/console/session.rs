@@ -54,7 +54,6 @@ impl Drop for Attachment<'_> {
     }
 }
 
-/// Runs a console session on an operator's channel; returns the exit status.
 /// Terminal size recorded when the operator has no pty (scripts, `console watch`).
 pub(crate) const DEFAULT_SIZE: (u16, u16) = (80, 24);
 
@@ -67,6 +66,35 @@ pub(crate) fn term_size(cols: u32, rows: u32) -> (u16, u16) {
     (fit(cols, DEFAULT_SIZE.0), fit(rows, DEFAULT_SIZE.1))
 }
 
+/// Attaches `operator` to `device/console`: here when this relay holds the device, else
+/// through the relay of the cluster that does. Returns the exit status.
+pub(crate) async fn attach(
+    relay: &Arc<Relay>,
+    operator: &str,
+    device: &str,
+    console: &str,
+    mode: Mode,
+    size: (u16, u16),
+    write: &Channel,
+) -> u32 {
+    let command = format!(
+        "{} {operator} {device} {console} {} {} {}",
+        crate::cluster::peer::CONSOLE_ATTACH,
+        if mode == Mode::Watch { "watch" } else { "rw" },
+        size.0,
+        size.1
+    );
+    if let Some(status) = Box::pin(crate::cluster::console_elsewhere(
+        relay, device, command, write,
+    ))
+    .await
+    {
+        return status;
+    }
+    run_console(relay, operator, device, console, mode, size, write).await
+}
+
+/// Runs a console session held on this relay on an operator's channel; returns the exit status.
 pub(crate) async fn run_console(
     relay: &Arc<Relay>,
     operator: &str,

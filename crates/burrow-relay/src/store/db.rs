@@ -62,6 +62,9 @@ pub enum Write {
         device: String,
         /// The port.
         port: u16,
+        /// The bind address the device asked for (`console/NAME` for a console); kept in a
+        /// cluster so that other relays can list the consoles.
+        bind: String,
         /// Added (true) or removed.
         present: bool,
     },
@@ -593,6 +596,20 @@ impl Db {
             |s| s.devices(),
             async |p| p.devices().await,
             |c| Some(c.devices()),
+        )
+        .await
+    }
+
+    /// The consoles of devices held by other relays of a cluster: (device, console, relay),
+    /// sorted; none on SQLite (one relay) or while the database is out of reach.
+    pub async fn consoles_elsewhere(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        if self.postgres_url().is_none() {
+            return Ok(Vec::new());
+        }
+        self.read(
+            |_| Ok(Vec::new()),
+            async |p| p.consoles_elsewhere().await,
+            |_| Some(Vec::new()),
         )
         .await
     }

@@ -19,7 +19,7 @@ use super::{
 };
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Channel of registry changes (devices, keys, operators, rules): payload unused.
 pub const REGISTRY_CHANNEL: &str = "burrow_registry";
@@ -118,6 +118,10 @@ BEGIN
     RETURN NULL;
 END $$ LANGUAGE plpgsql;
 ";
+
+/// Version 2: endpoints keep the bind address the device asked for, so that any relay can list
+/// the consoles of a device held by another.
+const SCHEMA_V2: &str = "ALTER TABLE endpoints ADD COLUMN bind TEXT NOT NULL DEFAULT '';";
 
 /// The tables whose changes revoke or narrow what open sessions may do.
 const REGISTRY_TABLES: [&str; 7] = [
@@ -452,6 +456,26 @@ impl Pg {
             .await
             .map_err(pg("reading a list"))?;
         Ok(group(rows))
+    }
+
+    /// The consoles of devices held by other live relays: (device, console, relay), sorted.
+    pub async fn consoles_elsewhere(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT DISTINCT e.device, substr(e.bind, length($3) + 1), e.relay FROM endpoints e
+                   JOIN online o ON o.device = e.device AND o.relay = e.relay AND o.session = e.session
+                   JOIN relays r ON r.id = e.relay AND r.lease_until > $1
+                  WHERE e.relay <> $2 AND starts_with(e.bind, $3)
+                  ORDER BY 1, 2, 3",
+                &[&now_ms(), &self.relay, &crate::registry::CONSOLE_BIND_PREFIX],
+            )
+            .await
+            .map_err(pg("listing consoles"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
     }
 
     /// Last time `device` connected or disconnected.
@@ -1378,20 +1402,27 @@ async fn apply_one<C: tokio_postgres::GenericClient>(
         Write::Endpoint {
             device,
             port,
+            bind,
             present,
         } => {
             let port = i32::from(*port);
             // The endpoint belongs to the device's newest session on this relay.
-            let q = if *present {
-                "INSERT INTO endpoints (device, relay, session, port)
-                 SELECT device, relay, session, $3 FROM online WHERE device = $1 AND relay = $2
-                 ORDER BY session DESC LIMIT 1 ON CONFLICT DO NOTHING"
-            } else {
-                "DELETE FROM endpoints WHERE device = $1 AND relay = $2 AND port = $3"
-            };
-            c.execute(q, &[device, &relay, &port])
+            let done = if *present {
+                c.execute(
+                    "INSERT INTO endpoints (device, relay, session, port, bind)
+                     SELECT device, relay, session, $3, $4 FROM online WHERE device = $1 AND relay = $2
+                     ORDER BY session DESC LIMIT 1 ON CONFLICT DO NOTHING",
+                    &[device, &relay, &port, bind],
+                )
                 .await
-                .map_err(pg("recording an endpoint"))?;
+            } else {
+                c.execute(
+                    "DELETE FROM endpoints WHERE device = $1 AND relay = $2 AND port = $3",
+                    &[device, &relay, &port],
+                )
+                .await
+            };
+            done.map_err(pg("recording an endpoint"))?;
             Ok(Written::Done)
         }
         Write::LockOperator { name, until } => {
@@ -1442,6 +1473,16 @@ async fn migrate(client: &Client) -> Result<(), StoreError> {
             if let Err(e) = client.batch_execute(&script).await {
                 let _ = client.batch_execute("ROLLBACK").await;
                 return Err(pg("creating the schema")(e));
+            }
+        }
+        if version < 2 {
+            let script = format!(
+                "BEGIN;\n{SCHEMA_V2}\nINSERT INTO schema_migrations VALUES (2, {});\nCOMMIT;",
+                now()
+            );
+            if let Err(e) = client.batch_execute(&script).await {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(pg("bringing the schema to version 2")(e));
             }
         }
         Ok(())

@@ -560,6 +560,7 @@ impl Store {
         self.apply_single(&Write::Endpoint {
             device: device.into(),
             port,
+            bind: String::new(),
             present,
         })
         .map(|_| ())
@@ -1135,6 +1136,7 @@ fn apply_one(c: &Connection, w: &Write) -> Result<Written, StoreError> {
             device,
             port,
             present,
+            ..
         } => {
             let q = if *present {
                 "INSERT OR IGNORE INTO endpoints (device, port) VALUES (?1, ?2)"

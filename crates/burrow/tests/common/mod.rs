@@ -754,10 +754,16 @@ impl Terminal {
 
     /// Waits until the output contains `needle` (counting from the start of the session).
     pub async fn expect(&self, needle: &str) {
-        let what = format!("terminal output to contain {needle:?}");
+        self.expect_times(needle, 1).await;
+    }
+
+    /// Waits until the output contains `needle` at least `times` times since the session began
+    /// (a menu drawn again, a prompt seen once more).
+    pub async fn expect_times(&self, needle: &str, times: usize) {
+        let what = format!("terminal output to contain {needle:?} {times} times");
         let deadline = Instant::now() + WAIT;
         loop {
-            if self.text().contains(needle) {
+            if self.text().matches(needle).count() >= times {
                 return;
             }
             assert!(
