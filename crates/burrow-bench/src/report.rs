@@ -247,11 +247,10 @@ impl Results {
                 Some(r <= 1.0),
             ));
         }
-        for e in self
-            .entries
-            .iter()
-            .filter(|e| e.group.starts_with("reconnect storm") && e.group.contains("(10000"))
-        {
+        for e in self.entries.iter().filter(|e| {
+            e.group.starts_with("reconnect storm after a relay restart")
+                && e.group.contains("(10000")
+        }) {
             out.push((
                 "10k devices all back within 30 s of a relay restart".into(),
                 format!("{:.1} s", e.value),

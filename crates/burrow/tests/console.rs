@@ -209,7 +209,13 @@ async fn recording_is_valid_asciicast_with_markers() {
 
     let files = burrow_relay::console::recording::list(&s.relay.data_dir, Some("pi")).unwrap();
     assert_eq!(files.len(), 1, "{files:?}");
-    let text = std::fs::read_to_string(&files[0].path).unwrap();
+    // The recording's writer thread may still be putting the last events on disk when ssh
+    // exits: wait for the detach marker, then read the whole file.
+    let text = eventually("the recording to end with the detach", || {
+        let text = std::fs::read_to_string(&files[0].path).ok()?;
+        text.contains("\"detach alice\"").then_some(text)
+    })
+    .await;
     let mut lines = text.lines();
     let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     assert_eq!(header["version"], 2);
