@@ -297,4 +297,33 @@ mod pem_tests {
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A key with a passphrase is refused with the way out, not with a parse error.
+    #[test]
+    fn passphrase_protected_keys_are_refused_with_the_fix() {
+        let dir = std::env::temp_dir().join(format!("burrow-pass-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, args, says) in [
+            ("ed25519", &["-t", "ed25519"][..], "ssh-keygen -p -N ''"),
+            (
+                "rsa_pkcs1",
+                &["-t", "rsa", "-b", "2048", "-m", "PEM"][..],
+                "passphrase",
+            ),
+        ] {
+            let path = dir.join(name);
+            let ok = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-N", "secret words", "-f"])
+                .arg(&path)
+                .args(args)
+                .status()
+                .expect("ssh-keygen is installed (./test.sh installs openssh-client)");
+            assert!(ok.success(), "{name}");
+            let text = std::fs::read_to_string(&path).unwrap();
+            let e = super::parse_private_key(&text).expect_err(name);
+            assert!(e.contains(says), "{name}: {e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

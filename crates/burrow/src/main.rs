@@ -77,16 +77,35 @@ fn keep_freed_memory() {
     }
 }
 
+/// Logs go to stderr, filtered by `BURROW_LOG` (a level, or `TARGET=LEVEL` pairs separated by
+/// commas, e.g. `info,burrow_relay=debug`). A filter it cannot read is reported, not ignored.
 fn init_tracing(default: &str) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BURROW_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes are for people at a terminal; files, pipes and journald get plain text.
-        .with_ansi(std::io::stderr().is_terminal())
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let fallback = || default.parse::<Targets>().unwrap_or_default();
+    let (filter, unreadable) = match std::env::var("BURROW_LOG") {
+        Ok(text) if !text.trim().is_empty() => match text.parse::<Targets>() {
+            Ok(filter) => (filter, None),
+            Err(e) => (fallback(), Some((text, e))),
+        },
+        _ => (fallback(), None),
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colour codes are for people at a terminal; files, pipes and journald get
+                // plain text.
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
+        .with(filter)
         .init();
+    if let Some((text, e)) = unreadable {
+        tracing::warn!(
+            "BURROW_LOG={text:?} is not a log filter ({e}); logging at {default:?} instead. Give a level (error, warn, info, debug, trace) or TARGET=LEVEL pairs separated by commas"
+        );
+    }
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) {

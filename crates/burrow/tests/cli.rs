@@ -487,3 +487,28 @@ fn readme_says_how_to_install_before_relay_setup_and_license_matches_cargo() {
         "LICENSE does not match Cargo.toml's Apache-2.0"
     );
 }
+
+/// A `BURROW_LOG` filter that cannot be read is reported with what it should look like (it
+/// used to be ignored without a word); a readable one is obeyed.
+#[test]
+fn unreadable_log_filter_is_reported() {
+    let dir = tempdir();
+    let data = dir.path().join("relay");
+    let (code, _, err) = run(
+        burrow(&["relay", "init", "--data-dir", data.to_str().unwrap()])
+            .env("BURROW_LOG", "info,=["),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("BURROW_LOG=\"info,=[\" is not a log filter"),
+        "{err}"
+    );
+    assert!(err.contains("TARGET=LEVEL"), "{err}");
+    let (code, _, err) =
+        run(
+            burrow(&["relay", "fingerprint", "--data-dir", data.to_str().unwrap()])
+                .env("BURROW_LOG", "off"),
+        );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.is_empty(), "nothing logged with BURROW_LOG=off: {err}");
+}
