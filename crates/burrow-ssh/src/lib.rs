@@ -1,9 +1,7 @@
 //! burrow's own SSH protocol layer, written as a deterministic state machine with no I/O (the
 //! way quinn-proto does QUIC): the caller feeds bytes and the time in and takes events and bytes
-//! out. This is the first part of it: the wire encoding every message is built from, the
-//! identification exchange, the binary packet framing, the key exchange offer with its
-//! negotiation, the AEAD packet protection and the key exchange's computations. The transport
-//! state machine, authentication and channels follow.
+//! out. Both roles: the relay is a server, the agent a client. A thin tokio driver runs a
+//! session on a socket.
 //!
 //! # Layout
 //! - [`wire`]: RFC 4251 §5 data types, read with every length bounded before allocation.
@@ -11,11 +9,18 @@
 //! - [`messages`]: DISCONNECT, EXT_INFO (`server-sig-algs`) and the authentication requests.
 //! - [`version`]: the identification lines of RFC 4253 §4.2.
 //! - [`packet`]: the binary packet protocol of RFC 4253 §6 (lengths and padding).
-//! - [`crypto`]: packet protection after NEWKEYS: ChaCha20-Poly1305 and AES-GCM on ring.
+//! - [`crypto`]: packet protection after NEWKEYS: ChaCha20-Poly1305 and AES-GCM on ring,
+//!   AES-CTR with an encrypt-then-MAC HMAC for older peers.
 //! - [`kex`]: `curve25519-sha256`, the exchange hash, key derivation, `ssh-ed25519` signatures.
-//! - [`transport`]: the transport state machine: key exchange, rekeying, strict kex, packet order.
 //! - [`kexinit`]: `SSH_MSG_KEXINIT`, algorithm negotiation (RFC 4253 §7.1) and the markers of
 //!   strict key exchange and `ext-info`.
+//! - [`transport`]: the transport state machine: key exchange, rekeying, strict kex, packet order.
+//! - [`auth`]: user authentication, both ends (RFC 4252, 4256): publickey with its query step,
+//!   password, keyboard-interactive, partial success, the attempt limit.
+//! - [`channel`]: the connection protocol (RFC 4254, 4335): channels whose windows are given
+//!   back as the application consumes, forwarding, session requests, break, half-close.
+//! - [`session`]: transport, authentication and connection tied into one sans-I/O session.
+//! - `driver` (feature `tokio`): one task per connection, channels as async streams.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 // Everything here parses what a hostile peer sends: no panics, no unchecked arithmetic.

@@ -717,6 +717,19 @@ async fn a_killed_relay_loses_only_what_was_on_it() {
         }
     })
     .await;
+    // ... and holds its second session on r3 itself, not only through a peer link: the
+    // registry lists r2 and r3 as its relays once r1's lease has run out.
+    eventually_async("the agent's sessions on r2 and r3 only", || {
+        let db = db.clone();
+        async move {
+            let devices = db.devices().await.ok()?;
+            let holders = devices.iter().find(|d| d.name == "pi")?.relay.clone()?;
+            let mut holders: Vec<&str> = holders.split(',').collect();
+            holders.sort_unstable();
+            (holders == ["r2", "r3"]).then_some(())
+        }
+    })
+    .await;
     echo_back(&mut stdin, &mut stdout, b"still").await;
     drop(stdin);
     let status = tokio::time::timeout(WAIT, stream.wait())

@@ -1,10 +1,10 @@
 //! The registry as the relay uses it: one async interface over SQLite or PostgreSQL.
 //!
-//! No database call runs on an async worker. SQLite reads run on tokio's blocking threads;
-//! writes the relay makes while it serves (audit entries, the online mirror, password locks)
-//! go through one queue, in order, to a writer that commits whatever has queued up in one
-//! transaction: a reconnect storm of thousands of devices costs a few hundred commits, not
-//! tens of thousands. A caller that must know its write is stored (an audit row a crash must
+//! No database call runs on an async worker. SQLite reads run on a few reader threads of their
+//! own, each with its connection; writes the relay makes while it serves (audit entries, the
+//! online mirror, password locks) go through one queue, in order, to a writer that commits
+//! whatever has queued up in one transaction: a reconnect storm of thousands of devices costs
+//! a few hundred commits, not tens of thousands. A caller that must know its write is stored (an audit row a crash must
 //! not lose, a row whose id it needs) waits for that batch's commit; others only queue.
 
 use std::sync::Arc;
