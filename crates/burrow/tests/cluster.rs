@@ -558,6 +558,22 @@ async fn a_console_held_on_one_relay_is_shared_across_the_others() {
     agent.stop().await;
 }
 
+/// Writes `sent` into an open echo stream (an `ssh -W` child) and reads it back.
+async fn echo_back(
+    stdin: &mut tokio::process::ChildStdin,
+    stdout: &mut tokio::process::ChildStdout,
+    sent: &[u8],
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stdin.write_all(sent).await.unwrap();
+    let mut buf = vec![0u8; sent.len()];
+    tokio::time::timeout(WAIT, stdout.read_exact(&mut buf))
+        .await
+        .expect("the stream answered")
+        .unwrap();
+    assert_eq!(buf, sent);
+}
+
 /// Three relay processes on `pg`: (process, port, host key fingerprint) each.
 fn relay_processes(dir: &Path, pg: &TestPostgres) -> Vec<(KillOnDrop, u16, String)> {
     ["r1", "r2", "r3"]
@@ -628,7 +644,6 @@ fn process_ssh_config(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_relay_loses_only_what_was_on_it() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempdir();
     let pg = TestPostgres::start().await;
     let mut relays = relay_processes(dir.path(), &pg);
@@ -686,19 +701,6 @@ async fn a_killed_relay_loses_only_what_was_on_it() {
     let mut stream = cmd.kill_on_drop(true).spawn().unwrap();
     let mut stdin = stream.stdin.take().unwrap();
     let mut stdout = stream.stdout.take().unwrap();
-    async fn echo_back(
-        stdin: &mut tokio::process::ChildStdin,
-        stdout: &mut tokio::process::ChildStdout,
-        sent: &[u8],
-    ) {
-        stdin.write_all(sent).await.unwrap();
-        let mut buf = vec![0u8; sent.len()];
-        tokio::time::timeout(WAIT, stdout.read_exact(&mut buf))
-            .await
-            .expect("the stream answered")
-            .unwrap();
-        assert_eq!(buf, sent);
-    }
     echo_back(&mut stdin, &mut stdout, b"before").await;
     let killed = Command::new("kill")
         .args(["-KILL", &relays[0].0.0.id().to_string()])
@@ -743,7 +745,6 @@ async fn a_killed_relay_loses_only_what_was_on_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_rides_out_a_database_outage_and_loses_no_audit_entry() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempdir();
     let mut pg = TestPostgres::start().await;
     let r1 = cluster_relay(dir.path(), &pg, "r1").await;
@@ -768,19 +769,6 @@ async fn a_relay_rides_out_a_database_outage_and_loses_no_audit_entry() {
     let mut open = cmd.kill_on_drop(true).spawn().unwrap();
     let mut stdin = open.stdin.take().unwrap();
     let mut stdout = open.stdout.take().unwrap();
-    async fn echo_back(
-        stdin: &mut tokio::process::ChildStdin,
-        stdout: &mut tokio::process::ChildStdout,
-        sent: &[u8],
-    ) {
-        stdin.write_all(sent).await.unwrap();
-        let mut buf = vec![0u8; sent.len()];
-        tokio::time::timeout(WAIT, stdout.read_exact(&mut buf))
-            .await
-            .expect("the stream answered")
-            .unwrap();
-        assert_eq!(buf, sent);
-    }
     echo_back(&mut stdin, &mut stdout, b"before").await;
 
     // PostgreSQL goes away for 30 s.
