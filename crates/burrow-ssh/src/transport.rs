@@ -291,15 +291,27 @@ impl Transport {
             return Ok(got);
         }
         let got = read(&mut self.inbuf);
-        if let Ok(n) = &got {
-            self.bytes_since_kex = self.bytes_since_kex.saturating_add(*n as u64);
-            let result = self.take_packets();
-            if let Err(e) = &result {
-                self.failed = Some(e.clone());
+        match &got {
+            Ok(n) => {
+                self.bytes_since_kex = self.bytes_since_kex.saturating_add(*n as u64);
+                let result = self.take_packets();
+                if let Err(e) = &result {
+                    self.failed = Some(e.clone());
+                }
+                result?;
             }
-            result?;
+            // A read that found nothing (a socket that looked readable and was not, which
+            // follows every read that emptied it) leaves the room it reserved: give it back,
+            // or every idle session keeps a read buffer for as long as it lives.
+            Err(_) if self.inbuf.is_empty() => self.inbuf = BytesMut::new(),
+            Err(_) => {}
         }
         Ok(got)
+    }
+
+    /// Memory held for bytes received and not yet taken as packets.
+    pub fn receive_buffer_capacity(&self) -> usize {
+        self.inbuf.capacity()
     }
 
     fn receive_inner(&mut self, bytes: &[u8]) -> Result<(), TransportError> {
@@ -919,6 +931,31 @@ mod tests {
         bytes[last] ^= 0x40;
         let err = s.receive(&bytes).expect_err("tampered");
         assert!(err.0.contains("authentication"), "{err}");
+    }
+
+    /// An idle session holds no read buffer: not after packets were taken, and not after a
+    /// read that found nothing (what every socket read that emptied the socket is followed by).
+    #[test]
+    fn no_read_buffer_is_kept_between_reads() {
+        let (mut client, mut server) = pair("aes256-gcm@openssh.com");
+        pump(&mut client, &mut server, 4096).unwrap();
+        client.send(b"\x05ping".to_vec()).expect("send");
+        let wire: Vec<u8> = std::iter::from_fn(|| client.poll_transmit())
+            .flatten()
+            .collect();
+        let got = server.receive_with(|buf| {
+            buf.reserve(64 * 1024);
+            buf.extend_from_slice(&wire);
+            Ok::<usize, std::io::Error>(wire.len())
+        });
+        assert_eq!(got.unwrap().unwrap(), wire.len());
+        assert_eq!(server.receive_buffer_capacity(), 0);
+        let nothing = server.receive_with(|buf| {
+            buf.reserve(64 * 1024);
+            Err::<usize, _>(std::io::Error::from(std::io::ErrorKind::WouldBlock))
+        });
+        assert!(nothing.unwrap().is_err());
+        assert_eq!(server.receive_buffer_capacity(), 0);
     }
 
     #[test]
