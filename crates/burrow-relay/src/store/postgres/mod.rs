@@ -1,0 +1,274 @@
+//! The PostgreSQL backend: the shared registry of a relay cluster.
+//!
+//! One `tokio-postgres` connection carries reads (it pipelines concurrent queries), the write
+//! queue commits on a second, and a third listens for `NOTIFY`: registry changes and takeovers
+//! reach every relay at once instead of at its next poll. The schema is versioned in
+//! `schema_migrations` and migrated forward at start, under an advisory lock so that relays
+//! starting together do not race.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use burrow_io::keys::PublicKey;
+use tokio::sync::mpsc;
+use tokio_postgres::{Client, NoTls};
+
+use super::{
+    AuditRecord, DeviceRecord, OperatorRecord, PasswordLogin, Principal, StoreError, Write,
+    Written, now,
+};
+
+mod reads;
+mod registry;
+mod schema;
+mod writes;
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i32 = 2;
+
+/// Channel of registry changes (devices, keys, operators, rules): payload unused.
+pub const REGISTRY_CHANNEL: &str = "burrow_registry";
+/// Channel of device sessions that came up: payload `DEVICE RELAY SESSION INSTANCE`.
+pub const SESSION_CHANNEL: &str = "burrow_session";
+
+/// The tables whose changes revoke or narrow what open sessions may do.
+const REGISTRY_TABLES: [&str; 7] = [
+    "devices",
+    "device_keys",
+    "device_allow_connect",
+    "device_allow_listen",
+    "operators",
+    "operator_keys",
+    "operator_allow",
+];
+
+fn pg(doing: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+    move |e| StoreError::Postgres {
+        doing,
+        why: describe(&e),
+    }
+}
+
+/// The error with its cause (tokio-postgres keeps the server's message in the source).
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(s) => format!("{e}: {s}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A notification from another relay (or the CLI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// The registry changed.
+    Registry,
+    /// A device session came up somewhere.
+    Session {
+        /// The device.
+        device: String,
+        /// The relay holding the new session.
+        relay: String,
+        /// The new session.
+        session: u64,
+        /// The agent process it came from (empty for stock clients).
+        instance: String,
+    },
+}
+
+/// A connection to the cluster's database.
+pub struct Pg {
+    client: Client,
+    relay: String,
+}
+
+/// Opens a connection; its driver runs on a task of its own.
+async fn connect(url: &str, what: &'static str) -> Result<Client, StoreError> {
+    let (client, connection) =
+        tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, NoTls))
+            .await
+            .map_err(|_| StoreError::Postgres {
+                doing: what,
+                why: "no answer within 10 s".into(),
+            })?
+            .map_err(pg(what))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!("PostgreSQL connection ({what}) ended: {}", describe(&e));
+        }
+    });
+    Ok(client)
+}
+
+impl Pg {
+    /// Connects to `url` as relay `relay` (empty for the CLI) and migrates the schema.
+    pub async fn open(url: &str, relay: &str) -> Result<Pg, StoreError> {
+        let client = connect(url, "connecting to PostgreSQL").await?;
+        schema::migrate(&client).await?;
+        Ok(Pg {
+            client,
+            relay: relay.to_string(),
+        })
+    }
+
+    /// A second connection for the write queue.
+    pub async fn writer(url: &str, relay: &str) -> Result<Pg, StoreError> {
+        Ok(Pg {
+            client: connect(url, "connecting the writer to PostgreSQL").await?,
+            relay: relay.to_string(),
+        })
+    }
+
+    /// The relay this connection writes as.
+    pub fn relay(&self) -> &str {
+        &self.relay
+    }
+
+    /// Whether the connection still works.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Listens on `url` for registry changes and device sessions; notices go to `tx` until
+    /// the connection drops (the receiver then sees the channel close).
+    pub async fn listen(url: &str, tx: mpsc::UnboundedSender<Notice>) -> Result<(), StoreError> {
+        let (client, mut connection) =
+            tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, NoTls))
+                .await
+                .map_err(|_| StoreError::Postgres {
+                    doing: "listening for changes",
+                    why: "no answer within 10 s".into(),
+                })?
+                .map_err(pg("listening for changes"))?;
+        let driver = tokio::spawn(async move {
+            loop {
+                let message = std::future::poll_fn(|cx| connection.poll_message(cx)).await;
+                match message {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                        let notice = if n.channel() == REGISTRY_CHANNEL {
+                            Some(Notice::Registry)
+                        } else {
+                            parse_session(n.payload())
+                        };
+                        if let Some(notice) = notice
+                            && tx.send(notice).is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!("PostgreSQL listener: {}", describe(&e));
+                        return;
+                    }
+                    None => return,
+                }
+            }
+        });
+        client
+            .batch_execute(&format!(
+                "LISTEN {REGISTRY_CHANNEL}; LISTEN {SESSION_CHANNEL}"
+            ))
+            .await
+            .map_err(pg("listening for changes"))?;
+        // The client must outlive the LISTEN: it is kept by the driver task's lifetime.
+        tokio::spawn(async move {
+            let _client = client;
+            let _ = driver.await;
+        });
+        Ok(())
+    }
+}
+
+/// A value copied by `relay migrate`.
+#[derive(Debug, Clone)]
+pub enum CopyValue {
+    /// Text or NULL.
+    Text(Option<String>),
+    /// A 64-bit integer or NULL.
+    Int(Option<i64>),
+    /// A 32-bit integer (ports).
+    Int4(i32),
+    /// A flag.
+    Bool(bool),
+}
+
+impl StoreError {
+    /// A copy of the error for each write of a failed batch.
+    fn clone_shallow(&self) -> StoreError {
+        match self {
+            StoreError::Postgres { doing, why } => StoreError::Postgres {
+                doing,
+                why: why.clone(),
+            },
+            other => StoreError::Schema(other.to_string()),
+        }
+    }
+}
+
+fn group(rows: Vec<tokio_postgres::Row>) -> HashMap<String, Vec<String>> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for r in rows {
+        out.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    out
+}
+
+fn parse_session(payload: &str) -> Option<Notice> {
+    let mut words = payload.split(' ');
+    let device = words.next()?.to_string();
+    let relay = words.next()?.to_string();
+    let session = words.next()?.parse().ok()?;
+    let instance = words.next().unwrap_or_default().to_string();
+    Some(Notice::Session {
+        device,
+        relay,
+        session,
+        instance,
+    })
+}
+
+async fn exists(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &'static str,
+    column: &'static str,
+    value: &str,
+) -> Result<bool, StoreError> {
+    let row = tx
+        .query_opt(
+            &format!("SELECT 1 FROM {table} WHERE {column} = $1"),
+            &[&value],
+        )
+        .await
+        .map_err(pg("looking up a name"))?;
+    Ok(row.is_some())
+}
+
+async fn insert_keys(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &'static str,
+    owner_col: &'static str,
+    owner: &str,
+    keys: &[PublicKey],
+) -> Result<(), StoreError> {
+    let q = format!(
+        "INSERT INTO {table} ({owner_col}, fingerprint, key) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+    );
+    for key in keys {
+        let fp = burrow_io::keys::fingerprint(key);
+        let line = burrow_io::keys::public_key_line(key);
+        tx.execute(&q, &[&owner, &fp, &line])
+            .await
+            .map_err(pg("adding a key"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! The schema, versioned in `schema_migrations` and migrated forward at start under an
+//! advisory lock, so that relays starting together do not race.
+
+use super::*;
+
+/// Arbitrary key of the advisory lock held while migrating.
+const MIGRATION_LOCK: i64 = 0x6275_7272_6f77;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE devices (
+    name TEXT PRIMARY KEY,
+    created BIGINT NOT NULL,
+    last_seen BIGINT
+);
+CREATE TABLE device_keys (
+    device TEXT NOT NULL REFERENCES devices(name) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (device, fingerprint)
+);
+CREATE TABLE device_allow_connect (
+    device TEXT NOT NULL REFERENCES devices(name) ON DELETE CASCADE,
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    PRIMARY KEY (device, host, port)
+);
+CREATE TABLE device_allow_listen (
+    device TEXT NOT NULL REFERENCES devices(name) ON DELETE CASCADE,
+    addr TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    PRIMARY KEY (addr, port)
+);
+CREATE TABLE operators (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT,
+    console_only BOOLEAN NOT NULL DEFAULT false,
+    created BIGINT NOT NULL,
+    locked_until BIGINT
+);
+CREATE TABLE operator_keys (
+    operator TEXT NOT NULL REFERENCES operators(name) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (operator, fingerprint)
+);
+CREATE TABLE operator_allow (
+    operator TEXT NOT NULL REFERENCES operators(name) ON DELETE CASCADE,
+    pattern TEXT NOT NULL,
+    PRIMARY KEY (operator, pattern)
+);
+-- Relays of the cluster: where their peer links listen, the key they prove themselves with,
+-- and until when they are alive (milliseconds since the epoch; renewed while they run).
+CREATE TABLE relays (
+    id TEXT PRIMARY KEY,
+    peer_addr TEXT NOT NULL,
+    host_key TEXT NOT NULL,
+    lease_until BIGINT NOT NULL,
+    started BIGINT NOT NULL
+);
+-- Device sessions: one row per session, on the relay holding it. A row counts only while its
+-- relay's lease runs.
+CREATE TABLE online (
+    device TEXT NOT NULL,
+    relay TEXT NOT NULL,
+    session BIGINT NOT NULL,
+    instance TEXT NOT NULL,
+    since BIGINT NOT NULL,
+    peer TEXT NOT NULL,
+    PRIMARY KEY (device, relay, session)
+);
+CREATE TABLE endpoints (
+    device TEXT NOT NULL,
+    relay TEXT NOT NULL,
+    session BIGINT NOT NULL,
+    port INTEGER NOT NULL,
+    PRIMARY KEY (device, relay, session, port)
+);
+CREATE TABLE audit (
+    id BIGSERIAL PRIMARY KEY,
+    at BIGINT NOT NULL,
+    event TEXT NOT NULL,
+    who TEXT NOT NULL,
+    target TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    relay TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX audit_open ON audit (relay) WHERE outcome = 'open';
+CREATE TABLE meta (one INTEGER PRIMARY KEY CHECK (one = 1), registry_version BIGINT NOT NULL);
+INSERT INTO meta VALUES (1, 0);
+CREATE FUNCTION burrow_registry_changed() RETURNS trigger AS $$
+BEGIN
+    UPDATE meta SET registry_version = registry_version + 1;
+    PERFORM pg_notify('burrow_registry', '');
+    RETURN NULL;
+END $$ LANGUAGE plpgsql;
+";
+
+/// Version 2: endpoints keep the bind address the device asked for, so that any relay can list
+/// the consoles of a device held by another.
+const SCHEMA_V2: &str = "ALTER TABLE endpoints ADD COLUMN bind TEXT NOT NULL DEFAULT '';";
+
+/// Brings the schema to [`SCHEMA_VERSION`] under an advisory lock.
+pub(super) async fn migrate(client: &Client) -> Result<(), StoreError> {
+    client
+        .batch_execute(&format!(
+            "SELECT pg_advisory_lock({MIGRATION_LOCK});
+             CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied BIGINT NOT NULL);"
+        ))
+        .await
+        .map_err(pg("preparing the schema"))?;
+    let result = async {
+        let version: i32 = client
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[])
+            .await
+            .map_err(pg("reading the schema version"))?
+            .get(0);
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Schema(format!(
+                "the database is at schema version {version}, newer than this burrow knows ({SCHEMA_VERSION}): run a newer burrow"
+            )));
+        }
+        if version < 1 {
+            let mut script = format!("BEGIN;\n{SCHEMA_V1}\n");
+            for table in REGISTRY_TABLES {
+                script.push_str(&format!(
+                    "CREATE TRIGGER {table}_changed AFTER INSERT OR UPDATE OR DELETE ON {table}
+                     FOR EACH STATEMENT EXECUTE FUNCTION burrow_registry_changed();\n"
+                ));
+            }
+            script.push_str(&format!(
+                "INSERT INTO schema_migrations VALUES (1, {});\nCOMMIT;",
+                now()
+            ));
+            if let Err(e) = client.batch_execute(&script).await {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(pg("creating the schema")(e));
+            }
+        }
+        if version < 2 {
+            let script = format!(
+                "BEGIN;\n{SCHEMA_V2}\nINSERT INTO schema_migrations VALUES (2, {});\nCOMMIT;",
+                now()
+            );
+            if let Err(e) = client.batch_execute(&script).await {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(pg("bringing the schema to version 2")(e));
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let _ = client
+        .batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+        .await;
+    result
+}

@@ -1,0 +1,120 @@
+//! The audit trail: entries, streams completed later, retention, and what a crash left open.
+
+use super::*;
+
+impl Store {
+    /// Appends an audit entry.
+    pub fn audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        self.apply_single(&Write::Audit(record.clone())).map(|_| ())
+    }
+
+    /// Appends an audit entry and returns its row id (to complete it later).
+    pub fn audit_insert(&self, record: &AuditRecord) -> Result<i64, StoreError> {
+        match self.apply_single(&Write::AuditOpen(record.clone()))? {
+            Written::Id(id) => Ok(id),
+            Written::Done => Ok(0),
+        }
+    }
+
+    /// Completes an audit entry written by [`Store::audit_insert`].
+    pub fn audit_complete(&self, id: i64, outcome: &str, detail: &str) -> Result<(), StoreError> {
+        self.apply_single(&Write::AuditComplete {
+            id,
+            outcome: outcome.into(),
+            detail: detail.into(),
+        })
+        .map(|_| ())
+    }
+
+    pub(super) fn apply_single(&self, w: &Write) -> Result<Written, StoreError> {
+        self.apply(&[w]).pop().unwrap_or(Ok(Written::Done))
+    }
+
+    /// At start: what the previous run left open (streams, device sessions) is marked
+    /// interrupted, with the time of that run's last audit entry. Returns how many rows.
+    pub fn interrupt_leftovers(&self) -> Result<usize, StoreError> {
+        self.with(|c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("marking interrupted audit entries"))?;
+            let last: i64 = tx
+                .query_row("SELECT COALESCE(MAX(at), 0) FROM audit", [], |r| r.get(0))
+                .map_err(sql("marking interrupted audit entries"))?;
+            let streams = tx
+                .execute(
+                    "UPDATE audit SET outcome = 'interrupted',
+                     detail = detail || '; the relay stopped before it ended' WHERE outcome = 'open'",
+                    [],
+                )
+                .map_err(sql("marking interrupted audit entries"))?;
+            let sessions = tx
+                .execute(
+                    "INSERT INTO audit (at, event, who, target, outcome, detail)
+                     SELECT ?1, 'offline', device, peer, 'interrupted',
+                            'the relay stopped while the device session was up'
+                     FROM online",
+                    [last],
+                )
+                .map_err(sql("marking interrupted audit entries"))?;
+            tx.execute_batch("DELETE FROM online; DELETE FROM endpoints;")
+                .map_err(sql("clearing the online table"))?;
+            tx.commit().map_err(sql("marking interrupted audit entries"))?;
+            Ok(streams + sessions)
+        })
+    }
+
+    /// Deletes audit entries older than `before` (seconds since the epoch) and all but the
+    /// newest `max_rows`; rows of streams still open are kept. Returns how many were deleted.
+    pub fn prune_audit(&self, before: i64, max_rows: u64) -> Result<usize, StoreError> {
+        self.with(|c| {
+            let old = c
+                .execute(
+                    "DELETE FROM audit WHERE at < ?1 AND outcome != 'open'",
+                    [before],
+                )
+                .map_err(sql("pruning the audit log"))?;
+            let excess = c
+                .execute(
+                    "DELETE FROM audit WHERE outcome != 'open' AND id <= (
+                         SELECT id FROM audit ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+                    [i64::try_from(max_rows).unwrap_or(i64::MAX)],
+                )
+                .map_err(sql("pruning the audit log"))?;
+            Ok(old + excess)
+        })
+    }
+
+    /// Number of audit entries.
+    pub fn audit_len(&self) -> Result<u64, StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT COUNT(*) FROM audit", [], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+                .map_err(sql("counting audit entries"))
+        })
+    }
+
+    /// The most recent `limit` audit entries, oldest first.
+    pub fn audit_tail(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT at, event, who, target, outcome, detail FROM
+                     (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id",
+                )
+                .map_err(sql("reading the audit log"))?;
+            stmt.query_map([limit as i64], |r| {
+                Ok(AuditRecord {
+                    at: r.get(0)?,
+                    event: r.get(1)?,
+                    who: r.get(2)?,
+                    target: r.get(3)?,
+                    outcome: r.get(4)?,
+                    detail: r.get(5)?,
+                })
+            })
+            .map_err(sql("reading the audit log"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sql("reading the audit log"))
+        })
+    }
+}

@@ -1,0 +1,155 @@
+//! The schema, versioned with `PRAGMA user_version` and migrated forward one version at a
+//! time when a database is opened.
+
+use super::*;
+
+/// Version 2: a counter of registry changes kept by triggers (the relay rereads policy when it
+/// moves, rather than on every write to the audit table).
+const REGISTRY_VERSION: &str = "
+CREATE TABLE IF NOT EXISTS meta (one INTEGER PRIMARY KEY CHECK (one = 1), registry_version INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (one, registry_version) VALUES (1, 0);
+";
+
+/// The tables whose changes revoke or narrow what open sessions may do.
+const REGISTRY_TABLES: [&str; 7] = [
+    "devices",
+    "device_keys",
+    "device_allow_connect",
+    "device_allow_listen",
+    "operators",
+    "operator_keys",
+    "operator_allow",
+];
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS devices (
+    name TEXT PRIMARY KEY,
+    created INTEGER NOT NULL,
+    last_seen INTEGER
+);
+CREATE TABLE IF NOT EXISTS device_keys (
+    device TEXT NOT NULL REFERENCES devices(name) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (device, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS device_allow_connect (
+    device TEXT NOT NULL REFERENCES devices(name) ON DELETE CASCADE,
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    PRIMARY KEY (device, host, port)
+);
+CREATE TABLE IF NOT EXISTS device_allow_listen (
+    device TEXT NOT NULL REFERENCES devices(name) ON DELETE CASCADE,
+    addr TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    PRIMARY KEY (addr, port)
+);
+CREATE TABLE IF NOT EXISTS operators (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT,
+    console_only INTEGER NOT NULL DEFAULT 0,
+    created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS operator_keys (
+    operator TEXT NOT NULL REFERENCES operators(name) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (operator, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS operator_allow (
+    operator TEXT NOT NULL REFERENCES operators(name) ON DELETE CASCADE,
+    pattern TEXT NOT NULL,
+    PRIMARY KEY (operator, pattern)
+);
+CREATE TABLE IF NOT EXISTS online (
+    device TEXT PRIMARY KEY,
+    since INTEGER NOT NULL,
+    peer TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS endpoints (
+    device TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    PRIMARY KEY (device, port)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    who TEXT NOT NULL,
+    target TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+";
+
+/// Brings the schema to [`SCHEMA_VERSION`], one version at a time, each in a transaction.
+/// Version 0 is a new file or one made before versions were counted.
+pub(super) fn migrate(c: &Connection) -> Result<(), StoreError> {
+    let version: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql("reading the schema version"))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Schema(format!(
+            "the database is at schema version {version}, newer than this burrow knows ({SCHEMA_VERSION}): run a newer burrow"
+        )));
+    }
+    for to in (version + 1)..=SCHEMA_VERSION {
+        c.execute_batch("BEGIN IMMEDIATE")
+            .map_err(sql("migrating the schema"))?;
+        let step = match to {
+            1 => schema_v1(c),
+            _ => registry_version_v2(c),
+        };
+        let done = step.and_then(|()| {
+            c.execute_batch(&format!("PRAGMA user_version = {to}; COMMIT"))
+                .map_err(sql("migrating the schema"))
+        });
+        if let Err(e) = done {
+            let _ = c.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// The first schema, and the lock column added before versions were counted.
+fn schema_v1(c: &Connection) -> Result<(), StoreError> {
+    c.execute_batch(SCHEMA)
+        .map_err(sql("creating the schema"))?;
+    let has_lock: bool = c
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('operators') WHERE name = 'locked_until'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+        .map_err(sql("checking the schema"))?;
+    if !has_lock {
+        c.execute_batch("ALTER TABLE operators ADD COLUMN locked_until INTEGER")
+            .map_err(sql("adding operators.locked_until"))?;
+    }
+    Ok(())
+}
+
+fn registry_version_v2(c: &Connection) -> Result<(), StoreError> {
+    c.execute_batch(REGISTRY_VERSION)
+        .map_err(sql("adding the registry version"))?;
+    for table in REGISTRY_TABLES {
+        for op in ["INSERT", "UPDATE", "DELETE"] {
+            // A password lock is not a policy change: it does not move the version.
+            let when = if table == "operators" && op == "UPDATE" {
+                " WHEN OLD.locked_until IS NEW.locked_until"
+            } else {
+                ""
+            };
+            c.execute_batch(&format!(
+                "CREATE TRIGGER IF NOT EXISTS {table}_{op}_version AFTER {op} ON {table}{when}
+                 BEGIN UPDATE meta SET registry_version = registry_version + 1; END;",
+                op = op.to_lowercase()
+            ))
+            .map_err(sql("adding the registry version"))?;
+        }
+    }
+    Ok(())
+}

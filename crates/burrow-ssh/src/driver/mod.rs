@@ -1,0 +1,407 @@
+//! A thin tokio driver around [`Session`]: one task per connection moves bytes between the
+//! socket and the state machine, hands questions and requests to a [`Handler`], and offers
+//! each channel as a [`Channel`] that is an `AsyncRead + AsyncWrite` stream.
+//!
+//! Flow control is the session's: a [`Channel`]'s reads give window back as the application
+//! takes bytes, and its writes take only what the peer's window allows, so a reader that stops
+//! holds back its own channel and nothing else. An idle connection holds no buffers: the task
+//! waits for the socket to become readable and allocates a read buffer only then.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+
+use tokio::sync::{Notify, oneshot};
+
+use crate::auth::{Decision, Question};
+use crate::channel::{ChannelId, GlobalRequest, OpenKind, Request, open_failure};
+use crate::messages::reason;
+use crate::session::Session;
+use crate::version::Identification;
+
+mod stream;
+mod task;
+
+use stream::OpenGuard;
+pub use stream::{Channel, Offer};
+pub use task::{connect, start};
+
+/// Largest read from the socket at once.
+const READ_SIZE: usize = 64 * 1024;
+/// Writers wait while this much is queued for the socket, and go on below half of it.
+const BACKLOG_HIGH: usize = 512 * 1024;
+
+/// Why a connection or one of its operations failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error(pub String);
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A refused channel open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenError {
+    /// Reason code ([`channel::open_failure`]); 0 when the connection ended instead.
+    pub reason: u32,
+    /// The peer's text, or why the connection ended.
+    pub text: String,
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// The answer to a global request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlobalAnswer {
+    /// Refused.
+    Failure,
+    /// Done; with the port bound for a `tcpip-forward` that asked for port 0.
+    Success(Option<u32>),
+}
+
+/// What the application decides for a connection. Every method has a refusing default.
+/// The driver awaits each call before it handles the connection's next event. Channel
+/// requests (`pty-req`, `exec`, `break`...) go to the channel's owner, in order with its data:
+/// see [`Channel::next`].
+pub trait Handler: Send + 'static {
+    /// Server: may this key or password log in?
+    fn auth(&mut self, question: Question) -> impl Future<Output = Decision> + Send {
+        let _ = question;
+        async { Decision::Reject }
+    }
+
+    /// Server: an attempt was refused by the protocol layer (bad signature, method not
+    /// offered...): for the audit.
+    fn auth_refused(&mut self, user: &str, why: &str) {
+        let _ = (user, why);
+    }
+
+    /// Authentication succeeded (both ends).
+    fn authenticated(&mut self, user: &str, handle: &Handle) -> impl Future<Output = ()> + Send {
+        let _ = (user, handle);
+        async {}
+    }
+
+    /// The peer opens a channel: accept or reject the [`Offer`], now or later.
+    fn channel_open(&mut self, kind: OpenKind, offer: Offer) -> impl Future<Output = ()> + Send {
+        let _ = kind;
+        offer.reject(open_failure::PROHIBITED, "not offered");
+        async {}
+    }
+
+    /// A global request (`tcpip-forward`...).
+    fn global_request(
+        &mut self,
+        request: GlobalRequest,
+    ) -> impl Future<Output = GlobalAnswer> + Send {
+        let _ = request;
+        async { GlobalAnswer::Failure }
+    }
+
+    /// The server's banner (client side).
+    fn banner(&mut self, text: &str) {
+        let _ = text;
+    }
+}
+
+/// What arrived on a channel, in order.
+enum Item {
+    Data(bytes::Bytes),
+    Request(Request, bool),
+}
+
+/// Most requests queued on a channel nobody takes them from; more are refused at once.
+const MAX_QUEUED_REQUESTS: usize = 32;
+
+/// What a channel's owner gets from [`Channel::next`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelMsg {
+    /// Data (window is given back as it is taken).
+    Data(Vec<u8>),
+    /// A request; if `want_reply`, answer with [`Channel::reply`], in order.
+    Request {
+        /// The request.
+        request: Request,
+        /// Whether the peer waits for the answer.
+        want_reply: bool,
+    },
+    /// The peer sends no more data.
+    Eof,
+}
+
+/// Sees every byte the connection moves (for liveness decisions that must count keepalive
+/// answers and window adjustments, not only what reaches channels).
+pub trait Observer: Send + Sync + 'static {
+    /// `bytes` arrived from the peer.
+    fn received(&self, bytes: usize);
+    /// `bytes` were handed to the socket.
+    fn sent(&self, bytes: usize);
+}
+
+#[derive(Default)]
+struct Slot {
+    /// Data and requests not yet taken, oldest first; `head` is how much of the first data
+    /// piece was read.
+    recv: VecDeque<Item>,
+    head: usize,
+    /// Data bytes in `recv` not yet read (at most the window this channel advertised).
+    queued: usize,
+    requests: usize,
+    eof: bool,
+    /// [`Channel::next`] has returned EOF.
+    eof_taken: bool,
+    closed: bool,
+    /// The [`Channel`] was dropped; what arrives is thrown away.
+    dropped: bool,
+    reader: Option<Waker>,
+    writer: Option<Waker>,
+    replies: VecDeque<oneshot::Sender<bool>>,
+}
+
+impl Slot {
+    fn wake(&mut self) {
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+}
+
+struct State {
+    session: Session,
+    slots: HashMap<ChannelId, Slot>,
+    opens: HashMap<ChannelId, oneshot::Sender<Result<(), OpenError>>>,
+    globals: VecDeque<oneshot::Sender<GlobalAnswer>>,
+    /// Bytes waiting for the socket.
+    backlog: usize,
+    blocked: Vec<Waker>,
+    /// Why the connection ended, once it did.
+    ended: Option<String>,
+    /// The peer's DISCONNECT description, if it sent one.
+    peer_disconnect: Option<String>,
+    authenticated: Option<String>,
+    /// The most data bytes ever queued unread on one channel of this connection.
+    peak_queued: usize,
+}
+
+impl State {
+    /// Lets go of the memory an idle connection does not need.
+    fn release_idle(&mut self) {
+        self.session.release_idle();
+        if self.slots.is_empty() && self.slots.capacity() > 0 {
+            self.slots = HashMap::new();
+        }
+        if self.opens.is_empty() && self.opens.capacity() > 0 {
+            self.opens = HashMap::new();
+        }
+        crate::session::shrink(&mut self.globals);
+        if self.blocked.is_empty() && self.blocked.capacity() > 0 {
+            self.blocked = Vec::new();
+        }
+    }
+
+    fn end(&mut self, why: &str) {
+        if self.ended.is_some() {
+            return;
+        }
+        self.ended = Some(why.to_string());
+        for slot in self.slots.values_mut() {
+            slot.closed = true;
+            slot.replies.clear();
+            slot.wake();
+        }
+        for (_, tx) in self.opens.drain() {
+            let _ = tx.send(Err(OpenError {
+                reason: 0,
+                text: format!("the connection ended: {why}"),
+            }));
+        }
+        self.globals.clear();
+        for w in self.blocked.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+struct Inner {
+    state: Mutex<State>,
+    /// Wakes the driver: there is something to send.
+    wake: Notify,
+    /// Wakes those waiting for the end or for authentication.
+    changed: Notify,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state as it was: go on with it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Operations on a connection from any task: open channels, send global requests, end it.
+#[derive(Clone)]
+pub struct Handle {
+    inner: Arc<Inner>,
+}
+
+impl Handle {
+    /// Opens a channel and waits for the peer's answer.
+    pub async fn open(&self, kind: OpenKind) -> Result<Channel, OpenError> {
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut st = self.inner.lock();
+            if let Some(why) = &st.ended {
+                return Err(OpenError {
+                    reason: 0,
+                    text: format!("the connection ended: {why}"),
+                });
+            }
+            let id = st.session.connection().open(&kind).map_err(|e| OpenError {
+                reason: open_failure::RESOURCE_SHORTAGE,
+                text: e.0,
+            })?;
+            st.slots.insert(id, Slot::default());
+            st.opens.insert(id, tx);
+            id
+        };
+        self.inner.wake.notify_one();
+        // Dropped before the answer: the channel is closed when it comes.
+        let mut guard = OpenGuard {
+            inner: Some(self.inner.clone()),
+            id,
+        };
+        match rx.await {
+            Ok(Ok(())) => {
+                guard.inner = None;
+                Ok(Channel {
+                    inner: self.inner.clone(),
+                    id,
+                })
+            }
+            Ok(Err(e)) => {
+                guard.inner = None;
+                Err(e)
+            }
+            Err(_) => Err(OpenError {
+                reason: 0,
+                text: "the connection ended".into(),
+            }),
+        }
+    }
+
+    /// Sends a global request and waits for its answer.
+    pub async fn global_request(&self, request: GlobalRequest) -> Result<GlobalAnswer, Error> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut st = self.inner.lock();
+            if let Some(why) = &st.ended {
+                return Err(Error(format!("the connection ended: {why}")));
+            }
+            st.session.connection().global_request(&request, true);
+            st.globals.push_back(tx);
+        }
+        self.inner.wake.notify_one();
+        rx.await.map_err(|_| Error("the connection ended".into()))
+    }
+
+    /// Sends `keepalive@openssh.com` asking for an answer (any answer proves the peer).
+    pub fn send_keepalive(&self) {
+        self.inner.lock().session.send_keepalive(true);
+        self.inner.wake.notify_one();
+    }
+
+    /// Whether one of our keepalives is unanswered.
+    pub fn keepalive_outstanding(&self) -> bool {
+        self.inner
+            .lock()
+            .session
+            .connection()
+            .keepalive_outstanding()
+    }
+
+    /// Ends the connection with DISCONNECT carrying `description`.
+    pub fn disconnect(&self, description: &str) {
+        self.inner
+            .lock()
+            .session
+            .disconnect(reason::BY_APPLICATION, description);
+        self.inner.wake.notify_one();
+    }
+
+    /// Starts a key re-exchange.
+    pub fn rekey(&self) {
+        self.inner.lock().session.transport().rekey();
+        self.inner.wake.notify_one();
+    }
+
+    /// The peer's identification.
+    pub fn peer_id(&self) -> Option<Identification> {
+        self.inner.lock().session.peer_id().cloned()
+    }
+
+    /// The description of the peer's DISCONNECT, if it sent one.
+    pub fn peer_disconnect(&self) -> Option<String> {
+        self.inner.lock().peer_disconnect.clone()
+    }
+
+    /// Why the connection ended, if it did.
+    pub fn ended(&self) -> Option<String> {
+        self.inner.lock().ended.clone()
+    }
+
+    /// Waits until the connection ends, and says why.
+    pub async fn closed(&self) -> String {
+        loop {
+            let notified = self.inner.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(why) = self.ended() {
+                return why;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until authentication succeeded (the user), or the connection ended (why).
+    pub async fn authenticated(&self) -> Result<String, Error> {
+        loop {
+            let notified = self.inner.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.inner.lock();
+                if let Some(user) = &st.authenticated {
+                    return Ok(user.clone());
+                }
+                if let Some(why) = &st.ended {
+                    return Err(Error(why.clone()));
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The most data ever queued unread on one channel of this connection: what a reader
+    /// that falls behind costs in memory (never more than the window its channel advertised).
+    pub fn peak_buffered(&self) -> usize {
+        self.inner.lock().peak_queued
+    }
+
+    /// How many channels are open.
+    pub fn channel_count(&self) -> usize {
+        self.inner.lock().slots.len()
+    }
+}

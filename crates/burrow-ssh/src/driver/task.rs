@@ -1,0 +1,421 @@
+//! The task that runs one connection: moves bytes between the socket and the session, hands
+//! questions and requests to the [`Handler`], and routes channel data to the channels' queues.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use crate::channel::{self};
+use crate::session::{Event, Session};
+
+use super::*;
+
+/// Drives a client `session` over `socket` on a task of its own and waits for
+/// authentication: the handle, and the task (its result says how the connection ended).
+pub async fn connect<H: Handler>(
+    socket: TcpStream,
+    session: Session,
+    handler: H,
+) -> Result<(Handle, tokio::task::JoinHandle<Result<(), Error>>), Error> {
+    let (handle, driver) = start(socket, session, handler, None);
+    let task = tokio::spawn(driver);
+    handle.authenticated().await?;
+    Ok((handle, task))
+}
+
+/// Starts driving `session` over `socket`: returns the handle and the future that runs the
+/// connection (spawn it); the future ends when the connection does. Dropping the future cuts
+/// the connection. `observer` sees the bytes moved.
+pub fn start<H: Handler>(
+    socket: TcpStream,
+    session: Session,
+    handler: H,
+    observer: Option<Arc<dyn Observer>>,
+) -> (Handle, impl Future<Output = Result<(), Error>> + Send) {
+    let inner = Arc::new(Inner {
+        state: Mutex::new(State {
+            session,
+            slots: HashMap::new(),
+            opens: HashMap::new(),
+            globals: VecDeque::new(),
+            backlog: 0,
+            blocked: Vec::new(),
+            ended: None,
+            peer_disconnect: None,
+            authenticated: None,
+            peak_queued: 0,
+        }),
+        wake: Notify::new(),
+        changed: Notify::new(),
+    });
+    let handle = Handle {
+        inner: inner.clone(),
+    };
+    let driver = Driver {
+        inner,
+        socket,
+        handler,
+        observer,
+        out: VecDeque::new(),
+        out_at: 0,
+        out_len: 0,
+    };
+    (handle, driver.run())
+}
+
+struct Driver<H> {
+    inner: Arc<Inner>,
+    socket: TcpStream,
+    handler: H,
+    observer: Option<Arc<dyn Observer>>,
+    /// Sealed packets waiting for the socket, written as they are (no copy into one buffer);
+    /// `out_at` is how much of the first was written.
+    out: VecDeque<Vec<u8>>,
+    out_at: usize,
+    /// Bytes in `out` not yet written.
+    out_len: usize,
+}
+
+impl<H> Drop for Driver<H> {
+    fn drop(&mut self) {
+        // Ended or cut (the future dropped): everyone waiting on the connection learns it.
+        self.inner.lock().end("the connection was cut");
+        self.inner.changed.notify_waiters();
+    }
+}
+
+impl<H: Handler> Driver<H> {
+    async fn run(mut self) -> Result<(), Error> {
+        let result = self.run_inner().await;
+        let why = match &result {
+            Ok(()) => "closed".to_string(),
+            Err(e) => e.0.clone(),
+        };
+        self.inner.lock().end(&why);
+        self.inner.changed.notify_waiters();
+        result
+    }
+
+    /// Moves the session's output into `out` and takes its events.
+    fn collect(&mut self) -> (Vec<Event>, Option<Instant>, Option<String>) {
+        let mut st = self.inner.lock();
+        while let Some(bytes) = st.session.poll_transmit() {
+            self.out_len = self.out_len.saturating_add(bytes.len());
+            self.out.push_back(bytes);
+        }
+        st.backlog = self.out_len;
+        if st.backlog < BACKLOG_HIGH / 2 {
+            for w in st.blocked.drain(..) {
+                w.wake();
+            }
+        }
+        let events = std::iter::from_fn(|| st.session.poll_event()).collect();
+        (events, st.session.poll_timeout(), st.ended.clone())
+    }
+
+    async fn run_inner(&mut self) -> Result<(), Error> {
+        let mut failure: Option<String> = None;
+        loop {
+            let (events, timeout, _) = self.collect();
+            let had_events = !events.is_empty();
+            for event in events {
+                self.event(event).await;
+            }
+            if had_events {
+                continue;
+            }
+            let pending = !self.out.is_empty();
+            if let Some(why) = &failure
+                && !pending
+            {
+                return Err(Error(why.clone()));
+            }
+            if !pending {
+                // Nothing to write: give the queues back while idle.
+                self.out = VecDeque::new();
+                self.inner.lock().release_idle();
+            }
+            let sleep = async {
+                match timeout {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ready = self.socket.readable(), if failure.is_none() => {
+                    ready.map_err(|e| Error(format!("socket: {e}")))?;
+                    // Read straight into the session's buffer: packets are decrypted where
+                    // they land and their data handed on without a copy.
+                    let socket = &self.socket;
+                    let mut st = self.inner.lock();
+                    let got = st.session.receive_with(|buf| {
+                        buf.reserve(READ_SIZE);
+                        socket.try_read_buf(buf)
+                    });
+                    drop(st);
+                    match got {
+                        Ok(Ok(0)) => return Err(Error("the peer closed the connection".into())),
+                        Ok(Ok(n)) => {
+                            if let Some(o) = &self.observer {
+                                o.received(n);
+                            }
+                        }
+                        Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Ok(Err(e)) => return Err(Error(format!("socket: {e}"))),
+                        Err(e) => failure = Some(e.0),
+                    }
+                }
+                ready = self.socket.writable(), if pending => {
+                    ready.map_err(|e| Error(format!("socket: {e}")))?;
+                    match self.write_some() {
+                        Ok(n) => {
+                            if let Some(o) = &self.observer {
+                                o.sent(n);
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(Error(format!("socket: {e}"))),
+                    }
+                }
+                _ = self.inner.wake.notified() => {
+                    let st = self.inner.lock();
+                    if failure.is_none()
+                        && let Some(why) = &st.ended
+                    {
+                        failure = Some(why.clone());
+                    }
+                }
+                _ = sleep => {
+                    self.inner.lock().session.handle_time(Instant::now());
+                }
+            }
+            if failure.is_none() {
+                failure = self.session_failure();
+            }
+        }
+    }
+
+    /// Writes as many queued packets as the socket takes in one vectored write, and drops
+    /// those written whole.
+    fn write_some(&mut self) -> io::Result<usize> {
+        const MAX_SLICES: usize = 64;
+        let mut slices = [io::IoSlice::new(&[]); MAX_SLICES];
+        let mut count = 0;
+        for (i, packet) in self.out.iter().take(MAX_SLICES).enumerate() {
+            let from = if i == 0 { self.out_at } else { 0 };
+            if let Some(slot) = slices.get_mut(i) {
+                *slot = io::IoSlice::new(packet.get(from..).unwrap_or_default());
+                count = i.saturating_add(1);
+            }
+        }
+        let n = self
+            .socket
+            .try_write_vectored(slices.get(..count).unwrap_or_default())?;
+        self.out_len = self.out_len.saturating_sub(n);
+        let mut left = n;
+        while let Some(front) = self.out.front() {
+            let rest = front.len().saturating_sub(self.out_at);
+            if left < rest {
+                self.out_at = self.out_at.saturating_add(left);
+                break;
+            }
+            left = left.saturating_sub(rest);
+            self.out.pop_front();
+            self.out_at = 0;
+        }
+        Ok(n)
+    }
+
+    /// The session's own end (a DISCONNECT either way), which ends the driver once what is
+    /// queued was written.
+    fn session_failure(&self) -> Option<String> {
+        let mut st = self.inner.lock();
+        let why = st.session.failure()?.0.clone();
+        st.end(&why);
+        Some(why)
+    }
+
+    fn handle(&self) -> Handle {
+        Handle {
+            inner: self.inner.clone(),
+        }
+    }
+
+    async fn event(&mut self, event: Event) {
+        match event {
+            Event::Auth(q) => {
+                // Handler futures are boxed: held inline, the largest of them would size every
+                // connection's task for as long as it lives, idle or not.
+                let d = Box::pin(self.handler.auth(q)).await;
+                let _ = self.inner.lock().session.decide(d);
+            }
+            Event::AuthRefused { user, why } => self.handler.auth_refused(&user, &why),
+            Event::Authenticated { user } => {
+                let handle = self.handle();
+                Box::pin(self.handler.authenticated(&user, &handle)).await;
+                self.inner.lock().authenticated = Some(user);
+                self.inner.changed.notify_waiters();
+            }
+            Event::Banner(text) => self.handler.banner(&text),
+            Event::Disconnected(d) => {
+                let why = format!("the peer disconnected: {}", d.description);
+                let mut st = self.inner.lock();
+                st.peer_disconnect = Some(d.description);
+                st.end(&why);
+                drop(st);
+                self.inner.changed.notify_waiters();
+            }
+            Event::Connection(e) => self.connection_event(e).await,
+        }
+    }
+
+    async fn connection_event(&mut self, event: channel::Event) {
+        use channel::Event as E;
+        match event {
+            E::Open { channel, kind } => {
+                let offer = Offer {
+                    inner: Some(self.inner.clone()),
+                    id: channel,
+                };
+                Box::pin(self.handler.channel_open(kind, offer)).await;
+            }
+            E::Global {
+                request,
+                want_reply,
+            } => {
+                let answer = Box::pin(self.handler.global_request(request)).await;
+                if want_reply {
+                    let (ok, port) = match answer {
+                        GlobalAnswer::Failure => (false, None),
+                        GlobalAnswer::Success(port) => (true, port),
+                    };
+                    let _ = self
+                        .inner
+                        .lock()
+                        .session
+                        .connection()
+                        .global_reply(ok, port);
+                }
+            }
+            other => self.inner.lock().channel_event(other),
+        }
+    }
+}
+
+impl State {
+    /// Channel events that need no application decision.
+    fn channel_event(&mut self, event: channel::Event) {
+        use channel::Event as E;
+        match event {
+            // Extended data (a remote command's stderr) has no reader here: taken and dropped.
+            E::ExtendedData { channel, data, .. } => {
+                let _ = self.session.connection().consume(channel, data.len());
+            }
+            E::Data { channel, data } => {
+                match self.slots.get_mut(&channel) {
+                    Some(slot) if !slot.dropped => {
+                        slot.queued = slot.queued.saturating_add(data.len());
+                        self.peak_queued = self.peak_queued.max(slot.queued);
+                        slot.recv.push_back(Item::Data(data));
+                        if let Some(w) = slot.reader.take() {
+                            w.wake();
+                        }
+                    }
+                    // Nobody reads it: taken at once so the window stays open until CLOSE.
+                    _ => {
+                        let _ = self.session.connection().consume(channel, data.len());
+                    }
+                }
+            }
+            E::Eof(channel) => {
+                if let Some(slot) = self.slots.get_mut(&channel) {
+                    slot.eof = true;
+                    slot.wake();
+                }
+            }
+            E::Closed(channel) => {
+                let remove = match self.slots.get_mut(&channel) {
+                    Some(slot) => {
+                        slot.closed = true;
+                        slot.replies.clear();
+                        slot.wake();
+                        slot.dropped
+                    }
+                    None => false,
+                };
+                if remove {
+                    self.slots.remove(&channel);
+                }
+                if let Some(tx) = self.opens.remove(&channel) {
+                    let _ = tx.send(Err(OpenError {
+                        reason: 0,
+                        text: "closed".into(),
+                    }));
+                }
+            }
+            E::Writable(channel) => {
+                if let Some(w) = self.slots.get_mut(&channel).and_then(|s| s.writer.take()) {
+                    w.wake();
+                }
+            }
+            E::Opened(channel) => {
+                if let Some(tx) = self.opens.remove(&channel) {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            E::OpenFailed {
+                channel,
+                reason,
+                text,
+            } => {
+                self.slots.remove(&channel);
+                if let Some(tx) = self.opens.remove(&channel) {
+                    let _ = tx.send(Err(OpenError { reason, text }));
+                }
+            }
+            E::RequestReply { channel, success } => {
+                if let Some(tx) = self
+                    .slots
+                    .get_mut(&channel)
+                    .and_then(|s| s.replies.pop_front())
+                {
+                    let _ = tx.send(success);
+                }
+            }
+            E::GlobalReply { success, port } => {
+                if let Some(tx) = self.globals.pop_front() {
+                    let _ = tx.send(if success {
+                        GlobalAnswer::Success(port)
+                    } else {
+                        GlobalAnswer::Failure
+                    });
+                }
+            }
+            E::Request {
+                channel,
+                request,
+                want_reply,
+            } => match self.slots.get_mut(&channel) {
+                Some(slot) if !slot.dropped && slot.requests < MAX_QUEUED_REQUESTS => {
+                    slot.requests = slot.requests.saturating_add(1);
+                    slot.recv.push_back(Item::Request(request, want_reply));
+                    if let Some(w) = slot.reader.take() {
+                        w.wake();
+                    }
+                }
+                _ => {
+                    if want_reply {
+                        let _ = self.session.connection().reply(channel, false);
+                    }
+                }
+            },
+            // Handled by the driver with the handler.
+            E::Open { .. } | E::Global { .. } => {}
+        }
+    }
+}
