@@ -30,8 +30,9 @@ if [ ${#need[@]} -gt 0 ]; then
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 # Python clients the tests drive: pyserial's RFC 2217 client (consoles), paramiko (a third
-# SSH implementation), ssh-audit (the relay's algorithms), prometheus-client (its text-format
-# parser reads the metrics page).
+# SSH implementation), asyncssh (a fourth, which sends RFC 4335 breaks with a length),
+# ssh-audit (the relay's algorithms), prometheus-client (its text-format parser reads the
+# metrics page).
 pip_install() {
   python3 -m pip install --quiet "$1" 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages "$1" 2>/dev/null
@@ -41,6 +42,7 @@ python3 -c 'import serial' >/dev/null 2>&1 || { echo "test.sh: installing pyseri
 python3 -c 'import paramiko' >/dev/null 2>&1 || { echo "test.sh: installing paramiko"; pip_install paramiko; }
 python3 -c 'import prometheus_client' >/dev/null 2>&1 || { echo "test.sh: installing prometheus-client"; pip_install prometheus-client; }
 python3 -c 'import ssh_audit' >/dev/null 2>&1 || { echo "test.sh: installing ssh-audit"; pip_install ssh-audit; }
+python3 -c 'import asyncssh' >/dev/null 2>&1 || { echo "test.sh: installing asyncssh"; pip_install asyncssh; }
 # sshd refuses to start without its privilege separation directory.
 [ -d /run/sshd ] || sudo_if_needed mkdir -p /run/sshd
 

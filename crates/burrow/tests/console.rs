@@ -502,6 +502,84 @@ async fn terminal_break_requests_reach_the_port_with_their_length() {
     agent.stop().await;
 }
 
+/// asyncssh, an SSH implementation burrow did not write, sending RFC 4335 `break` with a
+/// length (its `send_break`): the break reaches the port layer held that long, and is audited
+/// and marked in the recording.
+const ASYNCSSH_BREAK: &str = r#"
+import asyncio, sys
+import asyncssh
+
+async def main():
+    port, key, host_line = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    known = asyncssh.import_known_hosts(f"[127.0.0.1]:{port} {host_line}\n")
+    async with asyncssh.connect("127.0.0.1", port=port, username="alice:pi",
+                                client_keys=[key], known_hosts=known) as conn:
+        process = await conn.create_process(term_type="xterm", term_size=(80, 24))
+        seen = ""
+        async def until(text):
+            nonlocal seen
+            while text not in seen:
+                chunk = await asyncio.wait_for(process.stdout.read(4096), 20)
+                if not chunk:
+                    raise SystemExit(f"the console ended before {text!r}: {seen!r}")
+                seen += chunk
+        await until("read-write")
+        process.channel.send_break(700)
+        await until("break (700 ms) sent by alice")
+        process.stdin.write("\x05c.")
+        await asyncio.wait_for(process.wait_closed(), 20)
+    print("BREAK-OK")
+
+asyncio.run(main())
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncssh_send_break_reaches_the_port_with_its_length() {
+    let (dir, relay, agent, _cfg, breaks) = site_with_backend(false).await;
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(ASYNCSSH_BREAK)
+        .arg(relay.addr.port().to_string())
+        .arg(dir.path().join("alice"))
+        .arg(relay.relay.host_public_key())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim() == "BREAK-OK",
+        "asyncssh (pip install asyncssh; ./test.sh does): {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("the break to end at the port", || {
+        (breaks.lock().unwrap().len() == 2).then_some(())
+    })
+    .await;
+    let log = breaks.lock().unwrap().clone();
+    assert_eq!(
+        log.iter().map(|(on, _)| *on).collect::<Vec<_>>(),
+        [true, false]
+    );
+    let held = log[1].1 - log[0].1;
+    assert!(held >= std::time::Duration::from_millis(600), "{held:?}");
+    let audit = relay.audit_now(50).await;
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.event == "console-break" && r.who == "alice" && r.detail == "700 ms"),
+        "{audit:#?}"
+    );
+    let markers = eventually("the break in the recording", || {
+        let m = recording_markers(&relay);
+        m.iter()
+            .any(|m| m == "break (700 ms) sent by alice")
+            .then_some(m)
+    })
+    .await;
+    assert!(!markers.is_empty());
+    agent.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn break_failure_is_reported_to_the_operator() {
     let (_dir, _relay, agent, cfg, _) = site_with_backend(true).await;
