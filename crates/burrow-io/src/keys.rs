@@ -269,6 +269,18 @@ mod tests {
 mod pem_tests {
     /// Keys as cloud providers hand them out (AWS EC2 key pairs are PKCS#1 PEM) must load:
     /// on-demand access delivers such keys unchanged.
+    /// A key made by OpenSSH's `ssh-keygen` with `passphrase` and `args`; its private file's text.
+    fn ssh_keygen(path: &std::path::Path, passphrase: &str, args: &[&str]) -> String {
+        let ok = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-N", passphrase, "-f"])
+            .arg(path)
+            .args(args)
+            .status()
+            .expect("ssh-keygen is installed (./test.sh installs openssh-client)");
+        assert!(ok.success(), "ssh-keygen {args:?}");
+        std::fs::read_to_string(path).unwrap()
+    }
+
     #[test]
     fn pkcs1_and_pkcs8_pem_keys_parse() {
         let dir = std::env::temp_dir().join(format!("burrow-pem-{}", std::process::id()));
@@ -281,14 +293,7 @@ mod pem_tests {
             ("ecdsa_sec1", &["-t", "ecdsa", "-b", "384", "-m", "PEM"][..]),
         ] {
             let path = dir.join(name);
-            let ok = std::process::Command::new("ssh-keygen")
-                .args(["-q", "-N", "", "-f"])
-                .arg(&path)
-                .args(args)
-                .status()
-                .expect("ssh-keygen is installed (./test.sh installs openssh-client)");
-            assert!(ok.success(), "{name}");
-            let text = std::fs::read_to_string(&path).unwrap();
+            let text = ssh_keygen(&path, "", args);
             let key = super::parse_private_key(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
             // The same public key as ssh-keygen derives from the file.
             let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
@@ -312,15 +317,7 @@ mod pem_tests {
                 "passphrase",
             ),
         ] {
-            let path = dir.join(name);
-            let ok = std::process::Command::new("ssh-keygen")
-                .args(["-q", "-N", "secret words", "-f"])
-                .arg(&path)
-                .args(args)
-                .status()
-                .expect("ssh-keygen is installed (./test.sh installs openssh-client)");
-            assert!(ok.success(), "{name}");
-            let text = std::fs::read_to_string(&path).unwrap();
+            let text = ssh_keygen(&dir.join(name), "secret words", args);
             let e = super::parse_private_key(&text).expect_err(name);
             assert!(e.contains(says), "{name}: {e}");
         }

@@ -374,6 +374,18 @@ async fn site_with_backend(
 
 type RecordingPortLog = std::sync::Arc<std::sync::Mutex<Vec<(bool, std::time::Instant)>>>;
 
+/// Waits for the `n`th break (from 1) to end at the port layer; returns how long it was held.
+async fn nth_break_held(breaks: &RecordingPortLog, n: usize) -> std::time::Duration {
+    eventually("the break to end at the port", || {
+        (breaks.lock().unwrap().len() == 2 * n).then_some(())
+    })
+    .await;
+    let log = breaks.lock().unwrap().clone();
+    let (on, off) = (&log[2 * n - 2], &log[2 * n - 1]);
+    assert!(on.0 && !off.0, "the line set, then cleared: {log:?}");
+    off.1 - on.1
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn break_reaches_the_port_layer_with_its_duration() {
     let (_dir, relay, agent, cfg, breaks) = site_with_backend(false).await;
@@ -429,16 +441,7 @@ async fn terminal_break_requests_reach_the_port_with_their_length() {
     t.expect("read-write").await;
     t.send(b"\r~B").await;
     t.expect("break (1000 ms) sent by alice").await;
-    eventually("the break to end at the port", || {
-        (breaks.lock().unwrap().len() == 2).then_some(())
-    })
-    .await;
-    let log = breaks.lock().unwrap().clone();
-    assert_eq!(
-        log.iter().map(|(on, _)| *on).collect::<Vec<_>>(),
-        [true, false]
-    );
-    let held = log[1].1 - log[0].1;
+    let held = nth_break_held(&breaks, 1).await;
     assert!(held >= std::time::Duration::from_millis(900), "{held:?}");
     t.send(b"\r~.").await;
     t.wait().await;
@@ -467,12 +470,7 @@ async fn terminal_break_requests_reach_the_port_with_their_length() {
             .unwrap(),
         "the break request is accepted"
     );
-    eventually("the second break to end at the port", || {
-        (breaks.lock().unwrap().len() == 4).then_some(())
-    })
-    .await;
-    let log = breaks.lock().unwrap().clone();
-    let held = log[3].1 - log[2].1;
+    let held = nth_break_held(&breaks, 2).await;
     assert!(held >= std::time::Duration::from_millis(400), "{held:?}");
     channel.close();
     drop(channel);
@@ -551,16 +549,7 @@ async fn asyncssh_send_break_reaches_the_port_with_its_length() {
         "asyncssh (pip install asyncssh; ./test.sh does): {}\n{stdout}",
         String::from_utf8_lossy(&out.stderr)
     );
-    eventually("the break to end at the port", || {
-        (breaks.lock().unwrap().len() == 2).then_some(())
-    })
-    .await;
-    let log = breaks.lock().unwrap().clone();
-    assert_eq!(
-        log.iter().map(|(on, _)| *on).collect::<Vec<_>>(),
-        [true, false]
-    );
-    let held = log[1].1 - log[0].1;
+    let held = nth_break_held(&breaks, 1).await;
     assert!(held >= std::time::Duration::from_millis(600), "{held:?}");
     let audit = relay.audit_now(50).await;
     assert!(
