@@ -512,3 +512,33 @@ fn unreadable_log_filter_is_reported() {
     assert_eq!(code, 0, "{err}");
     assert!(err.is_empty(), "nothing logged with BURROW_LOG=off: {err}");
 }
+
+/// A database that cannot be reached, or a URL that cannot be read, is named in the error
+/// (host, port, database, user; never the password) with what to check.
+#[test]
+fn unreachable_or_unreadable_database_is_named_without_its_password() {
+    let (code, _, err) = run(&mut burrow(&[
+        "relay",
+        "--database",
+        "postgresql://burrow:secretpw@127.0.0.1:1/fleet",
+        "device",
+        "ls",
+    ]));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("127.0.0.1:1, database fleet, as burrow"),
+        "{err}"
+    );
+    assert!(err.contains("BURROW_DATABASE_URL"), "{err}");
+    assert!(!err.contains("secretpw"), "{err}");
+    let (code, _, err) = run(&mut burrow(&[
+        "relay",
+        "--database",
+        "postgresql://burrow:secretpw@db:port/fleet",
+        "device",
+        "ls",
+    ]));
+    assert_ne!(code, 0);
+    assert!(err.contains("the database URL cannot be read"), "{err}");
+    assert!(!err.contains("secretpw"), "{err}");
+}

@@ -91,16 +91,64 @@ pub struct Pg {
     relay: String,
 }
 
+/// Where `url` points, for messages: host, port, database and user, never the password.
+fn target(url: &str) -> String {
+    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+        return "the database URL".into();
+    };
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let mut out = format!("{host}:{port}");
+    if let Some(db) = config.get_dbname() {
+        out.push_str(&format!(", database {db}"));
+    }
+    if let Some(user) = config.get_user() {
+        out.push_str(&format!(", as {user}"));
+    }
+    out
+}
+
+/// Connects, or says where it tried and what to check.
+async fn connect_raw(
+    url: &str,
+    what: &'static str,
+) -> Result<
+    (
+        Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    ),
+    StoreError,
+> {
+    const FORM: &str = "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE";
+    if let Err(e) = url.parse::<tokio_postgres::Config>() {
+        return Err(StoreError::Postgres {
+            doing: what,
+            why: format!("the database URL cannot be read ({e}); give it as {FORM}"),
+        });
+    }
+    let fix = format!(
+        "check that PostgreSQL runs there and that --database (or BURROW_DATABASE_URL) names it, as {FORM}"
+    );
+    match tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, NoTls)).await {
+        Ok(Ok(pair)) => Ok(pair),
+        Ok(Err(e)) => Err(StoreError::Postgres {
+            doing: what,
+            why: format!("{} ({}); {fix}", describe(&e), target(url)),
+        }),
+        Err(_) => Err(StoreError::Postgres {
+            doing: what,
+            why: format!("no answer within 10 s ({}); {fix}", target(url)),
+        }),
+    }
+}
+
 /// Opens a connection; its driver runs on a task of its own.
 async fn connect(url: &str, what: &'static str) -> Result<Client, StoreError> {
-    let (client, connection) =
-        tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, NoTls))
-            .await
-            .map_err(|_| StoreError::Postgres {
-                doing: what,
-                why: "no answer within 10 s".into(),
-            })?
-            .map_err(pg(what))?;
+    let (client, connection) = connect_raw(url, what).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!("PostgreSQL connection ({what}) ended: {}", describe(&e));
@@ -141,14 +189,7 @@ impl Pg {
     /// Listens on `url` for registry changes and device sessions; notices go to `tx` until
     /// the connection drops (the receiver then sees the channel close).
     pub async fn listen(url: &str, tx: mpsc::UnboundedSender<Notice>) -> Result<(), StoreError> {
-        let (client, mut connection) =
-            tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, NoTls))
-                .await
-                .map_err(|_| StoreError::Postgres {
-                    doing: "listening for changes",
-                    why: "no answer within 10 s".into(),
-                })?
-                .map_err(pg("listening for changes"))?;
+        let (client, mut connection) = connect_raw(url, "listening for changes").await?;
         let driver = tokio::spawn(async move {
             loop {
                 let message = std::future::poll_fn(|cx| connection.poll_message(cx)).await;
