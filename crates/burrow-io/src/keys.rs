@@ -267,8 +267,6 @@ mod tests {
 
 #[cfg(test)]
 mod pem_tests {
-    /// Keys as cloud providers hand them out (AWS EC2 key pairs are PKCS#1 PEM) must load:
-    /// on-demand access delivers such keys unchanged.
     /// A key made by OpenSSH's `ssh-keygen` with `passphrase` and `args`; its private file's text.
     fn ssh_keygen(path: &std::path::Path, passphrase: &str, args: &[&str]) -> String {
         let ok = std::process::Command::new("ssh-keygen")
@@ -281,6 +279,8 @@ mod pem_tests {
         std::fs::read_to_string(path).unwrap()
     }
 
+    /// Keys as cloud providers hand them out (AWS EC2 key pairs are PKCS#1 PEM) must load:
+    /// on-demand access delivers such keys unchanged.
     #[test]
     fn pkcs1_and_pkcs8_pem_keys_parse() {
         let dir = std::env::temp_dir().join(format!("burrow-pem-{}", std::process::id()));

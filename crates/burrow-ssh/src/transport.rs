@@ -291,22 +291,28 @@ impl Transport {
             return Ok(got);
         }
         let got = read(&mut self.inbuf);
-        match &got {
+        let taken = match &got {
             Ok(n) => {
                 self.bytes_since_kex = self.bytes_since_kex.saturating_add(*n as u64);
-                let result = self.take_packets();
-                if let Err(e) = &result {
-                    self.failed = Some(e.clone());
-                }
-                result?;
+                self.take_packets()
             }
-            // A read that found nothing (a socket that looked readable and was not, which
-            // follows every read that emptied it) leaves the room it reserved: give it back,
-            // or every idle session keeps a read buffer for as long as it lives.
-            Err(_) if self.inbuf.is_empty() => self.inbuf = BytesMut::new(),
-            Err(_) => {}
+            Err(_) => Ok(()),
+        };
+        // Also after a read that found nothing (a socket that looked readable and was not,
+        // which follows every read that emptied it): it reserved room all the same.
+        self.release_empty_inbuf();
+        if let Err(e) = taken {
+            self.failed = Some(e.clone());
+            return Err(e);
         }
         Ok(got)
+    }
+
+    /// An idle session holds no read buffer: with nothing left over, the memory goes.
+    fn release_empty_inbuf(&mut self) {
+        if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
+            self.inbuf = BytesMut::new();
+        }
     }
 
     /// Memory held for bytes received and not yet taken as packets.
@@ -330,30 +336,19 @@ impl Transport {
         } else {
             self.inbuf.extend_from_slice(bytes);
         }
-        self.take_packets()
+        let taken = self.take_packets();
+        self.release_empty_inbuf();
+        taken
     }
 
     /// Dispatches every whole packet in `inbuf`.
     fn take_packets(&mut self) -> Result<(), TransportError> {
-        let result = loop {
-            match self.next_packet() {
-                Ok(Some(payload)) => {
-                    // Dispatch sees this packet's own number (NEWKEYS under strict kex resets
-                    // it).
-                    if let Err(e) = self.dispatch(payload) {
-                        break Err(e);
-                    }
-                    self.rx_seq = self.rx_seq.wrapping_add(1);
-                }
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
-            }
-        };
-        if self.inbuf.is_empty() {
-            // Nothing left over: let the memory go (an idle session holds no buffer).
-            self.inbuf = BytesMut::new();
+        while let Some(payload) = self.next_packet()? {
+            // Dispatch sees this packet's own number (NEWKEYS under strict kex resets it).
+            self.dispatch(payload)?;
+            self.rx_seq = self.rx_seq.wrapping_add(1);
         }
-        result
+        Ok(())
     }
 
     /// The next whole packet's payload from `inbuf`, if a whole packet is there. The packet
@@ -939,6 +934,7 @@ mod tests {
     fn no_read_buffer_is_kept_between_reads() {
         let (mut client, mut server) = pair("aes256-gcm@openssh.com");
         pump(&mut client, &mut server, 4096).unwrap();
+        assert_eq!(server.receive_buffer_capacity(), 0, "after bytes handed in");
         client.send(b"\x05ping".to_vec()).expect("send");
         let wire: Vec<u8> = std::iter::from_fn(|| client.poll_transmit())
             .flatten()

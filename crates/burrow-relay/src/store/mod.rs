@@ -18,6 +18,18 @@ pub mod sqlite;
 pub use db::{Db, Write, Written};
 pub use sqlite::Store;
 
+/// The tables whose changes revoke or narrow what open sessions may do: both backends keep a
+/// registry version that triggers on these tables move.
+pub(crate) const REGISTRY_TABLES: [&str; 7] = [
+    "devices",
+    "device_keys",
+    "device_allow_connect",
+    "device_allow_listen",
+    "operators",
+    "operator_keys",
+    "operator_allow",
+];
+
 /// A database error with the operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -3,12 +3,11 @@
 use std::collections::VecDeque;
 
 use signature::Signer;
-use ssh_key::{Algorithm, EcdsaCurve, HashAlg, PublicKey};
-use zeroize::Zeroizing;
+use ssh_key::HashAlg;
 
 use crate::messages::{AuthRequest, Method};
 use crate::msg;
-use crate::wire::{Reader, WireError, Writer};
+use crate::wire::{Reader, Writer};
 
 use super::*;
 

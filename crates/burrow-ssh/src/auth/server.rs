@@ -3,9 +3,6 @@
 
 use std::collections::VecDeque;
 
-use ssh_key::PublicKey;
-use zeroize::Zeroizing;
-
 use crate::messages::{AuthRequest, Method, decode_info_response, encode_auth_failure};
 use crate::msg;
 use crate::wire::Writer;

@@ -1,8 +1,6 @@
 //! What the peer sends on the connection protocol (messages 80-127): each message checked
 //! against the channel's state and window, then turned into events and answers.
 
-use bytes::Bytes;
-
 use super::*;
 
 impl Connection {

@@ -1,16 +1,11 @@
 //! A channel as the application holds it: an [`Offer`] to accept or reject, then a [`Channel`]
 //! that is an `AsyncRead + AsyncWrite` stream whose reads give window back as they take bytes.
 
-use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::oneshot;
-
-use crate::channel::{ChannelId, Request, open_failure};
 
 use super::*;
 

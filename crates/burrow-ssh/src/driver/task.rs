@@ -1,17 +1,13 @@
 //! The task that runs one connection: moves bytes between the socket and the session, hands
 //! questions and requests to the [`Handler`], and routes channel data to the channels' queues.
 
-use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::io;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
-use crate::channel::{self};
-use crate::session::{Event, Session};
+use crate::channel;
+use crate::session::Event;
 
 use super::*;
 

@@ -31,17 +31,6 @@ pub const REGISTRY_CHANNEL: &str = "burrow_registry";
 /// Channel of device sessions that came up: payload `DEVICE RELAY SESSION INSTANCE`.
 pub const SESSION_CHANNEL: &str = "burrow_session";
 
-/// The tables whose changes revoke or narrow what open sessions may do.
-const REGISTRY_TABLES: [&str; 7] = [
-    "devices",
-    "device_keys",
-    "device_allow_connect",
-    "device_allow_listen",
-    "operators",
-    "operator_keys",
-    "operator_allow",
-];
-
 fn pg(doing: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
     move |e| StoreError::Postgres {
         doing,
@@ -91,11 +80,8 @@ pub struct Pg {
     relay: String,
 }
 
-/// Where `url` points, for messages: host, port, database and user, never the password.
-fn target(url: &str) -> String {
-    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
-        return "the database URL".into();
-    };
+/// Where `config` points, for messages: host, port, database and user, never the password.
+fn target(config: &tokio_postgres::Config) -> String {
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
@@ -124,26 +110,24 @@ async fn connect_raw(
     StoreError,
 > {
     const FORM: &str = "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE";
-    if let Err(e) = url.parse::<tokio_postgres::Config>() {
-        return Err(StoreError::Postgres {
+    let config = url
+        .parse::<tokio_postgres::Config>()
+        .map_err(|e| StoreError::Postgres {
             doing: what,
             why: format!("the database URL cannot be read ({e}); give it as {FORM}"),
-        });
-    }
-    let fix = format!(
-        "check that PostgreSQL runs there and that --database (or BURROW_DATABASE_URL) names it, as {FORM}"
-    );
-    match tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, NoTls)).await {
-        Ok(Ok(pair)) => Ok(pair),
-        Ok(Err(e)) => Err(StoreError::Postgres {
-            doing: what,
-            why: format!("{} ({}); {fix}", describe(&e), target(url)),
-        }),
-        Err(_) => Err(StoreError::Postgres {
-            doing: what,
-            why: format!("no answer within 10 s ({}); {fix}", target(url)),
-        }),
-    }
+        })?;
+    let why = match tokio::time::timeout(Duration::from_secs(10), config.connect(NoTls)).await {
+        Ok(Ok(pair)) => return Ok(pair),
+        Ok(Err(e)) => describe(&e),
+        Err(_) => "no answer within 10 s".into(),
+    };
+    Err(StoreError::Postgres {
+        doing: what,
+        why: format!(
+            "{why} ({}); check that PostgreSQL runs there and that --database (or BURROW_DATABASE_URL) names it, as {FORM}",
+            target(&config)
+        ),
+    })
 }
 
 /// Opens a connection; its driver runs on a task of its own.

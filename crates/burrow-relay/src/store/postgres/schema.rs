@@ -122,7 +122,7 @@ pub(super) async fn migrate(client: &Client) -> Result<(), StoreError> {
         }
         if version < 1 {
             let mut script = format!("BEGIN;\n{SCHEMA_V1}\n");
-            for table in REGISTRY_TABLES {
+            for table in crate::store::REGISTRY_TABLES {
                 script.push_str(&format!(
                     "CREATE TRIGGER {table}_changed AFTER INSERT OR UPDATE OR DELETE ON {table}
                      FOR EACH STATEMENT EXECUTE FUNCTION burrow_registry_changed();\n"

@@ -10,17 +10,6 @@ CREATE TABLE IF NOT EXISTS meta (one INTEGER PRIMARY KEY CHECK (one = 1), regist
 INSERT OR IGNORE INTO meta (one, registry_version) VALUES (1, 0);
 ";
 
-/// The tables whose changes revoke or narrow what open sessions may do.
-const REGISTRY_TABLES: [&str; 7] = [
-    "devices",
-    "device_keys",
-    "device_allow_connect",
-    "device_allow_listen",
-    "operators",
-    "operator_keys",
-    "operator_allow",
-];
-
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS devices (
     name TEXT PRIMARY KEY,
@@ -135,7 +124,7 @@ fn schema_v1(c: &Connection) -> Result<(), StoreError> {
 fn registry_version_v2(c: &Connection) -> Result<(), StoreError> {
     c.execute_batch(REGISTRY_VERSION)
         .map_err(sql("adding the registry version"))?;
-    for table in REGISTRY_TABLES {
+    for table in crate::store::REGISTRY_TABLES {
         for op in ["INSERT", "UPDATE", "DELETE"] {
             // A password lock is not a policy change: it does not move the version.
             let when = if table == "operators" && op == "UPDATE" {
