@@ -225,9 +225,10 @@ async fn session(
         ciphers: preferred_ciphers().iter().map(|c| c.to_string()).collect(),
         host_key: None,
         host_key_check: Some(Box::new(check)),
-        rekey_bytes: REKEY_BYTES,
+        rekey_bytes: config.rekey_bytes().unwrap_or(REKEY_BYTES),
         rekey_time: REKEY_TIME_LIMIT,
         ext_info: None,
+        ..Default::default()
     };
     let ssh = Session::new(
         transport,

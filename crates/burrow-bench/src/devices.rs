@@ -42,6 +42,7 @@ async fn connect_device(
         rekey_bytes: 1 << 30,
         rekey_time: Duration::from_secs(7 * 24 * 3600),
         ext_info: None,
+        ..Default::default()
     };
     let session = burrow_ssh::session::Session::new(
         config,

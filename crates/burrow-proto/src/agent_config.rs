@@ -305,6 +305,9 @@ pub struct AgentConfig {
     pub console: Vec<Console>,
     /// On-demand access: relay, name, key and endpoints come from a metadata service.
     pub metadata: Option<MetadataConfig>,
+    /// Renew the SSH session's keys after this much data either way (`512M`, `1G`; default
+    /// 1G, as OpenSSH's `RekeyLimit`).
+    pub rekey_limit: Option<String>,
 }
 
 /// Timing defaults, chosen by `profile`.
@@ -416,12 +419,27 @@ impl AgentConfig {
             connect: Vec::new(),
             console: Vec::new(),
             metadata: None,
+            rekey_limit: None,
         }
+    }
+
+    /// The rekey limit in bytes (validated by [`AgentConfig::validate`]).
+    pub fn rekey_bytes(&self) -> Option<u64> {
+        self.rekey_limit
+            .as_deref()
+            .and_then(|t| crate::size::parse(t).ok())
     }
 
     /// Checks values that TOML types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(limit) = &self.rekey_limit {
+            match crate::size::parse(limit) {
+                Ok(n) if n >= 16 * 1024 => {}
+                Ok(_) => return invalid(format!("rekey_limit = {limit:?}: give at least 16K")),
+                Err(e) => return invalid(format!("rekey_limit: {e}")),
+            }
+        }
         if let Some(metadata) = &self.metadata {
             metadata.validate().map_err(ConfigError::Invalid)?;
             for (key, set) in [

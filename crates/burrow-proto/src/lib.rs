@@ -13,6 +13,7 @@
 //! - [`agent_config`]: the agent's TOML configuration and its validation.
 //! - [`secret`]: a string wrapper that never shows in `Debug` output.
 //! - [`text`]: untrusted strings escaped and bounded before they are logged or stored.
+//! - [`size`]: byte sizes written as `64M` or `1G`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 // Parsers of untrusted input must not panic; tests may.
@@ -32,6 +33,7 @@ pub mod metadata;
 pub mod name;
 pub mod rfc2217;
 pub mod secret;
+pub mod size;
 pub mod text;
 pub mod time;
 

@@ -55,6 +55,9 @@ pub const DEFAULT_AUTH_REJECTION_TIME: Duration = Duration::from_secs(1);
 /// Time to wait for sessions to end at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// The window budget of a link between relays: 32 streams at the full window.
+pub const PEER_WINDOW_BUDGET: u64 = 64 << 20;
+
 /// Key exchanges renewed after this many bytes either way.
 pub const REKEY_BYTES: u64 = 1 << 30;
 /// Failed authentication attempts before a connection is cut.
@@ -126,6 +129,11 @@ pub struct RelayConfig {
     /// Longest the relay admits devices and operators from its last copy of the registry
     /// while the database cannot be reached.
     pub snapshot_max_age: Duration,
+    /// Renew a connection's keys after this many bytes either way.
+    pub rekey_bytes: u64,
+    /// The most bytes queued toward one authenticated peer before the relay stops reading
+    /// from it (see `burrow_ssh::driver`); before authentication the cap is 64 KiB.
+    pub max_queued: usize,
 }
 
 /// Default presence lease in a cluster: a relay killed with SIGKILL stops being routed to
@@ -172,6 +180,25 @@ impl RelayConfig {
             snapshot_max_age: DEFAULT_SNAPSHOT_MAX_AGE,
             audit_max_rows: DEFAULT_AUDIT_MAX_ROWS,
             audit_prune_interval: DEFAULT_AUDIT_PRUNE_INTERVAL,
+            rekey_bytes: REKEY_BYTES,
+            max_queued: burrow_ssh::channel::DEFAULT_MAX_QUEUED,
+        }
+    }
+
+    /// What one connection may hold: channel windows, and the cap on what is queued for it.
+    pub(crate) fn limits(&self) -> burrow_ssh::channel::Limits {
+        burrow_ssh::channel::Limits {
+            max_queued: self.max_queued,
+            ..burrow_ssh::channel::Limits::default()
+        }
+    }
+
+    /// A link between relays carries every stream routed between them: a larger window
+    /// budget (both ends are relays of one cluster, authenticated by their host keys).
+    pub(crate) fn peer_limits(&self) -> burrow_ssh::channel::Limits {
+        burrow_ssh::channel::Limits {
+            window_budget: PEER_WINDOW_BUDGET,
+            ..self.limits()
         }
     }
 
@@ -187,10 +214,11 @@ impl RelayConfig {
                 .collect(),
             host_key: Some(host_key),
             host_key_check: None,
-            rekey_bytes: REKEY_BYTES,
+            rekey_bytes: self.rekey_bytes,
             rekey_time: REKEY_TIME_LIMIT,
             // `server-sig-algs`: no SHA-1 `ssh-rsa`; RSA keys sign with rsa-sha2-256/512.
             ext_info: None,
+            ..Default::default()
         }
     }
 }

@@ -8,7 +8,6 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use burrow_io::activity::Activity;
-use burrow_ssh::channel::Limits;
 use burrow_ssh::session::{Session, Side};
 
 use crate::config::SHUTDOWN_GRACE;
@@ -172,11 +171,10 @@ async fn handle_connection(
             methods: crate::config::auth_methods(),
             max_attempts: crate::config::MAX_AUTH_ATTEMPTS,
         },
-        Limits::default(),
+        relay.config.limits(),
         std::time::Instant::now(),
     );
-    let heard = activity.clone();
-    let (_handle, driver) = burrow_ssh::driver::start(stream, ssh, conn, Some(activity));
+    let (handle, driver) = burrow_ssh::driver::start(stream, ssh, conn, Some(activity));
     // Cutting the token drops the driver, which closes the socket at once (takeover,
     // revocation, the pre-auth deadline): no write to a frozen peer can hold it.
     let session = async {
@@ -188,11 +186,11 @@ async fn handle_connection(
     tokio::pin!(session);
     // Until authentication succeeds the whole exchange (banner, kex, auth) has one deadline;
     // a connection that says nothing holds a place for nothing, so its identification line
-    // has a shorter one.
+    // has a shorter one: the whole line, not its first bytes (a half-sent line is silence).
     let pre_auth = async {
         let banner = async {
             tokio::time::sleep(banner_timeout).await;
-            if heard.rx_bytes() > 0 {
+            if handle.peer_id().is_some() {
                 std::future::pending::<()>().await;
             }
         };

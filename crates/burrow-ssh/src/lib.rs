@@ -20,6 +20,7 @@
 //! - [`channel`]: the connection protocol (RFC 4254, 4335): channels whose windows are given
 //!   back as the application consumes, forwarding, session requests, break, half-close.
 //! - [`session`]: transport, authentication and connection tied into one sans-I/O session.
+//! - [`queue`]: message queues that count their bytes, for the connection's memory cap.
 //! - `driver` (feature `tokio`): one task per connection, channels as async streams.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -45,6 +46,7 @@ pub mod kexinit;
 pub mod messages;
 pub mod msg;
 pub mod packet;
+pub mod queue;
 pub mod session;
 pub mod transport;
 pub mod version;

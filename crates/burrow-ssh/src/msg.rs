@@ -73,6 +73,17 @@ pub fn allowed_during_kex(msg: u8) -> bool {
     matches!(msg, DISCONNECT | IGNORE | UNIMPLEMENTED | DEBUG) || (20..=49).contains(&msg)
 }
 
+/// Whether some layer of this implementation understands message `msg` (whether or not it is
+/// in place where it arrives). Anything else is answered with `SSH_MSG_UNIMPLEMENTED`, as RFC
+/// 4253 §11.4 requires, instead of ending the connection.
+pub fn understood(msg: u8) -> bool {
+    matches!(msg, DISCONNECT..=EXT_INFO)
+        || (20..=49).contains(&msg)
+        || matches!(msg, USERAUTH_REQUEST..=USERAUTH_BANNER)
+        || matches!(msg, USERAUTH_PK_OK | USERAUTH_INFO_RESPONSE)
+        || (GLOBAL_REQUEST..=CHANNEL_FAILURE).contains(&msg)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -82,5 +93,15 @@ mod tests {
         assert!(!super::allowed_during_kex(super::SERVICE_REQUEST));
         assert!(!super::allowed_during_kex(super::CHANNEL_DATA));
         assert!(!super::allowed_during_kex(super::USERAUTH_REQUEST));
+    }
+
+    #[test]
+    fn unknown_numbers_are_the_unassigned_and_the_private_ones() {
+        for known in [1, 5, 7, 20, 31, 50, 53, 60, 61, 80, 94, 100] {
+            assert!(super::understood(known), "{known}");
+        }
+        for unknown in [0, 8, 19, 54, 62, 79, 101, 128, 192, 255] {
+            assert!(!super::understood(unknown), "{unknown}");
+        }
     }
 }

@@ -178,9 +178,23 @@ impl Session {
         self.transport.poll_timeout()
     }
 
-    /// Passes the time (rekeying by time).
+    /// Passes the time: rekeying by time, and the deadline of a key exchange under way (past
+    /// it the session fails with `KEY_EXCHANGE_FAILED`; see [`Session::failure`]).
     pub fn handle_time(&mut self, now: Instant) {
-        self.transport.handle_time(now);
+        if self.failed.is_some() {
+            return;
+        }
+        if let Err(e) = self.transport.handle_time(now) {
+            self.fail(e.reason, e.message);
+        }
+    }
+
+    /// Bytes queued toward the peer and not yet handed to [`Session::poll_transmit`]: the
+    /// connection layer's messages, sealed packets, and messages held during a key exchange.
+    pub fn queued_bytes(&self) -> usize {
+        self.connection
+            .queued_bytes()
+            .saturating_add(self.transport.queued_bytes())
     }
 
     /// Sends `keepalive@openssh.com`; any answer (success or failure) proves the peer alive.
@@ -214,7 +228,7 @@ impl Session {
         while let Some((header, n)) = self.connection.data_header(channel, code, data.len())? {
             let (chunk, rest) = data.split_at(n.min(data.len()));
             if let Err(e) = self.transport.send_parts(header.as_slice(), chunk) {
-                return Err(channel::ConnectionError(e.0));
+                return Err(channel::ConnectionError(e.message));
             }
             taken = taken.saturating_add(n);
             data = rest;
@@ -255,7 +269,7 @@ impl Session {
         self.check()?;
         if let Err(e) = self.transport.receive(bytes) {
             // A broken packet or exchange: say so to the peer, then stop.
-            return Err(self.fail(reason::PROTOCOL_ERROR, e.0));
+            return Err(self.fail(e.reason, e.message));
         }
         self.take_transport_events()
     }
@@ -269,7 +283,7 @@ impl Session {
         self.check()?;
         let got = match self.transport.receive_with(read) {
             Ok(got) => got,
-            Err(e) => return Err(self.fail(reason::PROTOCOL_ERROR, e.0)),
+            Err(e) => return Err(self.fail(e.reason, e.message)),
         };
         self.take_transport_events()?;
         Ok(got)
@@ -314,7 +328,9 @@ impl Session {
     }
 
     fn send(&mut self, payload: Vec<u8>) -> Result<(), SessionError> {
-        self.transport.send(payload).map_err(|e| SessionError(e.0))
+        self.transport
+            .send(payload)
+            .map_err(|e| SessionError(e.message))
     }
 
     fn take_connection_events(&mut self) {

@@ -7,6 +7,11 @@
 //! Key exchange: `curve25519-sha256` with an `ssh-ed25519` host key, AEAD ciphers only, strict
 //! key exchange when both sides offer it (sequence numbers restart at each NEWKEYS, and nothing
 //! but the exchange's own messages may arrive during the first one).
+//!
+//! Bounds: a key exchange must finish within [`Config::kex_timeout`]; keys are renewed after
+//! [`Config::rekey_bytes`] or [`Config::rekey_packets`] either way (checked after every packet,
+//! and never past the cipher's own limit, RFC 4344 §3.1), or after [`Config::rekey_time`].
+//! Everything queued here is counted ([`Transport::queued_bytes`]) so the driver can cap it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -18,9 +23,10 @@ use ring::rand::{SecureRandom, SystemRandom};
 use crate::crypto::{Opener, Sealer};
 use crate::kex::{Ephemeral, HashInput, HostKey, SharedSecret, derive, exchange_hash};
 use crate::kexinit::{self, KexInit, Negotiated};
-use crate::messages::Disconnect;
+use crate::messages::{Disconnect, reason};
 use crate::msg;
 use crate::packet::Framing;
+use crate::queue::ByteQueue;
 use crate::version::{Identification, VersionReader};
 use crate::wire::{Reader, Writer};
 
@@ -50,13 +56,50 @@ pub struct Config {
     pub host_key: Option<Arc<HostKey>>,
     /// The client's check of the server's host key.
     pub host_key_check: Option<HostKeyCheck>,
-    /// Rekey after this many bytes either way.
+    /// Rekey after this many bytes in either direction.
     pub rekey_bytes: u64,
+    /// Rekey after this many packets in either direction (ChaCha20-Poly1305's nonce is the
+    /// 32-bit sequence number).
+    pub rekey_packets: u64,
     /// Rekey after this long.
     pub rekey_time: Duration,
+    /// A key exchange not finished this long after it started ends the connection
+    /// (`KEY_EXCHANGE_FAILED`): messages are held while it runs.
+    pub kex_timeout: Duration,
     /// A server's `SSH_MSG_EXT_INFO`, sent right after its first NEWKEYS to a client that
     /// asked for it (RFC 8308 §2.4).
     pub ext_info: Option<Vec<u8>>,
+}
+
+/// Renew keys after this many bytes either way (OpenSSH's default for AEAD ciphers).
+pub const DEFAULT_REKEY_BYTES: u64 = 1 << 30;
+/// Renew keys after this many packets either way: half the sequence number space.
+pub const DEFAULT_REKEY_PACKETS: u64 = 1 << 31;
+/// A key exchange must finish within this long: generous for a cellular link's worst
+/// round trips, short enough that held messages cannot pile up for long.
+pub const DEFAULT_KEX_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Default for Config {
+    /// A client with every cipher, the default limits, no host key and no check (which
+    /// trusts no server: set [`Config::host_key_check`]).
+    fn default() -> Config {
+        Config {
+            role: Role::Client,
+            software: format!("burrow_{}", env!("CARGO_PKG_VERSION")),
+            comment: None,
+            ciphers: crate::crypto::CIPHERS
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            host_key: None,
+            host_key_check: None,
+            rekey_bytes: DEFAULT_REKEY_BYTES,
+            rekey_packets: DEFAULT_REKEY_PACKETS,
+            rekey_time: Duration::from_secs(7 * 24 * 3600),
+            kex_timeout: DEFAULT_KEX_TIMEOUT,
+            ext_info: None,
+        }
+    }
 }
 
 /// What happened.
@@ -77,18 +120,55 @@ pub enum Event {
 
 /// Why the transport failed; the connection is over.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransportError(pub String);
+pub struct TransportError {
+    /// The DISCONNECT reason code that says it ([`crate::messages::reason`]).
+    pub reason: u32,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl TransportError {
+    fn new(reason: u32, message: impl Into<String>) -> TransportError {
+        TransportError {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn protocol(message: impl Into<String>) -> TransportError {
+        TransportError::new(reason::PROTOCOL_ERROR, message)
+    }
+
+    fn kex(message: impl Into<String>) -> TransportError {
+        TransportError::new(reason::KEY_EXCHANGE_FAILED, message)
+    }
+}
 
 impl std::fmt::Display for TransportError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
 impl std::error::Error for TransportError {}
 
 fn fail<T>(why: impl Into<String>) -> Result<T, TransportError> {
-    Err(TransportError(why.into()))
+    Err(TransportError::protocol(why))
+}
+
+fn fail_kex<T>(why: impl Into<String>) -> Result<T, TransportError> {
+    Err(TransportError::kex(why))
+}
+
+/// The most bytes a cipher may protect under one key, per RFC 4344 §3.1: 2^(L/4) blocks of L
+/// bits for AES; for ChaCha20-Poly1305, whose 64-bit blocks that rule does not fit, OpenSSH's
+/// 1 GiB.
+fn cipher_byte_limit(cipher: &str) -> u64 {
+    if cipher.starts_with("aes") {
+        (1u64 << 32).saturating_mul(16)
+    } else {
+        1 << 30
+    }
 }
 
 /// One key exchange in progress.
@@ -102,6 +182,8 @@ struct Kex {
     ephemeral: Option<Ephemeral>,
     /// Skip the peer's next key exchange packet: it guessed wrong.
     skip_guess: bool,
+    /// When it started (the last time the transport was told).
+    started: Option<Instant>,
     /// Keys for incoming packets after the peer's NEWKEYS.
     next_opener: Option<Opener>,
     sent_newkeys: bool,
@@ -120,17 +202,43 @@ pub struct Transport {
     tx_seq: u32,
     opener: Option<Opener>,
     sealer: Option<Sealer>,
-    out: VecDeque<Vec<u8>>,
-    held: VecDeque<Vec<u8>>,
+    out: ByteQueue,
+    held: ByteQueue,
     events: VecDeque<Event>,
     kex: Option<Kex>,
     session_id: Option<Vec<u8>>,
     strict: bool,
     keys_done: u32,
-    bytes_since_kex: u64,
+    /// Traffic under the current keys, each way.
+    sent: Volume,
+    received: Volume,
+    /// The most bytes each way before keys are renewed (the configured limit, or the
+    /// cipher's own if lower).
+    limit_out: u64,
+    limit_in: u64,
     kex_at: Instant,
+    /// The last time the caller passed in.
+    now: Instant,
+    /// DISCONNECT went out: nothing more starts (no rekey behind it).
+    closing: bool,
+    /// A key exchange message is being handled (the exchange is out of `kex` meanwhile).
+    stepping: bool,
     rng: SystemRandom,
     failed: Option<TransportError>,
+}
+
+/// Bytes and packets moved one way under the current keys.
+#[derive(Debug, Default, Clone, Copy)]
+struct Volume {
+    bytes: u64,
+    packets: u64,
+}
+
+impl Volume {
+    fn add(&mut self, bytes: usize) {
+        self.bytes = self.bytes.saturating_add(bytes as u64);
+        self.packets = self.packets.saturating_add(1);
+    }
 }
 
 impl Transport {
@@ -149,15 +257,21 @@ impl Transport {
             tx_seq: 0,
             opener: None,
             sealer: None,
-            out: VecDeque::from([line]),
-            held: VecDeque::new(),
+            out: ByteQueue::with(line),
+            held: ByteQueue::default(),
             events: VecDeque::new(),
             kex: None,
             session_id: None,
             strict: false,
             keys_done: 0,
-            bytes_since_kex: 0,
+            sent: Volume::default(),
+            received: Volume::default(),
+            limit_out: u64::MAX,
+            limit_in: u64::MAX,
             kex_at: now,
+            now,
+            closing: false,
+            stepping: false,
             rng: SystemRandom::new(),
             failed: None,
         };
@@ -188,11 +302,26 @@ impl Transport {
     /// Sends DISCONNECT (RFC 4253 §11.1); the caller closes the connection after writing it.
     /// It goes out even after a failure: the sending direction is still intact.
     pub fn disconnect(&mut self, reason: u32, description: &str) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
         let d = Disconnect {
             reason,
             description: description.to_string(),
         };
         self.write_packet(&d.encode());
+    }
+
+    /// Bytes queued here: sealed packets not yet taken by [`Transport::poll_transmit`], and
+    /// messages held until a key exchange finishes.
+    pub fn queued_bytes(&self) -> usize {
+        self.out.bytes().saturating_add(self.held.bytes())
+    }
+
+    /// Key exchanges finished so far (the first included).
+    pub fn key_exchanges(&self) -> u32 {
+        self.keys_done
     }
 
     /// Whether a key exchange is under way.
@@ -225,34 +354,76 @@ impl Transport {
 
     /// Frees the buffers of empty queues (see [`crate::session::Session::release_idle`]).
     pub fn release_idle(&mut self) {
-        crate::session::shrink(&mut self.out);
-        crate::session::shrink(&mut self.held);
+        self.out.release_idle();
+        self.held.release_idle();
         crate::session::shrink(&mut self.events);
     }
 
     /// Starts a key exchange now (a rekey) unless one is running.
     pub fn rekey(&mut self) {
-        if self.kex.is_none() && self.keys_done > 0 {
+        if self.kex.is_none() && self.keys_done > 0 && !self.closing && self.failed.is_none() {
             self.start_kex();
         }
     }
 
-    /// When [`Transport::handle_time`] next has something to do.
+    /// When [`Transport::handle_time`] next has something to do: the deadline of the key
+    /// exchange under way, or the next rekey by time.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        (self.keys_done > 0 && self.kex.is_none())
-            .then(|| self.kex_at.checked_add(self.config.rekey_time))
-            .flatten()
+        if self.failed.is_some() {
+            return None;
+        }
+        match &self.kex {
+            Some(kex) => kex
+                .started
+                .unwrap_or(self.now)
+                .checked_add(self.config.kex_timeout),
+            None if self.keys_done > 0 => self.kex_at.checked_add(self.config.rekey_time),
+            None => None,
+        }
     }
 
-    /// Rekeys when the time or volume since the last exchange calls for it.
-    pub fn handle_time(&mut self, now: Instant) {
+    /// Passes the time: ends a key exchange that took too long (the error says so, and a
+    /// DISCONNECT is the caller's to send), and rekeys when the time since the last one calls
+    /// for it. A driver calls it whenever it wakes, so the transport knows when things start.
+    pub fn handle_time(&mut self, now: Instant) -> Result<(), TransportError> {
+        self.check()?;
+        self.now = now;
+        if let Some(kex) = self.kex.as_mut() {
+            let started = *kex.started.get_or_insert(now);
+            if now.saturating_duration_since(started) >= self.config.kex_timeout {
+                let e = TransportError::kex(format!(
+                    "the key exchange did not finish within {} s",
+                    self.config.kex_timeout.as_secs()
+                ));
+                self.failed = Some(e.clone());
+                return Err(e);
+            }
+            return Ok(());
+        }
         let by_time = self
             .kex_at
             .checked_add(self.config.rekey_time)
             .is_some_and(|at| now >= at);
-        let due = by_time || self.bytes_since_kex >= self.config.rekey_bytes;
-        if due {
+        if by_time || self.volume_spent() {
             self.kex_at = now;
+            self.rekey();
+        }
+        Ok(())
+    }
+
+    /// Whether the traffic under the current keys reached a limit either way.
+    fn volume_spent(&self) -> bool {
+        let packets = self.config.rekey_packets;
+        self.sent.bytes >= self.limit_out
+            || self.received.bytes >= self.limit_in
+            || self.sent.packets >= packets
+            || self.received.packets >= packets
+    }
+
+    /// Starts a rekey as soon as a packet either way reaches a limit.
+    fn rekey_if_spent(&mut self) {
+        if self.kex.is_none() && !self.stepping && self.keys_done > 0 && self.volume_spent() {
+            self.kex_at = self.now;
             self.rekey();
         }
     }
@@ -292,10 +463,7 @@ impl Transport {
         }
         let got = read(&mut self.inbuf);
         let taken = match &got {
-            Ok(n) => {
-                self.bytes_since_kex = self.bytes_since_kex.saturating_add(*n as u64);
-                self.take_packets()
-            }
+            Ok(_) => self.take_packets(),
             Err(_) => Ok(()),
         };
         // Also after a read that found nothing (a socket that looked readable and was not,
@@ -321,7 +489,6 @@ impl Transport {
     }
 
     fn receive_inner(&mut self, bytes: &[u8]) -> Result<(), TransportError> {
-        self.bytes_since_kex = self.bytes_since_kex.saturating_add(bytes.len() as u64);
         if let Some(reader) = self.version.as_mut() {
             match reader.feed(bytes) {
                 Ok(None) => return Ok(()),
@@ -331,7 +498,12 @@ impl Transport {
                     self.events.push_back(Event::PeerVersion(id));
                     self.inbuf.extend_from_slice(&rest);
                 }
-                Err(e) => return fail(format!("identification: {e}")),
+                Err(e) => {
+                    return Err(TransportError::new(
+                        reason::PROTOCOL_VERSION_NOT_SUPPORTED,
+                        format!("identification: {e}"),
+                    ));
+                }
             }
         } else {
             self.inbuf.extend_from_slice(bytes);
@@ -343,30 +515,32 @@ impl Transport {
 
     /// Dispatches every whole packet in `inbuf`.
     fn take_packets(&mut self) -> Result<(), TransportError> {
-        while let Some(payload) = self.next_packet()? {
+        while let Some((payload, wire_len)) = self.next_packet()? {
+            self.received.add(wire_len);
             // Dispatch sees this packet's own number (NEWKEYS under strict kex resets it).
             self.dispatch(payload)?;
             self.rx_seq = self.rx_seq.wrapping_add(1);
+            self.rekey_if_spent();
         }
         Ok(())
     }
 
-    /// The next whole packet's payload from `inbuf`, if a whole packet is there. The packet
-    /// is decrypted in place and split off the buffer.
-    fn next_packet(&mut self) -> Result<Option<Bytes>, TransportError> {
+    /// The next whole packet's payload from `inbuf`, with the packet's length on the wire, if
+    /// a whole packet is there. The packet is decrypted in place and split off the buffer.
+    fn next_packet(&mut self) -> Result<Option<(Bytes, usize)>, TransportError> {
         let Some(first) = self.inbuf.get(..4) else {
             return Ok(None);
         };
         let first: [u8; 4] = first
             .try_into()
-            .map_err(|_| TransportError("short packet length".into()))?;
+            .map_err(|_| TransportError::protocol("short packet length"))?;
         let whole = match &self.opener {
             Some(opener) => opener
                 .length(self.rx_seq, first)
-                .map_err(|e| TransportError(format!("packet: {e}")))?,
+                .map_err(|e| TransportError::protocol(format!("packet: {e}")))?,
             None => Framing::CLEAR
                 .check_length(u32::from_be_bytes(first))
-                .map_err(|e| TransportError(format!("packet: {e}")))?
+                .map_err(|e| TransportError::protocol(format!("packet: {e}")))?
                 .saturating_add(4),
         };
         if self.inbuf.len() < whole {
@@ -376,18 +550,25 @@ impl Transport {
         let len = match self.opener.as_mut() {
             Some(opener) => opener
                 .open(self.rx_seq, &mut packet)
-                .map_err(|e| TransportError(format!("packet {}: {e}", self.rx_seq)))?
+                .map_err(|e| {
+                    let code = match e {
+                        crate::crypto::OpenError::Authentication => reason::MAC_ERROR,
+                        crate::crypto::OpenError::Packet(_) => reason::PROTOCOL_ERROR,
+                    };
+                    TransportError::new(code, format!("packet {}: {e}", self.rx_seq))
+                })?
                 .len(),
             None => Framing::CLEAR
                 .payload(packet.get(4..).unwrap_or(&[]))
-                .map_err(|e| TransportError(format!("packet: {e}")))?
+                .map_err(|e| TransportError::protocol(format!("packet: {e}")))?
                 .len(),
         };
         // The payload follows the length and the padding length.
         let start = 5usize;
-        Ok(Some(
+        Ok(Some((
             packet.freeze().slice(start..start.saturating_add(len)),
-        ))
+            whole,
+        )))
     }
 
     fn dispatch(&mut self, payload: Bytes) -> Result<(), TransportError> {
@@ -416,7 +597,7 @@ impl Transport {
         match number {
             msg::DISCONNECT => {
                 let d = Disconnect::decode(&payload)
-                    .map_err(|e| TransportError(format!("DISCONNECT: {e}")))?;
+                    .map_err(|e| TransportError::protocol(format!("DISCONNECT: {e}")))?;
                 self.events.push_back(Event::Disconnected(d));
                 Ok(())
             }
@@ -429,7 +610,7 @@ impl Transport {
                 if let Some(kex) = &self.kex
                     && seq == Some(kex.ours_seq)
                 {
-                    return fail("the peer does not take a key re-exchange now");
+                    return fail_kex("the peer does not take a key re-exchange now");
                 }
                 Ok(())
             }
@@ -442,6 +623,12 @@ impl Transport {
             _ if first_kex => fail(format!("message {number} before the first key exchange")),
             _ if (20..=49).contains(&number) => {
                 fail(format!("message {number} outside a key exchange"))
+            }
+            // RFC 4253 §11.4: an unrecognized message is answered, in order, not fatal.
+            _ if !msg::understood(number) => {
+                let mut w = Writer::message(msg::UNIMPLEMENTED);
+                w.u32(self.rx_seq);
+                self.send(w.into_bytes())
             }
             _ => {
                 self.events.push_back(Event::Message(payload));
@@ -493,26 +680,30 @@ impl Transport {
         }
         let ours = self.our_offer().encode();
         let ours_seq = self.tx_seq;
-        self.write_packet(&ours);
         self.kex = Some(Kex {
-            ours,
+            ours: ours.clone(),
             ours_seq,
+            started: Some(self.now),
             ..Kex::default()
         });
+        self.write_packet(&ours);
     }
 
     fn kex_message(&mut self, number: u8, payload: Vec<u8>) -> Result<(), TransportError> {
         let Some(mut kex) = self.kex.take() else {
             return fail("key exchange message outside a key exchange");
         };
+        self.stepping = true;
         let result = self.kex_step(&mut kex, number, payload);
+        self.stepping = false;
         let done = kex.sent_newkeys && kex.got_newkeys;
+        let negotiated = kex.negotiated.take_if(|_| done);
         if !done {
             self.kex = Some(kex);
         }
         result?;
-        if done {
-            self.finish_kex();
+        if let Some(n) = negotiated {
+            self.finish_kex(&n);
         }
         Ok(())
     }
@@ -533,15 +724,15 @@ impl Transport {
                     return fail("a second KEXINIT in one key exchange");
                 }
                 let theirs = KexInit::decode(&payload)
-                    .map_err(|e| TransportError(format!("KEXINIT: {e}")))?;
+                    .map_err(|e| TransportError::protocol(format!("KEXINIT: {e}")))?;
                 let ours = KexInit::decode(&kex.ours)
-                    .map_err(|e| TransportError(format!("our KEXINIT: {e}")))?;
+                    .map_err(|e| TransportError::protocol(format!("our KEXINIT: {e}")))?;
                 let (client, server) = match self.config.role {
                     Role::Client => (&ours, &theirs),
                     Role::Server => (&theirs, &ours),
                 };
                 let negotiated = kexinit::negotiate(client, server)
-                    .map_err(|e| TransportError(e.to_string()))?;
+                    .map_err(|e| TransportError::kex(e.to_string()))?;
                 if self.keys_done == 0 {
                     self.strict = negotiated.strict;
                     // Strict: the peer's KEXINIT must be its very first packet.
@@ -554,7 +745,7 @@ impl Transport {
                 kex.negotiated = Some(negotiated);
                 if self.config.role == Role::Client {
                     let e = Ephemeral::generate(&self.rng)
-                        .map_err(|e| TransportError(e.to_string()))?;
+                        .map_err(|e| TransportError::kex(e.to_string()))?;
                     let mut init = Writer::message(msg::KEX_ECDH_INIT);
                     init.string(e.public());
                     kex.ephemeral = Some(e);
@@ -563,6 +754,10 @@ impl Transport {
                 Ok(())
             }
             msg::KEX_ECDH_INIT if self.config.role == Role::Server => {
+                // Answered once: each answer is a host-key signature, which costs.
+                if kex.sent_newkeys {
+                    return fail_kex("a second KEX_ECDH_INIT in one key exchange");
+                }
                 self.server_reply(kex, &payload)
             }
             msg::KEX_ECDH_REPLY if self.config.role == Role::Client => {
@@ -570,7 +765,7 @@ impl Transport {
             }
             msg::NEWKEYS => {
                 let Some(opener) = kex.next_opener.take() else {
-                    return fail("NEWKEYS before the key exchange finished");
+                    return fail_kex("NEWKEYS before the key exchange finished");
                 };
                 self.opener = Some(opener);
                 kex.got_newkeys = true;
@@ -580,7 +775,7 @@ impl Transport {
                 }
                 Ok(())
             }
-            other => fail(format!("unexpected key exchange message {other}")),
+            other => fail_kex(format!("unexpected key exchange message {other}")),
         }
     }
 
@@ -613,19 +808,21 @@ impl Transport {
         let _ = r.u8("message number");
         let q_c = r
             .string(64, "Q_C")
-            .map_err(|e| TransportError(format!("KEX_ECDH_INIT: {e}")))?
+            .map_err(|e| TransportError::kex(format!("KEX_ECDH_INIT: {e}")))?
             .to_vec();
         let Some(host) = self.config.host_key.clone() else {
             return fail("a server needs a host key");
         };
-        let e = Ephemeral::generate(&self.rng).map_err(|e| TransportError(e.to_string()))?;
+        let e = Ephemeral::generate(&self.rng).map_err(|e| TransportError::kex(e.to_string()))?;
         let q_s = e.public().to_vec();
-        let secret = e.agree(&q_c).map_err(|e| TransportError(e.to_string()))?;
+        let secret = e
+            .agree(&q_c)
+            .map_err(|e| TransportError::kex(e.to_string()))?;
         let blob = host.blob();
         let hash = {
             let input = self
                 .hash_input(kex, &blob, &q_c, &q_s)
-                .ok_or_else(|| TransportError("ECDH before KEXINIT".into()))?;
+                .ok_or_else(|| TransportError::kex("ECDH before KEXINIT"))?;
             exchange_hash(&input, &secret)
         };
         let signature = host.sign(&hash);
@@ -639,27 +836,32 @@ impl Transport {
         let mut r = Reader::new(payload);
         let _ = r.u8("message number");
         let (host_key, q_s, signature) =
-            ecdh_reply(&mut r).map_err(|e| TransportError(format!("KEX_ECDH_REPLY: {e}")))?;
+            ecdh_reply(&mut r).map_err(|e| TransportError::kex(format!("KEX_ECDH_REPLY: {e}")))?;
         let Some(e) = kex.ephemeral.take() else {
             return fail("KEX_ECDH_REPLY before our KEX_ECDH_INIT");
         };
         let q_c = e.public().to_vec();
-        let secret = e.agree(&q_s).map_err(|e| TransportError(e.to_string()))?;
+        let secret = e
+            .agree(&q_s)
+            .map_err(|e| TransportError::kex(e.to_string()))?;
         let hash = {
             let input = self
                 .hash_input(kex, &host_key, &q_c, &q_s)
-                .ok_or_else(|| TransportError("ECDH before KEXINIT".into()))?;
+                .ok_or_else(|| TransportError::kex("ECDH before KEXINIT"))?;
             exchange_hash(&input, &secret)
         };
         crate::kex::verify_host_signature(&host_key, &signature, &hash)
-            .map_err(|e| TransportError(e.to_string()))?;
+            .map_err(|e| TransportError::kex(e.to_string()))?;
         let trusted = self
             .config
             .host_key_check
             .as_ref()
             .is_some_and(|check| check(&host_key));
         if !trusted {
-            return fail("the server's host key is not the one pinned");
+            return Err(TransportError::new(
+                reason::HOST_KEY_NOT_VERIFIABLE,
+                "the server's host key is not the one pinned",
+            ));
         }
         self.install_keys(kex, &secret, &hash)
     }
@@ -683,9 +885,9 @@ impl Transport {
             ))
         };
         let (c2s_key, c2s_iv) = material(&n.cipher_c2s, b'A', b'C')
-            .ok_or_else(|| TransportError(format!("cipher {} not supported", n.cipher_c2s)))?;
+            .ok_or_else(|| TransportError::kex(format!("cipher {} not supported", n.cipher_c2s)))?;
         let (s2c_key, s2c_iv) = material(&n.cipher_s2c, b'B', b'D')
-            .ok_or_else(|| TransportError(format!("cipher {} not supported", n.cipher_s2c)))?;
+            .ok_or_else(|| TransportError::kex(format!("cipher {} not supported", n.cipher_s2c)))?;
         // The MAC keys (RFC 4253 §7.2 letters E and F), for the ciphers that need one.
         let mac = |mac: &Option<String>, letter: u8| {
             mac.as_ref().map(|name| {
@@ -704,10 +906,10 @@ impl Transport {
                 .map(|(name, key)| (name.as_str(), key.as_slice()))
         }
         let sealer = Sealer::new(&out.0, &out.1, &out.2, mac_ref(&out.3))
-            .ok_or_else(|| TransportError("cannot key the cipher".into()))?;
+            .ok_or_else(|| TransportError::kex("cannot key the cipher"))?;
         kex.next_opener = Some(
             Opener::new(&inn.0, &inn.1, &inn.2, mac_ref(&inn.3))
-                .ok_or_else(|| TransportError("cannot key the cipher".into()))?,
+                .ok_or_else(|| TransportError::kex("cannot key the cipher"))?,
         );
         self.write_packet(&[msg::NEWKEYS]);
         self.sealer = Some(sealer);
@@ -726,9 +928,16 @@ impl Transport {
         Ok(())
     }
 
-    fn finish_kex(&mut self) {
+    fn finish_kex(&mut self, n: &Negotiated) {
         self.keys_done = self.keys_done.saturating_add(1);
-        self.bytes_since_kex = 0;
+        self.sent = Volume::default();
+        self.received = Volume::default();
+        let (out, inn) = match self.config.role {
+            Role::Client => (&n.cipher_c2s, &n.cipher_s2c),
+            Role::Server => (&n.cipher_s2c, &n.cipher_c2s),
+        };
+        self.limit_out = self.config.rekey_bytes.min(cipher_byte_limit(out));
+        self.limit_in = self.config.rekey_bytes.min(cipher_byte_limit(inn));
         self.events.push_back(Event::KeysReady {
             first: self.keys_done == 1,
         });
@@ -747,9 +956,10 @@ impl Transport {
             Some(sealer) => sealer.seal_parts(self.tx_seq, head, body, fill),
             None => Framing::CLEAR.frame_parts(head, body, fill),
         };
-        self.bytes_since_kex = self.bytes_since_kex.saturating_add(packet.len() as u64);
+        self.sent.add(packet.len());
         self.tx_seq = self.tx_seq.wrapping_add(1);
         self.out.push_back(packet);
+        self.rekey_if_spent();
     }
 }
 
@@ -803,9 +1013,8 @@ mod tests {
             ciphers: vec![cipher.to_string()],
             host_key: None,
             host_key_check: None,
-            rekey_bytes: 1 << 30,
             rekey_time: Duration::from_secs(3600),
-            ext_info: None,
+            ..Config::default()
         };
         let mut client = config(Role::Client);
         client.host_key_check = Some(Box::new(move |k| k == pinned.as_slice()));
@@ -902,10 +1111,137 @@ mod tests {
         assert_eq!(c.session_id().map(<[u8]>::to_vec), first_id);
         // Rekey by time.
         let later = Instant::now() + Duration::from_secs(7200);
-        c.handle_time(later);
+        c.handle_time(later).expect("time");
         assert!(c.in_kex());
         pump(&mut c, &mut s, 4096).expect("timed rekey");
         assert!(events(&mut c).contains(&Event::KeysReady { first: false }));
+    }
+
+    fn quiet_pair(cipher: &str, rekey_bytes: u64, rekey_packets: u64) -> (Transport, Transport) {
+        let (mut c, mut s) = pair(cipher);
+        for t in [&mut c, &mut s] {
+            t.config.rekey_bytes = rekey_bytes;
+            t.config.rekey_packets = rekey_packets;
+        }
+        pump(&mut c, &mut s, 4096).expect("kex");
+        let _ = (events(&mut c), events(&mut s));
+        (c, s)
+    }
+
+    /// Keys are renewed by volume as packets go, with no timer: the byte limit, the packet
+    /// limit, in either direction, and never past the cipher's own limit.
+    #[test]
+    fn rekey_limits_fire_after_every_packet_without_a_timer() {
+        // Bytes: 1 MiB one way with a 64 KiB limit.
+        let (mut c, mut s) = quiet_pair("chacha20-poly1305@openssh.com", 64 * 1024, u64::MAX);
+        for i in 0..256u32 {
+            let mut m = vec![94u8; 4096];
+            m[1..5].copy_from_slice(&i.to_be_bytes());
+            c.send(m).expect("send");
+            pump(&mut c, &mut s, 4096).expect("pump");
+        }
+        assert!(
+            c.key_exchanges() >= 10,
+            "client rekeyed {}",
+            c.key_exchanges()
+        );
+        assert_eq!(c.key_exchanges(), s.key_exchanges());
+        let got = events(&mut s)
+            .into_iter()
+            .filter(|e| matches!(e, Event::Message(_)))
+            .count();
+        assert_eq!(got, 256, "every message arrived across the rekeys");
+        // Packets: many small messages the other way, with a packet limit.
+        let (mut c, mut s) = quiet_pair("aes256-gcm@openssh.com", u64::MAX, 100);
+        for i in 0..1000u32 {
+            s.send(vec![94, (i % 256) as u8]).expect("send");
+            if i % 50 == 0 {
+                pump(&mut c, &mut s, 4096).expect("pump");
+            }
+        }
+        pump(&mut c, &mut s, 4096).expect("pump");
+        assert!(
+            s.key_exchanges() >= 9,
+            "server rekeyed {}",
+            s.key_exchanges()
+        );
+        // The cipher's own limit caps a configured one that is larger.
+        assert_eq!(cipher_byte_limit("chacha20-poly1305@openssh.com"), 1 << 30);
+        assert_eq!(cipher_byte_limit("aes128-gcm@openssh.com"), 1 << 36);
+        let (c, _s) = quiet_pair("chacha20-poly1305@openssh.com", u64::MAX, u64::MAX);
+        assert_eq!((c.limit_out, c.limit_in), (1 << 30, 1 << 30));
+    }
+
+    /// A peer that starts a key exchange and then says nothing is cut with
+    /// KEY_EXCHANGE_FAILED once the deadline passes: messages are held meanwhile.
+    #[test]
+    fn a_key_exchange_that_stalls_ends_at_its_deadline() {
+        let (mut c, mut s) = quiet_pair("aes128-gcm@openssh.com", u64::MAX, u64::MAX);
+        let start = Instant::now();
+        s.handle_time(start).expect("time");
+        // The client's KEXINIT reaches the server; nothing more ever comes.
+        c.rekey();
+        while let Some(bytes) = c.poll_transmit() {
+            s.receive(&bytes).expect("kexinit");
+        }
+        assert!(s.in_kex());
+        s.send(vec![94, 1, 2, 3]).expect("held");
+        assert!(s.queued_bytes() > 0, "held messages are counted");
+        let deadline = s.poll_timeout().expect("a deadline");
+        assert!(deadline <= start + DEFAULT_KEX_TIMEOUT);
+        s.handle_time(start + Duration::from_secs(30))
+            .expect("not yet");
+        let err = s
+            .handle_time(start + DEFAULT_KEX_TIMEOUT)
+            .expect_err("deadline");
+        assert_eq!(err.reason, reason::KEY_EXCHANGE_FAILED, "{err}");
+        assert!(s.send(vec![94]).is_err(), "the transport stays failed");
+    }
+
+    /// Every KEX_ECDH_INIT costs the server a host-key signature: a second one in the same
+    /// exchange is refused, not answered.
+    #[test]
+    fn a_second_ecdh_init_in_one_exchange_is_refused() {
+        let (mut c, mut s) = pair("aes128-gcm@openssh.com");
+        let mut from_client = Vec::new();
+        while let Some(bytes) = c.poll_transmit() {
+            from_client.push(bytes.clone());
+            s.receive(&bytes).expect("version and KEXINIT");
+        }
+        while let Some(bytes) = s.poll_transmit() {
+            c.receive(&bytes).expect("server's version and KEXINIT");
+        }
+        let init = c.poll_transmit().expect("KEX_ECDH_INIT");
+        s.receive(&init).expect("first init");
+        let answered: Vec<Vec<u8>> = std::iter::from_fn(|| s.poll_transmit()).collect();
+        assert!(!answered.is_empty(), "the first one is answered");
+        let err = s.receive(&init).expect_err("second init");
+        assert!(err.message.contains("second KEX_ECDH_INIT"), "{err}");
+        assert_eq!(err.reason, reason::KEY_EXCHANGE_FAILED);
+        assert!(s.poll_transmit().is_none(), "no second signature went out");
+    }
+
+    /// RFC 4253 §11.4: an unrecognized message is answered with UNIMPLEMENTED (its sequence
+    /// number), and the connection goes on.
+    #[test]
+    fn an_unknown_message_is_answered_unimplemented_and_the_connection_goes_on() {
+        let (mut c, mut s) = quiet_pair("chacha20-poly1305@openssh.com", u64::MAX, u64::MAX);
+        c.send(vec![200, 1, 2, 3]).expect("send");
+        c.send(vec![94, 7]).expect("send");
+        while let Some(bytes) = c.poll_transmit() {
+            s.receive(&bytes).expect("taken, not fatal");
+        }
+        assert_eq!(
+            events(&mut s),
+            vec![Event::Message(Bytes::from_static(&[94, 7]))],
+            "the unknown message is not passed up"
+        );
+        let answers: Vec<Vec<u8>> = std::iter::from_fn(|| s.poll_transmit()).collect();
+        assert_eq!(answers.len(), 1, "one UNIMPLEMENTED went back");
+        for a in answers {
+            c.receive(&a).expect("the client takes it");
+        }
+        assert!(events(&mut c).is_empty());
     }
 
     #[test]
@@ -914,7 +1250,8 @@ mod tests {
         let other = Arc::new(HostKey::from_seed(&[6; 32]).expect("seed"));
         s.config.host_key = Some(other);
         let err = pump(&mut c, &mut s, 4096).expect_err("refused");
-        assert!(err.0.contains("not the one pinned"), "{err}");
+        assert!(err.message.contains("not the one pinned"), "{err}");
+        assert_eq!(err.reason, reason::HOST_KEY_NOT_VERIFIABLE);
         // Every later call fails the same way.
         assert!(c.receive(b"x").is_err());
 
@@ -925,7 +1262,8 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 0x40;
         let err = s.receive(&bytes).expect_err("tampered");
-        assert!(err.0.contains("authentication"), "{err}");
+        assert!(err.message.contains("authentication"), "{err}");
+        assert_eq!(err.reason, reason::MAC_ERROR);
     }
 
     /// An idle session holds no read buffer: not after packets were taken, and not after a
@@ -964,7 +1302,7 @@ mod tests {
         // ...then an IGNORE, as the Terrapin attack would slip in.
         let ignore = Framing::CLEAR.frame(&[msg::IGNORE, 0, 0, 0, 0], |p| p.fill(0));
         let err = s.receive(&ignore).expect_err("strict");
-        assert!(err.0.contains("strict"), "{err}");
+        assert!(err.message.contains("strict"), "{err}");
     }
 
     #[test]

@@ -27,6 +27,7 @@ fn config(role: Role, host: &Arc<HostKey>) -> Config {
         rekey_bytes: 1 << 30,
         rekey_time: Duration::from_secs(3600),
         ext_info: None,
+        ..Default::default()
     }
 }
 
@@ -258,6 +259,7 @@ fn a_full_window_holds_only_its_own_channel_and_reopens_as_the_reader_takes() {
     let limits = Limits {
         window: 64 * 1024,
         max_packet: 16 * 1024,
+        ..Limits::default()
     };
     let mut sim = Sim::logged_in(limits);
     let (slow_c, slow_s) = sim.open();

@@ -92,6 +92,14 @@ pub struct RelayArgs {
     /// Serve Prometheus metrics over HTTP on this address (off by default).
     #[arg(long, env = "BURROW_METRICS", value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Renew each connection's SSH keys after this much data either way (like OpenSSH's
+    /// RekeyLimit; also after 2^31 packets).
+    #[arg(long, default_value = "1G", value_name = "SIZE")]
+    pub rekey_limit: String,
+    /// The most data queued toward one peer (replies, messages held during a key exchange,
+    /// packets not yet written) before the relay stops reading from it; 64K before it logs in.
+    #[arg(long, default_value = "4M", value_name = "SIZE")]
+    pub max_queued: String,
 }
 
 #[derive(Subcommand, Debug)]

@@ -41,6 +41,31 @@ async fn serve(args: &RelayArgs, data_dir: PathBuf, shutdown: CancellationToken)
     config.max_unauthenticated = args.max_unauthenticated.max(1);
     config.max_unauthenticated_per_ip = args.max_unauthenticated_per_ip.max(1);
     config.max_listener_connections = args.max_listener_connections.max(1);
+    config.rekey_bytes = burrow_proto::size::parse(&args.rekey_limit)
+        .ok()
+        .filter(|n| *n >= 16 * 1024)
+        .ok_or_else(|| {
+            Failure::new(
+                exit::USAGE,
+                format!(
+                    "--rekey-limit {}: give a size of at least 16K (e.g. 1G)",
+                    args.rekey_limit
+                ),
+            )
+        })?;
+    config.max_queued = burrow_proto::size::parse(&args.max_queued)
+        .ok()
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| *n >= 1 << 20)
+        .ok_or_else(|| {
+            Failure::new(
+                exit::USAGE,
+                format!(
+                    "--max-queued {}: give a size of at least 1M (e.g. 4M); data writers already wait at 512K",
+                    args.max_queued
+                ),
+            )
+        })?;
     for (flag, v) in [
         ("--handshakes-per-ip", args.handshakes_per_ip),
         ("--handshake-burst", args.handshake_burst),

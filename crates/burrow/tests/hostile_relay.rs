@@ -101,6 +101,7 @@ async fn agent_refuses_channels_it_did_not_ask_for() {
             rekey_bytes: 1 << 30,
             rekey_time: std::time::Duration::from_secs(3600),
             ext_info: None,
+            ..Default::default()
         };
         let session = Session::new(
             config,

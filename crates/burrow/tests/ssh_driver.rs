@@ -42,6 +42,7 @@ fn config(role: Role) -> Config {
         rekey_bytes: 1 << 30,
         rekey_time: Duration::from_secs(3600),
         ext_info: None,
+        ..Default::default()
     }
 }
 

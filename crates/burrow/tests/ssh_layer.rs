@@ -186,6 +186,7 @@ fn transport_session_with_sshd(port: u16, cipher: &str) {
             rekey_bytes: 1 << 30,
             rekey_time: Duration::from_secs(3600),
             ext_info: None,
+            ..Default::default()
         },
         std::time::Instant::now(),
     );
@@ -246,7 +247,7 @@ fn transport_session_with_sshd(port: u16, cipher: &str) {
     let mut buf = [0u8; 8192];
     let n = tcp.read(&mut buf).unwrap();
     let err = t.receive(&buf[..n]).expect_err("a refused rekey");
-    assert!(err.0.contains("re-exchange"), "{err}");
+    assert!(err.message.contains("re-exchange"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use burrow_ssh::auth::{Decision, Question};
-use burrow_ssh::channel::{Limits, OpenKind, Request, open_failure};
+use burrow_ssh::channel::{OpenKind, Request, open_failure};
 use burrow_ssh::driver::{Channel, ChannelMsg, Handle, Handler, Offer};
 use burrow_ssh::session::{Session, Side};
 use tokio::net::{TcpListener, TcpStream};
@@ -90,7 +90,7 @@ async fn dial(relay: &Arc<Relay>, id: &str) -> Result<Handle, String> {
                 burrow_ssh::auth::ClientKey::new(relay.host_key.clone()),
             ))],
         },
-        Limits::default(),
+        relay.config.peer_limits(),
         std::time::Instant::now(),
     );
     let tcp = tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(&addr))
@@ -129,7 +129,7 @@ pub(crate) async fn serve(relay: Arc<Relay>, listener: TcpListener, shutdown: Ca
                     methods: vec![burrow_ssh::auth::method::PUBLICKEY],
                     max_attempts: 2,
                 },
-                Limits::default(),
+                relay2.config.peer_limits(),
                 std::time::Instant::now(),
             );
             let conn = PeerServer {

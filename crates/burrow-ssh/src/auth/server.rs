@@ -14,6 +14,8 @@ pub struct ServerAuth {
     methods: Vec<&'static str>,
     max_attempts: u32,
     attempts: u32,
+    /// A `none` request was answered already.
+    asked_none: bool,
     /// The question out, with what answering it needs.
     pending: Option<Pending>,
     /// Requests that arrived while a question was out, in order.
@@ -53,6 +55,7 @@ impl ServerAuth {
             methods,
             max_attempts,
             attempts: 0,
+            asked_none: false,
             pending: None,
             waiting: VecDeque::new(),
             prompted: None,
@@ -191,11 +194,17 @@ impl ServerAuth {
             )));
         }
         match &request.method {
-            // `none` asks which methods may continue; it is not an attempt.
-            Method::None => Ok(ServerStep {
-                send: vec![encode_auth_failure(&self.methods, false)],
-                ..ServerStep::default()
-            }),
+            // The first `none` asks which methods may continue and is free, as in OpenSSH; every
+            // later one is an attempt (a client that repeats it asks nothing new, and each
+            // answer is queued for a peer that may never read it).
+            Method::None if !self.asked_none => {
+                self.asked_none = true;
+                Ok(ServerStep {
+                    send: vec![encode_auth_failure(&self.methods, false)],
+                    ..ServerStep::default()
+                })
+            }
+            Method::None => self.refuse(&user, "repeated \"none\" authentication".into()),
             Method::PublicKey { .. } if !self.offers(method::PUBLICKEY) => {
                 self.refuse(&user, "public key authentication is not offered now".into())
             }

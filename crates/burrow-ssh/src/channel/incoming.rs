@@ -139,14 +139,17 @@ impl Connection {
             Ok((request, want_reply))
         };
         let (request, want_reply) = parse(r).map_err(|e| malformed("GLOBAL_REQUEST", e))?;
-        if want_reply && self.global_owed >= MAX_OWED {
+        if want_reply && self.global_replies.len() >= MAX_OWED {
             return fail("too many global requests wait for a reply");
         }
         match request {
             // Answered here, as OpenSSH answers what it does not know: a failure is an answer.
+            // It waits behind the answers still owed for earlier requests.
             GlobalRequest::Keepalive | GlobalRequest::Other(_) => {
                 if want_reply {
-                    self.out.push_back(vec![msg::REQUEST_FAILURE]);
+                    self.global_replies
+                        .push_back(Some(vec![msg::REQUEST_FAILURE]));
+                    self.send_global_replies();
                 }
                 if let GlobalRequest::Other(_) = request {
                     self.events.push_back(Event::Global {
@@ -157,7 +160,7 @@ impl Connection {
             }
             request => {
                 if want_reply {
-                    self.global_owed = self.global_owed.saturating_add(1);
+                    self.global_replies.push_back(None);
                 }
                 self.events.push_back(Event::Global {
                     request,
@@ -196,10 +199,11 @@ impl Connection {
             ));
             return Ok(());
         }
-        let mut c = Channel::new(State::Offered, self.limits);
+        // Its window is granted when it is accepted.
+        let mut c = Channel::new(State::Offered, 0);
         c.remote = sender;
         c.send_window = window;
-        c.send_packet = packet;
+        c.send_packet = packet.max(MIN_PEER_PACKET);
         self.channels.insert(id, c);
         self.events.push_back(Event::Open {
             channel: ChannelId(id),
@@ -229,7 +233,7 @@ impl Connection {
         c.state = State::Open;
         c.remote = theirs;
         c.send_window = window;
-        c.send_packet = packet;
+        c.send_packet = packet.max(MIN_PEER_PACKET);
         if c.sent_close {
             // Closed while opening: close it now that it has a number on the other side.
             let mut w = Writer::message(msg::CHANNEL_CLOSE);
@@ -328,26 +332,26 @@ impl Connection {
         if c.state != State::Open {
             return fail(format!("a request on {channel}, which is not open"));
         }
-        if want_reply && c.owed >= MAX_OWED {
+        if want_reply && c.replies.len() >= MAX_OWED {
             return fail(format!("{channel}: too many requests wait for a reply"));
         }
         if c.sent_close {
             return Ok(());
         }
         // keepalive@openssh.com and PuTTY's winadj@ are answered here (with failure, which
-        // is an answer); other unknown requests go up so the application can log them.
+        // is an answer, after those owed for earlier requests); other unknown requests go up
+        // so the application can log them.
         if let Request::Other(name) = &request
             && (name == "keepalive@openssh.com" || name.starts_with("winadj@"))
         {
             if want_reply {
-                let mut w = Writer::message(msg::CHANNEL_FAILURE);
-                w.u32(c.remote);
-                self.out.push_back(w.into_bytes());
+                c.replies.push_back(Some(false));
+                self.send_replies(channel);
             }
             return Ok(());
         }
         if want_reply {
-            c.owed = c.owed.saturating_add(1);
+            c.replies.push_back(None);
         }
         self.events.push_back(Event::Request {
             channel,

@@ -10,12 +10,20 @@
 //!
 //! EOF and CLOSE follow RFC 4254 §5.3: each direction ends on its own with EOF; a CLOSE is
 //! answered with a CLOSE, and the channel number is free once both have gone.
+//!
+//! Memory: the windows of all a connection's channels together stay within
+//! [`Limits::window_budget`] (a channel opened when the budget is spent starts with
+//! [`MIN_WINDOW`] and grows as others give theirs back), so what a peer can make the application
+//! hold does not grow with the number of channels it opens. Replies to global and channel
+//! requests leave in the order the requests came (RFC 4254 §4, §5.4), whether answered here at
+//! once or later by the application.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 
 use crate::msg;
+use crate::queue::ByteQueue;
 use crate::wire::{Reader, WireError, Writer};
 
 mod incoming;
@@ -37,6 +45,12 @@ const MAX_DATA: usize = 256 * 1024;
 pub const MAX_CHANNELS: usize = 1024;
 /// Requests wanting a reply that may be outstanding, per channel and for global requests.
 const MAX_OWED: usize = 64;
+/// The window a channel starts with when the connection's window budget is spent.
+pub const MIN_WINDOW: u32 = 4 * 1024;
+/// The smallest maximum packet size taken from a peer: a peer that advertises less (1 turns
+/// every byte into a packet) gets packets this large, which RFC 4253 §6.1 obliges every
+/// implementation to take anyway.
+pub const MIN_PEER_PACKET: u32 = 1024;
 
 /// What happened on the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,14 +155,32 @@ pub struct Limits {
     pub window: u32,
     /// Largest data packet we take.
     pub max_packet: u32,
+    /// The receive windows of all channels together: the most channel data the peer may
+    /// have sent and the application not yet taken, however many channels it opens.
+    pub window_budget: u64,
+    /// The most bytes queued toward the peer (replies, held messages, sealed packets) before
+    /// the driver stops reading from it; data writers wait well below it.
+    pub max_queued: usize,
+    /// A peer that takes nothing for this long while reading from it is stopped is cut.
+    pub stall_timeout: std::time::Duration,
 }
 
+/// Default [`Limits::window_budget`]: eight channels at the full window.
+pub const DEFAULT_WINDOW_BUDGET: u64 = 16 * 1024 * 1024;
+/// Default [`Limits::max_queued`].
+pub const DEFAULT_MAX_QUEUED: usize = 4 * 1024 * 1024;
+/// Default [`Limits::stall_timeout`].
+pub const DEFAULT_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Default for Limits {
-    /// OpenSSH's sizes for forwarded streams: 2 MiB window, 32 KiB packets.
+    /// OpenSSH's sizes for forwarded streams: 2 MiB window, 32 KiB packets; 16 MiB in all.
     fn default() -> Limits {
         Limits {
             window: 2 * 1024 * 1024,
             max_packet: 32 * 1024,
+            window_budget: DEFAULT_WINDOW_BUDGET,
+            max_queued: DEFAULT_MAX_QUEUED,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
 }
@@ -199,19 +231,21 @@ struct Channel {
     got_eof: bool,
     sent_close: bool,
     got_close: bool,
-    /// Incoming requests that want a reply and have none yet.
-    owed: usize,
+    /// Answers to incoming requests that want one, in the order they came: `None` until the
+    /// application answers; sent from the front as soon as they are known.
+    replies: VecDeque<Option<bool>>,
     /// Our requests that want a reply.
     expected: usize,
 }
 
 impl Channel {
-    fn new(state: State, limits: Limits) -> Channel {
+    /// A channel advertising `window` (0 until it is accepted).
+    fn new(state: State, window: u32) -> Channel {
         Channel {
             state,
             remote: 0,
-            recv_window: limits.window,
-            recv_max: limits.window,
+            recv_window: window,
+            recv_max: window,
             consumed: 0,
             send_window: 0,
             send_packet: 0,
@@ -219,7 +253,7 @@ impl Channel {
             got_eof: false,
             sent_close: false,
             got_close: false,
-            owed: 0,
+            replies: VecDeque::new(),
             expected: 0,
         }
     }
@@ -231,10 +265,11 @@ pub struct Connection {
     limits: Limits,
     channels: BTreeMap<u32, Channel>,
     next_id: u32,
-    out: VecDeque<Vec<u8>>,
+    out: ByteQueue,
     events: VecDeque<Event>,
-    /// Incoming global requests that want a reply and have none yet.
-    global_owed: usize,
+    /// Answers to incoming global requests that want one, in the order they came: `None`
+    /// until the application answers.
+    global_replies: VecDeque<Option<Vec<u8>>>,
     /// Our global requests that want a reply, in order: whether each was a keepalive.
     global_expected: VecDeque<bool>,
 }
@@ -250,14 +285,40 @@ impl Connection {
 
     /// Frees the buffers of empty queues (see [`crate::session::Session::release_idle`]).
     pub fn release_idle(&mut self) {
-        crate::session::shrink(&mut self.out);
+        self.out.release_idle();
         crate::session::shrink(&mut self.events);
         crate::session::shrink(&mut self.global_expected);
+        crate::session::shrink(&mut self.global_replies);
     }
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.out.pop_front()
+    }
+
+    /// Bytes of messages waiting in [`Connection::poll_transmit`].
+    pub fn queued_bytes(&self) -> usize {
+        self.out.bytes()
+    }
+
+    /// The limits the connection was made with.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The window a channel opened now gets: the full window while the budget lasts, what is
+    /// left of it after, and never less than [`MIN_WINDOW`].
+    fn window_for_new_channel(&self) -> u32 {
+        let left = self.limits.window_budget.saturating_sub(self.granted());
+        let window = u64::from(self.limits.window).min(left);
+        u32::try_from(window)
+            .unwrap_or(u32::MAX)
+            .max(MIN_WINDOW.min(self.limits.window))
+    }
+
+    /// The receive windows granted to all channels.
+    fn granted(&self) -> u64 {
+        self.channels.values().map(|c| u64::from(c.recv_max)).sum()
     }
 
     /// The next event.
@@ -306,12 +367,13 @@ impl Connection {
         let Some(id) = self.free_id() else {
             return fail(format!("{MAX_CHANNELS} channels are open already"));
         };
+        let window = self.window_for_new_channel();
         self.channels
-            .insert(id, Channel::new(State::Opening, self.limits));
+            .insert(id, Channel::new(State::Opening, window));
         let mut w = Writer::message(msg::CHANNEL_OPEN);
         w.string(kind.name().as_bytes())
             .u32(id)
-            .u32(self.limits.window)
+            .u32(window)
             .u32(self.limits.max_packet);
         kind.encode_fields(&mut w);
         self.out.push_back(w.into_bytes());
@@ -320,17 +382,17 @@ impl Connection {
 
     /// Accepts a channel the peer asked for.
     pub fn accept(&mut self, channel: ChannelId) -> Result<(), ConnectionError> {
-        let limits = self.limits;
+        let max_packet = self.limits.max_packet;
+        let window = self.window_for_new_channel();
         let c = self.get(channel)?;
         if c.state != State::Offered {
             return fail(format!("{channel} was not offered"));
         }
         c.state = State::Open;
+        c.recv_window = window;
+        c.recv_max = window;
         let mut w = Writer::message(msg::CHANNEL_OPEN_CONFIRMATION);
-        w.u32(c.remote)
-            .u32(channel.0)
-            .u32(limits.window)
-            .u32(limits.max_packet);
+        w.u32(c.remote).u32(channel.0).u32(window).u32(max_packet);
         self.out.push_back(w.into_bytes());
         Ok(())
     }
@@ -452,6 +514,15 @@ impl Connection {
     /// keep the receiver audible: a link that carries data one way hears the other way too.
     pub fn consume(&mut self, channel: ChannelId, n: usize) -> Result<(), ConnectionError> {
         let step = self.limits.max_packet.saturating_mul(3);
+        let full = self.limits.window;
+        // A channel that started small grows back toward the full window as the budget allows.
+        let growth = match self.channels.get(&channel.0) {
+            Some(c) if c.recv_max < full => {
+                let left = self.limits.window_budget.saturating_sub(self.granted());
+                u32::try_from(left.min(u64::from(full.saturating_sub(c.recv_max)))).unwrap_or(0)
+            }
+            _ => 0,
+        };
         let c = self.get(channel)?;
         let n = u32::try_from(n).unwrap_or(u32::MAX);
         c.consumed = c.consumed.saturating_add(n);
@@ -467,9 +538,11 @@ impl Connection {
             && !c.got_eof
             && !c.sent_close
         {
+            let add = c.consumed.saturating_add(growth);
             let mut w = Writer::message(msg::CHANNEL_WINDOW_ADJUST);
-            w.u32(c.remote).u32(c.consumed);
-            c.recv_window = given_back;
+            w.u32(c.remote).u32(add);
+            c.recv_window = given_back.saturating_add(growth);
+            c.recv_max = c.recv_max.saturating_add(growth);
             c.consumed = 0;
             self.out.push_back(w.into_bytes());
         }
@@ -554,24 +627,45 @@ impl Connection {
         Ok(())
     }
 
-    /// Answers the oldest unanswered request of a channel that wanted a reply.
+    /// Answers the oldest request of a channel that waits for the application's answer; the
+    /// answer leaves once every request before it is answered.
     pub fn reply(&mut self, channel: ChannelId, success: bool) -> Result<(), ConnectionError> {
         let c = self.get(channel)?;
-        if c.owed == 0 {
+        let Some(slot) = c.replies.iter_mut().find(|r| r.is_none()) else {
             return fail(format!("{channel}: no request waits for a reply"));
-        }
-        c.owed = c.owed.saturating_sub(1);
-        if c.sent_close {
-            return Ok(());
-        }
-        let mut w = Writer::message(if success {
-            msg::CHANNEL_SUCCESS
-        } else {
-            msg::CHANNEL_FAILURE
-        });
-        w.u32(c.remote);
-        self.out.push_back(w.into_bytes());
+        };
+        *slot = Some(success);
+        self.send_replies(channel);
         Ok(())
+    }
+
+    /// Sends the answers at the front of a channel's reply queue that are known.
+    fn send_replies(&mut self, channel: ChannelId) {
+        let Some(c) = self.channels.get_mut(&channel.0) else {
+            return;
+        };
+        while let Some(Some(success)) = c.replies.front().copied() {
+            c.replies.pop_front();
+            if c.sent_close {
+                continue;
+            }
+            let mut w = Writer::message(if success {
+                msg::CHANNEL_SUCCESS
+            } else {
+                msg::CHANNEL_FAILURE
+            });
+            w.u32(c.remote);
+            self.out.push_back(w.into_bytes());
+        }
+    }
+
+    /// Sends the answers at the front of the global reply queue that are known.
+    fn send_global_replies(&mut self) {
+        while let Some(Some(_)) = self.global_replies.front() {
+            if let Some(Some(m)) = self.global_replies.pop_front() {
+                self.out.push_back(m);
+            }
+        }
     }
 
     /// Sends a global request; with `want_reply`, [`Event::GlobalReply`] follows (not for
@@ -600,10 +694,9 @@ impl Connection {
         success: bool,
         port: Option<u32>,
     ) -> Result<(), ConnectionError> {
-        if self.global_owed == 0 {
+        let Some(slot) = self.global_replies.iter_mut().find(|r| r.is_none()) else {
             return fail("no global request waits for a reply");
-        }
-        self.global_owed = self.global_owed.saturating_sub(1);
+        };
         let mut w = Writer::message(if success {
             msg::REQUEST_SUCCESS
         } else {
@@ -612,7 +705,8 @@ impl Connection {
         if let (true, Some(port)) = (success, port) {
             w.u32(port);
         }
-        self.out.push_back(w.into_bytes());
+        *slot = Some(w.into_bytes());
+        self.send_global_replies();
         Ok(())
     }
 }

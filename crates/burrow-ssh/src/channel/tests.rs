@@ -26,8 +26,9 @@ fn events(c: &mut Connection) -> Vec<Event> {
 
 fn small() -> Limits {
     Limits {
-        window: 1000,
-        max_packet: 300,
+        window: 3000,
+        max_packet: 1100,
+        ..Limits::default()
     }
 }
 
@@ -64,29 +65,29 @@ fn data_of(events: &[Event]) -> Vec<u8> {
 #[test]
 fn the_window_closes_until_the_reader_consumes_and_reopens_after() {
     let (mut a, mut b, ours, theirs) = open_pair();
-    let payload: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+    let payload: Vec<u8> = (0..15000u32).map(|i| i as u8).collect();
     // Only the window's worth goes, in packets no larger than the peer's maximum.
     let taken = a.send(ours, &payload).expect("send");
-    assert_eq!(taken, 1000);
+    assert_eq!(taken, 3000);
     assert_eq!(a.send(ours, &payload[taken..]).expect("full"), 0);
     let mut packets = Vec::new();
     while let Some(m) = a.poll_transmit() {
-        assert!(m.len() <= 300, "packet of {}", m.len());
+        assert!(m.len() <= 1100, "packet of {}", m.len());
         packets.push(m);
     }
     for m in packets {
         b.receive(m).expect("data");
     }
     let got = data_of(&events(&mut b));
-    assert_eq!(got, payload[..1000]);
+    assert_eq!(got, payload[..3000]);
     assert_eq!(b.receive_window(theirs), Some(0));
     // Consuming less than half gives nothing back; half reopens the window.
-    b.consume(theirs, 400).expect("consume");
+    b.consume(theirs, 1400).expect("consume");
     assert!(b.poll_transmit().is_none());
     b.consume(theirs, 100).expect("consume");
     pump(&mut a, &mut b).expect("adjust");
     assert_eq!(events(&mut a), vec![Event::Writable(ours)]);
-    assert_eq!(a.send_room(ours), 500);
+    assert_eq!(a.send_room(ours), 1500);
     // Giving back more than arrived is the application's bug, caught.
     assert!(b.consume(theirs, 10_000).is_err());
 }
@@ -96,9 +97,9 @@ fn a_peer_that_ignores_the_window_is_refused() {
     let (mut a, mut b, _ours, theirs) = open_pair();
     let _ = a;
     let mut w = Writer::message(msg::CHANNEL_DATA);
-    w.u32(theirs.0).string(&[0u8; 1001]);
+    w.u32(theirs.0).string(&[0u8; 3001]);
     // The peer's number for its side is `ours`; here `a` speaks to `b`, whose channel is
-    // `theirs`: forge data past the 1000-byte window.
+    // `theirs`: forge data past the 3000-byte window.
     let err = b.receive(w.into_bytes()).expect_err("over the window");
     assert!(err.0.contains("flow control"), "{err}");
     a = Connection::new(small());
@@ -174,7 +175,12 @@ fn requests_are_answered_in_order_and_break_carries_its_length() {
             },
         ]
     );
-    // The keepalive was answered at once (failure); the break waits for the application.
+    // The keepalive is answered here (failure), but not before the break the application
+    // still has to answer: replies go in the order the requests came (RFC 4254 §5.4).
+    assert!(
+        b.poll_transmit().is_none(),
+        "nothing leaves before the break's answer"
+    );
     b.reply(theirs, true).expect("reply");
     assert!(b.reply(theirs, true).is_err(), "only one reply was owed");
     pump(&mut a, &mut b).expect("pump");
@@ -183,12 +189,50 @@ fn requests_are_answered_in_order_and_break_carries_its_length() {
         vec![
             Event::RequestReply {
                 channel: ours,
-                success: false
+                success: true
             },
             Event::RequestReply {
                 channel: ours,
-                success: true
+                success: false
             },
+        ]
+    );
+}
+
+/// A device's `tcpip-forward` and a keepalive sent in one write: OpenSSH matches global replies
+/// to requests in order, so the keepalive's answer must not overtake the forward's.
+#[test]
+fn global_replies_leave_in_the_order_the_requests_came() {
+    let (mut a, mut b) = (Connection::new(small()), Connection::new(small()));
+    a.global_request(
+        &GlobalRequest::TcpipForward {
+            address: "localhost".into(),
+            port: 22,
+        },
+        true,
+    );
+    a.global_request(&GlobalRequest::Keepalive, true);
+    a.global_request(
+        &GlobalRequest::Other("no-more-sessions@openssh.com".into()),
+        true,
+    );
+    while let Some(m) = a.poll_transmit() {
+        b.receive(m).expect("request");
+    }
+    assert!(
+        b.poll_transmit().is_none(),
+        "the forward's answer goes first"
+    );
+    b.global_reply(true, None).expect("reply");
+    let answers: Vec<u8> = std::iter::from_fn(|| b.poll_transmit())
+        .map(|m| m[0])
+        .collect();
+    assert_eq!(
+        answers,
+        vec![
+            msg::REQUEST_SUCCESS,
+            msg::REQUEST_FAILURE,
+            msg::REQUEST_FAILURE
         ]
     );
 }

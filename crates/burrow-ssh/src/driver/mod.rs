@@ -6,6 +6,16 @@
 //! takes bytes, and its writes take only what the peer's window allows, so a reader that stops
 //! holds back its own channel and nothing else. An idle connection holds no buffers: the task
 //! waits for the socket to become readable and allocates a read buffer only then.
+//!
+//! Memory is bounded by what is queued, not by what the protocol promises. Everything waiting
+//! for the peer (replies, messages held during a key exchange, sealed packets) counts toward
+//! one cap ([`crate::channel::Limits::max_queued`]; [`PRE_AUTH_MAX_QUEUED`] before
+//! authentication): channel writers wait at [`BACKLOG_HIGH`], far below it, and past it the
+//! driver stops reading, so a peer that never reads cannot make it answer more; one that still
+//! takes nothing after [`crate::channel::Limits::stall_timeout`] is cut. Channel data waiting
+//! for its reader is bounded by the windows; small pieces are copied out of the read buffer
+//! (a one-byte packet must not keep a 64 KiB buffer alive), and large ones are kept as views
+//! only up to [`VIEW_BUDGET`] per connection.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -29,8 +39,19 @@ pub use task::{connect, start};
 
 /// Largest read from the socket at once.
 const READ_SIZE: usize = 64 * 1024;
-/// Writers wait while this much is queued for the socket, and go on below half of it.
-const BACKLOG_HIGH: usize = 512 * 1024;
+/// Writers wait while this much is queued for the peer, and go on below half of it.
+pub const BACKLOG_HIGH: usize = 512 * 1024;
+/// The cap on what is queued for a peer that has not authenticated: a key exchange and a few
+/// authentication answers need a few kilobytes.
+pub const PRE_AUTH_MAX_QUEUED: usize = 64 * 1024;
+/// Channel data smaller than this is copied out of the read buffer rather than kept as a view
+/// of it (which would keep the whole buffer alive).
+const COPY_BELOW: usize = 16 * 1024;
+/// The most channel data one connection keeps as views of read buffers; past it data is
+/// copied. A reader that keeps up never gets near it; one that falls behind holds copies.
+pub const VIEW_BUDGET: usize = 1024 * 1024;
+/// Copies are gathered into pieces of up to this size.
+const COPY_PIECE: usize = 64 * 1024;
 
 /// Why a connection or one of its operations failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,8 +138,23 @@ pub trait Handler: Send + 'static {
 
 /// What arrived on a channel, in order.
 enum Item {
-    Data(bytes::Bytes),
+    /// Data as a view of the packet it came in (counted in [`State::views`]).
+    View(bytes::Bytes),
+    /// Data copied out of the read buffer, small pieces gathered into one.
+    Copy(Vec<u8>),
     Request(Request, bool),
+    /// A request that wanted an answer and found the queue full: refused when reached.
+    Refused,
+}
+
+impl Item {
+    fn data(&self) -> Option<&[u8]> {
+        match self {
+            Item::View(b) => Some(b),
+            Item::Copy(v) => Some(v),
+            Item::Request(..) | Item::Refused => None,
+        }
+    }
 }
 
 /// Most requests queued on a channel nobody takes them from; more are refused at once.
@@ -195,9 +231,33 @@ struct State {
     authenticated: Option<String>,
     /// The most data bytes ever queued unread on one channel of this connection.
     peak_queued: usize,
+    /// Bytes of channel data held as views of read buffers ([`Item::View`]).
+    views: usize,
+    /// Bytes queued for the peer when the driver last looked (its own queue and the session's).
+    queued: usize,
 }
 
 impl State {
+    /// Takes the first item of a channel's queue, keeping the count of views.
+    fn pop_item(views: &mut usize, slot: &mut Slot) -> Option<Item> {
+        let item = slot.recv.pop_front()?;
+        if let Item::View(b) = &item {
+            *views = views.saturating_sub(b.len());
+        }
+        Some(item)
+    }
+
+    /// Drops what a channel's queue holds, keeping the count of views.
+    fn clear_items(views: &mut usize, slot: &mut Slot) {
+        while Self::pop_item(views, slot).is_some() {}
+        slot.recv = VecDeque::new();
+    }
+
+    /// What the peer is sent and has not taken: the session's queues and the driver's.
+    fn queued_now(&self, driver_out: usize) -> usize {
+        driver_out.saturating_add(self.session.queued_bytes())
+    }
+
     /// Lets go of the memory an idle connection does not need.
     fn release_idle(&mut self) {
         self.session.release_idle();
@@ -398,6 +458,18 @@ impl Handle {
     /// that falls behind costs in memory (never more than the window its channel advertised).
     pub fn peak_buffered(&self) -> usize {
         self.inner.lock().peak_queued
+    }
+
+    /// Bytes queued for the peer and not yet written (replies, held and sealed messages).
+    pub fn queued_bytes(&self) -> usize {
+        let st = self.inner.lock();
+        st.queued.max(st.session.queued_bytes())
+    }
+
+    /// Key exchanges finished on this connection (the first included).
+    pub fn key_exchanges(&self) -> u32 {
+        let mut st = self.inner.lock();
+        st.session.transport().key_exchanges()
     }
 
     /// How many channels are open.

@@ -165,33 +165,65 @@ impl Channel {
 
     fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<ChannelMsg>> {
         let mut st = self.inner.lock();
-        let State { session, slots, .. } = &mut *st;
+        let State {
+            session,
+            slots,
+            views,
+            ..
+        } = &mut *st;
         let Some(slot) = slots.get_mut(&self.id) else {
             return Poll::Ready(None);
         };
-        if let Some(item) = slot.recv.pop_front() {
+        let mut refused = false;
+        let mut msg = None;
+        while let Some(item) = State::pop_item(views, slot) {
             let head = std::mem::take(&mut slot.head);
-            let msg = match item {
-                Item::Data(d) => {
-                    let rest = d.get(head..).unwrap_or_default().to_vec();
-                    slot.queued = slot.queued.saturating_sub(rest.len());
-                    let _ = session.connection().consume(self.id, rest.len());
-                    ChannelMsg::Data(rest)
+            let data = match item {
+                // Refused in place (the queue was full), answered in its turn: every answer
+                // leaves in the order its request came.
+                Item::Refused => {
+                    let _ = session.connection().reply(self.id, false);
+                    refused = true;
+                    continue;
                 }
                 Item::Request(request, want_reply) => {
                     slot.requests = slot.requests.saturating_sub(1);
-                    ChannelMsg::Request {
+                    msg = Some(ChannelMsg::Request {
                         request,
                         want_reply,
-                    }
+                    });
+                    break;
                 }
+                Item::View(d) => d.get(head..).unwrap_or_default().to_vec(),
+                Item::Copy(mut d) if head > 0 => d.split_off(head.min(d.len())),
+                Item::Copy(d) => d,
             };
+            slot.queued = slot.queued.saturating_sub(data.len());
+            let _ = session.connection().consume(self.id, data.len());
+            msg = Some(ChannelMsg::Data(data));
+            break;
+        }
+        if msg.is_some() || refused {
             let wake = session.connection().has_output();
+            let queue_empty = slot.recv.is_empty();
+            let eof_now = queue_empty && slot.eof && !slot.eof_taken && msg.is_none();
+            if eof_now {
+                slot.eof_taken = true;
+                msg = Some(ChannelMsg::Eof);
+            }
+            let closed = slot.closed;
+            if msg.is_none() && !closed {
+                slot.reader = Some(cx.waker().clone());
+            }
             drop(st);
             if wake {
                 self.inner.wake.notify_one();
             }
-            return Poll::Ready(Some(msg));
+            return match msg {
+                Some(m) => Poll::Ready(Some(m)),
+                None if closed => Poll::Ready(None),
+                None => Poll::Pending,
+            };
         }
         if slot.eof && !slot.eof_taken {
             slot.eof_taken = true;
@@ -246,10 +278,15 @@ impl Channel {
                 "the channel is closed",
             )));
         }
-        if st.backlog >= BACKLOG_HIGH {
+        // Everything queued for the peer counts, the messages held during a key exchange
+        // too: a peer that stalls a rekey stops the sources of its streams here.
+        let queued = st.queued_now(st.backlog);
+        if queued >= BACKLOG_HIGH {
             st.blocked.push(cx.waker().clone());
             return Poll::Pending;
         }
+        let room = BACKLOG_HIGH.saturating_sub(queued);
+        let buf = buf.get(..buf.len().min(room)).unwrap_or_default();
         let sent = st.session.send_data(self.id, code, buf);
         let n = match sent {
             Ok(n) => n,
@@ -295,6 +332,7 @@ impl AsyncRead for Channel {
             session,
             slots,
             ended,
+            views,
             ..
         } = &mut *st;
         let Some(slot) = slots.get_mut(&this.id) else {
@@ -310,17 +348,22 @@ impl AsyncRead for Channel {
                         let _ = session.connection().reply(this.id, false);
                     }
                     slot.requests = slot.requests.saturating_sub(1);
-                    slot.recv.pop_front();
+                    State::pop_item(views, slot);
                 }
-                Some(Item::Data(front)) => {
-                    let rest = front.get(slot.head..).unwrap_or_default();
+                Some(Item::Refused) => {
+                    let _ = session.connection().reply(this.id, false);
+                    State::pop_item(views, slot);
+                }
+                Some(front) => {
+                    let data = front.data().unwrap_or_default();
+                    let rest = data.get(slot.head..).unwrap_or_default();
                     let n = rest.len().min(buf.remaining());
                     buf.put_slice(rest.get(..n).unwrap_or_default());
                     taken = taken.saturating_add(n);
                     slot.queued = slot.queued.saturating_sub(n);
                     slot.head = slot.head.saturating_add(n);
-                    if slot.head >= front.len() {
-                        slot.recv.pop_front();
+                    if slot.head >= data.len() {
+                        State::pop_item(views, slot);
                         slot.head = 0;
                     }
                 }
@@ -384,11 +427,15 @@ impl Drop for Channel {
         let mut st = self.inner.lock();
         let closed = st.slots.get(&self.id).is_none_or(|s| s.closed);
         if closed {
-            st.slots.remove(&self.id);
+            let State { slots, views, .. } = &mut *st;
+            if let Some(mut slot) = slots.remove(&self.id) {
+                State::clear_items(views, &mut slot);
+            }
         } else {
-            if let Some(slot) = st.slots.get_mut(&self.id) {
+            let State { slots, views, .. } = &mut *st;
+            if let Some(slot) = slots.get_mut(&self.id) {
                 slot.dropped = true;
-                slot.recv = VecDeque::new();
+                State::clear_items(views, slot);
             }
             let _ = st.session.connection().close(self.id);
         }

@@ -45,6 +45,8 @@ pub fn start<H: Handler>(
             peer_disconnect: None,
             authenticated: None,
             peak_queued: 0,
+            views: 0,
+            queued: 0,
         }),
         wake: Notify::new(),
         changed: Notify::new(),
@@ -60,6 +62,7 @@ pub fn start<H: Handler>(
         out: VecDeque::new(),
         out_at: 0,
         out_len: 0,
+        stalled_since: None,
     };
     (handle, driver.run())
 }
@@ -75,6 +78,17 @@ struct Driver<H> {
     out_at: usize,
     /// Bytes in `out` not yet written.
     out_len: usize,
+    /// Since when reading has been stopped because the peer takes nothing.
+    stalled_since: Option<Instant>,
+}
+
+/// Where the queue toward the peer stands against its cap.
+struct Pressure {
+    /// Everything queued for the peer.
+    queued: usize,
+    /// The cap that applies now (lower before authentication).
+    cap: usize,
+    stall_timeout: std::time::Duration,
 }
 
 impl<H> Drop for Driver<H> {
@@ -97,27 +111,43 @@ impl<H: Handler> Driver<H> {
         result
     }
 
-    /// Moves the session's output into `out` and takes its events.
-    fn collect(&mut self) -> (Vec<Event>, Option<Instant>, Option<String>) {
+    /// Passes the time to the session, moves its output into `out` and takes its events.
+    fn collect(&mut self) -> (Vec<Event>, Option<Instant>, Pressure) {
         let mut st = self.inner.lock();
+        // Every wake-up tells the session the time: a key exchange's deadline runs from when
+        // it started.
+        st.session.handle_time(Instant::now());
         while let Some(bytes) = st.session.poll_transmit() {
             self.out_len = self.out_len.saturating_add(bytes.len());
             self.out.push_back(bytes);
         }
         st.backlog = self.out_len;
-        if st.backlog < BACKLOG_HIGH / 2 {
+        let queued = st.queued_now(self.out_len);
+        st.queued = queued;
+        if queued < BACKLOG_HIGH / 2 {
             for w in st.blocked.drain(..) {
                 w.wake();
             }
         }
+        let limits = *st.session.connection().limits();
+        let cap = if st.session.authenticated() {
+            limits.max_queued
+        } else {
+            limits.max_queued.min(PRE_AUTH_MAX_QUEUED)
+        };
         let events = std::iter::from_fn(|| st.session.poll_event()).collect();
-        (events, st.session.poll_timeout(), st.ended.clone())
+        let pressure = Pressure {
+            queued,
+            cap,
+            stall_timeout: limits.stall_timeout,
+        };
+        (events, st.session.poll_timeout(), pressure)
     }
 
     async fn run_inner(&mut self) -> Result<(), Error> {
         let mut failure: Option<String> = None;
         loop {
-            let (events, timeout, _) = self.collect();
+            let (events, timeout, pressure) = self.collect();
             let had_events = !events.is_empty();
             for event in events {
                 self.event(event).await;
@@ -136,14 +166,36 @@ impl<H: Handler> Driver<H> {
                 self.out = VecDeque::new();
                 self.inner.lock().release_idle();
             }
+            // Past the cap, nothing more is read: a peer that sends without reading gets no
+            // more answers queued. If it still takes nothing, it is cut.
+            let reading = pressure.queued < pressure.cap;
+            let stall_deadline = if reading {
+                self.stalled_since = None;
+                None
+            } else {
+                let since = *self.stalled_since.get_or_insert_with(Instant::now);
+                let deadline = since.checked_add(pressure.stall_timeout);
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(Error(format!(
+                        "the peer took nothing of the {} bytes queued for it for {} s",
+                        pressure.queued,
+                        pressure.stall_timeout.as_secs()
+                    )));
+                }
+                deadline
+            };
+            let wake_at = match (timeout, stall_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let sleep = async {
-                match timeout {
+                match wake_at {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
-                ready = self.socket.readable(), if failure.is_none() => {
+                ready = self.socket.readable(), if failure.is_none() && reading => {
                     ready.map_err(|e| Error(format!("socket: {e}")))?;
                     // Read straight into the session's buffer: packets are decrypted where
                     // they land and their data handed on without a copy.
@@ -170,6 +222,9 @@ impl<H: Handler> Driver<H> {
                     ready.map_err(|e| Error(format!("socket: {e}")))?;
                     match self.write_some() {
                         Ok(n) => {
+                            if n > 0 {
+                                self.stalled_since = None;
+                            }
                             if let Some(o) = &self.observer {
                                 o.sent(n);
                             }
@@ -186,9 +241,8 @@ impl<H: Handler> Driver<H> {
                         failure = Some(why.clone());
                     }
                 }
-                _ = sleep => {
-                    self.inner.lock().session.handle_time(Instant::now());
-                }
+                // The session is told the time at the top of the loop.
+                _ = sleep => {}
             }
             if failure.is_none() {
                 failure = self.session_failure();
@@ -317,7 +371,22 @@ impl State {
                     Some(slot) if !slot.dropped => {
                         slot.queued = slot.queued.saturating_add(data.len());
                         self.peak_queued = self.peak_queued.max(slot.queued);
-                        slot.recv.push_back(Item::Data(data));
+                        let views = self.views.saturating_add(data.len());
+                        if data.len() >= COPY_BELOW && views <= VIEW_BUDGET {
+                            self.views = views;
+                            slot.recv.push_back(Item::View(data));
+                        } else {
+                            match slot.recv.back_mut() {
+                                // Gathered into what was copied last (a reader part way into
+                                // it reads on from where it was).
+                                Some(Item::Copy(tail))
+                                    if tail.len().saturating_add(data.len()) <= COPY_PIECE =>
+                                {
+                                    tail.extend_from_slice(&data);
+                                }
+                                _ => slot.recv.push_back(Item::Copy(data.to_vec())),
+                            }
+                        }
                         if let Some(w) = slot.reader.take() {
                             w.wake();
                         }
@@ -400,6 +469,15 @@ impl State {
                 Some(slot) if !slot.dropped && slot.requests < MAX_QUEUED_REQUESTS => {
                     slot.requests = slot.requests.saturating_add(1);
                     slot.recv.push_back(Item::Request(request, want_reply));
+                    if let Some(w) = slot.reader.take() {
+                        w.wake();
+                    }
+                }
+                // Too many waiting: refused, but answered in its turn (earlier requests may
+                // still await their owner's answer). The connection layer bounds how many
+                // answers may be owed, so these markers are bounded too.
+                Some(slot) if !slot.dropped && want_reply => {
+                    slot.recv.push_back(Item::Refused);
                     if let Some(w) = slot.reader.take() {
                         w.wake();
                     }

@@ -907,6 +907,7 @@ pub async fn burrow_ssh_client(
         rekey_bytes: 1 << 30,
         rekey_time: Duration::from_secs(3600),
         ext_info: None,
+        ..Default::default()
     };
     let session = burrow_ssh::session::Session::new(
         config,
