@@ -22,6 +22,8 @@
 //! - [`session`]: transport, authentication and connection tied into one sans-I/O session.
 //! - [`queue`]: message queues that count their bytes, for the connection's memory cap.
 //! - `driver` (feature `tokio`): one task per connection, channels as async streams.
+//! - `raw_peer` (feature `tokio`): a client that stops reading on purpose, for hostile-peer
+//!   tests and the bench.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 // Everything here parses what a hostile peer sends: no panics, no unchecked arithmetic.
@@ -47,6 +49,8 @@ pub mod messages;
 pub mod msg;
 pub mod packet;
 pub mod queue;
+#[cfg(feature = "tokio")]
+pub mod raw_peer;
 pub mod session;
 pub mod transport;
 pub mod version;

@@ -4,11 +4,19 @@
 
 use std::collections::VecDeque;
 
-/// Messages or packets in order, with their total size.
+/// What one queued item costs besides its bytes: its allocation's header and the queue's
+/// slot. A flood of one-byte replies costs memory by the item, not only by the byte.
+pub const ITEM_OVERHEAD: usize = 64;
+
+/// Messages or packets in order, with what they cost in memory.
 #[derive(Debug, Default)]
 pub struct ByteQueue {
     items: VecDeque<Vec<u8>>,
     bytes: usize,
+}
+
+fn cost(item: &[u8]) -> usize {
+    item.len().saturating_add(ITEM_OVERHEAD)
 }
 
 impl ByteQueue {
@@ -21,18 +29,18 @@ impl ByteQueue {
 
     /// Adds `item` at the back.
     pub fn push_back(&mut self, item: Vec<u8>) {
-        self.bytes = self.bytes.saturating_add(item.len());
+        self.bytes = self.bytes.saturating_add(cost(&item));
         self.items.push_back(item);
     }
 
     /// Takes the oldest item.
     pub fn pop_front(&mut self) -> Option<Vec<u8>> {
         let item = self.items.pop_front()?;
-        self.bytes = self.bytes.saturating_sub(item.len());
+        self.bytes = self.bytes.saturating_sub(cost(&item));
         Some(item)
     }
 
-    /// Bytes held.
+    /// Memory held: the bytes, and [`ITEM_OVERHEAD`] for each item.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -61,9 +69,9 @@ mod tests {
     fn counts_what_it_holds() {
         let mut q = ByteQueue::with(vec![1, 2, 3]);
         q.push_back(vec![4; 10]);
-        assert_eq!((q.len(), q.bytes()), (2, 13));
+        assert_eq!((q.len(), q.bytes()), (2, 13 + 2 * ITEM_OVERHEAD));
         assert_eq!(q.pop_front(), Some(vec![1, 2, 3]));
-        assert_eq!(q.bytes(), 10);
+        assert_eq!(q.bytes(), 10 + ITEM_OVERHEAD);
         q.pop_front();
         assert!(q.is_empty() && q.bytes() == 0 && q.pop_front().is_none());
     }

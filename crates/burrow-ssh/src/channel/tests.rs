@@ -394,3 +394,33 @@ mod consume_steps {
         assert_eq!(adjusts, 10);
     }
 }
+
+/// A peer that advertises a maximum packet of 1 byte would turn every byte into a packet; it
+/// gets packets of [`MIN_PEER_PACKET`] instead (which RFC 4253 §6.1 obliges it to take).
+#[test]
+fn a_tiny_maximum_packet_is_raised_to_the_floor() {
+    let mut b = Connection::new(Limits::default());
+    let mut w = Writer::message(msg::CHANNEL_OPEN);
+    w.string(b"session").u32(7).u32(1 << 20).u32(1);
+    b.receive(w.into_bytes()).expect("open");
+    let id = match events(&mut b).as_slice() {
+        [Event::Open { channel, .. }] => *channel,
+        other => panic!("{other:?}"),
+    };
+    b.accept(id).expect("accept");
+    while b.poll_transmit().is_some() {}
+    let taken = b.send(id, &[7u8; 10_000]).expect("send");
+    assert_eq!(taken, 10_000);
+    let sizes: Vec<usize> = std::iter::from_fn(|| b.poll_transmit())
+        .map(|m| m.len())
+        .collect();
+    assert!(
+        sizes.len() <= 10,
+        "{} packets for 10,000 bytes",
+        sizes.len()
+    );
+    assert!(
+        sizes.iter().all(|n| *n <= MIN_PEER_PACKET as usize),
+        "{sizes:?}"
+    );
+}

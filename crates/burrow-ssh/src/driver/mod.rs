@@ -253,7 +253,8 @@ impl State {
         slot.recv = VecDeque::new();
     }
 
-    /// What the peer is sent and has not taken: the session's queues and the driver's.
+    /// What the peer is sent and has not taken: the session's queues and the driver's (its
+    /// memory, as [`crate::queue::ByteQueue`] counts it).
     fn queued_now(&self, driver_out: usize) -> usize {
         driver_out.saturating_add(self.session.queued_bytes())
     }

@@ -121,8 +121,11 @@ impl<H: Handler> Driver<H> {
             self.out_len = self.out_len.saturating_add(bytes.len());
             self.out.push_back(bytes);
         }
-        st.backlog = self.out_len;
-        let queued = st.queued_now(self.out_len);
+        let out_cost = self
+            .out_len
+            .saturating_add(self.out.len().saturating_mul(crate::queue::ITEM_OVERHEAD));
+        st.backlog = out_cost;
+        let queued = st.queued_now(out_cost);
         st.queued = queued;
         if queued < BACKLOG_HIGH / 2 {
             for w in st.blocked.drain(..) {
