@@ -261,6 +261,11 @@ impl Relay {
         self.registry.get(device).map(|s| s.handle.peak_buffered())
     }
 
+    /// Key exchanges finished on `device`'s current session (the first included), if online.
+    pub fn online_key_exchanges(&self, device: &str) -> Option<u32> {
+        self.registry.get(device).map(|s| s.handle.key_exchanges())
+    }
+
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }

@@ -691,3 +691,50 @@ async fn refused_connect_names_the_missing_allow_connect_rule() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// Keys are renewed by volume on long transfers, in both roles: once with the limit set on
+/// the relay (the server starts each exchange), once on the agent (the client does). Before,
+/// the limit was only looked at when the weekly timer fired: 13.9 GiB went through one agent
+/// session under one key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_transfers_renew_keys_by_volume_in_both_roles() {
+    const TOTAL: usize = 24 << 20;
+    for limit_on_relay in [true, false] {
+        let dir = tempdir();
+        let relay = TestRelay::start_with(&dir.path().join("relay"), "127.0.0.1:0", |c| {
+            if limit_on_relay {
+                c.rekey_bytes = 1 << 20;
+            }
+        })
+        .await;
+        let dev_key = keypair(dir.path(), "dev");
+        let op_key = keypair(dir.path(), "op");
+        relay.add_device("pi", &dev_key);
+        relay.add_operator("op", &op_key, &["*"]);
+        let hose = firehose(TOTAL).await;
+        let mut config = agent_config(
+            &relay.addr.to_string(),
+            "pi",
+            &dev_key,
+            &relay.relay.fingerprint(),
+        );
+        if !limit_on_relay {
+            config.rekey_limit = Some("1M".into());
+        }
+        expose(&mut config, 80, hose);
+        let agent = TestAgent::start(dir.path(), config);
+        agent.wait_up().await;
+        let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+        let (ok, out, err) = ssh_output(&op_cfg, &["-W", "pi:80", "relay"], b"").await;
+        assert!(ok, "{err}");
+        assert_eq!(out.len(), TOTAL, "every byte arrived across the rekeys");
+        let exchanges = relay.relay.online_key_exchanges("pi").unwrap();
+        let side = if limit_on_relay { "relay" } else { "agent" };
+        assert!(
+            exchanges >= 12,
+            "{TOTAL} bytes with a 1 MiB limit on the {side}: only {exchanges} key exchanges"
+        );
+        agent.stop().await;
+        relay.stop().await;
+    }
+}
