@@ -11,9 +11,12 @@
 //!   relays, failover after a relay is killed.
 //! - `cellular`: idle bytes a month per device (network namespaces, veth counters) and
 //!   behaviour through an emulated cellular link (blackout, throughput, latency).
+//! - `attacks`: hostile peers against a relay with default flags: memory under each attack, and
+//!   what is left once they are gone.
 //! - `report`: the Markdown and JSON output, with targets.
 #![forbid(unsafe_code)]
 
+mod attacks;
 mod cellular;
 mod cluster;
 mod devices;
@@ -92,6 +95,8 @@ pub enum Part {
     Cellular,
     /// Relays on PostgreSQL.
     Cluster,
+    /// Hostile peers: relay memory under each attack and after.
+    Attacks,
 }
 
 impl Args {
@@ -137,6 +142,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.runs(Part::Cluster) {
         eprintln!("burrow-bench: relays on PostgreSQL");
         cluster::run_all(&env, &args, &mut results).await?;
+    }
+    if args.runs(Part::Attacks) {
+        eprintln!("burrow-bench: hostile peers against a relay with default flags");
+        attacks::run_all(&env, &args, &mut results).await?;
     }
     let cellular = if args.runs(Part::Cellular) {
         eprintln!("burrow-bench: the cellular link (idle cost, blackout, throughput, latency)");

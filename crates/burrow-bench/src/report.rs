@@ -129,6 +129,19 @@ impl Results {
             ("cellular link: time to notice a blackout", "burrow agent"),
             ("cellular link: time to notice a blackout", "burrow relay"),
             ("cellular link: endpoint back", "burrow"),
+            (
+                "relay memory under hostile peers",
+                "burrow relay: RSS at rest",
+            ),
+            ("relay memory under hostile peers", "a stalled key exchange"),
+            (
+                "relay memory under hostile peers",
+                "20,000 one-byte packets",
+            ),
+            (
+                "relay memory under hostile peers",
+                "burrow relay: RSS after",
+            ),
         ];
         // Idle costs need network namespaces (root); where they can be made, they must be there.
         let idle = [
@@ -238,6 +251,25 @@ impl Results {
                 format!("at most 16 KiB relay memory per idle device ({})", e.group),
                 format!("{:.1} KiB", e.value),
                 Some(e.value <= 16.0),
+            ));
+        }
+        for e in self.entries.iter().filter(|e| {
+            e.group.starts_with("relay memory under hostile peers") && e.system.contains("growth")
+        }) {
+            out.push((
+                format!("relay memory bounded under attack: {}", e.system),
+                format!("{:.1} MiB", e.value),
+                Some(e.value <= 64.0),
+            ));
+        }
+        if let Some(after) = self.entries.iter().find(|e| {
+            e.group.starts_with("relay memory under hostile peers")
+                && e.system.contains("after the attacks")
+        }) {
+            out.push((
+                "relay memory back within 64 MB of rest once the attackers are gone".into(),
+                format!("{:.1} MiB", after.value),
+                Some(after.value <= 61.0),
             ));
         }
         if let Some(r) = v("reconnect after a device reboot", "burrow") {

@@ -11,7 +11,40 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use crate::session::{Event, Session};
+use crate::auth::{ClientKey, Credential};
+use crate::channel::{self, ChannelId, Limits, OpenKind};
+use crate::msg;
+use crate::session::{Event, Session, Side};
+use crate::wire::Writer;
+
+/// A client session as `user` with `credentials` that trusts any host key, whose channels
+/// advertise `window` (a hostile peer asks for everything, or gives nothing).
+pub fn client(user: &str, credentials: Vec<Credential>, window: u32) -> Session {
+    let config = crate::transport::Config {
+        host_key_check: Some(Box::new(|_| true)),
+        ..Default::default()
+    };
+    Session::new(
+        config,
+        Side::Client {
+            user: user.into(),
+            credentials,
+        },
+        Limits {
+            window,
+            window_budget: u64::MAX,
+            ..Limits::default()
+        },
+        Instant::now(),
+    )
+}
+
+/// `keepalive@openssh.com` wanting a reply: every one is answered.
+pub fn keepalive_request() -> Vec<u8> {
+    let mut w = Writer::message(msg::GLOBAL_REQUEST);
+    w.string(b"keepalive@openssh.com").bool(true);
+    w.into_bytes()
+}
 
 /// A client session on a socket, driven by hand.
 pub struct RawPeer {
@@ -32,6 +65,53 @@ impl RawPeer {
             session,
             unwritten: Vec::new(),
         })
+    }
+
+    /// A peer at `addr` that has finished the key exchange and sent nothing of its own since.
+    pub async fn key_exchanged(addr: SocketAddr, within: Duration) -> io::Result<RawPeer> {
+        let mut peer = RawPeer::connect(addr, client("nobody", Vec::new(), u32::MAX)).await?;
+        peer.run_until(within, |s, _| s.transport().key_exchanges() >= 1)
+            .await?;
+        Ok(peer)
+    }
+
+    /// A peer at `addr` logged in as `user` with `key`, its channels advertising `window`.
+    pub async fn logged_in(
+        addr: SocketAddr,
+        user: &str,
+        key: ClientKey,
+        window: u32,
+        within: Duration,
+    ) -> io::Result<RawPeer> {
+        let session = client(user, vec![Credential::Key(Box::new(key))], window);
+        let mut peer = RawPeer::connect(addr, session).await?;
+        peer.run_until(within, |s, _| s.authenticated()).await?;
+        Ok(peer)
+    }
+
+    /// Opens a `direct-tcpip` channel to `host:port` and waits until it is open.
+    pub async fn open_stream(
+        &mut self,
+        host: &str,
+        port: u32,
+        within: Duration,
+    ) -> io::Result<ChannelId> {
+        let id = self
+            .session
+            .connection()
+            .open(&OpenKind::DirectTcpip {
+                host: host.into(),
+                port,
+                originator: "127.0.0.1".into(),
+                originator_port: 40000,
+            })
+            .map_err(|e| io::Error::other(e.0))?;
+        self.run_until(within, |_, ev| {
+            ev.iter()
+                .any(|e| matches!(e, Event::Connection(channel::Event::Opened(c)) if *c == id))
+        })
+        .await?;
+        Ok(id)
     }
 
     /// This end's address (to find the connection in the kernel's tables).

@@ -12,12 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use burrow_ssh::auth::{ClientKey, Credential};
-use burrow_ssh::channel::{self, ChannelId, GlobalRequest, Limits, OpenKind};
+use burrow_ssh::auth::ClientKey;
+use burrow_ssh::channel::{self, ChannelId, GlobalRequest};
+use burrow_ssh::messages;
 use burrow_ssh::raw_peer::RawPeer;
-use burrow_ssh::session::{Event, Session, Side};
-use burrow_ssh::wire::Writer;
-use burrow_ssh::{messages, msg};
+use burrow_ssh::session::Event;
 use common::*;
 
 fn burrow(data: &Path, args: &[&str]) -> Command {
@@ -125,52 +124,18 @@ impl Site {
         self.relay.0.id()
     }
 
-    /// A client session as `user` with `key`, whose channels advertise `window` (a hostile
-    /// peer asks for everything, or gives nothing).
-    fn session(user: &str, key: Option<&Path>, window: u32) -> Session {
-        let credentials = key
-            .map(|k| Credential::Key(Box::new(ClientKey::read(k).unwrap())))
-            .into_iter()
-            .collect();
-        let config = burrow_ssh::transport::Config {
-            host_key_check: Some(Box::new(|_| true)),
-            ..Default::default()
-        };
-        Session::new(
-            config,
-            Side::Client {
-                user: user.into(),
-                credentials,
-            },
-            Limits {
-                window,
-                window_budget: u64::MAX,
-                ..Limits::default()
-            },
-            Instant::now(),
-        )
-    }
-
     /// A raw peer that has finished the key exchange and sent nothing else of its own.
     async fn unauthenticated(&self) -> RawPeer {
-        let mut peer = RawPeer::connect(self.addr, Self::session("nobody", None, u32::MAX))
+        RawPeer::key_exchanged(self.addr, WAIT)
             .await
-            .unwrap();
-        peer.run_until(WAIT, |s, _| s.transport().key_exchanges() >= 1)
-            .await
-            .expect("key exchange");
-        peer
+            .expect("key exchange")
     }
 
     /// A raw peer logged in as `user` with `key`, its channels advertising `window`.
     async fn logged_in(&self, user: &str, key: &Path, window: u32) -> RawPeer {
-        let mut peer = RawPeer::connect(self.addr, Self::session(user, Some(key), window))
+        RawPeer::logged_in(self.addr, user, ClientKey::read(key).unwrap(), window, WAIT)
             .await
-            .unwrap();
-        peer.run_until(WAIT, |s, _| s.authenticated())
-            .await
-            .expect("login");
-        peer
+            .expect("login")
     }
 
     /// The operator can still log in and list devices with stock OpenSSH.
@@ -256,21 +221,9 @@ async fn silent_device(site: &Site) -> tokio::task::JoinHandle<RawPeer> {
 async fn operator_with_stream(site: &Site) -> (RawPeer, ChannelId) {
     let mut op = site.logged_in("alice", &site.op_key, u32::MAX).await;
     let id = op
-        .session()
-        .connection()
-        .open(&OpenKind::DirectTcpip {
-            host: "pi".into(),
-            port: 22,
-            originator: "127.0.0.1".into(),
-            originator_port: 40000,
-        })
-        .unwrap();
-    op.run_until(WAIT, |_, ev| {
-        ev.iter()
-            .any(|e| matches!(e, Event::Connection(channel::Event::Opened(c)) if *c == id))
-    })
-    .await
-    .expect("the stream opens");
+        .open_stream("pi", 22, WAIT)
+        .await
+        .expect("the stream opens");
     (op, id)
 }
 
@@ -348,11 +301,7 @@ async fn a_logged_in_keepalive_flood_costs_a_constant_and_is_cut() {
     let before = rss_kib(site.pid());
     let peak = PeakRss::watch(site.pid());
     let mut peer = site.logged_in("alice", &site.op_key, u32::MAX).await;
-    let keepalive = {
-        let mut w = Writer::message(msg::GLOBAL_REQUEST);
-        w.string(b"keepalive@openssh.com").bool(true);
-        w.into_bytes()
-    };
+    let keepalive = burrow_ssh::raw_peer::keepalive_request();
     let flooding = tokio::spawn(async move {
         let sent = peer
             .flood(Duration::from_secs(8), |_| keepalive.clone())
