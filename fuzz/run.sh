@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 seconds=${1:-20}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(packet messages server_session)
+[ ${#targets[@]} -gt 0 ] || targets=(packet messages server_session driver_never_reads)
 triple=$(rustc -vV | sed -n 's/^host: //p')
 export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
  -Cllvm-args=-sanitizer-coverage-level=4 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
@@ -17,6 +17,9 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
 cargo build --quiet --release --target "$triple" --target-dir ../target/fuzz --bins
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t" "artifacts/$t"
+  # Seeds kept in the repository start each corpus (a flood the never-reading target must
+  # survive, for one).
+  if [ -d "seeds/$t" ]; then cp -n seeds/"$t"/* "corpus/$t/" 2>/dev/null || true; fi
   echo "fuzz: $t for ${seconds}s"
   "../target/fuzz/$triple/release/$t" -max_total_time="$seconds" -print_final_stats=1 \
     -artifact_prefix="artifacts/$t/" "corpus/$t" 2>&1 \

@@ -54,10 +54,12 @@ fuzz_target!(|data: &[u8]| {
             let mut a = Connection::new(Limits {
                 window: 4096,
                 max_packet: 1024,
+                ..Limits::default()
             });
             let mut b = Connection::new(Limits {
                 window: 4096,
                 max_packet: 1024,
+                ..Limits::default()
             });
             let Ok(id) = a.open(&burrow_ssh::channel::OpenKind::Session) else {
                 return;

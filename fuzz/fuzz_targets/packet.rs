@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
             host_key_check: None,
             rekey_bytes: 1 << 20,
             rekey_time: Duration::from_secs(3600),
-            ext_info: None,
+            ..Config::default()
         },
         Instant::now(),
     );

@@ -22,9 +22,8 @@ fn config(role: Role, host: &Arc<HostKey>) -> Config {
         ciphers: vec!["aes128-gcm@openssh.com".into()],
         host_key: (role == Role::Server).then(|| host.clone()),
         host_key_check: Some(Box::new(|_| true)),
-        rekey_bytes: 1 << 30,
         rekey_time: Duration::from_secs(3600),
-        ext_info: None,
+        ..Config::default()
     }
 }
 
@@ -88,6 +87,7 @@ fuzz_target!(|data: &[u8]| {
         Limits {
             window: 8192,
             max_packet: 2048,
+            ..Limits::default()
         },
         now,
     );

@@ -59,6 +59,12 @@ impl RawPeer {
     /// [`RawPeer::run_until`].
     pub async fn connect(addr: SocketAddr, session: Session) -> io::Result<RawPeer> {
         let stream = TcpStream::connect(addr).await?;
+        RawPeer::from_stream(stream, session)
+    }
+
+    /// Runs `session` over a socket connected already (one with small buffers, say, so that
+    /// what the server sends stays in the server).
+    pub fn from_stream(stream: TcpStream, session: Session) -> io::Result<RawPeer> {
         stream.set_nodelay(true)?;
         Ok(RawPeer {
             stream,
