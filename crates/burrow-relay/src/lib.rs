@@ -23,7 +23,8 @@
 //! - `operator_session`: operator connections and what each has open (for revocation).
 //! - `listeners`: real TCP listeners granted by `allow-listen`.
 //! - `revocation`: CLI changes to the registry reaching open sessions within 2 s.
-//! - `throttle`: password guessing: delays, operator locks, concurrent checks.
+//! - `password`: the password path: equal work for every name, the operator lock.
+//! - `throttle`: password guessing as bookkeeping: each address's turns, operator counts.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -40,6 +41,7 @@ mod listeners;
 pub mod metrics;
 mod operator;
 mod operator_session;
+mod password;
 pub mod registry;
 mod revocation;
 mod server;
@@ -144,6 +146,7 @@ impl Relay {
                     config.data_dir.display()
                 ))
             })?;
+        tokio::task::spawn_blocking(password::prepare);
         Ok(Arc::new(Relay {
             audit: audit::Audit::new(db.clone()),
             gate: gate::Gate::new(
@@ -154,7 +157,13 @@ impl Relay {
             ),
             registry: registry::Registry::default(),
             operators: operator::Operators::default(),
-            throttle: throttle::Throttle::default(),
+            // Every password is checked before the authentication deadline, however long
+            // its address has guessed.
+            throttle: throttle::Throttle::new(
+                config.password_delay_first,
+                config.password_delay_max.min(config.pre_auth_timeout / 2),
+                config.password_lock_after,
+            ),
             listeners: listeners::Listeners::default(),
             hubs: console::Hubs::default(),
             recording_limits: console::recording::Limits::new(

@@ -60,6 +60,7 @@ pub struct Metrics {
     auth_failures: [AtomicU64; 5],
     takeovers: AtomicU64,
     peer_streams: AtomicU64,
+    password_checks: AtomicU64,
 }
 
 impl Metrics {
@@ -83,6 +84,11 @@ impl Metrics {
         if let Some(c) = self.auth_failures.get(i) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A password was hashed to be checked (whether or not its name has one).
+    pub(crate) fn password_checked(&self) {
+        self.password_checks.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A device session took over an older one.
@@ -169,6 +175,12 @@ pub(crate) fn render(m: &Metrics, db: &crate::store::db::DbStats, g: &Gauges) ->
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     };
+    one(
+        "burrow_password_checks_total",
+        "counter",
+        "Passwords hashed to be checked: one per password attempt, whether or not the name exists.",
+        get(&m.password_checks).to_string(),
+    );
     one(
         "burrow_takeovers_total",
         "counter",
