@@ -245,14 +245,6 @@ impl Relays {
                 .arg(&self.dirs[i])
                 .args(["--database", url, "--relay-id", &format!("r{i}")])
                 .args(["--peer-listen", &format!("127.0.0.1:{peer}")])
-                .args([
-                    "--max-unauthenticated",
-                    "20000",
-                    "--max-unauthenticated-per-ip",
-                    "20000",
-                    "--handshakes-per-ip",
-                    "0",
-                ])
                 .env("BURROW_LOG", "error"),
         )?;
         self.procs[i] = Some(proc);

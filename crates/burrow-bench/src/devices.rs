@@ -1,6 +1,7 @@
 //! Device-side measurements: idle sessions held by one relay (memory per device), reconnect
 //! after a device reboot, a reconnect storm after a relay restart, and the agent's footprint.
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ impl burrow_ssh::driver::Handler for LoadDevice {}
 /// (which ends with the connection).
 async fn connect_device(
     port: u16,
+    from: Ipv4Addr,
     name: &str,
     key: Arc<PrivateKey>,
 ) -> anyhow::Result<(
@@ -55,7 +57,11 @@ async fn connect_device(
         burrow_ssh::channel::Limits::default(),
         Instant::now(),
     );
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if from != Ipv4Addr::LOCALHOST {
+        socket.bind((from, 0).into())?;
+    }
+    let tcp = socket.connect((Ipv4Addr::LOCALHOST, port).into()).await?;
     let (handle, task) = burrow_ssh::driver::connect(tcp, session, LoadDevice)
         .await
         .map_err(|e| anyhow::anyhow!("device {name}: {e}"))?;
@@ -71,7 +77,27 @@ async fn connect_device(
     Ok((handle, task))
 }
 
-/// N devices held from this process; each reconnects with the agent's backoff when dropped.
+/// How a simulated device comes back after losing its session, or failing to get one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Retry {
+    /// The burrow agent's backoff: 1 s doubling to 30 s, jittered.
+    Agent,
+    /// A uniform pick between these before every attempt, like autossh restarting ssh.
+    Every(Duration, Duration),
+}
+
+/// Devices of a fleet per source address: a handful of carrier NAT addresses carry a cellular
+/// fleet (the CGNAT measurement puts a whole fleet behind one).
+pub(crate) const DEVICES_PER_ADDRESS: usize = 250;
+
+/// The loopback address device `i` connects from: 127.0.0.1, 127.0.0.2, ... (all of 127/8 is
+/// this host on Linux), `per_address` devices on each.
+fn source(i: usize, per_address: usize) -> Ipv4Addr {
+    let k = u32::try_from(i / per_address.max(1)).unwrap_or(0) % (1 << 23);
+    Ipv4Addr::from(u32::from(Ipv4Addr::LOCALHOST) + k)
+}
+
+/// N devices held from this process; each reconnects when dropped.
 pub(crate) struct Fleet {
     up: Arc<AtomicUsize>,
     tasks: JoinSet<()>,
@@ -82,8 +108,20 @@ impl Fleet {
         Fleet::start_on(vec![port], n, key)
     }
 
-    /// Device `i` connects to `ports[i % ports.len()]` (relays of a cluster).
+    /// Device `i` connects to `ports[i % ports.len()]` (relays of a cluster), with the agent's
+    /// backoff, [`DEVICES_PER_ADDRESS`] devices on each source address.
     pub(crate) fn start_on(ports: Vec<u16>, n: usize, key: Arc<PrivateKey>) -> Fleet {
+        Fleet::launch(ports, n, key, DEVICES_PER_ADDRESS, Retry::Agent)
+    }
+
+    /// [`Fleet::start_on`] with `per_address` devices on each source address and `retry`.
+    pub(crate) fn launch(
+        ports: Vec<u16>,
+        n: usize,
+        key: Arc<PrivateKey>,
+        per_address: usize,
+        retry: Retry,
+    ) -> Fleet {
         let ports = Arc::new(ports);
         let up = Arc::new(AtomicUsize::new(0));
         // Bounded concurrent handshakes, as a fleet of real devices would arrive over time.
@@ -92,12 +130,13 @@ impl Fleet {
         for i in 0..n {
             let (up, key, gate) = (up.clone(), key.clone(), gate.clone());
             let port = ports.get(i % ports.len().max(1)).copied().unwrap_or(0);
+            let from = source(i, per_address);
             tasks.spawn(async move {
                 let name = format!("load-{i}");
                 let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
                 loop {
                     let permit = gate.acquire().await;
-                    let session = connect_device(port, &name, key.clone()).await;
+                    let session = connect_device(port, from, &name, key.clone()).await;
                     drop(permit);
                     if let Ok((_handle, task)) = session {
                         backoff.reset();
@@ -105,7 +144,13 @@ impl Fleet {
                         let _ = task.await;
                         up.fetch_sub(1, Ordering::Relaxed);
                     }
-                    tokio::time::sleep(backoff.next_delay(rand::random::<f64>())).await;
+                    let pause = match retry {
+                        Retry::Agent => backoff.next_delay(rand::random::<f64>()),
+                        Retry::Every(low, high) => {
+                            low + (high.saturating_sub(low)).mul_f64(rand::random::<f64>())
+                        }
+                    };
+                    tokio::time::sleep(pause).await;
                 }
             });
         }
@@ -149,7 +194,11 @@ impl Drop for Fleet {
     }
 }
 
-fn register_devices(data_dir: &std::path::Path, n: usize, key: &PrivateKey) -> anyhow::Result<()> {
+pub(crate) fn register_devices(
+    data_dir: &std::path::Path,
+    n: usize,
+    key: &PrivateKey,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)?;
     let store =
         burrow_relay::store::Store::open(&data_dir.join(burrow_relay::datadir::DATABASE_FILE))?;

@@ -207,7 +207,9 @@ impl Handler for Conn {
     }
 
     async fn authenticated(&mut self, _user: &str, handle: &Handle) {
-        self.permit = None;
+        if let Some(permit) = self.permit.take() {
+            permit.authenticated();
+        }
         let peer_id = handle.peer_id().map(|id| id.line).unwrap_or_default();
         let burrow = peer_id.starts_with(crate::config::BURROW_SSH_ID_PREFIX);
         // An agent that declared its keepalive schedule is watched by its silence alone; every

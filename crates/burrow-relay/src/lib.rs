@@ -15,7 +15,9 @@
 //! - [`metrics`]: Prometheus counters and their page.
 //! - [`console`]: serial consoles terminated at the relay (hubs, sessions, recordings).
 //! - [`registry`]: online device sessions, endpoints, takeover.
-//! - `gate`: caps and rates of unauthenticated connections; room made by cutting the oldest.
+//! - `gate`: caps and rates of unauthenticated connections; room made by cutting the oldest;
+//!   a login gives its address's token back.
+//! - `admission_log`: what the gate refused or cut, logged at most every 10 s.
 //! - `server`: the accept loop and per-connection task.
 //! - `conn`: the SSH handler of one connection: authentication and request dispatch.
 //! - `device`: what devices may ask for (forwards, allowed targets).
@@ -29,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+mod admission_log;
 pub mod audit;
 mod cluster;
 pub mod config;
@@ -85,6 +88,7 @@ pub struct Relay {
     hubs: console::Hubs,
     recording_limits: console::recording::Limits,
     gate: gate::Gate,
+    admission_log: admission_log::AdmissionLog,
     /// The host key as the SSH layer signs with it.
     ssh_host_key: Arc<HostKey>,
     host_key: PrivateKey,
@@ -155,6 +159,12 @@ impl Relay {
                 config.handshakes_per_ip_per_sec,
                 config.handshake_burst_per_ip,
             ),
+            admission_log: admission_log::AdmissionLog::new(admission_log::Limits {
+                rate: config.handshakes_per_ip_per_sec,
+                burst: config.handshake_burst_per_ip,
+                per_ip: config.max_unauthenticated_per_ip,
+                global: config.max_unauthenticated,
+            }),
             registry: registry::Registry::default(),
             operators: operator::Operators::default(),
             // Every password is checked before the authentication deadline, however long
