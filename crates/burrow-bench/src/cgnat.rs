@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::Args;
-use crate::devices::{Fleet, Retry, register_devices};
 use crate::env::{Env, free_port};
+use crate::fleet::{Fleet, Retry, register_devices};
 use crate::report::Results;
 use crate::systems::start_relay_with;
 

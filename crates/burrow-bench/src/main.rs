@@ -6,7 +6,9 @@
 //! - `systems`: starting each tunnel (direct, OpenSSH `ssh -R`, rathole, burrow exposure and
 //!   operator paths) with a bulk-transfer port and an echo port behind it.
 //! - `traffic`: throughput (bulk streams) and latency (64-byte round trips).
-//! - `devices`: many idle device sessions from one process; memory per device; reconnects.
+//! - `fleet`: many device sessions held from one process, from chosen source addresses, each
+//!   reconnecting with the agent's backoff or at autossh's fixed interval.
+//! - `devices`: idle devices held by one relay; memory per device; reconnects.
 //! - `cgnat`: a fleet behind one carrier NAT address restarted, with the relay's default flags
 //!   and with its per-address limits lifted.
 //! - `cluster`: relays on PostgreSQL: `ls` latency on both backends, a storm across three
@@ -24,6 +26,7 @@ mod cgnat;
 mod cluster;
 mod devices;
 mod env;
+mod fleet;
 mod report;
 mod systems;
 mod traffic;
