@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 pub(crate) const FREE_FAILURES: u32 = 3;
 /// Failure counts are forgotten after this long without a failure.
 const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
-/// Sources tracked at most; past that, those quiet for [`FORGET_AFTER`] are dropped first.
+/// Sources tracked at most; past that, those quiet for [`FORGET_AFTER`] are dropped first, then
+/// the stalest.
 const MAX_TRACKED: usize = 65_536;
 
 /// Where guesses come from: an IPv4 address, or an IPv6 /64 (what one host is usually given).
@@ -146,6 +147,20 @@ impl Throttle {
             state
                 .sources
                 .retain(|_, t| t.pending > 0 || now.duration_since(t.last) < FORGET_AFTER);
+            // Still full (that many addresses guessing within 15 minutes): the stalest goes.
+            let stalest = (state.sources.len() >= MAX_TRACKED)
+                .then(|| {
+                    state
+                        .sources
+                        .iter()
+                        .filter(|(_, t)| t.pending == 0)
+                        .min_by_key(|(_, t)| t.last)
+                        .map(|(k, _)| *k)
+                })
+                .flatten();
+            if let Some(k) = stalest {
+                state.sources.remove(&k);
+            }
         }
         let turns = state.sources.entry(source).or_insert(Turns {
             failures: 0,
@@ -410,6 +425,19 @@ mod tests {
             Source::of(ip("::ffff:192.0.2.1")),
             Source::of(ip("192.0.2.1"))
         );
+    }
+
+    #[test]
+    fn sources_tracked_are_bounded() {
+        let t = Throttle::new(S, 16 * S, 10);
+        let now = Instant::now();
+        for i in 0..MAX_TRACKED as u32 + 10 {
+            let from = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            t.reserve(from, now + Duration::from_millis(u64::from(i)))
+                .unwrap()
+                .failed(now);
+        }
+        assert_eq!(lock(&t.state).sources.len(), MAX_TRACKED);
     }
 
     #[test]
