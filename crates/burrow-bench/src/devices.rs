@@ -21,6 +21,7 @@ async fn settle() {
 async fn burrow_idle_and_storm(
     env: &Env,
     n: usize,
+    per_address: usize,
     key: Arc<PrivateKey>,
     results: &mut Results,
 ) -> anyhow::Result<()> {
@@ -30,7 +31,7 @@ async fn burrow_idle_and_storm(
     let relay = start_relay(env, &data_dir, port).await?;
     settle().await;
     let (rss0, pss0) = memory_kib(relay.pid());
-    let fleet = Fleet::start(port, n, key.clone());
+    let fleet = Fleet::start(port, n, per_address, key.clone());
     let first = fleet.wait_all(n, Duration::from_secs(600)).await?;
     eprintln!(
         "    {n} devices connected from scratch in {:.1} s",
@@ -354,7 +355,7 @@ pub async fn run_all(env: &Env, args: &Args, results: &mut Results) -> anyhow::R
     let key = Arc::new(burrow_io::keys::load_private_key(&env.key)?);
     for &n in &args.devices {
         eprintln!("  {n} idle burrow devices, then a relay restart");
-        burrow_idle_and_storm(env, n, key.clone(), results).await?;
+        burrow_idle_and_storm(env, n, args.devices_per_address, key.clone(), results).await?;
     }
     eprintln!("  {} idle sshd devices", args.sshd_devices);
     sshd_idle(env, args.sshd_devices, results).await?;

@@ -81,10 +81,6 @@ pub(crate) enum Retry {
     Every(Duration, Duration),
 }
 
-/// Devices of a fleet per source address: a handful of carrier NAT addresses carry a cellular
-/// fleet (the CGNAT measurement puts a whole fleet behind one).
-pub(crate) const DEVICES_PER_ADDRESS: usize = 250;
-
 /// The loopback address device `i` connects from: 127.0.0.1, 127.0.0.2, ... (all of 127/8 is
 /// this host on Linux), `per_address` devices on each.
 fn source(i: usize, per_address: usize) -> Ipv4Addr {
@@ -99,17 +95,22 @@ pub(crate) struct Fleet {
 }
 
 impl Fleet {
-    pub(crate) fn start(port: u16, n: usize, key: Arc<PrivateKey>) -> Fleet {
-        Fleet::start_on(vec![port], n, key)
+    pub(crate) fn start(port: u16, n: usize, per_address: usize, key: Arc<PrivateKey>) -> Fleet {
+        Fleet::start_on(vec![port], n, per_address, key)
     }
 
-    /// Device `i` connects to `ports[i % ports.len()]` (relays of a cluster), with the agent's
-    /// backoff, [`DEVICES_PER_ADDRESS`] devices on each source address.
-    pub(crate) fn start_on(ports: Vec<u16>, n: usize, key: Arc<PrivateKey>) -> Fleet {
-        Fleet::launch(ports, n, key, DEVICES_PER_ADDRESS, Retry::Agent)
+    /// Device `i` connects to `ports[i % ports.len()]` (relays of a cluster) with the agent's
+    /// backoff, `per_address` devices on each source address.
+    pub(crate) fn start_on(
+        ports: Vec<u16>,
+        n: usize,
+        per_address: usize,
+        key: Arc<PrivateKey>,
+    ) -> Fleet {
+        Fleet::launch(ports, n, key, per_address, Retry::Agent)
     }
 
-    /// [`Fleet::start_on`] with `per_address` devices on each source address and `retry`.
+    /// [`Fleet::start_on`] with `retry`.
     pub(crate) fn launch(
         ports: Vec<u16>,
         n: usize,

@@ -84,6 +84,11 @@ pub struct Args {
     /// Agents in the failover measurement (each a process holding two sessions).
     #[arg(long, default_value_t = 10)]
     pub failover_devices: usize,
+    /// Devices of the idle fleets and reconnect storms on each source address (127.0.0.1,
+    /// 127.0.0.2, ...): a cellular fleet reaches the relay from a handful of carrier NAT
+    /// addresses. The relay runs its default flags, per-address limits included.
+    #[arg(long, default_value_t = 250)]
+    pub devices_per_address: usize,
     /// Devices behind one carrier NAT address in the restart measurement.
     #[arg(long, default_value_t = 300)]
     pub cgnat_devices: usize,
