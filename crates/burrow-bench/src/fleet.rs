@@ -81,10 +81,13 @@ pub(crate) enum Retry {
     Every(Duration, Duration),
 }
 
-/// The loopback address device `i` connects from: 127.0.0.1, 127.0.0.2, ... (all of 127/8 is
-/// this host on Linux), `per_address` devices on each.
-fn source(i: usize, per_address: usize) -> Ipv4Addr {
-    let k = u32::try_from(i / per_address.max(1)).unwrap_or(0) % (1 << 23);
+/// The loopback address device `i` of `n` connects from: 127.0.0.1, 127.0.0.2, ... (all of
+/// 127/8 is this host on Linux), `per_address` devices on each. Devices take the addresses in
+/// turn, so that those starting together (the fleet starts them in order) come from all of
+/// them, as a real fleet's would.
+fn source(i: usize, n: usize, per_address: usize) -> Ipv4Addr {
+    let addresses = n.div_ceil(per_address.max(1)).max(1);
+    let k = u32::try_from(i % addresses).unwrap_or(0) % (1 << 23);
     Ipv4Addr::from(u32::from(Ipv4Addr::LOCALHOST) + k)
 }
 
@@ -126,7 +129,7 @@ impl Fleet {
         for i in 0..n {
             let (up, key, gate) = (up.clone(), key.clone(), gate.clone());
             let port = ports.get(i % ports.len().max(1)).copied().unwrap_or(0);
-            let from = source(i, per_address);
+            let from = source(i, n, per_address);
             tasks.spawn(async move {
                 let name = format!("load-{i}");
                 let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
