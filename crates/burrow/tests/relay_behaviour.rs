@@ -597,6 +597,7 @@ async fn device_login(port: u16, name: &str, key: &std::path::Path) -> Result<()
         rekey_bytes: 1 << 30,
         rekey_time: std::time::Duration::from_secs(3600),
         ext_info: None,
+        ..Default::default()
     };
     let session = burrow_ssh::session::Session::new(
         config,
