@@ -33,6 +33,9 @@ fn answer(server: &mut Session) {
             Event::Auth(_) => {
                 let _ = server.decide(Decision::Accept);
             }
+            Event::AuthRefused { .. } => {
+                let _ = server.decide(Decision::Reject);
+            }
             Event::Connection(channel::Event::Open { channel, .. }) => {
                 let _ = server.connection().accept(channel);
             }

@@ -245,14 +245,6 @@ impl Relays {
                 .arg(&self.dirs[i])
                 .args(["--database", url, "--relay-id", &format!("r{i}")])
                 .args(["--peer-listen", &format!("127.0.0.1:{peer}")])
-                .args([
-                    "--max-unauthenticated",
-                    "20000",
-                    "--max-unauthenticated-per-ip",
-                    "20000",
-                    "--handshakes-per-ip",
-                    "0",
-                ])
                 .env("BURROW_LOG", "error"),
         )?;
         self.procs[i] = Some(proc);
@@ -279,7 +271,8 @@ async fn storm(env: &Env, args: &Args, results: &mut Results) -> anyhow::Result<
     )
     .await?;
     let mut relays = Relays::start(env, &pg.url, "storm", 3).await?;
-    let fleet = crate::devices::Fleet::start_on(relays.ports.clone(), n, key);
+    let fleet =
+        crate::fleet::Fleet::start_on(relays.ports.clone(), n, args.devices_per_address, key);
     let first = fleet.wait_all(n, Duration::from_secs(600)).await?;
     eprintln!(
         "    {n} devices on three relays from scratch in {:.1} s",

@@ -2,166 +2,16 @@
 //! after a device reboot, a reconnect storm after a relay restart, and the agent's footprint.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use burrow_io::keys::PrivateKey;
-use burrow_proto::backoff::Backoff;
-use burrow_ssh::driver::{GlobalAnswer, Handle};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use crate::Args;
 use crate::env::{Env, Proc, free_port, memory_kib, process_tree};
+use crate::fleet::{Fleet, register_devices};
 use crate::report::Results;
 use crate::systems::{BurrowSite, ssh_base, start_relay};
-
-/// A device client that trusts any relay key (the bench measures, it does not pin).
-struct LoadDevice;
-
-impl burrow_ssh::driver::Handler for LoadDevice {}
-
-/// Connects as `name`, exposes port 22, and returns the session and the task that runs it
-/// (which ends with the connection).
-async fn connect_device(
-    port: u16,
-    name: &str,
-    key: Arc<PrivateKey>,
-) -> anyhow::Result<(
-    Handle,
-    tokio::task::JoinHandle<Result<(), burrow_ssh::driver::Error>>,
-)> {
-    let config = burrow_ssh::transport::Config {
-        role: burrow_ssh::transport::Role::Client,
-        software: "burrow_bench".into(),
-        comment: None,
-        ciphers: vec!["aes256-gcm@openssh.com".into()],
-        host_key: None,
-        host_key_check: Some(Box::new(|_| true)),
-        rekey_bytes: 1 << 30,
-        rekey_time: Duration::from_secs(7 * 24 * 3600),
-        ext_info: None,
-        ..Default::default()
-    };
-    let session = burrow_ssh::session::Session::new(
-        config,
-        burrow_ssh::session::Side::Client {
-            user: name.into(),
-            credentials: vec![burrow_ssh::auth::Credential::Key(Box::new(
-                burrow_ssh::auth::ClientKey::new((*key).clone()),
-            ))],
-        },
-        burrow_ssh::channel::Limits::default(),
-        Instant::now(),
-    );
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let (handle, task) = burrow_ssh::driver::connect(tcp, session, LoadDevice)
-        .await
-        .map_err(|e| anyhow::anyhow!("device {name}: {e}"))?;
-    let forward = handle
-        .global_request(burrow_ssh::channel::GlobalRequest::TcpipForward {
-            address: String::new(),
-            port: 22,
-        })
-        .await?;
-    if forward == GlobalAnswer::Failure {
-        bail!("relay refused the forward of device {name}");
-    }
-    Ok((handle, task))
-}
-
-/// N devices held from this process; each reconnects with the agent's backoff when dropped.
-pub(crate) struct Fleet {
-    up: Arc<AtomicUsize>,
-    tasks: JoinSet<()>,
-}
-
-impl Fleet {
-    fn start(port: u16, n: usize, key: Arc<PrivateKey>) -> Fleet {
-        Fleet::start_on(vec![port], n, key)
-    }
-
-    /// Device `i` connects to `ports[i % ports.len()]` (relays of a cluster).
-    pub(crate) fn start_on(ports: Vec<u16>, n: usize, key: Arc<PrivateKey>) -> Fleet {
-        let ports = Arc::new(ports);
-        let up = Arc::new(AtomicUsize::new(0));
-        // Bounded concurrent handshakes, as a fleet of real devices would arrive over time.
-        let gate = Arc::new(Semaphore::new(256));
-        let mut tasks = JoinSet::new();
-        for i in 0..n {
-            let (up, key, gate) = (up.clone(), key.clone(), gate.clone());
-            let port = ports.get(i % ports.len().max(1)).copied().unwrap_or(0);
-            tasks.spawn(async move {
-                let name = format!("load-{i}");
-                let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-                loop {
-                    let permit = gate.acquire().await;
-                    let session = connect_device(port, &name, key.clone()).await;
-                    drop(permit);
-                    if let Ok((_handle, task)) = session {
-                        backoff.reset();
-                        up.fetch_add(1, Ordering::Relaxed);
-                        let _ = task.await;
-                        up.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    tokio::time::sleep(backoff.next_delay(rand::random::<f64>())).await;
-                }
-            });
-        }
-        Fleet { up, tasks }
-    }
-
-    fn up(&self) -> usize {
-        self.up.load(Ordering::Relaxed)
-    }
-
-    /// Waits until no device holds a session (they all noticed the relay went away).
-    pub(crate) async fn wait_down(&self, limit: Duration) -> anyhow::Result<()> {
-        let start = Instant::now();
-        while self.up() > 0 {
-            if start.elapsed() > limit {
-                bail!(
-                    "{} devices still up {limit:?} after the relay died",
-                    self.up()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn wait_all(&self, n: usize, limit: Duration) -> anyhow::Result<Duration> {
-        let start = Instant::now();
-        while self.up() < n {
-            if start.elapsed() > limit {
-                bail!("only {} of {n} devices up after {limit:?}", self.up());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(start.elapsed())
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        self.tasks.abort_all();
-    }
-}
-
-fn register_devices(data_dir: &std::path::Path, n: usize, key: &PrivateKey) -> anyhow::Result<()> {
-    std::fs::create_dir_all(data_dir)?;
-    let store =
-        burrow_relay::store::Store::open(&data_dir.join(burrow_relay::datadir::DATABASE_FILE))?;
-    let public = [key.public_key().clone()];
-    for i in 0..n {
-        let name = format!("load-{i}");
-        if !store.device_exists(&name)? {
-            store.add_device(&name, &public)?;
-        }
-    }
-    Ok(())
-}
 
 async fn settle() {
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -171,6 +21,7 @@ async fn settle() {
 async fn burrow_idle_and_storm(
     env: &Env,
     n: usize,
+    per_address: usize,
     key: Arc<PrivateKey>,
     results: &mut Results,
 ) -> anyhow::Result<()> {
@@ -180,7 +31,7 @@ async fn burrow_idle_and_storm(
     let relay = start_relay(env, &data_dir, port).await?;
     settle().await;
     let (rss0, pss0) = memory_kib(relay.pid());
-    let fleet = Fleet::start(port, n, key.clone());
+    let fleet = Fleet::start(port, n, per_address, key.clone());
     let first = fleet.wait_all(n, Duration::from_secs(600)).await?;
     eprintln!(
         "    {n} devices connected from scratch in {:.1} s",
@@ -504,7 +355,7 @@ pub async fn run_all(env: &Env, args: &Args, results: &mut Results) -> anyhow::R
     let key = Arc::new(burrow_io::keys::load_private_key(&env.key)?);
     for &n in &args.devices {
         eprintln!("  {n} idle burrow devices, then a relay restart");
-        burrow_idle_and_storm(env, n, key.clone(), results).await?;
+        burrow_idle_and_storm(env, n, args.devices_per_address, key.clone(), results).await?;
     }
     eprintln!("  {} idle sshd devices", args.sshd_devices);
     sshd_idle(env, args.sshd_devices, results).await?;

@@ -6,7 +6,11 @@
 //! - `systems`: starting each tunnel (direct, OpenSSH `ssh -R`, rathole, burrow exposure and
 //!   operator paths) with a bulk-transfer port and an echo port behind it.
 //! - `traffic`: throughput (bulk streams) and latency (64-byte round trips).
-//! - `devices`: many idle device sessions from one process; memory per device; reconnects.
+//! - `fleet`: many device sessions held from one process, from chosen source addresses, each
+//!   reconnecting with the agent's backoff or at autossh's fixed interval.
+//! - `devices`: idle devices held by one relay; memory per device; reconnects.
+//! - `cgnat`: a fleet behind one carrier NAT address restarted, with the relay's default flags
+//!   and with its per-address limits lifted.
 //! - `cluster`: relays on PostgreSQL: `ls` latency on both backends, a storm across three
 //!   relays, failover after a relay is killed.
 //! - `cellular`: idle bytes a month per device (network namespaces, veth counters) and
@@ -18,9 +22,11 @@
 
 mod attacks;
 mod cellular;
+mod cgnat;
 mod cluster;
 mod devices;
 mod env;
+mod fleet;
 mod report;
 mod systems;
 mod traffic;
@@ -78,6 +84,14 @@ pub struct Args {
     /// Agents in the failover measurement (each a process holding two sessions).
     #[arg(long, default_value_t = 10)]
     pub failover_devices: usize,
+    /// Devices of the idle fleets and reconnect storms on each source address (127.0.0.1,
+    /// 127.0.0.2, ...): a cellular fleet reaches the relay from a handful of carrier NAT
+    /// addresses. The relay runs its default flags, per-address limits included.
+    #[arg(long, default_value_t = 250)]
+    pub devices_per_address: usize,
+    /// Devices behind one carrier NAT address in the restart measurement.
+    #[arg(long, default_value_t = 300)]
+    pub cgnat_devices: usize,
     /// Only these parts (repeatable; default all), for tuning runs: the report then holds
     /// only their numbers.
     #[arg(long, value_enum)]
@@ -97,6 +111,8 @@ pub enum Part {
     Cluster,
     /// Hostile peers: relay memory under each attack and after.
     Attacks,
+    /// A fleet behind one carrier NAT address, restarted.
+    Cgnat,
 }
 
 impl Args {
@@ -121,6 +137,7 @@ fn main() -> anyhow::Result<()> {
         args.ls_devices = vec![100];
         args.cluster_devices = 30;
         args.failover_devices = 2;
+        args.cgnat_devices = 20;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -138,6 +155,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.runs(Part::Devices) {
         eprintln!("burrow-bench: idle devices and reconnects");
         devices::run_all(&env, &args, &mut results).await?;
+    }
+    if args.runs(Part::Cgnat) {
+        eprintln!("burrow-bench: a fleet behind one carrier NAT address, restarted");
+        cgnat::run(&env, &args, &mut results).await?;
     }
     if args.runs(Part::Cluster) {
         eprintln!("burrow-bench: relays on PostgreSQL");

@@ -277,22 +277,24 @@ pub struct BurrowSite {
     pub echo: u16,
 }
 
-/// Starts `burrow relay` on a free port with a data dir under the bench dir.
+/// Starts `burrow relay` with its default flags on `port` with a data dir under the bench dir.
 pub async fn start_relay(env: &Env, data_dir: &std::path::Path, port: u16) -> anyhow::Result<Proc> {
+    start_relay_with(env, data_dir, port, &[]).await
+}
+
+/// [`start_relay`] with `flags` added.
+pub async fn start_relay_with(
+    env: &Env,
+    data_dir: &std::path::Path,
+    port: u16,
+    flags: &[&str],
+) -> anyhow::Result<Proc> {
     let relay = Proc::spawn(
         Command::new(&env.burrow)
             .args(["relay", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(data_dir)
-            .args([
-                "--max-unauthenticated",
-                "20000",
-                "--max-unauthenticated-per-ip",
-                "20000",
-                // Every simulated device connects from 127.0.0.1; a real fleet has an address each.
-                "--handshakes-per-ip",
-                "0",
-            ])
+            .args(flags)
             .env("BURROW_LOG", "error"),
     )?;
     wait_port(port, "burrow relay").await?;

@@ -46,8 +46,15 @@ pub const DEFAULT_HANDSHAKE_BURST_PER_IP: f64 = 60.0;
 pub const DEFAULT_RECORDING_MAX_BYTES: u64 = 64 << 20;
 /// Largest total of all console recordings.
 pub const DEFAULT_RECORDINGS_MAX_TOTAL: u64 = 4 << 30;
-/// Wrong passwords in a row after which an operator's password login is locked.
+/// Wrong passwords in a row, from several addresses (one counts for at most a quarter), after
+/// which an operator's password login is locked.
 pub const DEFAULT_PASSWORD_LOCK_AFTER: u32 = 10;
+/// Wait before a password from an address past its first 3 failures is checked; it doubles
+/// with each further failure.
+pub const DEFAULT_PASSWORD_DELAY_FIRST: Duration = Duration::from_secs(1);
+/// Longest such wait: well inside the authentication deadline, so that every password is
+/// checked in the end (a guessing address is slowed, never shut out, and nor is anyone else).
+pub const DEFAULT_PASSWORD_DELAY_MAX: Duration = Duration::from_secs(16);
 /// How long such a lock lasts.
 pub const DEFAULT_PASSWORD_LOCK_FOR: Duration = Duration::from_secs(15 * 60);
 /// Delay before a failed authentication is answered.
@@ -111,6 +118,10 @@ pub struct RelayConfig {
     pub password_lock_after: u32,
     /// How long that lock lasts.
     pub password_lock_for: Duration,
+    /// Wait before a password from an address past its free failures is checked (doubling).
+    pub password_delay_first: Duration,
+    /// Longest such wait (at most half the authentication deadline).
+    pub password_delay_max: Duration,
     /// Audit entries older than this are deleted.
     pub audit_keep: Duration,
     /// At most this many audit entries are kept.
@@ -172,6 +183,8 @@ impl RelayConfig {
             require_recordings: false,
             password_lock_after: DEFAULT_PASSWORD_LOCK_AFTER,
             password_lock_for: DEFAULT_PASSWORD_LOCK_FOR,
+            password_delay_first: DEFAULT_PASSWORD_DELAY_FIRST,
+            password_delay_max: DEFAULT_PASSWORD_DELAY_MAX,
             audit_keep: DEFAULT_AUDIT_KEEP,
             database: None,
             relay_id: host_name(),

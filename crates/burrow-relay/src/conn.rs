@@ -47,6 +47,8 @@ pub(crate) struct Conn {
     socket: Option<OwnedFd>,
     permit: Option<Permit>,
     authed: Option<oneshot::Sender<()>>,
+    /// When the authentication attempt being answered was taken up (refusals are paced from it).
+    paced_from: Instant,
 }
 
 impl Conn {
@@ -68,6 +70,7 @@ impl Conn {
             socket,
             permit: Some(permit),
             authed: Some(authed),
+            paced_from: Instant::now(),
         }
     }
 
@@ -148,79 +151,15 @@ impl Conn {
     }
 
     async fn password(&mut self, user: &str, password: &str, method: &str) -> Decision {
-        let login = match Login::parse(user) {
-            Ok(l) => l,
-            Err(e) => return self.reject(user, &e.to_string(), AuthFailure::Other),
-        };
-        let name = login.principal().to_string();
-        let ip = self.peer.ip();
-        let throttle = &self.relay.throttle;
-        let login_state = match self.relay.db.operator_password(&name).await {
-            Ok(Some(l)) => l,
-            Ok(None) => {
-                throttle.failed(ip, None, Instant::now());
-                return self.reject(
-                    user,
-                    "password login: no operator with a password of that name",
-                    AuthFailure::Password,
-                );
-            }
-            Err(e) => return self.reject(user, &e.to_string(), AuthFailure::Other),
-        };
-        if let Some(until) = login_state.locked_until {
-            return self.reject(
-                user,
-                &format!(
-                    "password login locked until {} after repeated wrong passwords (lift it with `burrow relay operator unlock {name}`)",
-                    burrow_proto::time::format_rfc3339(until)
-                ),
-                AuthFailure::Locked,
-            );
+        let (outcome, started) =
+            crate::password::attempt(&self.relay, self.peer, user, password).await;
+        // A refusal is paced from when the password was taken up, after the address's turn:
+        // the argon2 work hides inside the pause.
+        self.paced_from = started;
+        match outcome {
+            crate::password::Outcome::Accepted(login) => self.become_operator(login, method).await,
+            crate::password::Outcome::Refused(why, kind) => self.reject(user, &why, kind),
         }
-        let Some(_checking) = throttle.begin(ip) else {
-            return self.reject(
-                user,
-                "too many password checks at once from this address",
-                AuthFailure::Throttled,
-            );
-        };
-        // Each failure makes the next guess (from this address, or at this operator) wait longer.
-        let delay = throttle.delay(ip, &name, Instant::now());
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let (hash, password) = (login_state.hash, password.to_string());
-        // argon2 costs tens of milliseconds of CPU: keep it off the async workers.
-        let ok =
-            tokio::task::spawn_blocking(move || crate::admin::verify_password(&hash, &password))
-                .await
-                .unwrap_or(false);
-        if ok {
-            throttle.succeeded(ip, &name);
-            return self.become_operator(login, method).await;
-        }
-        let in_a_row = throttle.failed(ip, Some(&name), Instant::now());
-        let config = &self.relay.config;
-        if in_a_row >= config.password_lock_after {
-            let until = crate::store::now()
-                + i64::try_from(config.password_lock_for.as_secs()).unwrap_or(i64::MAX / 2);
-            self.relay.db.submit(crate::store::Write::LockOperator {
-                name: name.clone(),
-                until,
-            });
-            throttle.forget_operator(&name);
-            self.relay.audit.record(
-                "lock",
-                &name,
-                &self.peer.to_string(),
-                Outcome::Denied,
-                &format!(
-                    "{in_a_row} wrong passwords in a row: password login locked until {} (lift it with `burrow relay operator unlock {name}`)",
-                    burrow_proto::time::format_rfc3339(until)
-                ),
-            );
-        }
-        self.reject(user, "wrong password", AuthFailure::Password)
     }
 }
 
@@ -231,6 +170,7 @@ enum KeyMatch {
 
 impl Handler for Conn {
     async fn auth(&mut self, question: Question) -> Decision {
+        self.paced_from = Instant::now();
         let decision = match &question {
             // Refusing a key before its signature spares one; each refusal counts as a
             // failed attempt (bounded per connection).
@@ -246,22 +186,30 @@ impl Handler for Conn {
             } => self.password(user, password, method).await,
         };
         if decision == Decision::Reject {
-            // Failures are answered after a pause, as sshd does: guessing costs time.
-            tokio::time::sleep(self.relay.config.auth_rejection_time).await;
+            // Failures are answered a fixed pause after the attempt was taken up, as sshd
+            // does: guessing costs time, and the work done meanwhile does not show.
+            let answer = self.paced_from + self.relay.config.auth_rejection_time;
+            tokio::time::sleep_until(answer.into()).await;
         }
         decision
     }
 
-    fn auth_refused(&mut self, user: &str, why: &str) {
+    async fn auth_refused(&mut self, user: &str, why: &str) {
+        let started = Instant::now();
         self.relay.metrics.auth_failed(AuthFailure::Other);
         let user = burrow_proto::text::clean(user, burrow_proto::text::MAX_NAME_CHARS);
         self.relay
             .audit
             .record("auth", &user, &self.peer.to_string(), Outcome::Denied, why);
+        // The protocol layer's refusals (a bad signature, SHA-1 `ssh-rsa`) wait as long as
+        // the relay's own: no refusal comes back sooner than another.
+        tokio::time::sleep_until((started + self.relay.config.auth_rejection_time).into()).await;
     }
 
     async fn authenticated(&mut self, _user: &str, handle: &Handle) {
-        self.permit = None;
+        if let Some(permit) = self.permit.take() {
+            permit.authenticated();
+        }
         let peer_id = handle.peer_id().map(|id| id.line).unwrap_or_default();
         let burrow = peer_id.starts_with(crate::config::BURROW_SSH_ID_PREFIX);
         // An agent that declared its keepalive schedule is watched by its silence alone; every

@@ -2,7 +2,11 @@
 //! cap, and a global cap that makes room by dropping the oldest unauthenticated connection.
 //!
 //! A permit is held from TCP accept until authentication succeeds or the connection ends, so
-//! authenticated devices are not counted at all. When the global cap is full, a newcomer does
+//! authenticated devices are not counted at all. The rate counts what does not authenticate:
+//! each new connection takes a token from its address's bucket, and one that logs in gives it
+//! back. A fleet behind one carrier NAT address reconnecting after a relay restart therefore
+//! spends nothing, while a flood of handshakes that never authenticate (from anyone without a
+//! key or password) is held to the rate. When the global cap is full, a newcomer does
 //! not get refused: the connection that has waited longest without authenticating is cut
 //! instead. Real clients authenticate within a second, so what gets cut is what an attacker
 //! holds open; legitimate operators and devices keep getting in during a flood (as OpenSSH's
@@ -46,6 +50,8 @@ struct Bucket {
 pub struct Permit {
     seq: u64,
     state: Arc<Mutex<State>>,
+    /// The address and the burst of its bucket, when a token was taken.
+    token: Option<(IpAddr, f64)>,
 }
 
 /// Why a connection was not admitted.
@@ -142,9 +148,23 @@ impl Gate {
             permit: Permit {
                 seq,
                 state: self.state.clone(),
+                token: self.rate.map(|(_, burst)| (ip, burst)),
             },
             evicted,
         })
+    }
+}
+
+impl Permit {
+    /// The connection authenticated: its place is free and its token goes back to its
+    /// address's bucket, so that logging in costs a known device or operator nothing.
+    pub fn authenticated(self) {
+        if let Some((ip, burst)) = self.token {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(b) = state.buckets.get_mut(&ip) {
+                b.tokens = (b.tokens + 1.0).min(burst);
+            }
+        }
     }
 }
 
@@ -182,6 +202,33 @@ mod tests {
         // The cut one's permit going away later changes nothing twice.
         drop(p1);
         assert!(gate.admit(a, CancellationToken::new()).is_ok());
+    }
+
+    #[test]
+    fn a_connection_that_authenticates_gives_its_token_back() {
+        let gate = Gate::new(1000, 1000, 0.001, 3.0);
+        let a = ip("10.0.0.1");
+        // Any number of logins in a row from one address: each gives its token back.
+        for _ in 0..100 {
+            gate.admit(a, CancellationToken::new())
+                .unwrap()
+                .permit
+                .authenticated();
+        }
+        // Connections that never authenticate spend the burst, then are refused.
+        let held: Vec<_> = (0..3)
+            .map(|_| gate.admit(a, CancellationToken::new()).unwrap())
+            .collect();
+        assert_eq!(
+            gate.admit(a, CancellationToken::new()).err(),
+            Some(Refused::Rate)
+        );
+        // Failing to authenticate gives nothing back.
+        drop(held);
+        assert_eq!(
+            gate.admit(a, CancellationToken::new()).err(),
+            Some(Refused::Rate)
+        );
     }
 
     #[test]

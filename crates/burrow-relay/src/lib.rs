@@ -15,7 +15,9 @@
 //! - [`metrics`]: Prometheus counters and their page.
 //! - [`console`]: serial consoles terminated at the relay (hubs, sessions, recordings).
 //! - [`registry`]: online device sessions, endpoints, takeover.
-//! - `gate`: caps and rates of unauthenticated connections; room made by cutting the oldest.
+//! - `gate`: caps and rates of unauthenticated connections; room made by cutting the oldest;
+//!   a login gives its address's token back.
+//! - `admission_log`: what the gate refused or cut, logged at most every 10 s.
 //! - `server`: the accept loop and per-connection task.
 //! - `conn`: the SSH handler of one connection: authentication and request dispatch.
 //! - `device`: what devices may ask for (forwards, allowed targets).
@@ -23,11 +25,13 @@
 //! - `operator_session`: operator connections and what each has open (for revocation).
 //! - `listeners`: real TCP listeners granted by `allow-listen`.
 //! - `revocation`: CLI changes to the registry reaching open sessions within 2 s.
-//! - `throttle`: password guessing: delays, operator locks, concurrent checks.
+//! - `password`: the password path: equal work for every name, the operator lock.
+//! - `throttle`: password guessing as bookkeeping: each address's turns, operator counts.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
+mod admission_log;
 pub mod audit;
 mod cluster;
 pub mod config;
@@ -40,6 +44,7 @@ mod listeners;
 pub mod metrics;
 mod operator;
 mod operator_session;
+mod password;
 pub mod registry;
 mod revocation;
 mod server;
@@ -83,6 +88,7 @@ pub struct Relay {
     hubs: console::Hubs,
     recording_limits: console::recording::Limits,
     gate: gate::Gate,
+    admission_log: admission_log::AdmissionLog,
     /// The host key as the SSH layer signs with it.
     ssh_host_key: Arc<HostKey>,
     host_key: PrivateKey,
@@ -144,6 +150,7 @@ impl Relay {
                     config.data_dir.display()
                 ))
             })?;
+        tokio::task::spawn_blocking(password::prepare);
         Ok(Arc::new(Relay {
             audit: audit::Audit::new(db.clone()),
             gate: gate::Gate::new(
@@ -152,9 +159,21 @@ impl Relay {
                 config.handshakes_per_ip_per_sec,
                 config.handshake_burst_per_ip,
             ),
+            admission_log: admission_log::AdmissionLog::new(admission_log::Limits {
+                rate: config.handshakes_per_ip_per_sec,
+                burst: config.handshake_burst_per_ip,
+                per_ip: config.max_unauthenticated_per_ip,
+                global: config.max_unauthenticated,
+            }),
             registry: registry::Registry::default(),
             operators: operator::Operators::default(),
-            throttle: throttle::Throttle::default(),
+            // Every password is checked before the authentication deadline, however long
+            // its address has guessed.
+            throttle: throttle::Throttle::new(
+                config.password_delay_first,
+                config.password_delay_max.min(config.pre_auth_timeout / 2),
+                config.password_lock_after,
+            ),
             listeners: listeners::Listeners::default(),
             hubs: console::Hubs::default(),
             recording_limits: console::recording::Limits::new(

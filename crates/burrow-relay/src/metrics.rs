@@ -60,6 +60,10 @@ pub struct Metrics {
     auth_failures: [AtomicU64; 5],
     takeovers: AtomicU64,
     peer_streams: AtomicU64,
+    password_checks: AtomicU64,
+    refused_rate: AtomicU64,
+    refused_per_ip: AtomicU64,
+    unauthenticated_cut: AtomicU64,
 }
 
 impl Metrics {
@@ -83,6 +87,23 @@ impl Metrics {
         if let Some(c) = self.auth_failures.get(i) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A password was hashed to be checked (whether or not its name has one).
+    pub(crate) fn password_checked(&self) {
+        self.password_checks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The gate closed a connection at accept, or cut the oldest unauthenticated one.
+    pub(crate) fn admission(&self, event: crate::admission_log::Event) {
+        use crate::admission_log::Event;
+        use crate::gate::Refused;
+        let counter = match event {
+            Event::Refused(Refused::Rate) => &self.refused_rate,
+            Event::Refused(Refused::PerIp) => &self.refused_per_ip,
+            Event::Cut => &self.unauthenticated_cut,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A device session took over an older one.
@@ -163,12 +184,30 @@ pub(crate) fn render(m: &Metrics, db: &crate::store::db::DbStats, g: &Gauges) ->
             get(count)
         );
     }
+    let _ = writeln!(
+        s,
+        "# HELP burrow_connections_refused_total Connections closed at accept, by reason: opened too fast from one address without logging in (rate), or too many unauthenticated from one address (per_ip).\n# TYPE burrow_connections_refused_total counter\nburrow_connections_refused_total{{reason=\"rate\"}} {}\nburrow_connections_refused_total{{reason=\"per_ip\"}} {}",
+        get(&m.refused_rate),
+        get(&m.refused_per_ip)
+    );
     let mut one = |name: &str, kind: &str, help: &str, value: String| {
         let _ = writeln!(
             s,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     };
+    one(
+        "burrow_unauthenticated_cut_total",
+        "counter",
+        "Unauthenticated connections cut, the oldest first, to make room for newer ones.",
+        get(&m.unauthenticated_cut).to_string(),
+    );
+    one(
+        "burrow_password_checks_total",
+        "counter",
+        "Passwords hashed to be checked: one per password attempt, whether or not the name exists.",
+        get(&m.password_checks).to_string(),
+    );
     one(
         "burrow_takeovers_total",
         "counter",

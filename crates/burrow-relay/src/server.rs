@@ -10,9 +10,9 @@ use tokio_util::sync::CancellationToken;
 use burrow_io::activity::Activity;
 use burrow_ssh::session::{Session, Side};
 
+use crate::admission_log::Event;
 use crate::config::SHUTDOWN_GRACE;
 use crate::conn::Conn;
-use crate::gate::Refused;
 use crate::{Relay, RelayError};
 
 pub(crate) async fn run(
@@ -64,19 +64,12 @@ pub(crate) async fn run(
         let permit = match relay.gate.admit(peer.ip(), cut.clone()) {
             Ok(admitted) => {
                 if let Some(old) = admitted.evicted {
-                    tracing::info!(
-                        %peer,
-                        "unauthenticated connections at their cap: cut the oldest (from {old}) to admit this one"
-                    );
+                    report(&relay, Event::Cut, old);
                 }
                 admitted.permit
             }
             Err(why) => {
-                let why = match why {
-                    Refused::PerIp => "too many unauthenticated connections from this address",
-                    Refused::Rate => "this address opens connections too fast",
-                };
-                tracing::debug!(%peer, "connection refused: {why}");
+                report(&relay, Event::Refused(why), peer.ip());
                 continue;
             }
         };
@@ -102,6 +95,17 @@ pub(crate) async fn run(
     // What the sessions wrote on their way out is stored before the relay says it stopped.
     relay.db.flush().await;
     result
+}
+
+/// Counts what the gate did, and logs it when a report is due (at most every 10 s).
+fn report(relay: &Relay, event: Event, ip: std::net::IpAddr) {
+    relay.metrics.admission(event);
+    if let Some(report) = relay
+        .admission_log
+        .note(event, ip, std::time::Instant::now())
+    {
+        tracing::warn!("{report}");
+    }
 }
 
 /// TCP keepalive after `interval` of silence, `max` unanswered probes `interval` apart, and the

@@ -40,7 +40,9 @@ pub enum Side {
 pub enum Event {
     /// The server asks the application; answer with [`Session::decide`].
     Auth(Question),
-    /// The server refused an attempt (for the audit): the user named and why.
+    /// The server refused an attempt (for the audit): the user named and why. Its
+    /// USERAUTH_FAILURE waits for [`Session::decide`] (with any decision), so that the
+    /// application can pace it like the failures it decides itself.
     AuthRefused {
         /// The login name.
         user: String,
@@ -398,6 +400,11 @@ impl Session {
                 let mut w = crate::wire::Writer::message(msg::SERVICE_ACCEPT);
                 w.string(n.as_bytes());
                 self.send(w.into_bytes())
+            }
+            // Asked again before success (paramiko does, once per attempt): answered in order
+            // with the authentication requests, which may be waiting on a question.
+            Ok(n) if n == auth::USERAUTH_SERVICE && !self.authenticated => {
+                self.server_auth(payload.to_vec())
             }
             Ok(n) => Err(self.fail(
                 reason::SERVICE_NOT_AVAILABLE,

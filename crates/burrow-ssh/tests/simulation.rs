@@ -106,9 +106,16 @@ impl Sim {
                 }
             }
             while let Some(e) = self.s.poll_event() {
-                if let Event::Auth(q) = &e {
-                    let d = decide(q);
-                    self.s.decide(d).map_err(|e| ("server", e))?;
+                match &e {
+                    Event::Auth(q) => {
+                        let d = decide(q);
+                        self.s.decide(d).map_err(|e| ("server", e))?;
+                    }
+                    // A refusal of the protocol layer waits for the application's answer.
+                    Event::AuthRefused { .. } => {
+                        self.s.decide(Decision::Reject).map_err(|e| ("server", e))?;
+                    }
+                    _ => {}
                 }
                 self.se.push(e);
             }

@@ -579,3 +579,139 @@ async fn handshake_flood_from_one_address_is_limited_and_others_get_in() {
     let (ok, _, err) = ssh_output(&op_cfg, &["relay", "ls"], b"").await;
     assert!(ok, "{err}");
 }
+
+struct Device;
+
+impl burrow_ssh::driver::Handler for Device {}
+
+/// Logs in as device `name` with `key` on a connection of its own, then closes it.
+async fn device_login(port: u16, name: &str, key: &std::path::Path) -> Result<(), String> {
+    let key = burrow_ssh::auth::ClientKey::read(key).map_err(|e| e.to_string())?;
+    let config = burrow_ssh::transport::Config {
+        role: burrow_ssh::transport::Role::Client,
+        software: "test_device".into(),
+        comment: None,
+        ciphers: vec!["chacha20-poly1305@openssh.com".into()],
+        host_key: None,
+        host_key_check: Some(Box::new(|_| true)),
+        rekey_bytes: 1 << 30,
+        rekey_time: std::time::Duration::from_secs(3600),
+        ext_info: None,
+        ..Default::default()
+    };
+    let session = burrow_ssh::session::Session::new(
+        config,
+        burrow_ssh::session::Side::Client {
+            user: name.into(),
+            credentials: vec![burrow_ssh::auth::Credential::Key(Box::new(key))],
+        },
+        burrow_ssh::channel::Limits::default(),
+        std::time::Instant::now(),
+    );
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (handle, task) = burrow_ssh::driver::connect(tcp, session, Device)
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(handle);
+    task.abort();
+    Ok(())
+}
+
+async fn scrape(port: u16) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+/// Devices behind one carrier NAT address coming back (after a relay restart, say) log in
+/// without spending the budget that holds a handshake flood from that address; the flood from
+/// there is still held, and the relay's log and metrics say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_behind_one_address_do_not_spend_the_flood_budget() {
+    let dir = tempdir();
+    let data = dir.path().join("relay");
+    let key = keypair(dir.path(), "dev");
+    let metrics = free_port();
+    let (_relay, port, log) = relay_process(
+        &data,
+        &[
+            "--handshakes-per-ip",
+            "0.05",
+            "--handshake-burst",
+            "3",
+            "--metrics",
+            &format!("127.0.0.1:{metrics}"),
+        ],
+    );
+    let store =
+        burrow_relay::store::Store::open(&data.join(burrow_relay::datadir::DATABASE_FILE)).unwrap();
+    for i in 0..12 {
+        store
+            .add_device(&format!("dev-{i}"), &[public_key(&key)])
+            .unwrap();
+    }
+    // Twelve devices from one address, one after another: four times the burst, at a rate
+    // that would refill one token in twenty seconds.
+    for i in 0..12 {
+        let name = format!("dev-{i}");
+        if let Err(e) = device_login(port, &name, &key).await {
+            panic!(
+                "{name} (login {} from this address) was refused: {e}",
+                i + 1
+            );
+        }
+    }
+    // Connections that never log in still spend it: past the burst they are closed at once.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..6 {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut b = [0u8; 4];
+        use tokio::io::AsyncReadExt;
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        if n == 0 {
+            refused += 1;
+        }
+        held.push(tcp);
+    }
+    assert_eq!(refused, 3, "the flood past the burst");
+    let page = scrape(metrics).await;
+    assert!(
+        page.contains("burrow_connections_refused_total{reason=\"rate\"} 3"),
+        "{page}"
+    );
+    eventually("the relay to log the refusals", || {
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|l| {
+                l.contains(" WARN ")
+                    && l.contains("refused 1 connections")
+                    && l.contains("--handshakes-per-ip")
+            })
+            .then_some(())
+    })
+    .await;
+    // One report for the three refusals: the next is due ten seconds later at the earliest.
+    let reports = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("--handshakes-per-ip"))
+        .count();
+    assert_eq!(reports, 1);
+}

@@ -78,7 +78,7 @@ impl Handler for ServerHandler {
         }
     }
 
-    fn auth_refused(&mut self, _user: &str, why: &str) {
+    async fn auth_refused(&mut self, _user: &str, why: &str) {
         self.seen.lock().unwrap().refused.push(why.to_string());
     }
 

@@ -185,7 +185,7 @@ async fn operator_password_login_and_wrong_password() {
     assert!(audit.iter().any(|r| r.event == "auth"
         && r.who == "bob"
         && r.outcome == "denied"
-        && r.detail == "wrong password"));
+        && r.detail.starts_with("wrong password")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,7 +216,7 @@ async fn mistyped_password_can_be_retried_on_the_same_connection() {
     assert!(
         auths
             .iter()
-            .any(|r| r.outcome == "denied" && r.detail == "wrong password"),
+            .any(|r| r.outcome == "denied" && r.detail.starts_with("wrong password")),
         "{auths:?}"
     );
     assert!(auths.iter().any(|r| r.outcome == "ok"), "{auths:?}");
@@ -402,14 +402,23 @@ async fn password_guessing_locks_the_operator_until_unlocked() {
         .store()
         .add_operator("bob", &[], Some(&hash), &["*".to_string()], false)
         .unwrap();
-    let login = |passwords: &'static [&'static str]| {
-        password_login(&relay, dir.path(), passwords, &["bob@127.0.0.1", "ls"])
+    let login = async |passwords: &'static [&'static str], from: &'static str| {
+        password_login(
+            &relay,
+            dir.path(),
+            passwords,
+            &["-b", from, "bob@127.0.0.1", "ls"],
+        )
+        .await
     };
-    // Three guesses on one connection: the third locks bob's password login.
-    let out = login(&["guess1", "guess2", "guess3"]).await;
-    assert!(!out.status.success());
+    // One address alone cannot lock bob (it counts for at most a quarter of the lock, rounded
+    // up): guesses from three addresses do.
+    for from in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        let out = login(&["guess"], from).await;
+        assert!(!out.status.success());
+    }
     // Now even the right password is refused, and the audit and `operator ls` say why.
-    let out = login(&["correct horse"]).await;
+    let out = login(&["correct horse"], "127.0.0.5").await;
     assert!(!out.status.success(), "a locked operator got in");
     let audit = relay.audit_now(50).await;
     assert!(
@@ -435,7 +444,7 @@ async fn password_guessing_locks_the_operator_until_unlocked() {
     let (ok, out, err) = relay.cli(&["operator", "unlock", "bob"]);
     assert!(ok, "{err}");
     assert!(out.contains("unlocked"), "{out}");
-    let out = login(&["correct horse"]).await;
+    let out = login(&["correct horse"], "127.0.0.5").await;
     assert!(
         out.status.success(),
         "{}",

@@ -361,6 +361,62 @@ async fn paramiko_direct_tcpip_and_jump() {
     assert_eq!(stdout.trim(), "DIRECT-OK\njumped-42");
 }
 
+/// paramiko's `SSHClient.connect` with keys to try in order and maybe a password: what
+/// Netmiko, Fabric and Ansible's paramiko transport do. It asks for the `ssh-userauth` service
+/// again before each attempt.
+const PARAMIKO_LOGIN: &str = r#"
+import sys, base64, paramiko
+port, host_line, user, password = sys.argv[1:5]
+keys = sys.argv[5:]
+kind, blob = host_line.split()[:2]
+client = paramiko.SSHClient()
+client.get_host_keys().add("[127.0.0.1]:%s" % port, kind, paramiko.PKey.from_type_string(kind, base64.b64decode(blob)))
+client.set_missing_host_key_policy(paramiko.RejectPolicy())
+client.connect("127.0.0.1", port=int(port), username=user, key_filename=keys,
+               password=password or None, look_for_keys=False, allow_agent=False, timeout=15)
+_, out, _ = client.exec_command("ls")
+out.read()
+print("LOGGED-IN")
+client.close()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paramiko_logs_in_after_a_refused_key() {
+    let (dir, relay, _dev_key, op_key) = relay_with("pi", "op").await;
+    let hash = burrow_relay::admin::hash_password("correct horse").unwrap();
+    relay
+        .relay
+        .store()
+        .add_operator("bob", &[], Some(&hash), &["*".to_string()], false)
+        .unwrap();
+    let stranger = keypair(dir.path(), "unregistered");
+    let login = |user: &str, password: &str, keys: &[&Path]| {
+        let mut python = Command::new("python3");
+        python
+            .arg("-c")
+            .arg(PARAMIKO_LOGIN)
+            .arg(relay.addr.port().to_string())
+            .arg(relay.relay.host_public_key())
+            .arg(user)
+            .arg(password)
+            .args(keys);
+        output(python, Vec::new())
+    };
+    // A key the relay does not know, then the operator's key; then an unknown key, then the
+    // password (paramiko tries keys before the password).
+    for out in [
+        login("op", "", &[&stranger, &op_key]).await,
+        login("bob", "correct horse", &[&stranger]).await,
+    ] {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.trim() == "LOGGED-IN",
+            "paramiko (pip install paramiko; ./test.sh does): {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// ssh-audit's findings of level `fail` in its JSON report of `port`.
 async fn audit_failures(port: u16) -> Vec<String> {
     let mut cmd = Command::new("ssh-audit");

@@ -1,5 +1,7 @@
 //! The server side: checks what it can itself, asks the application the rest, one question
-//! at a time, and holds the requests that arrive meanwhile.
+//! at a time, and holds the requests that arrive meanwhile. A refusal of its own (a bad
+//! signature, SHA-1 `ssh-rsa`) is held like a question until the application answers it, so
+//! that the application paces every failure alike and a client cannot tell which layer said no.
 
 use std::collections::VecDeque;
 
@@ -28,8 +30,15 @@ pub struct ServerAuth {
 }
 
 enum Pending {
-    Query { algorithm: String, blob: Vec<u8> },
-    Login { method: &'static str },
+    Query {
+        algorithm: String,
+        blob: Vec<u8>,
+    },
+    Login {
+        method: &'static str,
+    },
+    /// Refused here; USERAUTH_FAILURE goes out when the application answers.
+    Refused,
 }
 
 /// Most requests held while a question is out; a client that sends more is misbehaving.
@@ -44,7 +53,8 @@ pub struct ServerStep {
     pub question: Option<Question>,
     /// The user now logged in.
     pub success: Option<String>,
-    /// A refusal to audit: the user named and why.
+    /// A refusal to audit and pace: the user named and why. Answer it with
+    /// [`ServerAuth::decide`] (whatever the decision, it stays a refusal).
     pub refused: Option<(String, String)>,
 }
 
@@ -120,6 +130,7 @@ impl ServerAuth {
                 step.success = user;
                 return Ok(step);
             }
+            (Pending::Refused, _) => self.fail(&mut step)?,
             (_, Decision::Partial(methods)) => {
                 self.methods = methods;
                 step.send.push(encode_auth_failure(&self.methods, true));
@@ -157,13 +168,14 @@ impl ServerAuth {
         Ok(())
     }
 
+    /// Holds a refusal until the application has answered it (see [`ServerStep::refused`]).
     fn refuse(&mut self, user: &str, why: String) -> Result<ServerStep, AuthError> {
-        let mut step = ServerStep {
+        self.asking = Some(user.to_string());
+        self.pending = Some(Pending::Refused);
+        Ok(ServerStep {
             refused: Some((user.to_string(), why)),
             ..ServerStep::default()
-        };
-        self.fail(&mut step)?;
-        Ok(step)
+        })
     }
 
     fn offers(&self, method: &str) -> bool {
@@ -180,8 +192,10 @@ impl ServerAuth {
     }
 
     fn handle(&mut self, payload: Vec<u8>, session_id: &[u8]) -> Result<ServerStep, AuthError> {
-        if payload.first() == Some(&msg::USERAUTH_INFO_RESPONSE) {
-            return self.info_response(&payload);
+        match payload.first() {
+            Some(&msg::USERAUTH_INFO_RESPONSE) => return self.info_response(&payload),
+            Some(&msg::SERVICE_REQUEST) => return service_again(&payload),
+            _ => {}
         }
         let request = AuthRequest::decode(&payload).map_err(|e| wire("USERAUTH_REQUEST", e))?;
         // A new request abandons a keyboard-interactive exchange (RFC 4256 §3.4).
@@ -324,7 +338,29 @@ impl ServerAuth {
         match &self.pending {
             Some(Pending::Login { method }) => Some(method),
             Some(Pending::Query { .. }) => Some(method::PUBLICKEY),
-            None => None,
+            Some(Pending::Refused) | None => None,
         }
     }
+}
+
+/// A SERVICE_REQUEST for `ssh-userauth` after the first, until authentication succeeds:
+/// paramiko sends one before every attempt, and OpenSSH's sshd accepts each. It is answered in
+/// turn with the requests around it.
+fn service_again(payload: &[u8]) -> Result<ServerStep, AuthError> {
+    let mut r = crate::wire::Reader::new(payload);
+    let _ = r.u8("message number");
+    let name = r
+        .utf8(256, "service name")
+        .map_err(|e| wire("SERVICE_REQUEST", e))?;
+    if name != USERAUTH_SERVICE {
+        return Err(AuthError(format!(
+            "service {name:?} asked for during authentication; only {USERAUTH_SERVICE} is offered"
+        )));
+    }
+    let mut w = Writer::message(msg::SERVICE_ACCEPT);
+    w.string(name.as_bytes());
+    Ok(ServerStep {
+        send: vec![w.into_bytes()],
+        ..ServerStep::default()
+    })
 }

@@ -39,7 +39,11 @@ fn run(
             let mut step = server.receive(m, SID)?;
             loop {
                 to_client.extend(std::mem::take(&mut step.send));
-                refused.extend(step.refused.take().map(|r| r.1));
+                if let Some((_, why)) = step.refused.take() {
+                    refused.push(why);
+                    step = server.decide(Decision::Reject, SID)?;
+                    continue;
+                }
                 let Some(q) = step.question.take() else { break };
                 let d = decide(&q);
                 questions.push(q);
@@ -134,6 +138,9 @@ fn rsa_sha2_signs_and_sha1_or_a_mismatched_algorithm_is_refused() {
         .expect("refused, not an error");
     assert!(step.question.is_none());
     assert!(step.refused.expect("refused").1.contains("not accepted"));
+    // The failure waits for the application, which paces it like its own refusals.
+    assert!(step.send.is_empty());
+    let step = server.decide(Decision::Accept, SID).expect("still refused");
     assert_eq!(
         step.send.first().and_then(|m| m.first()),
         Some(&msg::USERAUTH_FAILURE)
@@ -277,6 +284,53 @@ fn requests_that_arrive_while_a_question_is_out_wait_their_turn() {
             )
             .is_err()
     );
+}
+
+#[test]
+fn a_service_request_again_is_answered_in_turn() {
+    // paramiko asks for `ssh-userauth` before every attempt; OpenSSH's sshd answers each.
+    let service = |name: &str| {
+        let mut w = crate::wire::Writer::message(msg::SERVICE_REQUEST);
+        w.string(name.as_bytes());
+        w.into_bytes()
+    };
+    let accept = service(USERAUTH_SERVICE)
+        .iter()
+        .enumerate()
+        .map(|(i, b)| if i == 0 { msg::SERVICE_ACCEPT } else { *b })
+        .collect::<Vec<u8>>();
+    let password = AuthRequest {
+        user: "op".into(),
+        service: CONNECTION_SERVICE.into(),
+        method: Method::Password {
+            password: "guess".into(),
+            change: false,
+        },
+    }
+    .encode();
+    let mut server = ServerAuth::new(all_methods(), 6);
+    let step = server
+        .receive(service(USERAUTH_SERVICE), SID)
+        .expect("answered");
+    assert_eq!(step.send, vec![accept.clone()]);
+    // Asked while a password is being checked, it is answered after that password's failure.
+    assert!(
+        server
+            .receive(password, SID)
+            .expect("asked")
+            .question
+            .is_some()
+    );
+    let held = server
+        .receive(service(USERAUTH_SERVICE), SID)
+        .expect("held");
+    assert_eq!(held, ServerStep::default());
+    let step = server.decide(Decision::Reject, SID).expect("answered");
+    assert_eq!(step.send.len(), 2);
+    assert_eq!(step.send[0].first(), Some(&msg::USERAUTH_FAILURE));
+    assert_eq!(step.send[1], accept);
+    // Any other service is not offered.
+    assert!(server.receive(service(CONNECTION_SERVICE), SID).is_err());
 }
 
 #[test]

@@ -103,9 +103,11 @@ pub trait Handler: Send + 'static {
     }
 
     /// Server: an attempt was refused by the protocol layer (bad signature, method not
-    /// offered...): for the audit.
-    fn auth_refused(&mut self, user: &str, why: &str) {
+    /// offered...): for the audit. Its USERAUTH_FAILURE goes out when this returns, so a
+    /// server that delays its own refusals can delay these alike.
+    fn auth_refused(&mut self, user: &str, why: &str) -> impl Future<Output = ()> + Send {
         let _ = (user, why);
+        async {}
     }
 
     /// Authentication succeeded (both ends).

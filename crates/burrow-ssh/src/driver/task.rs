@@ -307,7 +307,10 @@ impl<H: Handler> Driver<H> {
                 let d = Box::pin(self.handler.auth(q)).await;
                 let _ = self.inner.lock().session.decide(d);
             }
-            Event::AuthRefused { user, why } => self.handler.auth_refused(&user, &why),
+            Event::AuthRefused { user, why } => {
+                Box::pin(self.handler.auth_refused(&user, &why)).await;
+                let _ = self.inner.lock().session.decide(Decision::Reject);
+            }
             Event::Authenticated { user } => {
                 let handle = self.handle();
                 Box::pin(self.handler.authenticated(&user, &handle)).await;
