@@ -36,6 +36,7 @@ async fn connect_device(
         role: burrow_ssh::transport::Role::Client,
         software: "burrow_bench".into(),
         comment: None,
+        kex: burrow_ssh::kex::methods(),
         ciphers: vec!["aes256-gcm@openssh.com".into()],
         host_key: None,
         host_key_check: Some(Box::new(|_| true)),

@@ -181,6 +181,7 @@ impl RelayConfig {
             role: burrow_ssh::transport::Role::Server,
             software: format!("burrow_{}", env!("CARGO_PKG_VERSION")),
             comment: None,
+            kex: burrow_ssh::kex::methods(),
             ciphers: burrow_ssh::crypto::CIPHERS
                 .iter()
                 .map(|c| c.to_string())
