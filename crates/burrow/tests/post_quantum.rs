@@ -45,6 +45,28 @@ async fn stock_ssh_to_the_relay_negotiates_sntrup761x25519() {
         assert!(String::from_utf8_lossy(&out).contains("pi"), "{forced:?}");
         assert_eq!(negotiated_kex(&err), Some(expected), "{forced:?}: {err}");
     }
+    // A relay with --post-quantum-only turns a curve25519-only client away, and says why.
+    let strict = TestRelay::start_with(&dir.path().join("relay-pq"), "127.0.0.1:0", |c| {
+        c.post_quantum_only = true
+    })
+    .await;
+    strict.add_operator("op", &op_key, &["*"]);
+    let strict_cfg = ssh_config(&dir.path().join("relay-pq"), &strict, "op", &op_key);
+    let (ok, _, err) = ssh_output(
+        &strict_cfg,
+        &["-o", "KexAlgorithms=curve25519-sha256", "relay", "ls"],
+        b"",
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("no matching key exchange method"), "{err}");
+    let (ok, _, err) = ssh_output(&strict_cfg, &["-v", "relay", "ls"], b"").await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        negotiated_kex(&err),
+        Some("sntrup761x25519-sha512"),
+        "{err}"
+    );
 }
 
 /// The agent against an sshd that offers nothing but sntrup761x25519: the tunnel comes up and
