@@ -11,6 +11,7 @@
 //!   relays, failover after a relay is killed.
 //! - `cellular`: idle bytes a month per device (network namespaces, veth counters) and
 //!   behaviour through an emulated cellular link (blackout, throughput, latency).
+//! - `kex`: the bytes of one key exchange with each method (the weekly rekey of an idle device).
 //! - `report`: the Markdown and JSON output, with targets.
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ mod cellular;
 mod cluster;
 mod devices;
 mod env;
+mod kex;
 mod report;
 mod systems;
 mod traffic;
@@ -140,7 +142,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let cellular = if args.runs(Part::Cellular) {
         eprintln!("burrow-bench: the cellular link (idle cost, blackout, throughput, latency)");
-        cellular::run_all(&env, &args).await?
+        let mut rows = cellular::run_all(&env, &args).await?;
+        rows.extend(kex::rows()?);
+        rows
     } else {
         Vec::new()
     };
