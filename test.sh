@@ -34,8 +34,8 @@ fi
 # ssh-audit (the relay's algorithms), prometheus-client (its text-format parser reads the
 # metrics page).
 pip_install() {
-  python3 -m pip install --quiet "$1" 2>/dev/null \
-    || python3 -m pip install --quiet --break-system-packages "$1" 2>/dev/null
+  python3 -m pip install --quiet "$@" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages "$@" 2>/dev/null
 }
 python3 -c 'import serial' >/dev/null 2>&1 || { echo "test.sh: installing pyserial"; pip_install pyserial \
   || { sudo_if_needed apt-get update -qq && sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-serial; }; }
@@ -43,6 +43,9 @@ python3 -c 'import paramiko' >/dev/null 2>&1 || { echo "test.sh: installing para
 python3 -c 'import prometheus_client' >/dev/null 2>&1 || { echo "test.sh: installing prometheus-client"; pip_install prometheus-client; }
 python3 -c 'import ssh_audit' >/dev/null 2>&1 || { echo "test.sh: installing ssh-audit"; pip_install ssh-audit; }
 python3 -c 'import asyncssh' >/dev/null 2>&1 || { echo "test.sh: installing asyncssh"; pip_install asyncssh; }
+# asyncssh is the third-party mlkem768x25519-sha256 peer; it needs a `cryptography` with ML-KEM.
+python3 -W ignore -c 'from asyncssh.crypto import mlkem_available; assert mlkem_available' >/dev/null 2>&1 \
+  || { echo "test.sh: upgrading asyncssh and cryptography (ML-KEM)"; pip_install --upgrade asyncssh cryptography; }
 # sshd refuses to start without its privilege separation directory.
 [ -d /run/sshd ] || sudo_if_needed mkdir -p /run/sshd
 

@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
             role: Role::Server,
             software: "fuzz".into(),
             comment: None,
+            kex: burrow_ssh::kex::methods(),
             ciphers: burrow_ssh::crypto::CIPHERS
                 .iter()
                 .map(|s| s.to_string())

@@ -19,6 +19,7 @@ fn config(role: Role, host: &Arc<HostKey>) -> Config {
         role,
         software: "fuzz".into(),
         comment: None,
+        kex: burrow_ssh::kex::methods(),
         ciphers: vec!["aes128-gcm@openssh.com".into()],
         host_key: (role == Role::Server).then(|| host.clone()),
         host_key_check: Some(Box::new(|_| true)),

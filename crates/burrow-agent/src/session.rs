@@ -222,6 +222,7 @@ async fn session(
             schedule.comment(),
             burrow_proto::liveness::instance_word(&ctx.shared.instance)
         )),
+        kex: burrow_ssh::kex::methods(),
         ciphers: preferred_ciphers().iter().map(|c| c.to_string()).collect(),
         host_key: None,
         host_key_check: Some(Box::new(check)),

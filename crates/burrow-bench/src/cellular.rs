@@ -517,7 +517,8 @@ async fn idle_cost(env: &Env, args: &Args) -> anyhow::Result<Vec<Row>> {
                 connect_bytes as f64,
                 "B",
                 Some(format!(
-                    "{connect_packets} packets; counted once a week for the rekey"
+                    "{connect_packets} packets, key exchange {}; counted once a week for the rekey",
+                    crate::kex::default_method()
                 )),
             ));
         }

@@ -287,11 +287,12 @@ async fn storm(env: &Env, args: &Args, results: &mut Results) -> anyhow::Result<
         relays.start_one(env, &pg.url, i).await?;
     }
     fleet.wait_all(n, Duration::from_secs(600)).await?;
-    results.push(
+    results.push_note(
         &format!("reconnect storm across three relays on PostgreSQL ({n} devices)"),
         "burrow: all endpoints back",
         restarted.elapsed().as_secs_f64(),
         "s",
+        &format!("key exchange {}", crate::kex::default_method()),
     );
     drop(fleet);
     Ok(())

@@ -72,11 +72,12 @@ async fn burrow_idle_and_storm(
     );
     // Devices notice the loss (keepalive or reset) and come back with jittered backoff.
     fleet.wait_all(n, Duration::from_secs(600)).await?;
-    results.push(
+    results.push_note(
         &format!("reconnect storm after a relay restart ({n} devices)"),
         "burrow: all endpoints back",
         restarted.elapsed().as_secs_f64(),
         "s",
+        &format!("key exchange {}", crate::kex::default_method()),
     );
     drop(fleet);
     drop(relay);

@@ -17,6 +17,7 @@
 //!   behaviour through an emulated cellular link (blackout, throughput, latency).
 //! - `attacks`: hostile peers against a relay with default flags: memory under each attack, and
 //!   what is left once they are gone.
+//! - `kex`: the bytes of one key exchange with each method (the weekly rekey of an idle device).
 //! - `report`: the Markdown and JSON output, with targets.
 #![forbid(unsafe_code)]
 
@@ -27,6 +28,7 @@ mod cluster;
 mod devices;
 mod env;
 mod fleet;
+mod kex;
 mod report;
 mod systems;
 mod traffic;
@@ -170,7 +172,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let cellular = if args.runs(Part::Cellular) {
         eprintln!("burrow-bench: the cellular link (idle cost, blackout, throughput, latency)");
-        cellular::run_all(&env, &args).await?
+        let mut rows = cellular::run_all(&env, &args).await?;
+        rows.extend(kex::rows()?);
+        rows
     } else {
         Vec::new()
     };

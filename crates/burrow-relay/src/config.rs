@@ -114,6 +114,8 @@ pub struct RelayConfig {
     pub recordings_max_total: u64,
     /// Refuse consoles that cannot be recorded (and close those whose recording stops).
     pub require_recordings: bool,
+    /// Offer only the post-quantum hybrid key exchanges, not curve25519.
+    pub post_quantum_only: bool,
     /// Wrong passwords in a row that lock an operator's password login.
     pub password_lock_after: u32,
     /// How long that lock lasts.
@@ -181,6 +183,7 @@ impl RelayConfig {
             recording_max_bytes: DEFAULT_RECORDING_MAX_BYTES,
             recordings_max_total: DEFAULT_RECORDINGS_MAX_TOTAL,
             require_recordings: false,
+            post_quantum_only: false,
             password_lock_after: DEFAULT_PASSWORD_LOCK_AFTER,
             password_lock_for: DEFAULT_PASSWORD_LOCK_FOR,
             password_delay_first: DEFAULT_PASSWORD_DELAY_FIRST,
@@ -221,6 +224,16 @@ impl RelayConfig {
             role: burrow_ssh::transport::Role::Server,
             software: format!("burrow_{}", env!("CARGO_PKG_VERSION")),
             comment: None,
+            // Post-quantum hybrids first; curve25519 after them for clients without one (older
+            // OpenSSH, paramiko, dropbear, and agents from before the hybrids), unless refused.
+            kex: burrow_ssh::kex::methods()
+                .into_iter()
+                .filter(|m| {
+                    !self.post_quantum_only
+                        || burrow_ssh::kex::Method::from_name(m)
+                            .is_some_and(burrow_ssh::kex::Method::post_quantum)
+                })
+                .collect(),
             ciphers: burrow_ssh::crypto::CIPHERS
                 .iter()
                 .map(|c| c.to_string())

@@ -1,14 +1,26 @@
-//! `curve25519-sha256` (RFC 8731) and what every key exchange shares: the exchange hash (RFC
-//! 5656 §4 for ECDH-style exchanges), the key derivation of RFC 4253 §7.2, and the `ssh-ed25519`
-//! host key signature over the exchange hash (RFC 8709).
+//! The key exchange methods (RFC 4253 §7 and §8) and what they share: the exchange hash (RFC
+//! 5656 §4 for ECDH-style exchanges, which the hybrid KEM methods keep), the key derivation of
+//! RFC 4253 §7.2, and the `ssh-ed25519` host key signature over the exchange hash (RFC 8709).
+//!
+//! # Layout
+//! - [`method`]: the methods burrow offers, best first, and each side's share of one exchange.
+//! - [`hybrid`]: the post-quantum hybrids `mlkem768x25519-sha256` and
+//!   `sntrup761x25519-sha512`: a KEM and X25519 side by side, their secrets hashed together.
+//! - here: `curve25519-sha256` (RFC 8731), which the hybrids build on, the exchange hash, key
+//!   derivation and the host key.
+
+pub mod hybrid;
+pub mod method;
 
 use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
-use ring::digest::{Context, SHA256};
+use ring::digest::{Context, SHA256, SHA512};
 use ring::rand::SecureRandom;
 use ring::signature::{self, Ed25519KeyPair, KeyPair};
 use zeroize::Zeroizing;
 
 use crate::wire::{Reader, WireError, Writer};
+
+pub use method::{ClientShare, METHODS, Method, methods, server_share};
 
 /// The method's name.
 pub const CURVE25519_SHA256: &str = "curve25519-sha256";
@@ -22,6 +34,15 @@ pub const SSH_ED25519: &str = "ssh-ed25519";
 pub enum KexError {
     /// The peer's public value is malformed or of low order.
     BadPublicValue,
+    /// The peer's public value or ciphertext (`Q_C`, `Q_S`) is not the method's size.
+    WrongLength {
+        /// Which value.
+        field: &'static str,
+        /// The method's size.
+        expected: usize,
+        /// What came.
+        got: usize,
+    },
     /// No randomness.
     Random,
     /// The host key or its signature is malformed.
@@ -36,6 +57,11 @@ impl std::fmt::Display for KexError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             KexError::BadPublicValue => write!(f, "the peer's key exchange value is invalid"),
+            KexError::WrongLength {
+                field,
+                expected,
+                got,
+            } => write!(f, "{field} is {got} bytes; the method's is {expected}"),
             KexError::Random => write!(f, "no randomness for the key exchange"),
             KexError::Malformed(e) => write!(f, "host key or signature: {e}"),
             KexError::BadSignature => write!(f, "the host key's signature does not verify"),
@@ -46,8 +72,57 @@ impl std::fmt::Display for KexError {
 
 impl std::error::Error for KexError {}
 
-/// The shared secret `K`, encoded as the `mpint` it is hashed as; wiped when dropped.
-pub struct SharedSecret(Zeroizing<Vec<u8>>);
+/// The hash function of a key exchange method: the exchange hash and key derivation use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KexHash {
+    /// SHA-256 (`curve25519-sha256`, `mlkem768x25519-sha256`).
+    Sha256,
+    /// SHA-512 (`sntrup761x25519-sha512`).
+    Sha512,
+}
+
+impl KexHash {
+    fn algorithm(self) -> &'static ring::digest::Algorithm {
+        match self {
+            KexHash::Sha256 => &SHA256,
+            KexHash::Sha512 => &SHA512,
+        }
+    }
+
+    /// The digest of `parts`, one after the other.
+    pub fn digest(self, parts: &[&[u8]]) -> ring::digest::Digest {
+        let mut ctx = Context::new(self.algorithm());
+        for part in parts {
+            ctx.update(part);
+        }
+        ctx.finish()
+    }
+}
+
+/// The shared secret `K`, encoded as it enters the exchange hash and the key derivation (an
+/// `mpint` for curve25519, a `string` for the hybrids), with the method's hash; wiped when
+/// dropped.
+pub struct SharedSecret {
+    encoded: Zeroizing<Vec<u8>>,
+    hash: KexHash,
+}
+
+impl SharedSecret {
+    /// `K` as already encoded, hashed with `hash`.
+    pub(crate) fn new(encoded: Zeroizing<Vec<u8>>, hash: KexHash) -> SharedSecret {
+        SharedSecret { encoded, hash }
+    }
+
+    /// The encoded `K`, as hashed.
+    pub fn encoded(&self) -> &[u8] {
+        &self.encoded
+    }
+
+    /// The method's hash.
+    pub fn hash(&self) -> KexHash {
+        self.hash
+    }
+}
 
 /// One side's X25519 value for one exchange.
 pub struct Ephemeral {
@@ -72,9 +147,22 @@ impl Ephemeral {
         &self.public
     }
 
-    /// The shared secret with the peer's public value; an all-zero result (a low-order point)
-    /// is refused, as RFC 8731 §3 requires.
+    /// `curve25519-sha256`'s shared secret with the peer's public value: the X25519 result as
+    /// an `mpint` (RFC 8731 §3).
     pub fn agree(self, peer: &[u8]) -> Result<SharedSecret, KexError> {
+        let raw = self.agree_raw(peer)?;
+        let mut w = Writer::new();
+        w.mpint_unsigned(raw.as_slice());
+        Ok(SharedSecret::new(
+            Zeroizing::new(w.into_bytes()),
+            KexHash::Sha256,
+        ))
+    }
+
+    /// The raw 32-byte X25519 result with the peer's public value, as the hybrids hash it; an
+    /// all-zero result (a low-order point) is refused, as RFC 8731 §3 requires and OpenSSH does
+    /// for the hybrids too.
+    pub fn agree_raw(self, peer: &[u8]) -> Result<Zeroizing<[u8; 32]>, KexError> {
         if peer.len() != 32 {
             return Err(KexError::BadPublicValue);
         }
@@ -83,9 +171,12 @@ impl Ephemeral {
             if raw.iter().all(|b| *b == 0) {
                 return None;
             }
-            let mut w = Writer::new();
-            w.mpint_unsigned(raw);
-            Some(SharedSecret(Zeroizing::new(w.into_bytes())))
+            let mut out = Zeroizing::new([0u8; 32]);
+            if raw.len() != out.len() {
+                return None;
+            }
+            out.copy_from_slice(raw);
+            Some(out)
         })
         .ok()
         .flatten()
@@ -111,7 +202,9 @@ pub struct HashInput<'a> {
     pub server_public: &'a [u8],
 }
 
-/// The exchange hash `H` (SHA-256).
+/// The exchange hash `H`, with the method's hash. `Q_C` and `Q_S` go in as strings whatever
+/// they hold (a hybrid's are a KEM value and an X25519 value concatenated); `K` goes in as
+/// the method encoded it.
 pub fn exchange_hash(input: &HashInput<'_>, secret: &SharedSecret) -> Vec<u8> {
     let mut w = Writer::new();
     for field in [
@@ -125,13 +218,15 @@ pub fn exchange_hash(input: &HashInput<'_>, secret: &SharedSecret) -> Vec<u8> {
     ] {
         w.string(field);
     }
-    let mut ctx = Context::new(&SHA256);
-    ctx.update(&w.into_bytes());
-    ctx.update(&secret.0);
-    ctx.finish().as_ref().to_vec()
+    secret
+        .hash
+        .digest(&[&w.into_bytes(), secret.encoded()])
+        .as_ref()
+        .to_vec()
 }
 
-/// Key material `letter` ('A' to 'F') of `len` bytes (RFC 4253 §7.2), wiped when dropped.
+/// Key material `letter` ('A' to 'F') of `len` bytes (RFC 4253 §7.2) with the method's hash,
+/// wiped when dropped.
 pub fn derive(
     secret: &SharedSecret,
     hash: &[u8],
@@ -140,18 +235,11 @@ pub fn derive(
     len: usize,
 ) -> Zeroizing<Vec<u8>> {
     let mut out = Zeroizing::new(Vec::with_capacity(len));
-    let mut ctx = Context::new(&SHA256);
-    ctx.update(&secret.0);
-    ctx.update(hash);
-    ctx.update(&[letter]);
-    ctx.update(session_id);
-    out.extend_from_slice(ctx.finish().as_ref());
+    let k = secret.encoded();
+    let first = secret.hash.digest(&[k, hash, &[letter], session_id]);
+    out.extend_from_slice(first.as_ref());
     while out.len() < len {
-        let mut ctx = Context::new(&SHA256);
-        ctx.update(&secret.0);
-        ctx.update(hash);
-        ctx.update(&out);
-        let more = ctx.finish();
+        let more = secret.hash.digest(&[k, hash, &out]);
         out.extend_from_slice(more.as_ref());
     }
     out.truncate(len);

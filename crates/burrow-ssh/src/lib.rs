@@ -11,7 +11,9 @@
 //! - [`packet`]: the binary packet protocol of RFC 4253 §6 (lengths and padding).
 //! - [`crypto`]: packet protection after NEWKEYS: ChaCha20-Poly1305 and AES-GCM on ring,
 //!   AES-CTR with an encrypt-then-MAC HMAC for older peers.
-//! - [`kex`]: `curve25519-sha256`, the exchange hash, key derivation, `ssh-ed25519` signatures.
+//! - [`kex`]: the key exchange methods (the post-quantum hybrids `mlkem768x25519-sha256` and
+//!   `sntrup761x25519-sha512`, then `curve25519-sha256`), the exchange hash, key derivation,
+//!   `ssh-ed25519` signatures.
 //! - [`kexinit`]: `SSH_MSG_KEXINIT`, algorithm negotiation (RFC 4253 §7.1) and the markers of
 //!   strict key exchange and `ext-info`.
 //! - [`transport`]: the transport state machine: key exchange, rekeying, strict kex, packet order.

@@ -4,9 +4,10 @@
 //! [`Event`]s from [`Transport::poll_event`], hands messages of the layers above to
 //! [`Transport::send`], and passes the time to [`Transport::handle_time`].
 //!
-//! Key exchange: `curve25519-sha256` with an `ssh-ed25519` host key, AEAD ciphers only, strict
-//! key exchange when both sides offer it (sequence numbers restart at each NEWKEYS, and nothing
-//! but the exchange's own messages may arrive during the first one).
+//! Key exchange: the methods of [`crate::kex::METHODS`] (post-quantum hybrids first, then
+//! `curve25519-sha256`) with an `ssh-ed25519` host key, strict key exchange when both sides
+//! offer it (sequence numbers restart at each NEWKEYS, and nothing but the exchange's own
+//! messages may arrive during the first one).
 //!
 //! Bounds: a key exchange must finish within [`Config::kex_timeout`]; keys are renewed after
 //! [`Config::rekey_bytes`] or [`Config::rekey_packets`] either way (checked after every packet,
@@ -21,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::crypto::{Opener, Sealer};
-use crate::kex::{Ephemeral, HashInput, HostKey, SharedSecret, derive, exchange_hash};
+use crate::kex::{ClientShare, HashInput, HostKey, Method, SharedSecret, derive, exchange_hash};
 use crate::kexinit::{self, KexInit, Negotiated};
 use crate::messages::{Disconnect, reason};
 use crate::msg;
@@ -50,6 +51,9 @@ pub struct Config {
     pub software: String,
     /// Comment for the identification line.
     pub comment: Option<String>,
+    /// Key exchange methods in order of preference (see [`crate::kex::METHODS`]); names
+    /// burrow does not implement are left out of the offer.
+    pub kex: Vec<String>,
     /// Ciphers in order of preference (see [`crate::crypto::CIPHERS`]).
     pub ciphers: Vec<String>,
     /// The server's host key.
@@ -87,6 +91,7 @@ impl Default for Config {
             role: Role::Client,
             software: format!("burrow_{}", env!("CARGO_PKG_VERSION")),
             comment: None,
+            kex: crate::kex::methods(),
             ciphers: crate::crypto::CIPHERS
                 .iter()
                 .map(|c| c.to_string())
@@ -179,7 +184,8 @@ struct Kex {
     ours_seq: u32,
     theirs: Option<Vec<u8>>,
     negotiated: Option<Negotiated>,
-    ephemeral: Option<Ephemeral>,
+    /// The client's secrets between its KEX_ECDH_INIT and the server's reply.
+    ephemeral: Option<ClientShare>,
     /// Skip the peer's next key exchange packet: it guessed wrong.
     skip_guess: bool,
     /// When it started (the last time the transport was told).
@@ -648,10 +654,13 @@ impl Transport {
         let mut cookie = [0u8; 16];
         let _ = self.rng.fill(&mut cookie);
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let mut kex = names(&[
-            crate::kex::CURVE25519_SHA256,
-            crate::kex::CURVE25519_SHA256_LIBSSH,
-        ]);
+        let mut kex: Vec<String> = self
+            .config
+            .kex
+            .iter()
+            .filter(|name| Method::from_name(name).is_some())
+            .cloned()
+            .collect();
         // Markers go in the first offer only.
         if self.keys_done == 0 {
             kex.extend(names(match self.config.role {
@@ -744,12 +753,7 @@ impl Transport {
                 kex.theirs = Some(payload);
                 kex.negotiated = Some(negotiated);
                 if self.config.role == Role::Client {
-                    let e = Ephemeral::generate(&self.rng)
-                        .map_err(|e| TransportError::kex(e.to_string()))?;
-                    let mut init = Writer::message(msg::KEX_ECDH_INIT);
-                    init.string(e.public());
-                    kex.ephemeral = Some(e);
-                    self.write_packet(&init.into_bytes());
+                    self.client_init(kex)?;
                 }
                 Ok(())
             }
@@ -803,21 +807,39 @@ impl Transport {
         })
     }
 
+    /// The negotiated key exchange method.
+    fn method(kex: &Kex) -> Result<Method, TransportError> {
+        let name = kex.negotiated.as_ref().map(|n| n.kex.as_str());
+        name.and_then(Method::from_name).ok_or_else(|| {
+            TransportError::kex(format!("key exchange method {name:?} not supported"))
+        })
+    }
+
+    /// The client's KEX_ECDH_INIT for the negotiated method; its secrets wait in `kex`.
+    fn client_init(&mut self, kex: &mut Kex) -> Result<(), TransportError> {
+        let share = ClientShare::generate(Self::method(kex)?, &self.rng)
+            .map_err(|e| TransportError::kex(e.to_string()))?;
+        let mut init = Writer::message(msg::KEX_ECDH_INIT);
+        init.string(share.public());
+        kex.ephemeral = Some(share);
+        self.write_packet(&init.into_bytes());
+        Ok(())
+    }
+
     fn server_reply(&mut self, kex: &mut Kex, payload: &[u8]) -> Result<(), TransportError> {
+        let method = Self::method(kex)?;
         let mut r = Reader::new(payload);
         let _ = r.u8("message number");
+        // Bounded by the method's size before anything is copied; the method checks it exactly.
         let q_c = r
-            .string(64, "Q_C")
+            .string(method.client_share_len(), "Q_C")
             .map_err(|e| TransportError::kex(format!("KEX_ECDH_INIT: {e}")))?
             .to_vec();
         let Some(host) = self.config.host_key.clone() else {
             return fail("a server needs a host key");
         };
-        let e = Ephemeral::generate(&self.rng).map_err(|e| TransportError::kex(e.to_string()))?;
-        let q_s = e.public().to_vec();
-        let secret = e
-            .agree(&q_c)
-            .map_err(|e| TransportError::kex(e.to_string()))?;
+        let (q_s, secret) = crate::kex::server_share(method, &q_c, &self.rng)
+            .map_err(|e| TransportError::kex(format!("KEX_ECDH_INIT: {e}")))?;
         let blob = host.blob();
         let hash = {
             let input = self
@@ -833,17 +855,18 @@ impl Transport {
     }
 
     fn client_finish(&mut self, kex: &mut Kex, payload: &[u8]) -> Result<(), TransportError> {
+        let method = Self::method(kex)?;
         let mut r = Reader::new(payload);
         let _ = r.u8("message number");
-        let (host_key, q_s, signature) =
-            ecdh_reply(&mut r).map_err(|e| TransportError::kex(format!("KEX_ECDH_REPLY: {e}")))?;
-        let Some(e) = kex.ephemeral.take() else {
+        let (host_key, q_s, signature) = ecdh_reply(&mut r, method.server_share_len())
+            .map_err(|e| TransportError::kex(format!("KEX_ECDH_REPLY: {e}")))?;
+        let Some(share) = kex.ephemeral.take() else {
             return fail("KEX_ECDH_REPLY before our KEX_ECDH_INIT");
         };
-        let q_c = e.public().to_vec();
-        let secret = e
-            .agree(&q_s)
-            .map_err(|e| TransportError::kex(e.to_string()))?;
+        let q_c = share.public().to_vec();
+        let secret = share
+            .finish(&q_s)
+            .map_err(|e| TransportError::kex(format!("KEX_ECDH_REPLY: {e}")))?;
         let hash = {
             let input = self
                 .hash_input(kex, &host_key, &q_c, &q_s)
@@ -990,9 +1013,10 @@ fn random_padding(rng: &SystemRandom, pad: &mut [u8]) {
 /// The server's host key blob, public value and signature from a KEX_ECDH_REPLY.
 type EcdhReply = (Vec<u8>, Vec<u8>, Vec<u8>);
 
-fn ecdh_reply(r: &mut Reader<'_>) -> Result<EcdhReply, crate::wire::WireError> {
+/// `q_s_len` is the negotiated method's size of `Q_S`, the bound it is read with.
+fn ecdh_reply(r: &mut Reader<'_>, q_s_len: usize) -> Result<EcdhReply, crate::wire::WireError> {
     let k_s = r.string(4096, "K_S")?.to_vec();
-    let q_s = r.string(64, "Q_S")?.to_vec();
+    let q_s = r.string(q_s_len, "Q_S")?.to_vec();
     let sig = r.string(4096, "signature")?.to_vec();
     r.finish()?;
     Ok((k_s, q_s, sig))
@@ -1010,6 +1034,7 @@ mod tests {
             role,
             software: "burrow_test".into(),
             comment: None,
+            kex: crate::kex::methods(),
             ciphers: vec![cipher.to_string()],
             host_key: None,
             host_key_check: None,

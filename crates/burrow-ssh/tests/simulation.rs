@@ -18,6 +18,7 @@ fn config(role: Role, host: &Arc<HostKey>) -> Config {
         role,
         software: "burrow_sim".into(),
         comment: None,
+        kex: burrow_ssh::kex::methods(),
         ciphers: burrow_ssh::crypto::CIPHERS
             .iter()
             .map(|s| s.to_string())

@@ -71,6 +71,10 @@ pub struct RelayArgs {
     /// Refuse consoles that cannot be recorded (and close those whose recording stops).
     #[arg(long)]
     pub require_recordings: bool,
+    /// Offer only the post-quantum key exchanges (mlkem768x25519-sha256,
+    /// sntrup761x25519-sha512): clients and agents without them cannot connect.
+    #[arg(long)]
+    pub post_quantum_only: bool,
     /// Delete audit entries older than this many days (applied hourly while running).
     #[arg(long, default_value_t = 365, value_name = "DAYS")]
     pub audit_keep_days: u64,

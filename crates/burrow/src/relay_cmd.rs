@@ -85,6 +85,7 @@ async fn serve(args: &RelayArgs, data_dir: PathBuf, shutdown: CancellationToken)
     config.recording_max_bytes = args.recording_max_mib.saturating_mul(1 << 20);
     config.recordings_max_total = args.recordings_max_mib.saturating_mul(1 << 20);
     config.require_recordings = args.require_recordings;
+    config.post_quantum_only = args.post_quantum_only;
     config.handshakes_per_ip_per_sec = args.handshakes_per_ip;
     config.handshake_burst_per_ip = args.handshake_burst;
     if args.audit_keep_days == 0 || args.audit_keep_days > 36_500 || args.audit_max_rows == 0 {

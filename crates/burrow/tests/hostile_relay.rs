@@ -92,6 +92,7 @@ async fn agent_refuses_channels_it_did_not_ask_for() {
             role: burrow_ssh::transport::Role::Server,
             software: "hostile".into(),
             comment: None,
+            kex: burrow_ssh::kex::methods(),
             ciphers: burrow_ssh::crypto::CIPHERS
                 .iter()
                 .map(|c| c.to_string())

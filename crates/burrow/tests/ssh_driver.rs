@@ -33,6 +33,7 @@ fn config(role: Role) -> Config {
         role,
         software: "burrow_test".into(),
         comment: None,
+        kex: burrow_ssh::kex::methods(),
         ciphers: burrow_ssh::crypto::CIPHERS
             .iter()
             .map(|s| s.to_string())

@@ -179,6 +179,7 @@ fn transport_session_with_sshd(port: u16, cipher: &str) {
             role: Role::Client,
             software: "burrow_test".into(),
             comment: Some("keepalive=150/20".into()),
+            kex: burrow_ssh::kex::methods(),
             ciphers: vec![cipher.to_string()],
             host_key: None,
             // The signature over the exchange hash is verified by the transport either way.

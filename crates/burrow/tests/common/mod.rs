@@ -901,6 +901,7 @@ pub async fn burrow_ssh_client(
         role: burrow_ssh::transport::Role::Client,
         software: "test_client".into(),
         comment: None,
+        kex: burrow_ssh::kex::methods(),
         ciphers: vec!["chacha20-poly1305@openssh.com".into()],
         host_key: None,
         host_key_check: Some(Box::new(|_| true)),
