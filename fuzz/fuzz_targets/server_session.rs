@@ -19,7 +19,9 @@ fn config(role: Role, host: &Arc<HostKey>) -> Config {
         role,
         software: "fuzz".into(),
         comment: None,
-        kex: burrow_ssh::kex::methods(),
+        // curve25519 keeps each run short: the layers above the key exchange are the target
+        // (the exchanges themselves are fuzzed through `packet`).
+        kex: vec![burrow_ssh::kex::CURVE25519_SHA256.into()],
         ciphers: vec!["aes128-gcm@openssh.com".into()],
         host_key: (role == Role::Server).then(|| host.clone()),
         host_key_check: Some(Box::new(|_| true)),
