@@ -45,6 +45,9 @@ const QUEUE_EVENTS: usize = 4096;
 
 enum Cmd {
     Line(String),
+    /// The recording reached its cap (found by the console's side, which counts what it
+    /// sends): the writer marks the file and writes no more.
+    Stop(String),
     Finish,
 }
 
@@ -58,6 +61,11 @@ pub struct Recording {
     text: Utf8Stream,
     failure: Arc<Mutex<Option<String>>>,
     reported: bool,
+    /// Bytes sent to the writer so far (the header included): the cap is checked here, as
+    /// output comes, so the operators are told at once rather than at the next output after
+    /// the writer thread noticed.
+    sent: u64,
+    cap: u64,
 }
 
 impl Recording {
@@ -121,6 +129,8 @@ impl Recording {
             text: Utf8Stream::default(),
             failure,
             reported: false,
+            sent: head.len() as u64,
+            cap: limits.per_recording,
         })
     }
 
@@ -131,6 +141,18 @@ impl Recording {
 
     fn write(&mut self, code: char, data: &str) {
         let line = event(self.started.elapsed().as_secs_f64(), code, data);
+        if self.sent >= self.cap {
+            return;
+        }
+        let len = line.len() as u64;
+        if self.sent.saturating_add(len) > self.cap {
+            self.sent = self.cap;
+            let why = cap_reached(&self.path, self.cap);
+            let _ = self.tx.try_send(Cmd::Stop(why.clone()));
+            fail(&self.failure, why);
+            return;
+        }
+        self.sent = self.sent.saturating_add(len);
         if let Err(TrySendError::Full(_)) = self.tx.try_send(Cmd::Line(line)) {
             fail(
                 &self.failure,
@@ -181,6 +203,13 @@ impl Recording {
     }
 }
 
+fn cap_reached(path: &Path, cap: u64) -> String {
+    format!(
+        "recording {} reached its cap of {cap} bytes (--recording-max-bytes)",
+        path.display()
+    )
+}
+
 fn fail(slot: &Mutex<Option<String>>, why: String) {
     let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
     if slot.is_none() {
@@ -214,6 +243,13 @@ impl Writer {
                     }
                 }
                 Cmd::Line(_) => {}
+                Cmd::Stop(why) if !stopped => {
+                    let _ = self.file.write_all(
+                        event(0.0, 'm', &format!("recording stopped: {why}")).as_bytes(),
+                    );
+                    stopped = true;
+                }
+                Cmd::Stop(_) => {}
                 Cmd::Finish => break,
             }
         }
@@ -223,11 +259,7 @@ impl Writer {
     fn append(&mut self, line: &str) -> Result<(), String> {
         let len = line.len() as u64;
         if self.written + len > self.limits.per_recording {
-            return Err(format!(
-                "recording {} reached its cap of {} bytes (--recording-max-bytes)",
-                self.path.display(),
-                self.limits.per_recording
-            ));
+            return Err(cap_reached(&self.path, self.limits.per_recording));
         }
         if self.limits.used.load(Ordering::Relaxed) + len > self.limits.total {
             return Err(format!(
