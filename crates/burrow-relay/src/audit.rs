@@ -2,55 +2,70 @@
 
 use crate::store::{AuditRecord, Db, Write, Written, now};
 
-/// Whether a decision allowed or refused something.
+/// Whether a decision allowed or refused something, and how what ran ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Allowed or succeeded.
+    /// Allowed or succeeded; for a stream, ended normally.
     Ok,
     /// Refused by policy or credentials.
     Denied,
     /// Allowed but failed (connect error, overflow).
     Failed,
-    /// Cut short: a session or the relay went away while it ran.
+    /// Cut by a fault (a connection lost, a session given up or replaced, the relay stopping);
+    /// the detail says which.
     Interrupted,
     /// Still running (a stream's row is written when it opens and completed when it ends).
     Open,
+    /// A stream the operator closed while the device still sent (a reader that had enough).
+    ClosedByOperator,
+    /// A stream the device closed while the operator still sent.
+    ClosedByDevice,
+    /// A stream a relay-side target (`allow-connect`) closed while the device still sent.
+    ClosedByTarget,
 }
 
 impl Outcome {
-    fn as_str(self) -> &'static str {
+    /// Every outcome a stream can end with, for the metrics.
+    pub(crate) const STREAM_ENDS: [Outcome; 5] = [
+        Outcome::Ok,
+        Outcome::ClosedByOperator,
+        Outcome::ClosedByDevice,
+        Outcome::ClosedByTarget,
+        Outcome::Interrupted,
+    ];
+
+    /// As stored and printed.
+    pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::Denied => "denied",
             Outcome::Failed => "failed",
             Outcome::Interrupted => "interrupted",
             Outcome::Open => "open",
+            Outcome::ClosedByOperator => "closed-by-operator",
+            Outcome::ClosedByDevice => "closed-by-device",
+            Outcome::ClosedByTarget => "closed-by-target",
         }
     }
 }
 
-/// The audit detail of a finished stream: bytes each way, duration, and why it ended early.
+/// The audit detail of a finished stream: bytes each way, duration, and how it ended when
+/// that was not normally.
 pub(crate) fn stream_summary(
     to_device: u64,
     from_device: u64,
-    started: std::time::Instant,
-    result: &Result<(), burrow_io::splice::SpliceError>,
-) -> (Outcome, String) {
+    lasted: std::time::Duration,
+    ending: &crate::stream_end::Ending,
+) -> String {
     let mut detail = format!(
         "{to_device} bytes to device, {from_device} bytes from device, {:.1} s",
-        started.elapsed().as_secs_f64()
+        lasted.as_secs_f64()
     );
-    match result {
-        Ok(()) => (Outcome::Ok, detail),
-        Err(e) => {
-            detail.push_str(&format!("; ended: {e}"));
-            if e.is_interruption() {
-                (Outcome::Interrupted, detail)
-            } else {
-                (Outcome::Failed, detail)
-            }
-        }
+    if let Some(why) = &ending.why {
+        detail.push_str("; ");
+        detail.push_str(why);
     }
+    detail
 }
 
 /// Writes audit entries.

@@ -13,6 +13,7 @@ use crate::audit::{Outcome, stream_summary};
 use crate::operator::{Asker, CONNECT_FAILED, PROHIBITED, Refusal, StreamRequest, open_endpoint};
 use crate::registry::{DeviceSession, Health};
 use crate::store::Write;
+use crate::stream_end::{Party, Side, classify, other_was_sending};
 
 /// A session replaced sooner than this after it came up counts as flapping.
 const FLAPPING_WITHIN: Duration = Duration::from_secs(60);
@@ -321,23 +322,32 @@ pub(crate) fn open_stream(
         // Both ends stay open until the row is completed (a peer that saw the close finds
         // the stream audited).
         let mut own = own;
-        let (transfer, result, peer) = match peer {
+        let dev_side = Side::Device(&dev);
+        let lasted;
+        let (transfer, ending, peer) = match peer {
             Peer::Endpoint(mut ch, x) => {
                 let (t, r) = splice(&mut own, &mut ch).await;
-                (t, r, Peer::Endpoint(ch, x))
+                lasted = started.elapsed();
+                let sending = other_was_sending(&r, &mut own, &mut ch).await;
+                let ending = classify(&r, &dev_side, &dev_side, relay2.stopping(), sending);
+                (t, ending, Peer::Endpoint(ch, x))
             }
             Peer::Tcp(mut tcp) => {
                 let _ = tcp.set_nodelay(true);
                 let (t, r) = splice(&mut own, &mut tcp).await;
-                (t, r, Peer::Tcp(tcp))
+                lasted = started.elapsed();
+                let sending = other_was_sending(&r, &mut own, &mut tcp).await;
+                let target_side = Side::Tcp(Party::Target);
+                let ending = classify(&r, &dev_side, &target_side, relay2.stopping(), sending);
+                (t, ending, Peer::Tcp(tcp))
             }
         };
         relay2
             .metrics
-            .stream_closed(transfer.b_to_a, transfer.a_to_b);
-        let (outcome, detail) = stream_summary(transfer.b_to_a, transfer.a_to_b, started, &result);
+            .stream_closed(transfer.b_to_a, transfer.a_to_b, ending.outcome);
+        let detail = stream_summary(transfer.b_to_a, transfer.a_to_b, lasted, &ending);
         match row {
-            Some(row) => row.close(outcome, &detail),
+            Some(row) => row.close(ending.outcome, &detail),
             None => tracing::debug!(device = %name, "probe stream: {detail}"),
         }
         drop((own, peer));

@@ -19,6 +19,7 @@
 //!   a login gives its address's token back.
 //! - `admission_log`: what the gate refused or cut, logged at most every 10 s.
 //! - `server`: the accept loop and per-connection task.
+//! - `stream_end`: how a stream ended: normally, closed early by one side, or cut by a fault.
 //! - `conn`: the SSH handler of one connection: authentication and request dispatch.
 //! - `device`: what devices may ask for (forwards, allowed targets).
 //! - `operator`: what operators may ask for (endpoint streams, `ls`).
@@ -49,6 +50,7 @@ pub mod registry;
 mod revocation;
 mod server;
 pub mod store;
+mod stream_end;
 mod throttle;
 
 use std::sync::Arc;
@@ -97,6 +99,8 @@ pub struct Relay {
     metrics: metrics::Metrics,
     /// This relay's part in a cluster, when its registry is PostgreSQL.
     cluster: Option<cluster::Cluster>,
+    /// Set once the relay began to shut down: what it cuts then is cut by its stopping.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Relay {
@@ -189,6 +193,7 @@ impl Relay {
             metrics: metrics::Metrics::default(),
             cluster,
             config,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -283,6 +288,11 @@ impl Relay {
     /// Key exchanges finished on `device`'s current session (the first included), if online.
     pub fn online_key_exchanges(&self, device: &str) -> Option<u32> {
         self.registry.get(device).map(|s| s.handle.key_exchanges())
+    }
+
+    /// Whether the relay is shutting down.
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     fn next_id(&self) -> u64 {

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Relay;
 use crate::audit::stream_summary;
 use crate::registry::DeviceSession;
+use crate::stream_end::{Party, Side, classify, other_was_sending};
 
 struct Entry {
     device: String,
@@ -170,8 +171,8 @@ async fn serve(
                 crate::operator::Asker::Operator,
             )
             .await;
-            let channel = match opened {
-                Ok((_, ch)) => ch,
+            let (dev, channel) = match opened {
+                Ok(o) => o,
                 Err(r) => {
                     relay2
                         .audit
@@ -185,10 +186,21 @@ async fn serve(
             relay2.metrics.stream_opened();
             let (mut tcp, mut channel) = (tcp, channel);
             let (t, result) = splice(&mut tcp, &mut channel).await;
-            relay2.metrics.stream_closed(t.a_to_b, t.b_to_a);
-            let (outcome, detail) = stream_summary(t.a_to_b, t.b_to_a, started, &result);
+            let lasted = started.elapsed();
+            let sending = other_was_sending(&result, &mut tcp, &mut channel).await;
+            let ending = classify(
+                &result,
+                &Side::Tcp(Party::Operator),
+                &Side::Device(&dev),
+                relay2.stopping(),
+                sending,
+            );
+            relay2
+                .metrics
+                .stream_closed(t.a_to_b, t.b_to_a, ending.outcome);
+            let detail = stream_summary(t.a_to_b, t.b_to_a, lasted, &ending);
             // Closed after the row is completed: a client that saw the close finds it audited.
-            row.close(outcome, &detail);
+            row.close(ending.outcome, &detail);
             drop((tcp, channel));
         });
     }

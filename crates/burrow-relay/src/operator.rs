@@ -3,18 +3,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burrow_io::splice::splice_until;
+use burrow_io::splice::{Progress, splice_until};
 use burrow_proto::glob::any_matches;
 use burrow_proto::name::{Login, is_valid_name};
 use burrow_proto::time::{format_rfc3339, format_utc_minutes};
 use burrow_ssh::channel::{OpenKind, Request};
-use burrow_ssh::driver::{Channel, ChannelMsg, Offer};
+use burrow_ssh::driver::{Channel, ChannelMsg, Handle, Offer};
 
 use crate::Relay;
 use crate::audit::{Outcome, stream_summary};
 pub(crate) use crate::operator_session::{OperatorSession, Operators};
 use crate::registry::DeviceSession;
 use crate::store::OperatorRecord;
+use crate::stream_end::{Side, classify, other_was_sending};
 
 /// Time a device gets to accept a forwarded channel.
 pub(crate) const DEVICE_OPEN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -172,6 +173,22 @@ pub(crate) fn join_ports(ports: &[u16]) -> String {
         .join(", ")
 }
 
+/// Where an operator stream goes: the device's session held here, or the relay of the
+/// cluster that holds it.
+pub(crate) enum Via {
+    Session(Arc<DeviceSession>),
+    Relay(String),
+}
+
+impl Via {
+    fn describe(&self) -> String {
+        match self {
+            Via::Session(dev) => format!("session {}", dev.id),
+            Via::Relay(holder) => format!("relay {holder}"),
+        }
+    }
+}
+
 /// Opens the device's endpoint for an operator stream: on the session held here, or in a
 /// cluster through the relay that holds it. Returns how it goes (for the audit) and the
 /// channel.
@@ -180,7 +197,7 @@ async fn route(
     device: &str,
     port: u16,
     req: &StreamRequest,
-) -> Result<(String, Channel), Refusal> {
+) -> Result<(Via, Channel), Refusal> {
     let local = open_endpoint(
         relay,
         device,
@@ -191,7 +208,7 @@ async fn route(
     )
     .await;
     match (local, &relay.cluster) {
-        (Ok((dev, channel)), _) => Ok((format!("session {}", dev.id), channel)),
+        (Ok((dev, channel)), _) => Ok((Via::Session(dev), channel)),
         (Err(here), Some(cluster)) if relay.registry.get(device).is_none() => {
             let (holder, channel) = cluster
                 .open_stream(
@@ -203,7 +220,7 @@ async fn route(
                     here,
                 )
                 .await?;
-            Ok((format!("relay {holder}"), channel))
+            Ok((Via::Relay(holder), channel))
         }
         (Err(refusal), _) => Err(refusal),
     }
@@ -240,23 +257,87 @@ pub(crate) fn open_stream(
             return;
         };
         let started = Instant::now();
-        let via = format!("from {} via {via}", req.originator);
-        let row = relay2.audit.open("stream", &who, &target, &via).await;
+        let via_text = format!("from {} via {}", req.originator, via.describe());
+        let row = relay2.audit.open("stream", &who, &target, &via_text).await;
         let guard = op.track(&relay2, &device, false);
         relay2.metrics.stream_opened();
         // Each stream has its own window on both connections: a slow reader holds back
         // this stream only. The channels stay open until the row is completed, so a client
         // that saw its stream close finds it audited.
         let (mut channel, mut dev_channel) = (channel, dev_channel);
-        let (transfer, result) =
-            splice_until(&mut channel, &mut dev_channel, guard.stop.cancelled()).await;
+        let progress = Progress::default();
+        let stop = async {
+            tokio::select! {
+                biased;
+                () = guard.stop.cancelled() => {
+                    format!("access was revoked: operator {who} may no longer reach device {device}")
+                }
+                () = op.cut.cancelled() => if relay2.stopping() {
+                    "the relay shut down".to_string()
+                } else {
+                    format!("operator {who} was removed; its connection was closed")
+                },
+            }
+        };
+        let result = splice_until(&mut channel, &mut dev_channel, stop, &progress).await;
+        let (transfer, lasted) = (progress.now(), started.elapsed());
+        let op_handle = channel.handle();
+        let dev_handle = dev_channel.handle();
+        let device_side = match &via {
+            Via::Session(dev) => Side::Device(dev),
+            Via::Relay(holder) => Side::PeerRelay {
+                id: holder,
+                handle: &dev_handle,
+                said: None,
+            },
+        };
+        let sending = other_was_sending(&result, &mut channel, &mut dev_channel).await;
+        let ending = classify(
+            &result,
+            &Side::Operator(&op_handle),
+            &device_side,
+            relay2.stopping(),
+            sending,
+        );
         relay2
             .metrics
-            .stream_closed(transfer.a_to_b, transfer.b_to_a);
-        let (outcome, summary) = stream_summary(transfer.a_to_b, transfer.b_to_a, started, &result);
-        row.close(outcome, &format!("{via}: {summary}"));
+            .stream_closed(transfer.a_to_b, transfer.b_to_a, ending.outcome);
+        let summary = stream_summary(transfer.a_to_b, transfer.b_to_a, lasted, &ending);
+        row.close(ending.outcome, &format!("{via_text}: {summary}"));
+        if ending.is_fault() {
+            tell_cut(&op_handle, &req, &target, &summary);
+        }
         drop((channel, dev_channel, guard));
     });
+}
+
+/// Stdio forwarding (`ssh -W`, the jump of `ssh -J`, `plink -nc`) has no socket to name as the
+/// stream's origin: OpenSSH says port 65535, PuTTY port 0, neither of them a port a local
+/// connection of `-L` comes from.
+fn is_stdio_forward(req: &StreamRequest) -> bool {
+    matches!(req.originator_port, 0 | 65535)
+}
+
+/// A stream cut by a fault must not look complete to the operator, and closing its channel
+/// looks exactly like an end to every client. A connection that carries nothing but this
+/// stream (`ssh -W`, the jump of `ssh -J`) is therefore disconnected with the reason: ssh
+/// prints it and exits 255. A connection that multiplexes streams (`ssh -L`) keeps its other
+/// channels: the stream is closed without EOF and the cut is logged.
+fn tell_cut(op: &Handle, req: &StreamRequest, target: &str, summary: &str) {
+    if op.ended().is_some() {
+        return;
+    }
+    // This stream's channel is still open, so a count of one means it is the only one.
+    if op.channel_count() <= 1 && is_stdio_forward(req) {
+        op.disconnect(&format!(
+            "burrow relay: the stream to {target} was cut and is incomplete: {summary}"
+        ));
+    } else {
+        tracing::warn!(
+            "the stream to {target} from {} was cut and is closed without EOF (the client may show it as a normal end): {summary}",
+            req.originator
+        );
+    }
 }
 
 async fn check_stream(

@@ -78,6 +78,9 @@ pub(crate) async fn run(
             handle_connection(relay2, stream, peer, permit, cut).await;
         });
     };
+    relay
+        .stopping
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     shutdown.cancel();
     drop(listener);
     watcher.abort();

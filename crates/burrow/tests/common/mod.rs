@@ -1118,3 +1118,39 @@ pub async fn cluster_relay(dir: &Path, pg: &TestPostgres, id: &str) -> TestRelay
     );
     relay
 }
+
+/// `burrow agent` as its own process (so that a test can SIGKILL it) for device `name` of
+/// `relay`, exposing each `(port, service)`: the process, killed when dropped.
+pub fn agent_process(
+    dir: &Path,
+    relay: &TestRelay,
+    name: &str,
+    key: &Path,
+    exposes: &[(u16, SocketAddr)],
+) -> KillOnDrop {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_burrow"));
+    c.args([
+        "agent",
+        "--relay",
+        &relay.addr.to_string(),
+        "--name",
+        name,
+        "--key",
+    ])
+    .arg(key)
+    .args(["--host-key", &relay.relay.fingerprint()])
+    .args(["--backoff-min", "0.1", "--backoff-max", "0.5"])
+    .arg("--status-file")
+    .arg(dir.join(format!("agent-{name}-{}.json", free_port())));
+    for (port, to) in exposes {
+        c.args(["--expose", &format!("{port}={to}")]);
+    }
+    KillOnDrop(
+        c.env("BURROW_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
