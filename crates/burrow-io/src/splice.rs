@@ -14,6 +14,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Poll;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -78,14 +79,30 @@ fn describe(g: &Gone) -> String {
     }
 }
 
-/// Bytes delivered each way so far; readable while the stream runs (for checkpoints).
+/// Bytes delivered each way so far, and whether a direction waits for its writer to take
+/// bytes; readable while the stream runs (for checkpoints, and to spot a stalled reader).
 #[derive(Debug, Default)]
 pub struct Progress {
     a_to_b: AtomicU64,
     b_to_a: AtomicU64,
+    a_to_b_waits: AtomicBool,
+    b_to_a_waits: AtomicBool,
+    /// Told each time bytes from the second end start waiting for the first end.
+    b_to_a_stalled: tokio::sync::Notify,
 }
 
 impl Progress {
+    /// Whether bytes from the second end wait for the first end to take them.
+    pub fn b_to_a_waits(&self) -> bool {
+        self.b_to_a_waits.load(Ordering::Relaxed)
+    }
+
+    /// Returns when bytes from the second end start waiting for the first end to take them
+    /// (at once if that happened since the last call).
+    pub async fn b_to_a_stalled(&self) {
+        self.b_to_a_stalled.notified().await;
+    }
+
     /// What has been delivered so far.
     pub fn now(&self) -> Transfer {
         Transfer {
@@ -108,6 +125,10 @@ pub struct Transfer {
 struct Direction<'a> {
     from: End,
     delivered: &'a AtomicU64,
+    /// Set while a write waits.
+    waits: &'a AtomicBool,
+    /// Told when a write starts waiting.
+    stalled: Option<&'a tokio::sync::Notify>,
     /// Set once `from`'s EOF was passed on.
     done: &'a AtomicBool,
 }
@@ -137,13 +158,25 @@ where
             dir.done.store(true, Ordering::Relaxed);
             return Ok(());
         }
-        to.write_all(buf.get(..n).unwrap_or_default())
-            .await
-            .map_err(|error| Failure {
-                end: dir.from.other(),
-                on_write: true,
-                error,
-            })?;
+        let mut write = std::pin::pin!(to.write_all(buf.get(..n).unwrap_or_default()));
+        // Tried once first: a write that cannot go on at once is a stall worth telling.
+        let written = match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                dir.waits.store(true, Ordering::Relaxed);
+                if let Some(stalled) = dir.stalled {
+                    stalled.notify_one();
+                }
+                let r = write.await;
+                dir.waits.store(false, Ordering::Relaxed);
+                r
+            }
+        };
+        written.map_err(|error| Failure {
+            end: dir.from.other(),
+            on_write: true,
+            error,
+        })?;
         dir.delivered.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
@@ -179,11 +212,15 @@ where
     let a_to_b = Direction {
         from: End::A,
         delivered: &progress.a_to_b,
+        waits: &progress.a_to_b_waits,
+        stalled: None,
         done: &a_done,
     };
     let b_to_a = Direction {
         from: End::B,
         delivered: &progress.b_to_a,
+        waits: &progress.b_to_a_waits,
+        stalled: Some(&progress.b_to_a_stalled),
         done: &b_done,
     };
     let result = tokio::select! {

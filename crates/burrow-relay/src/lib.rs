@@ -23,6 +23,7 @@
 //! - `conn`: the SSH handler of one connection: authentication and request dispatch.
 //! - `device`: what devices may ask for (forwards, allowed targets).
 //! - `operator`: what operators may ask for (endpoint streams, `ls`).
+//! - `nudge`: waking an operator's client that owes window for data it threw away.
 //! - `operator_session`: operator connections and what each has open (for revocation).
 //! - `listeners`: real TCP listeners granted by `allow-listen`.
 //! - `revocation`: CLI changes to the registry reaching open sessions within 2 s.
@@ -43,6 +44,7 @@ mod device;
 mod gate;
 mod listeners;
 pub mod metrics;
+mod nudge;
 mod operator;
 mod operator_session;
 mod password;

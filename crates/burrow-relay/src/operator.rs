@@ -279,9 +279,12 @@ pub(crate) fn open_stream(
                 },
             }
         };
-        let result = splice_until(&mut channel, &mut dev_channel, stop, &progress).await;
-        let (transfer, lasted) = (progress.now(), started.elapsed());
         let op_handle = channel.handle();
+        let result = tokio::select! {
+            r = splice_until(&mut channel, &mut dev_channel, stop, &progress) => r,
+            never = crate::nudge::wake_stalled_client(&op_handle, &progress) => match never {},
+        };
+        let (transfer, lasted) = (progress.now(), started.elapsed());
         let dev_handle = dev_channel.handle();
         let device_side = match &via {
             Via::Session(dev) => Side::Device(dev),

@@ -263,3 +263,40 @@ async fn agent_killed_mid_download_through_ssh_l_closes_that_stream_and_keeps_th
         .expect("ssh -L still forwards")
         .expect("ssh -L was disconnected for one cut stream");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_whose_output_closes_early_still_gets_the_end_of_the_stream() {
+    // A finite file, as a web server on the device would serve it.
+    const FILE: usize = 50 << 20;
+    let source = firehose(FILE).await;
+    let (_dir, relay, _agent, op) = site(&[(80, source)]).await;
+    // No keepalive from the client: its own timer must not be what moves the stream.
+    let quiet = std::fs::read_to_string(&op)
+        .unwrap()
+        .replace("ServerAliveInterval 5", "ServerAliveInterval 0");
+    std::fs::write(&op, quiet).unwrap();
+    const RUNS: usize = 8;
+    for run in 0..RUNS {
+        // `ssh -W pi:80 relay < <(sleep 40) | head -c 1M`: stdin stays open, stdout is read
+        // for 1 MiB and then closed.
+        let mut cmd = tokio::process::Command::from(ssh(&op, &["-W", "pi:80", "relay"]));
+        let mut child = cmd.kill_on_drop(true).spawn().unwrap();
+        let _stdin = child.stdin.take().unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        out.read_exact(&mut buf).await.unwrap();
+        drop(out);
+        tokio::time::timeout(WAIT, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("run {run}: ssh -W hung after its output closed"))
+            .unwrap();
+    }
+    // Each stream ran to its end: the device's whole file left the device.
+    let rows = ended_streams(&relay, RUNS).await;
+    for r in &rows {
+        assert!(
+            r.detail.contains(&format!("{FILE} bytes from device")),
+            "{rows:#?}"
+        );
+    }
+}
