@@ -103,11 +103,27 @@ pub struct Relay {
     cluster: Option<cluster::Cluster>,
     /// Set once the relay began to shut down: what it cuts then is cut by its stopping.
     stopping: std::sync::atomic::AtomicBool,
+    /// This relay's hold on its data directory, given up when it stops serving.
+    dir_lock: std::sync::Mutex<Option<datadir::DirLock>>,
 }
 
 impl Relay {
-    /// Opens the data directory (creating the host key and database on first start).
+    /// Opens the data directory (creating the host key and database on first start), once no
+    /// other relay holds it.
     pub async fn open(config: RelayConfig) -> Result<Arc<Relay>, RelayError> {
+        datadir::ensure(&config.data_dir)?;
+        let dir_lock = datadir::lock(&config.data_dir)?;
+        match &config.database {
+            None => datadir::refuse_cluster_dir_for_sqlite(&config.data_dir)?,
+            Some(url) => {
+                if let Err(e) = datadir::mark_cluster(&config.data_dir, url, &config.relay_id) {
+                    tracing::warn!(
+                        "cannot mark {} as a cluster relay's directory: {e}",
+                        config.data_dir.display()
+                    );
+                }
+            }
+        }
         let (host_key, created) = datadir::load_or_create_host_key(&config.data_dir)?;
         let fingerprint = burrow_io::keys::fingerprint(host_key.public_key());
         if created {
@@ -196,6 +212,7 @@ impl Relay {
             cluster,
             config,
             stopping: std::sync::atomic::AtomicBool::new(false),
+            dir_lock: std::sync::Mutex::new(Some(dir_lock)),
         }))
     }
 

@@ -97,6 +97,14 @@ pub(crate) async fn run(
     }
     // What the sessions wrote on their way out is stored before the relay says it stopped.
     relay.db.flush().await;
+    // The directory is free for the next relay (this one may live on as a value a while).
+    drop(
+        relay
+            .dir_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(),
+    );
     result
 }
 
