@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use burrow_io::splice::splice;
+use burrow_io::splice::{Progress, splice_until};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::Relay;
-use crate::audit::stream_summary;
+use crate::audit::{Measure, stream_summary};
 use crate::registry::DeviceSession;
 use crate::stream_end::{Party, Side, classify, other_was_sending};
 
@@ -181,11 +181,21 @@ async fn serve(
                 }
             };
             let started = Instant::now();
-            let row = relay2.audit.open("stream", &who, &target, "").await;
+            let progress = Arc::new(Progress::default());
+            let measure = Measure::Stream {
+                progress: progress.clone(),
+                a_is_device: false,
+            };
+            let row = relay2
+                .audit
+                .open("stream", &who, &target, "", measure)
+                .await;
             let _ = tcp.set_nodelay(true);
             relay2.metrics.stream_opened();
             let (mut tcp, mut channel) = (tcp, channel);
-            let (t, result) = splice(&mut tcp, &mut channel).await;
+            let result =
+                splice_until(&mut tcp, &mut channel, std::future::pending(), &progress).await;
+            let t = progress.now();
             let lasted = started.elapsed();
             let sending = other_was_sending(&result, &mut tcp, &mut channel).await;
             let ending = classify(

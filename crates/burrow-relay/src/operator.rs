@@ -11,7 +11,7 @@ use burrow_ssh::channel::{OpenKind, Request};
 use burrow_ssh::driver::{Channel, ChannelMsg, Handle, Offer};
 
 use crate::Relay;
-use crate::audit::{Outcome, stream_summary};
+use crate::audit::{Measure, Outcome, stream_summary};
 pub(crate) use crate::operator_session::{OperatorSession, Operators};
 use crate::registry::DeviceSession;
 use crate::store::OperatorRecord;
@@ -258,14 +258,21 @@ pub(crate) fn open_stream(
         };
         let started = Instant::now();
         let via_text = format!("from {} via {}", req.originator, via.describe());
-        let row = relay2.audit.open("stream", &who, &target, &via_text).await;
+        let progress = Arc::new(Progress::default());
+        let measure = Measure::Stream {
+            progress: progress.clone(),
+            a_is_device: false,
+        };
+        let row = relay2
+            .audit
+            .open("stream", &who, &target, &via_text, measure)
+            .await;
         let guard = op.track(&relay2, &device, false);
         relay2.metrics.stream_opened();
         // Each stream has its own window on both connections: a slow reader holds back
         // this stream only. The channels stay open until the row is completed, so a client
         // that saw its stream close finds it audited.
         let (mut channel, mut dev_channel) = (channel, dev_channel);
-        let progress = Progress::default();
         let stop = async {
             tokio::select! {
                 biased;

@@ -46,6 +46,10 @@ pub(crate) async fn run(
     let hearing = relay
         .tracker
         .spawn(crate::cluster::hear_others(relay.clone(), shutdown.clone()));
+    let checkpoints = relay.tracker.spawn(crate::audit::keep_checkpoints(
+        relay.clone(),
+        shutdown.clone(),
+    ));
     let result = loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -88,6 +92,7 @@ pub(crate) async fn run(
     pruner.abort();
     present.abort();
     hearing.abort();
+    checkpoints.abort();
     relay.tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, relay.tracker.wait())
         .await

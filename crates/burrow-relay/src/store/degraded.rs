@@ -148,8 +148,15 @@ impl Spill {
         let mut lines = Vec::new();
         for w in writes {
             // A write of a row id that never was (an audit row opened while degraded) is
-            // left out: the row is written whole when it ends.
-            if matches!(w, Write::Barrier | Write::AuditOpen(_)) {
+            // left out: the row is written whole when it ends. Checkpoints are only worth
+            // something while they are the newest.
+            if matches!(
+                w,
+                Write::Barrier
+                    | Write::AuditOpen(_)
+                    | Write::AuditCheckpoint { .. }
+                    | Write::Checkpoint { .. }
+            ) {
                 continue;
             }
             let line = serde_json::to_string(w)

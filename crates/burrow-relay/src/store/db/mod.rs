@@ -76,6 +76,20 @@ pub enum Write {
         /// Added (true) or removed.
         present: bool,
     },
+    /// What an open audit row knows so far (bytes, duration, last activity), so that a crash
+    /// loses at most one checkpoint's worth; ignored once the row is completed.
+    AuditCheckpoint {
+        /// The row.
+        id: i64,
+        /// Its detail as of now.
+        detail: String,
+    },
+    /// The relay was alive then (seconds since the epoch): what a crash left open ended after
+    /// this and before the next checkpoint.
+    Checkpoint {
+        /// When.
+        at: i64,
+    },
     /// An operator's password login locked until then (seconds since the epoch).
     LockOperator {
         /// The operator.

@@ -26,7 +26,7 @@ mod schema;
 mod tests;
 
 /// The schema version this build writes; each step below brings a database one version up.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The relay database.
 pub struct Store {
@@ -318,6 +318,18 @@ fn apply_one(c: &Connection, w: &Write) -> Result<Written, StoreError> {
             c.prepare_cached(q)
                 .and_then(|mut s| s.execute(params![device, port]))
                 .map_err(sql("recording an endpoint"))?;
+            Ok(Written::Done)
+        }
+        Write::AuditCheckpoint { id, detail } => {
+            c.prepare_cached("UPDATE audit SET detail = ?2 WHERE id = ?1 AND outcome = 'open'")
+                .and_then(|mut s| s.execute(params![id, detail]))
+                .map_err(sql("checkpointing an audit entry"))?;
+            Ok(Written::Done)
+        }
+        Write::Checkpoint { at } => {
+            c.prepare_cached("UPDATE meta SET checkpoint = ?1")
+                .and_then(|mut s| s.execute([at]))
+                .map_err(sql("checkpointing"))?;
             Ok(Written::Done)
         }
         Write::LockOperator { name, until } => {
