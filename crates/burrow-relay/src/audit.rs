@@ -182,7 +182,7 @@ impl Audit {
         tracing::debug!(target: "burrow::audit", event = %record.event, who = %record.who, target = %record.target, "started: {}", record.detail);
         let id = match self.db.write(Write::AuditOpen(record.clone())).await {
             Ok(Written::Id(id)) => Some(id),
-            Ok(Written::Done) => None,
+            Ok(_) => None,
             Err(e) => {
                 tracing::error!("audit entry not stored: {e}");
                 None
@@ -250,6 +250,12 @@ pub(crate) async fn keep_checkpoints(
             _ = tick.tick() => {}
         }
         relay.audit.checkpoint(!relay.registry.all().is_empty());
+        // The reserve a start on a full disk uses, made again once there is room (off the
+        // async workers: it is half a megabyte written).
+        if relay.db.disk_full().is_none() {
+            let dir = relay.config.data_dir.clone();
+            let _ = tokio::task::spawn_blocking(move || crate::datadir::keep_reserve(&dir)).await;
+        }
     }
 }
 

@@ -16,6 +16,36 @@ pub const LOCK_FILE: &str = "relay.lock";
 /// File saying that the directory belongs to a relay of a cluster, and which database.
 pub const CLUSTER_FILE: &str = "cluster";
 
+/// A file of zeros the relay keeps in its data directory and deletes when it cannot open its
+/// database for a full disk: room for the database's shared-memory index and the first
+/// writes, so that a relay restarted on a full disk starts and serves.
+pub const RESERVE_FILE: &str = "reserve";
+/// Size of [`RESERVE_FILE`].
+pub const RESERVE_BYTES: usize = 512 * 1024;
+
+/// Makes [`RESERVE_FILE`] if it is missing and there is room (written whole or not at all).
+pub fn keep_reserve(dir: &Path) {
+    let path = dir.join(RESERVE_FILE);
+    if path.exists() {
+        return;
+    }
+    let tmp = dir.join(format!("{RESERVE_FILE}.tmp"));
+    // Zeros really written: a file only set to its length would hold no space.
+    let made =
+        std::fs::write(&tmp, vec![0u8; RESERVE_BYTES]).and_then(|()| std::fs::rename(&tmp, &path));
+    match made {
+        Ok(()) => tracing::debug!("made the disk reserve {}", path.display()),
+        Err(_) => {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+}
+
+/// Deletes [`RESERVE_FILE`]; true if there was one.
+pub fn release_reserve(dir: &Path) -> bool {
+    std::fs::remove_file(dir.join(RESERVE_FILE)).is_ok()
+}
+
 /// The lock of a relay on its data directory; released when dropped (or when the process
 /// ends, however it ends).
 #[derive(Debug)]

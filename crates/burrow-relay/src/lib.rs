@@ -146,8 +146,25 @@ impl Relay {
                 )
                 .await?
             }
-            None => store::Db::sqlite(&config.data_dir.join(datadir::DATABASE_FILE))?,
+            None => {
+                let path = config.data_dir.join(datadir::DATABASE_FILE);
+                match store::Db::sqlite(&path) {
+                    Ok(db) => db,
+                    // A full disk: the reserve makes room to open (and to begin writing); what
+                    // does not fit then waits in memory for space.
+                    Err(e) if datadir::release_reserve(&config.data_dir) => {
+                        tracing::error!(
+                            "cannot open the database ({e}): the disk is full; released the {} KiB reserve in {} to start",
+                            datadir::RESERVE_BYTES / 1024,
+                            config.data_dir.display()
+                        );
+                        store::Db::sqlite(&path)?
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         };
+        datadir::keep_reserve(&config.data_dir);
         let interrupted = db.interrupt_leftovers().await?;
         // Nothing is online yet; what a crash left open is recorded as interrupted.
         if interrupted > 0 {
@@ -278,14 +295,31 @@ impl Relay {
             devices_held: held,
             operator_sessions: self.operators.all().len() as u64,
             audit_queue: self.db.queued() as u64,
-            degraded: self.cluster.as_ref().is_some_and(|c| c.is_degraded()),
+            degraded: self.is_degraded(),
+            disk_full: self.db.disk_full().is_some(),
+            audit_dropped: self.db.held().1,
         };
         metrics::render(&self.metrics, self.db.stats(), &gauges)
     }
 
-    /// Whether the relay runs degraded (its cluster database cannot be reached).
+    /// Whether the relay runs degraded: its cluster database cannot be reached, or the disk
+    /// under its registry takes no writes.
     pub fn is_degraded(&self) -> bool {
-        self.cluster.as_ref().is_some_and(|c| c.is_degraded())
+        self.degraded_because().is_some()
+    }
+
+    /// Why the relay runs degraded, if it does.
+    pub fn degraded_because(&self) -> Option<String> {
+        if let Some(why) = self.db.disk_full() {
+            return Some(format!(
+                "the disk under {} takes no writes ({why}); audit entries are held in memory",
+                self.config.data_dir.display()
+            ));
+        }
+        self.cluster
+            .as_ref()
+            .filter(|c| c.is_degraded())
+            .map(|_| "the cluster's database cannot be reached".to_string())
     }
 
     /// Endpoint ports of `device` if it is online (from the relay's memory, not the database).

@@ -132,6 +132,8 @@ pub(crate) struct Gauges {
     pub(crate) operator_sessions: u64,
     pub(crate) audit_queue: u64,
     pub(crate) degraded: bool,
+    pub(crate) disk_full: bool,
+    pub(crate) audit_dropped: u64,
 }
 
 /// The metrics page.
@@ -267,8 +269,20 @@ pub(crate) fn render(m: &Metrics, db: &crate::store::db::DbStats, g: &Gauges) ->
     one(
         "burrow_degraded",
         "gauge",
-        "1 while the database cannot be reached and the relay runs on its last copy of the registry.",
+        "1 while the relay runs degraded: its cluster database cannot be reached, or its disk takes no writes.",
         u8::from(g.degraded).to_string(),
+    );
+    one(
+        "burrow_disk_full",
+        "gauge",
+        "1 while the disk under the registry takes no writes (audit entries are held in memory).",
+        u8::from(g.disk_full).to_string(),
+    );
+    one(
+        "burrow_audit_dropped_total",
+        "counter",
+        "Audit and presence writes dropped because the disk stayed full past the hold's bound.",
+        g.audit_dropped.to_string(),
     );
     s
 }

@@ -102,6 +102,12 @@ pub(crate) async fn run(
     }
     // What the sessions wrote on their way out is stored before the relay says it stopped.
     relay.db.flush().await;
+    let (held, _) = relay.db.held();
+    if held > 0 {
+        tracing::error!(
+            "{held} audit entries and session records held for the full disk are lost: the relay stops before the disk took them"
+        );
+    }
     // The directory is free for the next relay (this one may live on as a value a while).
     drop(
         relay

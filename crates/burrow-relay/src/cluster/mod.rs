@@ -301,6 +301,9 @@ fn taken_elsewhere(relay: &Relay, device: &str, holder: &str, instance: &str) {
         burrow_proto::REPLACED_PREFIX
     );
     local.replaced.cancel();
+    // Gone from here at once (routing, listings, the cluster's online rows), not only once its
+    // connection has closed: streams opened meanwhile must go to the new session.
+    crate::device::went_offline(relay, &local);
     let old = local.clone();
     tokio::spawn(async move {
         old.handle.disconnect(&why);

@@ -146,6 +146,7 @@ impl Spill {
             );
         }
         let mut lines = Vec::new();
+        let mut added = 0usize;
         for w in writes {
             // A write of a row id that never was (an audit row opened while degraded) is
             // left out: the row is written whole when it ends. Checkpoints are only worth
@@ -153,6 +154,7 @@ impl Spill {
             if matches!(
                 w,
                 Write::Barrier
+                    | Write::InterruptLeftovers
                     | Write::AuditOpen(_)
                     | Write::AuditCheckpoint { .. }
                     | Write::Checkpoint { .. }
@@ -163,11 +165,18 @@ impl Spill {
                 .map_err(|e| StoreError::Schema(format!("cannot encode a queued write: {e}")))?;
             lines.extend_from_slice(line.as_bytes());
             lines.push(b'\n');
+            added = added.saturating_add(1);
             self.pending = self.pending.saturating_add(1);
         }
         if let Some(f) = self.file.as_mut() {
-            f.write_all(&lines).map_err(io)?;
-            f.sync_data().map_err(io)?;
+            // Whole lines or none: what a full disk cut off is taken back off the file (a
+            // torn line would glue itself to the next one written).
+            let before = f.metadata().map(|m| m.len()).map_err(io)?;
+            if let Err(e) = f.write_all(&lines).and_then(|()| f.sync_data()) {
+                let _ = f.set_len(before);
+                self.pending = self.pending.saturating_sub(added);
+                return Err(io(e));
+            }
         }
         Ok(())
     }

@@ -343,15 +343,20 @@ pub fn password_ssh(
     c
 }
 
-/// `burrow relay --listen 127.0.0.1:0 --data-dir DATA ARGS...` as its own process: the process,
-/// its port, and its log lines as they come.
+/// `burrow relay --listen 127.0.0.1:0 --data-dir DATA ARGS...` as its own process (ARGS may
+/// give a `--listen` of their own): the process, its port, and its log lines as they come.
 pub fn relay_process(
     data: &Path,
     args: &[&str],
 ) -> (KillOnDrop, u16, Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_burrow"))
-        .args(["relay", "--listen", "127.0.0.1:0", "--data-dir"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_burrow"));
+    cmd.arg("relay");
+    if !args.contains(&"--listen") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    let mut child = cmd
+        .arg("--data-dir")
         .arg(data)
         .args(args)
         // The log a user gets by default.

@@ -24,7 +24,10 @@ mod reads;
 mod tests;
 mod writer;
 
-use writer::{finish, pg_writer};
+use writer::pg_writer;
+
+/// Most writes held in memory while the disk is full; past it new ones are dropped, counted.
+pub const MAX_HELD: usize = 10_000;
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -97,6 +100,10 @@ pub enum Write {
         /// Until when.
         until: i64,
     },
+    /// At the start of a single relay (SQLite): what the previous run left open is ended
+    /// (see [`crate::store::Store::interrupt_leftovers`]); queued like any write, so that on a
+    /// full disk it waits, first in line, for space.
+    InterruptLeftovers,
     /// Nothing: waiting for it waits for everything queued before it.
     Barrier,
 }
@@ -108,6 +115,8 @@ pub enum Written {
     Done,
     /// Stored as this row.
     Id(i64),
+    /// Stored, touching this many rows.
+    Rows(usize),
 }
 
 struct Job {
@@ -172,8 +181,21 @@ impl DbStats {
     }
 }
 
+/// Whether the disk takes the relay's writes (SQLite): while it does not, writes are held.
+#[derive(Default)]
+pub struct DiskHealth {
+    /// Why writes are held, while they are.
+    pub(crate) full: std::sync::Mutex<Option<String>>,
+    /// Writes held in memory for the disk.
+    pub(crate) held: std::sync::atomic::AtomicUsize,
+    /// Writes dropped because the hold was full.
+    pub(crate) dropped: std::sync::atomic::AtomicU64,
+}
+
 struct Inner {
     stats: Arc<DbStats>,
+    /// The disk under an SQLite registry (always fine for PostgreSQL).
+    disk: Arc<DiskHealth>,
     backend: Backend,
     jobs: mpsc::UnboundedSender<Job>,
     /// Writes queued and not yet committed.
@@ -213,29 +235,21 @@ impl Db {
         }
         // The writer has a connection of its own: WAL lets readers go on while it commits.
         let writes = Store::open(path)?;
-        let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+        let (jobs, queue) = mpsc::unbounded_channel::<Job>();
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let done = queued.clone();
         let stats = Arc::new(DbStats::default());
-        let batch_stats = stats.clone();
+        let disk = Arc::new(DiskHealth::default());
+        let writer = writer::SqliteWriter {
+            store: writes,
+            queue,
+            queued: queued.clone(),
+            stats: stats.clone(),
+            disk: disk.clone(),
+            held: std::collections::VecDeque::new(),
+        };
         std::thread::Builder::new()
             .name("burrow-db-writer".into())
-            .spawn(move || {
-                while let Some(first) = queue.blocking_recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match queue.try_recv() {
-                            Ok(job) => batch.push(job),
-                            Err(_) => break,
-                        }
-                    }
-                    let writes_of: Vec<&Write> = batch.iter().map(|j| &j.write).collect();
-                    let started = std::time::Instant::now();
-                    let results = writes.apply(&writes_of);
-                    batch_stats.record(started, results.first().unwrap_or(&Ok(Written::Done)));
-                    finish(batch, results, &done);
-                }
-            })
+            .spawn(move || writer.run())
             .map_err(|e| StoreError::Schema(format!("cannot start the database writer: {e}")))?;
         Ok(Db {
             inner: Arc::new(Inner {
@@ -243,6 +257,7 @@ impl Db {
                 jobs,
                 queued,
                 stats,
+                disk,
             }),
         })
     }
@@ -296,6 +311,7 @@ impl Db {
                 jobs,
                 queued,
                 stats,
+                disk: Arc::default(),
             }),
         };
         if spill_dir_given(&db) {
@@ -404,9 +420,37 @@ impl Db {
         &self.inner.stats
     }
 
-    /// Writes queued and not yet committed.
+    /// Why the disk under the registry takes no writes now (they are held in memory), if it
+    /// does not.
+    pub fn disk_full(&self) -> Option<String> {
+        self.inner
+            .disk
+            .full
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Writes held in memory for the disk, and writes dropped because the hold was full.
+    pub fn held(&self) -> (usize, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.inner.disk.held.load(Relaxed),
+            self.inner.disk.dropped.load(Relaxed),
+        )
+    }
+
+    /// Writes queued and not yet committed (held for a full disk included).
     pub fn queued(&self) -> usize {
-        self.inner.queued.load(std::sync::atomic::Ordering::Relaxed)
+        let held = self
+            .inner
+            .disk
+            .held
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .queued
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_add(held)
     }
 
     /// Queues a write and waits until it is committed.

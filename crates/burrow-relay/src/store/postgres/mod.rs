@@ -229,7 +229,7 @@ pub enum CopyValue {
 
 impl StoreError {
     /// A copy of the error for each write of a failed batch.
-    fn clone_shallow(&self) -> StoreError {
+    pub(crate) fn clone_shallow(&self) -> StoreError {
         match self {
             StoreError::Postgres { doing, why } => StoreError::Postgres {
                 doing,

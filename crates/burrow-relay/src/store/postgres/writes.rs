@@ -346,6 +346,7 @@ async fn apply_one<C: tokio_postgres::GenericClient>(
             .map_err(pg("locking an operator"))?;
             Ok(Written::Done)
         }
-        Write::Barrier => Ok(Written::Done),
+        // A relay on PostgreSQL ends its leftovers itself at start (Pg::interrupt_leftovers).
+        Write::InterruptLeftovers | Write::Barrier => Ok(Written::Done),
     }
 }

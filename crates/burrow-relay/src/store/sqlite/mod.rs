@@ -93,7 +93,22 @@ impl Store {
     /// Applies queued writes in one transaction (group commit); if the batch fails as a whole,
     /// each write is tried alone so that one bad write fails only itself.
     pub fn apply(&self, writes: &[&Write]) -> Vec<Result<Written, StoreError>> {
-        let whole = self.with(|c| {
+        match self.apply_together(writes) {
+            Ok(done) => done.into_iter().map(Ok).collect(),
+            Err(_) if writes.len() > 1 => writes
+                .iter()
+                .map(|w| {
+                    self.apply_together(&[w])
+                        .map(|mut r| r.pop().unwrap_or(Written::Done))
+                })
+                .collect(),
+            Err(e) => vec![Err(e)],
+        }
+    }
+
+    /// Applies writes in one transaction: all of them or none.
+    pub fn apply_together(&self, writes: &[&Write]) -> Result<Vec<Written>, StoreError> {
+        self.with(|c| {
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql("writing a batch"))?;
@@ -103,24 +118,7 @@ impl Store {
             }
             tx.commit().map_err(sql("writing a batch"))?;
             Ok(out)
-        });
-        match whole {
-            Ok(done) => done.into_iter().map(Ok).collect(),
-            Err(_) if writes.len() > 1 => writes
-                .iter()
-                .map(|w| {
-                    self.with(|c| {
-                        let tx = c
-                            .transaction_with_behavior(TransactionBehavior::Immediate)
-                            .map_err(sql("writing"))?;
-                        let r = apply_one(&tx, w)?;
-                        tx.commit().map_err(sql("writing"))?;
-                        Ok(r)
-                    })
-                })
-                .collect(),
-            Err(e) => vec![Err(e)],
-        }
+        })
     }
 
     /// Whose key `fingerprint` is when `name` logs in with it: the device, the operator, or
@@ -338,6 +336,7 @@ fn apply_one(c: &Connection, w: &Write) -> Result<Written, StoreError> {
                 .map_err(sql("locking an operator"))?;
             Ok(Written::Done)
         }
+        Write::InterruptLeftovers => Ok(Written::Rows(audit::interrupt_leftovers(c)?)),
         Write::Barrier => Ok(Written::Done),
     }
 }
