@@ -177,14 +177,20 @@ pub(crate) fn join_ports(ports: &[u16]) -> String {
 /// cluster that holds it.
 pub(crate) enum Via {
     Session(Arc<DeviceSession>),
-    Relay(String),
+    /// The holding relay, and how old the registry copy it was found in was (while the
+    /// cluster's database could not be reached).
+    Relay(String, Option<Duration>),
 }
 
 impl Via {
     fn describe(&self) -> String {
         match self {
             Via::Session(dev) => format!("session {}", dev.id),
-            Via::Relay(holder) => format!("relay {holder}"),
+            Via::Relay(holder, None) => format!("relay {holder}"),
+            Via::Relay(holder, Some(age)) => format!(
+                "relay {holder} (the database could not be reached: routed from the registry copy of {:.0} s ago)",
+                age.as_secs_f64()
+            ),
         }
     }
 }
@@ -210,7 +216,7 @@ async fn route(
     match (local, &relay.cluster) {
         (Ok((dev, channel)), _) => Ok((Via::Session(dev), channel)),
         (Err(here), Some(cluster)) if relay.registry.get(device).is_none() => {
-            let (holder, channel) = cluster
+            let (holder, from_copy, channel) = cluster
                 .open_stream(
                     relay,
                     device,
@@ -220,7 +226,7 @@ async fn route(
                     here,
                 )
                 .await?;
-            Ok((Via::Relay(holder), channel))
+            Ok((Via::Relay(holder, from_copy), channel))
         }
         (Err(refusal), _) => Err(refusal),
     }
@@ -295,10 +301,10 @@ pub(crate) fn open_stream(
         let dev_handle = dev_channel.handle();
         let device_side = match &via {
             Via::Session(dev) => Side::Device(dev),
-            Via::Relay(holder) => Side::PeerRelay {
+            Via::Relay(holder, _) => Side::PeerRelay {
                 id: holder,
                 handle: &dev_handle,
-                said: None,
+                said: dev_channel.exit_signal(),
             },
         };
         let sending = other_was_sending(&result, &mut channel, &mut dev_channel).await;

@@ -22,6 +22,8 @@ pub struct Snapshot {
     devices: Vec<DeviceRecord>,
     operators: HashMap<String, OperatorRecord>,
     passwords: HashMap<String, String>,
+    /// The live relays: (id, peer address, host key line).
+    relays: Vec<(String, String, String)>,
 }
 
 impl Snapshot {
@@ -31,6 +33,7 @@ impl Snapshot {
         devices: Vec<DeviceRecord>,
         operators: Vec<OperatorRecord>,
         passwords: Vec<(String, String)>,
+        relays: Vec<(String, String, String)>,
     ) -> Snapshot {
         Snapshot {
             taken: Instant::now(),
@@ -38,7 +41,21 @@ impl Snapshot {
             devices,
             operators: operators.into_iter().map(|o| (o.name.clone(), o)).collect(),
             passwords: passwords.into_iter().collect(),
+            relays,
         }
+    }
+
+    /// The relays that held `device` when the copy was taken, newest session first.
+    pub(crate) fn holders(&self, device: &str) -> Vec<String> {
+        self.device(device)
+            .and_then(|d| d.relay.as_deref())
+            .map(|r| r.split(',').map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    /// The relays alive when the copy was taken: (id, peer address, host key line).
+    pub(crate) fn relays(&self) -> Vec<(String, String, String)> {
+        self.relays.clone()
     }
 
     /// How old the copy is.

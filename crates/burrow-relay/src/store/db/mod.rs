@@ -338,6 +338,7 @@ impl Db {
             pg.devices().await?,
             pg.operators().await?,
             pg.password_hashes().await?,
+            pg.live_relays().await?,
         );
         *snapshot.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(copy));
         Ok(())
@@ -510,6 +511,25 @@ impl Db {
                 pg(&conn).await
             }
         }
+    }
+
+    /// Answers from the registry copy (if there is one young enough) without trying the
+    /// database: what `copy` says, and how old the copy is.
+    pub(crate) fn read_copy<T>(
+        &self,
+        copy: impl FnOnce(&Snapshot) -> T,
+    ) -> Option<(T, std::time::Duration)> {
+        let Backend::Postgres {
+            snapshot,
+            snapshot_max_age,
+            ..
+        } = &self.inner.backend
+        else {
+            return None;
+        };
+        let snap = snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()?;
+        let age = snap.age();
+        (age <= *snapshot_max_age).then(|| (copy(&snap), age))
     }
 
     /// An answer from the registry copy, if there is one young enough.
