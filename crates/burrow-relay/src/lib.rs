@@ -25,6 +25,7 @@
 //! - `operator`: what operators may ask for (endpoint streams, `ls`).
 //! - `nudge`: waking an operator's client that owes window for data it threw away.
 //! - `operator_session`: operator connections and what each has open (for revocation).
+//! - `operator_stream`: an operator's stream to an endpoint: routing, splice, audit, cuts.
 //! - `listeners`: real TCP listeners granted by `allow-listen`.
 //! - `revocation`: CLI changes to the registry reaching open sessions within 2 s.
 //! - `password`: the password path: equal work for every name, the operator lock.
@@ -47,6 +48,7 @@ pub mod metrics;
 mod nudge;
 mod operator;
 mod operator_session;
+mod operator_stream;
 mod password;
 pub mod registry;
 mod revocation;

@@ -10,8 +10,10 @@
 //! applied to open sessions at once.
 //!
 //! # Layout
-//! - [`peer`]: the relay-to-relay links (server and client).
+//! - [`peer`]: the relay-to-relay port (the accepting side) and what goes over a link.
+//! - [`links`]: the links this relay dials, their watch and their return after a fault.
 
+pub(crate) mod links;
 pub(crate) mod peer;
 
 use std::sync::Arc;
@@ -39,7 +41,7 @@ pub(crate) struct Cluster {
     pub(crate) id: String,
     /// Where other relays reach this one's peer port.
     pub(crate) advertise: String,
-    pub(crate) links: peer::Links,
+    pub(crate) links: links::Links,
     /// The database cannot be reached: the relay runs on its last copy of the registry.
     pub(crate) degraded: AtomicBool,
 }
@@ -49,7 +51,7 @@ impl Cluster {
         Cluster {
             id,
             advertise,
-            links: peer::Links::default(),
+            links: links::Links::default(),
             degraded: AtomicBool::new(false),
         }
     }

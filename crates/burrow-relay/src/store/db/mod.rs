@@ -19,15 +19,14 @@ use super::{
 };
 
 mod changes;
+mod copy;
 mod reads;
 #[cfg(test)]
 mod tests;
 mod writer;
 
 use writer::pg_writer;
-
-/// Most writes held in memory while the disk is full; past it new ones are dropped, counted.
-pub const MAX_HELD: usize = 10_000;
+pub use writer::{DiskHealth, MAX_HELD};
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -181,17 +180,6 @@ impl DbStats {
     }
 }
 
-/// Whether the disk takes the relay's writes (SQLite): while it does not, writes are held.
-#[derive(Default)]
-pub struct DiskHealth {
-    /// Why writes are held, while they are.
-    pub(crate) full: std::sync::Mutex<Option<String>>,
-    /// Writes held in memory for the disk.
-    pub(crate) held: std::sync::atomic::AtomicUsize,
-    /// Writes dropped because the hold was full.
-    pub(crate) dropped: std::sync::atomic::AtomicU64,
-}
-
 struct Inner {
     stats: Arc<DbStats>,
     /// The disk under an SQLite registry (always fine for PostgreSQL).
@@ -325,25 +313,6 @@ impl Db {
         Db::postgres_with(url, relay, None, std::time::Duration::ZERO).await
     }
 
-    /// Reads the registry again into the copy answered from while the database is
-    /// unreachable (a relay on PostgreSQL does this when the registry changes, and every
-    /// minute).
-    pub async fn refresh_snapshot(&self) -> Result<(), StoreError> {
-        let Backend::Postgres { snapshot, .. } = &self.inner.backend else {
-            return Ok(());
-        };
-        let pg = self.pg_reads().await?;
-        let copy = Snapshot::new(
-            pg.device_key_pairs().await?,
-            pg.devices().await?,
-            pg.operators().await?,
-            pg.password_hashes().await?,
-            pg.live_relays().await?,
-        );
-        *snapshot.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(copy));
-        Ok(())
-    }
-
     /// The read connection, reconnected if it dropped (at most one attempt a second).
     async fn pg_reads(&self) -> Result<Arc<Pg>, StoreError> {
         let Backend::Postgres {
@@ -421,26 +390,6 @@ impl Db {
         &self.inner.stats
     }
 
-    /// Why the disk under the registry takes no writes now (they are held in memory), if it
-    /// does not.
-    pub fn disk_full(&self) -> Option<String> {
-        self.inner
-            .disk
-            .full
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Writes held in memory for the disk, and writes dropped because the hold was full.
-    pub fn held(&self) -> (usize, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (
-            self.inner.disk.held.load(Relaxed),
-            self.inner.disk.dropped.load(Relaxed),
-        )
-    }
-
     /// Writes queued and not yet committed (held for a full disk included).
     pub fn queued(&self) -> usize {
         let held = self
@@ -511,52 +460,6 @@ impl Db {
                 pg(&conn).await
             }
         }
-    }
-
-    /// Answers from the registry copy (if there is one young enough) without trying the
-    /// database: what `copy` says, and how old the copy is.
-    pub(crate) fn read_copy<T>(
-        &self,
-        copy: impl FnOnce(&Snapshot) -> T,
-    ) -> Option<(T, std::time::Duration)> {
-        let Backend::Postgres {
-            snapshot,
-            snapshot_max_age,
-            ..
-        } = &self.inner.backend
-        else {
-            return None;
-        };
-        let snap = snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()?;
-        let age = snap.age();
-        (age <= *snapshot_max_age).then(|| (copy(&snap), age))
-    }
-
-    /// An answer from the registry copy, if there is one young enough.
-    fn answer_from_copy<T>(&self, copy: impl FnOnce(&Snapshot) -> Option<T>) -> Option<T> {
-        let Backend::Postgres {
-            snapshot,
-            snapshot_max_age,
-            said,
-            ..
-        } = &self.inner.backend
-        else {
-            return None;
-        };
-        let snap = snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()?;
-        let age = snap.age();
-        if age > *snapshot_max_age {
-            return None;
-        }
-        let mut said = said.lock().unwrap_or_else(|e| e.into_inner());
-        if said.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(60)) {
-            *said = Some(std::time::Instant::now());
-            tracing::warn!(
-                "the database cannot be reached: answering from the copy of the registry taken {:.0} s ago",
-                age.as_secs_f64()
-            );
-        }
-        copy(&snap)
     }
 
     /// Runs a registry change: `sqlite` on a blocking thread, or `pg` on the change

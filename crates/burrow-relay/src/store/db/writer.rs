@@ -6,6 +6,42 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::*;
 
+/// Most writes held in memory while the disk is full; past it new ones are dropped, counted.
+pub const MAX_HELD: usize = 10_000;
+
+/// Whether the disk takes the relay's writes (SQLite): while it does not, writes are held.
+#[derive(Default)]
+pub struct DiskHealth {
+    /// Why writes are held, while they are.
+    pub(crate) full: std::sync::Mutex<Option<String>>,
+    /// Writes held in memory for the disk.
+    pub(crate) held: std::sync::atomic::AtomicUsize,
+    /// Writes dropped because the hold was full.
+    pub(crate) dropped: std::sync::atomic::AtomicU64,
+}
+
+impl Db {
+    /// Why the disk under the registry takes no writes now (they are held in memory), if it
+    /// does not.
+    pub fn disk_full(&self) -> Option<String> {
+        self.inner
+            .disk
+            .full
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Writes held in memory for the disk, and writes dropped because the hold was full.
+    pub fn held(&self) -> (usize, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.inner.disk.held.load(Relaxed),
+            self.inner.disk.dropped.load(Relaxed),
+        )
+    }
+}
+
 /// How often a full disk is tried again.
 const DISK_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
