@@ -7,7 +7,8 @@
 //! `ServerAliveInterval`, or never, and its end never arrives. So when the relay's bytes for
 //! the client wait and make no progress, it sends a keepalive: the first goes right behind the
 //! burst and is read with it, its answer says the client has taken the burst, and a second
-//! one then turns the client's loop, which gives the window back. A reader that really stopped
+//! one then turns the client's loop, which gives the window back; a stream that needed this
+//! once is woken at once on its next stalls. A reader that really stopped
 //! (a paused terminal) is asked less and less often. (A stock sshd sends in small pieces as it
 //! reads, and so mostly keeps the client awake by itself.)
 
@@ -35,6 +36,9 @@ pub(crate) async fn wake_stalled_client(
     client: &Handle,
     progress: &Progress,
 ) -> std::convert::Infallible {
+    // Once a stall moved only when nudged, the client is one that must be woken (its output
+    // closed): later stalls are answered at once instead of after STALL.
+    let mut needs_waking = false;
     loop {
         progress.b_to_a_stalled().await;
         let mut pause = FIRST_PAUSE;
@@ -42,9 +46,11 @@ pub(crate) async fn wake_stalled_client(
         loop {
             let mark = progress.now().b_to_a;
             let moved = || !progress.b_to_a_waits() || progress.now().b_to_a != mark;
-            tokio::time::sleep(STALL).await;
-            if moved() {
-                break;
+            if !needs_waking {
+                tokio::time::sleep(STALL).await;
+                if moved() {
+                    break;
+                }
             }
             for _ in 0..IN_A_ROW {
                 if !client.keepalive_outstanding() {
@@ -60,7 +66,11 @@ pub(crate) async fn wake_stalled_client(
                     break;
                 }
             }
-            if moved() {
+            // A stream that moved when woken keeps being woken at once (a keepalive per
+            // stall, which is a window's worth of data at most); one that did not is asked
+            // less and less often.
+            needs_waking = moved();
+            if needs_waking {
                 break;
             }
             tokio::time::sleep(pause).await;
