@@ -300,3 +300,42 @@ async fn an_operator_whose_output_closes_early_still_gets_the_end_of_the_stream(
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_through_ssh_j_cut_by_a_fault_ends_with_the_reason() {
+    let dir = tempdir();
+    let login_key = keypair(dir.path(), "login");
+    let sshd = TestSshd::start(dir.path(), &[&login_key], "").await;
+    let sshd_addr: std::net::SocketAddr = format!("127.0.0.1:{}", sshd.port).parse().unwrap();
+    let (sdir, _relay, agent, op) = site(&[(22, sshd_addr)]).await;
+    let dev_kh = sdir.path().join("device_known_hosts");
+    std::fs::write(&dev_kh, format!("pi {}", sshd.host_key_line)).unwrap();
+    let known = format!("UserKnownHostsFile={}", dev_kh.display());
+    let target = format!("{}@pi", current_user());
+    let login = [
+        "-J",
+        "relay",
+        "-i",
+        login_key.to_str().unwrap(),
+        "-o",
+        &known,
+        &target,
+        "echo started; sleep 30",
+    ];
+    let mut login = tokio::process::Command::from(ssh(&op, &login))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = login.stdout.take().unwrap();
+    let mut buf = [0u8; 8];
+    out.read_exact(&mut buf).await.unwrap();
+    drop(agent); // SIGKILL, mid-session
+    let ended = tokio::time::timeout(WAIT, login.wait_with_output())
+        .await
+        .expect("the login ended")
+        .unwrap();
+    let said = String::from_utf8_lossy(&ended.stderr);
+    // The jump's ssh prints the relay's reason; the login's ssh ends with an error.
+    assert_eq!(ended.status.code(), Some(255), "{said}");
+    assert!(said.contains("was cut and is incomplete"), "{said}");
+}
