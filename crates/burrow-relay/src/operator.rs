@@ -269,7 +269,15 @@ A console interactively: ssh -t OPERATOR:DEVICE[/NAME]@relay (or ssh -t OPERATOR
 async fn run_command(relay: &Relay, op: &OperatorSession, command: &str) -> (String, String, u32) {
     let words: Vec<&str> = command.split_whitespace().collect();
     match words.as_slice() {
-        ["ls"] => (render_table(&listings(relay, op).await), String::new(), 0),
+        ["ls"] => {
+            let table = render_table(&listings(relay, op).await);
+            // Held elsewhere is then what the registry's copy said, not what is.
+            let note = match relay.cluster.as_ref().filter(|c| c.is_degraded()) {
+                Some(_) => "note: the cluster's database cannot be reached; devices held by other relays are shown as this relay's copy of the registry last saw them\n".to_string(),
+                None => String::new(),
+            };
+            (table, note, 0)
+        }
         ["ls", "--json"] => (
             serde_json::to_string_pretty(&listings(relay, op).await).unwrap_or_default() + "\n",
             String::new(),

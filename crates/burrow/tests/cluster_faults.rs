@@ -199,6 +199,17 @@ async fn during_a_database_outage_streams_go_to_the_last_known_holder() {
     let (ok, out, err) = ssh_output(&op, &["-W", "pi:7", "relay"], b"during the outage").await;
     assert!(ok, "{err}");
     assert_eq!(out, b"during the outage");
+    // A listing says its holders are the copy's, not the truth of now.
+    eventually_async("ls to say it lists from the copy", || {
+        let op = op.clone();
+        async move {
+            let (ok, out, err) = ssh_output(&op, &["relay", "ls"], b"").await;
+            (ok && String::from_utf8_lossy(&out).contains("r1")
+                && err.contains("copy of the registry"))
+            .then_some(())
+        }
+    })
+    .await;
     pg.resume().await;
     // The audit (queued on r2's disk during the outage) says how the stream was routed.
     let db = burrow_relay::store::Db::postgres(&pg.url, "check")
