@@ -7,43 +7,112 @@
 //! TCP pushes back by itself. What is in flight per direction is one copy buffer.
 //!
 //! A stream that ends without EOF (a channel closed mid-stream, a session that went away, a
-//! reset) ends the whole splice as interrupted: the other direction would otherwise wait on a
-//! peer that is gone.
+//! reset), or that no longer takes bytes, ends the whole splice: the other direction would
+//! otherwise wait on a peer that is gone. The error says which end went, how, and how far
+//! each direction had got, so that the caller can tell an end someone chose (a reader that
+//! closed early) from a fault (a connection lost).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Poll;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Size of one copy buffer (one per direction of a running stream).
 const CHUNK: usize = 32 * 1024;
 
-/// Why a stream ended abnormally.
-#[derive(Debug, thiserror::Error)]
-pub enum SpliceError {
-    /// A socket failed.
-    #[error("socket error: {0}")]
-    Io(std::io::Error),
-    /// One side went away without ending its stream (no EOF): a lost session, a reset.
-    #[error("interrupted: {0}")]
-    Interrupted(String),
+/// One of the two ends of a splice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The first stream given.
+    A,
+    /// The second stream given.
+    B,
 }
 
-impl SpliceError {
-    /// True when the stream was cut short (every failure here is).
-    pub fn is_interruption(&self) -> bool {
-        true
-    }
-
-    fn from_io(e: std::io::Error) -> SpliceError {
-        match e.kind() {
-            std::io::ErrorKind::ConnectionAborted => SpliceError::Interrupted(e.to_string()),
-            _ => SpliceError::Io(e),
+impl End {
+    /// The other end.
+    pub fn other(self) -> End {
+        match self {
+            End::A => End::B,
+            End::B => End::A,
         }
     }
 }
 
-/// Byte counts of a finished stream.
+/// How an end went away before the stream was complete.
+#[derive(Debug)]
+pub struct Gone {
+    /// The end that went away.
+    pub end: End,
+    /// What its read or write said.
+    pub error: std::io::Error,
+    /// Whether it went while writing to it (it no longer takes bytes), rather than while reading
+    /// from it (its stream ended without EOF).
+    pub on_write: bool,
+    /// Whether the other end's stream had reached it whole, EOF included, before it went.
+    pub got_all: bool,
+    /// Whether its own stream had ended with EOF before it went.
+    pub sent_all: bool,
+}
+
+/// Why a stream ended before both directions reached their end.
+#[derive(Debug, thiserror::Error)]
+pub enum SpliceError {
+    /// One end went away.
+    #[error("{}", describe(.0))]
+    Gone(Gone),
+    /// The caller's `stop` finished (access revoked, the relay stopping): the reason.
+    #[error("{0}")]
+    Stopped(String),
+}
+
+fn describe(g: &Gone) -> String {
+    let end = match g.end {
+        End::A => "the first end",
+        End::B => "the second end",
+    };
+    if g.on_write {
+        format!("{end} no longer takes data: {}", g.error)
+    } else {
+        format!("{end} ended without EOF: {}", g.error)
+    }
+}
+
+/// Bytes delivered each way so far, and whether a direction waits for its writer to take
+/// bytes; readable while the stream runs (for checkpoints, and to spot a stalled reader).
+#[derive(Debug, Default)]
+pub struct Progress {
+    a_to_b: AtomicU64,
+    b_to_a: AtomicU64,
+    a_to_b_waits: AtomicBool,
+    b_to_a_waits: AtomicBool,
+    /// Told each time bytes from the second end start waiting for the first end.
+    b_to_a_stalled: tokio::sync::Notify,
+}
+
+impl Progress {
+    /// Whether bytes from the second end wait for the first end to take them.
+    pub fn b_to_a_waits(&self) -> bool {
+        self.b_to_a_waits.load(Ordering::Relaxed)
+    }
+
+    /// Returns when bytes from the second end start waiting for the first end to take them
+    /// (at once if that happened since the last call).
+    pub async fn b_to_a_stalled(&self) {
+        self.b_to_a_stalled.notified().await;
+    }
+
+    /// What has been delivered so far.
+    pub fn now(&self) -> Transfer {
+        Transfer {
+            a_to_b: self.a_to_b.load(Ordering::Relaxed),
+            b_to_a: self.b_to_a.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Byte counts of a stream.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Transfer {
     /// Bytes delivered from the first end to the second.
@@ -52,67 +121,127 @@ pub struct Transfer {
     pub b_to_a: u64,
 }
 
+/// One direction, `from` → `to`.
+struct Direction<'a> {
+    from: End,
+    delivered: &'a AtomicU64,
+    /// Set while a write waits.
+    waits: &'a AtomicBool,
+    /// Told when a write starts waiting.
+    stalled: Option<&'a tokio::sync::Notify>,
+    /// Set once `from`'s EOF was passed on.
+    done: &'a AtomicBool,
+}
+
+/// A failure of one direction: which end, and whether on the write side.
+struct Failure {
+    end: End,
+    on_write: bool,
+    error: std::io::Error,
+}
+
 /// Copies one direction until end of stream, then shuts the writer's direction down (EOF).
-async fn pipe<R, W>(mut from: R, mut to: W, delivered: &AtomicU64) -> Result<(), SpliceError>
+async fn pipe<R, W>(mut from: R, mut to: W, dir: Direction<'_>) -> Result<(), Failure>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let n = from.read(&mut buf).await.map_err(SpliceError::from_io)?;
+        let n = from.read(&mut buf).await.map_err(|error| Failure {
+            end: dir.from,
+            on_write: false,
+            error,
+        })?;
         if n == 0 {
             let _ = to.shutdown().await;
+            dir.done.store(true, Ordering::Relaxed);
             return Ok(());
         }
-        to.write_all(buf.get(..n).unwrap_or_default())
-            .await
-            .map_err(SpliceError::from_io)?;
-        delivered.fetch_add(n as u64, Ordering::Relaxed);
+        let mut write = std::pin::pin!(to.write_all(buf.get(..n).unwrap_or_default()));
+        // Tried once first: a write that cannot go on at once is a stall worth telling.
+        let written = match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                dir.waits.store(true, Ordering::Relaxed);
+                if let Some(stalled) = dir.stalled {
+                    stalled.notify_one();
+                }
+                let r = write.await;
+                dir.waits.store(false, Ordering::Relaxed);
+                r
+            }
+        };
+        written.map_err(|error| Failure {
+            end: dir.from.other(),
+            on_write: true,
+            error,
+        })?;
+        dir.delivered.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
 /// Copies both ways between `a` and `b` until both directions reach end of stream or either
-/// fails; both are dropped (closed) at the end.
+/// fails.
 pub async fn splice<A, B>(a: A, b: B) -> (Transfer, Result<(), SpliceError>)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    splice_until(a, b, std::future::pending()).await
+    let progress = Progress::default();
+    let result = splice_until(a, b, std::future::pending(), &progress).await;
+    (progress.now(), result)
 }
 
-/// [`splice`], but `stop` finishing ends the stream early (access revoked): both ends are
-/// closed and the result says so.
+/// [`splice`], counting into `progress` as bytes go, and ending early when `stop` finishes
+/// with its reason.
 pub async fn splice_until<A, B>(
     a: A,
     b: B,
-    stop: impl Future<Output = ()>,
-) -> (Transfer, Result<(), SpliceError>)
+    stop: impl Future<Output = String>,
+    progress: &Progress,
+) -> Result<(), SpliceError>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let (a_read, a_write) = tokio::io::split(a);
     let (b_read, b_write) = tokio::io::split(b);
-    let a_to_b = AtomicU64::new(0);
-    let b_to_a = AtomicU64::new(0);
+    let a_done = AtomicBool::new(false);
+    let b_done = AtomicBool::new(false);
+    let a_to_b = Direction {
+        from: End::A,
+        delivered: &progress.a_to_b,
+        waits: &progress.a_to_b_waits,
+        stalled: None,
+        done: &a_done,
+    };
+    let b_to_a = Direction {
+        from: End::B,
+        delivered: &progress.b_to_a,
+        waits: &progress.b_to_a_waits,
+        stalled: Some(&progress.b_to_a_stalled),
+        done: &b_done,
+    };
     let result = tokio::select! {
         r = async {
-            tokio::try_join!(
-                pipe(a_read, b_write, &a_to_b),
-                pipe(b_read, a_write, &b_to_a)
-            )
+            tokio::try_join!(pipe(a_read, b_write, a_to_b), pipe(b_read, a_write, b_to_a))
         } => r.map(|_| ()),
-        () = stop => Err(SpliceError::Interrupted(
-            "closed by the relay: access was revoked".into(),
-        )),
+        why = stop => return Err(SpliceError::Stopped(why)),
     };
-    let transfer = Transfer {
-        a_to_b: a_to_b.into_inner(),
-        b_to_a: b_to_a.into_inner(),
-    };
-    (transfer, result)
+    result.map_err(|f| {
+        let (own, other) = match f.end {
+            End::A => (&a_done, &b_done),
+            End::B => (&b_done, &a_done),
+        };
+        SpliceError::Gone(Gone {
+            end: f.end,
+            error: f.error,
+            on_write: f.on_write,
+            got_all: other.load(Ordering::Relaxed),
+            sent_all: own.load(Ordering::Relaxed),
+        })
+    })
 }
 
 #[cfg(test)]
@@ -193,15 +322,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_end_without_eof_interrupts_the_whole_stream() {
+    async fn an_end_without_eof_ends_the_whole_stream_and_says_which_end() {
         let (b, _b_peer) = duplex(1024);
         let (_, r) = splice(Aborted, b).await;
-        let e = r.expect_err("interrupted");
-        assert!(matches!(e, SpliceError::Interrupted(_)), "{e}");
-        assert!(e.to_string().contains("before its end of stream"));
+        let Err(SpliceError::Gone(g)) = r else {
+            panic!("gone: {r:?}");
+        };
+        assert_eq!(g.end, End::A);
+        assert!(!g.on_write && !g.got_all && !g.sent_all, "{g:?}");
+        assert!(g.error.to_string().contains("before its end of stream"));
         let (a, _a_peer) = duplex(1024);
         let (b, _b_peer) = duplex(1024);
-        let (_, r) = splice_until(a, b, async {}).await;
-        assert!(r.expect_err("stopped").to_string().contains("revoked"));
+        let progress = Progress::default();
+        let r = splice_until(a, b, async { "revoked".to_string() }, &progress).await;
+        assert!(
+            matches!(r, Err(SpliceError::Stopped(ref w)) if w == "revoked"),
+            "{r:?}"
+        );
     }
 }

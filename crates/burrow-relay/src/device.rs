@@ -1,18 +1,20 @@
 //! What devices may do: expose endpoints under their own name, open allowed relay-side targets.
 
+use std::future::pending;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burrow_io::splice::splice;
+use burrow_io::splice::{Progress, splice_until};
 use burrow_proto::REPLACED_PREFIX;
 use burrow_ssh::driver::{Channel, Offer};
 use tokio::net::TcpStream;
 
 use crate::Relay;
-use crate::audit::{Outcome, stream_summary};
+use crate::audit::{Measure, Outcome, stream_summary};
 use crate::operator::{Asker, CONNECT_FAILED, PROHIBITED, Refusal, StreamRequest, open_endpoint};
 use crate::registry::{DeviceSession, Health};
 use crate::store::Write;
+use crate::stream_end::{Party, Side, classify, other_was_sending};
 
 /// A session replaced sooner than this after it came up counts as flapping.
 const FLAPPING_WITHIN: Duration = Duration::from_secs(60);
@@ -307,13 +309,18 @@ pub(crate) fn open_stream(
         let probe = matches!(peer, Peer::Endpoint(_, true));
         // A probe every minute per device would swamp the audit trail; the agent's status
         // carries its result.
+        let progress = Arc::new(Progress::default());
         let row = if probe {
             None
         } else {
+            let measure = Measure::Stream {
+                progress: progress.clone(),
+                a_is_device: true,
+            };
             Some(
                 relay2
                     .audit
-                    .open("device-connect", &name, &target, "")
+                    .open("device-connect", &name, &target, "", measure)
                     .await,
             )
         };
@@ -321,23 +328,34 @@ pub(crate) fn open_stream(
         // Both ends stay open until the row is completed (a peer that saw the close finds
         // the stream audited).
         let mut own = own;
-        let (transfer, result, peer) = match peer {
+        let dev_side = Side::Device(&dev);
+        let lasted;
+        let (transfer, ending, peer) = match peer {
             Peer::Endpoint(mut ch, x) => {
-                let (t, r) = splice(&mut own, &mut ch).await;
-                (t, r, Peer::Endpoint(ch, x))
+                let r = splice_until(&mut own, &mut ch, pending(), &progress).await;
+                let t = progress.now();
+                lasted = started.elapsed();
+                let sending = other_was_sending(&r, &mut own, &mut ch).await;
+                let ending = classify(&r, &dev_side, &dev_side, relay2.stopping(), sending);
+                (t, ending, Peer::Endpoint(ch, x))
             }
             Peer::Tcp(mut tcp) => {
                 let _ = tcp.set_nodelay(true);
-                let (t, r) = splice(&mut own, &mut tcp).await;
-                (t, r, Peer::Tcp(tcp))
+                let r = splice_until(&mut own, &mut tcp, pending(), &progress).await;
+                let t = progress.now();
+                lasted = started.elapsed();
+                let sending = other_was_sending(&r, &mut own, &mut tcp).await;
+                let target_side = Side::Tcp(Party::Target);
+                let ending = classify(&r, &dev_side, &target_side, relay2.stopping(), sending);
+                (t, ending, Peer::Tcp(tcp))
             }
         };
         relay2
             .metrics
-            .stream_closed(transfer.b_to_a, transfer.a_to_b);
-        let (outcome, detail) = stream_summary(transfer.b_to_a, transfer.a_to_b, started, &result);
+            .stream_closed(transfer.b_to_a, transfer.a_to_b, ending.outcome);
+        let detail = stream_summary(transfer.b_to_a, transfer.a_to_b, lasted, &ending);
         match row {
-            Some(row) => row.close(outcome, &detail),
+            Some(row) => row.close(ending.outcome, &detail),
             None => tracing::debug!(device = %name, "probe stream: {detail}"),
         }
         drop((own, peer));

@@ -19,10 +19,13 @@
 //!   a login gives its address's token back.
 //! - `admission_log`: what the gate refused or cut, logged at most every 10 s.
 //! - `server`: the accept loop and per-connection task.
+//! - `stream_end`: how a stream ended: normally, closed early by one side, or cut by a fault.
 //! - `conn`: the SSH handler of one connection: authentication and request dispatch.
 //! - `device`: what devices may ask for (forwards, allowed targets).
 //! - `operator`: what operators may ask for (endpoint streams, `ls`).
+//! - `nudge`: waking an operator's client that owes window for data it threw away.
 //! - `operator_session`: operator connections and what each has open (for revocation).
+//! - `operator_stream`: an operator's stream to an endpoint: routing, splice, audit, cuts.
 //! - `listeners`: real TCP listeners granted by `allow-listen`.
 //! - `revocation`: CLI changes to the registry reaching open sessions within 2 s.
 //! - `password`: the password path: equal work for every name, the operator lock.
@@ -42,13 +45,16 @@ mod device;
 mod gate;
 mod listeners;
 pub mod metrics;
+mod nudge;
 mod operator;
 mod operator_session;
+mod operator_stream;
 mod password;
 pub mod registry;
 mod revocation;
 mod server;
 pub mod store;
+mod stream_end;
 mod throttle;
 
 use std::sync::Arc;
@@ -97,11 +103,29 @@ pub struct Relay {
     metrics: metrics::Metrics,
     /// This relay's part in a cluster, when its registry is PostgreSQL.
     cluster: Option<cluster::Cluster>,
+    /// Set once the relay began to shut down: what it cuts then is cut by its stopping.
+    stopping: std::sync::atomic::AtomicBool,
+    /// This relay's hold on its data directory, given up when it stops serving.
+    dir_lock: std::sync::Mutex<Option<datadir::DirLock>>,
 }
 
 impl Relay {
-    /// Opens the data directory (creating the host key and database on first start).
+    /// Opens the data directory (creating the host key and database on first start), once no
+    /// other relay holds it.
     pub async fn open(config: RelayConfig) -> Result<Arc<Relay>, RelayError> {
+        datadir::ensure(&config.data_dir)?;
+        let dir_lock = datadir::lock(&config.data_dir)?;
+        match &config.database {
+            None => datadir::refuse_cluster_dir_for_sqlite(&config.data_dir)?,
+            Some(url) => {
+                if let Err(e) = datadir::mark_cluster(&config.data_dir, url, &config.relay_id) {
+                    tracing::warn!(
+                        "cannot mark {} as a cluster relay's directory: {e}",
+                        config.data_dir.display()
+                    );
+                }
+            }
+        }
         let (host_key, created) = datadir::load_or_create_host_key(&config.data_dir)?;
         let fingerprint = burrow_io::keys::fingerprint(host_key.public_key());
         if created {
@@ -124,8 +148,25 @@ impl Relay {
                 )
                 .await?
             }
-            None => store::Db::sqlite(&config.data_dir.join(datadir::DATABASE_FILE))?,
+            None => {
+                let path = config.data_dir.join(datadir::DATABASE_FILE);
+                match store::Db::sqlite(&path) {
+                    Ok(db) => db,
+                    // A full disk: the reserve makes room to open (and to begin writing); what
+                    // does not fit then waits in memory for space.
+                    Err(e) if datadir::release_reserve(&config.data_dir) => {
+                        tracing::error!(
+                            "cannot open the database ({e}): the disk is full; released the {} KiB reserve in {} to start",
+                            datadir::RESERVE_BYTES / 1024,
+                            config.data_dir.display()
+                        );
+                        store::Db::sqlite(&path)?
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         };
+        datadir::keep_reserve(&config.data_dir);
         let interrupted = db.interrupt_leftovers().await?;
         // Nothing is online yet; what a crash left open is recorded as interrupted.
         if interrupted > 0 {
@@ -189,6 +230,8 @@ impl Relay {
             metrics: metrics::Metrics::default(),
             cluster,
             config,
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            dir_lock: std::sync::Mutex::new(Some(dir_lock)),
         }))
     }
 
@@ -254,14 +297,31 @@ impl Relay {
             devices_held: held,
             operator_sessions: self.operators.all().len() as u64,
             audit_queue: self.db.queued() as u64,
-            degraded: self.cluster.as_ref().is_some_and(|c| c.is_degraded()),
+            degraded: self.is_degraded(),
+            disk_full: self.db.disk_full().is_some(),
+            audit_dropped: self.db.held().1,
         };
         metrics::render(&self.metrics, self.db.stats(), &gauges)
     }
 
-    /// Whether the relay runs degraded (its cluster database cannot be reached).
+    /// Whether the relay runs degraded: its cluster database cannot be reached, or the disk
+    /// under its registry takes no writes.
     pub fn is_degraded(&self) -> bool {
-        self.cluster.as_ref().is_some_and(|c| c.is_degraded())
+        self.degraded_because().is_some()
+    }
+
+    /// Why the relay runs degraded, if it does.
+    pub fn degraded_because(&self) -> Option<String> {
+        if let Some(why) = self.db.disk_full() {
+            return Some(format!(
+                "the disk under {} takes no writes ({why}); audit entries are held in memory",
+                self.config.data_dir.display()
+            ));
+        }
+        self.cluster
+            .as_ref()
+            .filter(|c| c.is_degraded())
+            .map(|_| "the cluster's database cannot be reached".to_string())
     }
 
     /// Endpoint ports of `device` if it is online (from the relay's memory, not the database).
@@ -283,6 +343,11 @@ impl Relay {
     /// Key exchanges finished on `device`'s current session (the first included), if online.
     pub fn online_key_exchanges(&self, device: &str) -> Option<u32> {
         self.registry.get(device).map(|s| s.handle.key_exchanges())
+    }
+
+    /// Whether the relay is shutting down.
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     fn next_id(&self) -> u64 {

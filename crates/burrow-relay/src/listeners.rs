@@ -8,13 +8,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use burrow_io::splice::splice;
+use burrow_io::splice::{Progress, splice_until};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::Relay;
-use crate::audit::stream_summary;
+use crate::audit::{Measure, stream_summary};
 use crate::registry::DeviceSession;
+use crate::stream_end::{Party, Side, classify, other_was_sending};
 
 struct Entry {
     device: String,
@@ -170,8 +171,8 @@ async fn serve(
                 crate::operator::Asker::Operator,
             )
             .await;
-            let channel = match opened {
-                Ok((_, ch)) => ch,
+            let (dev, channel) = match opened {
+                Ok(o) => o,
                 Err(r) => {
                     relay2
                         .audit
@@ -180,15 +181,36 @@ async fn serve(
                 }
             };
             let started = Instant::now();
-            let row = relay2.audit.open("stream", &who, &target, "").await;
+            let progress = Arc::new(Progress::default());
+            let measure = Measure::Stream {
+                progress: progress.clone(),
+                a_is_device: false,
+            };
+            let row = relay2
+                .audit
+                .open("stream", &who, &target, "", measure)
+                .await;
             let _ = tcp.set_nodelay(true);
             relay2.metrics.stream_opened();
             let (mut tcp, mut channel) = (tcp, channel);
-            let (t, result) = splice(&mut tcp, &mut channel).await;
-            relay2.metrics.stream_closed(t.a_to_b, t.b_to_a);
-            let (outcome, detail) = stream_summary(t.a_to_b, t.b_to_a, started, &result);
+            let result =
+                splice_until(&mut tcp, &mut channel, std::future::pending(), &progress).await;
+            let t = progress.now();
+            let lasted = started.elapsed();
+            let sending = other_was_sending(&result, &mut tcp, &mut channel).await;
+            let ending = classify(
+                &result,
+                &Side::Tcp(Party::Operator),
+                &Side::Device(&dev),
+                relay2.stopping(),
+                sending,
+            );
+            relay2
+                .metrics
+                .stream_closed(t.a_to_b, t.b_to_a, ending.outcome);
+            let detail = stream_summary(t.a_to_b, t.b_to_a, lasted, &ending);
             // Closed after the row is completed: a client that saw the close finds it audited.
-            row.close(outcome, &detail);
+            row.close(ending.outcome, &detail);
             drop((tcp, channel));
         });
     }

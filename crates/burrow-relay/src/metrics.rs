@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::Relay;
+use crate::audit::Outcome;
 
 /// Why an authentication failed, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +65,8 @@ pub struct Metrics {
     refused_rate: AtomicU64,
     refused_per_ip: AtomicU64,
     unauthenticated_cut: AtomicU64,
+    /// Streams ended, by outcome (in the order of [`Outcome::STREAM_ENDS`]).
+    stream_ends: [AtomicU64; 5],
 }
 
 impl Metrics {
@@ -73,9 +76,14 @@ impl Metrics {
         self.streams_total.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A stream ended after moving these bytes.
-    pub(crate) fn stream_closed(&self, to_device: u64, from_device: u64) {
+    /// A stream ended after moving these bytes, with this outcome.
+    pub(crate) fn stream_closed(&self, to_device: u64, from_device: u64, outcome: Outcome) {
         self.streams_open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(i) = Outcome::STREAM_ENDS.iter().position(|o| *o == outcome)
+            && let Some(c) = self.stream_ends.get(i)
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         self.bytes_to_device.fetch_add(to_device, Ordering::Relaxed);
         self.bytes_from_device
             .fetch_add(from_device, Ordering::Relaxed);
@@ -124,6 +132,8 @@ pub(crate) struct Gauges {
     pub(crate) operator_sessions: u64,
     pub(crate) audit_queue: u64,
     pub(crate) degraded: bool,
+    pub(crate) disk_full: bool,
+    pub(crate) audit_dropped: u64,
 }
 
 /// The metrics page.
@@ -172,6 +182,18 @@ pub(crate) fn render(m: &Metrics, db: &crate::store::db::DbStats, g: &Gauges) ->
         get(&m.bytes_to_device),
         get(&m.bytes_from_device)
     );
+    let _ = writeln!(
+        s,
+        "# HELP burrow_streams_ended_total Streams ended, by outcome (as in the audit).\n# TYPE burrow_streams_ended_total counter"
+    );
+    for (outcome, count) in Outcome::STREAM_ENDS.iter().zip(&m.stream_ends) {
+        let _ = writeln!(
+            s,
+            "burrow_streams_ended_total{{outcome=\"{}\"}} {}",
+            outcome.as_str().replace('-', "_"),
+            get(count)
+        );
+    }
     let _ = writeln!(
         s,
         "# HELP burrow_auth_failures_total Failed authentications, by reason.\n# TYPE burrow_auth_failures_total counter"
@@ -247,8 +269,20 @@ pub(crate) fn render(m: &Metrics, db: &crate::store::db::DbStats, g: &Gauges) ->
     one(
         "burrow_degraded",
         "gauge",
-        "1 while the database cannot be reached and the relay runs on its last copy of the registry.",
+        "1 while the relay runs degraded: its cluster database cannot be reached, or its disk takes no writes.",
         u8::from(g.degraded).to_string(),
+    );
+    one(
+        "burrow_disk_full",
+        "gauge",
+        "1 while the disk under the registry takes no writes (audit entries are held in memory).",
+        u8::from(g.disk_full).to_string(),
+    );
+    one(
+        "burrow_audit_dropped_total",
+        "counter",
+        "Audit and presence writes dropped because the disk stayed full past the hold's bound.",
+        g.audit_dropped.to_string(),
     );
     s
 }

@@ -1,18 +1,19 @@
-//! What operators may do: streams to device endpoints (`ssh -J`, `-W`, `-L`) and `ls`.
+//! What operators may do: endpoints opened for them (and why not), `ls`, exec commands and
+//! their session channel. Their streams are `operator_stream`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burrow_io::splice::splice_until;
 use burrow_proto::glob::any_matches;
-use burrow_proto::name::{Login, is_valid_name};
+use burrow_proto::name::Login;
 use burrow_proto::time::{format_rfc3339, format_utc_minutes};
 use burrow_ssh::channel::{OpenKind, Request};
 use burrow_ssh::driver::{Channel, ChannelMsg, Offer};
 
 use crate::Relay;
-use crate::audit::{Outcome, stream_summary};
+use crate::audit::Outcome;
 pub(crate) use crate::operator_session::{OperatorSession, Operators};
+pub(crate) use crate::operator_stream::open_stream;
 use crate::registry::DeviceSession;
 use crate::store::OperatorRecord;
 
@@ -172,144 +173,6 @@ pub(crate) fn join_ports(ports: &[u16]) -> String {
         .join(", ")
 }
 
-/// Opens the device's endpoint for an operator stream: on the session held here, or in a
-/// cluster through the relay that holds it. Returns how it goes (for the audit) and the
-/// channel.
-async fn route(
-    relay: &Arc<Relay>,
-    device: &str,
-    port: u16,
-    req: &StreamRequest,
-) -> Result<(String, Channel), Refusal> {
-    let local = open_endpoint(
-        relay,
-        device,
-        port,
-        &req.originator_address,
-        req.originator_port,
-        Asker::Operator,
-    )
-    .await;
-    match (local, &relay.cluster) {
-        (Ok((dev, channel)), _) => Ok((format!("session {}", dev.id), channel)),
-        (Err(here), Some(cluster)) if relay.registry.get(device).is_none() => {
-            let (holder, channel) = cluster
-                .open_stream(
-                    relay,
-                    device,
-                    port,
-                    &req.originator_address,
-                    req.originator_port,
-                    here,
-                )
-                .await?;
-            Ok((format!("relay {holder}"), channel))
-        }
-        (Err(refusal), _) => Err(refusal),
-    }
-}
-
-/// Checks policy for an operator stream and, when allowed, splices it to the device.
-pub(crate) fn open_stream(
-    relay: Arc<Relay>,
-    op: Arc<OperatorSession>,
-    req: StreamRequest,
-    offer: Offer,
-) {
-    let who = op.name().to_string();
-    let target = format!("{}:{}", req.host, req.port);
-    let relay2 = relay.clone();
-    relay.tracker.spawn(async move {
-        let checked = check_stream(&relay2, &op, &req).await;
-        let refuse = |relay: &Relay, refusal: Refusal| {
-            relay
-                .audit
-                .record("stream", &who, &target, refusal.outcome(), &refusal.reason);
-            refusal
-        };
-        let (device, port) = match checked {
-            Ok(t) => t,
-            Err(r) => return refuse(&relay2, r).send(offer),
-        };
-        let opened = route(&relay2, &device, port, &req).await;
-        let (via, dev_channel) = match opened {
-            Ok(o) => o,
-            Err(r) => return refuse(&relay2, r).send(offer),
-        };
-        let Ok(channel) = offer.accept() else {
-            return;
-        };
-        let started = Instant::now();
-        let via = format!("from {} via {via}", req.originator);
-        let row = relay2.audit.open("stream", &who, &target, &via).await;
-        let guard = op.track(&relay2, &device, false);
-        relay2.metrics.stream_opened();
-        // Each stream has its own window on both connections: a slow reader holds back
-        // this stream only. The channels stay open until the row is completed, so a client
-        // that saw its stream close finds it audited.
-        let (mut channel, mut dev_channel) = (channel, dev_channel);
-        let (transfer, result) =
-            splice_until(&mut channel, &mut dev_channel, guard.stop.cancelled()).await;
-        relay2
-            .metrics
-            .stream_closed(transfer.a_to_b, transfer.b_to_a);
-        let (outcome, summary) = stream_summary(transfer.a_to_b, transfer.b_to_a, started, &result);
-        row.close(outcome, &format!("{via}: {summary}"));
-        drop((channel, dev_channel, guard));
-    });
-}
-
-async fn check_stream(
-    relay: &Relay,
-    op: &OperatorSession,
-    req: &StreamRequest,
-) -> Result<(String, u16), Refusal> {
-    let name = op.name();
-    if let Login::Console { .. } = op.login {
-        return Err(Refusal::new(
-            PROHIBITED,
-            format!("a console login cannot forward ports; log in as {name}@relay instead"),
-        ));
-    }
-    // Re-read policy: changes made with the CLI apply to sessions that are already up.
-    let record = match relay.db.operator(name).await {
-        Ok(Some(r)) => r,
-        Ok(None) => {
-            return Err(Refusal::new(
-                PROHIBITED,
-                format!("operator {name} was removed"),
-            ));
-        }
-        Err(e) => return Err(Refusal::new(CONNECT_FAILED, e.to_string())),
-    };
-    if record.console_only {
-        return Err(Refusal::new(
-            PROHIBITED,
-            format!("operator {name} may use consoles only, not forward to device ports"),
-        ));
-    }
-    let device = req.host.as_str();
-    if !is_valid_name(device) {
-        return Err(Refusal::new(
-            PROHIBITED,
-            format!(
-                "{device:?} is not a device name; the relay connects only to devices (DEVICE:PORT)"
-            ),
-        ));
-    }
-    if !any_matches(&record.allow, device) {
-        return Err(Refusal::new(
-            PROHIBITED,
-            format!("operator {name} may not reach device {device}"),
-        ));
-    }
-    let port = u16::try_from(req.port)
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| Refusal::new(PROHIBITED, format!("{} is not a port", req.port)))?;
-    Ok((device.to_string(), port))
-}
-
 /// One line of `ls` (the same fields and formats as `burrow relay device ls`).
 #[derive(Debug, serde::Serialize)]
 struct Listing {
@@ -406,7 +269,15 @@ A console interactively: ssh -t OPERATOR:DEVICE[/NAME]@relay (or ssh -t OPERATOR
 async fn run_command(relay: &Relay, op: &OperatorSession, command: &str) -> (String, String, u32) {
     let words: Vec<&str> = command.split_whitespace().collect();
     match words.as_slice() {
-        ["ls"] => (render_table(&listings(relay, op).await), String::new(), 0),
+        ["ls"] => {
+            let table = render_table(&listings(relay, op).await);
+            // Held elsewhere is then what the registry's copy said, not what is.
+            let note = match relay.cluster.as_ref().filter(|c| c.is_degraded()) {
+                Some(_) => "note: the cluster's database cannot be reached; devices held by other relays are shown as this relay's copy of the registry last saw them\n".to_string(),
+                None => String::new(),
+            };
+            (table, note, 0)
+        }
         ["ls", "--json"] => (
             serde_json::to_string_pretty(&listings(relay, op).await).unwrap_or_default() + "\n",
             String::new(),

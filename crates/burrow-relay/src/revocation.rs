@@ -50,7 +50,7 @@ pub(crate) async fn enforce(relay: &Relay) {
                     Outcome::Ok,
                     "device or its key was removed; session closed",
                 );
-                dev.cut.cancel();
+                dev.give_up("the device or its key was removed from the registry".into());
             }
         }
     }

@@ -46,6 +46,10 @@ pub(crate) async fn run(
     let hearing = relay
         .tracker
         .spawn(crate::cluster::hear_others(relay.clone(), shutdown.clone()));
+    let checkpoints = relay.tracker.spawn(crate::audit::keep_checkpoints(
+        relay.clone(),
+        shutdown.clone(),
+    ));
     let result = loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -78,6 +82,9 @@ pub(crate) async fn run(
             handle_connection(relay2, stream, peer, permit, cut).await;
         });
     };
+    relay
+        .stopping
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     shutdown.cancel();
     drop(listener);
     watcher.abort();
@@ -85,6 +92,7 @@ pub(crate) async fn run(
     pruner.abort();
     present.abort();
     hearing.abort();
+    checkpoints.abort();
     relay.tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, relay.tracker.wait())
         .await
@@ -94,6 +102,20 @@ pub(crate) async fn run(
     }
     // What the sessions wrote on their way out is stored before the relay says it stopped.
     relay.db.flush().await;
+    let (held, _) = relay.db.held();
+    if held > 0 {
+        tracing::error!(
+            "{held} audit entries and session records held for the full disk are lost: the relay stops before the disk took them"
+        );
+    }
+    // The directory is free for the next relay (this one may live on as a value a while).
+    drop(
+        relay
+            .dir_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(),
+    );
     result
 }
 

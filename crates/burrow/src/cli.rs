@@ -85,7 +85,7 @@ pub struct RelayArgs {
     #[arg(long, default_value_t = burrow_relay::config::DEFAULT_MAX_LISTENER_CONNECTIONS)]
     pub max_listener_connections: usize,
     /// This relay's name in a cluster [default: the host name].
-    #[arg(long, env = "BURROW_RELAY_ID", value_name = "NAME")]
+    #[arg(long, env = "BURROW_RELAY_ID", global = true, value_name = "NAME")]
     pub relay_id: Option<String>,
     /// Address the relay-to-relay port listens on (a cluster on --database needs it).
     #[arg(long, env = "BURROW_PEER_LISTEN", value_name = "ADDR")]

@@ -20,7 +20,7 @@ pub async fn run(mut args: RelayArgs, shutdown: CancellationToken) -> Result {
         .unwrap_or_else(datadir::default_data_dir);
     match args.command.take() {
         None => serve(&args, data_dir, shutdown).await,
-        Some(RelayCommand::Init) => init(&data_dir),
+        Some(RelayCommand::Init) => init(&args, &data_dir).await,
         Some(RelayCommand::Fingerprint { known_hosts }) => fingerprint(&data_dir, known_hosts),
         Some(RelayCommand::Device(cmd)) => device(&open_db(&args, &data_dir).await?, cmd).await,
         Some(RelayCommand::Operator(cmd)) => operator(&open_db(&args, &data_dir).await?, cmd).await,
@@ -35,6 +35,12 @@ pub async fn run(mut args: RelayArgs, shutdown: CancellationToken) -> Result {
 }
 
 async fn serve(args: &RelayArgs, data_dir: PathBuf, shutdown: CancellationToken) -> Result {
+    // A relay already on this directory is named before any port is bound (a second start on
+    // the same ports would otherwise only say "Address already in use"); the relay takes the
+    // lock for good when it opens the directory.
+    datadir::ensure(&data_dir)
+        .and_then(|()| datadir::lock(&data_dir))
+        .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
     let mut config = RelayConfig::new(data_dir);
     config.keepalive_interval = Duration::from_secs(args.keepalive_interval.max(1));
     config.keepalive_max = args.keepalive_max.max(1);
@@ -235,24 +241,50 @@ async fn migrate(data_dir: &Path, to: &str) -> Result {
     Ok(())
 }
 
-/// `relay init`: creates the data directory, host key and database without serving.
-fn init(data_dir: &Path) -> Result {
-    let (key, created) = datadir::load_or_create_host_key(data_dir)
-        .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
-    Store::open(&data_dir.join(datadir::DATABASE_FILE))
-        .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
-    let fp = burrow_io::keys::fingerprint(key.public_key());
-    if created {
-        println!(
-            "relay data directory {} created; host key {fp}",
-            data_dir.display()
-        );
-    } else {
-        println!(
-            "relay data directory {} already exists; host key {fp}",
-            data_dir.display()
-        );
+/// `relay init`: creates the data directory, host key and database without serving. With
+/// `--database`, the registry is the cluster's: the directory gets the host key and the mark
+/// of a cluster relay, the database its schema, and no SQLite file is made.
+async fn init(args: &RelayArgs, data_dir: &Path) -> Result {
+    let config = |e: burrow_relay::RelayError| Failure::new(exit::CONFIG, e.to_string());
+    datadir::ensure(data_dir).map_err(config)?;
+    let _lock = datadir::lock(data_dir).map_err(config)?;
+    if args.database.is_none() {
+        datadir::refuse_cluster_dir_for_sqlite(data_dir).map_err(config)?;
     }
+    let (key, created) = datadir::load_or_create_host_key(data_dir).map_err(config)?;
+    let registry = match &args.database {
+        Some(url) => {
+            Db::postgres(url, "").await.map_err(store_err)?;
+            let relay_id = args
+                .relay_id
+                .clone()
+                .unwrap_or_else(|| RelayConfig::new(data_dir.to_path_buf()).relay_id);
+            datadir::mark_cluster(data_dir, url, &relay_id).map_err(|e| {
+                Failure::new(
+                    exit::OSERR,
+                    format!(
+                        "cannot write {}: {e}",
+                        data_dir.join(datadir::CLUSTER_FILE).display()
+                    ),
+                )
+            })?;
+            format!(
+                "registry in PostgreSQL {} (relay {relay_id})",
+                datadir::without_password(url)
+            )
+        }
+        None => {
+            Store::open(&data_dir.join(datadir::DATABASE_FILE))
+                .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+            "registry in SQLite".to_string()
+        }
+    };
+    let fp = burrow_io::keys::fingerprint(key.public_key());
+    let state = if created { "created" } else { "already exists" };
+    println!(
+        "relay data directory {} {state}; host key {fp}; {registry}",
+        data_dir.display()
+    );
     Ok(())
 }
 
@@ -567,7 +599,7 @@ async fn operator(store: &Db, cmd: OperatorCommand) -> Result {
 }
 
 fn recordings(data_dir: &Path, device: Option<&str>, json: bool) -> Result {
-    datadir::require_existing(data_dir).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    datadir::require_relay(data_dir).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
     let files = burrow_relay::console::recording::list(data_dir, device).map_err(|e| {
         Failure::new(
             exit::NOINPUT,

@@ -91,11 +91,10 @@ async fn operator_types_and_router_answers() {
     t.expect("disconnected").await;
     assert!(t.wait().await);
     let audit = s.relay.audit_now(50).await;
-    assert!(
-        audit
-            .iter()
-            .any(|r| r.event == "console-attach" && r.who == "alice" && r.detail == "read-write")
-    );
+    assert!(audit.iter().any(|r| r.event == "console-attach"
+        && r.who == "alice"
+        && r.outcome == "ok"
+        && r.detail.starts_with("read-write; attached")));
     assert!(
         audit
             .iter()

@@ -10,8 +10,10 @@
 //! applied to open sessions at once.
 //!
 //! # Layout
-//! - [`peer`]: the relay-to-relay links (server and client).
+//! - [`peer`]: the relay-to-relay port (the accepting side) and what goes over a link.
+//! - [`links`]: the links this relay dials, their watch and their return after a fault.
 
+pub(crate) mod links;
 pub(crate) mod peer;
 
 use std::sync::Arc;
@@ -39,7 +41,7 @@ pub(crate) struct Cluster {
     pub(crate) id: String,
     /// Where other relays reach this one's peer port.
     pub(crate) advertise: String,
-    pub(crate) links: peer::Links,
+    pub(crate) links: links::Links,
     /// The database cannot be reached: the relay runs on its last copy of the registry.
     pub(crate) degraded: AtomicBool,
 }
@@ -49,7 +51,7 @@ impl Cluster {
         Cluster {
             id,
             advertise,
-            links: peer::Links::default(),
+            links: links::Links::default(),
             degraded: AtomicBool::new(false),
         }
     }
@@ -71,8 +73,9 @@ impl Cluster {
     }
 
     /// Opens `device:port` on the relay holding the device, for an operator stream; returns
-    /// that relay's id and the channel. `here` is why this relay could not: the answer when no
-    /// other relay holds the device either.
+    /// that relay's id, whether it was found in the registry's copy (and how old the copy is),
+    /// and the channel. `here` is why this relay could not: the answer when no other relay
+    /// holds the device either.
     pub(crate) async fn open_stream(
         &self,
         relay: &Arc<Relay>,
@@ -81,37 +84,52 @@ impl Cluster {
         originator: &str,
         originator_port: u32,
         here: Refusal,
-    ) -> Result<(String, Channel), Refusal> {
+    ) -> Result<(String, Option<Duration>, Channel), Refusal> {
+        let holders = self.holders(relay, device).await?;
         let mut last = None;
-        for holder in self.holders(relay, device).await? {
-            let open = async {
-                let link = self.links.get(relay, &holder).await?;
-                link.open(OpenKind::DirectTcpip {
-                    host: device.to_string(),
-                    port: u32::from(port),
-                    originator: originator.to_string(),
-                    originator_port,
-                })
-                .await
-                .map_err(|e| e.text)
-            };
-            match tokio::time::timeout(PEER_OPEN_TIMEOUT, open).await {
-                Ok(Ok(channel)) => return Ok((holder, channel)),
-                Ok(Err(why)) => {
-                    // A refusal from the device passes on as it is; a broken link is dropped.
-                    if why.contains("refused") || why.contains("does not expose") {
-                        return Err(Refusal::from_peer(&holder, &why));
-                    }
-                    self.links.forget(&holder);
+        for holder in holders.ids {
+            let link = match self.links.get(relay, &holder).await {
+                Ok(link) => link,
+                Err(why) => {
                     last = Some(Refusal::from_peer(&holder, &why));
+                    continue;
+                }
+            };
+            let open = link.open(OpenKind::DirectTcpip {
+                host: device.to_string(),
+                port: u32::from(port),
+                originator: originator.to_string(),
+                originator_port,
+            });
+            // The device itself may take its time to answer; the link's own liveness is the
+            // watcher's (a link that stops answering is given up within two seconds, and
+            // this open with it).
+            match tokio::time::timeout(PEER_OPEN_TIMEOUT, open).await {
+                Ok(Ok(channel)) => return Ok((holder, holders.from_copy, channel)),
+                // The other relay answered: the device refused, or it is not there any more
+                // (another holder may have it).
+                Ok(Err(e)) if link.ended().is_none() => {
+                    last = Some(Refusal::from_peer(&holder, &e.text));
+                }
+                Ok(Err(e)) => {
+                    last = Some(Refusal::from_peer(
+                        &holder,
+                        &format!("the link to it was lost ({})", e.text),
+                    ));
                 }
                 Err(_) => {
-                    self.links.forget(&holder);
                     last = Some(Refusal::from_peer(&holder, "no answer"));
                 }
             }
         }
-        Err(last.unwrap_or(here))
+        let mut refusal = last.unwrap_or(here);
+        if let Some(age) = holders.from_copy {
+            refusal.reason.push_str(&format!(
+                " (the cluster's database cannot be reached: holders taken from the registry copy of {:.0} s ago)",
+                age.as_secs_f64()
+            ));
+        }
+        Err(refusal)
     }
 
     /// Opens a `session` channel on the relay holding `device` running `command` there (a
@@ -124,7 +142,7 @@ impl Cluster {
         command: String,
     ) -> Result<Option<(String, Channel)>, String> {
         let holders = self.holders(relay, device).await.map_err(|r| r.reason)?;
-        let Some(holder) = holders.into_iter().next() else {
+        let Some(holder) = holders.ids.into_iter().next() else {
             return Ok(None);
         };
         let link = self.links.get(relay, &holder).await?;
@@ -139,26 +157,43 @@ impl Cluster {
         Ok(Some((holder, channel)))
     }
 
-    /// The other relays holding a session of `device`, newest session first.
-    async fn holders(&self, relay: &Relay, device: &str) -> Result<Vec<String>, Refusal> {
-        let pg = relay.db.postgres_reads().await.ok_or_else(|| {
-            Refusal::new(
-                crate::operator::CONNECT_FAILED,
-                "the cluster's registry cannot be reached".to_string(),
-            )
-        })?;
-        let sessions = pg
-            .sessions_of(device)
-            .await
-            .map_err(|e| Refusal::new(crate::operator::CONNECT_FAILED, e.to_string()))?;
+    /// The other relays holding a session of `device`, newest session first: from the
+    /// registry, or while it cannot be reached from its copy (saying how old).
+    async fn holders(&self, relay: &Relay, device: &str) -> Result<Holders, Refusal> {
+        let from_db = match relay.db.postgres_reads().await {
+            Some(pg) => pg.sessions_of(device).await.map_err(|e| e.to_string()),
+            None => Err("the cluster's registry cannot be reached".to_string()),
+        };
+        let (ids, from_copy) = match from_db {
+            Ok(sessions) => (sessions.into_iter().map(|(h, _)| h).collect(), None),
+            Err(why) => match relay.db.read_copy(|c| c.holders(device)) {
+                Some((ids, age)) => (ids, Some(age)),
+                None => {
+                    return Err(Refusal::new(
+                        crate::operator::CONNECT_FAILED,
+                        format!("{why}, and this relay has no recent copy of it"),
+                    ));
+                }
+            },
+        };
         let mut out: Vec<String> = Vec::new();
-        for (holder, _) in sessions {
+        for holder in ids {
             if holder != self.id && !out.contains(&holder) {
                 out.push(holder);
             }
         }
-        Ok(out)
+        Ok(Holders {
+            ids: out,
+            from_copy,
+        })
     }
+}
+
+/// The relays holding a device, as far as this relay can tell.
+struct Holders {
+    ids: Vec<String>,
+    /// Taken from the registry copy (the database cannot be reached), this old.
+    from_copy: Option<Duration>,
 }
 
 /// Runs a console or console command for an operator of this relay on the relay holding
@@ -301,6 +336,9 @@ fn taken_elsewhere(relay: &Relay, device: &str, holder: &str, instance: &str) {
         burrow_proto::REPLACED_PREFIX
     );
     local.replaced.cancel();
+    // Gone from here at once (routing, listings, the cluster's online rows), not only once its
+    // connection has closed: streams opened meanwhile must go to the new session.
+    crate::device::went_offline(relay, &local);
     let old = local.clone();
     tokio::spawn(async move {
         old.handle.disconnect(&why);

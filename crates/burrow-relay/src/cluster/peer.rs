@@ -7,18 +7,19 @@
 //! `direct-tcpip` channels to `DEVICE:PORT` (an operator stream to a device held by the other
 //! relay) and `session` channels whose exec request names a console to attach or a console
 //! command to run there. Policy was checked by the operator's relay; the holding relay only
-//! routes. One link per pair of relays carries every stream between them.
+//! routes. One link per pair of relays carries every stream between them (see [`super::links`]
+//! for the dialling side).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use burrow_ssh::auth::{Decision, Question};
 use burrow_ssh::channel::{OpenKind, Request, open_failure};
-use burrow_ssh::driver::{Channel, ChannelMsg, Handle, Handler, Offer};
+use burrow_ssh::driver::{Channel, ChannelMsg, Handler, Offer};
 use burrow_ssh::session::{Session, Side};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::links::live_relays;
 use crate::Relay;
 use crate::operator::{Asker, Refusal, open_endpoint};
 
@@ -27,83 +28,6 @@ use crate::operator::{Asker, Refusal, open_endpoint};
 pub(crate) const CONSOLE_ATTACH: &str = "burrow-console";
 /// Exec command on a peer `session` channel: a console command (`OPERATOR WORDS...`).
 pub(crate) const CONSOLE_EXEC: &str = "burrow-console-exec";
-
-/// Outgoing links to the other relays, one per relay, made when first needed.
-#[derive(Default)]
-pub(crate) struct Links {
-    map: Mutex<HashMap<String, Handle>>,
-}
-
-impl Links {
-    /// A link to relay `id`, reusing a live one.
-    pub(crate) async fn get(&self, relay: &Arc<Relay>, id: &str) -> Result<Handle, String> {
-        if let Some(h) = self.lock().get(id).filter(|h| h.ended().is_none()) {
-            return Ok(h.clone());
-        }
-        let handle = dial(relay, id).await?;
-        self.lock().insert(id.to_string(), handle.clone());
-        Ok(handle)
-    }
-
-    /// Forgets the link to `id` (it failed; the next stream dials again).
-    pub(crate) fn forget(&self, id: &str) {
-        if let Some(h) = self.lock().remove(id) {
-            h.disconnect("link dropped");
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Handle>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-struct PeerClient;
-
-impl Handler for PeerClient {}
-
-/// Dials relay `id` at the address the registry gives and logs in as this relay.
-async fn dial(relay: &Arc<Relay>, id: &str) -> Result<Handle, String> {
-    let pg = relay
-        .db
-        .postgres_reads()
-        .await
-        .ok_or("the registry cannot be reached")?;
-    let relays = pg.live_relays().await.map_err(|e| e.to_string())?;
-    let (_, addr, key_line) = relays
-        .into_iter()
-        .find(|(r, _, _)| r == id)
-        .ok_or_else(|| format!("relay {id} is not alive (its lease ran out)"))?;
-    let expected = burrow_io::keys::parse_public_keys(&key_line, "the registry")
-        .ok()
-        .and_then(|k| k.into_iter().next())
-        .and_then(|k| k.to_bytes().ok())
-        .ok_or_else(|| format!("relay {id} has no usable host key in the registry"))?;
-    let mut transport = relay.config.transport(relay.ssh_host_key.clone());
-    transport.role = burrow_ssh::transport::Role::Client;
-    transport.host_key = None;
-    transport.host_key_check = Some(Box::new(move |blob: &[u8]| blob == expected.as_slice()));
-    let session = Session::new(
-        transport,
-        Side::Client {
-            user: relay.config.relay_id.clone(),
-            credentials: vec![burrow_ssh::auth::Credential::Key(Box::new(
-                burrow_ssh::auth::ClientKey::new(relay.host_key.clone()),
-            ))],
-        },
-        relay.config.peer_limits(),
-        std::time::Instant::now(),
-    );
-    let tcp = tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(&addr))
-        .await
-        .map_err(|_| format!("relay {id} at {addr} did not answer within 5 s"))?
-        .map_err(|e| format!("cannot reach relay {id} at {addr}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let (handle, _task) = burrow_ssh::driver::connect(tcp, session, PeerClient)
-        .await
-        .map_err(|e| format!("relay {id} at {addr} refused this relay: {e}"))?;
-    tracing::info!("peer link to relay {id} at {addr} up");
-    Ok(handle)
-}
 
 /// Serves the peer port until `shutdown`.
 pub(crate) async fn serve(relay: Arc<Relay>, listener: TcpListener, shutdown: CancellationToken) {
@@ -157,10 +81,8 @@ struct PeerServer {
 
 impl PeerServer {
     async fn known_relay(&self, user: &str, key: &burrow_io::keys::PublicKey) -> bool {
-        let Some(pg) = self.relay.db.postgres_reads().await else {
-            return false;
-        };
-        let Ok(relays) = pg.live_relays().await else {
+        // While the database cannot be reached, the relays its copy knew.
+        let Ok(relays) = live_relays(&self.relay).await else {
             return false;
         };
         let presented = burrow_io::keys::fingerprint(key);
@@ -217,7 +139,7 @@ impl Handler for PeerServer {
                         Asker::Operator,
                     )
                     .await;
-                    let (_, device_channel) = match opened {
+                    let (dev, device_channel) = match opened {
                         Ok(o) => o,
                         Err(r) => return r.send(offer),
                     };
@@ -226,7 +148,33 @@ impl Handler for PeerServer {
                     };
                     relay.metrics.peer_stream();
                     tracing::debug!("peer stream from relay {from} to {host}:{port}");
-                    let _ = burrow_io::splice::splice(channel, device_channel).await;
+                    let (mut channel, mut device_channel) = (channel, device_channel);
+                    let (_, result) =
+                        burrow_io::splice::splice(&mut channel, &mut device_channel).await;
+                    // The operator's relay audits the stream and tells its client; what it
+                    // cannot see from here is why the device's side went: a fault is said
+                    // before the channel closes.
+                    let ending = crate::stream_end::classify(
+                        &result,
+                        &crate::stream_end::Side::Operator(&channel.handle()),
+                        &crate::stream_end::Side::Device(&dev),
+                        relay.stopping(),
+                        true,
+                    );
+                    if ending.is_fault()
+                        && let Some(why) = ending.why
+                    {
+                        let _ = channel
+                            .request(
+                                Request::ExitSignal {
+                                    name: "CUT".into(),
+                                    core_dumped: false,
+                                    message: why.trim_start_matches("cut by a fault: ").to_string(),
+                                },
+                                false,
+                            )
+                            .await;
+                    }
                 });
             }
             OpenKind::Session => match offer.accept() {

@@ -108,7 +108,13 @@ impl Recording {
             .append(true)
             .open(&path)?;
         let head = header(cols, rows, unix_now, &format!("{device}/{console}"));
-        file.write_all(head.as_bytes())?;
+        // A recording that cannot hold its header (a full disk) is not left behind empty or
+        // cut.
+        if let Err(e) = file.write_all(head.as_bytes()) {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         limits.used.fetch_add(head.len() as u64, Ordering::Relaxed);
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_EVENTS);
         let failure = Arc::new(Mutex::new(None));
@@ -234,10 +240,11 @@ impl Writer {
             match cmd {
                 Cmd::Line(line) if !stopped => {
                     if let Err(why) = self.append(&line) {
-                        // Say so in the file too, if there is room for one more line.
-                        let _ = self.file.write_all(
-                            event(0.0, 'm', &format!("recording stopped: {why}")).as_bytes(),
-                        );
+                        // Say so in the file too, if there is room for one more whole line.
+                        let note = event(0.0, 'm', &format!("recording stopped: {why}"));
+                        if self.file.write_all(note.as_bytes()).is_err() {
+                            self.cut_back();
+                        }
                         fail(&self.failure, why);
                         stopped = true;
                     }
@@ -256,6 +263,12 @@ impl Writer {
         let _ = self.file.sync_data();
     }
 
+    /// Cuts off what a failed write left of a line: a recording holds whole JSON lines only
+    /// (asciinema stops at a line it cannot read).
+    fn cut_back(&mut self) {
+        let _ = self.file.set_len(self.written);
+    }
+
     fn append(&mut self, line: &str) -> Result<(), String> {
         let len = line.len() as u64;
         if self.written + len > self.limits.per_recording {
@@ -267,9 +280,13 @@ impl Writer {
                 self.limits.total
             ));
         }
-        self.file
-            .write_all(line.as_bytes())
-            .map_err(|e| format!("cannot write recording {}: {e}", self.path.display()))?;
+        if let Err(e) = self.file.write_all(line.as_bytes()) {
+            self.cut_back();
+            return Err(format!(
+                "cannot write recording {}: {e}",
+                self.path.display()
+            ));
+        }
         self.written += len;
         self.limits.used.fetch_add(len, Ordering::Relaxed);
         Ok(())

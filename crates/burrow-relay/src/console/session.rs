@@ -37,19 +37,26 @@ struct Attachment<'a> {
     hub: &'a Hub,
     id: u64,
     operator: &'a str,
-    /// Tell the others and the audit (interactive and watch sessions; one-shot commands not).
-    announce: bool,
+    /// The attach's audit row (interactive and watch sessions; one-shot commands have none):
+    /// completed, with a detach row, however the session ends.
+    row: Option<(crate::audit::OpenEntry, String)>,
 }
 
 impl Drop for Attachment<'_> {
     fn drop(&mut self) {
         self.hub.detach(self.id);
-        if self.announce {
+        if let Some((row, mode)) = self.row.take() {
             self.hub.notice(&format!("{} detached", self.operator));
             let target = format!("{}/{}", self.hub.device, self.hub.console);
-            self.relay
-                .audit
-                .record("console-detach", self.operator, &target, Outcome::Ok, "");
+            let lasted = format!("attached {} s", row.since());
+            row.close(Outcome::Ok, &format!("{mode}; {lasted}"));
+            self.relay.audit.record(
+                "console-detach",
+                self.operator,
+                &target,
+                Outcome::Ok,
+                &lasted,
+            );
         }
     }
 }
@@ -128,21 +135,30 @@ pub(crate) async fn run_console(
             return 1;
         }
     };
-    let _attachment = Attachment {
-        relay,
-        hub: &hub,
-        id,
-        operator,
-        announce: true,
-    };
     let mode_text = if role == Role::Writer {
         "read-write"
     } else {
         "read-only"
     };
-    relay
+    let mut attachment = Attachment {
+        relay,
+        hub: &hub,
+        id,
+        operator,
+        row: None,
+    };
+    // Open until the detach: a relay crash in between still ends it at the next start.
+    let row = relay
         .audit
-        .record("console-attach", operator, &target, Outcome::Ok, mode_text);
+        .open(
+            "console-attach",
+            operator,
+            &target,
+            mode_text,
+            crate::audit::Measure::Duration,
+        )
+        .await;
+    attachment.row = Some((row, mode_text.to_string()));
     let mut banner = format!("connected to {target}, {mode_text}");
     if role == Role::Viewer
         && let Some(w) = hub.writer()
@@ -409,7 +425,7 @@ pub(crate) async fn console_exec(
         hub: &hub,
         id,
         operator,
-        announce: false,
+        row: None,
     };
     if role != Role::Writer {
         let who = hub.writer().unwrap_or_default();

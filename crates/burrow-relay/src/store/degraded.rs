@@ -22,6 +22,8 @@ pub struct Snapshot {
     devices: Vec<DeviceRecord>,
     operators: HashMap<String, OperatorRecord>,
     passwords: HashMap<String, String>,
+    /// The live relays: (id, peer address, host key line).
+    relays: Vec<(String, String, String)>,
 }
 
 impl Snapshot {
@@ -31,6 +33,7 @@ impl Snapshot {
         devices: Vec<DeviceRecord>,
         operators: Vec<OperatorRecord>,
         passwords: Vec<(String, String)>,
+        relays: Vec<(String, String, String)>,
     ) -> Snapshot {
         Snapshot {
             taken: Instant::now(),
@@ -38,7 +41,21 @@ impl Snapshot {
             devices,
             operators: operators.into_iter().map(|o| (o.name.clone(), o)).collect(),
             passwords: passwords.into_iter().collect(),
+            relays,
         }
+    }
+
+    /// The relays that held `device` when the copy was taken, newest session first.
+    pub(crate) fn holders(&self, device: &str) -> Vec<String> {
+        self.device(device)
+            .and_then(|d| d.relay.as_deref())
+            .map(|r| r.split(',').map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    /// The relays alive when the copy was taken: (id, peer address, host key line).
+    pub(crate) fn relays(&self) -> Vec<(String, String, String)> {
+        self.relays.clone()
     }
 
     /// How old the copy is.
@@ -146,21 +163,37 @@ impl Spill {
             );
         }
         let mut lines = Vec::new();
+        let mut added = 0usize;
         for w in writes {
             // A write of a row id that never was (an audit row opened while degraded) is
-            // left out: the row is written whole when it ends.
-            if matches!(w, Write::Barrier | Write::AuditOpen(_)) {
+            // left out: the row is written whole when it ends. Checkpoints are only worth
+            // something while they are the newest.
+            if matches!(
+                w,
+                Write::Barrier
+                    | Write::InterruptLeftovers
+                    | Write::AuditOpen(_)
+                    | Write::AuditCheckpoint { .. }
+                    | Write::Checkpoint { .. }
+            ) {
                 continue;
             }
             let line = serde_json::to_string(w)
                 .map_err(|e| StoreError::Schema(format!("cannot encode a queued write: {e}")))?;
             lines.extend_from_slice(line.as_bytes());
             lines.push(b'\n');
+            added = added.saturating_add(1);
             self.pending = self.pending.saturating_add(1);
         }
         if let Some(f) = self.file.as_mut() {
-            f.write_all(&lines).map_err(io)?;
-            f.sync_data().map_err(io)?;
+            // Whole lines or none: what a full disk cut off is taken back off the file (a
+            // torn line would glue itself to the next one written).
+            let before = f.metadata().map(|m| m.len()).map_err(io)?;
+            if let Err(e) = f.write_all(&lines).and_then(|()| f.sync_data()) {
+                let _ = f.set_len(before);
+                self.pending = self.pending.saturating_sub(added);
+                return Err(io(e));
+            }
         }
         Ok(())
     }

@@ -143,6 +143,14 @@ pub struct AuditRecord {
     pub detail: String,
 }
 
+/// Why what a crash left open ended, bounded by when the relay was last known alive.
+pub(crate) fn leftover_reason(last_alive: i64) -> String {
+    format!(
+        "cut by a fault: the relay stopped (crashed or was killed) before it ended; it was last known alive at {}",
+        burrow_proto::time::format_rfc3339(last_alive)
+    )
+}
+
 /// Now, in seconds since the epoch.
 pub fn now() -> i64 {
     std::time::SystemTime::now()

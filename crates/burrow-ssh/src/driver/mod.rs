@@ -205,6 +205,9 @@ struct Slot {
     reader: Option<Waker>,
     writer: Option<Waker>,
     replies: VecDeque<oneshot::Sender<bool>>,
+    /// The message of an `exit-signal` a byte-stream read passed over (how the far end says
+    /// why a stream was cut).
+    signal: Option<String>,
 }
 
 impl Slot {

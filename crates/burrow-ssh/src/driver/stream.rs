@@ -148,6 +148,19 @@ impl Channel {
             .receive_window(self.id)
     }
 
+    /// The message of an `exit-signal` the peer sent on this channel, read past (reading the
+    /// channel as a byte stream) or still queued, if it sent one.
+    pub fn exit_signal(&self) -> Option<String> {
+        let st = self.inner.lock();
+        let slot = st.slots.get(&self.id)?;
+        slot.signal.clone().or_else(|| {
+            slot.recv.iter().find_map(|item| match item {
+                Item::Request(Request::ExitSignal { message, .. }, _) => Some(message.clone()),
+                _ => None,
+            })
+        })
+    }
+
     /// Bytes received and not yet read.
     pub fn buffered(&self) -> usize {
         self.inner
@@ -342,10 +355,13 @@ impl AsyncRead for Channel {
         while buf.remaining() > 0 {
             match slot.recv.front() {
                 None => break,
-                Some(Item::Request(_, want_reply)) => {
+                Some(Item::Request(request, want_reply)) => {
                     // A byte stream takes no requests: refuse the ones that wait for an answer.
                     if *want_reply {
                         let _ = session.connection().reply(this.id, false);
+                    }
+                    if let Request::ExitSignal { message, .. } = request {
+                        slot.signal = Some(message.clone());
                     }
                     slot.requests = slot.requests.saturating_sub(1);
                     State::pop_item(views, slot);

@@ -67,6 +67,9 @@ pub fn start<H: Handler>(
     (handle, driver.run())
 }
 
+/// Longest wait for the peer to close after our last packet.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 struct Driver<H> {
     inner: Arc<Inner>,
     socket: TcpStream,
@@ -162,6 +165,7 @@ impl<H: Handler> Driver<H> {
             if let Some(why) = &failure
                 && !pending
             {
+                self.linger().await;
                 return Err(Error(why.clone()));
             }
             if !pending {
@@ -251,6 +255,25 @@ impl<H: Handler> Driver<H> {
                 failure = self.session_failure();
             }
         }
+    }
+
+    /// Once the last packet (a DISCONNECT) is written: ends our direction and reads what the
+    /// peer still sends until it closes, for a moment. Closing a socket with unread bytes makes
+    /// the kernel answer with a reset, which can destroy the DISCONNECT before the peer reads
+    /// it, and then the peer never learns why (OpenSSH prints "Broken pipe" instead of the
+    /// reason).
+    async fn linger(&mut self) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = self.socket.shutdown().await;
+        let mut buf = [0u8; 4096];
+        let drain = async {
+            while let Ok(n) = self.socket.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
     }
 
     /// Writes as many queued packets as the socket takes in one vectored write, and drops

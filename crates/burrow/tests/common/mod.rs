@@ -343,15 +343,20 @@ pub fn password_ssh(
     c
 }
 
-/// `burrow relay --listen 127.0.0.1:0 --data-dir DATA ARGS...` as its own process: the process,
-/// its port, and its log lines as they come.
+/// `burrow relay --listen 127.0.0.1:0 --data-dir DATA ARGS...` as its own process (ARGS may
+/// give a `--listen` of their own): the process, its port, and its log lines as they come.
 pub fn relay_process(
     data: &Path,
     args: &[&str],
 ) -> (KillOnDrop, u16, Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_burrow"))
-        .args(["relay", "--listen", "127.0.0.1:0", "--data-dir"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_burrow"));
+    cmd.arg("relay");
+    if !args.contains(&"--listen") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    let mut child = cmd
+        .arg("--data-dir")
         .arg(data)
         .args(args)
         // The log a user gets by default.
@@ -1117,4 +1122,40 @@ pub async fn cluster_relay(dir: &Path, pg: &TestPostgres, id: &str) -> TestRelay
             .serve_peers(peer, relay.shutdown.clone()),
     );
     relay
+}
+
+/// `burrow agent` as its own process (so that a test can SIGKILL it) for device `name` of
+/// `relay`, exposing each `(port, service)`: the process, killed when dropped.
+pub fn agent_process(
+    dir: &Path,
+    relay: &TestRelay,
+    name: &str,
+    key: &Path,
+    exposes: &[(u16, SocketAddr)],
+) -> KillOnDrop {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_burrow"));
+    c.args([
+        "agent",
+        "--relay",
+        &relay.addr.to_string(),
+        "--name",
+        name,
+        "--key",
+    ])
+    .arg(key)
+    .args(["--host-key", &relay.relay.fingerprint()])
+    .args(["--backoff-min", "0.1", "--backoff-max", "0.5"])
+    .arg("--status-file")
+    .arg(dir.join(format!("agent-{name}-{}.json", free_port())));
+    for (port, to) in exposes {
+        c.args(["--expose", &format!("{port}={to}")]);
+    }
+    KillOnDrop(
+        c.env("BURROW_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }

@@ -19,12 +19,14 @@ use super::{
 };
 
 mod changes;
+mod copy;
 mod reads;
 #[cfg(test)]
 mod tests;
 mod writer;
 
-use writer::{finish, pg_writer};
+use writer::pg_writer;
+pub use writer::{DiskHealth, MAX_HELD};
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -76,6 +78,20 @@ pub enum Write {
         /// Added (true) or removed.
         present: bool,
     },
+    /// What an open audit row knows so far (bytes, duration, last activity), so that a crash
+    /// loses at most one checkpoint's worth; ignored once the row is completed.
+    AuditCheckpoint {
+        /// The row.
+        id: i64,
+        /// Its detail as of now.
+        detail: String,
+    },
+    /// The relay was alive then (seconds since the epoch): what a crash left open ended after
+    /// this and before the next checkpoint.
+    Checkpoint {
+        /// When.
+        at: i64,
+    },
     /// An operator's password login locked until then (seconds since the epoch).
     LockOperator {
         /// The operator.
@@ -83,6 +99,10 @@ pub enum Write {
         /// Until when.
         until: i64,
     },
+    /// At the start of a single relay (SQLite): what the previous run left open is ended
+    /// (see [`crate::store::Store::interrupt_leftovers`]); queued like any write, so that on a
+    /// full disk it waits, first in line, for space.
+    InterruptLeftovers,
     /// Nothing: waiting for it waits for everything queued before it.
     Barrier,
 }
@@ -94,6 +114,8 @@ pub enum Written {
     Done,
     /// Stored as this row.
     Id(i64),
+    /// Stored, touching this many rows.
+    Rows(usize),
 }
 
 struct Job {
@@ -160,6 +182,8 @@ impl DbStats {
 
 struct Inner {
     stats: Arc<DbStats>,
+    /// The disk under an SQLite registry (always fine for PostgreSQL).
+    disk: Arc<DiskHealth>,
     backend: Backend,
     jobs: mpsc::UnboundedSender<Job>,
     /// Writes queued and not yet committed.
@@ -199,29 +223,21 @@ impl Db {
         }
         // The writer has a connection of its own: WAL lets readers go on while it commits.
         let writes = Store::open(path)?;
-        let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+        let (jobs, queue) = mpsc::unbounded_channel::<Job>();
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let done = queued.clone();
         let stats = Arc::new(DbStats::default());
-        let batch_stats = stats.clone();
+        let disk = Arc::new(DiskHealth::default());
+        let writer = writer::SqliteWriter {
+            store: writes,
+            queue,
+            queued: queued.clone(),
+            stats: stats.clone(),
+            disk: disk.clone(),
+            held: std::collections::VecDeque::new(),
+        };
         std::thread::Builder::new()
             .name("burrow-db-writer".into())
-            .spawn(move || {
-                while let Some(first) = queue.blocking_recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match queue.try_recv() {
-                            Ok(job) => batch.push(job),
-                            Err(_) => break,
-                        }
-                    }
-                    let writes_of: Vec<&Write> = batch.iter().map(|j| &j.write).collect();
-                    let started = std::time::Instant::now();
-                    let results = writes.apply(&writes_of);
-                    batch_stats.record(started, results.first().unwrap_or(&Ok(Written::Done)));
-                    finish(batch, results, &done);
-                }
-            })
+            .spawn(move || writer.run())
             .map_err(|e| StoreError::Schema(format!("cannot start the database writer: {e}")))?;
         Ok(Db {
             inner: Arc::new(Inner {
@@ -229,6 +245,7 @@ impl Db {
                 jobs,
                 queued,
                 stats,
+                disk,
             }),
         })
     }
@@ -282,6 +299,7 @@ impl Db {
                 jobs,
                 queued,
                 stats,
+                disk: Arc::default(),
             }),
         };
         if spill_dir_given(&db) {
@@ -293,24 +311,6 @@ impl Db {
     /// The PostgreSQL registry at `url` as the CLI uses it: no disk queue, no copy.
     pub async fn postgres(url: &str, relay: &str) -> Result<Db, StoreError> {
         Db::postgres_with(url, relay, None, std::time::Duration::ZERO).await
-    }
-
-    /// Reads the registry again into the copy answered from while the database is
-    /// unreachable (a relay on PostgreSQL does this when the registry changes, and every
-    /// minute).
-    pub async fn refresh_snapshot(&self) -> Result<(), StoreError> {
-        let Backend::Postgres { snapshot, .. } = &self.inner.backend else {
-            return Ok(());
-        };
-        let pg = self.pg_reads().await?;
-        let copy = Snapshot::new(
-            pg.device_key_pairs().await?,
-            pg.devices().await?,
-            pg.operators().await?,
-            pg.password_hashes().await?,
-        );
-        *snapshot.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(copy));
-        Ok(())
     }
 
     /// The read connection, reconnected if it dropped (at most one attempt a second).
@@ -390,9 +390,17 @@ impl Db {
         &self.inner.stats
     }
 
-    /// Writes queued and not yet committed.
+    /// Writes queued and not yet committed (held for a full disk included).
     pub fn queued(&self) -> usize {
-        self.inner.queued.load(std::sync::atomic::Ordering::Relaxed)
+        let held = self
+            .inner
+            .disk
+            .held
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .queued
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_add(held)
     }
 
     /// Queues a write and waits until it is committed.
@@ -452,33 +460,6 @@ impl Db {
                 pg(&conn).await
             }
         }
-    }
-
-    /// An answer from the registry copy, if there is one young enough.
-    fn answer_from_copy<T>(&self, copy: impl FnOnce(&Snapshot) -> Option<T>) -> Option<T> {
-        let Backend::Postgres {
-            snapshot,
-            snapshot_max_age,
-            said,
-            ..
-        } = &self.inner.backend
-        else {
-            return None;
-        };
-        let snap = snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()?;
-        let age = snap.age();
-        if age > *snapshot_max_age {
-            return None;
-        }
-        let mut said = said.lock().unwrap_or_else(|e| e.into_inner());
-        if said.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(60)) {
-            *said = Some(std::time::Instant::now());
-            tracing::warn!(
-                "the database cannot be reached: answering from the copy of the registry taken {:.0} s ago",
-                age.as_secs_f64()
-            );
-        }
-        copy(&snap)
     }
 
     /// Runs a registry change: `sqlite` on a blocking thread, or `pg` on the change

@@ -12,14 +12,12 @@ impl Db {
                 let mut own = Pg::writer(url, relay).await?;
                 own.interrupt_leftovers().await
             }
-            Backend::Sqlite { .. } => {
-                self.read(
-                    |s| s.interrupt_leftovers(),
-                    async |_| Err(unreachable_pg()),
-                    |_| None,
-                )
-                .await
-            }
+            // Through the write queue, first in line: on a full disk it waits there for space
+            // like every other write, and the relay serves meanwhile.
+            Backend::Sqlite { .. } => match self.write(Write::InterruptLeftovers).await? {
+                Written::Rows(n) => Ok(n),
+                _ => Ok(0),
+            },
         }
     }
 

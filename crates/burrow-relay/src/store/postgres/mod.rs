@@ -24,7 +24,7 @@ mod schema;
 mod writes;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Channel of registry changes (devices, keys, operators, rules): payload unused.
 pub const REGISTRY_CHANNEL: &str = "burrow_registry";
@@ -229,7 +229,7 @@ pub enum CopyValue {
 
 impl StoreError {
     /// A copy of the error for each write of a failed batch.
-    fn clone_shallow(&self) -> StoreError {
+    pub(crate) fn clone_shallow(&self) -> StoreError {
         match self {
             StoreError::Postgres { doing, why } => StoreError::Postgres {
                 doing,

@@ -100,6 +100,10 @@ END $$ LANGUAGE plpgsql;
 /// the consoles of a device held by another.
 const SCHEMA_V2: &str = "ALTER TABLE endpoints ADD COLUMN bind TEXT NOT NULL DEFAULT '';";
 
+/// Version 3: when each relay was last known alive (seconds since the epoch), which bounds what
+/// a crash of it left open.
+const SCHEMA_V3: &str = "ALTER TABLE relays ADD COLUMN checkpoint BIGINT NOT NULL DEFAULT 0;";
+
 /// Brings the schema to [`SCHEMA_VERSION`] under an advisory lock.
 pub(super) async fn migrate(client: &Client) -> Result<(), StoreError> {
     client
@@ -145,6 +149,16 @@ pub(super) async fn migrate(client: &Client) -> Result<(), StoreError> {
             if let Err(e) = client.batch_execute(&script).await {
                 let _ = client.batch_execute("ROLLBACK").await;
                 return Err(pg("bringing the schema to version 2")(e));
+            }
+        }
+        if version < 3 {
+            let script = format!(
+                "BEGIN;\n{SCHEMA_V3}\nINSERT INTO schema_migrations VALUES (3, {});\nCOMMIT;",
+                now()
+            );
+            if let Err(e) = client.batch_execute(&script).await {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(pg("bringing the schema to version 3")(e));
             }
         }
         Ok(())

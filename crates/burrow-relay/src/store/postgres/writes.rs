@@ -15,10 +15,18 @@ impl Pg {
         let until = now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
         self.client
             .execute(
-                "INSERT INTO relays (id, peer_addr, host_key, lease_until, started)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (id) DO UPDATE SET peer_addr = $2, host_key = $3, lease_until = $4",
-                &[&self.relay, &peer_addr, &host_key, &until, &now_ms()],
+                "INSERT INTO relays (id, peer_addr, host_key, lease_until, started, checkpoint)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (id) DO UPDATE SET peer_addr = $2, host_key = $3, lease_until = $4,
+                    checkpoint = $6",
+                &[
+                    &self.relay,
+                    &peer_addr,
+                    &host_key,
+                    &until,
+                    &now_ms(),
+                    &now(),
+                ],
             )
             .await
             .map_err(pg("renewing the relay's lease"))?;
@@ -82,33 +90,44 @@ impl Pg {
             .transaction()
             .await
             .map_err(pg("marking interrupted audit entries"))?;
+        let doing = "marking interrupted audit entries";
         let last: i64 = tx
             .query_one(
-                "SELECT COALESCE(MAX(at), 0) FROM audit WHERE relay = $1",
+                "SELECT GREATEST(
+                    COALESCE((SELECT MAX(at) FROM audit WHERE relay = $1), 0),
+                    COALESCE((SELECT checkpoint FROM relays WHERE id = $1), 0))",
                 &[&relay],
             )
             .await
-            .map_err(pg("marking interrupted audit entries"))?
+            .map_err(pg(doing))?
             .get(0);
+        let why = crate::store::leftover_reason(last);
+        let detaches = tx
+            .execute(
+                "INSERT INTO audit (at, event, who, target, outcome, detail, relay)
+                 SELECT $2, 'console-detach', who, target, 'interrupted', $3, $1
+                   FROM audit WHERE outcome = 'open' AND event = 'console-attach' AND relay = $1",
+                &[&relay, &last, &why],
+            )
+            .await
+            .map_err(pg(doing))?;
         let streams = tx
             .execute(
-                "UPDATE audit SET outcome = 'interrupted',
-                   detail = detail || '; the relay stopped before it ended'
+                "UPDATE audit SET outcome = 'interrupted', detail = detail || '; ' || $2
                  WHERE outcome = 'open' AND relay = $1",
-                &[&relay],
+                &[&relay, &why],
             )
             .await
-            .map_err(pg("marking interrupted audit entries"))?;
+            .map_err(pg(doing))?;
         let sessions = tx
             .execute(
                 "INSERT INTO audit (at, event, who, target, outcome, detail, relay)
-                 SELECT $2, 'offline', device, peer, 'interrupted',
-                        'the relay stopped while the device session was up', $1
+                 SELECT $2, 'offline', device, peer, 'interrupted', $3, $1
                    FROM online WHERE relay = $1",
-                &[&relay, &last],
+                &[&relay, &last, &format!("the device session was up; {why}")],
             )
             .await
-            .map_err(pg("marking interrupted audit entries"))?;
+            .map_err(pg(doing))?;
         tx.execute("DELETE FROM online WHERE relay = $1", &[&relay])
             .await
             .map_err(pg("clearing the online table"))?;
@@ -118,7 +137,10 @@ impl Pg {
         tx.commit()
             .await
             .map_err(pg("marking interrupted audit entries"))?;
-        Ok(usize::try_from(streams.saturating_add(sessions)).unwrap_or(usize::MAX))
+        Ok(
+            usize::try_from(streams.saturating_add(sessions).saturating_add(detaches))
+                .unwrap_or(usize::MAX),
+        )
     }
 
     /// Deletes audit entries older than `before` and all but the newest `max_rows`.
@@ -297,6 +319,24 @@ async fn apply_one<C: tokio_postgres::GenericClient>(
             done.map_err(pg("recording an endpoint"))?;
             Ok(Written::Done)
         }
+        Write::AuditCheckpoint { id, detail } => {
+            c.execute(
+                "UPDATE audit SET detail = $2 WHERE id = $1 AND outcome = 'open'",
+                &[id, detail],
+            )
+            .await
+            .map_err(pg("checkpointing an audit entry"))?;
+            Ok(Written::Done)
+        }
+        Write::Checkpoint { at } => {
+            c.execute(
+                "UPDATE relays SET checkpoint = $2 WHERE id = $1",
+                &[&relay, at],
+            )
+            .await
+            .map_err(pg("checkpointing"))?;
+            Ok(Written::Done)
+        }
         Write::LockOperator { name, until } => {
             c.execute(
                 "UPDATE operators SET locked_until = $2 WHERE name = $1",
@@ -306,6 +346,7 @@ async fn apply_one<C: tokio_postgres::GenericClient>(
             .map_err(pg("locking an operator"))?;
             Ok(Written::Done)
         }
-        Write::Barrier => Ok(Written::Done),
+        // A relay on PostgreSQL ends its leftovers itself at start (Pg::interrupt_leftovers).
+        Write::InterruptLeftovers | Write::Barrier => Ok(Written::Done),
     }
 }

@@ -12,7 +12,7 @@ impl Store {
     pub fn audit_insert(&self, record: &AuditRecord) -> Result<i64, StoreError> {
         match self.apply_single(&Write::AuditOpen(record.clone()))? {
             Written::Id(id) => Ok(id),
-            Written::Done => Ok(0),
+            _ => Ok(0),
         }
     }
 
@@ -30,37 +30,17 @@ impl Store {
         self.apply(&[w]).pop().unwrap_or(Ok(Written::Done))
     }
 
-    /// At start: what the previous run left open (streams, device sessions) is marked
-    /// interrupted, with the time of that run's last audit entry. Returns how many rows.
+    /// At start: what the previous run left open (streams, console attaches, device sessions)
+    /// is ended with what is known: rows keep their last checkpoint (bytes, duration, last
+    /// activity) and say the relay stopped, console attaches get their detach row, device
+    /// sessions an `offline` row, all at the time the relay was last known alive. Returns how
+    /// many rows.
     pub fn interrupt_leftovers(&self) -> Result<usize, StoreError> {
-        self.with(|c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql("marking interrupted audit entries"))?;
-            let last: i64 = tx
-                .query_row("SELECT COALESCE(MAX(at), 0) FROM audit", [], |r| r.get(0))
-                .map_err(sql("marking interrupted audit entries"))?;
-            let streams = tx
-                .execute(
-                    "UPDATE audit SET outcome = 'interrupted',
-                     detail = detail || '; the relay stopped before it ended' WHERE outcome = 'open'",
-                    [],
-                )
-                .map_err(sql("marking interrupted audit entries"))?;
-            let sessions = tx
-                .execute(
-                    "INSERT INTO audit (at, event, who, target, outcome, detail)
-                     SELECT ?1, 'offline', device, peer, 'interrupted',
-                            'the relay stopped while the device session was up'
-                     FROM online",
-                    [last],
-                )
-                .map_err(sql("marking interrupted audit entries"))?;
-            tx.execute_batch("DELETE FROM online; DELETE FROM endpoints;")
-                .map_err(sql("clearing the online table"))?;
-            tx.commit().map_err(sql("marking interrupted audit entries"))?;
-            Ok(streams + sessions)
-        })
+        self.apply_single(&Write::InterruptLeftovers)
+            .map(|w| match w {
+                Written::Rows(n) => n,
+                _ => 0,
+            })
     }
 
     /// Deletes audit entries older than `before` (seconds since the epoch) and all but the
@@ -117,4 +97,43 @@ impl Store {
             .map_err(sql("reading the audit log"))
         })
     }
+}
+
+/// [`Store::interrupt_leftovers`] inside the writer's transaction.
+pub(super) fn interrupt_leftovers(tx: &Connection) -> Result<usize, StoreError> {
+    let doing = "marking interrupted audit entries";
+    let checkpoint: i64 = tx
+        .query_row("SELECT checkpoint FROM meta", [], |r| r.get(0))
+        .map_err(sql(doing))?;
+    let last_row: i64 = tx
+        .query_row("SELECT COALESCE(MAX(at), 0) FROM audit", [], |r| r.get(0))
+        .map_err(sql(doing))?;
+    let last = checkpoint.max(last_row);
+    let why = crate::store::leftover_reason(last);
+    let detaches = tx
+        .execute(
+            "INSERT INTO audit (at, event, who, target, outcome, detail)
+             SELECT ?1, 'console-detach', who, target, 'interrupted', ?2
+             FROM audit WHERE outcome = 'open' AND event = 'console-attach'",
+            params![last, why],
+        )
+        .map_err(sql(doing))?;
+    let rows = tx
+        .execute(
+            "UPDATE audit SET outcome = 'interrupted', detail = detail || '; ' || ?1
+             WHERE outcome = 'open'",
+            params![why],
+        )
+        .map_err(sql(doing))?;
+    let sessions = tx
+        .execute(
+            "INSERT INTO audit (at, event, who, target, outcome, detail)
+             SELECT ?1, 'offline', device, peer, 'interrupted', ?2
+             FROM online",
+            params![last, format!("the device session was up; {why}")],
+        )
+        .map_err(sql(doing))?;
+    tx.execute_batch("DELETE FROM online; DELETE FROM endpoints;")
+        .map_err(sql("clearing the online table"))?;
+    Ok(rows + detaches + sessions)
 }

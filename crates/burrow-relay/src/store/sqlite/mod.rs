@@ -26,7 +26,7 @@ mod schema;
 mod tests;
 
 /// The schema version this build writes; each step below brings a database one version up.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The relay database.
 pub struct Store {
@@ -93,7 +93,22 @@ impl Store {
     /// Applies queued writes in one transaction (group commit); if the batch fails as a whole,
     /// each write is tried alone so that one bad write fails only itself.
     pub fn apply(&self, writes: &[&Write]) -> Vec<Result<Written, StoreError>> {
-        let whole = self.with(|c| {
+        match self.apply_together(writes) {
+            Ok(done) => done.into_iter().map(Ok).collect(),
+            Err(_) if writes.len() > 1 => writes
+                .iter()
+                .map(|w| {
+                    self.apply_together(&[w])
+                        .map(|mut r| r.pop().unwrap_or(Written::Done))
+                })
+                .collect(),
+            Err(e) => vec![Err(e)],
+        }
+    }
+
+    /// Applies writes in one transaction: all of them or none.
+    pub fn apply_together(&self, writes: &[&Write]) -> Result<Vec<Written>, StoreError> {
+        self.with(|c| {
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql("writing a batch"))?;
@@ -103,24 +118,7 @@ impl Store {
             }
             tx.commit().map_err(sql("writing a batch"))?;
             Ok(out)
-        });
-        match whole {
-            Ok(done) => done.into_iter().map(Ok).collect(),
-            Err(_) if writes.len() > 1 => writes
-                .iter()
-                .map(|w| {
-                    self.with(|c| {
-                        let tx = c
-                            .transaction_with_behavior(TransactionBehavior::Immediate)
-                            .map_err(sql("writing"))?;
-                        let r = apply_one(&tx, w)?;
-                        tx.commit().map_err(sql("writing"))?;
-                        Ok(r)
-                    })
-                })
-                .collect(),
-            Err(e) => vec![Err(e)],
-        }
+        })
     }
 
     /// Whose key `fingerprint` is when `name` logs in with it: the device, the operator, or
@@ -320,12 +318,25 @@ fn apply_one(c: &Connection, w: &Write) -> Result<Written, StoreError> {
                 .map_err(sql("recording an endpoint"))?;
             Ok(Written::Done)
         }
+        Write::AuditCheckpoint { id, detail } => {
+            c.prepare_cached("UPDATE audit SET detail = ?2 WHERE id = ?1 AND outcome = 'open'")
+                .and_then(|mut s| s.execute(params![id, detail]))
+                .map_err(sql("checkpointing an audit entry"))?;
+            Ok(Written::Done)
+        }
+        Write::Checkpoint { at } => {
+            c.prepare_cached("UPDATE meta SET checkpoint = ?1")
+                .and_then(|mut s| s.execute([at]))
+                .map_err(sql("checkpointing"))?;
+            Ok(Written::Done)
+        }
         Write::LockOperator { name, until } => {
             c.prepare_cached("UPDATE operators SET locked_until = ?2 WHERE name = ?1")
                 .and_then(|mut s| s.execute(params![name, until]))
                 .map_err(sql("locking an operator"))?;
             Ok(Written::Done)
         }
+        Write::InterruptLeftovers => Ok(Written::Rows(audit::interrupt_leftovers(c)?)),
         Write::Barrier => Ok(Written::Done),
     }
 }

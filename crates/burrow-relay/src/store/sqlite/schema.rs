@@ -88,7 +88,8 @@ pub(super) fn migrate(c: &Connection) -> Result<(), StoreError> {
             .map_err(sql("migrating the schema"))?;
         let step = match to {
             1 => schema_v1(c),
-            _ => registry_version_v2(c),
+            2 => registry_version_v2(c),
+            _ => checkpoint_v3(c),
         };
         let done = step.and_then(|()| {
             c.execute_batch(&format!("PRAGMA user_version = {to}; COMMIT"))
@@ -119,6 +120,12 @@ fn schema_v1(c: &Connection) -> Result<(), StoreError> {
             .map_err(sql("adding operators.locked_until"))?;
     }
     Ok(())
+}
+
+/// Version 3: when the relay was last known alive, which bounds what a crash left open.
+fn checkpoint_v3(c: &Connection) -> Result<(), StoreError> {
+    c.execute_batch("ALTER TABLE meta ADD COLUMN checkpoint INTEGER NOT NULL DEFAULT 0")
+        .map_err(sql("adding the checkpoint"))
 }
 
 fn registry_version_v2(c: &Connection) -> Result<(), StoreError> {
