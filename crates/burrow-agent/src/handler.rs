@@ -100,8 +100,9 @@ impl Handler for AgentHandler {
             tracing::info!("console {} opened from {originator}", console.name);
             let guard = self.streams.from_relay();
             let opener = self.shared.port_opener.clone();
+            let streams = self.streams.clone();
             tokio::spawn(async move {
-                crate::console::serve(channel, console, opener).await;
+                crate::console::serve(channel, console, opener, streams).await;
                 drop(guard);
             });
             return;
@@ -111,6 +112,7 @@ impl Handler for AgentHandler {
         };
         let from = format!("{originator}:{originator_port}");
         let guard = self.streams.from_relay();
+        let streams = self.streams.clone();
         // Connecting is a round trip: never await it inside the handler.
         tokio::spawn(async move {
             let _guard = guard;
@@ -120,7 +122,7 @@ impl Handler for AgentHandler {
                     let Ok(channel) = offer.accept() else { return };
                     let _ = tcp.set_nodelay(true);
                     tracing::debug!("stream from {from} to {target}");
-                    let (t, r) = splice(channel, tcp).await;
+                    let (t, r) = splice(channel, streams.metered(tcp)).await;
                     tracing::debug!(
                         "stream from {from} to {target} ended: {} bytes in, {} bytes out, {r:?}",
                         t.a_to_b,

@@ -540,7 +540,7 @@ impl Watch<'_> {
             let link = Link {
                 last_rx: self.activity.last_rx(),
                 last_tx: self.activity.last_tx(),
-                streams_open: self.streams.open() > 0,
+                streams_moved_at: self.streams.moved_at(),
                 queue_moving_at: moved,
             };
             let schedule = self.liveness.schedule();
@@ -571,7 +571,7 @@ impl Watch<'_> {
                 self.status.update(|s| s.relay_silent_since = None);
                 silent_shown = false;
             }
-            // Open streams need the busy rule checked even when nothing wakes the loop.
+            // Streams that move bytes need the busy rule checked even when nothing wakes the loop.
             wake = wake.min(now + schedule.busy_interval);
             if let Some(probes) = &probes {
                 match probing.as_ref().map(|(sent, _)| *sent) {

@@ -276,7 +276,8 @@ pub struct AgentConfig {
     pub keepalive_interval: Option<Seconds>,
     /// Seconds a keepalive may go unanswered before the session counts as dead.
     pub keepalive_timeout: Option<Seconds>,
-    /// While streams are open: seconds without hearing from the relay before a keepalive.
+    /// After a stream moved bytes (until a keepalive answered after them): seconds without
+    /// hearing from the relay before a keepalive.
     pub busy_keepalive_interval: Option<Seconds>,
     /// No longer used (a keepalive is retried by TCP until `keepalive_timeout`); still accepted
     /// so that older configurations keep working.

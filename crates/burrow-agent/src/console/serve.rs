@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::port::{PortOpener, SerialControl};
+use crate::liveness::Streams;
 
 /// How often a missing port is looked for again.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
@@ -54,10 +55,17 @@ struct Server {
     breaking: Option<tokio::time::Instant>,
     gone_tx: mpsc::Sender<String>,
     dropped_input: bool,
+    /// The session's streams: the port's bytes count as their movement.
+    streams: Arc<Streams>,
 }
 
 /// Serves one console channel until the relay closes it.
-pub(crate) async fn serve(channel: Channel, console: Console, opener: Arc<dyn PortOpener>) {
+pub(crate) async fn serve(
+    channel: Channel,
+    console: Console,
+    opener: Arc<dyn PortOpener>,
+    streams: Arc<Streams>,
+) {
     let write: Writer = Arc::new(channel);
     let (gone_tx, mut gone_rx) = mpsc::channel(4);
     let mut server = Server {
@@ -69,6 +77,7 @@ pub(crate) async fn serve(channel: Channel, console: Console, opener: Arc<dyn Po
         breaking: None,
         gone_tx,
         dropped_input: false,
+        streams,
     };
     let mut negotiator = Negotiator::default();
     send(&write, negotiator.hello(false)).await;
@@ -144,12 +153,15 @@ impl Server {
             Ok(port) => {
                 let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
                 let reader = tokio::spawn(pump_from_port(
-                    port.reader,
+                    Box::new(self.streams.metered(port.reader)),
                     self.write.clone(),
                     self.gone_tx.clone(),
                 ));
-                let writer =
-                    tokio::spawn(pump_to_port(input_rx, port.writer, self.gone_tx.clone()));
+                let writer = tokio::spawn(pump_to_port(
+                    input_rx,
+                    Box::new(self.streams.metered(port.writer)),
+                    self.gone_tx.clone(),
+                ));
                 self.port = Some(ActivePort {
                     control: port.control,
                     input: input_tx,
