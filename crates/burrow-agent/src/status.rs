@@ -275,6 +275,49 @@ fn render_metadata(m: &MetadataStatus) -> String {
     out
 }
 
+/// Whether the agent that last wrote the status file at `path` (process `pid`) still runs: a
+/// process of that id exists and started before the file was last written. After a reboot the
+/// id may belong to any process, started after the file was written.
+pub fn process_runs(pid: u32, path: &Path) -> bool {
+    if !Path::new("/proc/self/stat").exists() {
+        // Not Linux: trust the file.
+        return true;
+    }
+    let Some(started) = process_start(pid) else {
+        return false;
+    };
+    let written = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or(std::time::SystemTime::now());
+    started <= written + std::time::Duration::from_secs(1)
+}
+
+/// When process `pid` started, from `/proc` (its start in ticks after boot, and the boot time).
+fn process_start(pid: u32) -> Option<std::time::SystemTime> {
+    // USER_HZ, the unit of /proc's process times, is 100 on every Linux ABI burrow runs on.
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: fields are counted after it;
+    // the start time is field 22, the 20th after the name.
+    let ticks: u64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let after_epoch = std::time::Duration::from_secs(boot)
+        + std::time::Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND);
+    Some(std::time::UNIX_EPOCH + after_epoch)
+}
+
 /// Reads a status file written by a running agent.
 pub fn read(path: &Path) -> Result<Status, String> {
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -346,4 +389,28 @@ pub fn render(s: &Status) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_runs_only_if_it_started_before_the_file_was_written() {
+        let dir = std::env::temp_dir().join(format!("burrow-status-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("status.json");
+        std::fs::write(&file, "{}").expect("write");
+        assert!(process_runs(std::process::id(), &file));
+        // A file written before this process started: its writer was some earlier process.
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(365 * 86_400);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .and_then(|f| f.set_modified(old))
+            .expect("set mtime");
+        assert!(!process_runs(std::process::id(), &file));
+        assert!(!process_runs(u32::MAX, &file));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
