@@ -391,9 +391,11 @@ fn concurrent_admin_commands_do_not_fail_with_database_locked() {
     let data = data.to_str().unwrap();
     let (code, _, err) = run(&mut burrow(&["relay", "--data-dir", data, "init"]));
     assert_eq!(code, 0, "{err}");
-    let key = keypair(dir.path(), "dev");
-    let pubkey = format!("{}.pub", key.display());
     const N: usize = 80;
+    // A key of its own for each device: the relay refuses one key for two.
+    let pubkeys: Vec<String> = (0..N)
+        .map(|i| format!("{}.pub", keypair(dir.path(), &format!("dev-{i}")).display()))
+        .collect();
     let children: Vec<_> = (0..N)
         .map(|i| {
             burrow(&[
@@ -404,7 +406,7 @@ fn concurrent_admin_commands_do_not_fail_with_database_locked() {
                 "add",
                 &format!("dev-{i}"),
                 "--pubkey",
-                &pubkey,
+                &pubkeys[i],
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -541,4 +543,66 @@ fn unreachable_or_unreadable_database_is_named_without_its_password() {
     assert_ne!(code, 0);
     assert!(err.contains("the database URL cannot be read"), "{err}");
     assert!(!err.contains("secretpw"), "{err}");
+}
+
+#[test]
+fn one_key_is_refused_for_a_second_device_or_an_operator_naming_its_holder() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let relay_cli = |args: &[&str]| {
+        run(&mut burrow(
+            &[&["relay", "--data-dir", data], args].concat(),
+        ))
+    };
+    let dev = format!("{}.pub", keypair(dir.path(), "dev").display());
+    let op = format!("{}.pub", keypair(dir.path(), "op").display());
+    let (code, _, err) = relay_cli(&["init"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = relay_cli(&["device", "add", "garage-pi", "--pubkey", &dev]);
+    assert_eq!(code, 0, "{err}");
+    let fingerprint = out.split_whitespace().last().unwrap().to_string();
+    assert!(fingerprint.starts_with("SHA256:"), "{out}");
+
+    // The device's key as an operator's (who holds it could reach every device), and as a
+    // second device's.
+    for args in [
+        ["operator", "add", "alice", "--pubkey", &dev],
+        ["device", "add", "garage-cam", "--pubkey", &dev],
+    ] {
+        let (code, _, err) = relay_cli(&args);
+        assert_eq!(code, 65, "{args:?}: {err}");
+        assert!(
+            err.contains(&fingerprint) && err.contains("device \"garage-pi\""),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("ssh-keygen"), "{err}");
+    }
+    let (code, _, err) = relay_cli(&["operator", "add", "alice", "--pubkey", &op]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = relay_cli(&["device", "add-key", "garage-pi", "--pubkey", &op]);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("operator \"alice\""), "{err}");
+    // A device's own key given again changes nothing.
+    let (code, _, err) = relay_cli(&["device", "add-key", "garage-pi", "--pubkey", &dev]);
+    assert_eq!(code, 0, "{err}");
+
+    // Nothing refused was kept.
+    let (_, devices, _) = relay_cli(&["device", "ls", "--json"]);
+    let devices: serde_json::Value = serde_json::from_str(&devices).unwrap();
+    let names: Vec<_> = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["garage-pi"]);
+    assert_eq!(devices[0]["fingerprints"], serde_json::json!([fingerprint]));
+    let (_, operators, _) = relay_cli(&["operator", "ls", "--json"]);
+    let operators: serde_json::Value = serde_json::from_str(&operators).unwrap();
+    assert_eq!(operators.as_array().unwrap().len(), 1);
+    assert_ne!(
+        operators[0]["fingerprints"][0],
+        serde_json::json!(fingerprint)
+    );
 }

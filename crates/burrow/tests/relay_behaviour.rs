@@ -639,7 +639,10 @@ async fn scrape(port: u16) -> String {
 async fn devices_behind_one_address_do_not_spend_the_flood_budget() {
     let dir = tempdir();
     let data = dir.path().join("relay");
-    let key = keypair(dir.path(), "dev");
+    // A key of its own for each device: the relay refuses one key for two.
+    let keys: Vec<_> = (0..12)
+        .map(|i| keypair(dir.path(), &format!("dev-{i}")))
+        .collect();
     let metrics = free_port();
     let (_relay, port, log) = relay_process(
         &data,
@@ -654,16 +657,16 @@ async fn devices_behind_one_address_do_not_spend_the_flood_budget() {
     );
     let store =
         burrow_relay::store::Store::open(&data.join(burrow_relay::datadir::DATABASE_FILE)).unwrap();
-    for i in 0..12 {
+    for (i, key) in keys.iter().enumerate() {
         store
-            .add_device(&format!("dev-{i}"), &[public_key(&key)])
+            .add_device(&format!("dev-{i}"), &[public_key(key)])
             .unwrap();
     }
     // Twelve devices from one address, one after another: four times the burst, at a rate
     // that would refill one token in twenty seconds.
-    for i in 0..12 {
+    for (i, key) in keys.iter().enumerate() {
         let name = format!("dev-{i}");
-        if let Err(e) = device_login(port, &name, &key).await {
+        if let Err(e) = device_login(port, &name, key).await {
             panic!(
                 "{name} (login {} from this address) was refused: {e}",
                 i + 1
