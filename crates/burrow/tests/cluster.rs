@@ -105,6 +105,28 @@ async fn a_device_on_one_relay_is_reached_through_the_others() {
     assert_eq!(listing[0]["name"], "pi");
     assert_eq!(listing[0]["online"], true);
     assert_eq!(listing[0]["relay"], "r1");
+    // So does the admin's `device ls`, in text too.
+    let out = Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .args(["relay", "--database", &pg.url, "device", "ls"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>());
+    let header = lines.next().unwrap();
+    let pi = lines.find(|l| l.first() == Some(&"pi")).unwrap();
+    let relay_col = header
+        .iter()
+        .position(|c| *c == "RELAY")
+        .expect("a RELAY column");
+    // LAST SEEN is two words in the header and one in a row.
+    assert_eq!(pi.get(relay_col - 1), Some(&"r1"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
