@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) services: HashMap<u16, Target>,
     /// Consoles by their endpoint port.
     pub(crate) consoles: HashMap<u16, burrow_proto::agent_config::Console>,
+    /// Line speeds operators set, kept across attaches and sessions.
+    pub(crate) speeds: crate::console::Speeds,
     pub(crate) port_opener: Arc<dyn crate::console::port::PortOpener>,
 }
 
@@ -101,8 +103,9 @@ impl Handler for AgentHandler {
             let guard = self.streams.from_relay();
             let opener = self.shared.port_opener.clone();
             let streams = self.streams.clone();
+            let speeds = self.shared.speeds.clone();
             tokio::spawn(async move {
-                crate::console::serve(channel, console, opener, streams).await;
+                crate::console::serve(channel, console, opener, streams, speeds).await;
                 drop(guard);
             });
             return;

@@ -109,6 +109,7 @@ pub(crate) async fn run_tunnel(
     let shared = Arc::new(Shared {
         instance: options.instance.clone(),
         consoles,
+        speeds: Default::default(),
         port_opener: options.port_opener.clone(),
         host_key,
         services,

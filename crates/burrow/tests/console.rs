@@ -171,6 +171,35 @@ async fn baud_change_reaches_the_port() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_baud_rate_set_by_an_operator_survives_the_next_attach() {
+    let s = site().await;
+    // Attaches (a new channel to the agent each time), proves the port is open by a round trip
+    // through the router, and gives the speed the port has then.
+    let attach_and_read_speed = async |tag: &str| {
+        let mut t = console_writer(&s.alice, "alice:pi").await;
+        t.send(format!("{tag}\r").as_bytes()).await;
+        t.expect(&format!("Router# got {tag}")).await;
+        let speed = s.router.speed();
+        t.send(b"\x05c.").await;
+        assert!(t.wait().await);
+        speed
+    };
+    assert_eq!(attach_and_read_speed("first").await, 9600);
+
+    let mut t = console_writer(&s.alice, "alice:pi").await;
+    t.send(b"\x05cb115200\r").await;
+    t.expect("line speed is 115200 baud").await;
+    t.send(b"\x05c.").await;
+    assert!(t.wait().await);
+    assert_eq!(attach_and_read_speed("after-escape").await, 115_200);
+
+    let (ok, _, err) = ssh_output(&s.bob, &["relay", "console", "baud", "pi", "19200"], b"").await;
+    assert!(ok, "{err}");
+    assert_eq!(attach_and_read_speed("after-exec").await, 19_200);
+    s.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_unplugged_and_back() {
     let s = site().await;
     let mut t = console_writer(&s.alice, "alice:pi").await;

@@ -32,6 +32,10 @@ const INPUT_QUEUE: usize = 256;
 
 type Writer = Arc<Channel>;
 
+/// Line speeds operators set, by console name: the next attach (a new channel) opens the port at
+/// the speed the last one left, not the configured one, until the agent restarts.
+pub(crate) type Speeds = Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>;
+
 struct ActivePort {
     control: Box<dyn SerialControl>,
     input: mpsc::Sender<Bytes>,
@@ -57,6 +61,7 @@ struct Server {
     dropped_input: bool,
     /// The session's streams: the port's bytes count as their movement.
     streams: Arc<Streams>,
+    speeds: Speeds,
 }
 
 /// Serves one console channel until the relay closes it.
@@ -65,7 +70,16 @@ pub(crate) async fn serve(
     console: Console,
     opener: Arc<dyn PortOpener>,
     streams: Arc<Streams>,
+    speeds: Speeds,
 ) {
+    let mut console = console;
+    if let Some(&baud) = speeds
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&console.name)
+    {
+        console.baud = baud;
+    }
     let write: Writer = Arc::new(channel);
     let (gone_tx, mut gone_rx) = mpsc::channel(4);
     let mut server = Server {
@@ -78,6 +92,7 @@ pub(crate) async fn serve(
         gone_tx,
         dropped_input: false,
         streams,
+        speeds,
     };
     let mut negotiator = Negotiator::default();
     send(&write, negotiator.hello(false)).await;
@@ -243,6 +258,10 @@ impl Server {
                 match result {
                     Ok(()) => {
                         self.console.baud = rate;
+                        self.speeds
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(self.console.name.clone(), rate);
                         tracing::info!("console {}: baud rate now {rate}", self.console.name);
                     }
                     Err(e) => {
