@@ -37,7 +37,7 @@ pub async fn run(
     }
     let schedule = config.schedule();
     tracing::info!(
-        "keepalive after {:?} without sending ({:?} while streams hear nothing), answer within {:?}; profile {}",
+        "keepalive after {:?} without sending ({:?} without hearing the relay after stream bytes), answer within {:?}; profile {}",
         schedule.interval,
         schedule.busy_interval,
         schedule.timeout,

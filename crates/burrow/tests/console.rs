@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burrow_proto::agent_config::Console;
 use common::*;
@@ -217,6 +218,72 @@ async fn port_unplugged_and_back() {
     t.expect("Router# got after").await;
     assert_eq!(router.received(), b"after\r");
     s.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_typed_while_the_port_is_gone_are_answered_and_the_agent_logs_its_return() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    let alice_key = keypair(dir.path(), "alice");
+    relay.add_device("pi", &dev_key);
+    relay.add_operator("alice", &alice_key, &["*"]);
+    let tty = dir.path().join("ttyUSB0");
+    let router = FakeRouter::start(&tty);
+    // The agent as a user runs it, its log read as it comes.
+    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_burrow"));
+    agent
+        .args(["agent", "--relay", &relay.addr.to_string(), "--name", "pi"])
+        .arg("--key")
+        .arg(&dev_key)
+        .args(["--host-key", &relay.relay.fingerprint()])
+        .arg("--console")
+        .arg(format!("console={}@9600", tty.display()))
+        .arg("--status-file")
+        .arg(dir.path().join("status.json"))
+        .env_remove("BURROW_LOG")
+        .stderr(std::process::Stdio::piped());
+    let mut agent = KillOnDrop(agent.spawn().unwrap());
+    let log = Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = log.clone();
+    let stderr = agent.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    let logged = |needle: &str| log.lock().unwrap().contains(needle).then_some(());
+    relay.wait_online("pi").await;
+    let alice = ssh_config(dir.path(), &relay, "alice", &alice_key);
+    let mut t = console_writer(&alice, "alice:pi").await;
+    t.send(b"before\r").await;
+    t.expect("Router# got before").await;
+
+    router.unplug();
+    let gone = format!("{} is gone", tty.display());
+    t.expect(&format!("offline: {gone}")).await;
+    eventually("the agent to log the port gone", || logged(&gone)).await;
+    // Keys typed now go nowhere: the operator is told, once.
+    t.send(b"lost\r").await;
+    t.expect(&format!(
+        "input dropped: {gone}; type again once it is back"
+    ))
+    .await;
+    t.send(b"lost again\r").await;
+
+    let router = FakeRouter::start(&tty);
+    let back = format!("{} is back", tty.display());
+    t.expect(&format!("online: {back}")).await;
+    eventually("the agent to log the port back", || logged(&back)).await;
+    t.send(b"after\r").await;
+    t.expect("Router# got after").await;
+    assert_eq!(router.received(), b"after\r");
+    assert_eq!(t.text().matches("input dropped").count(), 1, "{}", t.text());
+    drop(agent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

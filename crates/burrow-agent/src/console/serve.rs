@@ -2,8 +2,9 @@
 //!
 //! The channel is read promptly at all times (it shares the device's SSH session): keystrokes go
 //! to a bounded queue in front of the port, which at 9600 baud is far slower than a paste.
-//! When the port is missing or vanishes, the operator is told (`offline: /dev/ttyUSB0 is gone`)
-//! and the port is retried every second until it is back.
+//! When the port is missing or vanishes, the operator is told (`offline: /dev/ttyUSB0 is gone`),
+//! told again when keys typed meanwhile are dropped, and the port is retried every second until
+//! it is back (said to the operator and in the log).
 
 use std::io;
 use std::sync::Arc;
@@ -59,6 +60,8 @@ struct Server {
     breaking: Option<tokio::time::Instant>,
     gone_tx: mpsc::Sender<String>,
     dropped_input: bool,
+    /// The operator was told that keys typed while the port is gone are lost (once per outage).
+    told_offline_input: bool,
     /// The session's streams: the port's bytes count as their movement.
     streams: Arc<Streams>,
     speeds: Speeds,
@@ -91,6 +94,7 @@ pub(crate) async fn serve(
         breaking: None,
         gone_tx,
         dropped_input: false,
+        told_offline_input: false,
         streams,
         speeds,
     };
@@ -184,6 +188,8 @@ impl Server {
                 });
                 if self.offline {
                     self.offline = false;
+                    self.told_offline_input = false;
+                    tracing::info!("console {}: {device} is back", self.console.name);
                     self.notice(&format!("online: {device} is back")).await;
                 }
             }
@@ -226,7 +232,17 @@ impl Server {
     async fn handle(&mut self, event: Event, negotiator: &mut Negotiator) {
         match event {
             Event::Data(data) => {
-                let Some(port) = &self.port else { return };
+                let Some(port) = &self.port else {
+                    if !self.told_offline_input {
+                        self.told_offline_input = true;
+                        let device = self.console.device.display().to_string();
+                        self.notice(&format!(
+                            "input dropped: {device} is gone; type again once it is back"
+                        ))
+                        .await;
+                    }
+                    return;
+                };
                 if port.input.try_send(Bytes::from(data)).is_err() {
                     if !self.dropped_input {
                         self.dropped_input = true;
