@@ -127,7 +127,7 @@ pub(crate) async fn run_tunnel(
         shared,
         status,
         current,
-        sessions_up: Default::default(),
+        slots_up: Default::default(),
     });
     let relays = Arc::new(relays);
     let in_use = Arc::new(Mutex::new(vec![None; connections]));

@@ -72,8 +72,9 @@ pub(crate) struct Ctx {
     pub(crate) shared: Arc<Shared>,
     pub(crate) status: StatusBoard,
     pub(crate) current: Current,
-    /// Sessions that came up so far; all but the first are reconnects.
-    pub(crate) sessions_up: std::sync::atomic::AtomicU64,
+    /// The connection slots (`connections`) that had a session up so far: a slot's first
+    /// session is a connect, each later one a reconnect.
+    pub(crate) slots_up: Mutex<std::collections::HashSet<usize>>,
 }
 
 /// The ciphers the agent offers, best first. With AES and carry-less multiply instructions
@@ -439,10 +440,14 @@ async fn serve(
         );
     *up_since = Some(Instant::now());
     tracing::info!("connected to relay {relay} as {}", config.name);
-    let previous = ctx
-        .sessions_up
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    ctx.status.update(|s| s.reconnects = previous);
+    let first_of_slot = ctx
+        .slots_up
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(slot);
+    if !first_of_slot {
+        ctx.status.update(|s| s.reconnects += 1);
+    }
     ctx.status.set_state(State::Up, None);
 
     let probe_port = *probe_port.lock().unwrap_or_else(|e| e.into_inner());

@@ -89,7 +89,8 @@ pub struct Status {
     /// Set while a keepalive waits long for its answer: when the relay was last heard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_silent_since: Option<String>,
-    /// Connections made after the first.
+    /// Sessions that came up again after one was lost (each of `connections` sessions' first
+    /// one is a connect, not a reconnect).
     pub reconnects: u64,
     /// Last error.
     pub last_error: Option<String>,

@@ -728,6 +728,26 @@ async fn a_killed_relay_loses_only_what_was_on_it() {
         }
     })
     .await;
+    let holders = |db: burrow_relay::store::Db| async move {
+        let devices = db.devices().await.ok()?;
+        let holders = devices.iter().find(|d| d.name == "pi")?.relay.clone()?;
+        let mut holders: Vec<String> = holders.split(',').map(str::to_string).collect();
+        holders.sort_unstable();
+        Some(holders)
+    };
+    eventually_async("the agent's sessions on r1 and r2", || {
+        let db = db.clone();
+        async move { holders(db).await.filter(|h| h == &["r1", "r2"]) }
+    })
+    .await;
+    // Two sessions came up at the start: neither is a reconnect.
+    let status = Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .args(["agent", "status", "--status-file"])
+        .arg(&agent.status_file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("\nreconnects 0\n"), "{text}");
     // A stream through r2, open while r1 dies.
     let mut cmd = tokio::process::Command::from(ssh(&through_r2, &["-W", "pi:7", "relay"]));
     let mut stream = cmd.kill_on_drop(true).spawn().unwrap();
@@ -755,16 +775,12 @@ async fn a_killed_relay_loses_only_what_was_on_it() {
     // registry lists r2 and r3 as its relays once r1's lease has run out.
     eventually_async("the agent's sessions on r2 and r3 only", || {
         let db = db.clone();
-        async move {
-            let devices = db.devices().await.ok()?;
-            let holders = devices.iter().find(|d| d.name == "pi")?.relay.clone()?;
-            let mut holders: Vec<&str> = holders.split(',').collect();
-            holders.sort_unstable();
-            (holders == ["r2", "r3"]).then_some(())
-        }
+        async move { holders(db).await.filter(|h| h == &["r2", "r3"]) }
     })
     .await;
     echo_back(&mut stdin, &mut stdout, b"still").await;
+    // The session r1's death cost, and only it, is a reconnect.
+    assert_eq!(agent.status().unwrap().reconnects, 1);
     drop(stdin);
     let status = tokio::time::timeout(WAIT, stream.wait())
         .await
