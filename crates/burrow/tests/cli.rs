@@ -26,7 +26,7 @@ fn agent_cmd(dir: &std::path::Path, key: &str, extra: &[&str]) -> Command {
         "--key",
         key,
         "--host-key",
-        "SHA256:x",
+        "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU",
         "--status-file",
         status.to_str().unwrap(),
     ];
@@ -34,12 +34,39 @@ fn agent_cmd(dir: &std::path::Path, key: &str, extra: &[&str]) -> Command {
     burrow(&args)
 }
 
+/// [`run`] for a command that must end by itself: one still running after [`WAIT`] (an agent
+/// that accepted what it should have refused) is killed and fails the test.
+fn run_bounded(cmd: &mut Command) -> (i32, String, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {WAIT:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    run_output(child.wait_with_output().unwrap())
+}
+
 fn run(cmd: &mut Command) -> (i32, String, String) {
+    run_output(cmd.output().unwrap())
+}
+
+fn run_output(out: Output) -> (i32, String, String) {
     let Output {
         status,
         stdout,
         stderr,
-    } = cmd.output().unwrap();
+    } = out;
     (
         status.code().unwrap_or(-1),
         String::from_utf8_lossy(&stdout).to_string(),
@@ -55,7 +82,7 @@ fn unknown_config_key_reports_its_line() {
     std::fs::write(
         &config,
         format!(
-            "relay = \"127.0.0.1:1\"\nname = \"pi\"\nkey = \"{}\"\nhost_key = \"SHA256:x\"\n\n[[expose]]\nport = 22\nremote_prot = 10022\n",
+            "relay = \"127.0.0.1:1\"\nname = \"pi\"\nkey = \"{}\"\nhost_key = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\n\n[[expose]]\nport = 22\nremote_prot = 10022\n",
             key.display()
         ),
     )
@@ -605,4 +632,49 @@ fn one_key_is_refused_for_a_second_device_or_an_operator_naming_its_holder() {
         operators[0]["fingerprints"][0],
         serde_json::json!(fingerprint)
     );
+}
+
+#[test]
+fn a_truncated_host_key_pin_is_refused_at_start() {
+    let dir = tempdir();
+    let key = keypair(dir.path(), "dev");
+    let status = dir.path().join("s.json");
+    // `burrow relay fingerprint` printed 43 base64 characters; the copy lost the last eight.
+    let truncated = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJW";
+    let (code, _, err) = run_bounded(&mut burrow(&[
+        "agent",
+        "--relay",
+        "127.0.0.1:1",
+        "--name",
+        "pi",
+        "--key",
+        key.to_str().unwrap(),
+        "--host-key",
+        truncated,
+        "--status-file",
+        status.to_str().unwrap(),
+    ]));
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains(truncated) && err.contains("43 base64 characters") && err.contains("has 35"),
+        "{err}"
+    );
+    // Refused before anything ran: no status was written.
+    assert!(!status.exists());
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "relay = \"127.0.0.1:1\"\nname = \"pi\"\nkey = \"{}\"\nhost_key = \"{truncated}\"\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run_bounded(
+        burrow(&["agent", "--config", config.to_str().unwrap()])
+            .arg("--status-file")
+            .arg(&status),
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("43 base64 characters"), "{err}");
 }
