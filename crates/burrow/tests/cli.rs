@@ -678,3 +678,34 @@ fn a_truncated_host_key_pin_is_refused_at_start() {
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("43 base64 characters"), "{err}");
 }
+
+#[test]
+fn a_private_key_given_as_pubkey_says_so_and_names_the_pub_file() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let key = keypair(dir.path(), "garage-pi");
+    let key = key.to_str().unwrap();
+    let (code, _, err) = run(&mut burrow(&["relay", "--data-dir", data, "init"]));
+    assert_eq!(code, 0, "{err}");
+    for kind in ["device", "operator"] {
+        let (code, _, err) = run(&mut burrow(&[
+            "relay",
+            "--data-dir",
+            data,
+            kind,
+            "add",
+            "garage-pi",
+            "--pubkey",
+            key,
+        ]));
+        assert_eq!(code, 65, "{err}");
+        assert!(
+            err.contains(&format!("{key} is a private key")) && err.contains(&format!("{key}.pub")),
+            "{err}"
+        );
+        assert!(!err.contains("Base64"), "{err}");
+    }
+    let (_, out, _) = run(&mut burrow(&["relay", "--data-dir", data, "device", "ls"]));
+    assert!(!out.contains("garage-pi"), "{out}");
+}
