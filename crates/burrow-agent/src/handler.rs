@@ -44,6 +44,8 @@ pub(crate) struct AgentHandler {
     pub(crate) pending_probe: PendingProbe,
     /// Port of this session's probe endpoint, once the relay assigned it.
     pub(crate) probe_port: Arc<Mutex<Option<u16>>>,
+    /// The relay's last banner (a burrow relay explains a refused key in one).
+    pub(crate) banner: Arc<Mutex<Option<String>>>,
 }
 
 fn refuse(offer: Offer, why: &str) {
@@ -52,6 +54,12 @@ fn refuse(offer: Offer, why: &str) {
 }
 
 impl Handler for AgentHandler {
+    fn banner(&mut self, text: &str) {
+        // Untrusted text from before authentication: cleaned and cut like any peer string.
+        let text = burrow_proto::text::clean(text, burrow_proto::text::MAX_TEXT_CHARS);
+        *self.banner.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+    }
+
     async fn channel_open(&mut self, kind: OpenKind, offer: Offer) {
         let OpenKind::ForwardedTcpip {
             port,

@@ -195,6 +195,7 @@ async fn session(
     let config = &ctx.config;
     let key = burrow_io::keys::load_private_key(&config.key).map_err(|e| e.to_string())?;
     let host_key_error = Arc::new(Mutex::new(None));
+    let banner = Arc::new(Mutex::new(None));
     let streams = Arc::new(Streams::default());
     let pending_probe: PendingProbe = Arc::default();
     let activity = Activity::new();
@@ -204,6 +205,7 @@ async fn session(
         pending_probe: pending_probe.clone(),
         shared: ctx.shared.clone(),
         probe_port: probe_port.clone(),
+        banner: banner.clone(),
     };
     let relay = target.to_string();
     let check = {
@@ -271,6 +273,17 @@ async fn session(
                 .take()
             {
                 Some(why) => why,
+                // A burrow relay says whose the key is when it is someone else's.
+                None if e.0.contains("refused every credential")
+                    && let Some(said) = banner.lock().unwrap_or_else(|e| e.into_inner()).take() =>
+                {
+                    format!(
+                        "relay {relay} refused key {} for device {}: {}",
+                        burrow_io::keys::fingerprint(key.public_key()),
+                        config.name,
+                        said.trim().trim_start_matches("burrow: ")
+                    )
+                }
                 None if e.0.contains("refused every credential") => {
                     let name = &config.name;
                     format!(

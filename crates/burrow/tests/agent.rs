@@ -636,6 +636,43 @@ async fn refused_device_key_suggests_add_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_name_is_a_typo_is_told_whose_key_it_holds() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let key = keypair(dir.path(), "dev");
+    relay.add_device("garage-pi", &key);
+    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_burrow"));
+    agent
+        .args([
+            "agent",
+            "--relay",
+            &relay.addr.to_string(),
+            "--name",
+            "garage-py",
+        ])
+        .arg("--key")
+        .arg(&key)
+        .args(["--host-key", &relay.relay.fingerprint()])
+        .arg("--status-file")
+        .arg(dir.path().join("status.json"))
+        .stderr(std::process::Stdio::null());
+    let _agent = KillOnDrop(agent.spawn().unwrap());
+    let error = eventually("the refused key", || {
+        burrow_agent::status::read(&dir.path().join("status.json"))
+            .ok()
+            .and_then(|s| s.last_error)
+    })
+    .await;
+    assert!(
+        error.contains("this key is device garage-pi's, not garage-py's")
+            && error.contains("name = \"garage-pi\""),
+        "{error}"
+    );
+    // Not the advice that would register the key a second time.
+    assert!(!error.contains("device add garage-py"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connect_names_the_missing_allow_connect_rule() {
     use std::io::{BufRead, BufReader};
     let dir = tempdir();

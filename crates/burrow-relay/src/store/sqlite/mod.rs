@@ -153,6 +153,22 @@ impl Store {
         })
     }
 
+    /// Who holds the key `fingerprint`: `("device" | "operator", name)`, if anyone.
+    pub fn key_holder(&self, fingerprint: &str) -> Result<Option<(String, String)>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT 'device', device FROM device_keys WHERE fingerprint = ?1
+                 UNION ALL
+                 SELECT 'operator', operator FROM operator_keys WHERE fingerprint = ?1
+                 LIMIT 1",
+                [fingerprint],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(sql("looking up who holds a key"))
+        })
+    }
+
     /// Every (device, key fingerprint) pair, for checking all open sessions at once.
     pub fn device_key_pairs(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.with(|c| {
