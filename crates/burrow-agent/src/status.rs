@@ -36,6 +36,19 @@ pub struct EndpointStatus {
     pub error: Option<String>,
 }
 
+/// One serial console the agent serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleStatus {
+    /// Console name (`OPERATOR:DEVICE/NAME`).
+    pub name: String,
+    /// The serial device.
+    pub device: String,
+    /// Its configured line speed.
+    pub baud: u32,
+    /// Its endpoint port (RFC 2217).
+    pub port: u16,
+}
+
 /// The last end-to-end probe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProbeStatus {
@@ -81,6 +94,9 @@ pub struct Status {
     pub since: String,
     /// Endpoints.
     pub endpoints: Vec<EndpointStatus>,
+    /// Serial consoles served.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consoles: Vec<ConsoleStatus>,
     /// Last probe.
     pub last_probe: Option<ProbeStatus>,
     /// Probes run in this agent's life (they run only when nothing else proved the path).
@@ -136,6 +152,7 @@ impl StatusBoard {
                 state: State::Connecting,
                 since: now.clone(),
                 endpoints,
+                consoles: Vec::new(),
                 last_probe: None,
                 probes: 0,
                 relay_silent_since: None,
@@ -169,11 +186,18 @@ impl StatusBoard {
 
     /// Points the board at a new tunnel (on-demand access changed it): fresh endpoints, probe
     /// and counters; the metadata section stays.
-    pub fn retarget(&self, name: &str, relay: &str, endpoints: Vec<EndpointStatus>) {
+    pub fn retarget(
+        &self,
+        name: &str,
+        relay: &str,
+        endpoints: Vec<EndpointStatus>,
+        consoles: Vec<ConsoleStatus>,
+    ) {
         self.update(|s| {
             s.name = name.to_string();
             s.relay = relay.to_string();
             s.endpoints = endpoints;
+            s.consoles = consoles;
             s.last_probe = None;
             s.probes = 0;
             s.relay_silent_since = None;
@@ -371,6 +395,21 @@ pub fn render(s: &Status) -> String {
     }
     if s.state == State::Idle {
         return out;
+    }
+    if !s.consoles.is_empty() {
+        out.push_str("consoles\n");
+        for c in &s.consoles {
+            // Looked at now: a USB adapter comes and goes without the agent writing its status.
+            let present = if Path::new(&c.device).exists() {
+                "present".to_string()
+            } else {
+                format!("MISSING: no {} on this machine now", c.device)
+            };
+            out.push_str(&format!(
+                "  {}/{} -> {} @ {} baud (endpoint {})  {present}\n",
+                s.name, c.name, c.device, c.baud, c.port
+            ));
+        }
     }
     out.push_str("endpoints\n");
     for e in &s.endpoints {

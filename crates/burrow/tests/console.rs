@@ -220,29 +220,27 @@ async fn port_unplugged_and_back() {
     s.agent.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_typed_while_the_port_is_gone_are_answered_and_the_agent_logs_its_return() {
-    let dir = tempdir();
-    let relay = TestRelay::start(&dir.path().join("relay")).await;
-    let dev_key = keypair(dir.path(), "dev");
-    let alice_key = keypair(dir.path(), "alice");
-    relay.add_device("pi", &dev_key);
-    relay.add_operator("alice", &alice_key, &["*"]);
-    let tty = dir.path().join("ttyUSB0");
-    let router = FakeRouter::start(&tty);
-    // The agent as a user runs it, its log read as it comes.
+/// `burrow agent` as device `pi` of `relay` with `--console` for each of `consoles`, as its
+/// own process with the log a user gets; its log lines as they come.
+fn agent_process(
+    relay: &TestRelay,
+    key: &Path,
+    consoles: &[&str],
+    status: &Path,
+) -> (KillOnDrop, Arc<std::sync::Mutex<String>>) {
     let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_burrow"));
     agent
         .args(["agent", "--relay", &relay.addr.to_string(), "--name", "pi"])
         .arg("--key")
-        .arg(&dev_key)
+        .arg(key)
         .args(["--host-key", &relay.relay.fingerprint()])
-        .arg("--console")
-        .arg(format!("console={}@9600", tty.display()))
         .arg("--status-file")
-        .arg(dir.path().join("status.json"))
+        .arg(status)
         .env_remove("BURROW_LOG")
         .stderr(std::process::Stdio::piped());
+    for c in consoles {
+        agent.args(["--console", c]);
+    }
     let mut agent = KillOnDrop(agent.spawn().unwrap());
     let log = Arc::new(std::sync::Mutex::new(String::new()));
     let sink = log.clone();
@@ -256,6 +254,87 @@ async fn keys_typed_while_the_port_is_gone_are_answered_and_the_agent_logs_its_r
             sink.lock().unwrap().push_str(&(line + "\n"));
         }
     });
+    (agent, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_console_device_is_reported_at_start_and_agent_status_lists_consoles() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    relay.add_device("pi", &dev_key);
+    let tty = dir.path().join("ttyUSB0");
+    let _router = FakeRouter::start(&tty);
+    // A typo: ttyUSB9 for ttyUSB1.
+    let missing = dir.path().join("ttyUSB9");
+    let status = dir.path().join("status.json");
+    let (_agent, log) = agent_process(
+        &relay,
+        &dev_key,
+        &[
+            &format!("console={}@9600", tty.display()),
+            &format!("aux={}@115200", missing.display()),
+        ],
+        &status,
+    );
+    eventually("the agent to report the missing device", || {
+        log.lock()
+            .unwrap()
+            .contains(&format!(
+                "console aux: {} does not exist",
+                missing.display()
+            ))
+            .then_some(())
+    })
+    .await;
+    relay.wait_online("pi").await;
+    eventually("the agent to be up", || {
+        burrow_agent::status::read(&status)
+            .ok()
+            .filter(|s| s.state == burrow_agent::status::State::Up)
+    })
+    .await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .args(["agent", "status", "--status-file"])
+        .arg(&status)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("consoles\n"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "pi/console -> {} @ 9600 baud (endpoint 2217)  present",
+            tty.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "pi/aux -> {} @ 115200 baud (endpoint 2218)  MISSING",
+            missing.display()
+        )),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_typed_while_the_port_is_gone_are_answered_and_the_agent_logs_its_return() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    let alice_key = keypair(dir.path(), "alice");
+    relay.add_device("pi", &dev_key);
+    relay.add_operator("alice", &alice_key, &["*"]);
+    let tty = dir.path().join("ttyUSB0");
+    let router = FakeRouter::start(&tty);
+    // The agent as a user runs it, its log read as it comes.
+    let (agent, log) = agent_process(
+        &relay,
+        &dev_key,
+        &[&format!("console={}@9600", tty.display())],
+        &dir.path().join("status.json"),
+    );
     let logged = |needle: &str| log.lock().unwrap().contains(needle).then_some(());
     relay.wait_online("pi").await;
     let alice = ssh_config(dir.path(), &relay, "alice", &alice_key);
