@@ -709,3 +709,69 @@ fn a_private_key_given_as_pubkey_says_so_and_names_the_pub_file() {
     let (_, out, _) = run(&mut burrow(&["relay", "--data-dir", data, "device", "ls"]));
     assert!(!out.contains("garage-pi"), "{out}");
 }
+
+/// The operator section's first `ssh -J` example failed with "Host key verification failed":
+/// the known_hosts step was in another section. It comes first now, and the command it gives
+/// makes a line a strict stock ssh accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_operator_section_trusts_the_relay_before_its_first_ssh() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let start = readme
+        .find("\n## Operator access")
+        .expect("an Operator access section");
+    let section = &readme[start..];
+    let section = &section[..section[1..].find("\n## ").map_or(section.len(), |e| e + 1)];
+    let first_ssh = section
+        .lines()
+        .position(|l| l.trim_start().starts_with("ssh "))
+        .expect("an ssh example");
+    let lines: Vec<&str> = section.lines().collect();
+    let step = lines[..first_ssh]
+        .iter()
+        .find(|l| l.contains("burrow relay fingerprint --known-hosts"))
+        .unwrap_or_else(|| panic!("no known_hosts step before {:?}", lines[first_ssh]));
+    assert!(
+        lines[..first_ssh]
+            .iter()
+            .any(|l| l.contains(">> ~/.ssh/known_hosts")),
+        "{section}"
+    );
+
+    // That command, on a real relay, for the address the operator uses.
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let op_key = keypair(dir.path(), "op");
+    relay.add_operator("alice", &op_key, &["*"]);
+    let command: Vec<&str> = step.split('#').next().unwrap().split_whitespace().collect();
+    let address = format!("127.0.0.1:{}", relay.addr.port());
+    let args: Vec<&str> = command[1..]
+        .iter()
+        .map(|a| if a.contains(':') { address.as_str() } else { a })
+        .collect();
+    let (code, line, err) = run(burrow(&args).arg("--data-dir").arg(&relay.data_dir));
+    assert_eq!(code, 0, "{args:?}: {err}");
+    let known_hosts = dir.path().join("known_hosts");
+    std::fs::write(&known_hosts, &line).unwrap();
+    let out = Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-p",
+            &relay.addr.port().to_string(),
+            "-i",
+        ])
+        .arg(&op_key)
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
+        .args(["-o", "IdentitiesOnly=yes", "alice@127.0.0.1", "ls"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
