@@ -775,3 +775,54 @@ async fn readme_operator_section_trusts_the_relay_before_its_first_ssh() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `demo` removed everything on Ctrl-C without a word; it says so now, once it is true.
+#[test]
+fn demo_says_when_ctrl_c_has_cleaned_up() {
+    use std::io::BufRead;
+    let mut demo = burrow(&["demo"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = demo.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let next = || lines.recv_timeout(WAIT).expect("demo output");
+    let mut files = None;
+    loop {
+        let line = next();
+        if let Some(rest) = line.strip_prefix("Files are in ") {
+            files = rest.split(". Try").next().map(std::path::PathBuf::from);
+        }
+        if line.contains("Press Ctrl-C to stop") {
+            break;
+        }
+    }
+    let files = files.expect("the demo names its directory");
+    assert!(files.exists());
+    // Ctrl-C.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&demo),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let said = next();
+    assert!(
+        said.starts_with("demo stopped") && said.contains(&format!("{} removed", files.display())),
+        "{said}"
+    );
+    assert!(!files.exists());
+    let deadline = std::time::Instant::now() + WAIT;
+    while demo.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "demo still running");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
