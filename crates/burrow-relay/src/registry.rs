@@ -228,9 +228,12 @@ impl DeviceSession {
             tokio::pin!(added);
             // Registered before looking, so an endpoint added in between still wakes it.
             added.as_mut().enable();
-            let found = self.endpoint(port).filter(|e| internal || !e.is_internal());
-            if found.is_some() || Instant::now() >= deadline {
-                return found;
+            // An internal endpoint is there already: waiting would not make it reachable.
+            if let Some(ep) = self.endpoint(port) {
+                return (internal || !ep.is_internal()).then_some(ep);
+            }
+            if Instant::now() >= deadline {
+                return None;
             }
             tokio::select! {
                 () = added => {}
