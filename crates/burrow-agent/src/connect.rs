@@ -95,7 +95,7 @@ async fn serve(
             match opened {
                 Ok(channel) => {
                     let _ = tcp.set_nodelay(true);
-                    let (_, r) = splice(channel, tcp).await;
+                    let (_, r) = splice(channel, streams.metered(tcp)).await;
                     if let Err(e) = r {
                         tracing::debug!("forward to {to} ended: {e}");
                     }

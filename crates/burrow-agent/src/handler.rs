@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) services: HashMap<u16, Target>,
     /// Consoles by their endpoint port.
     pub(crate) consoles: HashMap<u16, burrow_proto::agent_config::Console>,
+    /// Line speeds operators set, kept across attaches and sessions.
+    pub(crate) speeds: crate::console::Speeds,
     pub(crate) port_opener: Arc<dyn crate::console::port::PortOpener>,
 }
 
@@ -42,6 +44,8 @@ pub(crate) struct AgentHandler {
     pub(crate) pending_probe: PendingProbe,
     /// Port of this session's probe endpoint, once the relay assigned it.
     pub(crate) probe_port: Arc<Mutex<Option<u16>>>,
+    /// The relay's last banner (a burrow relay explains a refused key in one).
+    pub(crate) banner: Arc<Mutex<Option<String>>>,
 }
 
 fn refuse(offer: Offer, why: &str) {
@@ -50,6 +54,12 @@ fn refuse(offer: Offer, why: &str) {
 }
 
 impl Handler for AgentHandler {
+    fn banner(&mut self, text: &str) {
+        // Untrusted text from before authentication: cleaned and cut like any peer string.
+        let text = burrow_proto::text::clean(text, burrow_proto::text::MAX_TEXT_CHARS);
+        *self.banner.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+    }
+
     async fn channel_open(&mut self, kind: OpenKind, offer: Offer) {
         let OpenKind::ForwardedTcpip {
             port,
@@ -100,8 +110,10 @@ impl Handler for AgentHandler {
             tracing::info!("console {} opened from {originator}", console.name);
             let guard = self.streams.from_relay();
             let opener = self.shared.port_opener.clone();
+            let streams = self.streams.clone();
+            let speeds = self.shared.speeds.clone();
             tokio::spawn(async move {
-                crate::console::serve(channel, console, opener).await;
+                crate::console::serve(channel, console, opener, streams, speeds).await;
                 drop(guard);
             });
             return;
@@ -111,6 +123,7 @@ impl Handler for AgentHandler {
         };
         let from = format!("{originator}:{originator_port}");
         let guard = self.streams.from_relay();
+        let streams = self.streams.clone();
         // Connecting is a round trip: never await it inside the handler.
         tokio::spawn(async move {
             let _guard = guard;
@@ -120,7 +133,7 @@ impl Handler for AgentHandler {
                     let Ok(channel) = offer.accept() else { return };
                     let _ = tcp.set_nodelay(true);
                     tracing::debug!("stream from {from} to {target}");
-                    let (t, r) = splice(channel, tcp).await;
+                    let (t, r) = splice(channel, streams.metered(tcp)).await;
                     tracing::debug!(
                         "stream from {from} to {target} ended: {} bytes in, {} bytes out, {r:?}",
                         t.a_to_b,

@@ -1,21 +1,38 @@
-//! The agent's view of its session's health: which streams are open, when the path was last
-//! proven end to end, and how far TCP got with what the agent sent (so that a keepalive or probe
-//! queued behind a transfer gets the time that transfer takes).
+//! The agent's view of its session's health: which streams are open, when they last moved
+//! bytes, when the path was last proven end to end, and how far TCP got with what the agent sent
+//! (so that a keepalive or probe queued behind a transfer gets the time that transfer takes).
 
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use burrow_io::activity::{Activity, Metered};
+
 /// The streams of one session.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Streams {
-    open: AtomicUsize,
-    relay_open: Arc<AtomicUsize>,
+    relay_open: AtomicUsize,
     /// When the relay last opened a stream to this device: proof that it routes to it.
     proven: Mutex<Option<Instant>>,
+    /// When the streams' local ends (services, serial ports) last moved bytes; the SSH side of
+    /// a stream moves the same bytes a moment before or after.
+    traffic: Arc<Activity>,
+    /// Whether any stream opened, so that `traffic`'s start counts as movement.
+    opened: AtomicBool,
+}
+
+impl Default for Streams {
+    fn default() -> Streams {
+        Streams {
+            relay_open: AtomicUsize::new(0),
+            proven: Mutex::new(None),
+            traffic: Activity::new(),
+            opened: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Streams {
@@ -24,19 +41,31 @@ impl Streams {
         *self.proven.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         self.relay_open.fetch_add(1, Ordering::Relaxed);
         let mut guard = self.device_side();
-        guard.1 = Some(self.relay_open.clone());
+        guard.relay = true;
         guard
     }
 
     /// A stream this device opened (`[[connect]]`).
     pub(crate) fn device_side(self: &Arc<Self>) -> StreamGuard {
-        self.open.fetch_add(1, Ordering::Relaxed);
-        StreamGuard(self.clone(), None)
+        // Opening is an exchange with the relay: it moves bytes too.
+        self.traffic.received();
+        self.opened.store(true, Ordering::Relaxed);
+        StreamGuard {
+            streams: self.clone(),
+            relay: false,
+        }
     }
 
-    /// Streams open now.
-    pub(crate) fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+    /// `io` (a stream's local end) with its bytes counted as the streams' movement.
+    pub(crate) fn metered<T>(&self, io: T) -> Metered<T> {
+        Metered::new(io, self.traffic.clone())
+    }
+
+    /// When a stream last opened or moved bytes, if any ever did.
+    pub(crate) fn moved_at(&self) -> Option<Instant> {
+        self.opened
+            .load(Ordering::Relaxed)
+            .then(|| self.traffic.last_rx().max(self.traffic.last_tx()))
     }
 
     /// Streams the relay opened that are open now.
@@ -57,13 +86,16 @@ impl Streams {
 
 /// Keeps a stream counted while it lives.
 #[derive(Debug)]
-pub(crate) struct StreamGuard(Arc<Streams>, Option<Arc<AtomicUsize>>);
+pub(crate) struct StreamGuard {
+    streams: Arc<Streams>,
+    /// Whether the relay opened it (counted in `relay_open`).
+    relay: bool,
+}
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-        if let Some(relay_open) = &self.1 {
-            relay_open.fetch_sub(1, Ordering::Relaxed);
+        if self.relay {
+            self.streams.relay_open.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -162,17 +194,37 @@ mod tests {
         assert!(watch.acked.is_some_and(|a| a >= before + 10_000));
     }
 
+    #[tokio::test]
+    async fn streams_moving_bytes_are_seen() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let t0 = Instant::now();
+        let streams = Arc::new(Streams::default());
+        assert_eq!(streams.moved_at(), None);
+        let _guard = streams.from_relay();
+        let opened = streams.moved_at().expect("an open moves bytes");
+        assert!(opened >= t0);
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut near = streams.metered(near);
+        far.write_all(b"x").await.expect("write");
+        let mut byte = [0u8; 1];
+        near.read_exact(&mut byte).await.expect("read");
+        let read = streams.moved_at().expect("moved");
+        assert!(read >= opened);
+        near.write_all(b"y").await.expect("write");
+        assert!(streams.moved_at().expect("moved") >= read);
+    }
+
     #[test]
     fn stream_guards_count_and_relay_streams_prove_the_path() {
         let streams = Arc::new(Streams::default());
         assert_eq!(streams.proven(), None);
         let a = streams.device_side();
-        assert_eq!((streams.open(), streams.proven()), (1, None));
+        assert_eq!((streams.relay_open(), streams.proven()), (0, None));
         let b = streams.from_relay();
-        assert_eq!((streams.open(), streams.relay_open()), (2, 1));
+        assert_eq!(streams.relay_open(), 1);
         assert!(streams.proven().is_some());
         drop(a);
         drop(b);
-        assert_eq!((streams.open(), streams.relay_open()), (0, 0));
+        assert_eq!(streams.relay_open(), 0);
     }
 }

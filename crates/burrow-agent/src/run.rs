@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::handler::Shared;
 use crate::hostkey::HostKeyPolicy;
 use crate::session::{Ctx, Current};
-use crate::status::{EndpointStatus, State, StatusBoard};
+use crate::status::{ConsoleStatus, EndpointStatus, State, StatusBoard};
 use crate::{AgentError, AgentOptions};
 
 /// A session up this long proves the setup works: later failures start backoff from scratch.
@@ -37,7 +37,7 @@ pub async fn run(
     }
     let schedule = config.schedule();
     tracing::info!(
-        "keepalive after {:?} without sending ({:?} while streams hear nothing), answer within {:?}; profile {}",
+        "keepalive after {:?} without sending ({:?} without hearing the relay after stream bytes), answer within {:?}; profile {}",
         schedule.interval,
         schedule.busy_interval,
         schedule.timeout,
@@ -109,6 +109,7 @@ pub(crate) async fn run_tunnel(
     let shared = Arc::new(Shared {
         instance: options.instance.clone(),
         consoles,
+        speeds: Default::default(),
         port_opener: options.port_opener.clone(),
         host_key,
         services,
@@ -118,7 +119,25 @@ pub(crate) async fn run_tunnel(
         .map(Target::to_string)
         .collect::<Vec<_>>()
         .join(", ");
-    status.retarget(&config.name, &relay_list, endpoints);
+    let mut console_status = Vec::new();
+    for (console, port) in config.consoles() {
+        let device = console.device.display().to_string();
+        // Served anyway (a USB adapter may be plugged in later), but said at once: a mistyped
+        // path would otherwise show only when an operator attaches.
+        if !console.device.exists() {
+            tracing::warn!(
+                "console {}: {device} does not exist (yet); operators attaching see it offline until it appears. Check the path (ls /dev/serial/by-id/)",
+                console.name
+            );
+        }
+        console_status.push(ConsoleStatus {
+            name: console.name.clone(),
+            device,
+            baud: console.baud,
+            port,
+        });
+    }
+    status.retarget(&config.name, &relay_list, endpoints, console_status);
 
     let connections = config.connection_count();
     let ctx = Arc::new(Ctx {
@@ -126,7 +145,7 @@ pub(crate) async fn run_tunnel(
         shared,
         status,
         current,
-        sessions_up: Default::default(),
+        slots_up: Default::default(),
     });
     let relays = Arc::new(relays);
     let in_use = Arc::new(Mutex::new(vec![None; connections]));

@@ -72,8 +72,9 @@ pub(crate) struct Ctx {
     pub(crate) shared: Arc<Shared>,
     pub(crate) status: StatusBoard,
     pub(crate) current: Current,
-    /// Sessions that came up so far; all but the first are reconnects.
-    pub(crate) sessions_up: std::sync::atomic::AtomicU64,
+    /// The connection slots (`connections`) that had a session up so far: a slot's first
+    /// session is a connect, each later one a reconnect.
+    pub(crate) slots_up: Mutex<std::collections::HashSet<usize>>,
 }
 
 /// The ciphers the agent offers, best first. With AES and carry-less multiply instructions
@@ -194,6 +195,7 @@ async fn session(
     let config = &ctx.config;
     let key = burrow_io::keys::load_private_key(&config.key).map_err(|e| e.to_string())?;
     let host_key_error = Arc::new(Mutex::new(None));
+    let banner = Arc::new(Mutex::new(None));
     let streams = Arc::new(Streams::default());
     let pending_probe: PendingProbe = Arc::default();
     let activity = Activity::new();
@@ -203,6 +205,7 @@ async fn session(
         pending_probe: pending_probe.clone(),
         shared: ctx.shared.clone(),
         probe_port: probe_port.clone(),
+        banner: banner.clone(),
     };
     let relay = target.to_string();
     let check = {
@@ -271,6 +274,17 @@ async fn session(
                 .take()
             {
                 Some(why) => why,
+                // A burrow relay says whose the key is when it is someone else's.
+                None if e.0.contains("refused every credential")
+                    && let Some(said) = banner.lock().unwrap_or_else(|e| e.into_inner()).take() =>
+                {
+                    format!(
+                        "relay {relay} refused key {} for device {}: {}",
+                        burrow_io::keys::fingerprint(key.public_key()),
+                        config.name,
+                        said.trim().trim_start_matches("burrow: ")
+                    )
+                }
                 None if e.0.contains("refused every credential") => {
                     let name = &config.name;
                     format!(
@@ -440,10 +454,14 @@ async fn serve(
         );
     *up_since = Some(Instant::now());
     tracing::info!("connected to relay {relay} as {}", config.name);
-    let previous = ctx
-        .sessions_up
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    ctx.status.update(|s| s.reconnects = previous);
+    let first_of_slot = ctx
+        .slots_up
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(slot);
+    if !first_of_slot {
+        ctx.status.update(|s| s.reconnects += 1);
+    }
     ctx.status.set_state(State::Up, None);
 
     let probe_port = *probe_port.lock().unwrap_or_else(|e| e.into_inner());
@@ -541,7 +559,7 @@ impl Watch<'_> {
             let link = Link {
                 last_rx: self.activity.last_rx(),
                 last_tx: self.activity.last_tx(),
-                streams_open: self.streams.open() > 0,
+                streams_moved_at: self.streams.moved_at(),
                 queue_moving_at: moved,
             };
             let schedule = self.liveness.schedule();
@@ -572,7 +590,7 @@ impl Watch<'_> {
                 self.status.update(|s| s.relay_silent_since = None);
                 silent_shown = false;
             }
-            // Open streams need the busy rule checked even when nothing wakes the loop.
+            // Streams that move bytes need the busy rule checked even when nothing wakes the loop.
             wake = wake.min(now + schedule.busy_interval);
             if let Some(probes) = &probes {
                 match probing.as_ref().map(|(sent, _)| *sent) {

@@ -36,6 +36,19 @@ pub struct EndpointStatus {
     pub error: Option<String>,
 }
 
+/// One serial console the agent serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleStatus {
+    /// Console name (`OPERATOR:DEVICE/NAME`).
+    pub name: String,
+    /// The serial device.
+    pub device: String,
+    /// Its configured line speed.
+    pub baud: u32,
+    /// Its endpoint port (RFC 2217).
+    pub port: u16,
+}
+
 /// The last end-to-end probe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProbeStatus {
@@ -81,6 +94,9 @@ pub struct Status {
     pub since: String,
     /// Endpoints.
     pub endpoints: Vec<EndpointStatus>,
+    /// Serial consoles served.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consoles: Vec<ConsoleStatus>,
     /// Last probe.
     pub last_probe: Option<ProbeStatus>,
     /// Probes run in this agent's life (they run only when nothing else proved the path).
@@ -89,7 +105,8 @@ pub struct Status {
     /// Set while a keepalive waits long for its answer: when the relay was last heard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_silent_since: Option<String>,
-    /// Connections made after the first.
+    /// Sessions that came up again after one was lost (each of `connections` sessions' first
+    /// one is a connect, not a reconnect).
     pub reconnects: u64,
     /// Last error.
     pub last_error: Option<String>,
@@ -135,6 +152,7 @@ impl StatusBoard {
                 state: State::Connecting,
                 since: now.clone(),
                 endpoints,
+                consoles: Vec::new(),
                 last_probe: None,
                 probes: 0,
                 relay_silent_since: None,
@@ -168,11 +186,18 @@ impl StatusBoard {
 
     /// Points the board at a new tunnel (on-demand access changed it): fresh endpoints, probe
     /// and counters; the metadata section stays.
-    pub fn retarget(&self, name: &str, relay: &str, endpoints: Vec<EndpointStatus>) {
+    pub fn retarget(
+        &self,
+        name: &str,
+        relay: &str,
+        endpoints: Vec<EndpointStatus>,
+        consoles: Vec<ConsoleStatus>,
+    ) {
         self.update(|s| {
             s.name = name.to_string();
             s.relay = relay.to_string();
             s.endpoints = endpoints;
+            s.consoles = consoles;
             s.last_probe = None;
             s.probes = 0;
             s.relay_silent_since = None;
@@ -275,6 +300,49 @@ fn render_metadata(m: &MetadataStatus) -> String {
     out
 }
 
+/// Whether the agent that last wrote the status file at `path` (process `pid`) still runs: a
+/// process of that id exists and started before the file was last written. After a reboot the
+/// id may belong to any process, started after the file was written.
+pub fn process_runs(pid: u32, path: &Path) -> bool {
+    if !Path::new("/proc/self/stat").exists() {
+        // Not Linux: trust the file.
+        return true;
+    }
+    let Some(started) = process_start(pid) else {
+        return false;
+    };
+    let written = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or(std::time::SystemTime::now());
+    started <= written + std::time::Duration::from_secs(1)
+}
+
+/// When process `pid` started, from `/proc` (its start in ticks after boot, and the boot time).
+fn process_start(pid: u32) -> Option<std::time::SystemTime> {
+    // USER_HZ, the unit of /proc's process times, is 100 on every Linux ABI burrow runs on.
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: fields are counted after it;
+    // the start time is field 22, the 20th after the name.
+    let ticks: u64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let after_epoch = std::time::Duration::from_secs(boot)
+        + std::time::Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND);
+    Some(std::time::UNIX_EPOCH + after_epoch)
+}
+
 /// Reads a status file written by a running agent.
 pub fn read(path: &Path) -> Result<Status, String> {
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -328,6 +396,21 @@ pub fn render(s: &Status) -> String {
     if s.state == State::Idle {
         return out;
     }
+    if !s.consoles.is_empty() {
+        out.push_str("consoles\n");
+        for c in &s.consoles {
+            // Looked at now: a USB adapter comes and goes without the agent writing its status.
+            let present = if Path::new(&c.device).exists() {
+                "present".to_string()
+            } else {
+                format!("MISSING: no {} on this machine now", c.device)
+            };
+            out.push_str(&format!(
+                "  {}/{} -> {} @ {} baud (endpoint {})  {present}\n",
+                s.name, c.name, c.device, c.baud, c.port
+            ));
+        }
+    }
     out.push_str("endpoints\n");
     for e in &s.endpoints {
         let relay_port = if e.requested != e.port {
@@ -346,4 +429,28 @@ pub fn render(s: &Status) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_runs_only_if_it_started_before_the_file_was_written() {
+        let dir = std::env::temp_dir().join(format!("burrow-status-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("status.json");
+        std::fs::write(&file, "{}").expect("write");
+        assert!(process_runs(std::process::id(), &file));
+        // A file written before this process started: its writer was some earlier process.
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(365 * 86_400);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .and_then(|f| f.set_modified(old))
+            .expect("set mtime");
+        assert!(!process_runs(std::process::id(), &file));
+        assert!(!process_runs(u32::MAX, &file));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -45,6 +45,10 @@ fn row(group: &str, system: &str, value: f64, unit: &'static str, note: Option<S
 
 /// Group of the idle-cost rows.
 pub const IDLE_GROUP: &str = "idle cost per device per month (IP bytes on the device's link)";
+/// The idle-cost row of the default device with an operator's session open and silent.
+pub const IDLE_SESSION: &str = "burrow, an idle ssh -J session open (profile standard)";
+/// Index of the probe-only system in the idle-cost table.
+const PROBE_ONLY: usize = 4;
 
 /// Two network namespaces (relay side, device side) joined by a veth pair.
 struct NetPair {
@@ -183,6 +187,16 @@ impl NetPair {
         Ok((bytes.saturating_sub(ETHERNET_HEADER * packets), packets))
     }
 
+    /// Whether the device side holds an established TCP connection to its local `port`.
+    fn device_serves(&self, port: u16) -> bool {
+        Command::new("ss")
+            .args(["-N", &self.device_ns(), "-tnH", "state", "established"])
+            .arg(format!("( sport = :{port} )"))
+            .output()
+            .map(|o| !String::from_utf8_lossy(&o.stdout).trim().is_empty())
+            .unwrap_or(false)
+    }
+
     /// Whether something listens on `port` on the relay side.
     fn relay_listens(&self, port: u16) -> bool {
         Command::new("ss")
@@ -248,6 +262,9 @@ struct IdleSystem {
     pair: NetPair,
     _procs: Vec<Proc>,
     status: Option<std::path::PathBuf>,
+    /// An operator's session through the tunnel is up once the device's local service on this
+    /// port holds a connection.
+    session_port: Option<u16>,
     /// Probes per month this system's settings run (burrow), and how often it rekeys by time.
     probes_per_month: f64,
     rekeys_per_month: f64,
@@ -286,11 +303,68 @@ async fn burrow_idle(
         pair,
         _procs: vec![relay, agent],
         status: Some(status),
+        session_port: None,
         probes_per_month,
         // One key exchange a week, by time.
         rekeys_per_month: 30.0 / 7.0,
         note: note.into(),
     })
+}
+
+/// The default burrow system with an operator's `ssh -J` session to the device's own sshd open
+/// through it and silent (`ssh -N`): what a shell left open overnight costs.
+async fn burrow_idle_session(env: &Env, n: u32, name: &str) -> anyhow::Result<IdleSystem> {
+    let mut system = burrow_idle(
+        env,
+        n,
+        name,
+        &["--expose", "22=127.0.0.1:22"],
+        MONTH / (6.0 * 3600.0),
+        "",
+    )
+    .await?;
+    let data = env.path(&format!("idle-relay-{n}"));
+    let op_pub = env.op_public_key();
+    env.burrow_cli(&[
+        "relay",
+        "--data-dir",
+        data.to_str().context("path")?,
+        "operator",
+        "add",
+        "bench-op",
+        "--pubkey",
+        op_pub.to_str().context("path")?,
+    ])?;
+    // The device's own sshd, reached only through the tunnel.
+    let config =
+        crate::systems::sshd_config(env, &format!("idle-device-sshd-{n}"), "127.0.0.1", 22, "")?;
+    let sshd = Proc::spawn(
+        NetPair::exec(&system.pair.device_ns(), &env.sshd)
+            .arg("-D")
+            .arg("-f")
+            .arg(&config),
+    )?;
+    // `ssh -J` spelled as its ProxyCommand, so that the hop to the relay takes the operator's
+    // key and the hop to the device the key its sshd knows.
+    let jump = format!(
+        "ssh -F /dev/null -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+         -o LogLevel=ERROR -o BatchMode=yes -o IdentitiesOnly=yes -p 2222 -W %h:%p bench-op@{}",
+        env.op_key.display(),
+        system.pair.relay_ip()
+    );
+    let mut ssh = NetPair::exec(&system.pair.relay_ns(), std::path::Path::new("ssh"));
+    ssh.args(["-F", "/dev/null", "-i"])
+        .arg(&env.key)
+        .args(["-o", "StrictHostKeyChecking=no", "-o"])
+        .args(["UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+        .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+        .args(["-o", &format!("ProxyCommand={jump}"), "-N"])
+        .arg(format!("{}@bench-dev", env.user));
+    let operator = Proc::spawn(&mut ssh)?;
+    system._procs.extend([sshd, operator]);
+    system.session_port = Some(22);
+    system.note = "the default agent with an operator's `ssh -J` session (`-N`) open and silent: keepalives as when idle, the busy check only after stream bytes".into();
+    Ok(system)
 }
 
 async fn openssh_idle(
@@ -335,6 +409,7 @@ async fn openssh_idle(
         pair,
         _procs: vec![sshd, client],
         status: None,
+        session_port: None,
         probes_per_month: 0.0,
         // OpenSSH rekeys by data only unless RekeyLimit names a time.
         rekeys_per_month: 0.0,
@@ -342,14 +417,15 @@ async fn openssh_idle(
     })
 }
 
-/// Waits until the system's tunnel is up: the agent says so, or the relay side listens.
+/// Waits until the system's tunnel is up: the agent says so, or the relay side listens; and
+/// its operator session, if any, reached the device.
 async fn wait_idle_up(s: &IdleSystem) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let up = match &s.status {
             Some(status) => agent_up(status),
             None => s.pair.relay_listens(IDLE_PORT),
-        };
+        } && s.session_port.is_none_or(|p| s.pair.device_serves(p));
         if up {
             return Ok(());
         }
@@ -389,6 +465,7 @@ async fn idle_cost(env: &Env, args: &Args) -> anyhow::Result<Vec<Row>> {
             "a keepalive after 150 s without sending; a probe when nothing proved the path for 6 h",
         )
         .await?,
+        burrow_idle_session(env, 7, IDLE_SESSION).await?,
         burrow_idle(
             env,
             2,
@@ -468,7 +545,7 @@ async fn idle_cost(env: &Env, args: &Args) -> anyhow::Result<Vec<Row>> {
         measured.push((after.0 - before.0, after.1 - before.1, probes));
     }
     // The probe-only system gives the cost of one probe.
-    let per_probe = match measured.get(3) {
+    let per_probe = match measured.get(PROBE_ONLY) {
         Some((bytes, packets, probes)) if *probes > 0 => (
             *bytes as f64 / *probes as f64,
             *packets as f64 / *probes as f64,
@@ -477,8 +554,10 @@ async fn idle_cost(env: &Env, args: &Args) -> anyhow::Result<Vec<Row>> {
     };
     let scale = MONTH / window.as_secs_f64();
     let mut rows = Vec::new();
+    let mut idle_device = None;
+    let mut connection = None;
     for (i, (s, (bytes, packets, probes))) in systems.iter().zip(measured).enumerate() {
-        if i == 3 {
+        if i == PROBE_ONLY {
             rows.push(row(
                 IDLE_GROUP,
                 "burrow: one probe",
@@ -488,7 +567,10 @@ async fn idle_cost(env: &Env, args: &Args) -> anyhow::Result<Vec<Row>> {
             ));
             continue;
         }
-        let (connect_bytes, connect_packets) = connect.get(i).copied().unwrap_or_default();
+        // An operator session's own handshake is no part of the device's rekey: such a system
+        // counts its device's connection (the first system's, the same agent and relay).
+        let own = if s.session_port.is_some() { 0 } else { i };
+        let (connect_bytes, connect_packets) = connect.get(own).copied().unwrap_or_default();
         // The window's own probes are counted once, in the probe term.
         let steady_bytes = (bytes as f64 - probes as f64 * per_probe.0).max(0.0);
         let steady_packets = (packets as f64 - probes as f64 * per_probe.1).max(0.0);
@@ -499,6 +581,12 @@ async fn idle_cost(env: &Env, args: &Args) -> anyhow::Result<Vec<Row>> {
             + per_probe.1 * s.probes_per_month
             + connect_packets as f64 * s.rekeys_per_month;
         let mut note = format!("{:.0} packets a month", month_packets);
+        if let (Some(device), true) = (idle_device, s.session_port.is_some()) {
+            note.push_str(&format!(
+                "; {:.2}x the idle device",
+                month_bytes / f64::max(device, f64::MIN_POSITIVE)
+            ));
+        }
         if !s.note.is_empty() {
             note.push_str("; ");
             note.push_str(&s.note);
@@ -511,7 +599,8 @@ async fn idle_cost(env: &Env, args: &Args) -> anyhow::Result<Vec<Row>> {
             Some(note),
         ));
         if i == 0 {
-            rows.push(row(
+            idle_device = Some(month_bytes);
+            connection = Some(row(
                 IDLE_GROUP,
                 "burrow: one connection (TCP, key exchange, authentication, forwards)",
                 connect_bytes as f64,
@@ -522,6 +611,11 @@ async fn idle_cost(env: &Env, args: &Args) -> anyhow::Result<Vec<Row>> {
                 )),
             ));
         }
+    }
+    // The idle device and the same device with a session open side by side, then what one of
+    // its connections costs.
+    if let Some(c) = connection {
+        rows.insert(rows.len().min(2), c);
     }
     Ok(rows)
 }

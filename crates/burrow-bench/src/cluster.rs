@@ -328,16 +328,23 @@ fn reachable(env: &Env, port: u16, device: &str, known_hosts: &std::path::Path) 
 
 async fn failover(env: &Env, args: &Args, results: &mut Results) -> anyhow::Result<()> {
     let pg = Postgres::start().await?;
-    let key = burrow_io::keys::load_private_key(&env.key)?;
-    let public = key.public_key().clone();
     let db = burrow_relay::store::Db::postgres(&pg.url, "").await?;
     let agents = args.failover_devices.max(1);
     for i in 0..agents {
-        db.add_device(&format!("fo-{i}"), std::slice::from_ref(&public))
+        let name = format!("fo-{i}");
+        let key = burrow_io::keys::load_private_key(&env.key_for(&name)?)?;
+        db.add_device(&name, std::slice::from_ref(key.public_key()))
             .await?;
     }
-    db.add_operator("bench-op", &[public], None, &["*".into()], false)
-        .await?;
+    let operator = burrow_io::keys::load_private_key(&env.op_key)?;
+    db.add_operator(
+        "bench-op",
+        std::slice::from_ref(operator.public_key()),
+        None,
+        &["*".into()],
+        false,
+    )
+    .await?;
     let echo = crate::traffic::echo_server().await?;
     let mut relays = Relays::start(env, &pg.url, "failover", 2).await?;
     let known_hosts = env.path("failover_known_hosts");
@@ -357,7 +364,7 @@ async fn failover(env: &Env, args: &Args, results: &mut Results) -> anyhow::Resu
     let agent = |name: &str, connections: u32| -> anyhow::Result<Proc> {
         let mut c = Command::new(&env.burrow);
         c.args(["agent", "--name", name, "--key"])
-            .arg(&env.key)
+            .arg(env.key_for(name)?)
             .args(["--expose", &format!("7=127.0.0.1:{echo}")])
             .args(["--connections", &connections.to_string()])
             .args(["--backoff-min", "0.2", "--backoff-max", "2"])

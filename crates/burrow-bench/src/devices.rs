@@ -160,7 +160,7 @@ async fn reconnect_after_reboot(
         ])?
         .trim()
         .to_string();
-    let pubkey = env.public_key();
+    let pubkey = env.key_for("bench-reboot")?.with_extension("pub");
     let d = site.data_dir.to_str().context("path")?;
     let listen = free_port();
     env.burrow_cli(&[
@@ -293,7 +293,7 @@ pub async fn agent_footprint(
     results: &mut Results,
 ) -> anyhow::Result<()> {
     let d = site.data_dir.to_str().context("path")?;
-    let pubkey = env.public_key();
+    let pubkey = env.key_for("bench-idle")?.with_extension("pub");
     env.burrow_cli(&[
         "relay",
         "--data-dir",

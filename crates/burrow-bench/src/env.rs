@@ -73,6 +73,8 @@ pub struct Env {
     pub rathole: Option<PathBuf>,
     /// Device key (ed25519, OpenSSH format), with `.pub` beside it.
     pub key: PathBuf,
+    /// Operator key: a relay refuses one key for two principals.
+    pub op_key: PathBuf,
     pub user: String,
     pub versions: Vec<(String, String)>,
 }
@@ -212,12 +214,15 @@ impl Env {
         raise_fd_limit();
         let dir = tempfile::Builder::new().prefix("burrow-bench-").tempdir()?;
         let key = dir.path().join("device_key");
-        let status = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&key)
-            .status()?;
-        if !status.success() {
-            bail!("ssh-keygen failed");
+        let op_key = dir.path().join("operator_key");
+        for k in [&key, &op_key] {
+            let status = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(k)
+                .status()?;
+            if !status.success() {
+                bail!("ssh-keygen failed");
+            }
         }
         let user = String::from_utf8_lossy(&Command::new("id").arg("-un").output()?.stdout)
             .trim()
@@ -248,6 +253,7 @@ impl Env {
             sshd,
             rathole,
             key,
+            op_key,
             user,
             versions,
         })
@@ -261,15 +267,41 @@ impl Env {
         self.key.with_extension("pub")
     }
 
+    pub fn op_public_key(&self) -> PathBuf {
+        self.op_key.with_extension("pub")
+    }
+
+    /// The private key of device `name`: the bench key for `bench-dev`, else one made for it
+    /// on first use (a relay refuses one key for two devices).
+    pub fn key_for(&self, name: &str) -> anyhow::Result<PathBuf> {
+        if name == "bench-dev" {
+            return Ok(self.key.clone());
+        }
+        let dir = self.path("device-keys");
+        std::fs::create_dir_all(&dir)?;
+        let key = dir.join(name);
+        if !key.exists() {
+            let status = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&key)
+                .status()?;
+            if !status.success() {
+                bail!("ssh-keygen failed for {name}");
+            }
+        }
+        Ok(key)
+    }
+
     /// `burrow agent` arguments as device `bench-dev` against `relay` (`HOST:PORT`).
     pub fn agent_args(&self, relay: &str, fingerprint: &str, status: &Path) -> Vec<String> {
-        self.device_args(relay, "bench-dev", fingerprint, status)
+        self.device_args(relay, "bench-dev", &self.key, fingerprint, status)
     }
 
     fn device_args(
         &self,
         relay: &str,
         name: &str,
+        key: &Path,
         fingerprint: &str,
         status: &Path,
     ) -> Vec<String> {
@@ -277,7 +309,7 @@ impl Env {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        args.push(self.key.display().to_string());
+        args.push(key.display().to_string());
         args.extend(["--host-key".into(), fingerprint.into()]);
         args.extend(["--status-file".into(), status.display().to_string()]);
         args
@@ -293,9 +325,10 @@ impl Env {
         status: &Path,
     ) -> anyhow::Result<Proc> {
         let relay = format!("127.0.0.1:{relay_port}");
+        let key = self.key_for(name)?;
         Proc::spawn(
             Command::new(&self.burrow)
-                .args(self.device_args(&relay, name, fingerprint, status))
+                .args(self.device_args(&relay, name, &key, fingerprint, status))
                 .args(extra)
                 .env("BURROW_LOG", "error"),
         )

@@ -201,12 +201,8 @@ pub(crate) fn register_devices(
     std::fs::create_dir_all(data_dir)?;
     let store =
         burrow_relay::store::Store::open(&data_dir.join(burrow_relay::datadir::DATABASE_FILE))?;
-    let public = [key.public_key().clone()];
-    for i in 0..n {
-        let name = format!("load-{i}");
-        if !store.device_exists(&name)? {
-            store.add_device(&name, &public)?;
-        }
-    }
+    // One key for the whole simulated fleet: only the bulk loader takes that.
+    let names: Vec<String> = (0..n).map(|i| format!("load-{i}")).collect();
+    store.add_devices_bulk(&names, &[key.public_key().clone()])?;
     Ok(())
 }

@@ -26,10 +26,11 @@ pub struct Path {
 /// The cipher burrow's agent and relay agree on by default, used for OpenSSH too.
 pub const SAME_CIPHER: &str = "aes256-gcm@openssh.com";
 
-/// Options every stock ssh client in the bench takes: the bench key, no host key prompts.
+/// Options every stock ssh client in the bench takes: the operator key (every test sshd takes
+/// it too), no host key prompts.
 pub fn ssh_options(env: &Env, cmd: &mut Command) {
     cmd.args(["-F", "/dev/null", "-i"])
-        .arg(&env.key)
+        .arg(&env.op_key)
         .args([
             "-o",
             "StrictHostKeyChecking=no",
@@ -87,11 +88,12 @@ pub fn sshd_config(
     std::fs::write(
         &config,
         format!(
-            "Port {port}\nListenAddress {listen}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\nStrictModes no\nUsePAM no\n\
+            "Port {port}\nListenAddress {listen}\nHostKey {}\nAuthorizedKeysFile {} {}\nPidFile {}\nStrictModes no\nUsePAM no\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
              AllowTcpForwarding yes\nMaxStartups 2000:30:4000\nMaxSessions 100\nLogLevel ERROR\n{extra}\n",
             host_key.display(),
             env.public_key().display(),
+            env.op_public_key().display(),
             dir.join("sshd.pid").display(),
         ),
     )?;
@@ -345,7 +347,7 @@ pub async fn burrow_site(env: &Env, name: &str, b: Backends) -> anyhow::Result<B
     let data_dir = env.path(name);
     let fingerprint = relay_data(env, &data_dir)?;
     let d = data_dir.to_str().context("path")?;
-    let pubkey = env.public_key();
+    let pubkey = env.op_public_key();
     let pubkey = pubkey.to_str().context("path")?;
     env.burrow_cli(&[
         "relay",

@@ -38,6 +38,16 @@ pub enum KeyError {
         /// Where its private half usually is.
         private: String,
     },
+    /// A private key where a public key was wanted.
+    #[error(
+        "{what} is a private key; give its public half instead: {public} (ssh-keygen writes it beside the private key; `ssh-keygen -y -f KEY` prints it). A private key stays on its device"
+    )]
+    PrivateNotPublic {
+        /// The file or input that held it.
+        what: String,
+        /// Where its public half usually is.
+        public: String,
+    },
     /// The file is not a key of the expected form.
     #[error("cannot parse key {what}: {reason}")]
     Parse {
@@ -205,6 +215,16 @@ pub fn parse_public_keys(text: &str, what: &str) -> Result<Vec<PublicKey>, KeyEr
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
+        if line.starts_with("-----BEGIN") && line.contains("PRIVATE KEY") {
+            let public = match what {
+                "stdin" | "" => "the key's .pub file".to_string(),
+                file => format!("{file}.pub"),
+            };
+            return Err(KeyError::PrivateNotPublic {
+                what: what.to_string(),
+                public,
+            });
+        }
         let key = PublicKey::from_openssh(line).map_err(|e| KeyError::Parse {
             what: format!("{what} line {}", n + 1),
             reason: format!("{e} (expected an OpenSSH public key such as `ssh-ed25519 AAAA...`)"),
@@ -262,6 +282,14 @@ mod tests {
             .to_string();
         assert!(err.contains("f line 2"), "{err}");
         assert!(parse_public_keys("\n", "f").is_err());
+        let private = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n";
+        let err = parse_public_keys(private, "keys/pi")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("keys/pi is a private key") && err.contains("keys/pi.pub"),
+            "{err}"
+        );
     }
 }
 

@@ -276,7 +276,8 @@ pub struct AgentConfig {
     pub keepalive_interval: Option<Seconds>,
     /// Seconds a keepalive may go unanswered before the session counts as dead.
     pub keepalive_timeout: Option<Seconds>,
-    /// While streams are open: seconds without hearing from the relay before a keepalive.
+    /// After a stream moved bytes (until a keepalive answered after them): seconds without
+    /// hearing from the relay before a keepalive.
     pub busy_keepalive_interval: Option<Seconds>,
     /// No longer used (a keepalive is retried by TCP until `keepalive_timeout`); still accepted
     /// so that older configurations keep working.
@@ -501,12 +502,18 @@ impl AgentConfig {
                     "host_key = {fp:?}: write the relay's fingerprint as printed by `burrow relay fingerprint` (SHA256:...)"
                 ));
             }
+            (Some(fp), _, _) => {
+                for f in fp.split(',') {
+                    check_fingerprint(f.trim())
+                        .map_err(|e| ConfigError::Invalid(format!("host_key = {fp:?}: {e}")))?;
+                }
+            }
             (None, None, _) => {
                 return invalid(
                     "no relay host key pin: set host_key = \"SHA256:...\" (from `burrow relay fingerprint`) or known_hosts = FILE".into(),
                 );
             }
-            (None, Some(_), _) | (Some(_), _, _) => {}
+            (None, Some(_), _) => {}
         }
         self.validate_services()
     }
@@ -726,6 +733,34 @@ impl Expose {
     }
 }
 
+/// Base64 characters in a SHA256 fingerprint (32 bytes, unpadded), after `SHA256:`.
+const FINGERPRINT_CHARS: usize = 43;
+
+/// Checks a `SHA256:...` host key fingerprint whole: a pin cut short when it was copied would
+/// match no key, and the agent would only say so at its first connection.
+pub fn check_fingerprint(fp: &str) -> Result<(), String> {
+    let Some(digest) = fp.strip_prefix("SHA256:") else {
+        return Err(format!(
+            "{fp:?} is not a SHA256 fingerprint: write it as `burrow relay fingerprint` prints it (SHA256:...)"
+        ));
+    };
+    if let Some(bad) = digest
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '+' || *c == '/'))
+    {
+        return Err(format!(
+            "{bad:?} is not a base64 character; copy the fingerprint whole from `burrow relay fingerprint`"
+        ));
+    }
+    if digest.len() != FINGERPRINT_CHARS {
+        return Err(format!(
+            "a SHA256 fingerprint has {FINGERPRINT_CHARS} base64 characters after `SHA256:`, this one has {} (cut short when copied?); copy it whole from `burrow relay fingerprint`",
+            digest.len()
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -746,7 +781,7 @@ mod tests {
                 (Seconds::Fraction(max), true),
             ] {
                 let mut c = AgentConfig::new("r:22", "pi", "/k".into());
-                c.host_key = Some("SHA256:x".into());
+                c.host_key = Some("SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".into());
                 let slot = match key {
                     "keepalive_interval" => &mut c.keepalive_interval,
                     "keepalive_timeout" => &mut c.keepalive_timeout,
@@ -788,7 +823,7 @@ mod tests {
 relay = "relay.example.com:443"
 name = "garage-pi"
 key = "/etc/burrow/id_ed25519"
-host_key = "SHA256:abc"
+host_key = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"
 keepalive_interval = 15
 keepalive_count = 3
 backoff_min = 0.5
@@ -874,7 +909,7 @@ to = "localhost:1883"
             ("relay = \"r:22\"\n", "relay is delivered by [metadata]"),
             ("key = \"/k\"\n", "key is delivered by [metadata]"),
             (
-                "host_key = \"SHA256:x\"\n",
+                "host_key = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\n",
                 "host_key is delivered by [metadata]",
             ),
         ] {
@@ -922,8 +957,26 @@ to = "localhost:1883"
                 "name = \"Garage\"",
                 "invalid device name",
             ),
-            ("host_key = \"SHA256:abc\"", "", "no relay host key pin"),
-            ("host_key = \"SHA256:abc\"", "host_key = \"abc\"", "SHA256:"),
+            (
+                "host_key = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"",
+                "",
+                "no relay host key pin",
+            ),
+            (
+                "host_key = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"",
+                "host_key = \"abc\"",
+                "SHA256:",
+            ),
+            (
+                "host_key = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"",
+                "host_key = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJW\"",
+                "has 35",
+            ),
+            (
+                "host_key = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"",
+                "host_key = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSu!U\"",
+                "base64",
+            ),
             ("backoff_min = 0.5", "backoff_min = 60", "backoff_max"),
             ("keepalive_count = 3", "keepalive_count = 0", "at least 1"),
             (
@@ -949,7 +1002,7 @@ to = "localhost:1883"
     #[test]
     fn bare_relay_host_gets_port_22() {
         let mut c = AgentConfig::new("relay", "pi", PathBuf::from("k"));
-        c.host_key = Some("SHA256:x".into());
+        c.host_key = Some("SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".into());
         assert_eq!(c.relay_target(), Ok(Target::new("relay", 22)));
         assert!(c.validate().is_ok());
     }
@@ -965,7 +1018,7 @@ mod console_tests {
 relay = "r:1"
 name = "pi"
 key = "k"
-host_key = "SHA256:x"
+host_key = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"
 [[console]]
 device = "/dev/ttyUSB0"
 [[console]]

@@ -2,7 +2,10 @@
 //!
 //! One side sends: the agent, and only when its own direction has been quiet for the
 //! interval (streams that move data need no keepalive). Each keepalive asks the relay for an
-//! answer; any byte from the relay is that answer. The relay never sends keepalives to an agent
+//! answer; any byte from the relay is that answer. After a stream moved bytes, the agent checks
+//! the link sooner (the busy interval after it last heard the relay), once: an answered keepalive
+//! sent after those bytes proves they were not lost, and an open stream that stays silent then
+//! costs what an idle session costs (a SIM is billed for every keepalive). The relay never sends keepalives to an agent
 //! that declared its schedule (in the comment of its SSH identification line): it only
 //! watches the silence and drops the session once a keepalive is overdue by the timeout.
 //!
@@ -15,7 +18,8 @@ use std::time::{Duration, Instant};
 pub struct Schedule {
     /// A keepalive goes out after this long without sending anything.
     pub interval: Duration,
-    /// While streams are open, one also goes out after this long without receiving anything.
+    /// After a stream moved bytes that no answered keepalive has covered yet, one also goes out
+    /// after this long without receiving anything.
     pub busy_interval: Duration,
     /// Time a keepalive may go unanswered (counted once what was queued ahead of it left).
     pub timeout: Duration,
@@ -98,8 +102,8 @@ pub struct Link {
     pub last_rx: Instant,
     /// Last byte sent to the relay.
     pub last_tx: Instant,
-    /// Whether any stream is open.
-    pub streams_open: bool,
+    /// Last time a stream opened or moved bytes either way; `None` if none ever did.
+    pub streams_moved_at: Option<Instant>,
     /// Last time bytes queued ahead of the outstanding keepalive were still being acknowledged
     /// (the link is slow, not dead); `None` when unknown or nothing was queued.
     pub queue_moving_at: Option<Instant>,
@@ -122,6 +126,8 @@ pub struct Liveness {
     schedule: Schedule,
     /// When the unanswered keepalive went out.
     waiting_since: Option<Instant>,
+    /// When the last answered keepalive went out: everything before it reached the relay.
+    proven_at: Option<Instant>,
 }
 
 impl Liveness {
@@ -130,6 +136,7 @@ impl Liveness {
         Liveness {
             schedule,
             waiting_since: None,
+            proven_at: None,
         }
     }
 
@@ -149,6 +156,7 @@ impl Liveness {
             if link.last_rx >= sent {
                 // Any byte from the relay answers it.
                 self.waiting_since = None;
+                self.proven_at = Some(sent);
             } else {
                 let clock = link.queue_moving_at.map_or(sent, |t| t.max(sent));
                 let deadline = clock + self.schedule.timeout;
@@ -163,7 +171,12 @@ impl Liveness {
             }
         }
         let mut due = link.last_tx + self.schedule.interval;
-        if link.streams_open {
+        // Stream bytes not yet covered by an answered keepalive may be lost on a dead link:
+        // check soon. An open stream that moved nothing since is as idle as no stream.
+        let unproven = link
+            .streams_moved_at
+            .is_some_and(|moved| self.proven_at.is_none_or(|proven| moved >= proven));
+        if unproven {
             due = due.min(link.last_rx + self.schedule.busy_interval);
         }
         if now >= due {
@@ -192,7 +205,7 @@ mod tests {
         Link {
             last_rx: t0 + secs(rx),
             last_tx: t0 + secs(tx),
-            streams_open: false,
+            streams_moved_at: None,
             queue_moving_at: None,
         }
     }
@@ -264,15 +277,40 @@ mod tests {
     }
 
     #[test]
-    fn open_streams_that_hear_nothing_check_within_the_busy_interval() {
+    fn streams_that_moved_bytes_check_within_the_busy_interval() {
         let t0 = Instant::now();
         let mut l = Liveness::new(S);
         let mut link = idle(t0, 0, 5);
-        link.streams_open = true;
+        link.streams_moved_at = Some(t0 + secs(5));
         assert_eq!(l.step(t0 + secs(6), link), Step::Wait(t0 + secs(10)));
         assert_eq!(l.step(t0 + secs(10), link), Step::SendKeepalive);
         // Dead within busy interval + timeout of the last byte heard.
         assert!(matches!(l.step(t0 + secs(30), link), Step::Dead(_)));
+    }
+
+    #[test]
+    fn a_stream_that_stays_silent_after_an_answer_costs_no_more_than_an_idle_session() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(S);
+        // A stream opened and moved bytes at 1 s; the relay was last heard then.
+        let mut link = idle(t0, 1, 1);
+        link.streams_moved_at = Some(t0 + secs(1));
+        assert_eq!(l.step(t0 + secs(11), link), Step::SendKeepalive);
+        // The answer covers the stream's bytes: from then on only the idle interval applies.
+        link.last_tx = t0 + secs(11);
+        link.last_rx = t0 + secs(12);
+        assert_eq!(l.step(t0 + secs(12), link), Step::Wait(t0 + secs(161)));
+        assert_eq!(l.step(t0 + secs(100), link), Step::Wait(t0 + secs(161)));
+        // The stream moves again: one more check, the busy interval after the relay was heard.
+        link.streams_moved_at = Some(t0 + secs(120));
+        link.last_rx = t0 + secs(120);
+        assert_eq!(l.step(t0 + secs(121), link), Step::Wait(t0 + secs(130)));
+        // Bytes the device sends after a long silence of the relay are checked at once.
+        let mut l = Liveness::new(S);
+        let mut link = idle(t0, 0, 0);
+        link.streams_moved_at = Some(t0 + secs(100));
+        link.last_tx = t0 + secs(100);
+        assert_eq!(l.step(t0 + secs(100), link), Step::SendKeepalive);
     }
 
     #[test]

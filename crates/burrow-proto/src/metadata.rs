@@ -851,7 +851,7 @@ mod tests {
 
     #[test]
     fn url_kind_without_id_takes_the_entry_itself() {
-        let doc = br#"{"burrow":{"relay":"relay.example:2222","name":"pi-7","host_key":"SHA256:abc","private_key":"PEM","expose":[{"port":22},{"port":80,"to":"127.0.0.1:8080"}]}}"#;
+        let doc = br#"{"burrow":{"relay":"relay.example:2222","name":"pi-7","host_key":"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU","private_key":"PEM","expose":[{"port":22},{"port":80,"to":"127.0.0.1:8080"}]}}"#;
         let found = find_entry(doc, None).unwrap().unwrap();
         let Entry::Burrow(e) = &found.entry else {
             panic!("{found:?}")
@@ -873,7 +873,10 @@ mod tests {
             .unwrap();
         assert!(t.host_key_pinned);
         assert_eq!(t.config.name, "pi-7");
-        assert_eq!(t.config.host_key.as_deref(), Some("SHA256:abc"));
+        assert_eq!(
+            t.config.host_key.as_deref(),
+            Some("SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU")
+        );
         assert_eq!(t.config.known_hosts, None);
         assert_eq!(t.config.metadata, None);
         assert_eq!(t.private_key.expose(), "PEM");

@@ -28,24 +28,36 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// `device ls` as a table.
-pub fn render_devices(devices: &[DeviceRecord]) -> String {
+/// `device ls` as a table; a cluster's (`cluster`) says which relay holds each device.
+pub fn render_devices(devices: &[DeviceRecord], cluster: bool) -> String {
     let width = devices
         .iter()
         .map(|d| d.name.len())
         .max()
         .unwrap_or(0)
         .max(6);
+    let relay_col = |relay: Option<&str>| {
+        if cluster {
+            format!("{:<12}  ", relay.unwrap_or("-"))
+        } else {
+            String::new()
+        }
+    };
     let mut out = format!(
-        "{:<width$}  {:<7}  {:<20}  {:<12}  KEYS\n",
-        "DEVICE", "STATE", "LAST SEEN", "ENDPOINTS"
+        "{:<width$}  {:<7}  {:<20}  {}{:<12}  KEYS\n",
+        "DEVICE",
+        "STATE",
+        "LAST SEEN",
+        relay_col(Some("RELAY")),
+        "ENDPOINTS"
     );
     for d in devices {
         out.push_str(&format!(
-            "{:<width$}  {:<7}  {:<20}  {:<12}  {}\n",
+            "{:<width$}  {:<7}  {:<20}  {}{:<12}  {}\n",
             d.name,
             state_text(d.online),
             last_seen_text(d.last_seen),
+            relay_col(d.relay.as_deref()),
             endpoints_text(&d.endpoints),
             d.fingerprints.join(" "),
         ));
@@ -118,6 +130,43 @@ pub fn render_operators(operators: &[OperatorRecord]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clusters_device_listing_names_the_holding_relay() {
+        let device = |name: &str, relay: Option<&str>| DeviceRecord {
+            name: name.into(),
+            fingerprints: vec!["SHA256:x".into()],
+            last_seen: None,
+            online: relay.is_some(),
+            endpoints: vec![22],
+            allow_connect: Vec::new(),
+            allow_listen: Vec::new(),
+            relay: relay.map(str::to_string),
+        };
+        let devices = [device("pi", Some("r1")), device("cam", None)];
+        let text = render_devices(&devices, true);
+        let lines: Vec<_> = text.lines().collect();
+        let header: Vec<_> = lines[0].split_whitespace().collect();
+        assert_eq!(
+            header,
+            [
+                "DEVICE",
+                "STATE",
+                "LAST",
+                "SEEN",
+                "RELAY",
+                "ENDPOINTS",
+                "KEYS"
+            ]
+        );
+        let pi: Vec<_> = lines[1].split_whitespace().collect();
+        assert_eq!(pi, ["pi", "online", "never", "r1", "22", "SHA256:x"]);
+        let cam: Vec<_> = lines[2].split_whitespace().collect();
+        assert_eq!(cam, ["cam", "offline", "never", "-", "22", "SHA256:x"]);
+        // Columns line up: RELAY sits where each row's relay does.
+        assert_eq!(lines[0].find("RELAY"), lines[1].find("r1"));
+        assert!(!render_devices(&devices, false).contains("RELAY"));
+    }
 
     #[test]
     fn passwords_roundtrip() {

@@ -146,7 +146,21 @@ impl Conn {
                 Decision::Accept
             }
             Ok(KeyMatch::Operator(login, _fp)) => self.become_operator(login, "public key").await,
-            Err(why) => self.reject(user, &why, AuthFailure::UnknownKey),
+            Err(why) => {
+                let decision = self.reject(user, &why, AuthFailure::UnknownKey);
+                // The client proved it holds the key (it signed): it may learn whose it is.
+                match self
+                    .relay
+                    .db
+                    .key_holder(&burrow_io::keys::fingerprint(key))
+                    .await
+                {
+                    Ok(Some((kind, holder))) => {
+                        Decision::RejectSaying(key_held_by(user, &kind, &holder))
+                    }
+                    _ => decision,
+                }
+            }
         }
     }
 
@@ -160,6 +174,20 @@ impl Conn {
             crate::password::Outcome::Accepted(login) => self.become_operator(login, method).await,
             crate::password::Outcome::Refused(why, kind) => self.reject(user, &why, kind),
         }
+    }
+}
+
+/// What a client that logged in as `user` with a key registered to someone else is told.
+fn key_held_by(user: &str, kind: &str, holder: &str) -> String {
+    let user = burrow_proto::text::clean(user, burrow_proto::text::MAX_NAME_CHARS);
+    if kind == "device" {
+        format!(
+            "burrow: this key is device {holder}'s, not {user}'s: if this device is {holder}, set its name to {holder} (name = \"{holder}\" or --name {holder}); otherwise give {user} a key of its own"
+        )
+    } else {
+        format!(
+            "burrow: this key is operator {holder}'s, not {user}'s: log in as {holder}, or give {user} a key of its own"
+        )
     }
 }
 
@@ -185,7 +213,7 @@ impl Handler for Conn {
                 method,
             } => self.password(user, password, method).await,
         };
-        if decision == Decision::Reject {
+        if matches!(decision, Decision::Reject | Decision::RejectSaying(_)) {
             // Failures are answered a fixed pause after the attempt was taken up, as sshd
             // does: guessing costs time, and the work done meanwhile does not show.
             let answer = self.paced_from + self.relay.config.auth_rejection_time;

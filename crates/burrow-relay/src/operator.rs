@@ -112,10 +112,7 @@ pub(crate) async fn open_endpoint(
             ),
         ));
     }
-    let ep = match asker {
-        Asker::Device => dev.endpoint(port),
-        Asker::Operator => dev.public_endpoint(port),
-    };
+    let ep = dev.endpoint_soon(port, asker == Asker::Device).await;
     let Some(ep) = ep else {
         let ports = dev.ports();
         let exposed = if ports.is_empty() {

@@ -13,6 +13,11 @@ use tokio_util::sync::CancellationToken;
 /// First port handed out for `tcpip-forward` requests with port 0 (as sshd picks an ephemeral one).
 pub const DYNAMIC_PORT_FIRST: u16 = 49152;
 
+/// How long after a device session comes up an open for a port it does not expose yet waits for
+/// it: the device asks for its endpoints right after it logs in, and they arrive a round trip or
+/// two later (a second on a cellular link). Past this, the port is simply not exposed.
+pub const ENDPOINTS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Bind address prefix with which an agent announces a console endpoint (`console/NAME`).
 pub const CONSOLE_BIND_PREFIX: &str = "console/";
 
@@ -64,6 +69,8 @@ pub struct DeviceSession {
     /// Why the relay gave the session up, for the offline record.
     gave_up: Mutex<Option<String>>,
     endpoints: Mutex<BTreeMap<u16, Endpoint>>,
+    /// Woken when an endpoint is added.
+    endpoint_added: tokio::sync::Notify,
 }
 
 /// How the relay sees a device session's health.
@@ -120,6 +127,7 @@ impl DeviceSession {
             unanswered_open: Mutex::new(None),
             gave_up: Mutex::new(None),
             endpoints: Mutex::new(BTreeMap::new()),
+            endpoint_added: tokio::sync::Notify::new(),
         }
     }
 
@@ -190,6 +198,7 @@ impl DeviceSession {
                 port,
             },
         );
+        self.endpoint_added.notify_waiters();
         Some(port)
     }
 
@@ -206,6 +215,33 @@ impl DeviceSession {
     /// The endpoint on `port` if operators may reach it (not internal).
     pub fn public_endpoint(&self, port: u16) -> Option<Endpoint> {
         self.endpoint(port).filter(|e| !e.is_internal())
+    }
+
+    /// The endpoint on `port` (internal ones only if `internal`), waiting for it while the
+    /// session is younger than [`ENDPOINTS_GRACE`]: an open that arrives just after a device
+    /// (re)connected is held until its endpoints do instead of being refused. `None` when the
+    /// port is still not there, or the session was replaced or ended meanwhile.
+    pub async fn endpoint_soon(&self, port: u16, internal: bool) -> Option<Endpoint> {
+        let deadline = self.since + ENDPOINTS_GRACE;
+        loop {
+            let added = self.endpoint_added.notified();
+            tokio::pin!(added);
+            // Registered before looking, so an endpoint added in between still wakes it.
+            added.as_mut().enable();
+            // An internal endpoint is there already: waiting would not make it reachable.
+            if let Some(ep) = self.endpoint(port) {
+                return (internal || !ep.is_internal()).then_some(ep);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::select! {
+                () = added => {}
+                () = tokio::time::sleep_until(deadline.into()) => {}
+                () = self.replaced.cancelled() => return None,
+                () = self.cut.cancelled() => return None,
+            }
+        }
     }
 
     /// The endpoint port of console `name`, announced by the agent with bind address `console/NAME`.

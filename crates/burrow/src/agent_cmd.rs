@@ -12,14 +12,7 @@ use crate::exit::{self, Failure, Result};
 
 pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> Result {
     if let Some(AgentCommand::Status { json }) = args.command {
-        let path = args.status_file.clone().unwrap_or_else(default_status_file);
-        let s = status::read(&path).map_err(|e| Failure::new(exit::NOINPUT, e))?;
-        if json {
-            println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
-        } else {
-            print!("{}", status::render(&s));
-        }
-        return Ok(());
+        return show_status(&args, json);
     }
     let config = build_config(&args)?;
     let status_file = args
@@ -32,20 +25,63 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> Result {
         .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))
 }
 
+/// `agent status` exit code: the agent runs but its tunnel is not up.
+const STATUS_NOT_UP: i32 = 1;
+/// `agent status` exit code: the agent is not running (as an LSB init script's `status`).
+const STATUS_NOT_RUNNING: i32 = 3;
+
+/// `agent status`: the status file the agent of `--config` (or `--status-file`) writes, and an
+/// exit code scripts can test.
+fn show_status(args: &AgentArgs, json: bool) -> Result {
+    let from_config = match &args.config {
+        Some(path) => read_config(path)?.status_file,
+        None => None,
+    };
+    let path = args
+        .status_file
+        .clone()
+        .or(from_config)
+        .unwrap_or_else(default_status_file);
+    let s = status::read(&path).map_err(|e| Failure::new(exit::NOINPUT, e))?;
+    let running = status::process_runs(s.pid, &path);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+    } else {
+        if !running {
+            println!(
+                "process    NOT RUNNING: agent process {} is gone; its last status (from {}) follows",
+                s.pid,
+                path.display()
+            );
+        }
+        print!("{}", status::render(&s));
+    }
+    let code = match s.state {
+        _ if !running => STATUS_NOT_RUNNING,
+        status::State::Up | status::State::Idle => return Ok(()),
+        status::State::Connecting | status::State::Down => STATUS_NOT_UP,
+    };
+    // The text above says why; the exit code alone tells a script.
+    std::process::exit(code);
+}
+
+/// The agent config file at `path`, parsed.
+fn read_config(path: &std::path::Path) -> Result<AgentConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::new(
+            exit::NOINPUT,
+            format!("cannot read config {}: {e}", path.display()),
+        )
+    })?;
+    AgentConfig::from_toml(&text)
+        .map_err(|e| Failure::new(exit::CONFIG, format!("config {}: {e}", path.display())))
+}
+
 /// The config file (if any) with the flags applied on top.
 pub fn build_config(args: &AgentArgs) -> Result<AgentConfig> {
     let cfg_err = |m: String| Failure::new(exit::CONFIG, m);
     let mut config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                Failure::new(
-                    exit::NOINPUT,
-                    format!("cannot read config {}: {e}", path.display()),
-                )
-            })?;
-            AgentConfig::from_toml(&text)
-                .map_err(|e| cfg_err(format!("config {}: {e}", path.display())))?
-        }
+        Some(path) => read_config(path)?,
         None => {
             let missing: Vec<&str> = [
                 ("--relay", args.relay.is_empty()),

@@ -272,8 +272,9 @@ pub enum OperatorCommand {
 pub struct AgentArgs {
     #[command(subcommand)]
     pub command: Option<AgentCommand>,
-    /// TOML configuration file; flags below override its values.
-    #[arg(long, short, env = "BURROW_AGENT_CONFIG")]
+    /// TOML configuration file; flags below override its values (`status` reads its
+    /// `status_file`).
+    #[arg(long, short, env = "BURROW_AGENT_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Relay address HOST:PORT (repeatable: the relays of a cluster, tried in turn).
     #[arg(long)]
@@ -334,7 +335,9 @@ pub struct AgentArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum AgentCommand {
-    /// Show the running agent's state, endpoints, last probe and last error.
+    /// Show the running agent's state, endpoints, last probe and last error. Exits 0 when the
+    /// agent runs with its tunnel up (or none wanted), 1 when it runs without it, 3 when it is
+    /// not running.
     Status {
         /// JSON output for scripts.
         #[arg(long)]

@@ -173,7 +173,12 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result {
     shutdown.cancelled().await;
     let _ = agent_task.await;
     let _ = relay_task.await;
-    drop(dir);
+    // Said once it is true: after Ctrl-C a silent exit leaves the user wondering what is left.
+    let shown = dir.path().display().to_string();
+    match dir.close() {
+        Ok(()) => println!("demo stopped: relay, device and operator shut down; {shown} removed"),
+        Err(e) => eprintln!("demo stopped, but {shown} could not be removed: {e}"),
+    }
     // `--check` is a check: it fails when the self-check failed or could not run.
     match checked {
         Err(why) if args.check => Err(Failure::new(

@@ -378,7 +378,8 @@ async fn device(store: &Db, cmd: DeviceCommand) -> Result {
                     serde_json::to_string_pretty(&devices).unwrap_or_default()
                 );
             } else {
-                print!("{}", burrow_relay::admin::render_devices(&devices));
+                let cluster = store.postgres_url().is_some();
+                print!("{}", burrow_relay::admin::render_devices(&devices, cluster));
             }
         }
         DeviceCommand::Rm { name } => {

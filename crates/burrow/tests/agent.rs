@@ -636,6 +636,43 @@ async fn refused_device_key_suggests_add_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_name_is_a_typo_is_told_whose_key_it_holds() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let key = keypair(dir.path(), "dev");
+    relay.add_device("garage-pi", &key);
+    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_burrow"));
+    agent
+        .args([
+            "agent",
+            "--relay",
+            &relay.addr.to_string(),
+            "--name",
+            "garage-py",
+        ])
+        .arg("--key")
+        .arg(&key)
+        .args(["--host-key", &relay.relay.fingerprint()])
+        .arg("--status-file")
+        .arg(dir.path().join("status.json"))
+        .stderr(std::process::Stdio::null());
+    let _agent = KillOnDrop(agent.spawn().unwrap());
+    let error = eventually("the refused key", || {
+        burrow_agent::status::read(&dir.path().join("status.json"))
+            .ok()
+            .and_then(|s| s.last_error)
+    })
+    .await;
+    assert!(
+        error.contains("this key is device garage-pi's, not garage-py's")
+            && error.contains("name = \"garage-pi\""),
+        "{error}"
+    );
+    // Not the advice that would register the key a second time.
+    assert!(!error.contains("device add garage-py"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connect_names_the_missing_allow_connect_rule() {
     use std::io::{BufRead, BufReader};
     let dir = tempdir();
@@ -737,4 +774,95 @@ async fn long_transfers_renew_keys_by_volume_in_both_roles() {
         agent.stop().await;
         relay.stop().await;
     }
+}
+
+/// `burrow agent ARGS...` run to its end: exit code and stdout.
+fn agent_cli(args: &[&str], state_dir: &std::path::Path) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .arg("agent")
+        .args(args)
+        // The default status file of this machine's other agent.
+        .env("STATE_DIRECTORY", state_dir)
+        .env_remove("BURROW_AGENT_STATUS")
+        .env_remove("BURROW_AGENT_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_status_reads_its_configs_agent_and_fails_while_that_agent_is_down() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    relay.add_device("pi", &dev_key);
+    let status_file = dir.path().join("pi-status.json");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "relay = \"{}\"\nname = \"pi\"\nkey = \"{}\"\nhost_key = \"{}\"\nstatus_file = \"{}\"\nbackoff_min = 0.1\nbackoff_max = 0.5\n",
+            relay.addr,
+            dev_key.display(),
+            relay.relay.fingerprint(),
+            status_file.display()
+        ),
+    )
+    .unwrap();
+    let mut agent = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_burrow"))
+            .args(["agent", "--config"])
+            .arg(&config)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let up = eventually("the agent to be up", || {
+        burrow_agent::status::read(&status_file)
+            .ok()
+            .filter(|s| s.state == burrow_agent::status::State::Up)
+    })
+    .await;
+    // Another agent on this machine, up, at the default place.
+    let state_dir = dir.path().join("other-agent");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let mut other = up.clone();
+    other.name = "other-device".into();
+    other.pid = std::process::id();
+    std::fs::write(
+        state_dir.join("status.json"),
+        serde_json::to_string(&other).unwrap(),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+
+    for args in [
+        ["status", "--config", config],
+        ["--config", config, "status"],
+    ] {
+        let (code, out) = agent_cli(&args, &state_dir);
+        assert_eq!(code, 0, "{args:?}: {out}");
+        assert!(out.contains("device     pi\n"), "{args:?}: {out}");
+        assert!(out.contains("state      up"), "{args:?}: {out}");
+    }
+
+    // The relay goes away: the agent runs, its tunnel does not.
+    relay.stop().await;
+    eventually("the agent to notice", || {
+        burrow_agent::status::read(&status_file)
+            .ok()
+            .filter(|s| s.state != burrow_agent::status::State::Up)
+    })
+    .await;
+    let (code, out) = agent_cli(&["status", "--config", config], &state_dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("device     pi\n"), "{out}");
+
+    // The agent is killed: its last status says up or connecting, but nothing runs.
+    agent.0.kill().unwrap();
+    agent.0.wait().unwrap();
+    let (code, out) = agent_cli(&["--config", config, "status"], &state_dir);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("NOT RUNNING"), "{out}");
 }

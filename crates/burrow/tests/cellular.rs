@@ -249,18 +249,68 @@ async fn blackout_is_noticed_on_both_sides_and_the_device_returns_after_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_with_a_stream_open_notices_a_dead_link_long_before_its_idle_keepalive() {
-    // Idle, a dead link would take a minute to show; with a stream open, the busy rule applies.
+async fn a_device_with_a_busy_stream_notices_a_dead_link_long_before_its_idle_keepalive() {
+    // Idle, a dead link would take a minute to show; with a stream moving bytes, the busy rule
+    // applies.
     let (dir, relay, op_key, link, _link_stop, agent) = device_behind_a_link(2.0, |c| {
         c.keepalive_interval = Some(Seconds::Whole(60));
     })
     .await;
     let op = ssh_config(dir.path(), &relay, "op", &op_key);
-    let (_stream, _stdin) = open_echo_stream(&op).await;
+    let (_stream, mut stdin) = open_echo_stream(&op).await;
+    // The operator keeps typing, through the blackout too.
+    let typing = tokio::spawn(async move {
+        loop {
+            if stdin.write_all(b"ping").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
 
     blackout_until_the_agent_gives_up(&link, &agent).await;
+    typing.abort();
     link.set(|i| i.blackout = false);
     agent.wait_up().await;
+    agent.stop().await;
+}
+
+/// Bytes on the link, both ways, over `window`.
+async fn link_bytes_over(link: &Link, window: Duration) -> u64 {
+    let before = link.bytes();
+    tokio::time::sleep(window).await;
+    let after = link.bytes();
+    (after.0 - before.0) + (after.1 - before.1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_open_stream_costs_at_most_twice_an_idle_device() {
+    // A keepalive after 1 s without sending; after stream bytes, one within 0.05 s of the
+    // relay's last word. Were the busy check to run while a stream merely exists, the silent
+    // stream below would cost a keepalive every round trip instead of one a second.
+    let (dir, relay, op_key, link, _link_stop, agent) = device_behind_a_link(2.0, |c| {
+        c.busy_keepalive_interval = Some(Seconds::Fraction(0.05));
+    })
+    .await;
+    // A short round trip, so that a keepalive per round trip shows plainly.
+    link.set(|i| {
+        i.delay = Duration::from_millis(20);
+        i.jitter = Duration::ZERO;
+        i.loss = 0.0;
+    });
+    // Six idle intervals each: the counts differ by a keepalive or two at most.
+    let window = Duration::from_secs(6);
+    let idle = link_bytes_over(&link, window).await;
+    let op = ssh_config(dir.path(), &relay, "op", &op_key);
+    let (_stream, _stdin) = open_echo_stream(&op).await;
+    let with_stream = link_bytes_over(&link, window).await;
+    assert!(idle > 0, "no keepalive went out in {window:?}");
+    assert!(
+        with_stream <= 2 * idle,
+        "an idle open stream cost {with_stream} bytes where an idle device cost {idle}"
+    );
+    let status = agent.status().unwrap();
+    assert_eq!(status.reconnects, 0, "{status:?}");
     agent.stop().await;
 }
 

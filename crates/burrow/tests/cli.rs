@@ -26,7 +26,7 @@ fn agent_cmd(dir: &std::path::Path, key: &str, extra: &[&str]) -> Command {
         "--key",
         key,
         "--host-key",
-        "SHA256:x",
+        "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU",
         "--status-file",
         status.to_str().unwrap(),
     ];
@@ -34,12 +34,39 @@ fn agent_cmd(dir: &std::path::Path, key: &str, extra: &[&str]) -> Command {
     burrow(&args)
 }
 
+/// [`run`] for a command that must end by itself: one still running after [`WAIT`] (an agent
+/// that accepted what it should have refused) is killed and fails the test.
+fn run_bounded(cmd: &mut Command) -> (i32, String, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {WAIT:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    run_output(child.wait_with_output().unwrap())
+}
+
 fn run(cmd: &mut Command) -> (i32, String, String) {
+    run_output(cmd.output().unwrap())
+}
+
+fn run_output(out: Output) -> (i32, String, String) {
     let Output {
         status,
         stdout,
         stderr,
-    } = cmd.output().unwrap();
+    } = out;
     (
         status.code().unwrap_or(-1),
         String::from_utf8_lossy(&stdout).to_string(),
@@ -55,7 +82,7 @@ fn unknown_config_key_reports_its_line() {
     std::fs::write(
         &config,
         format!(
-            "relay = \"127.0.0.1:1\"\nname = \"pi\"\nkey = \"{}\"\nhost_key = \"SHA256:x\"\n\n[[expose]]\nport = 22\nremote_prot = 10022\n",
+            "relay = \"127.0.0.1:1\"\nname = \"pi\"\nkey = \"{}\"\nhost_key = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\n\n[[expose]]\nport = 22\nremote_prot = 10022\n",
             key.display()
         ),
     )
@@ -391,9 +418,11 @@ fn concurrent_admin_commands_do_not_fail_with_database_locked() {
     let data = data.to_str().unwrap();
     let (code, _, err) = run(&mut burrow(&["relay", "--data-dir", data, "init"]));
     assert_eq!(code, 0, "{err}");
-    let key = keypair(dir.path(), "dev");
-    let pubkey = format!("{}.pub", key.display());
     const N: usize = 80;
+    // A key of its own for each device: the relay refuses one key for two.
+    let pubkeys: Vec<String> = (0..N)
+        .map(|i| format!("{}.pub", keypair(dir.path(), &format!("dev-{i}")).display()))
+        .collect();
     let children: Vec<_> = (0..N)
         .map(|i| {
             burrow(&[
@@ -404,7 +433,7 @@ fn concurrent_admin_commands_do_not_fail_with_database_locked() {
                 "add",
                 &format!("dev-{i}"),
                 "--pubkey",
-                &pubkey,
+                &pubkeys[i],
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -541,4 +570,259 @@ fn unreachable_or_unreadable_database_is_named_without_its_password() {
     assert_ne!(code, 0);
     assert!(err.contains("the database URL cannot be read"), "{err}");
     assert!(!err.contains("secretpw"), "{err}");
+}
+
+#[test]
+fn one_key_is_refused_for_a_second_device_or_an_operator_naming_its_holder() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let relay_cli = |args: &[&str]| {
+        run(&mut burrow(
+            &[&["relay", "--data-dir", data], args].concat(),
+        ))
+    };
+    let dev = format!("{}.pub", keypair(dir.path(), "dev").display());
+    let op = format!("{}.pub", keypair(dir.path(), "op").display());
+    let (code, _, err) = relay_cli(&["init"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = relay_cli(&["device", "add", "garage-pi", "--pubkey", &dev]);
+    assert_eq!(code, 0, "{err}");
+    let fingerprint = out.split_whitespace().last().unwrap().to_string();
+    assert!(fingerprint.starts_with("SHA256:"), "{out}");
+
+    // The device's key as an operator's (who holds it could reach every device), and as a
+    // second device's.
+    for args in [
+        ["operator", "add", "alice", "--pubkey", &dev],
+        ["device", "add", "garage-cam", "--pubkey", &dev],
+    ] {
+        let (code, _, err) = relay_cli(&args);
+        assert_eq!(code, 65, "{args:?}: {err}");
+        assert!(
+            err.contains(&fingerprint) && err.contains("device \"garage-pi\""),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("ssh-keygen"), "{err}");
+    }
+    let (code, _, err) = relay_cli(&["operator", "add", "alice", "--pubkey", &op]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = relay_cli(&["device", "add-key", "garage-pi", "--pubkey", &op]);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("operator \"alice\""), "{err}");
+    // A device's own key given again changes nothing.
+    let (code, _, err) = relay_cli(&["device", "add-key", "garage-pi", "--pubkey", &dev]);
+    assert_eq!(code, 0, "{err}");
+
+    // Nothing refused was kept.
+    let (_, devices, _) = relay_cli(&["device", "ls", "--json"]);
+    let devices: serde_json::Value = serde_json::from_str(&devices).unwrap();
+    let names: Vec<_> = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["garage-pi"]);
+    assert_eq!(devices[0]["fingerprints"], serde_json::json!([fingerprint]));
+    let (_, operators, _) = relay_cli(&["operator", "ls", "--json"]);
+    let operators: serde_json::Value = serde_json::from_str(&operators).unwrap();
+    assert_eq!(operators.as_array().unwrap().len(), 1);
+    assert_ne!(
+        operators[0]["fingerprints"][0],
+        serde_json::json!(fingerprint)
+    );
+}
+
+#[test]
+fn a_truncated_host_key_pin_is_refused_at_start() {
+    let dir = tempdir();
+    let key = keypair(dir.path(), "dev");
+    let status = dir.path().join("s.json");
+    // `burrow relay fingerprint` printed 43 base64 characters; the copy lost the last eight.
+    let truncated = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJW";
+    let (code, _, err) = run_bounded(&mut burrow(&[
+        "agent",
+        "--relay",
+        "127.0.0.1:1",
+        "--name",
+        "pi",
+        "--key",
+        key.to_str().unwrap(),
+        "--host-key",
+        truncated,
+        "--status-file",
+        status.to_str().unwrap(),
+    ]));
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains(truncated) && err.contains("43 base64 characters") && err.contains("has 35"),
+        "{err}"
+    );
+    // Refused before anything ran: no status was written.
+    assert!(!status.exists());
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "relay = \"127.0.0.1:1\"\nname = \"pi\"\nkey = \"{}\"\nhost_key = \"{truncated}\"\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run_bounded(
+        burrow(&["agent", "--config", config.to_str().unwrap()])
+            .arg("--status-file")
+            .arg(&status),
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("43 base64 characters"), "{err}");
+}
+
+#[test]
+fn a_private_key_given_as_pubkey_says_so_and_names_the_pub_file() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let key = keypair(dir.path(), "garage-pi");
+    let key = key.to_str().unwrap();
+    let (code, _, err) = run(&mut burrow(&["relay", "--data-dir", data, "init"]));
+    assert_eq!(code, 0, "{err}");
+    for kind in ["device", "operator"] {
+        let (code, _, err) = run(&mut burrow(&[
+            "relay",
+            "--data-dir",
+            data,
+            kind,
+            "add",
+            "garage-pi",
+            "--pubkey",
+            key,
+        ]));
+        assert_eq!(code, 65, "{err}");
+        assert!(
+            err.contains(&format!("{key} is a private key")) && err.contains(&format!("{key}.pub")),
+            "{err}"
+        );
+        assert!(!err.contains("Base64"), "{err}");
+    }
+    let (_, out, _) = run(&mut burrow(&["relay", "--data-dir", data, "device", "ls"]));
+    assert!(!out.contains("garage-pi"), "{out}");
+}
+
+/// The operator section's first `ssh -J` example failed with "Host key verification failed":
+/// the known_hosts step was in another section. It comes first now, and the command it gives
+/// makes a line a strict stock ssh accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_operator_section_trusts_the_relay_before_its_first_ssh() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let start = readme
+        .find("\n## Operator access")
+        .expect("an Operator access section");
+    let section = &readme[start..];
+    let section = &section[..section[1..].find("\n## ").map_or(section.len(), |e| e + 1)];
+    let first_ssh = section
+        .lines()
+        .position(|l| l.trim_start().starts_with("ssh "))
+        .expect("an ssh example");
+    let lines: Vec<&str> = section.lines().collect();
+    let step = lines[..first_ssh]
+        .iter()
+        .find(|l| l.contains("burrow relay fingerprint --known-hosts"))
+        .unwrap_or_else(|| panic!("no known_hosts step before {:?}", lines[first_ssh]));
+    assert!(
+        lines[..first_ssh]
+            .iter()
+            .any(|l| l.contains(">> ~/.ssh/known_hosts")),
+        "{section}"
+    );
+
+    // That command, on a real relay, for the address the operator uses.
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let op_key = keypair(dir.path(), "op");
+    relay.add_operator("alice", &op_key, &["*"]);
+    let command: Vec<&str> = step.split('#').next().unwrap().split_whitespace().collect();
+    let address = format!("127.0.0.1:{}", relay.addr.port());
+    let args: Vec<&str> = command[1..]
+        .iter()
+        .map(|a| if a.contains(':') { address.as_str() } else { a })
+        .collect();
+    let (code, line, err) = run(burrow(&args).arg("--data-dir").arg(&relay.data_dir));
+    assert_eq!(code, 0, "{args:?}: {err}");
+    let known_hosts = dir.path().join("known_hosts");
+    std::fs::write(&known_hosts, &line).unwrap();
+    let out = Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-p",
+            &relay.addr.port().to_string(),
+            "-i",
+        ])
+        .arg(&op_key)
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
+        .args(["-o", "IdentitiesOnly=yes", "alice@127.0.0.1", "ls"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `demo` removed everything on Ctrl-C without a word; it says so now, once it is true.
+#[test]
+fn demo_says_when_ctrl_c_has_cleaned_up() {
+    use std::io::BufRead;
+    let mut demo = burrow(&["demo"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = demo.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let next = || lines.recv_timeout(WAIT).expect("demo output");
+    let mut files = None;
+    loop {
+        let line = next();
+        if let Some(rest) = line.strip_prefix("Files are in ") {
+            files = rest.split(". Try").next().map(std::path::PathBuf::from);
+        }
+        if line.contains("Press Ctrl-C to stop") {
+            break;
+        }
+    }
+    let files = files.expect("the demo names its directory");
+    assert!(files.exists());
+    // Ctrl-C.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&demo),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let said = next();
+    assert!(
+        said.starts_with("demo stopped") && said.contains(&format!("{} removed", files.display())),
+        "{said}"
+    );
+    assert!(!files.exists());
+    let deadline = std::time::Instant::now() + WAIT;
+    while demo.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "demo still running");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

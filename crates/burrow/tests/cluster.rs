@@ -36,6 +36,15 @@ async fn a_device_on_one_relay_is_reached_through_the_others() {
     let pg = TestPostgres::start().await;
     let [r1, r2, r3] = three(dir.path(), &pg).await;
     let (dev_key, op_key) = register(&r1, dir.path()).await;
+    // PostgreSQL refuses one key for two principals as SQLite does, naming the holder.
+    let refused = r2
+        .relay
+        .db()
+        .add_operator("eve", &[public_key(&dev_key)], None, &["*".into()], false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("device \"pi\""), "{refused}");
     let login_key = keypair(dir.path(), "login");
     let sshd = TestSshd::start(dir.path(), &[&login_key], "").await;
     let echo = echo_server().await;
@@ -96,6 +105,29 @@ async fn a_device_on_one_relay_is_reached_through_the_others() {
     assert_eq!(listing[0]["name"], "pi");
     assert_eq!(listing[0]["online"], true);
     assert_eq!(listing[0]["relay"], "r1");
+    // So does the admin's `device ls`, in text too.
+    let out = Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .args(["relay", "--database", &pg.url, "device", "ls"])
+        // The log a user gets by default.
+        .env_remove("BURROW_LOG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // The schema exists already: PostgreSQL has nothing to say about it.
+    assert!(!stderr.contains("NOTICE"), "{stderr}");
+    let mut lines = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>());
+    let header = lines.next().unwrap();
+    let pi = lines.find(|l| l.first() == Some(&"pi")).unwrap();
+    let relay_col = header
+        .iter()
+        .position(|c| *c == "RELAY")
+        .expect("a RELAY column");
+    // LAST SEEN is two words in the header and one in a row.
+    assert_eq!(pi.get(relay_col - 1), Some(&"r1"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,14 +258,15 @@ async fn migrate_copies_every_row_of_a_single_relay() {
     let dir = tempdir();
     let single = TestRelay::start(&dir.path().join("single")).await;
     let store = single.relay.store();
+    // A key belongs to one device or operator: two each for ten devices, then the operators'.
     let mut keys = Vec::new();
-    for i in 0..20 {
+    for i in 0..24 {
         let k = keypair(dir.path(), &format!("k{i}"));
         keys.push(public_key(&k));
     }
     for i in 0..10 {
         store
-            .add_device(&format!("dev-{i}"), &keys[i..i + 2])
+            .add_device(&format!("dev-{i}"), &keys[2 * i..2 * i + 2])
             .unwrap();
         store
             .allow_connect(&format!("dev-{i}"), "localhost", 1000 + i as u16)
@@ -243,7 +276,7 @@ async fn migrate_copies_every_row_of_a_single_relay() {
     store
         .add_operator(
             "alice",
-            &keys[12..14],
+            &keys[20..22],
             Some("$argon2id$fake"),
             &["dev-*".into()],
             false,
@@ -252,7 +285,7 @@ async fn migrate_copies_every_row_of_a_single_relay() {
     store
         .add_operator(
             "carol",
-            &keys[15..16],
+            &keys[22..23],
             None,
             &["dev-1".into(), "dev-2".into()],
             true,
@@ -696,6 +729,26 @@ async fn a_killed_relay_loses_only_what_was_on_it() {
         }
     })
     .await;
+    let holders = |db: burrow_relay::store::Db| async move {
+        let devices = db.devices().await.ok()?;
+        let holders = devices.iter().find(|d| d.name == "pi")?.relay.clone()?;
+        let mut holders: Vec<String> = holders.split(',').map(str::to_string).collect();
+        holders.sort_unstable();
+        Some(holders)
+    };
+    eventually_async("the agent's sessions on r1 and r2", || {
+        let db = db.clone();
+        async move { holders(db).await.filter(|h| h == &["r1", "r2"]) }
+    })
+    .await;
+    // Two sessions came up at the start: neither is a reconnect.
+    let status = Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .args(["agent", "status", "--status-file"])
+        .arg(&agent.status_file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("\nreconnects 0\n"), "{text}");
     // A stream through r2, open while r1 dies.
     let mut cmd = tokio::process::Command::from(ssh(&through_r2, &["-W", "pi:7", "relay"]));
     let mut stream = cmd.kill_on_drop(true).spawn().unwrap();
@@ -723,16 +776,12 @@ async fn a_killed_relay_loses_only_what_was_on_it() {
     // registry lists r2 and r3 as its relays once r1's lease has run out.
     eventually_async("the agent's sessions on r2 and r3 only", || {
         let db = db.clone();
-        async move {
-            let devices = db.devices().await.ok()?;
-            let holders = devices.iter().find(|d| d.name == "pi")?.relay.clone()?;
-            let mut holders: Vec<&str> = holders.split(',').collect();
-            holders.sort_unstable();
-            (holders == ["r2", "r3"]).then_some(())
-        }
+        async move { holders(db).await.filter(|h| h == &["r2", "r3"]) }
     })
     .await;
     echo_back(&mut stdin, &mut stdout, b"still").await;
+    // The session r1's death cost, and only it, is a reconnect.
+    assert_eq!(agent.status().unwrap().reconnects, 1);
     drop(stdin);
     let status = tokio::time::timeout(WAIT, stream.wait())
         .await

@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burrow_proto::agent_config::Console;
 use common::*;
@@ -170,6 +171,35 @@ async fn baud_change_reaches_the_port() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_baud_rate_set_by_an_operator_survives_the_next_attach() {
+    let s = site().await;
+    // Attaches (a new channel to the agent each time), proves the port is open by a round trip
+    // through the router, and gives the speed the port has then.
+    let attach_and_read_speed = async |tag: &str| {
+        let mut t = console_writer(&s.alice, "alice:pi").await;
+        t.send(format!("{tag}\r").as_bytes()).await;
+        t.expect(&format!("Router# got {tag}")).await;
+        let speed = s.router.speed();
+        t.send(b"\x05c.").await;
+        assert!(t.wait().await);
+        speed
+    };
+    assert_eq!(attach_and_read_speed("first").await, 9600);
+
+    let mut t = console_writer(&s.alice, "alice:pi").await;
+    t.send(b"\x05cb115200\r").await;
+    t.expect("line speed is 115200 baud").await;
+    t.send(b"\x05c.").await;
+    assert!(t.wait().await);
+    assert_eq!(attach_and_read_speed("after-escape").await, 115_200);
+
+    let (ok, _, err) = ssh_output(&s.bob, &["relay", "console", "baud", "pi", "19200"], b"").await;
+    assert!(ok, "{err}");
+    assert_eq!(attach_and_read_speed("after-exec").await, 19_200);
+    s.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_unplugged_and_back() {
     let s = site().await;
     let mut t = console_writer(&s.alice, "alice:pi").await;
@@ -187,6 +217,151 @@ async fn port_unplugged_and_back() {
     t.expect("Router# got after").await;
     assert_eq!(router.received(), b"after\r");
     s.agent.stop().await;
+}
+
+/// `burrow agent` as device `pi` of `relay` with `--console` for each of `consoles`, as its
+/// own process with the log a user gets; its log lines as they come.
+fn agent_process(
+    relay: &TestRelay,
+    key: &Path,
+    consoles: &[&str],
+    status: &Path,
+) -> (KillOnDrop, Arc<std::sync::Mutex<String>>) {
+    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_burrow"));
+    agent
+        .args(["agent", "--relay", &relay.addr.to_string(), "--name", "pi"])
+        .arg("--key")
+        .arg(key)
+        .args(["--host-key", &relay.relay.fingerprint()])
+        .arg("--status-file")
+        .arg(status)
+        .env_remove("BURROW_LOG")
+        .stderr(std::process::Stdio::piped());
+    for c in consoles {
+        agent.args(["--console", c]);
+    }
+    let mut agent = KillOnDrop(agent.spawn().unwrap());
+    let log = Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = log.clone();
+    let stderr = agent.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    (agent, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_console_device_is_reported_at_start_and_agent_status_lists_consoles() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    relay.add_device("pi", &dev_key);
+    let tty = dir.path().join("ttyUSB0");
+    let _router = FakeRouter::start(&tty);
+    // A typo: ttyUSB9 for ttyUSB1.
+    let missing = dir.path().join("ttyUSB9");
+    let status = dir.path().join("status.json");
+    let (_agent, log) = agent_process(
+        &relay,
+        &dev_key,
+        &[
+            &format!("console={}@9600", tty.display()),
+            &format!("aux={}@115200", missing.display()),
+        ],
+        &status,
+    );
+    eventually("the agent to report the missing device", || {
+        log.lock()
+            .unwrap()
+            .contains(&format!(
+                "console aux: {} does not exist",
+                missing.display()
+            ))
+            .then_some(())
+    })
+    .await;
+    relay.wait_online("pi").await;
+    eventually("the agent to be up", || {
+        burrow_agent::status::read(&status)
+            .ok()
+            .filter(|s| s.state == burrow_agent::status::State::Up)
+    })
+    .await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .args(["agent", "status", "--status-file"])
+        .arg(&status)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("consoles\n"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "pi/console -> {} @ 9600 baud (endpoint 2217)  present",
+            tty.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "pi/aux -> {} @ 115200 baud (endpoint 2218)  MISSING",
+            missing.display()
+        )),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_typed_while_the_port_is_gone_are_answered_and_the_agent_logs_its_return() {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    let alice_key = keypair(dir.path(), "alice");
+    relay.add_device("pi", &dev_key);
+    relay.add_operator("alice", &alice_key, &["*"]);
+    let tty = dir.path().join("ttyUSB0");
+    let router = FakeRouter::start(&tty);
+    // The agent as a user runs it, its log read as it comes.
+    let (agent, log) = agent_process(
+        &relay,
+        &dev_key,
+        &[&format!("console={}@9600", tty.display())],
+        &dir.path().join("status.json"),
+    );
+    let logged = |needle: &str| log.lock().unwrap().contains(needle).then_some(());
+    relay.wait_online("pi").await;
+    let alice = ssh_config(dir.path(), &relay, "alice", &alice_key);
+    let mut t = console_writer(&alice, "alice:pi").await;
+    t.send(b"before\r").await;
+    t.expect("Router# got before").await;
+
+    router.unplug();
+    let gone = format!("{} is gone", tty.display());
+    t.expect(&format!("offline: {gone}")).await;
+    eventually("the agent to log the port gone", || logged(&gone)).await;
+    // Keys typed now go nowhere: the operator is told, once.
+    t.send(b"lost\r").await;
+    t.expect(&format!(
+        "input dropped: {gone}; type again once it is back"
+    ))
+    .await;
+    t.send(b"lost again\r").await;
+
+    let router = FakeRouter::start(&tty);
+    let back = format!("{} is back", tty.display());
+    t.expect(&format!("online: {back}")).await;
+    eventually("the agent to log the port back", || logged(&back)).await;
+    t.send(b"after\r").await;
+    t.expect("Router# got after").await;
+    assert_eq!(router.received(), b"after\r");
+    assert_eq!(t.text().matches("input dropped").count(), 1, "{}", t.text());
+    drop(agent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

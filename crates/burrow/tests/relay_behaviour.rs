@@ -3,6 +3,8 @@
 mod common;
 
 use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
 
 use burrow_ssh::channel::GlobalRequest;
 use burrow_ssh::driver::Handle;
@@ -639,7 +641,10 @@ async fn scrape(port: u16) -> String {
 async fn devices_behind_one_address_do_not_spend_the_flood_budget() {
     let dir = tempdir();
     let data = dir.path().join("relay");
-    let key = keypair(dir.path(), "dev");
+    // A key of its own for each device: the relay refuses one key for two.
+    let keys: Vec<_> = (0..12)
+        .map(|i| keypair(dir.path(), &format!("dev-{i}")))
+        .collect();
     let metrics = free_port();
     let (_relay, port, log) = relay_process(
         &data,
@@ -654,16 +659,16 @@ async fn devices_behind_one_address_do_not_spend_the_flood_budget() {
     );
     let store =
         burrow_relay::store::Store::open(&data.join(burrow_relay::datadir::DATABASE_FILE)).unwrap();
-    for i in 0..12 {
+    for (i, key) in keys.iter().enumerate() {
         store
-            .add_device(&format!("dev-{i}"), &[public_key(&key)])
+            .add_device(&format!("dev-{i}"), &[public_key(key)])
             .unwrap();
     }
     // Twelve devices from one address, one after another: four times the burst, at a rate
     // that would refill one token in twenty seconds.
-    for i in 0..12 {
+    for (i, key) in keys.iter().enumerate() {
         let name = format!("dev-{i}");
-        if let Err(e) = device_login(port, &name, &key).await {
+        if let Err(e) = device_login(port, &name, key).await {
             panic!(
                 "{name} (login {} from this address) was refused: {e}",
                 i + 1
@@ -714,4 +719,86 @@ async fn devices_behind_one_address_do_not_spend_the_flood_budget() {
         .filter(|l| l.contains("--handshakes-per-ip"))
         .count();
     assert_eq!(reports, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_just_after_a_device_connects_waits_for_its_endpoints() {
+    let (dir, relay, dev_key, op_key) = relay_with("pi", "op").await;
+    let service = echo_server().await;
+    let dev_cfg = ssh_config(dir.path(), &relay, "pi", &dev_key);
+    // The device logs in with no forwards yet (as in the moment after a reconnect, before its
+    // `tcpip-forward` requests arrive); a control socket adds them later.
+    let control = dir.path().join("device.sock");
+    let control = control.to_str().unwrap();
+    let _device = KillOnDrop(
+        ssh(&dev_cfg, &["-M", "-S", control, "-N", "relay"])
+            .spawn()
+            .unwrap(),
+    );
+    relay.wait_online("pi").await;
+
+    let op_cfg = ssh_config(dir.path(), &relay, "op", &op_key);
+    let mut op = tokio::process::Command::from(ssh(&op_cfg, &["-v", "-W", "pi:22", "relay"]));
+    op.kill_on_drop(true);
+    let mut op = op.spawn().unwrap();
+    let mut stdin = op.stdin.take().unwrap();
+    let mut stdout = op.stdout.take().unwrap();
+    let stderr = op.stderr.take().unwrap();
+    let said = Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = said.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    // ssh sent its open; a refusal would come back within a round trip on loopback. Give it
+    // that long to show (it must not), then let the device ask for its endpoint.
+    eventually("ssh to ask for pi:22", || {
+        said.lock()
+            .unwrap()
+            .contains("channel_connect_stdio_fwd")
+            .then_some(())
+    })
+    .await;
+    let refused = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            if said.lock().unwrap().contains("open failed") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        refused.is_err(),
+        "the open was refused before the endpoints arrived: {}",
+        said.lock().unwrap()
+    );
+    let added = Command::new("ssh")
+        .arg("-F")
+        .arg(&dev_cfg)
+        .args(["-S", control, "-O", "forward", "-R"])
+        .arg(format!("22:localhost:{}", service.port()))
+        .arg("relay")
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+
+    stdin.write_all(b"held, then through").await.unwrap();
+    let mut got = [0u8; 18];
+    tokio::time::timeout(
+        WAIT,
+        tokio::io::AsyncReadExt::read_exact(&mut stdout, &mut got),
+    )
+    .await
+    .expect("the held stream went through")
+    .unwrap();
+    assert_eq!(&got, b"held, then through");
+    drop(stdin);
 }

@@ -90,7 +90,7 @@ async fn operator_ls_and_offline_reason() {
     let op_key = keypair(dir.path(), "op");
     let dev_key = keypair(dir.path(), "dev");
     relay.add_device("garage-pi", &dev_key);
-    relay.add_device("other", &dev_key);
+    relay.add_device("other", &keypair(dir.path(), "other"));
     relay.add_operator("alice", &op_key, &["garage-*"]);
     let op_cfg = ssh_config(dir.path(), &relay, "alice", &op_key);
 

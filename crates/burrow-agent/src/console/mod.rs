@@ -9,5 +9,5 @@ pub mod port;
 mod serve;
 mod tty;
 
-pub(crate) use serve::serve;
+pub(crate) use serve::{Speeds, serve};
 pub use tty::TtyOpener;

@@ -2,8 +2,9 @@
 //!
 //! The channel is read promptly at all times (it shares the device's SSH session): keystrokes go
 //! to a bounded queue in front of the port, which at 9600 baud is far slower than a paste.
-//! When the port is missing or vanishes, the operator is told (`offline: /dev/ttyUSB0 is gone`)
-//! and the port is retried every second until it is back.
+//! When the port is missing or vanishes, the operator is told (`offline: /dev/ttyUSB0 is gone`),
+//! told again when keys typed meanwhile are dropped, and the port is retried every second until
+//! it is back (said to the operator and in the log).
 
 use std::io;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::port::{PortOpener, SerialControl};
+use crate::liveness::Streams;
 
 /// How often a missing port is looked for again.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
@@ -30,6 +32,10 @@ const MAX_BREAK: Duration = Duration::from_secs(5);
 const INPUT_QUEUE: usize = 256;
 
 type Writer = Arc<Channel>;
+
+/// Line speeds operators set, by console name: the next attach (a new channel) opens the port at
+/// the speed the last one left, not the configured one, until the agent restarts.
+pub(crate) type Speeds = Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>;
 
 struct ActivePort {
     control: Box<dyn SerialControl>,
@@ -54,10 +60,29 @@ struct Server {
     breaking: Option<tokio::time::Instant>,
     gone_tx: mpsc::Sender<String>,
     dropped_input: bool,
+    /// The operator was told that keys typed while the port is gone are lost (once per outage).
+    told_offline_input: bool,
+    /// The session's streams: the port's bytes count as their movement.
+    streams: Arc<Streams>,
+    speeds: Speeds,
 }
 
 /// Serves one console channel until the relay closes it.
-pub(crate) async fn serve(channel: Channel, console: Console, opener: Arc<dyn PortOpener>) {
+pub(crate) async fn serve(
+    channel: Channel,
+    console: Console,
+    opener: Arc<dyn PortOpener>,
+    streams: Arc<Streams>,
+    speeds: Speeds,
+) {
+    let mut console = console;
+    if let Some(&baud) = speeds
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&console.name)
+    {
+        console.baud = baud;
+    }
     let write: Writer = Arc::new(channel);
     let (gone_tx, mut gone_rx) = mpsc::channel(4);
     let mut server = Server {
@@ -69,6 +94,9 @@ pub(crate) async fn serve(channel: Channel, console: Console, opener: Arc<dyn Po
         breaking: None,
         gone_tx,
         dropped_input: false,
+        told_offline_input: false,
+        streams,
+        speeds,
     };
     let mut negotiator = Negotiator::default();
     send(&write, negotiator.hello(false)).await;
@@ -144,12 +172,15 @@ impl Server {
             Ok(port) => {
                 let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
                 let reader = tokio::spawn(pump_from_port(
-                    port.reader,
+                    Box::new(self.streams.metered(port.reader)),
                     self.write.clone(),
                     self.gone_tx.clone(),
                 ));
-                let writer =
-                    tokio::spawn(pump_to_port(input_rx, port.writer, self.gone_tx.clone()));
+                let writer = tokio::spawn(pump_to_port(
+                    input_rx,
+                    Box::new(self.streams.metered(port.writer)),
+                    self.gone_tx.clone(),
+                ));
                 self.port = Some(ActivePort {
                     control: port.control,
                     input: input_tx,
@@ -157,6 +188,8 @@ impl Server {
                 });
                 if self.offline {
                     self.offline = false;
+                    self.told_offline_input = false;
+                    tracing::info!("console {}: {device} is back", self.console.name);
                     self.notice(&format!("online: {device} is back")).await;
                 }
             }
@@ -199,7 +232,17 @@ impl Server {
     async fn handle(&mut self, event: Event, negotiator: &mut Negotiator) {
         match event {
             Event::Data(data) => {
-                let Some(port) = &self.port else { return };
+                let Some(port) = &self.port else {
+                    if !self.told_offline_input {
+                        self.told_offline_input = true;
+                        let device = self.console.device.display().to_string();
+                        self.notice(&format!(
+                            "input dropped: {device} is gone; type again once it is back"
+                        ))
+                        .await;
+                    }
+                    return;
+                };
                 if port.input.try_send(Bytes::from(data)).is_err() {
                     if !self.dropped_input {
                         self.dropped_input = true;
@@ -231,6 +274,10 @@ impl Server {
                 match result {
                     Ok(()) => {
                         self.console.baud = rate;
+                        self.speeds
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(self.console.name.clone(), rate);
                         tracing::info!("console {}: baud rate now {rate}", self.console.name);
                     }
                     Err(e) => {

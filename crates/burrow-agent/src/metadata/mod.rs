@@ -164,7 +164,8 @@ impl Supervisor {
                     running.stop().await;
                     self.forget_entry();
                     // Nothing of the stopped tunnel stays on show, its "agent stopped" included.
-                    self.status.retarget(&self.base.name, "", Vec::new());
+                    self.status
+                        .retarget(&self.base.name, "", Vec::new(), Vec::new());
                 }
                 let id = self.id_text();
                 self.status.update_metadata(|m| {

@@ -63,6 +63,19 @@ pub enum StoreError {
     Conflict(String),
 }
 
+/// The refusal of a key that `holder_kind` `holder` already has, for `owner_kind` `owner`.
+pub(crate) fn key_held(
+    fingerprint: &str,
+    holder_kind: &str,
+    holder: &str,
+    owner_kind: &str,
+    owner: &str,
+) -> StoreError {
+    StoreError::Conflict(format!(
+        "key {fingerprint} is already the key of {holder_kind} {holder:?}; a key belongs to one device or operator (whoever holds it could log in as both). Make {owner_kind} {owner:?} a key of its own (`ssh-keygen -t ed25519 -f FILE`), or remove it from {holder_kind} {holder:?} first"
+    ))
+}
+
 pub(crate) fn sql(doing: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Sqlite { doing, source }
 }

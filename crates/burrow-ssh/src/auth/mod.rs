@@ -164,6 +164,9 @@ pub enum Decision {
     Accept,
     /// No; the methods that may continue stay as they are.
     Reject,
+    /// No, with a line for the person at the client, sent as a banner just before the failure
+    /// (RFC 4252 §5.4): what to do instead.
+    RejectSaying(String),
     /// This step passed but more is needed: these methods may continue (RFC 4252 §5.1).
     Partial(Vec<&'static str>),
 }

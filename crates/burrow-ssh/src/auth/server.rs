@@ -136,6 +136,12 @@ impl ServerAuth {
                 step.send.push(encode_auth_failure(&self.methods, true));
             }
             (_, Decision::Reject) => self.fail(&mut step)?,
+            (_, Decision::RejectSaying(text)) => {
+                let mut w = Writer::message(msg::USERAUTH_BANNER);
+                w.string(text.as_bytes()).string(b"");
+                step.send.push(w.into_bytes());
+                self.fail(&mut step)?;
+            }
         }
         self.drain(step, session_id)
     }

@@ -244,6 +244,24 @@ fn partial_success_narrows_the_methods_and_the_attempt_limit_ends_it() {
 }
 
 #[test]
+fn a_refusal_can_say_what_to_do_in_a_banner() {
+    let mut client = ClientAuth::new(
+        "pi",
+        vec![Credential::Key(Box::new(key(Algorithm::Ed25519)))],
+    );
+    let mut server = ServerAuth::new(all_methods(), 6);
+    let err = run(&mut client, &mut server, |_| {
+        Decision::RejectSaying("this key is device cam's".into())
+    })
+    .expect_err("refused");
+    assert!(err.0.contains("refused every credential"), "{err}");
+    assert_eq!(
+        client.take_banner().as_deref(),
+        Some("this key is device cam's")
+    );
+}
+
+#[test]
 fn requests_that_arrive_while_a_question_is_out_wait_their_turn() {
     let mut server = ServerAuth::new(all_methods(), 6);
     let pw = |p: &str| {

@@ -804,7 +804,10 @@ impl FakeRouter {
     /// A router answering each line (CR) with `Router# got <line>\r\n`, at `path`.
     pub fn start(path: &Path) -> FakeRouter {
         use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
-        let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+        // Close-on-exec: a child process (an agent under test) holding the master would keep the
+        // port from ever going away.
+        let master =
+            openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
         // Non-blocking, so the router thread notices when it is told to stop.
         rustix::fs::fcntl_setfl(&master, rustix::fs::OFlags::NONBLOCK).unwrap();
         grantpt(&master).unwrap();

@@ -46,6 +46,21 @@ impl Db {
         .await
     }
 
+    /// Who holds the key `fingerprint`: `("device" | "operator", name)`, if anyone (not known
+    /// from the registry copy while the database is away).
+    pub async fn key_holder(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let f = fingerprint.to_string();
+        self.read(
+            move |s| s.key_holder(&f),
+            async |p| p.key_holder(fingerprint).await,
+            |_| None,
+        )
+        .await
+    }
+
     /// Every (device, key fingerprint) pair.
     pub async fn device_key_pairs(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.read(

@@ -290,6 +290,22 @@ async fn insert_keys(
     );
     for key in keys {
         let fp = burrow_io::keys::fingerprint(key);
+        let holder = tx
+            .query_opt(
+                "SELECT 'device', device FROM device_keys
+                   WHERE fingerprint = $1 AND NOT ($2 = 'device' AND device = $3)
+                 UNION ALL
+                 SELECT 'operator', operator FROM operator_keys
+                   WHERE fingerprint = $1 AND NOT ($2 = 'operator' AND operator = $3)
+                 LIMIT 1",
+                &[&fp, &owner_col, &owner],
+            )
+            .await
+            .map_err(pg("checking who holds a key"))?;
+        if let Some(row) = holder {
+            let (kind, name): (String, String) = (row.get(0), row.get(1));
+            return Err(crate::store::key_held(&fp, &kind, &name, owner_col, owner));
+        }
         let line = burrow_io::keys::public_key_line(key);
         tx.execute(&q, &[&owner, &fp, &line])
             .await

@@ -40,6 +40,25 @@ impl Pg {
         }))
     }
 
+    /// Who holds the key `fingerprint`: `("device" | "operator", name)`, if anyone.
+    pub async fn key_holder(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT 'device', device FROM device_keys WHERE fingerprint = $1
+                 UNION ALL
+                 SELECT 'operator', operator FROM operator_keys WHERE fingerprint = $1
+                 LIMIT 1",
+                &[&fingerprint],
+            )
+            .await
+            .map_err(pg("looking up who holds a key"))?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
     /// Every (device, key fingerprint) pair.
     pub async fn device_key_pairs(&self) -> Result<Vec<(String, String)>, StoreError> {
         let rows = self

@@ -108,8 +108,14 @@ const SCHEMA_V3: &str = "ALTER TABLE relays ADD COLUMN checkpoint BIGINT NOT NUL
 pub(super) async fn migrate(client: &Client) -> Result<(), StoreError> {
     client
         .batch_execute(&format!(
+            // Created only when missing: `IF NOT EXISTS` on an existing table makes PostgreSQL
+            // send a NOTICE, which every command would print.
             "SELECT pg_advisory_lock({MIGRATION_LOCK});
-             CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied BIGINT NOT NULL);"
+             DO $$ BEGIN
+               IF to_regclass('schema_migrations') IS NULL THEN
+                 CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied BIGINT NOT NULL);
+               END IF;
+             END $$;"
         ))
         .await
         .map_err(pg("preparing the schema"))?;

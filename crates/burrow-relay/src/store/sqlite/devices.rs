@@ -28,8 +28,9 @@ impl Store {
         })
     }
 
-    /// Adds many devices with the same keys in one transaction (loading a fleet for the
-    /// bench, or an import); names that exist already are left as they are.
+    /// Adds many devices with the same keys in one transaction (loading a simulated fleet for
+    /// the bench: one key for all of them, which `add_device` refuses); names that exist
+    /// already are left as they are.
     pub fn add_devices_bulk(&self, names: &[String], keys: &[PublicKey]) -> Result<(), StoreError> {
         self.with(|c| {
             let tx = c
@@ -39,7 +40,7 @@ impl Store {
                 tx.prepare_cached("INSERT OR IGNORE INTO devices (name, created) VALUES (?1, ?2)")
                     .and_then(|mut s| s.execute(params![name, now()]))
                     .map_err(sql("adding devices"))?;
-                insert_keys(&tx, "device_keys", "device", name, keys)?;
+                insert_key_rows(&tx, "device_keys", "device", name, keys)?;
             }
             tx.commit().map_err(sql("adding devices"))
         })

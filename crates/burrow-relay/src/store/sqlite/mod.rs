@@ -151,6 +151,22 @@ impl Store {
         })
     }
 
+    /// Who holds the key `fingerprint`: `("device" | "operator", name)`, if anyone.
+    pub fn key_holder(&self, fingerprint: &str) -> Result<Option<(String, String)>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT 'device', device FROM device_keys WHERE fingerprint = ?1
+                 UNION ALL
+                 SELECT 'operator', operator FROM operator_keys WHERE fingerprint = ?1
+                 LIMIT 1",
+                [fingerprint],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(sql("looking up who holds a key"))
+        })
+    }
+
     /// Every (device, key fingerprint) pair, for checking all open sessions at once.
     pub fn device_key_pairs(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.with(|c| {
@@ -342,6 +358,42 @@ fn apply_one(c: &Connection, w: &Write) -> Result<Written, StoreError> {
 }
 
 fn insert_keys(
+    tx: &Connection,
+    table: &'static str,
+    owner_col: &'static str,
+    owner: &str,
+    keys: &[PublicKey],
+) -> Result<(), StoreError> {
+    for key in keys {
+        let fingerprint = burrow_io::keys::fingerprint(key);
+        let holder = tx
+            .query_row(
+                "SELECT 'device', device FROM device_keys
+                   WHERE fingerprint = ?1 AND NOT (?2 = 'device' AND device = ?3)
+                 UNION ALL
+                 SELECT 'operator', operator FROM operator_keys
+                   WHERE fingerprint = ?1 AND NOT (?2 = 'operator' AND operator = ?3)
+                 LIMIT 1",
+                params![fingerprint, owner_col, owner],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(sql("checking who holds a key"))?;
+        if let Some((kind, name)) = holder {
+            return Err(super::key_held(
+                &fingerprint,
+                &kind,
+                &name,
+                owner_col,
+                owner,
+            ));
+        }
+    }
+    insert_key_rows(tx, table, owner_col, owner, keys)
+}
+
+/// Inserts key rows without asking who else holds them: only for a bench's simulated fleet.
+fn insert_key_rows(
     tx: &Connection,
     table: &'static str,
     owner_col: &'static str,

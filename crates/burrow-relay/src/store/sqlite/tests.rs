@@ -69,9 +69,27 @@ fn devices_operators_and_policy() {
         s.add_operator("pi", &[], None, &[], false),
         Err(StoreError::Conflict(_))
     ));
+    // A key belongs to one principal: pi's key is neither an operator's nor another device's.
+    for refused in [
+        s.add_operator("alice", std::slice::from_ref(&k1), None, &[], false),
+        s.add_device("cam2", std::slice::from_ref(&k2)),
+        s.add_device_keys("cam", std::slice::from_ref(&k1)),
+    ] {
+        match refused {
+            Err(StoreError::Conflict(why)) => {
+                assert!(why.contains("device \"pi\""), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(s.operator("alice").unwrap().is_none());
+    assert!(!s.device_exists("cam2").unwrap());
+    // Its own key again changes nothing.
+    s.add_device_keys("pi", std::slice::from_ref(&k1)).unwrap();
+    let k3 = generate_ed25519().public_key().clone();
     s.add_operator(
         "alice",
-        std::slice::from_ref(&k1),
+        std::slice::from_ref(&k3),
         Some("hash"),
         &["pi*".into()],
         true,
@@ -80,7 +98,11 @@ fn devices_operators_and_policy() {
     let alice = s.operator("alice").unwrap().unwrap();
     assert!(alice.has_password && alice.console_only);
     assert_eq!(alice.allow, ["pi*"]);
-    assert!(s.operator_has_key("alice", &fingerprint(&k1)).unwrap());
+    assert!(s.operator_has_key("alice", &fingerprint(&k3)).unwrap());
+    match s.add_device_keys("cam", std::slice::from_ref(&k3)) {
+        Err(StoreError::Conflict(why)) => assert!(why.contains("operator \"alice\""), "{why}"),
+        other => panic!("{other:?}"),
+    }
 
     s.set_online("pi", "127.0.0.1:5555").unwrap();
     s.set_endpoint("pi", 22, true).unwrap();
