@@ -60,7 +60,7 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 chmod 0755 "$stage"
 install -D -m 0755 "$binary" "$stage/usr/bin/burrow"
-for unit in burrow-agent.service burrow-relay.service; do
+for unit in burrow-agent.service burrow-relay.service burrow-enroll.service; do
   install -D -m 0644 "$root/dist/systemd/$unit" "$stage/usr/lib/systemd/system/$unit"
 done
 for example in agent.toml agent-soracom.toml; do

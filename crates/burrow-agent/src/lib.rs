@@ -11,6 +11,8 @@
 //! - `connect`: local `[[connect]]` listeners that reach relay-side targets.
 //! - `run`: the reconnect loop with jittered backoff.
 //! - [`metadata`]: on-demand access: the tunnel follows a metadata service (SORACOM, any URL).
+//! - [`enroll`]: `burrow agent enroll`: a new key registered with a join token, the config
+//!   written; and the join file of a first boot.
 // Denied, not forbidden: `console::tty` needs two ioctls (break on/off) and `liveness` one
 // getsockopt (TCP_INFO) that have no safe wrapper.
 #![deny(unsafe_code)]
@@ -18,6 +20,7 @@
 
 mod connect;
 pub mod console;
+pub mod enroll;
 mod handler;
 pub mod hostkey;
 mod liveness;

@@ -195,6 +195,7 @@ async fn hold(
 ) {
     let mut backoff = Backoff::new(ctx.config.backoff_min(), ctx.config.backoff_max());
     let mut replaced_in_a_row = 0u32;
+    let mut waiting_for_approval = false;
     let mut failed_in_a_row = 0usize;
     let mut last: Option<usize> = None;
     loop {
@@ -233,10 +234,36 @@ async fn hold(
             backoff.reset();
             failed_in_a_row = 0;
         }
-        let (error, delay) = match ended.replaced {
+        let (error, delay) = match (ended.replaced, ended.pending, ended.quarantined) {
+            // Approval is a person's decision: ask again at the pace of the backoff (its
+            // longest wait is how soon after approval the device connects), and say it once.
+            (_, Some(why), _) => {
+                replaced_in_a_row = 0;
+                let delay = backoff.next_delay(rand::random::<f64>());
+                let error = format!("waiting for approval: {why}");
+                if !waiting_for_approval {
+                    tracing::warn!("{error}");
+                }
+                waiting_for_approval = true;
+                (error, delay)
+            }
+            // The key is in use by another session (a copy of this device?): the relay keeps
+            // that one. Wait the longest backoff and say so once.
+            (_, _, Some(why)) => {
+                let delay = ctx.config.backoff_max();
+                let error = format!(
+                    "{why}. Waiting {:.0} s before trying again",
+                    delay.as_secs_f64()
+                );
+                if replaced_in_a_row == 0 {
+                    tracing::error!("{error}");
+                }
+                replaced_in_a_row += 1;
+                (error, delay)
+            }
             // Another session of this device took over: fighting it back every few seconds
             // helps nobody. Wait the longest backoff, and say so once in plain words.
-            Some(why) => {
+            (Some(why), _, _) => {
                 let delay = ctx.config.backoff_max();
                 let error = format!(
                     "replaced: {why}; another agent may be using this device's name or key. Waiting {:.0} s before trying again",
@@ -250,8 +277,9 @@ async fn hold(
                 replaced_in_a_row += 1;
                 (error, delay)
             }
-            None => {
+            (None, None, None) => {
                 replaced_in_a_row = 0;
+                waiting_for_approval = false;
                 failed_in_a_row += 1;
                 let error = ended.error.unwrap_or_else(|| "session ended".into());
                 // An attempt that timed out waiting on a dark link already waited long: the

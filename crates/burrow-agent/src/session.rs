@@ -62,6 +62,10 @@ pub(crate) struct Ended {
     pub(crate) error: Option<String>,
     /// The relay's word that a newer session of this device replaced this one.
     pub(crate) replaced: Option<String>,
+    /// The relay's word that the device waits for approval.
+    pub(crate) pending: Option<String>,
+    /// The relay's word that this device's key is in use elsewhere (quarantined).
+    pub(crate) quarantined: Option<String>,
     /// Whether it ended waiting for an answer that never came (a dark link): such an attempt
     /// paced itself, and backing off further would only delay the return.
     pub(crate) unanswered: bool,
@@ -171,11 +175,19 @@ pub(crate) async fn run(
             s.relay_silent_since = None;
         });
     }
-    let replaced = replaced.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let said = replaced.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let (mut replaced, mut pending, mut quarantined) = (None, None, None);
+    match said {
+        Some(w) if w.starts_with(burrow_proto::PENDING_PREFIX) => pending = Some(w),
+        Some(w) if w.starts_with(burrow_proto::QUARANTINED_PREFIX) => quarantined = Some(w),
+        other => replaced = other,
+    }
     Ended {
         up_for: up_since.map(|t: Instant| t.elapsed()).unwrap_or_default(),
         error: result.err(),
         replaced,
+        pending,
+        quarantined,
         unanswered: unanswered.load(Ordering::Relaxed),
     }
 }
@@ -267,6 +279,10 @@ async fn session(
             }
         });
         if let Err(e) = handle.authenticated().await {
+            if let Some(why) = relay_word(&handle) {
+                *replaced.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
+                return Err(why);
+            }
             let server = handle.peer_id().map(|id| id.line);
             let why = match host_key_error
                 .lock()
@@ -323,17 +339,28 @@ async fn session(
         unanswered,
     )
     .await;
-    // The relay's word that a newer session of this device replaced this one.
-    if let Some(why) = handle
-        .peer_disconnect()
-        .filter(|d| d.starts_with(burrow_proto::REPLACED_PREFIX))
-    {
-        *replaced.lock().unwrap_or_else(|e| e.into_inner()) = Some(burrow_proto::text::clean(
-            &why,
-            burrow_proto::text::MAX_TEXT_CHARS,
-        ));
+    // The relay's word that a newer session of this device replaced this one, that the device
+    // waits for approval, or that its key is in use elsewhere.
+    if let Some(why) = relay_word(&handle) {
+        *replaced.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
     }
     result
+}
+
+/// What the relay said when it ended the session, if it is one of the words an agent acts on.
+fn relay_word(handle: &Handle) -> Option<String> {
+    handle
+        .peer_disconnect()
+        .filter(|d| {
+            [
+                burrow_proto::REPLACED_PREFIX,
+                burrow_proto::PENDING_PREFIX,
+                burrow_proto::QUARANTINED_PREFIX,
+            ]
+            .iter()
+            .any(|p| d.starts_with(p))
+        })
+        .map(|d| burrow_proto::text::clean(&d, burrow_proto::text::MAX_TEXT_CHARS))
 }
 
 /// Checks the relay's host key blob against the pin; the refusal's reason is kept for the

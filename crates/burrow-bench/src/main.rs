@@ -18,6 +18,7 @@
 //! - `attacks`: hostile peers against a relay with default flags: memory under each attack, and
 //!   what is left once they are gone.
 //! - `kex`: the bytes of one key exchange with each method (the weekly rekey of an idle device).
+//! - `enroll`: a batch of devices enrolling with one reusable join token, until every agent is up.
 //! - `report`: the Markdown and JSON output, with targets.
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,7 @@ mod cellular;
 mod cgnat;
 mod cluster;
 mod devices;
+mod enroll;
 mod env;
 mod fleet;
 mod kex;
@@ -94,6 +96,9 @@ pub struct Args {
     /// Devices behind one carrier NAT address in the restart measurement.
     #[arg(long, default_value_t = 300)]
     pub cgnat_devices: usize,
+    /// Devices enrolling at once with one reusable join token.
+    #[arg(long, default_value_t = 50)]
+    pub enroll_agents: usize,
     /// Only these parts (repeatable; default all), for tuning runs: the report then holds
     /// only their numbers.
     #[arg(long, value_enum)]
@@ -115,6 +120,8 @@ pub enum Part {
     Attacks,
     /// A fleet behind one carrier NAT address, restarted.
     Cgnat,
+    /// A batch of devices enrolling with one join token.
+    Enroll,
 }
 
 impl Args {
@@ -140,6 +147,7 @@ fn main() -> anyhow::Result<()> {
         args.cluster_devices = 30;
         args.failover_devices = 2;
         args.cgnat_devices = 20;
+        args.enroll_agents = 5;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -161,6 +169,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.runs(Part::Cgnat) {
         eprintln!("burrow-bench: a fleet behind one carrier NAT address, restarted");
         cgnat::run(&env, &args, &mut results).await?;
+    }
+    if args.runs(Part::Enroll) {
+        eprintln!(
+            "burrow-bench: {} devices enrolling with one reusable join token",
+            args.enroll_agents
+        );
+        enroll::run(&env, &args, &mut results).await?;
     }
     if args.runs(Part::Cluster) {
         eprintln!("burrow-bench: relays on PostgreSQL");

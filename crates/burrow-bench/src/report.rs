@@ -125,6 +125,7 @@ impl Results {
             (crate::cgnat::GROUP, crate::cgnat::DEFAULT_FLAGS),
             (crate::cgnat::GROUP, crate::cgnat::LIFTED),
             ("agent footprint", "idle agent RSS"),
+            (crate::enroll::GROUP, crate::enroll::SYSTEM),
             ("cellular link: throughput", "burrow"),
             ("cellular link: throughput", "OpenSSH"),
             ("cellular link: latency p50", "burrow"),
@@ -273,6 +274,17 @@ impl Results {
                 "relay memory back within 64 MB of rest once the attackers are gone".into(),
                 format!("{:.1} MiB", after.value),
                 Some(after.value <= 61.0),
+            ));
+        }
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| e.group.starts_with(crate::enroll::GROUP) && e.group.contains("(50)"))
+        {
+            out.push((
+                "50 agents enrolled from one reusable token, all up within 60 s".into(),
+                format!("{:.1} s", e.value),
+                Some(e.value <= 60.0),
             ));
         }
         if let Some(r) = v("reconnect after a device reboot", "burrow") {
@@ -460,6 +472,7 @@ const NOTES: &str = "
 - **Reconnect after a reboot**: the device's old session is frozen with SIGSTOP (TCP open, nothing answers) and a new one starts at once: the time until the endpoint answers again. OpenSSH's new `ssh -R` is restarted every second, as autossh does, until its forward can bind; a value marked *not back within the cap* means the old session still held the port when `--reconnect-cap` ran out (a lower bound). A frozen client's kernel keeps acknowledging TCP, so only sshd's own keepalive (`ClientAlive*`) could free the port; after a real reboot the peer's kernel is gone too, and the port is freed only when TCP retransmissions give up (about 15 minutes with Linux defaults; the seeds report about 10).
 - **Idle cost**: each system runs in two network namespaces made for it (relay side and device side, joined by a veth pair); after the tunnel is up and settled, the device's veth counters (both ways) are read before and after a quiet window (`--idle-seconds`, default 600) and scaled to 30 days. Bytes are IP bytes: the veth's count minus its 14-byte Ethernet header per packet, which a cellular carrier does not carry. burrow's rows add what the window is too short to see: its probes (the cost of one probe, measured by an agent that probes every 20 s and sends no keepalives, times the probes a month its profile runs) and one key exchange a week (counted as a whole new connection, an upper bound). The idle `ssh -J` session row is the default device with an operator's `ssh -J` session (`ssh -N`, through the relay to an sshd in the device's namespace) opened before the window and silent through it; its rekey term is the device's own connection. OpenSSH rekeys by data only and runs no probes. WireGuard, not measured here, sends a 32-byte keepalive in a 60-byte IP packet every 25 s with its usual `PersistentKeepalive = 25`: about 6.2 MB a month.
 - **Cellular link**: `burrow-linkemu` (a userspace TCP relay, since this kernel has no `sch_netem`) between the device and the relay: 2 Mbit/s each way, 300 ± 100 ms each way, 3 % of segments lost and retransmitted. burrow runs its defaults; OpenSSH is `ssh -R` with the seed's autossh settings (`ServerAliveInterval 30`, `ServerAliveCountMax 3`, restarted a second after it exits) to an sshd with its defaults. For the blackout both links drop everything at once, with the devices idle; each end's verdict is timed from the start of the blackout (the burrow agent's status, `device ls` on the relay, the ssh client's exit, and sshd's forwarded port closing), then the links come back and the time until a 64-byte echo passes again is taken. The emulator relays TCP, so a connection the ssh client gives up is closed towards sshd as soon as the link returns: kinder to OpenSSH than a real carrier, where sshd would hold the stale port until its own timeouts.
+- **Enrolling a batch**: one reusable join token (`burrow relay token create --reusable`); `--enroll-agents` devices (50) run `burrow agent enroll JOIN --name ...` all at once from 127.0.0.1, each making its own key, proving the token to the relay over SSH and writing its config; each then starts `burrow agent --config` from that file. The clock runs from the first enrollment until every agent's status says `up`.
 - **Reconnect storm**: the relay is killed; once every device has seen its session go down, the relay is restarted on the same data directory and the clock starts; devices reconnect with the agent's backoff (1 s doubling to 30 s, jittered); the time until every device has its endpoint again. Relays run with their default flags everywhere in this report, per-address limits included; the simulated fleets connect from loopback addresses 127.0.0.1, 127.0.0.2, ..., `--devices-per-address` devices (250) on each, as a cellular fleet reaches the relay from a handful of carrier NAT addresses.
 - **Restart behind one carrier NAT address**: `--cgnat-devices` devices (300) all from 127.0.0.1, each retrying 5 to 10 s (uniformly) after a loss or a refusal, as autossh restarts ssh; the relay is killed with SIGKILL, restarted once every device has seen its session go, and the clock runs until every device is back. Taken twice in one run: with the relay's default flags, and with its per-address limits lifted (`--handshakes-per-ip 0`, `--max-unauthenticated-per-ip 20000`), which leaves the devices' own jitter. The connections the relay refused after the restart come from its metrics.
 ";

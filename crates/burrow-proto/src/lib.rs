@@ -14,6 +14,10 @@
 //! - [`secret`]: a string wrapper that never shows in `Debug` output.
 //! - [`text`]: untrusted strings escaped and bounded before they are logged or stored.
 //! - [`size`]: byte sizes written as `64M` or `1G`.
+//! - [`labels`]: device labels and the label selectors of operator policy.
+//! - [`join`]: join strings and the enrollment exchange.
+//! - [`authorized_keys`]: OpenSSH `authorized_keys` lines translated to burrow policy.
+//! - [`csv`]: a small CSV reader for device imports.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 // Parsers of untrusted input must not panic; tests may.
@@ -25,9 +29,13 @@
 pub mod addr;
 pub mod agent_config;
 pub mod asciicast;
+pub mod authorized_keys;
 pub mod backoff;
+pub mod csv;
 pub mod escape;
 pub mod glob;
+pub mod join;
+pub mod labels;
 pub mod liveness;
 pub mod metadata;
 pub mod name;
@@ -50,6 +58,14 @@ pub(crate) fn xorshift(seed: &mut u64) -> u64 {
 /// Start of the SSH disconnect message with which a relay tells a device session that a newer
 /// session of the same device replaced it; the agent recognises it and backs off.
 pub const REPLACED_PREFIX: &str = "burrow: a new session";
+
+/// Start of the SSH disconnect message with which a relay tells a device session that its
+/// device waits for approval (`burrow relay device approve`); the agent waits and tries again.
+pub const PENDING_PREFIX: &str = "burrow: device pending approval";
+
+/// Start of the SSH disconnect message with which a relay refuses a session whose key is in
+/// use by another session at the same time (a cloned SD card): the key is quarantined.
+pub const QUARANTINED_PREFIX: &str = "burrow: key quarantined";
 
 /// Bind address with which a burrow agent asks a burrow relay for its probe endpoint; the relay
 /// keeps that endpoint internal (unlisted, closed to operators, its streams not audited).

@@ -52,21 +52,87 @@ pub fn render_devices(devices: &[DeviceRecord], cluster: bool) -> String {
         "ENDPOINTS"
     );
     for d in devices {
+        let state = if d.pending {
+            "pending"
+        } else {
+            state_text(d.online)
+        };
         out.push_str(&format!(
             "{:<width$}  {:<7}  {:<20}  {}{:<12}  {}\n",
             d.name,
-            state_text(d.online),
+            state,
             last_seen_text(d.last_seen),
             relay_col(d.relay.as_deref()),
             endpoints_text(&d.endpoints),
             d.fingerprints.join(" "),
         ));
+        if !d.labels.is_empty() {
+            out.push_str(&format!(
+                "{:<width$}    labels {}\n",
+                "",
+                burrow_proto::labels::format_labels(&d.labels)
+            ));
+        }
+        for q in &d.quarantined {
+            out.push_str(&format!(
+                "{:<width$}    quarantined {q} (seen from two places at once; see `burrow relay audit`)\n",
+                ""
+            ));
+        }
         for c in &d.allow_connect {
             out.push_str(&format!("{:<width$}    allow-connect {c}\n", ""));
         }
         for l in &d.allow_listen {
             out.push_str(&format!("{:<width$}    allow-listen {l}\n", ""));
         }
+    }
+    out
+}
+
+/// `token ls` as a table.
+pub fn render_tokens(tokens: &[crate::store::fleet::TokenRecord]) -> String {
+    let now = crate::store::now();
+    let mut out = format!(
+        "{:<10}  {:<8}  {:<8}  {:<20}  {:<12}  {:<16}  DEVICES\n",
+        "TOKEN", "STATE", "USES", "EXPIRES", "BY", "NAMES"
+    );
+    for t in tokens {
+        let mut devices = match &t.replaces {
+            Some(r) => format!("replaces {r}"),
+            None => String::new(),
+        };
+        for (word, on) in [("approve", t.approve)] {
+            if on {
+                devices.push_str(if devices.is_empty() { "" } else { " " });
+                devices.push_str(word);
+            }
+        }
+        if !t.labels.is_empty() {
+            devices.push_str(if devices.is_empty() { "" } else { " " });
+            devices.push_str(&t.labels_text());
+        }
+        if let Some(last) = &t.last_used_by {
+            devices.push_str(if devices.is_empty() { "" } else { " " });
+            devices.push_str(&format!("last: {last}"));
+        }
+        out.push_str(&format!(
+            "{:<10}  {:<8}  {:<8}  {:<20}  {:<12}  {:<16}  {}\n",
+            t.id,
+            t.state(now),
+            format!(
+                "{}/{}",
+                t.uses,
+                t.max_uses.map_or("∞".to_string(), |m| m.to_string())
+            ),
+            format_rfc3339(t.expires),
+            t.created_by,
+            t.name_pattern,
+            if devices.is_empty() {
+                "-".into()
+            } else {
+                devices
+            },
+        ));
     }
     out
 }

@@ -165,6 +165,20 @@ impl Audit {
         self.db.submit(Write::Audit(record));
     }
 
+    /// Records one decision and waits until it is stored (the CLI, which exits right after).
+    pub async fn record_stored(
+        &self,
+        event: &str,
+        who: &str,
+        target: &str,
+        outcome: Outcome,
+        detail: &str,
+    ) -> Result<(), crate::store::StoreError> {
+        let record = entry(event, who, target, outcome, detail);
+        log(&record);
+        self.db.write(Write::Audit(record)).await.map(|_| ())
+    }
+
     /// Writes the row of something that runs (a stream, a console attach) when it starts, so
     /// that a crash cannot lose it; [`OpenEntry::close`] completes it. Until then what
     /// `measure` sees is written into the row every [`CHECKPOINT_EVERY`], and a crash is

@@ -137,6 +137,10 @@ pub struct RelayConfig {
     pub relay_id: String,
     /// Where other relays of the cluster reach this one's peer port (`HOST:PORT`).
     pub peer_advertise: Option<String>,
+    /// Where devices reach this relay (`HOST:PORT`), as join strings carry it; by default the
+    /// listening address, or this host's name with the listening port when that is every
+    /// address.
+    pub advertise: Option<String>,
     /// How long this relay's presence lasts unless renewed (it is renewed every third of it).
     pub lease: Duration,
     /// Longest the relay admits devices and operators from its last copy of the registry
@@ -192,6 +196,7 @@ impl RelayConfig {
             database: None,
             relay_id: host_name(),
             peer_advertise: None,
+            advertise: None,
             lease: DEFAULT_LEASE,
             snapshot_max_age: DEFAULT_SNAPSHOT_MAX_AGE,
             audit_max_rows: DEFAULT_AUDIT_MAX_ROWS,

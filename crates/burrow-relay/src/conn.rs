@@ -31,6 +31,15 @@ pub(crate) enum Principal {
         name: String,
         key_fingerprint: String,
         session: Option<Arc<DeviceSession>>,
+        /// It waits for approval: told so and disconnected.
+        pending: bool,
+        /// Its key was seen from two places at once.
+        quarantined: bool,
+    },
+    /// An agent enrolling with a join token (`+enroll`).
+    Enroller {
+        /// The token it proved.
+        token: String,
     },
     /// An operator.
     Operator(Arc<crate::operator::OperatorSession>),
@@ -96,7 +105,18 @@ impl Conn {
             .await
             .map_err(|e| e.to_string())?;
         match (owner, login) {
-            (Some(KeyOwner::Device), Login::Plain(name)) => Ok(KeyMatch::Device(name, fp)),
+            (
+                Some(KeyOwner::Device {
+                    pending,
+                    quarantined,
+                }),
+                Login::Plain(name),
+            ) => Ok(KeyMatch::Device {
+                name,
+                fp,
+                pending,
+                quarantined,
+            }),
             (Some(KeyOwner::Operator), login) => Ok(KeyMatch::Operator(login, fp)),
             _ => Err(format!("key {fp} is not registered for {user}")),
         }
@@ -130,18 +150,28 @@ impl Conn {
 
     async fn key(&mut self, user: &str, key: &PublicKey) -> Decision {
         match self.key_allowed(user, key).await {
-            Ok(KeyMatch::Device(name, fp)) => {
-                self.relay.audit.record(
-                    "auth",
-                    &name,
-                    &self.peer.to_string(),
-                    Outcome::Ok,
-                    &format!("device authenticated with key {fp}"),
-                );
+            Ok(KeyMatch::Device {
+                name,
+                fp,
+                pending,
+                quarantined,
+            }) => {
+                // A pending device logs in only to be told that it waits (see `authenticated`).
+                if !pending {
+                    self.relay.audit.record(
+                        "auth",
+                        &name,
+                        &self.peer.to_string(),
+                        Outcome::Ok,
+                        &format!("device authenticated with key {fp}"),
+                    );
+                }
                 self.principal = Principal::Device {
                     name,
                     key_fingerprint: fp,
                     session: None,
+                    pending,
+                    quarantined,
                 };
                 Decision::Accept
             }
@@ -165,6 +195,28 @@ impl Conn {
     }
 
     async fn password(&mut self, user: &str, password: &str, method: &str) -> Decision {
+        if user == burrow_proto::join::ENROLL_USER {
+            return match crate::enroll::check_login(&self.relay, password).await {
+                Ok(token) => {
+                    self.principal = Principal::Enroller { token };
+                    Decision::Accept
+                }
+                Err(why) => {
+                    let target = match burrow_proto::join::split_password(password) {
+                        Some((id, _)) => format!("token {id}"),
+                        None => "token".into(),
+                    };
+                    self.relay.audit.record(
+                        "token",
+                        &self.peer.to_string(),
+                        &target,
+                        Outcome::Denied,
+                        &why,
+                    );
+                    self.reject(user, &why, AuthFailure::Password)
+                }
+            };
+        }
         let (outcome, started) =
             crate::password::attempt(&self.relay, self.peer, user, password).await;
         // A refusal is paced from when the password was taken up, after the address's turn:
@@ -192,7 +244,12 @@ fn key_held_by(user: &str, kind: &str, holder: &str) -> String {
 }
 
 enum KeyMatch {
-    Device(String, String),
+    Device {
+        name: String,
+        fp: String,
+        pending: bool,
+        quarantined: bool,
+    },
     Operator(Login, String),
 }
 
@@ -260,8 +317,29 @@ impl Handler for Conn {
         }
         if let Principal::Device {
             name,
+            pending: true,
+            ..
+        } = &self.principal
+        {
+            let why = format!(
+                "device {name} waits for approval: on the relay, `burrow relay device approve {name}` (or `device reject {name}`)"
+            );
+            self.relay
+                .audit
+                .record("auth", name, &self.peer.to_string(), Outcome::Denied, &why);
+            handle.disconnect(&format!(
+                "{}: {why}; this agent tries again until then",
+                burrow_proto::PENDING_PREFIX
+            ));
+            self.principal = Principal::Nobody;
+            return;
+        }
+        if let Principal::Device {
+            name,
             key_fingerprint,
             session: slot,
+            quarantined,
+            ..
         } = &mut self.principal
         {
             let carrier = crate::registry::Carrier {
@@ -280,7 +358,10 @@ impl Handler for Conn {
                 carrier,
             ));
             *slot = Some(dev.clone());
-            crate::device::came_online(&self.relay, dev);
+            if !crate::quarantine::admit(&self.relay, dev, *quarantined).await {
+                // Refused: the session was never the device's; nothing to undo when it ends.
+                *slot = None;
+            }
         }
     }
 
@@ -290,6 +371,15 @@ impl Handler for Conn {
                 Ok(channel) => {
                     crate::operator::session_opened(self.relay.clone(), op.clone(), channel)
                 }
+                Err(e) => tracing::debug!("session channel lost before it opened: {e}"),
+            },
+            (OpenKind::Session, Principal::Enroller { token }) => match offer.accept() {
+                Ok(channel) => crate::enroll::session_opened(
+                    self.relay.clone(),
+                    token.clone(),
+                    self.peer.to_string(),
+                    channel,
+                ),
                 Err(e) => tracing::debug!("session channel lost before it opened: {e}"),
             },
             (OpenKind::Session, Principal::Device { name, .. }) => {

@@ -24,53 +24,71 @@ const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Registers a freshly authenticated session; an older session of the same device is cut.
 pub(crate) fn came_online(relay: &Relay, dev: Arc<DeviceSession>) {
+    if let Some(old) = register(relay, dev.clone()) {
+        replace(relay, &old, &dev);
+    }
+}
+
+/// Makes `dev` the device's current session (its endpoints, listeners and the online mirror)
+/// and returns the session it displaced, which the caller cuts ([`replace`]) or, for a key seen
+/// from two places at once, keeps (see `crate::quarantine`).
+pub(crate) fn register(relay: &Relay, dev: Arc<DeviceSession>) -> Option<Arc<DeviceSession>> {
     let peer = dev.peer.to_string();
-    if let Some(old) = relay.registry.take_over(dev.clone()) {
-        relay.metrics.takeover();
-        old.replaced.cancel();
+    let old = relay.registry.take_over(dev.clone());
+    if let Some(old) = &old {
         relay.listeners.transfer(old.id, dev.id);
-        let up = old.since.elapsed();
-        // A session replaced soon after it came up is most likely a second agent with the
-        // same name, not a reboot: say so, where people look.
-        let flapping = if up < FLAPPING_WITHIN {
-            "; it was up only briefly: are two devices using the name or key of this one?"
-        } else {
-            ""
-        };
-        relay.audit.record(
-            "takeover",
-            &dev.name,
-            &peer,
-            Outcome::Ok,
-            &format!(
-                "new session from {peer} replaced the session from {} (up {:.0} s); the old one is closed{flapping}",
-                old.peer,
-                up.as_secs_f64()
-            ),
-        );
-        // Tell the old session why it goes (an agent backs off instead of fighting), then cut
-        // it; a frozen peer cannot hold this up.
-        let why = format!(
-            "{REPLACED_PREFIX} of device {} from {peer} replaced this one",
-            dev.name
-        );
-        tokio::spawn(async move {
-            old.handle.disconnect(&why);
-            // A live peer reads the reason and the session ends by itself; a frozen one gets
-            // a moment for the packet to leave, then the socket is cut.
-            let _ = tokio::time::timeout(Duration::from_millis(700), old.handle.closed()).await;
-            old.cut.cancel();
-        });
     }
     relay.db.submit(Write::Online {
         device: dev.name.clone(),
         peer: peer.clone(),
         session: dev.id,
         instance: dev.instance.clone(),
+        key: dev.key_fingerprint.clone(),
     });
     relay
         .audit
         .record("online", &dev.name, &peer, Outcome::Ok, "device session up");
+    old
+}
+
+/// Cuts `old`, replaced by `dev` (a reboot, a dead link not yet noticed): the takeover.
+pub(crate) fn replace(relay: &Relay, old: &Arc<DeviceSession>, dev: &DeviceSession) {
+    let peer = dev.peer.to_string();
+    relay.metrics.takeover();
+    old.replaced.cancel();
+    let up = old.since.elapsed();
+    // A session replaced soon after it came up is most likely a second agent with the
+    // same name, not a reboot: say so, where people look.
+    let flapping = if up < FLAPPING_WITHIN {
+        "; it was up only briefly: are two devices using the name or key of this one?"
+    } else {
+        ""
+    };
+    relay.audit.record(
+        "takeover",
+        &dev.name,
+        &peer,
+        Outcome::Ok,
+        &format!(
+            "new session from {peer} replaced the session from {} (up {:.0} s); the old one is closed{flapping}",
+            old.peer,
+            up.as_secs_f64()
+        ),
+    );
+    // Tell the old session why it goes (an agent backs off instead of fighting), then cut
+    // it; a frozen peer cannot hold this up.
+    let why = format!(
+        "{REPLACED_PREFIX} of device {} from {peer} replaced this one",
+        dev.name
+    );
+    let old = old.clone();
+    tokio::spawn(async move {
+        old.handle.disconnect(&why);
+        // A live peer reads the reason and the session ends by itself; a frozen one gets
+        // a moment for the packet to leave, then the socket is cut.
+        let _ = tokio::time::timeout(Duration::from_millis(700), old.handle.closed()).await;
+        old.cut.cancel();
+    });
 }
 
 /// Unregisters a session that ended (unless a newer one already took over).

@@ -11,6 +11,9 @@
 //!   interface, on SQLite or PostgreSQL.
 //! - [`admin`]: registry operations behind `burrow relay device|operator ...`.
 //! - [`audit`]: the audit trail (table and log).
+//! - [`enroll`]: join tokens, the `+enroll` login and the request that registers a new key.
+//! - `quarantine`: one key seen from two places at once: the first session kept, the other
+//!   refused.
 //! - `cluster`: several relays on one PostgreSQL registry: presence, routing, peer links.
 //! - [`metrics`]: Prometheus counters and their page.
 //! - [`console`]: serial consoles terminated at the relay (hubs, sessions, recordings).
@@ -24,6 +27,7 @@
 //! - `device`: what devices may ask for (forwards, allowed targets).
 //! - `operator`: what operators may ask for (endpoint streams, `ls`).
 //! - `nudge`: waking an operator's client that owes window for data it threw away.
+//! - `operator_exec`: the operator's exec commands (`ls`, `help`).
 //! - `operator_session`: operator connections and what each has open (for revocation).
 //! - `operator_stream`: an operator's stream to an endpoint: routing, splice, audit, cuts.
 //! - `listeners`: real TCP listeners granted by `allow-listen`.
@@ -42,14 +46,17 @@ mod conn;
 pub mod console;
 pub mod datadir;
 mod device;
+pub mod enroll;
 mod gate;
 mod listeners;
 pub mod metrics;
 mod nudge;
 mod operator;
+mod operator_exec;
 mod operator_session;
 mod operator_stream;
 mod password;
+mod quarantine;
 pub mod registry;
 mod revocation;
 mod server;

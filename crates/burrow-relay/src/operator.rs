@@ -2,11 +2,11 @@
 //! their session channel. Their streams are `operator_stream`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use burrow_proto::glob::any_matches;
+use burrow_proto::labels::{Labels, allows, needs_labels};
 use burrow_proto::name::Login;
-use burrow_proto::time::{format_rfc3339, format_utc_minutes};
+use burrow_proto::time::format_utc_minutes;
 use burrow_ssh::channel::{OpenKind, Request};
 use burrow_ssh::driver::{Channel, ChannelMsg, Offer};
 
@@ -170,127 +170,34 @@ pub(crate) fn join_ports(ports: &[u16]) -> String {
         .join(", ")
 }
 
-/// One line of `ls` (the same fields and formats as `burrow relay device ls`).
-#[derive(Debug, serde::Serialize)]
-struct Listing {
-    name: String,
-    online: bool,
-    /// RFC 3339 UTC; now while online.
-    last_seen: Option<String>,
-    endpoints: Vec<u16>,
-    /// Online but suspect: seconds since the device was last heard.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    silent_for: Option<u64>,
-    /// In a cluster: the relay (or relays) holding the device's session.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    relay: Option<String>,
+/// Whether `record`'s policy lets the operator reach `device`: by name, or by the device's
+/// labels as they are now (read only when a label selector needs them).
+pub(crate) async fn may_reach(relay: &Relay, record: &OperatorRecord, device: &str) -> bool {
+    let labels = if needs_labels(&record.allow) {
+        relay.db.device_labels(device).await.unwrap_or_default()
+    } else {
+        Labels::new()
+    };
+    allows(&record.allow, device, &labels)
 }
 
-async fn listings(relay: &Relay, op: &OperatorSession) -> Vec<Listing> {
-    // Policy as it is now: a removed operator sees nothing.
-    let Some(record) = current_record(relay, op).await else {
-        return Vec::new();
-    };
-    let devices = relay.db.devices().await.unwrap_or_default();
-    devices
+/// Every device's labels, when `allow` has a label selector (else none are read).
+async fn labels_for(relay: &Relay, allow: &[String]) -> std::collections::HashMap<String, Labels> {
+    if !needs_labels(allow) {
+        return std::collections::HashMap::new();
+    }
+    relay
+        .db
+        .devices()
+        .await
+        .unwrap_or_default()
         .into_iter()
-        .filter(|d| any_matches(&record.allow, &d.name))
-        .map(|d| {
-            let live = relay.registry.get(&d.name);
-            let now = Instant::now();
-            let silent_for = live
-                .as_ref()
-                .filter(|s| s.health(now) != crate::registry::Health::Fine)
-                .map(|s| s.silence(now).as_secs());
-            // Held here: this relay's own view; held elsewhere: the cluster's registry.
-            let (online, endpoints) = match &live {
-                Some(s) => (true, s.ports()),
-                None => (d.online, d.endpoints.clone()),
-            };
-            Listing {
-                silent_for,
-                online,
-                endpoints,
-                last_seen: d.last_seen.map(format_rfc3339),
-                relay: d.relay.clone(),
-                name: d.name,
-            }
-        })
+        .map(|d| (d.name, d.labels))
         .collect()
 }
 
-fn render_table(rows: &[Listing]) -> String {
-    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(6);
-    // A cluster says which relay holds each device.
-    let cluster = rows.iter().any(|r| r.relay.is_some());
-    let mut out = format!(
-        "{:<width$}  {:<7}  {:<20}  {}ENDPOINTS\n",
-        "DEVICE",
-        "STATE",
-        "LAST SEEN",
-        if cluster { "RELAY       " } else { "" }
-    );
-    for r in rows {
-        let relay = if cluster {
-            format!("{:<12}", r.relay.as_deref().unwrap_or("-"))
-        } else {
-            String::new()
-        };
-        out.push_str(&format!(
-            "{:<width$}  {:<7}  {:<20}  {relay}{}\n",
-            r.name,
-            match r.silent_for {
-                // Online, but its keepalive is overdue (or an open went unanswered).
-                Some(_) => "silent",
-                None => crate::admin::state_text(r.online),
-            },
-            r.last_seen.as_deref().unwrap_or("never"),
-            crate::admin::endpoints_text(&r.endpoints)
-        ));
-    }
-    out
-}
-
-const HELP: &str = "\
-burrow relay commands (ssh OPERATOR@relay COMMAND):
-  ls [--json]                          devices you may reach, online state, last seen, endpoints
-  console break DEVICE[/NAME]          send a break to a device's serial console
-  console baud DEVICE[/NAME] RATE      change a console's baud rate
-  console watch DEVICE[/NAME]          follow a console read-only (for logs and scripts)
-  help                                 this text
-Reach a device: ssh -J OPERATOR@relay USER@DEVICE, or ssh -W DEVICE:PORT OPERATOR@relay
-A console interactively: ssh -t OPERATOR:DEVICE[/NAME]@relay (or ssh -t OPERATOR@relay for a menu)
-";
-
-/// Runs an exec command that needs no channel; returns (stdout, stderr, exit status).
-async fn run_command(relay: &Relay, op: &OperatorSession, command: &str) -> (String, String, u32) {
-    let words: Vec<&str> = command.split_whitespace().collect();
-    match words.as_slice() {
-        ["ls"] => {
-            let table = render_table(&listings(relay, op).await);
-            // Held elsewhere is then what the registry's copy said, not what is.
-            let note = match relay.cluster.as_ref().filter(|c| c.is_degraded()) {
-                Some(_) => "note: the cluster's database cannot be reached; devices held by other relays are shown as this relay's copy of the registry last saw them\n".to_string(),
-                None => String::new(),
-            };
-            (table, note, 0)
-        }
-        ["ls", "--json"] => (
-            serde_json::to_string_pretty(&listings(relay, op).await).unwrap_or_default() + "\n",
-            String::new(),
-            0,
-        ),
-        ["help"] | ["--help"] => (HELP.to_string(), String::new(), 0),
-        _ => (
-            String::new(),
-            format!("unknown command {command:?}\n{HELP}"),
-            2,
-        ),
-    }
-}
-
 /// The operator's current policy record (changes made with the CLI apply at once).
-async fn current_record(relay: &Relay, op: &OperatorSession) -> Option<OperatorRecord> {
+pub(crate) async fn current_record(relay: &Relay, op: &OperatorSession) -> Option<OperatorRecord> {
     relay.db.operator(op.name()).await.ok().flatten()
 }
 
@@ -327,15 +234,20 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                         words.split_first().map(|(a, b)| (*a, b))
                     {
                         let record = current_record(&relay, &op).await;
+                        let labels = match &record {
+                            Some(r) => labels_for(&relay, &r.allow).await,
+                            None => Default::default(),
+                        };
+                        let none = Labels::new();
                         let allowed = |device: &str| {
-                            record
-                                .as_ref()
-                                .is_some_and(|r| any_matches(&r.allow, device))
+                            record.as_ref().is_some_and(|r| {
+                                allows(&r.allow, device, labels.get(device).unwrap_or(&none))
+                            })
                         };
                         crate::console::console_exec(&relay, op.name(), &allowed, rest, &channel)
                             .await
                     } else {
-                        let (out, err, status) = run_command(&relay, &op, &command).await;
+                        let (out, err, status) = crate::operator_exec::run_command(&relay, &op, &command).await;
                         let _ = channel.data(out.as_bytes()).await;
                         if !err.is_empty() {
                             let _ = channel.stderr(err.as_bytes()).await;
@@ -362,9 +274,10 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                         device, console, ..
                     } = &op.login
                     {
-                        let allowed = current_record(&relay, &op)
-                            .await
-                            .is_some_and(|r| any_matches(&r.allow, device));
+                        let allowed = match current_record(&relay, &op).await {
+                            Some(r) => may_reach(&relay, &r, device).await,
+                            None => false,
+                        };
                         if !allowed {
                             let why =
                                 format!("operator {} may not reach device {device}", op.name());
@@ -404,9 +317,13 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                     if let Some(size) = pty {
                         break crate::console::run_menu(&relay, op.name(), size, &channel).await;
                     }
-                    let (out, _, _) = run_command(&relay, &op, "ls").await;
+                    let (out, _, _) = crate::operator_exec::run_command(&relay, &op, "ls").await;
                     let _ = channel
-                        .data(format!("{out}\n{HELP}").replace('\n', "\r\n").as_bytes())
+                        .data(
+                            format!("{out}\n{}", crate::operator_exec::HELP)
+                                .replace('\n', "\r\n")
+                                .as_bytes(),
+                        )
                         .await;
                     break 0;
                 }

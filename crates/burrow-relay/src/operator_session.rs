@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use burrow_proto::glob::any_matches;
 use burrow_proto::name::Login;
 use tokio_util::sync::CancellationToken;
 
@@ -85,15 +84,21 @@ impl OperatorSession {
 
     /// Closes what `record` (the operator's current policy; `None`: removed) no longer allows.
     /// Returns the devices whose streams or consoles were closed.
-    pub(crate) fn enforce(&self, record: Option<&OperatorRecord>) -> Vec<String> {
+    pub(crate) fn enforce(
+        &self,
+        record: Option<&OperatorRecord>,
+        labels: &std::collections::HashMap<&str, &burrow_proto::labels::Labels>,
+    ) -> Vec<String> {
         let Some(record) = record else {
             self.cut.cancel();
             return Vec::new();
         };
         let mut closed = Vec::new();
         for u in self.uses().values() {
-            let allowed =
-                any_matches(&record.allow, &u.device) && (u.console || !record.console_only);
+            let empty = burrow_proto::labels::Labels::new();
+            let device_labels = labels.get(u.device.as_str()).copied().unwrap_or(&empty);
+            let allowed = burrow_proto::labels::allows(&record.allow, &u.device, device_labels)
+                && (u.console || !record.console_only);
             if !allowed && !u.stop.is_cancelled() {
                 u.stop.cancel();
                 closed.push(u.device.clone());

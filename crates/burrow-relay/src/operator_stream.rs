@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_io::splice::{Progress, splice_until};
-use burrow_proto::glob::any_matches;
 use burrow_proto::name::{Login, is_valid_name};
 use burrow_ssh::driver::{Channel, Handle, Offer};
 
@@ -239,7 +238,7 @@ async fn check_stream(
             ),
         ));
     }
-    if !any_matches(&record.allow, device) {
+    if !crate::operator::may_reach(relay, &record, device).await {
         return Err(Refusal::new(
             PROHIBITED,
             format!("operator {name} may not reach device {device}"),

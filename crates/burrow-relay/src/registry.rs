@@ -212,6 +212,11 @@ impl DeviceSession {
         self.endpoints().get(&port).cloned()
     }
 
+    /// Every endpoint, internal ones included.
+    pub fn endpoints_all(&self) -> Vec<Endpoint> {
+        self.endpoints().values().cloned().collect()
+    }
+
     /// The endpoint on `port` if operators may reach it (not internal).
     pub fn public_endpoint(&self, port: u16) -> Option<Endpoint> {
         self.endpoint(port).filter(|e| !e.is_internal())
@@ -285,6 +290,19 @@ impl Registry {
     /// caller must cut: the newest authenticated session always wins, at once.
     pub fn take_over(&self, session: Arc<DeviceSession>) -> Option<Arc<DeviceSession>> {
         self.sessions().insert(session.name.clone(), session)
+    }
+
+    /// Puts `session` back as the device's current one if `instead` (the session that displaced
+    /// it) still is, or none is; true if it did.
+    pub fn restore(&self, session: Arc<DeviceSession>, instead: u64) -> bool {
+        let mut sessions = self.sessions();
+        match sessions.get(&session.name) {
+            Some(current) if current.id != instead => false,
+            _ => {
+                sessions.insert(session.name.clone(), session);
+                true
+            }
+        }
     }
 
     /// Removes the session if it is still the device's current one; true if it was.

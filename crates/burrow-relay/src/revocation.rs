@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Relay;
 use crate::audit::Outcome;
-use crate::store::OperatorRecord;
+use crate::store::{DeviceRecord, OperatorRecord};
 
 /// How often the relay checks whether the CLI changed the registry.
 const REVOCATION_CHECK_INTERVAL: Duration = Duration::from_secs(2);
@@ -54,10 +54,12 @@ pub(crate) async fn enforce(relay: &Relay) {
             }
         }
     }
-    if let Ok(operators) = relay.db.operators().await {
-        enforce_operator_policy(relay, &operators);
+    crate::quarantine::enforce(relay).await;
+    let devices = relay.db.devices().await;
+    if let (Ok(operators), Ok(devices)) = (relay.db.operators().await, &devices) {
+        enforce_operator_policy(relay, &operators, devices);
     }
-    if let Ok(devices) = relay.db.devices().await {
+    if let Ok(devices) = devices {
         let allowed: HashSet<(String, String, u16)> = devices
             .iter()
             .flat_map(|d| {
@@ -73,10 +75,15 @@ pub(crate) async fn enforce(relay: &Relay) {
     }
 }
 
-/// Operators removed are cut off; streams and consoles their new policy forbids are closed.
-fn enforce_operator_policy(relay: &Relay, operators: &[OperatorRecord]) {
+/// Operators removed are cut off; streams and consoles their new policy forbids (by name or by
+/// the devices' labels as they are now) are closed.
+fn enforce_operator_policy(relay: &Relay, operators: &[OperatorRecord], devices: &[DeviceRecord]) {
     let by_name: HashMap<&str, &OperatorRecord> =
         operators.iter().map(|o| (o.name.as_str(), o)).collect();
+    let labels: HashMap<&str, &burrow_proto::labels::Labels> = devices
+        .iter()
+        .map(|d| (d.name.as_str(), &d.labels))
+        .collect();
     for op in relay.operators.all() {
         let record = by_name.get(op.name()).copied();
         if record.is_none() {
@@ -88,7 +95,7 @@ fn enforce_operator_policy(relay: &Relay, operators: &[OperatorRecord]) {
                 "operator was removed; connection closed",
             );
         }
-        for device in op.enforce(record) {
+        for device in op.enforce(record, &labels) {
             relay.audit.record(
                 "revoke",
                 op.name(),

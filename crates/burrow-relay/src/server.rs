@@ -15,6 +15,27 @@ use crate::config::SHUTDOWN_GRACE;
 use crate::conn::Conn;
 use crate::{Relay, RelayError};
 
+/// Records where devices reach this relay and its host key, for the join strings that
+/// `burrow relay token create` prints.
+async fn record_address(relay: &Relay, listening: SocketAddr) {
+    let address = match &relay.config.advertise {
+        Some(a) => a.clone(),
+        None if listening.ip().is_unspecified() => {
+            format!("{}:{}", crate::config::host_name(), listening.port())
+        }
+        None => listening.to_string(),
+    };
+    let record = crate::store::fleet::RelayAddress {
+        relay: crate::quarantine::relay_id(relay),
+        address: address.clone(),
+        host_key: relay.host_public_key(),
+    };
+    match relay.db.record_relay_address(&record).await {
+        Ok(()) => tracing::info!("join strings name this relay as {address} (--advertise)"),
+        Err(e) => tracing::warn!("cannot record this relay's address for join strings: {e}"),
+    }
+}
+
 pub(crate) async fn run(
     relay: Arc<Relay>,
     listener: TcpListener,
@@ -22,6 +43,7 @@ pub(crate) async fn run(
 ) -> Result<(), RelayError> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!("relay listening on {addr}");
+        record_address(&relay, addr).await;
     }
     let watcher = relay.tracker.spawn(crate::revocation::watch_revocations(
         relay.clone(),

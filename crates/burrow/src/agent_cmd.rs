@@ -10,7 +10,12 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{AgentArgs, AgentCommand};
 use crate::exit::{self, Failure, Result};
 
-pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> Result {
+pub async fn run(mut args: AgentArgs, shutdown: CancellationToken) -> Result {
+    if matches!(args.command, Some(AgentCommand::Enroll(_)))
+        && let Some(AgentCommand::Enroll(enroll)) = args.command.take()
+    {
+        return crate::enroll_cmd::run(*enroll, shutdown).await;
+    }
     if let Some(AgentCommand::Status { json }) = args.command {
         return show_status(&args, json);
     }

@@ -90,6 +90,10 @@ pub struct RelayArgs {
     /// Address the relay-to-relay port listens on (a cluster on --database needs it).
     #[arg(long, env = "BURROW_PEER_LISTEN", value_name = "ADDR")]
     pub peer_listen: Option<String>,
+    /// Where devices reach this relay, HOST:PORT, as join strings name it [default: the
+    /// --listen address, or this host's name with its port when listening on every address].
+    #[arg(long, env = "BURROW_ADVERTISE", value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
     /// Address other relays dial to reach this one's peer port [default: --peer-listen].
     #[arg(long, env = "BURROW_PEER_ADVERTISE", value_name = "HOST:PORT")]
     pub peer_advertise: Option<String>,
@@ -122,6 +126,9 @@ pub enum RelayCommand {
     /// Manage operators.
     #[command(subcommand)]
     Operator(OperatorCommand),
+    /// Join tokens: one line that enrolls devices (`burrow agent enroll JOIN`).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Console recordings (asciicast v2; play them with `asciinema play FILE`).
     #[command(subcommand)]
     Recordings(RecordingsCommand),
@@ -158,11 +165,50 @@ pub enum DeviceCommand {
         #[arg(long, value_name = "FILE")]
         pubkey: PathBuf,
     },
-    /// List devices: keys, online state, last seen, endpoints.
+    /// List devices: keys, online state, last seen, endpoints, labels.
     Ls {
         /// JSON output for scripts.
         #[arg(long)]
         json: bool,
+        /// Only devices whose labels match KEY=VALUE (repeatable; all must match; `*` globs).
+        #[arg(long, value_name = "KEY=VALUE")]
+        label: Vec<String>,
+    },
+    /// Let a device that waits for approval connect (its agent connects within its backoff).
+    Approve { name: String },
+    /// Refuse a device that waits for approval (it is removed).
+    Reject { name: String },
+    /// Set labels on a device (KEY=VALUE ...), or remove them (--rm KEY).
+    Label {
+        name: String,
+        #[arg(value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Remove this label (repeatable).
+        #[arg(long, value_name = "KEY")]
+        rm: Vec<String>,
+    },
+    /// Lift the quarantine of a device's keys (after its copy got a key of its own).
+    Unquarantine { name: String },
+    /// Register devices in bulk: a CSV (name,public_key,labels), or an OpenSSH authorized_keys
+    /// file with its restrict/permitlisten/permitopen/command options turned into policy.
+    Import {
+        /// CSV with columns name, public key, labels (`site=osaka;role=router`); a header line
+        /// starting with `name` is skipped.
+        #[arg(value_name = "FILE.csv", required_unless_present = "authorized_keys")]
+        csv: Option<PathBuf>,
+        /// An authorized_keys file of a hand-built relay instead.
+        #[arg(long, value_name = "FILE", conflicts_with = "csv")]
+        authorized_keys: Option<PathBuf>,
+        /// How each authorized_keys line is named: a template of {comment}, {user} and {host}
+        /// (the comment around '@'), {port} (its first permitlisten port) and {line}.
+        #[arg(long, value_name = "TEMPLATE", default_value = "{comment}")]
+        name_from: String,
+        /// Labels given to every imported device (repeatable).
+        #[arg(long, value_name = "KEY=VALUE")]
+        label: Vec<String>,
+        /// Report what would be done, change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Remove a device (an online session of it is closed).
     Rm { name: String },
@@ -199,6 +245,47 @@ pub enum DeviceCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a join token and print its join string (one line: relays, host-key pins, secret).
+    Create {
+        /// Devices it may enroll (default 1).
+        #[arg(long, value_name = "N", conflicts_with = "reusable")]
+        uses: Option<u32>,
+        /// Enroll any number of devices until it expires.
+        #[arg(long)]
+        reusable: bool,
+        /// How long it works: 30m, 24h, 7d (default 24h).
+        #[arg(long, value_name = "DURATION", default_value = "24h")]
+        ttl: String,
+        /// Device names it may enroll (a glob: 'osaka-*').
+        #[arg(long, value_name = "GLOB", default_value = "*")]
+        name_pattern: String,
+        /// A label every device it enrolls carries (repeatable).
+        #[arg(long, value_name = "KEY=VALUE")]
+        label: Vec<String>,
+        /// Devices it enrolls wait for `burrow relay device approve`.
+        #[arg(long)]
+        approve: bool,
+        /// Re-bind existing device NAME to the key of the device that enrolls with it: the
+        /// old key is revoked, the device's name, rules, labels and history are kept.
+        #[arg(long, value_name = "NAME")]
+        replace: Option<String>,
+        /// The relay address(es) to put in the join string, HOST:PORT (repeatable) [default:
+        /// what each relay recorded at start, its --advertise].
+        #[arg(long, value_name = "HOST:PORT")]
+        address: Vec<String>,
+    },
+    /// List join tokens: state, uses left, expiry, who made each.
+    Ls {
+        /// JSON output for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a join token (devices it enrolled stay).
+    Rm { id: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum RecordingsCommand {
     /// List recordings, of one device or all.
     Ls {
@@ -220,8 +307,9 @@ pub enum OperatorCommand {
         /// Read a password from stdin (first line).
         #[arg(long)]
         password_stdin: bool,
-        /// Device name pattern this operator may reach (repeatable; `*` and `?` globs).
-        #[arg(long, value_name = "GLOB", default_values_t = vec!["*".to_string()])]
+        /// Devices this operator may reach (repeatable): a name glob (`garage-*`) or a label
+        /// selector (`site=osaka`, `site=osaka,role=router`).
+        #[arg(long, value_name = "GLOB|KEY=VALUE", default_values_t = vec!["*".to_string()])]
         allow: Vec<String>,
         /// Consoles only: no forwarding to device endpoints.
         #[arg(long)]
@@ -238,8 +326,9 @@ pub enum OperatorCommand {
     /// Change an operator's policy; streams and consoles it no longer allows are closed.
     Set {
         name: String,
-        /// Device name patterns it may reach (replaces the current ones; repeatable).
-        #[arg(long, value_name = "GLOB")]
+        /// Devices it may reach: name globs or label selectors (replaces the current ones;
+        /// repeatable).
+        #[arg(long, value_name = "GLOB|KEY=VALUE")]
         allow: Vec<String>,
         /// Consoles only: no -J/-W/-L to device ports.
         #[arg(long, conflicts_with = "full")]
@@ -343,6 +432,54 @@ pub enum AgentCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Enroll this device with a join string (`burrow relay token create`): make its key here,
+    /// register it with the relay, write the agent config.
+    Enroll(Box<EnrollArgs>),
+}
+
+#[derive(Args, Debug)]
+pub struct EnrollArgs {
+    /// The join string.
+    #[arg(value_name = "JOIN")]
+    pub join: Option<String>,
+    /// Read the join string from this file instead (a boot partition's burrow-join.txt),
+    /// which is deleted once the relay answered; repeatable: the first that exists is read.
+    #[arg(long, value_name = "FILE", conflicts_with = "join")]
+    pub join_file: Vec<PathBuf>,
+    /// This device's name [default: from --name-from].
+    #[arg(long, conflicts_with = "name_from")]
+    pub name: Option<String>,
+    /// Where the name comes from without --name: `hostname`, or `imsi` (the SIM's IMSI from
+    /// the SORACOM metadata service).
+    #[arg(long, value_name = "hostname|imsi")]
+    pub name_from: Option<String>,
+    /// The metadata service that knows the SIM's IMSI (--name-from imsi).
+    #[arg(long, value_name = "URL", default_value = burrow_proto::metadata::SORACOM_BASE_URL)]
+    pub metadata_url: String,
+    /// Where the agent config is written.
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        default_value = "/etc/burrow/agent.toml"
+    )]
+    pub config: PathBuf,
+    /// Where the device's new private key is written [default: the agent's state directory,
+    /// id_ed25519].
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Endpoints written into the config, PORT or PORT=[HOST:]PORT (repeatable) [default: 22].
+    #[arg(long, value_name = "PORT[=[HOST:]PORT]")]
+    pub expose: Vec<String>,
+    /// Replace an existing config.
+    #[arg(long)]
+    pub force: bool,
+    /// Keep trying while no relay can be reached (for a first boot before the network is up).
+    #[arg(long)]
+    pub wait: bool,
+    /// Hand the new key to this user (when enrolling as root for the agent's own user).
+    #[arg(long, value_name = "USER")]
+    pub owner: Option<String>,
 }
 
 #[derive(Args, Debug)]

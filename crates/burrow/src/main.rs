@@ -6,7 +6,10 @@ mod agent_cmd;
 mod cli;
 mod demo;
 mod demo_router;
+mod enroll_cmd;
 mod exit;
+mod fleet_cmd;
+mod import_cmd;
 mod password;
 mod relay_cmd;
 

@@ -24,6 +24,9 @@ pub async fn run(mut args: RelayArgs, shutdown: CancellationToken) -> Result {
         Some(RelayCommand::Fingerprint { known_hosts }) => fingerprint(&data_dir, known_hosts),
         Some(RelayCommand::Device(cmd)) => device(&open_db(&args, &data_dir).await?, cmd).await,
         Some(RelayCommand::Operator(cmd)) => operator(&open_db(&args, &data_dir).await?, cmd).await,
+        Some(RelayCommand::Token(cmd)) => {
+            crate::fleet_cmd::token(&open_db(&args, &data_dir).await?, &data_dir, cmd).await
+        }
         Some(RelayCommand::Migrate { to }) => migrate(&data_dir, &to).await,
         Some(RelayCommand::Audit { limit, json }) => {
             audit(&open_db(&args, &data_dir).await?, limit, json).await
@@ -106,6 +109,11 @@ async fn serve(args: &RelayArgs, data_dir: PathBuf, shutdown: CancellationToken)
         .map_err(|e| Failure::new(exit::USAGE, format!("--console-escape: {e}")))?;
     if let Some(id) = &args.relay_id {
         config.relay_id = id.clone();
+    }
+    if let Some(a) = &args.advertise {
+        a.parse::<Target>()
+            .map_err(|e| Failure::new(exit::USAGE, format!("--advertise {a}: {e}")))?;
+        config.advertise = Some(a.clone());
     }
     let id_ok = |id: &str| {
         !id.is_empty()
@@ -331,10 +339,10 @@ fn read_keys(path: &Path) -> Result<Vec<burrow_io::keys::PublicKey>> {
         .map_err(|e| Failure::new(exit::DATAERR, e.to_string()))
 }
 
-fn store_err(e: burrow_relay::store::StoreError) -> Failure {
+pub fn store_err(e: burrow_relay::store::StoreError) -> Failure {
     use burrow_relay::store::StoreError::*;
     let code = match e {
-        NoDevice(_) | NoOperator(_) | Conflict(_) => exit::DATAERR,
+        NoDevice(_) | NoOperator(_) | NoToken(_) | Conflict(_) => exit::DATAERR,
         Sqlite { .. } | Schema(_) => exit::SOFTWARE,
         // The database cannot be reached: a temporary failure, worth trying again.
         Postgres { .. } => exit::TEMPFAIL,
@@ -348,7 +356,7 @@ fn valid(kind: &'static str, name: &str) -> Result {
 
 fn check_patterns(patterns: &[String]) -> Result {
     for p in patterns {
-        burrow_proto::glob::check_pattern(p)
+        burrow_proto::labels::check_allow(p)
             .map_err(|e| Failure::new(exit::USAGE, format!("--allow: {e}")))?;
     }
     Ok(())
@@ -370,8 +378,14 @@ async fn device(store: &Db, cmd: DeviceCommand) -> Result {
                 .map_err(store_err)?;
             println!("device {name}: added key {}", fingerprints(&keys));
         }
-        DeviceCommand::Ls { json } => {
-            let devices = store.devices().await.map_err(store_err)?;
+        DeviceCommand::Ls { json, label } => {
+            let filter = label
+                .iter()
+                .map(|l| burrow_proto::labels::Selector::parse(l))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Failure::new(exit::USAGE, format!("--label: {e}")))?;
+            let mut devices = store.devices().await.map_err(store_err)?;
+            devices.retain(|d| filter.iter().all(|s| s.matches(&d.labels)));
             if json {
                 println!(
                     "{}",
@@ -439,6 +453,29 @@ async fn device(store: &Db, cmd: DeviceCommand) -> Result {
             }
             println!("device {name} may no longer listen on {l}");
         }
+        DeviceCommand::Import {
+            csv,
+            authorized_keys,
+            name_from,
+            label,
+            dry_run,
+        } => {
+            crate::import_cmd::run(
+                store,
+                crate::import_cmd::ImportArgs {
+                    csv: csv.as_deref(),
+                    authorized_keys: authorized_keys.as_deref(),
+                    name_from: &name_from,
+                    labels: &label,
+                    dry_run,
+                },
+            )
+            .await?;
+        }
+        cmd @ (DeviceCommand::Approve { .. }
+        | DeviceCommand::Reject { .. }
+        | DeviceCommand::Label { .. }
+        | DeviceCommand::Unquarantine { .. }) => crate::fleet_cmd::device(store, cmd).await?,
         DeviceCommand::AllowListen { name, listen } => {
             let l: ListenSpec = listen
                 .parse()

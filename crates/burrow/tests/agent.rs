@@ -534,13 +534,27 @@ async fn eventually_async_roundtrip(addr: &str, payload: &[u8]) -> Vec<u8> {
 async fn two_agents_with_one_name_do_not_fight_and_the_displaced_one_knows_why() {
     let dir = tempdir();
     let relay = TestRelay::start(&dir.path().join("relay")).await;
+    // Two keys of one device (the same key in two places is quarantined instead: see
+    // tests/fleet.rs).
     let dev_key = keypair(dir.path(), "dev");
+    let spare_key = keypair(dir.path(), "spare");
     relay.add_device("pi", &dev_key);
+    relay
+        .relay
+        .store()
+        .add_device_keys("pi", &[public_key(&spare_key)])
+        .unwrap();
+    let keys = std::cell::Cell::new(0);
     let config = || {
+        let key = if keys.replace(1) == 0 {
+            &dev_key
+        } else {
+            &spare_key
+        };
         let mut c = agent_config(
             &relay.addr.to_string(),
             "pi",
-            &dev_key,
+            key,
             &relay.relay.fingerprint(),
         );
         // Without the relay's word, a displaced agent would be back within half a second.

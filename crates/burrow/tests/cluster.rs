@@ -273,6 +273,46 @@ async fn migrate_copies_every_row_of_a_single_relay() {
             .unwrap();
     }
     store.allow_listen("dev-3", "127.0.0.1", 8080).unwrap();
+    // The fleet's rows: labels, a quarantined key, a join token, a device waiting for approval.
+    store
+        .set_labels(
+            "dev-4",
+            &burrow_proto::labels::parse_labels(&["site=osaka,role=cam"]).unwrap(),
+            &[],
+        )
+        .unwrap();
+    store
+        .quarantine_key(&burrow_relay::store::fleet::Quarantine {
+            device: "dev-5".into(),
+            fingerprint: burrow_io::keys::fingerprint(&keys[5]),
+            since: 7,
+            detail: "seen twice".into(),
+            kept_relay: "single".into(),
+            kept_session: 3,
+            kept_instance: "0123456789abcdef".into(),
+        })
+        .unwrap();
+    let token = burrow_relay::store::fleet::TokenRecord {
+        id: "abc123".into(),
+        created: 1,
+        created_by: "root".into(),
+        expires: 99,
+        max_uses: None,
+        uses: 0,
+        name_pattern: "dev-*".into(),
+        labels: burrow_proto::labels::parse_labels(&["site=osaka"]).unwrap(),
+        approve: true,
+        replaces: None,
+        last_used_by: None,
+        last_used: None,
+        revoked: None,
+    };
+    store
+        .create_token(&burrow_relay::store::fleet::NewToken {
+            record: token.clone(),
+            secret_hash: "00ff".into(),
+        })
+        .unwrap();
     store
         .add_operator(
             "alice",
@@ -307,6 +347,8 @@ async fn migrate_copies_every_row_of_a_single_relay() {
     let before_devices = store.devices().unwrap();
     let before_operators = store.operators().unwrap();
     let before_audit = store.audit_tail(10_000).unwrap();
+    let store_tokens = store.tokens().unwrap();
+    assert_eq!(store_tokens, [token]);
     single.stop().await;
 
     let pg = TestPostgres::start().await;
@@ -332,6 +374,7 @@ async fn migrate_copies_every_row_of_a_single_relay() {
         d.relay = None;
     }
     assert_eq!(after_devices, before_devices);
+    assert_eq!(db.tokens().await.unwrap(), store_tokens);
     assert_eq!(db.operators().await.unwrap(), before_operators);
     let after_audit = db.audit_tail(10_000).await.unwrap();
     assert_eq!(after_audit, before_audit);

@@ -90,6 +90,10 @@ fn deb_holds_binary_units_examples_and_maintainer_scripts() {
         ),
         (
             "-rw-r--r-- root/root",
+            "./usr/lib/systemd/system/burrow-enroll.service",
+        ),
+        (
+            "-rw-r--r-- root/root",
             "./usr/share/doc/burrow/examples/agent.toml",
         ),
         (
@@ -255,7 +259,11 @@ fn systemd_units_verify() {
     let analyze = Command::new("systemd-analyze")
         .arg("verify")
         .arg(format!("--root={}", root.display()))
-        .args(["burrow-agent.service", "burrow-relay.service"])
+        .args([
+            "burrow-agent.service",
+            "burrow-relay.service",
+            "burrow-enroll.service",
+        ])
         .output()
         .expect("systemd-analyze is installed (./test.sh installs the systemd package)");
     let said = format!(
@@ -266,7 +274,9 @@ fn systemd_units_verify() {
     assert!(analyze.status.success(), "{said}");
     // Unknown keys and bad values are only warnings to verify: there must be none.
     assert!(
-        !said.contains("burrow-agent.service") && !said.contains("burrow-relay.service"),
+        !said.contains("burrow-agent.service")
+            && !said.contains("burrow-relay.service")
+            && !said.contains("burrow-enroll.service"),
         "{said}"
     );
 }

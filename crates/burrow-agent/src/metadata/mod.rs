@@ -337,3 +337,19 @@ fn write_key(path: &Path, text: &str) -> Result<(), String> {
     file.sync_all().map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
 }
+
+/// The SIM's IMSI, from SORACOM's `/v1/subscriber` under `base_url` (an enrolling device's
+/// name, with `--name-from imsi`).
+pub async fn imsi(base_url: &str, timeout: std::time::Duration) -> Result<String, String> {
+    let base: burrow_proto::metadata::HttpUrl = base_url
+        .parse()
+        .map_err(|e| format!("metadata URL {base_url:?}: {e}"))?;
+    let tls = if base.tls {
+        Some(Tls::new(None)?)
+    } else {
+        None
+    };
+    let fetcher = Fetcher { timeout, tls };
+    let body = fetcher.get(&base.join("/v1/subscriber")).await?;
+    subscriber_imsi(&body)
+}

@@ -294,9 +294,10 @@ pub(crate) async fn hear_others(relay: Arc<Relay>, shutdown: CancellationToken) 
                         device,
                         relay: holder,
                         instance,
+                        key,
                         ..
                     }) if holder != cluster.id => {
-                        taken_elsewhere(&relay, &device, &holder, &instance)
+                        taken_elsewhere(&relay, &device, &holder, &instance, &key)
                     }
                     Some(Notice::Session { .. }) => {}
                     None => break,
@@ -310,9 +311,10 @@ pub(crate) async fn hear_others(relay: Arc<Relay>, shutdown: CancellationToken) 
     }
 }
 
-/// A session of `device` came up on relay `holder` from agent process `instance`: a session
-/// held here from another process (or a stock client) is replaced.
-fn taken_elsewhere(relay: &Relay, device: &str, holder: &str, instance: &str) {
+/// A session of `device` came up on relay `holder` from agent process `instance` with `key`: a
+/// session held here from another process (or a stock client) is replaced, unless it has the
+/// same key and still answers (then the key is quarantined, see `crate::quarantine`).
+fn taken_elsewhere(relay: &Arc<Relay>, device: &str, holder: &str, instance: &str, key: &str) {
     let Some(local) = relay.registry.get(device) else {
         return;
     };
@@ -320,6 +322,23 @@ fn taken_elsewhere(relay: &Relay, device: &str, holder: &str, instance: &str) {
         // The same agent process holds sessions to several relays at once.
         return;
     }
+    if !key.is_empty() && local.key_fingerprint == key {
+        let (relay, holder) = (relay.clone(), holder.to_string());
+        tokio::spawn(async move {
+            if crate::quarantine::check_elsewhere(&relay, &local, &holder).await
+                && relay.registry.is_current(&local.name, local.id)
+            {
+                cut_for_elsewhere(&relay, &local, &holder);
+            }
+        });
+        return;
+    }
+    cut_for_elsewhere(relay, &local, holder);
+}
+
+/// Cuts `local`, replaced by a session of its device on relay `holder`.
+fn cut_for_elsewhere(relay: &Relay, local: &Arc<crate::registry::DeviceSession>, holder: &str) {
+    let device = local.name.as_str();
     relay.metrics.takeover();
     relay.audit.record(
         "takeover",
@@ -338,7 +357,7 @@ fn taken_elsewhere(relay: &Relay, device: &str, holder: &str, instance: &str) {
     local.replaced.cancel();
     // Gone from here at once (routing, listings, the cluster's online rows), not only once its
     // connection has closed: streams opened meanwhile must go to the new session.
-    crate::device::went_offline(relay, &local);
+    crate::device::went_offline(relay, local);
     let old = local.clone();
     tokio::spawn(async move {
         old.handle.disconnect(&why);

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use burrow_proto::glob::any_matches;
 use burrow_proto::time::format_utc_minutes;
 use burrow_ssh::driver::{Channel, ChannelMsg};
 
@@ -36,7 +35,7 @@ async fn entries(relay: &Relay, operator: &str) -> Vec<Entry> {
     }
     let mut out = Vec::new();
     for d in relay.db.devices().await.unwrap_or_default() {
-        if !any_matches(&allow, &d.name) {
+        if !burrow_proto::labels::allows(&allow, &d.name, &d.labels) {
             continue;
         }
         let (mut consoles, state) = match (relay.registry.get(&d.name), &d.relay) {

@@ -68,7 +68,11 @@ impl Snapshot {
             .device_keys
             .contains(&(name.to_string(), fingerprint.to_string()))
         {
-            return Some(Principal::Device);
+            let device = self.device(name);
+            return Some(Principal::Device {
+                pending: device.is_some_and(|d| d.pending),
+                quarantined: device.is_some_and(|d| d.quarantined.iter().any(|f| f == fingerprint)),
+            });
         }
         self.operators
             .get(name)

@@ -5,13 +5,22 @@ use super::postgres::{CopyValue, Pg};
 use super::{Store, StoreError};
 
 /// What is copied: each table with its columns and how each column reads.
-const TABLES: [(&str, &[(&str, Kind)]); 8] = [
+const TABLES: [(&str, &[(&str, Kind)]); 11] = [
     (
         "devices",
         &[
             ("name", Kind::Text),
             ("created", Kind::Int),
             ("last_seen", Kind::Int),
+            ("pending", Kind::Bool),
+        ],
+    ),
+    (
+        "device_labels",
+        &[
+            ("device", Kind::Text),
+            ("key", Kind::Text),
+            ("value", Kind::Text),
         ],
     ),
     (
@@ -36,6 +45,37 @@ const TABLES: [(&str, &[(&str, Kind)]); 8] = [
             ("device", Kind::Text),
             ("addr", Kind::Text),
             ("port", Kind::Int4),
+        ],
+    ),
+    (
+        "quarantine",
+        &[
+            ("device", Kind::Text),
+            ("fingerprint", Kind::Text),
+            ("since", Kind::Int),
+            ("detail", Kind::Text),
+            ("kept_relay", Kind::Text),
+            ("kept_session", Kind::Int),
+            ("kept_instance", Kind::Text),
+        ],
+    ),
+    (
+        "tokens",
+        &[
+            ("id", Kind::Text),
+            ("secret_hash", Kind::Text),
+            ("created", Kind::Int),
+            ("created_by", Kind::Text),
+            ("expires", Kind::Int),
+            ("max_uses", Kind::Int4Opt),
+            ("uses", Kind::Int4),
+            ("name_pattern", Kind::Text),
+            ("labels", Kind::Text),
+            ("approve", Kind::Bool),
+            ("replaces", Kind::Text),
+            ("last_used_by", Kind::Text),
+            ("last_used", Kind::Int),
+            ("revoked", Kind::Int),
         ],
     ),
     (
@@ -80,6 +120,7 @@ pub(crate) enum Kind {
     Text,
     Int,
     Int4,
+    Int4Opt,
     Bool,
 }
 
@@ -142,6 +183,7 @@ impl Store {
                         Kind::Text => CopyValue::Text(row.get(i)?),
                         Kind::Int => CopyValue::Int(row.get(i)?),
                         Kind::Int4 => CopyValue::Int4(row.get(i)?),
+                        Kind::Int4Opt => CopyValue::Int4Opt(row.get(i)?),
                         Kind::Bool => CopyValue::Bool(row.get(i)?),
                     })
                 })

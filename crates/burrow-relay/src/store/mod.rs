@@ -8,9 +8,11 @@
 //! - [`migrate`]: a single relay's SQLite registry copied into PostgreSQL.
 //! - [`db`]: the one async interface the relay uses, over either backend: reads run off the
 //!   async workers, writes are queued in order and committed in batches.
+//! - [`fleet`]: join tokens, the rules of an enrollment, imports and quarantined keys.
 
 pub mod db;
 pub mod degraded;
+pub mod fleet;
 pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
@@ -58,6 +60,9 @@ pub enum StoreError {
     /// The named operator does not exist.
     #[error("no operator named {0:?} (list them with `burrow relay operator ls`)")]
     NoOperator(String),
+    /// The named join token does not exist.
+    #[error("no join token {0:?} (list them with `burrow relay token ls`)")]
+    NoToken(String),
     /// The name is already in use.
     #[error("{0}")]
     Conflict(String),
@@ -102,13 +107,24 @@ pub struct DeviceRecord {
     /// The relay holding its session, in a cluster (`None` on a single relay).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,
+    /// It waits for `burrow relay device approve` (enrolled with an `--approve` token).
+    pub pending: bool,
+    /// Its labels (`site=osaka`).
+    pub labels: burrow_proto::labels::Labels,
+    /// Fingerprints of its keys that were seen from two places at once.
+    pub quarantined: Vec<String>,
 }
 
 /// Whose key a login presented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Principal {
     /// The device of that name.
-    Device,
+    Device {
+        /// It waits for approval: its agent is told so, and nothing more.
+        pending: bool,
+        /// The key was seen from two places at once.
+        quarantined: bool,
+    },
     /// The operator of that name.
     Operator,
 }
@@ -162,6 +178,17 @@ pub(crate) fn leftover_reason(last_alive: i64) -> String {
         "cut by a fault: the relay stopped (crashed or was killed) before it ended; it was last known alive at {}",
         burrow_proto::time::format_rfc3339(last_alive)
     )
+}
+
+/// Labels read back as `key=value` rows.
+pub(crate) fn fleet_labels(rows: Option<Vec<String>>) -> burrow_proto::labels::Labels {
+    rows.unwrap_or_default()
+        .into_iter()
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
 }
 
 /// Now, in seconds since the epoch.

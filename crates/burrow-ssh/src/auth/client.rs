@@ -57,14 +57,16 @@ impl ClientKey {
         }
     }
 
-    pub(super) fn blob(&self) -> Result<Vec<u8>, AuthError> {
+    /// The public key blob in SSH wire form.
+    pub fn blob(&self) -> Result<Vec<u8>, AuthError> {
         self.key
             .public_key()
             .to_bytes()
             .map_err(|e| AuthError(format!("our public key: {e}")))
     }
 
-    pub(super) fn sign(&self, data: &[u8]) -> Result<Vec<u8>, AuthError> {
+    /// Signs `data`; the signature blob in SSH wire form.
+    pub fn sign(&self, data: &[u8]) -> Result<Vec<u8>, AuthError> {
         let sig: ssh_key::Signature = match self.key.key_data() {
             // Ed25519 on ring, as the host key is: a device signs once per login.
             ssh_key::private::KeypairData::Ed25519(pair) => {

@@ -418,6 +418,17 @@ impl Handle {
         self.inner.lock().session.peer_id().cloned()
     }
 
+    /// The session identifier (the first key exchange's hash), once the keys are exchanged:
+    /// what a signature binds to this connection.
+    pub fn session_id(&self) -> Option<Vec<u8>> {
+        self.inner
+            .lock()
+            .session
+            .transport()
+            .session_id()
+            .map(<[u8]>::to_vec)
+    }
+
     /// The description of the peer's DISCONNECT, if it sent one.
     pub fn peer_disconnect(&self) -> Option<String> {
         self.inner.lock().peer_disconnect.clone()

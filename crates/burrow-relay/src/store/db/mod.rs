@@ -20,6 +20,7 @@ use super::{
 
 mod changes;
 mod copy;
+mod fleet;
 mod reads;
 #[cfg(test)]
 mod tests;
@@ -58,6 +59,10 @@ pub enum Write {
         /// The agent process it comes from (its sessions on several relays coexist; a new
         /// process takes over the old one's); empty for stock clients.
         instance: String,
+        /// The fingerprint of the key it logged in with (another relay holding a session with
+        /// the same key from another process checks for a clone); empty in older queues.
+        #[serde(default)]
+        key: String,
     },
     /// A device session ended (a newer session of the device is left alone).
     Offline {

@@ -18,13 +18,14 @@ use super::{
     Written, now,
 };
 
+mod fleet;
 mod reads;
 mod registry;
 mod schema;
 mod writes;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Channel of registry changes (devices, keys, operators, rules): payload unused.
 pub const REGISTRY_CHANNEL: &str = "burrow_registry";
@@ -71,6 +72,8 @@ pub enum Notice {
         session: u64,
         /// The agent process it came from (empty for stock clients).
         instance: String,
+        /// The key it logged in with (empty from relays that do not say).
+        key: String,
     },
 }
 
@@ -223,6 +226,8 @@ pub enum CopyValue {
     Int(Option<i64>),
     /// A 32-bit integer (ports).
     Int4(i32),
+    /// A 32-bit integer or NULL.
+    Int4Opt(Option<i32>),
     /// A flag.
     Bool(bool),
 }
@@ -254,11 +259,13 @@ fn parse_session(payload: &str) -> Option<Notice> {
     let relay = words.next()?.to_string();
     let session = words.next()?.parse().ok()?;
     let instance = words.next().unwrap_or_default().to_string();
+    let key = words.next().unwrap_or_default().to_string();
     Some(Notice::Session {
         device,
         relay,
         session,
         instance,
+        key,
     })
 }
 

@@ -23,9 +23,12 @@ impl Pg {
         let row = self
             .client
             .query_opt(
-                "SELECT 'device' FROM device_keys WHERE device = $1 AND fingerprint = $2
+                "SELECT 'device', d.pending,
+                        EXISTS (SELECT 1 FROM quarantine q WHERE q.device = k.device AND q.fingerprint = k.fingerprint)
+                   FROM device_keys k JOIN devices d ON d.name = k.device
+                  WHERE k.device = $1 AND k.fingerprint = $2
                  UNION ALL
-                 SELECT 'operator' FROM operator_keys WHERE operator = $1 AND fingerprint = $2
+                 SELECT 'operator', false, false FROM operator_keys WHERE operator = $1 AND fingerprint = $2
                  LIMIT 1",
                 &[&name, &fingerprint],
             )
@@ -33,7 +36,10 @@ impl Pg {
             .map_err(pg("checking a key"))?;
         Ok(row.map(|r| {
             if r.get::<_, &str>(0) == "device" {
-                Principal::Device
+                Principal::Device {
+                    pending: r.get(1),
+                    quarantined: r.get(2),
+                }
             } else {
                 Principal::Operator
             }
@@ -110,7 +116,7 @@ impl Pg {
         Ok(row.map(|r| r.get(0)))
     }
 
-    /// All devices, sorted by name, with the relay holding each: five queries.
+    /// All devices, sorted by name, with the relay holding each: seven queries.
     pub async fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         let now_ms = now_ms();
         let rows = self
@@ -119,7 +125,8 @@ impl Pg {
                 "SELECT d.name, d.last_seen,
                         (SELECT string_agg(o.relay, ',' ORDER BY o.since DESC)
                            FROM online o JOIN relays r ON r.id = o.relay AND r.lease_until > $1
-                          WHERE o.device = d.name)
+                          WHERE o.device = d.name),
+                        d.pending
                    FROM devices d ORDER BY d.name",
                 &[&now_ms],
             )
@@ -144,6 +151,12 @@ impl Pg {
             .grouped(
                 "SELECT device, addr || ':' || port FROM device_allow_listen ORDER BY device, port",
             )
+            .await?;
+        let mut labels = self
+            .grouped("SELECT device, key || '=' || value FROM device_labels ORDER BY device, key")
+            .await?;
+        let mut quarantined = self
+            .grouped("SELECT device, fingerprint FROM quarantine ORDER BY device, fingerprint")
             .await?;
         let now = now();
         Ok(rows
@@ -171,6 +184,9 @@ impl Pg {
                     allow_connect: connect.remove(&name).unwrap_or_default(),
                     allow_listen: listen.remove(&name).unwrap_or_default(),
                     relay: relays,
+                    pending: r.get(3),
+                    labels: crate::store::fleet_labels(labels.remove(&name)),
+                    quarantined: quarantined.remove(&name).unwrap_or_default(),
                     name,
                 }
             })

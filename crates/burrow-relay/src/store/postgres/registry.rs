@@ -5,7 +5,7 @@ use super::*;
 
 impl Pg {
     /// Runs one registry change in a transaction.
-    async fn change<T>(
+    pub(super) async fn change<T>(
         &mut self,
         doing: &'static str,
         f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T, StoreError>,
@@ -394,6 +394,7 @@ impl Pg {
                         CopyValue::Text(t) => t as &(dyn tokio_postgres::types::ToSql + Sync),
                         CopyValue::Int(i) => i as &(dyn tokio_postgres::types::ToSql + Sync),
                         CopyValue::Int4(i) => i as &(dyn tokio_postgres::types::ToSql + Sync),
+                        CopyValue::Int4Opt(i) => i as &(dyn tokio_postgres::types::ToSql + Sync),
                         CopyValue::Bool(b) => b as &(dyn tokio_postgres::types::ToSql + Sync),
                     })
                     .collect();

@@ -104,6 +104,57 @@ const SCHEMA_V2: &str = "ALTER TABLE endpoints ADD COLUMN bind TEXT NOT NULL DEF
 /// a crash of it left open.
 const SCHEMA_V3: &str = "ALTER TABLE relays ADD COLUMN checkpoint BIGINT NOT NULL DEFAULT 0;";
 
+/// Version 4: the fleet. Devices wait for approval and carry labels; join tokens (the secret
+/// stored as its hash); keys seen from two places at once; each relay's public address and host
+/// key, for join strings.
+const SCHEMA_V4: &str = "
+ALTER TABLE devices ADD COLUMN pending BOOLEAN NOT NULL DEFAULT false;
+CREATE TABLE device_labels (
+    device TEXT NOT NULL REFERENCES devices(name) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (device, key)
+);
+CREATE INDEX device_labels_by_value ON device_labels (key, value);
+CREATE TABLE quarantine (
+    device TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    since BIGINT NOT NULL,
+    detail TEXT NOT NULL,
+    kept_relay TEXT NOT NULL DEFAULT '',
+    kept_session BIGINT NOT NULL DEFAULT 0,
+    kept_instance TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (device, fingerprint),
+    FOREIGN KEY (device, fingerprint) REFERENCES device_keys (device, fingerprint) ON DELETE CASCADE
+);
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    created_by TEXT NOT NULL,
+    expires BIGINT NOT NULL,
+    max_uses INTEGER,
+    uses INTEGER NOT NULL DEFAULT 0,
+    name_pattern TEXT NOT NULL,
+    labels TEXT NOT NULL DEFAULT '',
+    approve BOOLEAN NOT NULL DEFAULT false,
+    replaces TEXT,
+    last_used_by TEXT,
+    last_used BIGINT,
+    revoked BIGINT
+);
+CREATE TABLE relay_addresses (
+    relay TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    host_key TEXT NOT NULL,
+    updated BIGINT NOT NULL
+);
+CREATE TRIGGER device_labels_changed AFTER INSERT OR UPDATE OR DELETE ON device_labels
+    FOR EACH STATEMENT EXECUTE FUNCTION burrow_registry_changed();
+CREATE TRIGGER quarantine_changed AFTER INSERT OR UPDATE OR DELETE ON quarantine
+    FOR EACH STATEMENT EXECUTE FUNCTION burrow_registry_changed();
+";
+
 /// Brings the schema to [`SCHEMA_VERSION`] under an advisory lock.
 pub(super) async fn migrate(client: &Client) -> Result<(), StoreError> {
     client
@@ -165,6 +216,16 @@ pub(super) async fn migrate(client: &Client) -> Result<(), StoreError> {
             if let Err(e) = client.batch_execute(&script).await {
                 let _ = client.batch_execute("ROLLBACK").await;
                 return Err(pg("bringing the schema to version 3")(e));
+            }
+        }
+        if version < 4 {
+            let script = format!(
+                "BEGIN;\n{SCHEMA_V4}\nINSERT INTO schema_migrations VALUES (4, {});\nCOMMIT;",
+                now()
+            );
+            if let Err(e) = client.batch_execute(&script).await {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(pg("bringing the schema to version 4")(e));
             }
         }
         Ok(())

@@ -67,6 +67,26 @@ impl Pg {
             .collect())
     }
 
+    /// The live relays holding a session of `device` from another agent process than
+    /// `instance` (any session, when `instance` is empty: a stock client).
+    pub async fn sessions_of_others(
+        &self,
+        device: &str,
+        instance: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT DISTINCT o.relay FROM online o
+                   JOIN relays r ON r.id = o.relay AND r.lease_until > $2
+                  WHERE o.device = $1 AND ($3 = '' OR o.instance <> $3)",
+                &[&device, &now_ms(), &instance],
+            )
+            .await
+            .map_err(pg("looking up a device's sessions"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// Devices with a session on a live relay.
     pub async fn count_online(&self) -> Result<u64, StoreError> {
         let row = self
@@ -247,6 +267,7 @@ async fn apply_one<C: tokio_postgres::GenericClient>(
             peer,
             session,
             instance,
+            key,
         } => {
             let session_id = i64::try_from(*session).unwrap_or(i64::MAX);
             let now = now();
@@ -259,7 +280,7 @@ async fn apply_one<C: tokio_postgres::GenericClient>(
             .map_err(pg("recording a device online"))?;
             // Every relay hears of it at once: one holding an older session of the device
             // from another agent process cuts it (takeover across relays).
-            let payload = format!("{device} {relay} {session} {instance}");
+            let payload = format!("{device} {relay} {session} {instance} {key}");
             c.execute("SELECT pg_notify($1, $2)", &[&SESSION_CHANNEL, &payload])
                 .await
                 .map_err(pg("announcing a device session"))?;

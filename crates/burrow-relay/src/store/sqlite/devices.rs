@@ -239,18 +239,23 @@ impl Store {
         })
     }
 
-    /// All devices, sorted by name: five queries however many devices there are.
+    /// All devices, sorted by name: seven queries however many devices there are.
     pub fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         self.with(|c| {
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT d.name, d.last_seen, o.device IS NOT NULL FROM devices d
+                    "SELECT d.name, d.last_seen, o.device IS NOT NULL, d.pending FROM devices d
                      LEFT JOIN online o ON o.device = d.name ORDER BY d.name",
                 )
                 .map_err(sql("listing devices"))?;
             let rows = stmt
                 .query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?, r.get::<_, bool>(2)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<i64>>(1)?,
+                        r.get::<_, bool>(2)?,
+                        r.get::<_, bool>(3)?,
+                    ))
                 })
                 .map_err(sql("listing devices"))?
                 .collect::<Result<Vec<_>, _>>()
@@ -259,10 +264,12 @@ impl Store {
             let mut endpoints = grouped(c, "SELECT device, port FROM endpoints ORDER BY device, port")?;
             let mut connect = grouped(c, "SELECT device, host || ':' || port FROM device_allow_connect ORDER BY device, host, port")?;
             let mut listen = grouped(c, "SELECT device, addr || ':' || port FROM device_allow_listen ORDER BY device, port")?;
+            let mut labels = grouped(c, "SELECT device, key || '=' || value FROM device_labels ORDER BY device, key")?;
+            let mut quarantined = grouped(c, "SELECT device, fingerprint FROM quarantine ORDER BY device, fingerprint")?;
             let now = now();
             Ok(rows
                 .into_iter()
-                .map(|(name, last_seen, online)| DeviceRecord {
+                .map(|(name, last_seen, online, pending)| DeviceRecord {
                     // An online device is seen now, not when its session started.
                     last_seen: if online { Some(now) } else { last_seen },
                     online,
@@ -276,6 +283,9 @@ impl Store {
                     allow_connect: connect.remove(&name).unwrap_or_default(),
                     allow_listen: listen.remove(&name).unwrap_or_default(),
                     relay: None,
+                    pending,
+                    labels: super::super::fleet_labels(labels.remove(&name)),
+                    quarantined: quarantined.remove(&name).unwrap_or_default(),
                     name,
                 })
                 .collect())
@@ -305,6 +315,7 @@ impl Store {
             peer: peer.into(),
             session: 0,
             instance: String::new(),
+            key: String::new(),
         })
         .map(|_| ())
     }

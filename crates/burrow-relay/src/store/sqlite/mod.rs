@@ -20,13 +20,14 @@ use super::{
 
 mod audit;
 mod devices;
+mod fleet;
 mod operators;
 mod schema;
 #[cfg(test)]
 mod tests;
 
 /// The schema version this build writes; each step below brings a database one version up.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The relay database.
 pub struct Store {
@@ -121,8 +122,8 @@ impl Store {
         })
     }
 
-    /// Whose key `fingerprint` is when `name` logs in with it: the device, the operator, or
-    /// nobody (one query).
+    /// Whose key `fingerprint` is when `name` logs in with it: the device (pending approval or
+    /// not, the key quarantined or not), the operator, or nobody (one query).
     pub fn key_owner(
         &self,
         name: &str,
@@ -130,18 +131,24 @@ impl Store {
     ) -> Result<Option<Principal>, StoreError> {
         self.with(|c| {
             c.query_row(
-                "SELECT 'device' FROM device_keys WHERE device = ?1 AND fingerprint = ?2
+                "SELECT 'device', d.pending,
+                        EXISTS (SELECT 1 FROM quarantine q WHERE q.device = k.device AND q.fingerprint = k.fingerprint)
+                   FROM device_keys k JOIN devices d ON d.name = k.device
+                  WHERE k.device = ?1 AND k.fingerprint = ?2
                  UNION ALL
-                 SELECT 'operator' FROM operator_keys WHERE operator = ?1 AND fingerprint = ?2
+                 SELECT 'operator', 0, 0 FROM operator_keys WHERE operator = ?1 AND fingerprint = ?2
                  LIMIT 1",
                 params![name, fingerprint],
-                |r| r.get::<_, String>(0),
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, bool>(2)?)),
             )
             .optional()
             .map(|o| {
-                o.map(|kind| {
+                o.map(|(kind, pending, quarantined)| {
                     if kind == "device" {
-                        Principal::Device
+                        Principal::Device {
+                            pending,
+                            quarantined,
+                        }
                     } else {
                         Principal::Operator
                     }

@@ -10,6 +10,57 @@ CREATE TABLE IF NOT EXISTS meta (one INTEGER PRIMARY KEY CHECK (one = 1), regist
 INSERT OR IGNORE INTO meta (one, registry_version) VALUES (1, 0);
 ";
 
+/// Version 4: the fleet. Devices wait for approval and carry labels; join tokens (the secret
+/// stored as its hash); keys seen from two places at once; each relay's public address and host
+/// key, for join strings.
+const FLEET: &str = "
+ALTER TABLE devices ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE device_labels (
+    device TEXT NOT NULL REFERENCES devices(name) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (device, key)
+);
+CREATE INDEX device_labels_by_value ON device_labels (key, value);
+CREATE TABLE quarantine (
+    device TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    since INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    kept_relay TEXT NOT NULL DEFAULT '',
+    kept_session INTEGER NOT NULL DEFAULT 0,
+    kept_instance TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (device, fingerprint),
+    FOREIGN KEY (device, fingerprint) REFERENCES device_keys (device, fingerprint) ON DELETE CASCADE
+);
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    expires INTEGER NOT NULL,
+    max_uses INTEGER,
+    uses INTEGER NOT NULL DEFAULT 0,
+    name_pattern TEXT NOT NULL,
+    labels TEXT NOT NULL DEFAULT '',
+    approve INTEGER NOT NULL DEFAULT 0,
+    replaces TEXT,
+    last_used_by TEXT,
+    last_used INTEGER,
+    revoked INTEGER
+);
+CREATE TABLE relay_addresses (
+    relay TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    host_key TEXT NOT NULL,
+    updated INTEGER NOT NULL
+);
+";
+
+/// Tables added by version 4 whose changes reach open sessions (labels narrow or widen operator
+/// policy; a quarantine cuts a second session).
+const FLEET_REGISTRY_TABLES: [&str; 2] = ["device_labels", "quarantine"];
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS devices (
     name TEXT PRIMARY KEY,
@@ -89,7 +140,8 @@ pub(super) fn migrate(c: &Connection) -> Result<(), StoreError> {
         let step = match to {
             1 => schema_v1(c),
             2 => registry_version_v2(c),
-            _ => checkpoint_v3(c),
+            3 => checkpoint_v3(c),
+            _ => fleet_v4(c),
         };
         let done = step.and_then(|()| {
             c.execute_batch(&format!("PRAGMA user_version = {to}; COMMIT"))
@@ -145,6 +197,22 @@ fn registry_version_v2(c: &Connection) -> Result<(), StoreError> {
                 op = op.to_lowercase()
             ))
             .map_err(sql("adding the registry version"))?;
+        }
+    }
+    Ok(())
+}
+
+fn fleet_v4(c: &Connection) -> Result<(), StoreError> {
+    c.execute_batch(FLEET)
+        .map_err(sql("adding the fleet tables"))?;
+    for table in FLEET_REGISTRY_TABLES {
+        for op in ["INSERT", "UPDATE", "DELETE"] {
+            c.execute_batch(&format!(
+                "CREATE TRIGGER IF NOT EXISTS {table}_{op}_version AFTER {op} ON {table}
+                 BEGIN UPDATE meta SET registry_version = registry_version + 1; END;",
+                op = op.to_lowercase()
+            ))
+            .map_err(sql("adding the fleet tables"))?;
         }
     }
     Ok(())
