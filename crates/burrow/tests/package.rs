@@ -125,10 +125,24 @@ fn deb_holds_binary_units_examples_and_maintainer_scripts() {
     unpack(&deb, &root);
     let burrow = root.join("usr/bin/burrow");
     assert!(text(&run(Command::new(&burrow).arg("--version"))).contains(env!("CARGO_PKG_VERSION")));
+    // The placeholder pin is refused as it stands, saying where the real one comes from;
+    // with a fingerprint in its place the example is accepted.
+    const PLACEHOLDER: &str = "SHA256:REPLACE-WITH-THE-RELAY-FINGERPRINT";
     for example in ["agent.toml", "agent-soracom.toml"] {
         let path = root.join("usr/share/doc/burrow/examples").join(example);
         let toml = std::fs::read_to_string(&path).unwrap();
-        burrow_proto::agent_config::AgentConfig::from_toml(&toml)
+        if toml.contains(PLACEHOLDER) {
+            let err = burrow_proto::agent_config::AgentConfig::from_toml(&toml).unwrap_err();
+            assert!(
+                err.to_string().contains("burrow relay fingerprint"),
+                "{err}"
+            );
+        }
+        let filled = toml.replace(
+            PLACEHOLDER,
+            "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s",
+        );
+        burrow_proto::agent_config::AgentConfig::from_toml(&filled)
             .unwrap_or_else(|e| panic!("{example}: {e}"));
     }
 }
