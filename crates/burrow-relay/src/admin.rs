@@ -208,6 +208,9 @@ mod tests {
             allow_connect: Vec::new(),
             allow_listen: Vec::new(),
             relay: relay.map(str::to_string),
+            pending: false,
+            labels: Default::default(),
+            quarantined: Vec::new(),
         };
         let devices = [device("pi", Some("r1")), device("cam", None)];
         let text = render_devices(&devices, true);
