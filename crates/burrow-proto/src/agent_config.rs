@@ -818,6 +818,8 @@ mod tests {
                     "backoff_max" => &mut c.backoff_max,
                     "probe_interval" => &mut c.probe_interval,
                     "probe_timeout" => &mut c.probe_timeout,
+                    "health_interval" => &mut c.health_interval,
+                    "health_refresh" => &mut c.health_refresh,
                     other => panic!("{other} has no test"),
                 };
                 *slot = Some(value);
