@@ -183,7 +183,10 @@ async fn a_real_agent_reports_its_link_and_the_relay_shows_it() {
     }
 }
 
+/// The device's health once everything queued so far is stored (the relay commits session
+/// records in batches, within milliseconds of the session's start).
 async fn health(relay: &TestRelay) -> burrow_relay::store::health::DeviceHealth {
+    relay.relay.db().flush().await;
     relay.relay.db().devices().await.unwrap()[0].health.clone()
 }
 
