@@ -63,7 +63,7 @@ install -D -m 0755 "$binary" "$stage/usr/bin/burrow"
 for unit in burrow-agent.service burrow-relay.service burrow-enroll.service; do
   install -D -m 0644 "$root/dist/systemd/$unit" "$stage/usr/lib/systemd/system/$unit"
 done
-for example in agent.toml agent-soracom.toml; do
+for example in agent.toml agent-soracom.toml relay.toml; do
   install -D -m 0644 "$root/dist/examples/$example" "$stage/usr/share/doc/burrow/examples/$example"
 done
 install -D -m 0644 "$root/dist/deb/copyright" "$stage/usr/share/doc/burrow/copyright"

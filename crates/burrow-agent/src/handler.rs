@@ -93,7 +93,7 @@ impl Handler for AgentHandler {
                 let answer = match waiting {
                     Some((_, arrived)) => {
                         let _ = arrived.send(());
-                        "probe answered"
+                        burrow_proto::PROBE_ANSWERED
                     }
                     None => "no probe of that nonce is waiting",
                 };

@@ -10,6 +10,8 @@
 //! - [`console`]: serial ports served as RFC 2217 console endpoints.
 //! - `connect`: local `[[connect]]` listeners that reach relay-side targets.
 //! - `run`: the reconnect loop with jittered backoff.
+//! - `health`: the health report (link from ModemManager, the Pi's power flags, disk),
+//!   read now and then and sent with traffic the session sends anyway.
 //! - [`metadata`]: on-demand access: the tunnel follows a metadata service (SORACOM, any URL).
 //! - [`enroll`]: `burrow agent enroll`: a new key registered with a join token, the config
 //!   written; and the join file of a first boot.
@@ -22,6 +24,7 @@ mod connect;
 pub mod console;
 pub mod enroll;
 mod handler;
+mod health;
 pub mod hostkey;
 mod liveness;
 pub mod metadata;

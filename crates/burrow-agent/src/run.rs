@@ -140,12 +140,27 @@ pub(crate) async fn run_tunnel(
     status.retarget(&config.name, &relay_list, endpoints, console_status);
 
     let connections = config.connection_count();
+    let interval = config.health_interval();
+    let health = (!interval.is_zero()).then(|| {
+        let health = Arc::new(crate::health::Health::new(
+            interval,
+            config.health_refresh(),
+        ));
+        tokio::spawn(crate::health::keep_reading(
+            health.clone(),
+            interval,
+            status.clone(),
+            shutdown.clone(),
+        ));
+        health
+    });
     let ctx = Arc::new(Ctx {
         config,
         shared,
         status,
         current,
         slots_up: Default::default(),
+        health,
     });
     let relays = Arc::new(relays);
     let in_use = Arc::new(Mutex::new(vec![None; connections]));

@@ -31,6 +31,9 @@ const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// burrow relay simply "this device's own name".
 const FORWARD_BIND: &str = "127.0.0.1";
 
+/// How often a busy session (streams sending, so no keepalives) checks whether a health report
+/// is due, to send it with the streams' traffic.
+const HEALTH_CHECK_BUSY: Duration = Duration::from_secs(60);
 /// Consecutive failed probes after which the session is given up: one is not a verdict.
 const PROBE_FAILURES_FATAL: u32 = 2;
 /// Key exchanges renewed after this many bytes either way.
@@ -79,6 +82,8 @@ pub(crate) struct Ctx {
     /// The connection slots (`connections`) that had a session up so far: a slot's first
     /// session is a connect, each later one a reconnect.
     pub(crate) slots_up: Mutex<std::collections::HashSet<usize>>,
+    /// The health report, when reports are on.
+    pub(crate) health: Option<Arc<crate::health::Health>>,
 }
 
 /// The ciphers the agent offers, best first. With AES and carry-less multiply instructions
@@ -144,7 +149,10 @@ pub(crate) async fn run(
     target: &Target,
     shutdown: &CancellationToken,
 ) -> Ended {
-    let cut = shutdown.child_token();
+    // Not a child of `shutdown`: a stopping agent says goodbye (DISCONNECT) before its
+    // connection is dropped, so that the relay records a clean end rather than a broken link.
+    // Every way out of this function cancels it.
+    let cut = CancellationToken::new();
     let probe_port = Arc::new(Mutex::new(None));
     let mut up_since = None;
     let replaced = Arc::new(Mutex::new(None));
@@ -412,6 +420,12 @@ async fn serve(
     let burrow_relay = handle
         .peer_id()
         .is_some_and(|id| id.line.starts_with(crate::BURROW_SSH_ID_PREFIX));
+    // Only a burrow relay reads health reports. The first one leaves with the forwards below.
+    let health = ctx.health.as_deref().filter(|_| burrow_relay);
+    let mut outbox = crate::health::Outbox::default();
+    if let Some(h) = health {
+        outbox.offer(h, handle, &ctx.status);
+    }
     // Every forward must bind, or the session counts as down (ExitOnForwardFailure).
     for expose in &config.expose {
         let requested = expose.requested_port();
@@ -511,6 +525,7 @@ async fn serve(
         liveness: Liveness::new(schedule),
         status: &ctx.status,
         unanswered,
+        health: health.map(|h| (h, outbox)),
     };
     watch.run(probes, shutdown).await
 }
@@ -566,6 +581,8 @@ struct Watch<'a> {
     liveness: Liveness,
     status: &'a StatusBoard,
     unanswered: &'a AtomicBool,
+    /// The health report and what this session sent of it.
+    health: Option<(&'a crate::health::Health, crate::health::Outbox)>,
 }
 
 impl Watch<'_> {
@@ -580,6 +597,9 @@ impl Watch<'_> {
         let mut failures = 0u32;
         let mut last_attempt = up_at;
         let mut silent_shown = false;
+        // While streams keep the line busy no keepalive goes out: a due report then leaves
+        // with their traffic, checked for this often.
+        let mut next_offer = up_at + HEALTH_CHECK_BUSY;
         loop {
             let now = Instant::now();
             let moved = self.acks.poll(now);
@@ -595,6 +615,8 @@ impl Watch<'_> {
                     if let Some(why) = self.handle.ended() {
                         return Err(format!("connection to relay {relay} lost: {why}"));
                     }
+                    // A report that is due goes in the keepalive's write.
+                    self.offer_health();
                     self.handle.send_keepalive();
                     continue;
                 }
@@ -619,6 +641,12 @@ impl Watch<'_> {
             }
             // Streams that move bytes need the busy rule checked even when nothing wakes the loop.
             wake = wake.min(now + schedule.busy_interval);
+            if now >= next_offer {
+                next_offer = now + HEALTH_CHECK_BUSY;
+                if now.saturating_duration_since(link.last_tx) < schedule.busy_interval {
+                    self.offer_health();
+                }
+            }
             if let Some(probes) = &probes {
                 match probing.as_ref().map(|(sent, _)| *sent) {
                     Some(sent) => {
@@ -692,6 +720,12 @@ impl Watch<'_> {
                     }
                 }
             }
+        }
+    }
+
+    fn offer_health(&mut self) {
+        if let Some((health, outbox)) = &mut self.health {
+            outbox.offer(health, self.handle, self.status);
         }
     }
 

@@ -117,6 +117,12 @@ pub struct Status {
     /// On-demand access (`[metadata]`), when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<MetadataStatus>,
+    /// The health report as last read (link, board), when reports are on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<burrow_proto::health::Report>,
+    /// Health reports sent to relays in this agent's life.
+    #[serde(default)]
+    pub health_reports: u64,
 }
 
 /// Now as RFC 3339.
@@ -161,6 +167,8 @@ impl StatusBoard {
                 pid: std::process::id(),
                 updated: now,
                 metadata: None,
+                health: None,
+                health_reports: 0,
             })),
             path,
             hook,

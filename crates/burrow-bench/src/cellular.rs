@@ -268,7 +268,47 @@ struct IdleSystem {
     /// Probes per month this system's settings run (burrow), and how often it rekeys by time.
     probes_per_month: f64,
     rekeys_per_month: f64,
+    /// Health reports a month with nothing notable changing (burrow: one every 6 h).
+    reports_per_month: f64,
     note: String,
+}
+
+/// Health reports a month when nothing notable changes: the refresh every 6 hours.
+const REPORTS_PER_MONTH: f64 = MONTH / (6.0 * 3600.0);
+/// Health reports a month at most: a notable change every 30 minutes (six readings of 5 min).
+const REPORTS_PER_MONTH_MAX: f64 = MONTH / 1800.0;
+
+/// A stand-in `mmcli` answering as ModemManager with one LTE modem, so that the bench's health
+/// reports are as large as a cellular device's (with no modem they are smaller).
+fn fake_mmcli(env: &Env) -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = env.path("fake-mmcli");
+    std::fs::create_dir_all(&bin)?;
+    let modem = "/org/freedesktop/ModemManager1/Modem/0";
+    let bearer = "/org/freedesktop/ModemManager1/Bearer/0";
+    let script = format!(
+        r#"#!/bin/sh
+case "$*" in
+  "-L --output-keyvalue") echo "modem-list.length : 1"; echo "modem-list.value[1] : {modem}" ;;
+  "-m {modem} --output-keyvalue") printf 'modem.generic.state : connected\nmodem.generic.access-technologies.length : 1\nmodem.generic.access-technologies.value[1] : lte\nmodem.generic.signal-quality.value : 67\nmodem.generic.bearers.length : 1\nmodem.generic.bearers.value[1] : {bearer}\nmodem.3gpp.operator-name : NTT DOCOMO\n' ;;
+  "-m {modem} --signal-get --output-keyvalue") printf 'modem.signal.refresh.rate : 300\nmodem.signal.lte.rssi : -65.00\nmodem.signal.lte.rsrq : -10.00\nmodem.signal.lte.rsrp : -97.00\nmodem.signal.lte.snr : 12.20\n' ;;
+  "-b {bearer} --output-keyvalue") printf 'bearer.stats.total-bytes-rx : 1234567890\nbearer.stats.total-bytes-tx : 234567890\n' ;;
+  *) exit 1 ;;
+esac
+"#
+    );
+    let path = bin.join("mmcli");
+    std::fs::write(&path, script)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(bin)
+}
+
+fn health_reports(s: &IdleSystem) -> u64 {
+    s.status
+        .as_deref()
+        .and_then(agent_status)
+        .and_then(|v| v["health_reports"].as_u64())
+        .unwrap_or(0)
 }
 
 async fn burrow_idle(
@@ -279,6 +319,12 @@ async fn burrow_idle(
     probes_per_month: f64,
     note: &str,
 ) -> anyhow::Result<IdleSystem> {
+    let mmcli = fake_mmcli(env)?;
+    let path = format!(
+        "{}:{}",
+        mmcli.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let pair = NetPair::create(n)?;
     let data = env.path(&format!("idle-relay-{n}"));
     let fingerprint = crate::systems::relay_data(env, &data)?;
@@ -296,6 +342,7 @@ async fn burrow_idle(
             .args(env.agent_args(&listen, &fingerprint, &status))
             .args(["--expose", &format!("{IDLE_PORT}=127.0.0.1:{IDLE_PORT}")])
             .args(extra)
+            .env("PATH", &path)
             .env("BURROW_LOG", "error"),
     )?;
     Ok(IdleSystem {
@@ -307,6 +354,7 @@ async fn burrow_idle(
         probes_per_month,
         // One key exchange a week, by time.
         rekeys_per_month: 30.0 / 7.0,
+        reports_per_month: REPORTS_PER_MONTH,
         note: note.into(),
     })
 }
@@ -413,6 +461,7 @@ async fn openssh_idle(
         probes_per_month: 0.0,
         // OpenSSH rekeys by data only unless RekeyLimit names a time.
         rekeys_per_month: 0.0,
+        reports_per_month: 0.0,
         note: String::new(),
     })
 }
@@ -520,6 +569,26 @@ async fn idle_cost(env: &Env, args: &Args) -> anyhow::Result<Vec<Row>> {
             .await?,
         );
     }
+    // What one health report costs: keepalives every 20 s, alone and each carrying a report
+    // (with a stand-in ModemManager, so a report is as large as a cellular device's).
+    let carrying = systems.len();
+    for (i, (name, health)) in [
+        (
+            "burrow health reports alone",
+            ["--health-interval", "1", "--health-refresh", "0.05"],
+        ),
+        (
+            "burrow keepalives alone",
+            ["--health-interval", "0", "--health-refresh", "60"],
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut flags = vec!["--keepalive-interval", "20", "--probe-interval", "0"];
+        flags.extend(health);
+        systems.push(burrow_idle(env, 7 + i as u32, name, &flags, 0.0, "").await?);
+    }
     let mut connect = Vec::new();
     for s in &systems {
         wait_idle_up(s).await?;
@@ -529,7 +598,7 @@ async fn idle_cost(env: &Env, args: &Args) -> anyhow::Result<Vec<Row>> {
     tokio::time::sleep(Duration::from_secs(if args.smoke { 1 } else { 10 })).await;
     let start: Vec<_> = systems
         .iter()
-        .map(|s| (s.pair.counters(), probes_run(s)))
+        .map(|s| (s.pair.counters(), probes_run(s), health_reports(s)))
         .collect();
     eprintln!(
         "  idle window of {} s for {} systems",
@@ -538,12 +607,29 @@ async fn idle_cost(env: &Env, args: &Args) -> anyhow::Result<Vec<Row>> {
     );
     tokio::time::sleep(window).await;
     let mut measured = Vec::new();
-    for (s, (before, probes_before)) in systems.iter().zip(start) {
+    let mut reports = Vec::new();
+    for (s, (before, probes_before, reports_before)) in systems.iter().zip(start) {
         let before = before?;
         let after = s.pair.counters()?;
         let probes = probes_run(s).saturating_sub(probes_before);
         measured.push((after.0 - before.0, after.1 - before.1, probes));
+        reports.push(health_reports(s).saturating_sub(reports_before));
     }
+    // The health systems give the cost of one report: what a keepalive carrying one costs
+    // more than a keepalive alone.
+    let per_report = match (
+        measured.get(carrying),
+        measured.get(carrying + 1),
+        reports.get(carrying),
+    ) {
+        (Some(with), Some(without), Some(&n)) if n > 0 => (
+            (with.0 as f64 - without.0 as f64).max(0.0) / n as f64,
+            (with.1 as f64 - without.1 as f64).max(0.0) / n as f64,
+        ),
+        _ => (0.0, 0.0),
+    };
+    systems.truncate(carrying);
+    measured.truncate(carrying);
     // The probe-only system gives the cost of one probe.
     let per_probe = match measured.get(PROBE_ONLY) {
         Some((bytes, packets, probes)) if *probes > 0 => (
@@ -572,13 +658,20 @@ async fn idle_cost(env: &Env, args: &Args) -> anyhow::Result<Vec<Row>> {
         let own = if s.session_port.is_some() { 0 } else { i };
         let (connect_bytes, connect_packets) = connect.get(own).copied().unwrap_or_default();
         // The window's own probes are counted once, in the probe term.
-        let steady_bytes = (bytes as f64 - probes as f64 * per_probe.0).max(0.0);
-        let steady_packets = (packets as f64 - probes as f64 * per_probe.1).max(0.0);
+        // The window's own probes and health reports (a session's first report rides its
+        // first keepalive, which may fall in the window) are counted once, in their terms.
+        let sent = reports.get(i).copied().unwrap_or(0) as f64;
+        let steady_bytes =
+            (bytes as f64 - probes as f64 * per_probe.0 - sent * per_report.0).max(0.0);
+        let steady_packets =
+            (packets as f64 - probes as f64 * per_probe.1 - sent * per_report.1).max(0.0);
         let month_bytes = steady_bytes * scale
             + per_probe.0 * s.probes_per_month
+            + per_report.0 * s.reports_per_month
             + connect_bytes as f64 * s.rekeys_per_month;
         let month_packets = steady_packets * scale
             + per_probe.1 * s.probes_per_month
+            + per_report.1 * s.reports_per_month
             + connect_packets as f64 * s.rekeys_per_month;
         let mut note = format!("{:.0} packets a month", month_packets);
         if let (Some(device), true) = (idle_device, s.session_port.is_some()) {
@@ -601,6 +694,26 @@ async fn idle_cost(env: &Env, args: &Args) -> anyhow::Result<Vec<Row>> {
         if i == 0 {
             idle_device = Some(month_bytes);
             connection = Some(row(
+                IDLE_GROUP,
+                "burrow: one health report (riding a keepalive)",
+                per_report.0,
+                "B",
+                Some(format!(
+                    "{:.1} packets more; counted every 6 h ({REPORTS_PER_MONTH:.0} a month) in each burrow profile: with a modem, as reported through a stand-in mmcli",
+                    per_report.1
+                )),
+            ));
+            let worst = month_bytes + per_report.0 * (REPORTS_PER_MONTH_MAX - s.reports_per_month);
+            rows.push(row(
+                IDLE_GROUP,
+                "burrow, profile standard, a notable change every 30 min (the most reports go)",
+                worst / 1e6,
+                "MB",
+                Some(format!(
+                    "{REPORTS_PER_MONTH_MAX:.0} health reports a month instead of {REPORTS_PER_MONTH:.0}"
+                )),
+            ));
+            rows.push(row(
                 IDLE_GROUP,
                 "burrow: one connection (TCP, key exchange, authentication, forwards)",
                 connect_bytes as f64,

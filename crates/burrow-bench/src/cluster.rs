@@ -149,6 +149,11 @@ async fn register_postgres(url: &str, n: usize, key_line: &str, fp: &str) -> any
     Ok(())
 }
 
+/// The listing with a health record for every device, on SQLite.
+pub(crate) const HEALTH_SQLITE: &str = "burrow on SQLite, every device with health";
+/// The same on PostgreSQL.
+pub(crate) const HEALTH_POSTGRES: &str = "burrow on PostgreSQL, every device with health";
+
 /// `ls` latency: the median time of one full device listing (what `ls`, `device ls` and the
 /// menu read), in milliseconds.
 async fn listing_ms(db: &burrow_relay::store::Db) -> anyhow::Result<f64> {
@@ -163,6 +168,81 @@ async fn listing_ms(db: &burrow_relay::store::Db) -> anyhow::Result<f64> {
     }
     runs.sort_by(f64::total_cmp);
     Ok(runs.get(runs.len() / 2).copied().unwrap_or(f64::NAN))
+}
+
+/// Gives every device `load-0` ... `load-{n-1}` a health record the way relays write them:
+/// a session that came up, a report, a probe, the session's end, and for half of them an
+/// earlier session and a reconnect (so that `device ls` has every column to fill).
+async fn fill_health(db: &burrow_relay::store::Db, n: usize) -> anyhow::Result<()> {
+    use burrow_proto::health::{Modem, ModemManager, Report};
+    use burrow_relay::store::Write;
+    let report = Report {
+        modem: Modem {
+            mm: ModemManager::Present,
+            state: Some("connected".into()),
+            operator: Some("NTT DOCOMO".into()),
+            tech: Some("lte".into()),
+            quality: Some(67),
+            rssi: Some(-65.0),
+            rsrp: Some(-97.0),
+            rsrq: Some(-10.0),
+            snr: Some(12.2),
+            rx: Some(123_456_789),
+            tx: Some(2_345_678),
+            ..Modem::default()
+        },
+        throttled: Some(0x50000),
+        temp_c: Some(48.3),
+        disk_free: Some(12_000_000_000),
+        disk_total: Some(31_000_000_000),
+        uptime_s: Some(86_400),
+    };
+    let json = serde_json::to_string(&report)?;
+    for i in 0..n {
+        let device = format!("load-{i}");
+        let online = |session: u64| Write::Online {
+            device: device.clone(),
+            peer: "10.0.0.1:40000".into(),
+            session,
+            instance: String::new(),
+            key: String::new(),
+            agent: "burrow_0.1.0".into(),
+        };
+        db.submit(online(1));
+        if i % 2 == 0 {
+            db.submit(Write::Offline {
+                device: device.clone(),
+                session: 1,
+                reason: "reset".into(),
+                detail: "the connection broke without a goodbye".into(),
+            });
+            db.submit(online(2));
+        }
+        db.submit(Write::Health {
+            device: device.clone(),
+            report: json.clone(),
+            link: report.summary(),
+            signal_dbm: Some(-97),
+            temp_c: Some(48),
+            throttled: report.throttled,
+        });
+        db.submit(Write::Probe {
+            device: device.clone(),
+            ok: true,
+            rtt_ms: 420,
+            error: String::new(),
+        });
+        // The session ends: the listing compared is the one without sessions up (as the
+        // listing without health was measured), so that the difference is the health alone.
+        db.submit(Write::Offline {
+            device,
+            session: if i % 2 == 0 { 2 } else { 1 },
+            reason: "keepalive-timeout".into(),
+            detail: "nothing heard for 170 s".into(),
+        });
+    }
+    db.flush().await;
+    Ok(())
 }
 
 async fn ls_latency(env: &Env, args: &Args, results: &mut Results) -> anyhow::Result<()> {
@@ -186,6 +266,15 @@ async fn ls_latency(env: &Env, args: &Args, results: &mut Results) -> anyhow::Re
             ms,
             "ms",
         );
+        fill_health(&db, n).await?;
+        let ms = listing_ms(&db).await?;
+        eprintln!("    ls of {n} devices with health on SQLite: {ms:.1} ms");
+        results.push(
+            &format!("ls latency ({n} devices)"),
+            HEALTH_SQLITE,
+            ms,
+            "ms",
+        );
 
         let pg = Postgres::start().await?;
         register_postgres(&pg.url, n, &line, &fp).await?;
@@ -195,6 +284,20 @@ async fn ls_latency(env: &Env, args: &Args, results: &mut Results) -> anyhow::Re
         results.push(
             &format!("ls latency ({n} devices)"),
             "burrow on PostgreSQL",
+            ms,
+            "ms",
+        );
+        fill_health(&db, n).await?;
+        // What autovacuum does to the rows the writes above replaced, as it would have by the
+        // time a fleet had reported: the listing reads live rows, not dead versions.
+        let (client, conn) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        client.batch_execute("VACUUM ANALYZE").await?;
+        let ms = listing_ms(&db).await?;
+        eprintln!("    ls of {n} devices with health on PostgreSQL: {ms:.1} ms");
+        results.push(
+            &format!("ls latency ({n} devices)"),
+            HEALTH_POSTGRES,
             ms,
             "ms",
         );

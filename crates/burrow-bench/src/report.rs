@@ -287,6 +287,40 @@ impl Results {
                 Some(e.value <= 60.0),
             ));
         }
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| e.group.starts_with("ls latency"))
+        {
+            let (plain, backend) = if e.system == crate::cluster::HEALTH_SQLITE {
+                ("burrow on SQLite", "SQLite")
+            } else if e.system == crate::cluster::HEALTH_POSTGRES {
+                ("burrow on PostgreSQL", "PostgreSQL")
+            } else {
+                continue;
+            };
+            if let Some(without) = self
+                .entries
+                .iter()
+                .find(|x| x.group == e.group && x.system == plain)
+            {
+                out.push((
+                    format!(
+                        "device ls with health within 2x of the listing without ({backend}, {})",
+                        e.group
+                            .trim_start_matches("ls latency (")
+                            .trim_end_matches(')')
+                    ),
+                    format!(
+                        "{:.1} ms vs {:.1} ms ({:.2}x)",
+                        e.value,
+                        without.value,
+                        e.value / without.value
+                    ),
+                    Some(e.value <= 2.0 * without.value),
+                ));
+            }
+        }
         if let Some(r) = v("reconnect after a device reboot", "burrow") {
             out.push((
                 "endpoint back within 1 s of the new session after a reboot".into(),

@@ -64,7 +64,7 @@ impl Seconds {
 }
 
 /// Accepted range of every agent duration, in seconds: (key, min, max, 0 turns it off).
-pub const DURATION_RANGES: [(&str, f64, f64, bool); 7] = [
+pub const DURATION_RANGES: [(&str, f64, f64, bool); 9] = [
     ("keepalive_interval", 0.05, 3600.0, false),
     ("keepalive_timeout", 0.05, 3600.0, false),
     ("busy_keepalive_interval", 0.05, 3600.0, false),
@@ -72,6 +72,8 @@ pub const DURATION_RANGES: [(&str, f64, f64, bool); 7] = [
     ("backoff_max", 0.01, 86_400.0, false),
     ("probe_interval", 0.05, 86_400.0, true),
     ("probe_timeout", 0.05, 3600.0, false),
+    ("health_interval", 0.05, 86_400.0, true),
+    ("health_refresh", 0.05, 7.0 * 86_400.0, false),
 ];
 
 impl From<Duration> for Seconds {
@@ -291,6 +293,12 @@ pub struct AgentConfig {
     pub probe_interval: Option<Seconds>,
     /// Seconds a probe may take before it fails (default 10).
     pub probe_timeout: Option<Seconds>,
+    /// Seconds between readings of the health report (ModemManager, the Pi's power flags,
+    /// temperature, disk); a notable change is sent at most every six readings. 0 turns the
+    /// reports off. Default 300.
+    pub health_interval: Option<Seconds>,
+    /// Seconds after which an unchanged health report is sent again (default 21600: 6 h).
+    pub health_refresh: Option<Seconds>,
     /// Where the status file is written (default `<state dir>/status.json`).
     pub status_file: Option<PathBuf>,
     /// Command run through `sh -c` on up/down transitions, with `BURROW_STATE` set.
@@ -383,6 +391,10 @@ impl std::str::FromStr for Profile {
 pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// Default longest reconnect delay.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Default time between readings of the health report.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(300);
+/// Default time after which an unchanged health report is sent again.
+pub const DEFAULT_HEALTH_REFRESH: Duration = Duration::from_secs(6 * 3600);
 /// Default time a probe may take.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -414,6 +426,8 @@ impl AgentConfig {
             backoff_max: None,
             probe_interval: None,
             probe_timeout: None,
+            health_interval: None,
+            health_refresh: None,
             status_file: None,
             on_state_change: None,
             expose: Vec::new(),
@@ -529,6 +543,8 @@ impl AgentConfig {
             self.backoff_max,
             self.probe_interval,
             self.probe_timeout,
+            self.health_interval,
+            self.health_refresh,
         ];
         for ((key, min, max, zero_ok), value) in DURATION_RANGES.into_iter().zip(values) {
             if let Some(v) = value {
@@ -703,6 +719,18 @@ impl AgentConfig {
             .map_or(DEFAULT_BACKOFF_MAX, Seconds::duration)
     }
 
+    /// Time between readings of the health report; zero when reports are off.
+    pub fn health_interval(&self) -> Duration {
+        self.health_interval
+            .map_or(DEFAULT_HEALTH_INTERVAL, Seconds::duration)
+    }
+
+    /// Time after which an unchanged health report is sent again.
+    pub fn health_refresh(&self) -> Duration {
+        self.health_refresh
+            .map_or(DEFAULT_HEALTH_REFRESH, Seconds::duration)
+    }
+
     /// Time without proof of the path after which a probe runs; zero disables probes.
     pub fn probe_interval(&self) -> Duration {
         self.probe_interval
@@ -790,6 +818,8 @@ mod tests {
                     "backoff_max" => &mut c.backoff_max,
                     "probe_interval" => &mut c.probe_interval,
                     "probe_timeout" => &mut c.probe_timeout,
+                    "health_interval" => &mut c.health_interval,
+                    "health_refresh" => &mut c.health_refresh,
                     other => panic!("{other} has no test"),
                 };
                 *slot = Some(value);

@@ -18,6 +18,8 @@
 //! - [`join`]: join strings and the enrollment exchange.
 //! - [`authorized_keys`]: OpenSSH `authorized_keys` lines translated to burrow policy.
 //! - [`csv`]: a small CSV reader for device imports.
+//! - [`health`]: the agent's health report (link, board), when it is worth sending, its summary.
+//! - [`modem`]: ModemManager's `mmcli` answers read into the report.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 // Parsers of untrusted input must not panic; tests may.
@@ -34,10 +36,12 @@ pub mod backoff;
 pub mod csv;
 pub mod escape;
 pub mod glob;
+pub mod health;
 pub mod join;
 pub mod labels;
 pub mod liveness;
 pub mod metadata;
+pub mod modem;
 pub mod name;
 pub mod rfc2217;
 pub mod secret;
@@ -75,3 +79,7 @@ pub const PROBE_BIND: &str = "burrow/probe";
 /// stream to the agent's probe endpoint carrying it back, with the probe's nonce as originator
 /// port, and the agent answers that stream with a refusal.
 pub const PROBE_ORIGIN: &str = "burrow-probe";
+
+/// The agent's answer to its own routed probe: the refusal that proves the stream arrived.
+/// The relay reads it as a probe that succeeded.
+pub const PROBE_ANSWERED: &str = "probe answered";

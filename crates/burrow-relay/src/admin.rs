@@ -28,14 +28,20 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// `device ls` as a table; a cluster's (`cluster`) says which relay holds each device.
+/// `device ls` as a table: presence and health first (how the last session ended, for how
+/// long, reconnects in the last day, the last probe, the agent's report in one line, its
+/// software), then endpoints and keys; a cluster's (`cluster`) says which relay holds each
+/// device.
 pub fn render_devices(devices: &[DeviceRecord], cluster: bool) -> String {
-    let width = devices
-        .iter()
-        .map(|d| d.name.len())
-        .max()
-        .unwrap_or(0)
-        .max(6);
+    use crate::show::{probe, state, state_for};
+    let now = crate::store::now();
+    let wide = |f: &dyn Fn(&DeviceRecord) -> usize, min: usize| {
+        devices.iter().map(f).max().unwrap_or(0).max(min)
+    };
+    let width = wide(&|d| d.name.len(), 6);
+    let sw = wide(&|d| state(d).len(), 7);
+    let lw = wide(&|d| d.health.link.as_deref().map_or(1, str::len), 4);
+    let aw = wide(&|d| d.health.agent.as_deref().map_or(1, str::len), 5);
     let relay_col = |relay: Option<&str>| {
         if cluster {
             format!("{:<12}  ", relay.unwrap_or("-"))
@@ -44,24 +50,29 @@ pub fn render_devices(devices: &[DeviceRecord], cluster: bool) -> String {
         }
     };
     let mut out = format!(
-        "{:<width$}  {:<7}  {:<20}  {}{:<12}  KEYS\n",
+        "{:<width$}  {:<sw$}  {:<7}  {:<20}  {:>6}  {:<9}  {:<lw$}  {:<aw$}  {}{:<12}  KEYS\n",
         "DEVICE",
         "STATE",
+        "FOR",
         "LAST SEEN",
+        "RECONN",
+        "PROBE",
+        "LINK",
+        "AGENT",
         relay_col(Some("RELAY")),
         "ENDPOINTS"
     );
     for d in devices {
-        let state = if d.pending {
-            "pending"
-        } else {
-            state_text(d.online)
-        };
         out.push_str(&format!(
-            "{:<width$}  {:<7}  {:<20}  {}{:<12}  {}\n",
+            "{:<width$}  {:<sw$}  {:<7}  {:<20}  {:>6}  {:<9}  {:<lw$}  {:<aw$}  {}{:<12}  {}\n",
             d.name,
-            state,
+            state(d),
+            state_for(d, now),
             last_seen_text(d.last_seen),
+            d.health.reconnects_24h,
+            probe(d),
+            d.health.link.as_deref().unwrap_or("-"),
+            d.health.agent.as_deref().unwrap_or("-"),
             relay_col(d.relay.as_deref()),
             endpoints_text(&d.endpoints),
             d.fingerprints.join(" "),
@@ -211,6 +222,7 @@ mod tests {
             pending: false,
             labels: Default::default(),
             quarantined: Vec::new(),
+            health: Default::default(),
         };
         let devices = [device("pi", Some("r1")), device("cam", None)];
         let text = render_devices(&devices, true);
@@ -221,17 +233,32 @@ mod tests {
             [
                 "DEVICE",
                 "STATE",
+                "FOR",
                 "LAST",
                 "SEEN",
+                "RECONN",
+                "PROBE",
+                "LINK",
+                "AGENT",
                 "RELAY",
                 "ENDPOINTS",
                 "KEYS"
             ]
         );
         let pi: Vec<_> = lines[1].split_whitespace().collect();
-        assert_eq!(pi, ["pi", "online", "never", "r1", "22", "SHA256:x"]);
+        assert_eq!(
+            pi,
+            [
+                "pi", "online", "-", "never", "0", "-", "-", "-", "r1", "22", "SHA256:x"
+            ]
+        );
         let cam: Vec<_> = lines[2].split_whitespace().collect();
-        assert_eq!(cam, ["cam", "offline", "never", "-", "22", "SHA256:x"]);
+        assert_eq!(
+            cam,
+            [
+                "cam", "offline", "-", "never", "0", "-", "-", "-", "-", "22", "SHA256:x"
+            ]
+        );
         // Columns line up: RELAY sits where each row's relay does.
         assert_eq!(lines[0].find("RELAY"), lines[1].find("r1"));
         assert!(!render_devices(&devices, false).contains("RELAY"));

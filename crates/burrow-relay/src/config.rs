@@ -151,6 +151,8 @@ pub struct RelayConfig {
     /// The most bytes queued toward one authenticated peer before the relay stops reading
     /// from it (see `burrow_ssh::driver`); before authentication the cap is 64 KiB.
     pub max_queued: usize,
+    /// Alerts: when they are raised and where they go.
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 /// Default presence lease in a cluster: a relay killed with SIGKILL stops being routed to
@@ -203,6 +205,7 @@ impl RelayConfig {
             audit_prune_interval: DEFAULT_AUDIT_PRUNE_INTERVAL,
             rekey_bytes: REKEY_BYTES,
             max_queued: burrow_ssh::channel::DEFAULT_MAX_QUEUED,
+            alerts: crate::alerts::AlertsConfig::default(),
         }
     }
 

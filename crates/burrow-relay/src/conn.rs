@@ -350,6 +350,7 @@ impl Handler for Conn {
                 schedule,
                 instance: burrow_proto::liveness::instance_from_ssh_id(&peer_id)
                     .unwrap_or_default(),
+                software: crate::health::software(&peer_id),
             };
             let dev = Arc::new(DeviceSession::new(
                 self.relay.next_id(),
@@ -458,6 +459,12 @@ impl Handler for Conn {
                     GlobalAnswer::Failure
                 }
             }
+            (GlobalRequest::WithData { name, data }, Some(dev))
+                if name == burrow_proto::health::REQUEST =>
+            {
+                crate::health::report_received(&self.relay, &dev, &data);
+                GlobalAnswer::Failure
+            }
             (GlobalRequest::TcpipForward { .. }, None) => {
                 tracing::info!("tcpip-forward refused: only devices expose endpoints");
                 GlobalAnswer::Failure
@@ -473,9 +480,12 @@ impl Drop for Conn {
             Principal::Device {
                 session: Some(dev), ..
             } => {
+                // The relay's own reasons to cut a session are recorded on it; past those, a
+                // cut before the session ended by itself is the relay stopping.
+                let stopping = self.relay.stopping() || self.cut.is_cancelled();
                 // The session is over: whoever waits for its end (a takeover) may go on.
                 dev.cut.cancel();
-                crate::device::went_offline(&self.relay, dev)
+                crate::device::went_offline(&self.relay, dev, stopping)
             }
             Principal::Operator(op) => self.relay.operators.remove(op.id),
             _ => {}

@@ -44,6 +44,7 @@ pub(crate) fn register(relay: &Relay, dev: Arc<DeviceSession>) -> Option<Arc<Dev
         session: dev.id,
         instance: dev.instance.clone(),
         key: dev.key_fingerprint.clone(),
+        agent: dev.software.clone(),
     });
     relay
         .audit
@@ -91,23 +92,33 @@ pub(crate) fn replace(relay: &Relay, old: &Arc<DeviceSession>, dev: &DeviceSessi
     });
 }
 
-/// Unregisters a session that ended (unless a newer one already took over).
-pub(crate) fn went_offline(relay: &Relay, dev: &DeviceSession) {
+/// Unregisters a session that ended (unless a newer one already took over), with how it
+/// ended; `stopping`: the relay is shutting down.
+pub(crate) fn went_offline(relay: &Relay, dev: &DeviceSession, stopping: bool) {
     relay.listeners.release(dev.id);
     if relay.registry.remove(&dev.name, dev.id) {
+        let (reason, detail) = crate::health::why_ended(dev, stopping);
         relay.db.submit(Write::Offline {
             device: dev.name.clone(),
             session: dev.id,
+            reason: reason.as_str().into(),
+            detail: detail.clone(),
         });
-        let why = dev.gave_up().map(|w| format!(": {w}")).unwrap_or_default();
+        // Issue 23's vocabulary: a fault cut the session, or it ended as someone chose.
+        let outcome = if reason.is_fault() {
+            Outcome::Interrupted
+        } else {
+            Outcome::Ok
+        };
         relay.audit.record(
             "offline",
             &dev.name,
             &dev.peer.to_string(),
-            Outcome::Ok,
+            outcome,
             &format!(
-                "device session down after {:.0} s{why}",
-                dev.since.elapsed().as_secs_f64()
+                "device session down after {:.0} s: {}: {detail}",
+                dev.since.elapsed().as_secs_f64(),
+                reason.as_str()
             ),
         );
     }
@@ -389,6 +400,7 @@ async fn routed_probe(relay: &Relay, dev: &DeviceSession, req: &StreamRequest, o
         .ok()
         .and_then(|p| dev.endpoint(p))
         .is_some_and(|e| e.is_internal());
+    let started = Instant::now();
     let outcome = if !internal {
         format!("port {} is not this device's probe endpoint", req.port)
     } else {
@@ -411,6 +423,12 @@ async fn routed_probe(relay: &Relay, dev: &DeviceSession, req: &StreamRequest, o
             Err(refusal) => refusal.reason,
         }
     };
+    let outcome = if outcome == "probe stream accepted and closed" {
+        burrow_proto::PROBE_ANSWERED.to_string()
+    } else {
+        outcome
+    };
+    crate::health::probe_done(relay, dev, started.elapsed(), &outcome);
     tracing::debug!(device = %dev.name, "probe: {outcome}");
     offer.reject(CONNECT_FAILED, &outcome);
 }

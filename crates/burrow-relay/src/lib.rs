@@ -14,8 +14,11 @@
 //! - [`enroll`]: join tokens, the `+enroll` login and the request that registers a new key.
 //! - `quarantine`: one key seen from two places at once: the first session kept, the other
 //!   refused.
+//! - [`alerts`]: alerts raised from the audit trail and presence timers, posted to webhooks.
+//! - [`config_file`]: the relay's TOML config file (`--config FILE`).
 //! - `cluster`: several relays on one PostgreSQL registry: presence, routing, peer links.
 //! - [`metrics`]: Prometheus counters and their page.
+//! - `device_metrics`: the page's per-device part (presence, reconnects, probe, report).
 //! - [`console`]: serial consoles terminated at the relay (hubs, sessions, recordings).
 //! - [`registry`]: online device sessions, endpoints, takeover.
 //! - `gate`: caps and rates of unauthenticated connections; room made by cutting the oldest;
@@ -23,8 +26,10 @@
 //! - `admission_log`: what the gate refused or cut, logged at most every 10 s.
 //! - `server`: the accept loop and per-connection task.
 //! - `stream_end`: how a stream ended: normally, closed early by one side, or cut by a fault.
+//! - [`show`]: `device show`, `relay alerts`, and the health columns of `device ls`, as text.
 //! - `conn`: the SSH handler of one connection: authentication and request dispatch.
 //! - `device`: what devices may ask for (forwards, allowed targets).
+//! - `health`: why a device session ended, the agent's probe timed here, its health report.
 //! - `operator`: what operators may ask for (endpoint streams, `ls`).
 //! - `nudge`: waking an operator's client that owes window for data it threw away.
 //! - `operator_exec`: the operator's exec commands (`ls`, `help`).
@@ -39,15 +44,19 @@
 
 pub mod admin;
 mod admission_log;
+pub mod alerts;
 pub mod audit;
 mod cluster;
 pub mod config;
+pub mod config_file;
 mod conn;
 pub mod console;
 pub mod datadir;
 mod device;
+mod device_metrics;
 pub mod enroll;
 mod gate;
+mod health;
 mod listeners;
 pub mod metrics;
 mod nudge;
@@ -60,6 +69,7 @@ mod quarantine;
 pub mod registry;
 mod revocation;
 mod server;
+pub mod show;
 pub mod store;
 mod stream_end;
 mod throttle;
@@ -308,7 +318,16 @@ impl Relay {
             disk_full: self.db.disk_full().is_some(),
             audit_dropped: self.db.held().1,
         };
-        metrics::render(&self.metrics, self.db.stats(), &gauges)
+        let mut page = metrics::render(&self.metrics, self.db.stats(), &gauges);
+        // The per-device part reads the same listing as `device ls`; a scrape during an outage
+        // of the registry gets the relay's own counters only.
+        if let Ok(devices) = self.db.devices().await {
+            page.push_str(&device_metrics::render(
+                &devices,
+                self.metrics.health_reports(),
+            ));
+        }
+        page
     }
 
     /// Whether the relay runs degraded: its cluster database cannot be reached, or the disk
@@ -353,7 +372,7 @@ impl Relay {
     }
 
     /// Whether the relay is shutting down.
-    fn stopping(&self) -> bool {
+    pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
     }
 

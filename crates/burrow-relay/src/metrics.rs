@@ -67,6 +67,7 @@ pub struct Metrics {
     unauthenticated_cut: AtomicU64,
     /// Streams ended, by outcome (in the order of [`Outcome::STREAM_ENDS`]).
     stream_ends: [AtomicU64; 5],
+    health_reports: AtomicU64,
 }
 
 impl Metrics {
@@ -117,6 +118,16 @@ impl Metrics {
     /// A device session took over an older one.
     pub(crate) fn takeover(&self) {
         self.takeovers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An agent's health report was taken.
+    pub(crate) fn health_report(&self) {
+        self.health_reports.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Health reports taken so far.
+    pub(crate) fn health_reports(&self) -> u64 {
+        self.health_reports.load(Ordering::Relaxed)
     }
 
     /// A stream was carried for another relay's operator.

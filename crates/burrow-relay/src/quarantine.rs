@@ -106,9 +106,13 @@ async fn verify(relay: &Arc<Relay>, old: Arc<DeviceSession>, dev: Arc<DeviceSess
     }
     relay.listeners.transfer(dev.id, old.id);
     // The online mirror names the old session again, with its endpoints.
+    // Corrections of the mirror, not a session ending and another coming up: the device's
+    // health (its last ending, reconnects) is left as it is.
     relay.db.submit(Write::Offline {
         device: dev.name.clone(),
         session: dev.id,
+        reason: String::new(),
+        detail: String::new(),
     });
     relay.db.submit(Write::Online {
         device: old.name.clone(),
@@ -116,6 +120,7 @@ async fn verify(relay: &Arc<Relay>, old: Arc<DeviceSession>, dev: Arc<DeviceSess
         session: old.id,
         instance: old.instance.clone(),
         key: old.key_fingerprint.clone(),
+        agent: String::new(),
     });
     for e in old.endpoints_all().into_iter().filter(|e| !e.is_internal()) {
         relay.db.submit(Write::Endpoint {
@@ -177,6 +182,10 @@ pub(crate) fn refuse(relay: &Relay, dev: &Arc<DeviceSession>, by: &str) {
     let why = format!(
         "{QUARANTINED_PREFIX}: key {} of device {} is in use by another session ({by}); ask the relay's admin (`burrow relay device ls`)",
         dev.key_fingerprint, dev.name
+    );
+    dev.note_ending(
+        crate::store::health::OfflineReason::Quarantined,
+        format!("its key is in use by another session ({by})"),
     );
     let dev = dev.clone();
     tokio::spawn(async move {

@@ -10,6 +10,8 @@ use burrow_proto::liveness::Schedule;
 use burrow_ssh::driver::Handle;
 use tokio_util::sync::CancellationToken;
 
+use crate::store::health::OfflineReason;
+
 /// First port handed out for `tcpip-forward` requests with port 0 (as sshd picks an ephemeral one).
 pub const DYNAMIC_PORT_FIRST: u16 = 49152;
 
@@ -64,6 +66,13 @@ pub struct DeviceSession {
     pub schedule: Option<Schedule>,
     /// The agent process it comes from, as the agent declared it; empty for stock clients.
     pub instance: String,
+    /// The device's software as its SSH identification names it (`burrow_0.1.0`).
+    pub software: String,
+    /// Why the relay ends the session, when it does (a takeover, a revocation, a quarantine,
+    /// a keepalive overdue), for the offline record.
+    ending: Mutex<Option<(OfflineReason, String)>>,
+    /// When the last health report was taken (reports come at most once a second).
+    last_report: Mutex<Option<Instant>>,
     /// Set when an open to the device went unanswered, until the device is heard again.
     unanswered_open: Mutex<Option<Instant>>,
     /// Why the relay gave the session up, for the offline record.
@@ -99,6 +108,8 @@ pub struct Carrier {
     pub schedule: Option<Schedule>,
     /// The agent process it comes from; empty for stock clients.
     pub instance: String,
+    /// The device's software, from its SSH identification.
+    pub software: String,
 }
 
 impl DeviceSession {
@@ -111,6 +122,7 @@ impl DeviceSession {
             activity,
             schedule,
             instance,
+            software,
         } = carrier;
         DeviceSession {
             id,
@@ -124,6 +136,9 @@ impl DeviceSession {
             activity,
             schedule,
             instance,
+            software,
+            ending: Mutex::new(None),
+            last_report: Mutex::new(None),
             unanswered_open: Mutex::new(None),
             gave_up: Mutex::new(None),
             endpoints: Mutex::new(BTreeMap::new()),
@@ -165,10 +180,50 @@ impl DeviceSession {
             .unwrap_or_else(|e| e.into_inner()) = Some(at);
     }
 
-    /// Records why the relay gives the session up.
+    /// Records why the relay gives the session up (its keepalive is overdue), and cuts it.
     pub fn give_up(&self, why: String) {
-        *self.gave_up.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        self.end(OfflineReason::KeepaliveTimeout, why);
+    }
+
+    /// Ends the session for `reason` (the first reason given stays): the offline record says
+    /// why, and streams on it were cut by the relay. The connection is cut.
+    pub fn end(&self, reason: OfflineReason, detail: String) {
+        self.note_ending(reason, detail);
         self.cut.cancel();
+    }
+
+    /// Records why the relay is ending the session, for whoever cuts it next (after telling the
+    /// peer why, say).
+    pub fn note_ending(&self, reason: OfflineReason, detail: String) {
+        self.gave_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| detail.clone());
+        self.ending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert((reason, detail));
+    }
+
+    /// Why the relay ended the session, if it did.
+    pub fn ending(&self) -> Option<(OfflineReason, String)> {
+        self.ending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether a health report may be taken now (at most one a second per session); if so, the
+    /// next one waits.
+    pub fn take_report(&self, now: Instant) -> bool {
+        let mut last = self.last_report.lock().unwrap_or_else(|e| e.into_inner());
+        if last
+            .is_some_and(|t| now.saturating_duration_since(t) < std::time::Duration::from_secs(1))
+        {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     /// Why the relay gave the session up, if it did.

@@ -50,7 +50,10 @@ pub(crate) async fn enforce(relay: &Relay) {
                     Outcome::Ok,
                     "device or its key was removed; session closed",
                 );
-                dev.give_up("the device or its key was removed from the registry".into());
+                dev.end(
+                    crate::store::health::OfflineReason::Revoked,
+                    "the device or its key was removed from the registry".into(),
+                );
             }
         }
     }

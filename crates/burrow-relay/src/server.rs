@@ -72,6 +72,9 @@ pub(crate) async fn run(
         relay.clone(),
         shutdown.clone(),
     ));
+    let alerting = relay
+        .tracker
+        .spawn(crate::alerts::run(relay.clone(), shutdown.clone()));
     let result = loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -115,6 +118,7 @@ pub(crate) async fn run(
     present.abort();
     hearing.abort();
     checkpoints.abort();
+    alerting.abort();
     relay.tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, relay.tracker.wait())
         .await

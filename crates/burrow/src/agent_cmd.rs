@@ -153,6 +153,16 @@ pub fn build_config(args: &AgentArgs) -> Result<AgentConfig> {
             args.keepalive_timeout,
             &mut config.keepalive_timeout,
         ),
+        (
+            "--health-interval",
+            args.health_interval,
+            &mut config.health_interval,
+        ),
+        (
+            "--health-refresh",
+            args.health_refresh,
+            &mut config.health_refresh,
+        ),
     ] {
         if let Some(v) = value {
             if !v.is_finite() || v < 0.0 {

@@ -108,6 +108,21 @@ pub struct RelayArgs {
     /// packets not yet written) before the relay stops reading from it; 64K before it logs in.
     #[arg(long, default_value = "4M", value_name = "SIZE")]
     pub max_queued: String,
+    /// The relay's config file (TOML): `[alerts]` settings and `[[alert]]` webhooks; flags
+    /// override what it sets.
+    #[arg(long, env = "BURROW_RELAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Post alerts as JSON to this URL (repeatable; with --alert-alertmanager, replaces the
+    /// config file's [[alert]] webhooks).
+    #[arg(long, value_name = "URL")]
+    pub alert_webhook: Vec<String>,
+    /// Post alerts to Alertmanager's API at this URL (`http://HOST:9093/api/v2/alerts`;
+    /// repeatable).
+    #[arg(long, value_name = "URL")]
+    pub alert_alertmanager: Vec<String>,
+    /// Seconds a device may be offline before it is alerted [default: 300].
+    #[arg(long, value_name = "SECS")]
+    pub alert_offline_grace: Option<f64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -138,6 +153,18 @@ pub enum RelayCommand {
         #[arg(long, value_name = "URL")]
         to: String,
     },
+    /// Show the most recent alerts and how their delivery went.
+    Alerts {
+        /// How many alerts.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only this device's.
+        #[arg(long, value_name = "NAME")]
+        device: Option<String>,
+        /// JSON output for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the most recent audit entries.
     Audit {
         /// How many entries.
@@ -165,7 +192,8 @@ pub enum DeviceCommand {
         #[arg(long, value_name = "FILE")]
         pubkey: PathBuf,
     },
-    /// List devices: keys, online state, last seen, endpoints, labels.
+    /// List devices: state (and how the last session ended), for how long, last seen,
+    /// reconnects in 24 h, last probe, link, agent, endpoints, keys, labels.
     Ls {
         /// JSON output for scripts.
         #[arg(long)]
@@ -209,6 +237,13 @@ pub enum DeviceCommand {
         /// Report what would be done, change nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Show one device whole: health, the agent's last report, recent events and alerts.
+    Show {
+        name: String,
+        /// JSON output for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a device (an online session of it is closed).
     Rm { name: String },
@@ -420,6 +455,12 @@ pub struct AgentArgs {
     /// Seconds a keepalive may go unanswered before the session counts as dead.
     #[arg(long, value_name = "SECS")]
     pub keepalive_timeout: Option<f64>,
+    /// Seconds between readings of the health report (0 turns reports off).
+    #[arg(long, value_name = "SECS")]
+    pub health_interval: Option<f64>,
+    /// Seconds after which an unchanged health report is sent again.
+    #[arg(long, value_name = "SECS")]
+    pub health_refresh: Option<f64>,
 }
 
 #[derive(Subcommand, Debug)]

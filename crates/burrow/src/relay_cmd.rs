@@ -28,6 +28,19 @@ pub async fn run(mut args: RelayArgs, shutdown: CancellationToken) -> Result {
             crate::fleet_cmd::token(&open_db(&args, &data_dir).await?, &data_dir, cmd).await
         }
         Some(RelayCommand::Migrate { to }) => migrate(&data_dir, &to).await,
+        Some(RelayCommand::Alerts {
+            limit,
+            device,
+            json,
+        }) => {
+            alerts(
+                &open_db(&args, &data_dir).await?,
+                limit,
+                device.as_deref(),
+                json,
+            )
+            .await
+        }
         Some(RelayCommand::Audit { limit, json }) => {
             audit(&open_db(&args, &data_dir).await?, limit, json).await
         }
@@ -107,6 +120,7 @@ async fn serve(args: &RelayArgs, data_dir: PathBuf, shutdown: CancellationToken)
     config.audit_max_rows = args.audit_max_rows;
     config.console_escape = burrow_proto::escape::parse_prefix(&args.console_escape)
         .map_err(|e| Failure::new(exit::USAGE, format!("--console-escape: {e}")))?;
+    alert_settings(args, &mut config.alerts)?;
     if let Some(id) = &args.relay_id {
         config.relay_id = id.clone();
     }
@@ -200,6 +214,48 @@ async fn serve(args: &RelayArgs, data_dir: PathBuf, shutdown: CancellationToken)
         .run(listener, shutdown)
         .await
         .map_err(|e| Failure::new(exit::SOFTWARE, e.to_string()))
+}
+
+/// Alerts from the config file, then the flags over it.
+fn alert_settings(args: &RelayArgs, alerts: &mut burrow_relay::alerts::AlertsConfig) -> Result {
+    use burrow_relay::alerts::{Format, Webhook};
+    if let Some(path) = &args.config {
+        burrow_relay::config_file::ConfigFile::load(path)
+            .and_then(|file| file.apply(alerts))
+            .map_err(|e| Failure::new(exit::CONFIG, e))?;
+    }
+    let flagged: Vec<(&String, Format, &str)> = args
+        .alert_webhook
+        .iter()
+        .map(|u| (u, Format::Json, "--alert-webhook"))
+        .chain(
+            args.alert_alertmanager
+                .iter()
+                .map(|u| (u, Format::Alertmanager, "--alert-alertmanager")),
+        )
+        .collect();
+    if !flagged.is_empty() {
+        alerts.webhooks = flagged
+            .into_iter()
+            .map(|(url, format, flag)| {
+                Webhook::new(url, format, Vec::new())
+                    .map_err(|e| Failure::new(exit::USAGE, format!("{flag} {url:?}: {e}")))
+            })
+            .collect::<Result<_>>()?;
+    }
+    if let Some(secs) = args.alert_offline_grace {
+        if !secs.is_finite() || !(0.05..=7.0 * 86_400.0).contains(&secs) {
+            return Err(Failure::new(
+                exit::USAGE,
+                format!("--alert-offline-grace {secs}: give 0.05 to 604800 seconds"),
+            ));
+        }
+        alerts.offline_grace = Duration::from_secs_f64(secs);
+    }
+    for hook in &alerts.webhooks {
+        tracing::info!("alerts go to {} ({:?})", hook.target, hook.format);
+    }
+    Ok(())
 }
 
 async fn bind(addr: &str, flag: &str) -> Result<tokio::net::TcpListener> {
@@ -394,6 +450,17 @@ async fn device(store: &Db, cmd: DeviceCommand) -> Result {
             } else {
                 let cluster = store.postgres_url().is_some();
                 print!("{}", burrow_relay::admin::render_devices(&devices, cluster));
+            }
+        }
+        DeviceCommand::Show { name, json } => {
+            let detail = store.device_detail(&name).await.map_err(store_err)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&detail).unwrap_or_default()
+                );
+            } else {
+                print!("{}", burrow_relay::show::render_detail(&detail));
             }
         }
         DeviceCommand::Rm { name } => {
@@ -653,6 +720,19 @@ fn recordings(data_dir: &Path, device: Option<&str>, json: bool) -> Result {
     }
     for f in files {
         println!("{:<20} {:>10}  {}", f.device, f.bytes, f.path.display());
+    }
+    Ok(())
+}
+
+async fn alerts(store: &Db, limit: usize, device: Option<&str>, json: bool) -> Result {
+    let alerts = store.alerts(limit, device).await.map_err(store_err)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&alerts).unwrap_or_default()
+        );
+    } else {
+        print!("{}", burrow_relay::show::render_alerts(&alerts));
     }
     Ok(())
 }

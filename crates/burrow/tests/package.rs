@@ -145,6 +145,11 @@ fn deb_holds_binary_units_examples_and_maintainer_scripts() {
         burrow_proto::agent_config::AgentConfig::from_toml(&filled)
             .unwrap_or_else(|e| panic!("{example}: {e}"));
     }
+    let relay =
+        std::fs::read_to_string(root.join("usr/share/doc/burrow/examples/relay.toml")).unwrap();
+    burrow_relay::config_file::ConfigFile::from_toml(&relay)
+        .and_then(|f| f.apply(&mut burrow_relay::alerts::AlertsConfig::default()))
+        .unwrap_or_else(|e| panic!("relay.toml: {e}"));
 }
 
 /// Stub commands that log their arguments, on a PATH in front of the real one.

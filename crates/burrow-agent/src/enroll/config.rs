@@ -129,7 +129,7 @@ mod tests {
             device: "garage-pi".into(),
             pending: false,
             relays: vec!["r1.example.com:443".into(), "[2001:db8::1]:443".into()],
-            host_keys: vec!["SHA256:abc".into()],
+            host_keys: vec![format!("SHA256:{}", "a".repeat(43))],
             labels: Default::default(),
             replaced_keys: Vec::new(),
         };
@@ -145,12 +145,13 @@ mod tests {
             &expose,
             "t1",
             &[],
-            &["SHA256:def".into()],
+            &[format!("SHA256:{}", "d".repeat(43))],
         );
         let c = burrow_proto::agent_config::AgentConfig::from_toml(&text).unwrap();
         assert_eq!(c.name, "garage-pi");
         assert_eq!(c.relay_targets().unwrap().len(), 2);
-        assert_eq!(c.host_key.as_deref(), Some("SHA256:def,SHA256:abc"));
+        let pins = format!("SHA256:{},SHA256:{}", "d".repeat(43), "a".repeat(43));
+        assert_eq!(c.host_key.as_deref(), Some(pins.as_str()));
         assert_eq!(c.key, Path::new("/var/lib/burrow-agent/id \"x\""));
         assert_eq!(c.expose.len(), 1);
     }

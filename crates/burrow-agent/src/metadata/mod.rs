@@ -6,9 +6,6 @@
 //! - entry gone: stop the tunnel and delete the key and the host key learned for it;
 //! - metadata unreachable or malformed: change nothing, log why, try again next interval.
 
-mod fetch;
-mod tls;
-
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -26,8 +23,8 @@ use crate::session::Current;
 use crate::status::{State, StatusBoard, now_rfc3339};
 use crate::{AgentError, AgentOptions};
 
-use fetch::Fetcher;
-use tls::Tls;
+use burrow_io::http::Client;
+use burrow_io::tls::Tls;
 
 /// File name of the delivered key in the state directory.
 pub const KEY_FILE: &str = "metadata_key";
@@ -56,7 +53,7 @@ struct Supervisor {
     base: AgentConfig,
     options: AgentOptions,
     source: Source,
-    fetcher: Fetcher,
+    fetcher: Client,
     status: StatusBoard,
     current: Current,
     key_path: PathBuf,
@@ -77,7 +74,10 @@ pub(crate) async fn run(
 ) -> Result<(), AgentError> {
     let source = metadata.source().map_err(AgentError::Config)?;
     let tls = if source_uses_tls(&source) {
-        Some(Tls::new(metadata.ca_file.as_deref()).map_err(AgentError::Config)?)
+        Some(
+            Tls::new(metadata.ca_file.as_deref(), "[metadata] ca_file")
+                .map_err(AgentError::Config)?,
+        )
     } else {
         None
     };
@@ -101,9 +101,10 @@ pub(crate) async fn run(
             IdSource::Fixed(id) => Some(id.clone()),
             IdSource::Subscriber(_) | IdSource::None => None,
         },
-        fetcher: Fetcher {
+        fetcher: Client {
             timeout: metadata.timeout(),
             tls,
+            user_agent: format!("burrow-agent/{}", env!("CARGO_PKG_VERSION")),
         },
         source,
         base,
@@ -345,11 +346,15 @@ pub async fn imsi(base_url: &str, timeout: std::time::Duration) -> Result<String
         .parse()
         .map_err(|e| format!("metadata URL {base_url:?}: {e}"))?;
     let tls = if base.tls {
-        Some(Tls::new(None)?)
+        Some(Tls::new(None, "[metadata] ca_file")?)
     } else {
         None
     };
-    let fetcher = Fetcher { timeout, tls };
+    let fetcher = Client {
+        timeout,
+        tls,
+        user_agent: format!("burrow-agent/{}", env!("CARGO_PKG_VERSION")),
+    };
     let body = fetcher.get(&base.join("/v1/subscriber")).await?;
     subscriber_imsi(&body)
 }

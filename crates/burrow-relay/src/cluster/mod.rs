@@ -357,7 +357,7 @@ fn cut_for_elsewhere(relay: &Relay, local: &Arc<crate::registry::DeviceSession>,
     local.replaced.cancel();
     // Gone from here at once (routing, listings, the cluster's online rows), not only once its
     // connection has closed: streams opened meanwhile must go to the new session.
-    crate::device::went_offline(relay, local);
+    crate::device::went_offline(relay, local, false);
     let old = local.clone();
     tokio::spawn(async move {
         old.handle.disconnect(&why);

@@ -6,6 +6,7 @@
 //! - [`postgres`]: the shared backend of a relay cluster.
 //! - [`degraded`]: the registry copy and disk queue of a relay whose database is unreachable.
 //! - [`migrate`]: a single relay's SQLite registry copied into PostgreSQL.
+//! - [`health`]: what is kept of each device's health (last session's end, probe, report).
 //! - [`db`]: the one async interface the relay uses, over either backend: reads run off the
 //!   async workers, writes are queued in order and committed in batches.
 //! - [`fleet`]: join tokens, the rules of an enrollment, imports and quarantined keys.
@@ -13,6 +14,7 @@
 pub mod db;
 pub mod degraded;
 pub mod fleet;
+pub mod health;
 pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
@@ -113,6 +115,8 @@ pub struct DeviceRecord {
     pub labels: burrow_proto::labels::Labels,
     /// Fingerprints of its keys that were seen from two places at once.
     pub quarantined: Vec<String>,
+    /// Its health: how its last session ended, reconnects, last probe, agent, link.
+    pub health: health::DeviceHealth,
 }
 
 /// Whose key a login presented.
@@ -199,7 +203,7 @@ pub fn now() -> i64 {
 }
 
 /// Serializes seconds since the epoch as RFC 3339 UTC (`2026-11-23T12:03:00Z`).
-fn rfc3339<S: serde::Serializer>(at: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn rfc3339<S: serde::Serializer>(at: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
     match at {
         Some(t) => s.serialize_str(&burrow_proto::time::format_rfc3339(*t)),
         None => s.serialize_none(),

@@ -134,7 +134,18 @@ impl Connection {
                     }
                 }
                 "keepalive@openssh.com" => GlobalRequest::Keepalive,
-                _ => GlobalRequest::Other(name),
+                // One string after the name: an application's request with data; anything
+                // else (several fields, none) is known by its name alone.
+                _ => {
+                    let mut copy = r.clone();
+                    match copy.string(MAX_DATA, "request data") {
+                        Ok(data) if copy.finish().is_ok() => GlobalRequest::WithData {
+                            name,
+                            data: data.to_vec(),
+                        },
+                        _ => GlobalRequest::Other(name),
+                    }
+                }
             };
             Ok((request, want_reply))
         };
@@ -145,13 +156,13 @@ impl Connection {
         match request {
             // Answered here, as OpenSSH answers what it does not know: a failure is an answer.
             // It waits behind the answers still owed for earlier requests.
-            GlobalRequest::Keepalive | GlobalRequest::Other(_) => {
+            GlobalRequest::Keepalive | GlobalRequest::Other(_) | GlobalRequest::WithData { .. } => {
                 if want_reply {
                     self.global_replies
                         .push_back(Some(vec![msg::REQUEST_FAILURE]));
                     self.send_global_replies();
                 }
-                if let GlobalRequest::Other(_) = request {
+                if !matches!(request, GlobalRequest::Keepalive) {
                     self.events.push_back(Event::Global {
                         request,
                         want_reply: false,

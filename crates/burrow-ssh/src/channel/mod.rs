@@ -678,6 +678,9 @@ impl Connection {
             | GlobalRequest::CancelTcpipForward { address, port } => {
                 w.string(address.as_bytes()).u32(*port);
             }
+            GlobalRequest::WithData { data, .. } => {
+                w.string(data);
+            }
             GlobalRequest::Keepalive | GlobalRequest::Other(_) => {}
         }
         if want_reply {

@@ -310,6 +310,14 @@ pub enum GlobalRequest {
     Keepalive,
     /// Anything else, by name.
     Other(String),
+    /// An application's own request carrying one string (an unknown name with other data
+    /// reads as [`GlobalRequest::Other`]).
+    WithData {
+        /// The request name (`name@domain`).
+        name: String,
+        /// The string it carries.
+        data: Vec<u8>,
+    },
 }
 
 impl GlobalRequest {
@@ -319,7 +327,7 @@ impl GlobalRequest {
             GlobalRequest::TcpipForward { .. } => "tcpip-forward",
             GlobalRequest::CancelTcpipForward { .. } => "cancel-tcpip-forward",
             GlobalRequest::Keepalive => "keepalive@openssh.com",
-            GlobalRequest::Other(name) => name,
+            GlobalRequest::Other(name) | GlobalRequest::WithData { name, .. } => name,
         }
     }
 }

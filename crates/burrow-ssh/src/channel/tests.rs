@@ -424,3 +424,45 @@ fn a_tiny_maximum_packet_is_raised_to_the_floor() {
         "{sizes:?}"
     );
 }
+
+/// An agent's health report rides as a global request with one string, wanting no answer:
+/// the peer gets the string, and sends nothing back.
+#[test]
+fn a_global_request_with_data_arrives_whole_and_wants_no_answer() {
+    let (mut a, mut b) = (Connection::new(small()), Connection::new(small()));
+    let report = br#"{"modem":{"mm":"absent"}}"#.to_vec();
+    a.global_request(
+        &GlobalRequest::WithData {
+            name: "health@burrow".into(),
+            data: report.clone(),
+        },
+        false,
+    );
+    // A request with two fields after its name is known by name only.
+    let mut w = Writer::message(msg::GLOBAL_REQUEST);
+    w.string(b"hostkeys-00@openssh.com")
+        .bool(false)
+        .string(b"key one")
+        .string(b"key two");
+    b.receive(w.into_bytes()).expect("two fields");
+    while let Some(m) = a.poll_transmit() {
+        b.receive(m).expect("request");
+    }
+    assert_eq!(
+        events(&mut b),
+        vec![
+            Event::Global {
+                request: GlobalRequest::Other("hostkeys-00@openssh.com".into()),
+                want_reply: false
+            },
+            Event::Global {
+                request: GlobalRequest::WithData {
+                    name: "health@burrow".into(),
+                    data: report
+                },
+                want_reply: false
+            }
+        ]
+    );
+    assert!(b.poll_transmit().is_none(), "no answer was asked for");
+}

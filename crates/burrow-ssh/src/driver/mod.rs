@@ -389,6 +389,16 @@ impl Handle {
         self.inner.wake.notify_one();
     }
 
+    /// Queues a global request that wants no answer without waking the connection: it leaves
+    /// with the next thing this side sends (a keepalive, data, a reply), in the same write,
+    /// and so costs no packet of its own on a metered link.
+    pub fn send_with_next(&self, request: GlobalRequest) {
+        let mut st = self.inner.lock();
+        if st.ended.is_none() {
+            st.session.connection().global_request(&request, false);
+        }
+    }
+
     /// Whether one of our keepalives is unanswered.
     pub fn keepalive_outstanding(&self) -> bool {
         self.inner

@@ -18,6 +18,7 @@ use super::{
     AuditRecord, DeviceRecord, OperatorRecord, PasswordLogin, Principal, Store, StoreError,
 };
 
+mod alerts;
 mod changes;
 mod copy;
 mod fleet;
@@ -63,6 +64,11 @@ pub enum Write {
         /// the same key from another process checks for a clone); empty in older queues.
         #[serde(default)]
         key: String,
+        /// The device's software, from its SSH identification (`burrow_0.1.0`); empty when
+        /// the mirror names an existing session again (no session came up, and the device's
+        /// health is left as it is).
+        #[serde(default)]
+        agent: String,
     },
     /// A device session ended (a newer session of the device is left alone).
     Offline {
@@ -70,6 +76,39 @@ pub enum Write {
         device: String,
         /// The session that ended.
         session: u64,
+        /// How it ended (see [`super::health::OfflineReason`]); empty for a correction of the
+        /// mirror (the device's health is left as it is).
+        #[serde(default)]
+        reason: String,
+        /// More about it.
+        #[serde(default)]
+        detail: String,
+    },
+    /// The agent's probe through the relay, as the relay timed it.
+    Probe {
+        /// The device.
+        device: String,
+        /// Whether it came back.
+        ok: bool,
+        /// Round trip, milliseconds.
+        rtt_ms: u32,
+        /// Why it failed.
+        error: String,
+    },
+    /// The agent's health report.
+    Health {
+        /// The device.
+        device: String,
+        /// The report as JSON (cleaned, bounded).
+        report: String,
+        /// Its one-line summary.
+        link: String,
+        /// Signal strength, whole dBm.
+        signal_dbm: Option<i32>,
+        /// Temperature, whole °C.
+        temp_c: Option<i32>,
+        /// A Pi's throttling flags.
+        throttled: Option<u32>,
     },
     /// An endpoint added or removed.
     Endpoint {

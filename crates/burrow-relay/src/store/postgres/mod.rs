@@ -18,14 +18,16 @@ use super::{
     Written, now,
 };
 
+mod alerts;
 mod fleet;
+mod health;
 mod reads;
 mod registry;
 mod schema;
 mod writes;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// Channel of registry changes (devices, keys, operators, rules): payload unused.
 pub const REGISTRY_CHANNEL: &str = "burrow_registry";

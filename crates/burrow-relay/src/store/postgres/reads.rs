@@ -119,16 +119,21 @@ impl Pg {
     /// All devices, sorted by name, with the relay holding each: seven queries.
     pub async fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         let now_ms = now_ms();
+        let since = crate::store::health::reconnect_window_start();
         let rows = self
             .client
             .query(
-                "SELECT d.name, d.last_seen,
+                &format!(
+                    "SELECT d.name, d.last_seen,
                         (SELECT string_agg(o.relay, ',' ORDER BY o.since DESC)
                            FROM online o JOIN relays r ON r.id = o.relay AND r.lease_until > $1
                           WHERE o.device = d.name),
-                        d.pending
-                   FROM devices d ORDER BY d.name",
-                &[&now_ms],
+                        d.pending, {}
+                   FROM devices d {} ORDER BY d.name",
+                    crate::store::health::LISTED_HEALTH,
+                    crate::store::health::listing_join("$2"),
+                ),
+                &[&now_ms, &since],
             )
             .await
             .map_err(pg("listing devices"))?;
@@ -166,6 +171,7 @@ impl Pg {
                 let last_seen: Option<i64> = r.get(1);
                 let relays: Option<String> = r.get(2);
                 let online = relays.is_some();
+                let health = super::health::listed(&r, 4);
                 DeviceRecord {
                     last_seen: if online { Some(now) } else { last_seen },
                     online,
@@ -187,6 +193,7 @@ impl Pg {
                     pending: r.get(3),
                     labels: crate::store::fleet_labels(labels.remove(&name)),
                     quarantined: quarantined.remove(&name).unwrap_or_default(),
+                    health,
                     name,
                 }
             })

@@ -228,6 +228,18 @@ pub(super) async fn migrate(client: &Client) -> Result<(), StoreError> {
                 return Err(pg("bringing the schema to version 4")(e));
             }
         }
+        if version < 5 {
+            let script = format!(
+                "BEGIN;\n{}\n{}\nINSERT INTO schema_migrations VALUES (5, {});\nCOMMIT;",
+                super::health::HEALTH_SCHEMA,
+                super::alerts::ALERTS_SCHEMA,
+                now()
+            );
+            if let Err(e) = client.batch_execute(&script).await {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(pg("bringing the schema to version 5 (device health, alerts)")(e));
+            }
+        }
         Ok(())
     }
     .await;

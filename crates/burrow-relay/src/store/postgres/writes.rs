@@ -148,6 +148,7 @@ impl Pg {
             )
             .await
             .map_err(pg(doing))?;
+        super::health::interrupted(&tx, &relay, last).await?;
         tx.execute("DELETE FROM online WHERE relay = $1", &[&relay])
             .await
             .map_err(pg("clearing the online table"))?;
@@ -268,6 +269,7 @@ async fn apply_one<C: tokio_postgres::GenericClient>(
             session,
             instance,
             key,
+            agent,
         } => {
             let session_id = i64::try_from(*session).unwrap_or(i64::MAX);
             let now = now();
@@ -284,6 +286,7 @@ async fn apply_one<C: tokio_postgres::GenericClient>(
             c.execute("SELECT pg_notify($1, $2)", &[&SESSION_CHANNEL, &payload])
                 .await
                 .map_err(pg("announcing a device session"))?;
+            super::health::online(c, relay, device, session_id, instance, agent, now).await?;
             c.execute(
                 "UPDATE devices SET last_seen = $2 WHERE name = $1",
                 &[device, &now],
@@ -292,7 +295,10 @@ async fn apply_one<C: tokio_postgres::GenericClient>(
             .map_err(pg("recording a device online"))?;
             Ok(Written::Done)
         }
-        Write::Offline { device, session } => {
+        Write::Offline {
+            device, session, ..
+        } => {
+            super::health::apply(c, w).await?;
             let session = i64::try_from(*session).unwrap_or(i64::MAX);
             c.execute(
                 "DELETE FROM online WHERE device = $1 AND relay = $2 AND session = $3",
@@ -365,6 +371,10 @@ async fn apply_one<C: tokio_postgres::GenericClient>(
             )
             .await
             .map_err(pg("locking an operator"))?;
+            Ok(Written::Done)
+        }
+        Write::Probe { .. } | Write::Health { .. } => {
+            super::health::apply(c, w).await?;
             Ok(Written::Done)
         }
         // A relay on PostgreSQL ends its leftovers itself at start (Pg::interrupt_leftovers).

@@ -133,6 +133,7 @@ pub(super) fn interrupt_leftovers(tx: &Connection) -> Result<usize, StoreError> 
             params![last, format!("the device session was up; {why}")],
         )
         .map_err(sql(doing))?;
+    super::health::interrupted(tx, last).map_err(sql("marking interrupted sessions"))?;
     tx.execute_batch("DELETE FROM online; DELETE FROM endpoints;")
         .map_err(sql("clearing the online table"))?;
     Ok(rows + detaches + sessions)

@@ -243,18 +243,22 @@ impl Store {
     pub fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         self.with(|c| {
             let mut stmt = c
-                .prepare_cached(
-                    "SELECT d.name, d.last_seen, o.device IS NOT NULL, d.pending FROM devices d
-                     LEFT JOIN online o ON o.device = d.name ORDER BY d.name",
-                )
+                .prepare_cached(&format!(
+                    "SELECT d.name, d.last_seen, o.device IS NOT NULL, d.pending, {} FROM devices d
+                     LEFT JOIN online o ON o.device = d.name {} ORDER BY d.name",
+                    crate::store::health::LISTED_HEALTH,
+                    crate::store::health::listing_join("?1"),
+                ))
                 .map_err(sql("listing devices"))?;
+            let since = crate::store::health::reconnect_window_start();
             let rows = stmt
-                .query_map([], |r| {
+                .query_map([since], |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, Option<i64>>(1)?,
                         r.get::<_, bool>(2)?,
                         r.get::<_, bool>(3)?,
+                        health::listed(r, 4)?,
                     ))
                 })
                 .map_err(sql("listing devices"))?
@@ -269,7 +273,7 @@ impl Store {
             let now = now();
             Ok(rows
                 .into_iter()
-                .map(|(name, last_seen, online, pending)| DeviceRecord {
+                .map(|(name, last_seen, online, pending, health)| DeviceRecord {
                     // An online device is seen now, not when its session started.
                     last_seen: if online { Some(now) } else { last_seen },
                     online,
@@ -286,6 +290,7 @@ impl Store {
                     pending,
                     labels: super::super::fleet_labels(labels.remove(&name)),
                     quarantined: quarantined.remove(&name).unwrap_or_default(),
+                    health,
                     name,
                 })
                 .collect())
@@ -316,6 +321,7 @@ impl Store {
             session: 0,
             instance: String::new(),
             key: String::new(),
+            agent: String::new(),
         })
         .map(|_| ())
     }
@@ -325,6 +331,8 @@ impl Store {
         self.apply_single(&Write::Offline {
             device: device.into(),
             session: 0,
+            reason: String::new(),
+            detail: String::new(),
         })
         .map(|_| ())
     }

@@ -18,16 +18,18 @@ use super::{
     Written, now, sql,
 };
 
+mod alerts;
 mod audit;
 mod devices;
 mod fleet;
+mod health;
 mod operators;
 mod schema;
 #[cfg(test)]
 mod tests;
 
 /// The schema version this build writes; each step below brings a database one version up.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The relay database.
 pub struct Store {
@@ -302,8 +304,14 @@ fn apply_one(c: &Connection, w: &Write) -> Result<Written, StoreError> {
                 .map_err(sql("completing an audit entry"))?;
             Ok(Written::Done)
         }
-        Write::Online { device, peer, .. } => {
+        Write::Online {
+            device,
+            peer,
+            agent,
+            ..
+        } => {
             let now = now();
+            health::online(c, device, agent, now).map_err(sql("recording a device online"))?;
             c.prepare_cached(
                 "INSERT OR REPLACE INTO online (device, since, peer) VALUES (?1, ?2, ?3)",
             )
@@ -315,7 +323,14 @@ fn apply_one(c: &Connection, w: &Write) -> Result<Written, StoreError> {
             .map_err(sql("recording a device online"))?;
             Ok(Written::Done)
         }
-        Write::Offline { device, .. } => {
+        Write::Offline {
+            device,
+            reason,
+            detail,
+            ..
+        } => {
+            health::offline(c, device, reason, detail, now())
+                .map_err(sql("recording a device offline"))?;
             c.prepare_cached("DELETE FROM online WHERE device = ?1")
                 .and_then(|mut s| s.execute([device]))
                 .and_then(|_| c.prepare_cached("DELETE FROM endpoints WHERE device = ?1"))
@@ -360,6 +375,10 @@ fn apply_one(c: &Connection, w: &Write) -> Result<Written, StoreError> {
             Ok(Written::Done)
         }
         Write::InterruptLeftovers => Ok(Written::Rows(audit::interrupt_leftovers(c)?)),
+        Write::Probe { .. } | Write::Health { .. } => {
+            health::apply(c, w).map_err(sql("recording device health"))?;
+            Ok(Written::Done)
+        }
         Write::Barrier => Ok(Written::Done),
     }
 }

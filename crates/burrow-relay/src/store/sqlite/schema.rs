@@ -141,7 +141,8 @@ pub(super) fn migrate(c: &Connection) -> Result<(), StoreError> {
             1 => schema_v1(c),
             2 => registry_version_v2(c),
             3 => checkpoint_v3(c),
-            _ => fleet_v4(c),
+            4 => fleet_v4(c),
+            _ => health_v5(c),
         };
         let done = step.and_then(|()| {
             c.execute_batch(&format!("PRAGMA user_version = {to}; COMMIT"))
@@ -178,6 +179,15 @@ fn schema_v1(c: &Connection) -> Result<(), StoreError> {
 fn checkpoint_v3(c: &Connection) -> Result<(), StoreError> {
     c.execute_batch("ALTER TABLE meta ADD COLUMN checkpoint INTEGER NOT NULL DEFAULT 0")
         .map_err(sql("adding the checkpoint"))
+}
+
+/// Version 5: device health (how sessions ended, probes, reports), reconnects of the last
+/// day, the audit by device (for `device show`), and alerts.
+fn health_v5(c: &Connection) -> Result<(), StoreError> {
+    c.execute_batch(super::health::HEALTH_SCHEMA)
+        .map_err(sql("adding device health"))?;
+    c.execute_batch(super::alerts::ALERTS_SCHEMA)
+        .map_err(sql("adding alerts"))
 }
 
 fn registry_version_v2(c: &Connection) -> Result<(), StoreError> {

@@ -1,5 +1,6 @@
-//! TLS for `https` metadata URLs: the system's certificate authorities plus an optional
-//! `ca_file`, through rustls on the ring provider that burrow-ssh already uses.
+//! TLS for `https` URLs (the agent's metadata, the relay's alert webhooks): the system's
+//! certificate authorities plus an optional CA file, through rustls on the ring provider that
+//! burrow-ssh already uses.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,13 +12,14 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 /// A TLS client configuration.
-pub(crate) struct Tls {
+pub struct Tls {
     connector: TlsConnector,
 }
 
 impl Tls {
-    /// Trusts the system's roots (`/etc/ssl/certs` on Debian) and the certificates in `ca_file`.
-    pub(crate) fn new(ca_file: Option<&Path>) -> Result<Tls, String> {
+    /// Trusts the system's roots (`/etc/ssl/certs` on Debian) and the certificates in `ca_file`;
+    /// `setting` names where `ca_file` was set, for messages (`[metadata] ca_file`).
+    pub fn new(ca_file: Option<&Path>, setting: &str) -> Result<Tls, String> {
         let mut roots = rustls::RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
         for cert in native.certs {
@@ -27,27 +29,23 @@ impl Tls {
         if let Some(path) = ca_file {
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
                 .and_then(|i| i.collect())
-                .map_err(|e| format!("[metadata] ca_file {}: {e}", path.display()))?;
+                .map_err(|e| format!("{setting} {}: {e}", path.display()))?;
             if certs.is_empty() {
                 return Err(format!(
-                    "[metadata] ca_file {}: no PEM certificates in it",
+                    "{setting} {}: no PEM certificates in it",
                     path.display()
                 ));
             }
             for cert in certs {
                 roots.add(cert).map_err(|e| {
-                    format!(
-                        "[metadata] ca_file {}: unusable certificate: {e}",
-                        path.display()
-                    )
+                    format!("{setting} {}: unusable certificate: {e}", path.display())
                 })?;
             }
         }
         if roots.is_empty() {
-            return Err(
-                "no trusted certificate authorities for https: install ca-certificates or set [metadata] ca_file"
-                    .into(),
-            );
+            return Err(format!(
+                "no trusted certificate authorities for https: install ca-certificates or set {setting}"
+            ));
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -61,7 +59,7 @@ impl Tls {
     }
 
     /// Runs the TLS handshake, checking the certificate against `host`.
-    pub(crate) async fn connect(
+    pub async fn connect(
         &self,
         host: &str,
         tcp: TcpStream,
