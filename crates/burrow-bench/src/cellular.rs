@@ -587,7 +587,9 @@ async fn idle_cost(env: &Env, args: &Args) -> anyhow::Result<Vec<Row>> {
     {
         let mut flags = vec!["--keepalive-interval", "20", "--probe-interval", "0"];
         flags.extend(health);
-        systems.push(burrow_idle(env, 7 + i as u32, name, &flags, 0.0, "").await?);
+        // Pairs 1 to 7 are taken above (7: the idle session); each pair and relay directory
+        // must be its own, or creating it tears down the one already measured.
+        systems.push(burrow_idle(env, 8 + i as u32, name, &flags, 0.0, "").await?);
     }
     let mut connect = Vec::new();
     for s in &systems {

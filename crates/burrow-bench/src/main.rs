@@ -155,20 +155,31 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(args))
 }
 
+/// Keeps what the parts so far measured in `results.json`, so that a failure late in a long
+/// run loses only its own part (`--render` makes the report from it).
+fn partial(args: &Args, results: &report::Results) {
+    if let Err(e) = report::write(&args.out, results) {
+        eprintln!("burrow-bench: could not keep the results so far: {e:#}");
+    }
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let env = env::Env::prepare(&args).await?;
     let mut results = report::Results::new(&env);
     if args.runs(Part::Traffic) {
         eprintln!("burrow-bench: traffic (throughput and latency) through each system");
         traffic::run_all(&env, &args, &mut results).await?;
+        partial(&args, &results);
     }
     if args.runs(Part::Devices) {
         eprintln!("burrow-bench: idle devices and reconnects");
         devices::run_all(&env, &args, &mut results).await?;
+        partial(&args, &results);
     }
     if args.runs(Part::Cgnat) {
         eprintln!("burrow-bench: a fleet behind one carrier NAT address, restarted");
         cgnat::run(&env, &args, &mut results).await?;
+        partial(&args, &results);
     }
     if args.runs(Part::Enroll) {
         eprintln!(
@@ -176,14 +187,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.enroll_agents
         );
         enroll::run(&env, &args, &mut results).await?;
+        partial(&args, &results);
     }
     if args.runs(Part::Cluster) {
         eprintln!("burrow-bench: relays on PostgreSQL");
         cluster::run_all(&env, &args, &mut results).await?;
+        partial(&args, &results);
     }
     if args.runs(Part::Attacks) {
         eprintln!("burrow-bench: hostile peers against a relay with default flags");
         attacks::run_all(&env, &args, &mut results).await?;
+        partial(&args, &results);
     }
     let cellular = if args.runs(Part::Cellular) {
         eprintln!("burrow-bench: the cellular link (idle cost, blackout, throughput, latency)");
