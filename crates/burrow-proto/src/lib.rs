@@ -4,7 +4,7 @@
 //! - [`name`]: device and operator names, and the SSH login forms that carry them.
 //! - [`glob`]: the glob patterns of operator policy.
 //! - [`addr`]: `HOST:PORT` targets, `[ADDR:]PORT` listen specs and `--expose` specs.
-//! - [`time`]: UTC timestamps as people read them in messages.
+//! - [`time`]: UTC timestamps as people read them in messages, and as they give them (`2h`).
 //! - [`backoff`]: jittered exponential reconnect backoff.
 //! - [`liveness`]: when the agent sends a keepalive and when either end gives a session up.
 //! - [`rfc2217`]: Telnet COM-PORT-OPTION framing of console endpoints.

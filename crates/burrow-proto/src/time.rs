@@ -1,4 +1,5 @@
-//! UTC timestamps formatted for people (`2026-11-23 12:03 UTC`), without a calendar dependency.
+//! UTC timestamps formatted for people (`2026-11-23 12:03 UTC`) and read back from them (RFC 3339,
+//! or `2h` for two hours ago), without a calendar dependency.
 
 /// Formats seconds since the Unix epoch as `YYYY-MM-DD HH:MM UTC`.
 pub fn format_utc_minutes(unix_seconds: i64) -> String {
@@ -29,6 +30,128 @@ fn split(unix_seconds: i64) -> (String, i64) {
     (format!("{y:04}-{m:02}-{d:02}"), secs)
 }
 
+/// A point in time as a person gives it on a command line: RFC 3339 (`2026-11-23T12:03:00Z`,
+/// an offset such as `+09:00`, fractions of a second ignored), a date alone (`2026-11-23`,
+/// midnight UTC), or a time that long before `now`: a number and `s`, `m`, `h`, `d` or `w`
+/// (`90s`, `15m`, `1h`, `2d`). Returns seconds since the epoch; the error says what is accepted.
+pub fn parse_time(text: &str, now: i64) -> Result<i64, String> {
+    let t = text.trim();
+    let bad = || {
+        format!(
+            "{text:?} is not a time: give RFC 3339 (2026-11-23T12:03:00Z or with an offset like +09:00), a date (2026-11-23), or how long ago (90s, 15m, 1h, 2d, 1w)"
+        )
+    };
+    if let Some(ago) = parse_ago(t) {
+        return ago.map(|secs| now.saturating_sub(secs)).ok_or_else(bad);
+    }
+    parse_rfc3339(t).ok_or_else(bad)
+}
+
+/// `N` + unit, as seconds; `None` if `t` does not have that shape, `Some(None)` if it does
+/// but overflows.
+fn parse_ago(t: &str) -> Option<Option<i64>> {
+    let unit = t.chars().last()?;
+    let per = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        'w' => 7 * 86_400,
+        _ => return None,
+    };
+    let digits = t.get(..t.len() - 1)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(digits.parse::<i64>().ok().and_then(|n| n.checked_mul(per)))
+}
+
+/// RFC 3339 (`T` or a space between date and time, `Z` or `±HH:MM`), or a date alone.
+fn parse_rfc3339(t: &str) -> Option<i64> {
+    let num = |s: &str| -> Option<i64> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let date = t.get(..10)?;
+    let rest = t.get(10..)?;
+    let mut parts = date.split('-');
+    let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
+    if y.len() != 4 || m.len() != 2 || d.len() != 2 || parts.next().is_some() {
+        return None;
+    }
+    let (y, m, d) = (num(y)?, num(m)?, num(d)?);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    let max_day = *month_days.get(usize::try_from(m).ok()?.checked_sub(1)?)?;
+    if !(1..=max_day).contains(&d) {
+        return None;
+    }
+    let days = days_from_civil(y, m, d);
+    if rest.is_empty() {
+        return Some(days * 86_400);
+    }
+    let rest = rest.strip_prefix(['T', 't', ' '])?;
+    let clock = rest.get(..8)?;
+    let mut zone = rest.get(8..)?;
+    let mut hms = clock.split(':');
+    let (h, mi, s) = (num(hms.next()?)?, num(hms.next()?)?, num(hms.next()?)?);
+    if hms.next().is_some() || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    if let Some(frac) = zone.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        zone = frac.get(digits..)?;
+    }
+    let offset = match zone {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match zone.get(..1)? {
+                "+" => 1,
+                "-" => -1,
+                _ => return None,
+            };
+            let (oh, om) = zone.get(1..)?.split_once(':')?;
+            if oh.len() != 2 || om.len() != 2 {
+                return None;
+            }
+            let (oh, om) = (num(oh)?, num(om)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            sign * (oh * 3_600 + om * 60)
+        }
+    };
+    Some(days * 86_400 + h * 3_600 + mi * 60 + s.min(59) - offset)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (the inverse of `civil_from_days`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -54,5 +177,45 @@ mod tests {
         assert_eq!(format_utc_minutes(1_795_435_380), "2026-11-23 12:03 UTC");
         assert_eq!(format_compact(1_795_435_380), "20261123T120300Z");
         assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn times_read_back() {
+        let now = 1_795_435_380;
+        for (text, want) in [
+            ("2026-11-23T12:03:00Z", Some(now)),
+            ("2026-11-23 12:03:00Z", Some(now)),
+            ("2026-11-23T21:03:00+09:00", Some(now)),
+            ("2026-11-23T07:03:00.250-05:00", Some(now)),
+            ("2000-02-29", Some(951_782_400)),
+            ("1969-12-31T23:59:59Z", Some(-1)),
+            ("90s", Some(now - 90)),
+            ("15m", Some(now - 900)),
+            ("1h", Some(now - 3_600)),
+            ("2d", Some(now - 172_800)),
+            ("1w", Some(now - 604_800)),
+            (" 0s ", Some(now)),
+            ("2001-02-29", None),
+            ("2026-13-01", None),
+            ("2026-11-23T24:00:00Z", None),
+            ("2026-11-23T12:03:00", None),
+            ("2026-11-23T12:03:00+0900", None),
+            ("2026-11-23T12:03:00.Z", None),
+            ("h", None),
+            ("-1h", None),
+            ("1.5h", None),
+            ("1y", None),
+            ("99999999999999999999d", None),
+            ("yesterday", None),
+            ("", None),
+            ("２026-11-23", None),
+        ] {
+            assert_eq!(parse_time(text, now).ok(), want, "{text:?}");
+        }
+        for t in [0, 1, 951_782_400, 1_795_435_380, -86_401] {
+            assert_eq!(parse_time(&format_rfc3339(t), 0), Ok(t));
+        }
+        let err = parse_time("yesterday", now).unwrap_err();
+        assert!(err.contains("RFC 3339") && err.contains("2d"), "{err}");
     }
 }

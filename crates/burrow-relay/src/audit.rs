@@ -8,6 +8,8 @@ use std::time::Instant;
 use burrow_io::splice::{Progress, Transfer};
 use burrow_proto::time::format_rfc3339;
 
+pub use crate::audit_subject::About;
+use crate::audit_subject::subjects;
 use crate::store::{AuditRecord, Db, Write, Written, now};
 
 /// Whether a decision allowed or refused something, and how what ran ended.
@@ -160,7 +162,24 @@ impl Audit {
     /// Records one decision: `who` did `event` to `target` with `outcome`, because `detail`.
     /// The entry is logged at once and committed with the next batch, in order.
     pub fn record(&self, event: &str, who: &str, target: &str, outcome: Outcome, detail: &str) {
-        let record = entry(event, who, target, outcome, detail);
+        self.record_entry(entry(event, who, target, outcome, detail, None));
+    }
+
+    /// [`Audit::record`] for an entry whose event does not say whose deed it is (a login, a
+    /// revocation): `about` does, for `relay audit --device/--operator`.
+    pub fn record_about(
+        &self,
+        about: About<'_>,
+        event: &str,
+        who: &str,
+        target: &str,
+        outcome: Outcome,
+        detail: &str,
+    ) {
+        self.record_entry(entry(event, who, target, outcome, detail, Some(about)));
+    }
+
+    fn record_entry(&self, record: AuditRecord) {
         log(&record);
         self.db.submit(Write::Audit(record));
     }
@@ -192,7 +211,7 @@ impl Audit {
         detail: &str,
         measure: Measure,
     ) -> OpenEntry {
-        let record = entry(event, who, target, Outcome::Open, detail);
+        let record = entry(event, who, target, Outcome::Open, detail, None);
         tracing::debug!(target: "burrow::audit", event = %record.event, who = %record.who, target = %record.target, "started: {}", record.detail);
         let id = match self.db.write(Write::AuditOpen(record.clone())).await {
             Ok(Written::Id(id)) => Some(id),
@@ -327,16 +346,28 @@ impl OpenEntry {
     }
 }
 
-/// An audit record with every untrusted string escaped and bounded.
-fn entry(event: &str, who: &str, target: &str, outcome: Outcome, detail: &str) -> AuditRecord {
+/// An audit record with every untrusted string escaped and bounded, and the device and
+/// operator it concerns.
+fn entry(
+    event: &str,
+    who: &str,
+    target: &str,
+    outcome: Outcome,
+    detail: &str,
+    about: Option<About<'_>>,
+) -> AuditRecord {
     use burrow_proto::text::{MAX_NAME_CHARS, MAX_TEXT_CHARS, clean};
+    let (who, target) = (clean(who, MAX_NAME_CHARS), clean(target, MAX_NAME_CHARS));
+    let (device, operator) = subjects(event, &who, &target, about);
     AuditRecord {
         at: now(),
         event: event.into(),
-        who: clean(who, MAX_NAME_CHARS),
-        target: clean(target, MAX_NAME_CHARS),
+        who,
+        target,
         outcome: outcome.as_str().into(),
         detail: clean(detail, MAX_TEXT_CHARS),
+        device,
+        operator,
     }
 }
 

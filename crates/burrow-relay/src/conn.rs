@@ -86,11 +86,26 @@ impl Conn {
     /// Audits a refusal; every method stays open until the attempt limit, so a mistyped
     /// password does not leave a PuTTY or OpenSSH user with "Permission denied (publickey)"
     /// and no second try.
+    /// Refuses a login; a refused password is an operator's (only operators have one), a
+    /// refused key may be anyone's.
     fn reject(&self, login: &str, why: &str, kind: AuthFailure) -> Decision {
         self.relay.metrics.auth_failed(kind);
-        self.relay
-            .audit
-            .record("auth", login, &self.peer.to_string(), Outcome::Denied, why);
+        let peer = self.peer.to_string();
+        match kind {
+            AuthFailure::UnknownKey | AuthFailure::Other => {
+                self.relay
+                    .audit
+                    .record("auth", login, &peer, Outcome::Denied, why)
+            }
+            _ => self.relay.audit.record_about(
+                crate::audit::About::Operator,
+                "auth",
+                login,
+                &peer,
+                Outcome::Denied,
+                why,
+            ),
+        }
         Decision::Reject
     }
 
@@ -131,7 +146,8 @@ impl Conn {
             }
             Err(e) => return self.reject(&login.to_string(), &e.to_string(), AuthFailure::Other),
         }
-        self.relay.audit.record(
+        self.relay.audit.record_about(
+            crate::audit::About::Operator,
             "auth",
             &login.to_string(),
             &self.peer.to_string(),
@@ -158,7 +174,8 @@ impl Conn {
             }) => {
                 // A pending device logs in only to be told that it waits (see `authenticated`).
                 if !pending {
-                    self.relay.audit.record(
+                    self.relay.audit.record_about(
+                        crate::audit::About::Device,
                         "auth",
                         &name,
                         &self.peer.to_string(),

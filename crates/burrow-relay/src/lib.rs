@@ -16,6 +16,8 @@
 //!   refused.
 //! - [`alerts`]: alerts raised from the audit trail and presence timers, posted to webhooks.
 //! - [`config_file`]: the relay's TOML config file (`--config FILE`).
+//! - [`audit_subject`]: the device and operator each audit entry concerns (for its queries).
+//! - [`audit_follow`]: `relay audit --follow`: new entries as they are written, by any relay.
 //! - `cluster`: several relays on one PostgreSQL registry: presence, routing, peer links.
 //! - [`metrics`]: Prometheus counters and their page.
 //! - `device_metrics`: the page's per-device part (presence, reconnects, probe, report).
@@ -46,6 +48,8 @@ pub mod admin;
 mod admission_log;
 pub mod alerts;
 pub mod audit;
+pub mod audit_follow;
+pub mod audit_subject;
 mod cluster;
 pub mod config;
 pub mod config_file;

@@ -43,7 +43,8 @@ pub(crate) async fn enforce(relay: &Relay) {
         let keys: HashSet<(String, String)> = pairs.into_iter().collect();
         for dev in relay.registry.all() {
             if !keys.contains(&(dev.name.clone(), dev.key_fingerprint.clone())) {
-                relay.audit.record(
+                relay.audit.record_about(
+                    crate::audit::About::Device,
                     "revoke",
                     &dev.name,
                     &dev.peer.to_string(),
@@ -90,7 +91,8 @@ fn enforce_operator_policy(relay: &Relay, operators: &[OperatorRecord], devices:
     for op in relay.operators.all() {
         let record = by_name.get(op.name()).copied();
         if record.is_none() {
-            relay.audit.record(
+            relay.audit.record_about(
+                crate::audit::About::Operator,
                 "revoke",
                 op.name(),
                 &op.login.to_string(),
@@ -99,7 +101,8 @@ fn enforce_operator_policy(relay: &Relay, operators: &[OperatorRecord], devices:
             );
         }
         for device in op.enforce(record, &labels) {
-            relay.audit.record(
+            relay.audit.record_about(
+                crate::audit::About::OperatorOn(&device),
                 "revoke",
                 op.name(),
                 &device,

@@ -165,15 +165,44 @@ pub enum RelayCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show the most recent audit entries.
-    Audit {
-        /// How many entries.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
-        /// JSON output for scripts.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Show audit entries: the newest, or those of a device, an operator, an event or a time
+    /// range (each filter is one indexed query); --follow prints new ones as they are written.
+    Audit(AuditArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Entries concerning this device (its logins, sessions, endpoints, and streams and
+    /// consoles opened to it).
+    #[arg(long, value_name = "NAME")]
+    pub device: Option<String>,
+    /// Entries concerning this operator (its logins, refused passwords, streams, consoles).
+    #[arg(long, value_name = "NAME")]
+    pub operator: Option<String>,
+    /// Entries of one event: auth, stream, offline, takeover, console-attach, revoke, …
+    #[arg(long, value_name = "KIND")]
+    pub event: Option<String>,
+    /// Entries at or after T: RFC 3339 (2026-11-23T12:00:00Z), a date, or how long ago (90s,
+    /// 15m, 1h, 2d, 1w).
+    #[arg(long, value_name = "T")]
+    pub since: Option<String>,
+    /// Entries at or before T (same forms as --since).
+    #[arg(long, value_name = "T")]
+    pub until: Option<String>,
+    /// Show at most this many, the newest (printed oldest first).
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub limit: usize,
+    /// Keep printing matching entries as they are written (by any relay of a cluster) until
+    /// interrupted.
+    #[arg(long, conflicts_with = "until")]
+    pub follow: bool,
+    /// JSON output for scripts (one object per line with --follow).
+    #[arg(long)]
+    pub json: bool,
+    /// Print the database's plan for the query instead of entries (each filter should name
+    /// an index).
+    #[arg(long, hide = true)]
+    pub explain: bool,
 }
 
 #[derive(Subcommand, Debug)]

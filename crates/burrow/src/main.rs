@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 mod agent_cmd;
+mod audit_cmd;
 mod cli;
 mod demo;
 mod demo_router;

@@ -41,8 +41,8 @@ pub async fn run(mut args: RelayArgs, shutdown: CancellationToken) -> Result {
             )
             .await
         }
-        Some(RelayCommand::Audit { limit, json }) => {
-            audit(&open_db(&args, &data_dir).await?, limit, json).await
+        Some(RelayCommand::Audit(a)) => {
+            crate::audit_cmd::run(&open_db(&args, &data_dir).await?, a, shutdown).await
         }
         Some(RelayCommand::Recordings(RecordingsCommand::Ls { device, json })) => {
             recordings(&data_dir, device.as_deref(), json)
@@ -733,29 +733,6 @@ async fn alerts(store: &Db, limit: usize, device: Option<&str>, json: bool) -> R
         );
     } else {
         print!("{}", burrow_relay::show::render_alerts(&alerts));
-    }
-    Ok(())
-}
-
-async fn audit(store: &Db, limit: usize, json: bool) -> Result {
-    let records = store.audit_tail(limit).await.map_err(store_err)?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&records).unwrap_or_default()
-        );
-        return Ok(());
-    }
-    for r in records {
-        println!(
-            "{} {:<15} {:<7} {:<20} {:<24} {}",
-            burrow_proto::time::format_rfc3339(r.at),
-            r.event,
-            r.outcome,
-            r.who,
-            r.target,
-            r.detail
-        );
     }
     Ok(())
 }

@@ -340,6 +340,8 @@ async fn migrate_copies_every_row_of_a_single_relay() {
                 target: "127.0.0.1:1".into(),
                 outcome: "ok".into(),
                 detail: format!("row {i}"),
+                device: None,
+                operator: None,
             },
         ));
     }

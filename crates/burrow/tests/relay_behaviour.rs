@@ -488,6 +488,8 @@ async fn audit_retention_is_applied_while_the_relay_runs() {
                 target: "127.0.0.1".into(),
                 outcome: "denied".into(),
                 detail: "wrong password".into(),
+                device: None,
+                operator: None,
             })
             .unwrap();
     }

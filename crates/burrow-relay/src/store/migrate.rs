@@ -110,6 +110,8 @@ const TABLES: [(&str, &[(&str, Kind)]); 11] = [
             ("target", Kind::Text),
             ("outcome", Kind::Text),
             ("detail", Kind::Text),
+            ("device", Kind::Text),
+            ("operator", Kind::Text),
         ],
     ),
 ];

@@ -7,10 +7,12 @@
 //! - [`degraded`]: the registry copy and disk queue of a relay whose database is unreachable.
 //! - [`migrate`]: a single relay's SQLite registry copied into PostgreSQL.
 //! - [`health`]: what is kept of each device's health (last session's end, probe, report).
+//! - [`audit_query`]: the audit trail's filters as one indexed query on either backend.
 //! - [`db`]: the one async interface the relay uses, over either backend: reads run off the
 //!   async workers, writes are queued in order and committed in batches.
 //! - [`fleet`]: join tokens, the rules of an enrollment, imports and quarantined keys.
 
+pub mod audit_query;
 pub mod db;
 pub mod degraded;
 pub mod fleet;
@@ -19,6 +21,7 @@ pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
 
+pub use audit_query::{AuditEntry, AuditQuery};
 pub use db::{Db, Write, Written};
 pub use sqlite::Store;
 
@@ -174,6 +177,13 @@ pub struct AuditRecord {
     pub outcome: String,
     /// Why, and numbers.
     pub detail: String,
+    /// The device the entry concerns, if any (`relay audit --device`; see
+    /// [`crate::audit_subject`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// The operator the entry concerns, if any (`relay audit --operator`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
 }
 
 /// Why what a crash left open ended, bounded by when the relay was last known alive.

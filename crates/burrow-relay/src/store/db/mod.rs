@@ -15,7 +15,8 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use super::degraded::{Snapshot, Spill};
 use super::postgres::Pg;
 use super::{
-    AuditRecord, DeviceRecord, OperatorRecord, PasswordLogin, Principal, Store, StoreError,
+    AuditEntry, AuditQuery, AuditRecord, DeviceRecord, OperatorRecord, PasswordLogin, Principal,
+    Store, StoreError,
 };
 
 mod alerts;

@@ -195,4 +195,57 @@ impl Db {
         )
         .await
     }
+
+    /// The newest entries matching `q`, oldest first: `relay audit` and the web console's
+    /// audit search (one indexed query; see [`AuditQuery`]).
+    pub async fn audit_query(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let q2 = q.clone();
+        self.read(
+            move |s| s.audit_query(&q2),
+            async |p| p.audit_query(q).await,
+            |_| None,
+        )
+        .await
+    }
+
+    /// The entries matching `q` with ids in `after..=upto`, oldest first, at most `limit`
+    /// (what [`crate::audit_follow::AuditFollow`] reads).
+    pub async fn audit_range(
+        &self,
+        q: &AuditQuery,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let q2 = q.clone();
+        self.read(
+            move |s| s.audit_range(&q2, after, upto, limit),
+            async |p| p.audit_range(q, after, upto, limit).await,
+            |_| None,
+        )
+        .await
+    }
+
+    /// The largest audit row id so far.
+    pub async fn audit_max_id(&self) -> Result<i64, StoreError> {
+        self.read(
+            |s| s.audit_max_id(),
+            async |p| p.audit_max_id().await,
+            |_| None,
+        )
+        .await
+    }
+
+    /// The database's plan for `q` (SQLite's `EXPLAIN QUERY PLAN`, PostgreSQL's `EXPLAIN`):
+    /// the newest entries, or with `follow` the range read while following. For checking
+    /// that each filter takes an index.
+    pub async fn audit_plan(&self, q: &AuditQuery, follow: bool) -> Result<String, StoreError> {
+        let q2 = q.clone();
+        self.read(
+            move |s| s.audit_plan(&q2, follow),
+            async |p| p.audit_plan(q, follow).await,
+            |_| None,
+        )
+        .await
+    }
 }

@@ -10,6 +10,8 @@ fn audit(who: &str) -> AuditRecord {
         target: String::new(),
         outcome: "ok".into(),
         detail: String::new(),
+        device: None,
+        operator: None,
     }
 }
 

@@ -359,7 +359,7 @@ impl Pg {
         let rows = self
             .client
             .query(
-                "SELECT at, event, who, target, outcome, detail FROM
+                "SELECT at, event, who, target, outcome, detail, device, operator FROM
                    (SELECT * FROM audit ORDER BY id DESC LIMIT $1) a ORDER BY id",
                 &[&limit],
             )
@@ -374,6 +374,8 @@ impl Pg {
                 target: r.get(3),
                 outcome: r.get(4),
                 detail: r.get(5),
+                device: r.get(6),
+                operator: r.get(7),
             })
             .collect())
     }

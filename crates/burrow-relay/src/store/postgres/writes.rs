@@ -124,8 +124,8 @@ impl Pg {
         let why = crate::store::leftover_reason(last);
         let detaches = tx
             .execute(
-                "INSERT INTO audit (at, event, who, target, outcome, detail, relay)
-                 SELECT $2, 'console-detach', who, target, 'interrupted', $3, $1
+                "INSERT INTO audit (at, event, who, target, outcome, detail, relay, device, operator)
+                 SELECT $2, 'console-detach', who, target, 'interrupted', $3, $1, device, operator
                    FROM audit WHERE outcome = 'open' AND event = 'console-attach' AND relay = $1",
                 &[&relay, &last, &why],
             )
@@ -141,8 +141,8 @@ impl Pg {
             .map_err(pg(doing))?;
         let sessions = tx
             .execute(
-                "INSERT INTO audit (at, event, who, target, outcome, detail, relay)
-                 SELECT $2, 'offline', device, peer, 'interrupted', $3, $1
+                "INSERT INTO audit (at, event, who, target, outcome, detail, relay, device)
+                 SELECT $2, 'offline', device, peer, 'interrupted', $3, $1, device
                    FROM online WHERE relay = $1",
                 &[&relay, &last, &format!("the device session was up; {why}")],
             )
@@ -225,13 +225,21 @@ async fn apply_one<C: tokio_postgres::GenericClient>(
     relay: &str,
     w: &Write,
 ) -> Result<Written, StoreError> {
-    const AUDIT: &str = "INSERT INTO audit (at, event, who, target, outcome, detail, relay) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+    const AUDIT: &str = "INSERT INTO audit (at, event, who, target, outcome, detail, relay, device, operator) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
     match w {
         Write::Audit(r) => {
             c.execute(
                 AUDIT,
                 &[
-                    &r.at, &r.event, &r.who, &r.target, &r.outcome, &r.detail, &relay,
+                    &r.at,
+                    &r.event,
+                    &r.who,
+                    &r.target,
+                    &r.outcome,
+                    &r.detail,
+                    &relay,
+                    &r.device,
+                    &r.operator,
                 ],
             )
             .await
@@ -243,7 +251,15 @@ async fn apply_one<C: tokio_postgres::GenericClient>(
                 .query_one(
                     &format!("{AUDIT} RETURNING id"),
                     &[
-                        &r.at, &r.event, &r.who, &r.target, &r.outcome, &r.detail, &relay,
+                        &r.at,
+                        &r.event,
+                        &r.who,
+                        &r.target,
+                        &r.outcome,
+                        &r.detail,
+                        &relay,
+                        &r.device,
+                        &r.operator,
                     ],
                 )
                 .await

@@ -1,6 +1,9 @@
 //! The audit trail: entries, streams completed later, retention, and what a crash left open.
 
+use rusqlite::params_from_iter;
+
 use super::*;
+use crate::store::audit_query::{AuditEntry, AuditQuery, Dialect, Param, Statement};
 
 impl Store {
     /// Appends an audit entry.
@@ -78,7 +81,7 @@ impl Store {
         self.with(|c| {
             let mut stmt = c
                 .prepare(
-                    "SELECT at, event, who, target, outcome, detail FROM
+                    "SELECT at, event, who, target, outcome, detail, device, operator FROM
                      (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id",
                 )
                 .map_err(sql("reading the audit log"))?;
@@ -90,6 +93,8 @@ impl Store {
                     target: r.get(3)?,
                     outcome: r.get(4)?,
                     detail: r.get(5)?,
+                    device: r.get(6)?,
+                    operator: r.get(7)?,
                 })
             })
             .map_err(sql("reading the audit log"))?
@@ -97,6 +102,92 @@ impl Store {
             .map_err(sql("reading the audit log"))
         })
     }
+}
+
+impl Store {
+    /// The newest entries matching `q`, oldest first (see [`AuditQuery`]).
+    pub fn audit_query(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut rows = self.audit_rows(&q.latest(Dialect::Sqlite))?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    /// The entries matching `q` with ids in `after..=upto`, oldest first, at most `limit`.
+    pub fn audit_range(
+        &self,
+        q: &AuditQuery,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit_rows(&q.range(Dialect::Sqlite, after, upto, limit))
+    }
+
+    /// The largest audit row id (0 when there is none).
+    pub fn audit_max_id(&self) -> Result<i64, StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT COALESCE(MAX(id), 0) FROM audit", [], |r| r.get(0))
+                .map_err(sql("reading the audit log"))
+        })
+    }
+
+    /// SQLite's plan for `q` (`EXPLAIN QUERY PLAN`), one step a line: the newest entries, or
+    /// with `follow` the range read while following.
+    pub fn audit_plan(&self, q: &AuditQuery, follow: bool) -> Result<String, StoreError> {
+        let stmt = if follow {
+            q.range(Dialect::Sqlite, 0, i64::MAX, 1000)
+        } else {
+            q.latest(Dialect::Sqlite)
+        };
+        self.with(|c| {
+            let mut s = c
+                .prepare(&format!("EXPLAIN QUERY PLAN {}", stmt.text))
+                .map_err(sql("explaining an audit query"))?;
+            let lines = s
+                .query_map(params_from_iter(values(&stmt)), |r| r.get::<_, String>(3))
+                .map_err(sql("explaining an audit query"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sql("explaining an audit query"))?;
+            Ok(lines.join("\n"))
+        })
+    }
+
+    fn audit_rows(&self, stmt: &Statement) -> Result<Vec<AuditEntry>, StoreError> {
+        self.with(|c| {
+            let mut s = c
+                .prepare_cached(&stmt.text)
+                .map_err(sql("reading the audit log"))?;
+            s.query_map(params_from_iter(values(stmt)), |r| {
+                Ok(AuditEntry {
+                    id: r.get(0)?,
+                    relay: None,
+                    record: AuditRecord {
+                        at: r.get(1)?,
+                        event: r.get(2)?,
+                        who: r.get(3)?,
+                        target: r.get(4)?,
+                        outcome: r.get(5)?,
+                        detail: r.get(6)?,
+                        device: r.get(7)?,
+                        operator: r.get(8)?,
+                    },
+                })
+            })
+            .map_err(sql("reading the audit log"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sql("reading the audit log"))
+        })
+    }
+}
+
+fn values(stmt: &Statement) -> Vec<rusqlite::types::Value> {
+    stmt.params
+        .iter()
+        .map(|p| match p {
+            Param::Text(t) => rusqlite::types::Value::Text(t.clone()),
+            Param::Int(i) => rusqlite::types::Value::Integer(*i),
+        })
+        .collect()
 }
 
 /// [`Store::interrupt_leftovers`] inside the writer's transaction.
@@ -112,8 +203,8 @@ pub(super) fn interrupt_leftovers(tx: &Connection) -> Result<usize, StoreError> 
     let why = crate::store::leftover_reason(last);
     let detaches = tx
         .execute(
-            "INSERT INTO audit (at, event, who, target, outcome, detail)
-             SELECT ?1, 'console-detach', who, target, 'interrupted', ?2
+            "INSERT INTO audit (at, event, who, target, outcome, detail, device, operator)
+             SELECT ?1, 'console-detach', who, target, 'interrupted', ?2, device, operator
              FROM audit WHERE outcome = 'open' AND event = 'console-attach'",
             params![last, why],
         )
@@ -127,8 +218,8 @@ pub(super) fn interrupt_leftovers(tx: &Connection) -> Result<usize, StoreError> 
         .map_err(sql(doing))?;
     let sessions = tx
         .execute(
-            "INSERT INTO audit (at, event, who, target, outcome, detail)
-             SELECT ?1, 'offline', device, peer, 'interrupted', ?2
+            "INSERT INTO audit (at, event, who, target, outcome, detail, device)
+             SELECT ?1, 'offline', device, peer, 'interrupted', ?2, device
              FROM online",
             params![last, format!("the device session was up; {why}")],
         )

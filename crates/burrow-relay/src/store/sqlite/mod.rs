@@ -29,7 +29,7 @@ mod schema;
 mod tests;
 
 /// The schema version this build writes; each step below brings a database one version up.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The relay database.
 pub struct Store {
@@ -281,12 +281,14 @@ fn value_text(v: rusqlite::types::Value) -> String {
 
 /// One queued write inside the writer's transaction.
 fn apply_one(c: &Connection, w: &Write) -> Result<Written, StoreError> {
-    const AUDIT: &str = "INSERT INTO audit (at, event, who, target, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+    const AUDIT: &str = "INSERT INTO audit (at, event, who, target, outcome, detail, device, operator) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
     match w {
         Write::Audit(r) | Write::AuditOpen(r) => {
             c.prepare_cached(AUDIT)
                 .and_then(|mut s| {
-                    s.execute(params![r.at, r.event, r.who, r.target, r.outcome, r.detail])
+                    s.execute(params![
+                        r.at, r.event, r.who, r.target, r.outcome, r.detail, r.device, r.operator
+                    ])
                 })
                 .map_err(sql("writing the audit log"))?;
             Ok(match w {

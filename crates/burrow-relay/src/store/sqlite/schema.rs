@@ -142,7 +142,8 @@ pub(super) fn migrate(c: &Connection) -> Result<(), StoreError> {
             2 => registry_version_v2(c),
             3 => checkpoint_v3(c),
             4 => fleet_v4(c),
-            _ => health_v5(c),
+            5 => health_v5(c),
+            _ => audit_query_v6(c),
         };
         let done = step.and_then(|()| {
             c.execute_batch(&format!("PRAGMA user_version = {to}; COMMIT"))
@@ -188,6 +189,23 @@ fn health_v5(c: &Connection) -> Result<(), StoreError> {
         .map_err(sql("adding device health"))?;
     c.execute_batch(super::alerts::ALERTS_SCHEMA)
         .map_err(sql("adding alerts"))
+}
+
+/// Version 6: each audit entry's device and operator, filled in for the entries already
+/// there, and an index for each filter of `relay audit` (each one ends with the row id, so a
+/// filter walks its index newest first and stops at the limit).
+fn audit_query_v6(c: &Connection) -> Result<(), StoreError> {
+    c.execute_batch(&format!(
+        "ALTER TABLE audit ADD COLUMN device TEXT;
+         ALTER TABLE audit ADD COLUMN operator TEXT;
+         {};
+         CREATE INDEX audit_at ON audit (at);
+         CREATE INDEX audit_device ON audit (device, at) WHERE device IS NOT NULL;
+         CREATE INDEX audit_operator ON audit (operator, at) WHERE operator IS NOT NULL;
+         CREATE INDEX audit_event ON audit (event, at);",
+        crate::audit_subject::backfill_sql("instr")
+    ))
+    .map_err(sql("adding the audit indexes"))
 }
 
 fn registry_version_v2(c: &Connection) -> Result<(), StoreError> {

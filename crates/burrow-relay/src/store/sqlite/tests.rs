@@ -11,6 +11,8 @@ fn row(at: i64, outcome: &str) -> AuditRecord {
         target: "pi:22".into(),
         outcome: outcome.into(),
         detail: String::new(),
+        device: None,
+        operator: None,
     }
 }
 
@@ -139,9 +141,169 @@ fn audit_tail_is_ordered() {
             target: String::new(),
             outcome: "ok".into(),
             detail: String::new(),
+            device: None,
+            operator: None,
         })
         .unwrap();
     }
     let tail = s.audit_tail(2).unwrap();
     assert_eq!(tail.iter().map(|r| r.at).collect::<Vec<_>>(), [3, 4]);
+}
+
+/// A trail of `n` entries over `n` seconds: 20 devices, 5 operators, 4 event kinds.
+fn trail(s: &Store, n: i64) {
+    let records: Vec<Write> = (0..n)
+        .map(|i| {
+            let (event, who, target) = match i % 4 {
+                0 => (
+                    "auth",
+                    format!("dev-{}", i % 20),
+                    "10.0.0.1:5000".to_string(),
+                ),
+                1 => (
+                    "offline",
+                    format!("dev-{}", i % 20),
+                    "10.0.0.1:5000".to_string(),
+                ),
+                2 => (
+                    "stream",
+                    format!("op-{}", i % 5),
+                    format!("dev-{}:22", i % 20),
+                ),
+                _ => (
+                    "console-attach",
+                    format!("op-{}", i % 5),
+                    format!("dev-{}/tty", i % 20),
+                ),
+            };
+            let about = (event == "auth").then_some(crate::audit_subject::About::Device);
+            let (device, operator) = crate::audit_subject::subjects(event, &who, &target, about);
+            Write::Audit(AuditRecord {
+                at: 1_000_000 + i,
+                event: event.into(),
+                who,
+                target,
+                outcome: "ok".into(),
+                detail: format!("row {i}"),
+                device,
+                operator,
+            })
+        })
+        .collect();
+    let refs: Vec<&Write> = records.iter().collect();
+    s.apply_together(&refs).unwrap();
+}
+
+#[test]
+fn each_audit_filter_walks_an_index() {
+    use crate::store::AuditQuery;
+    let s = Store::open_in_memory().unwrap();
+    trail(&s, 20_000);
+    s.with(|c| c.execute_batch("ANALYZE").map_err(sql("analyze")))
+        .unwrap();
+    let q = |f: &dyn Fn(&mut AuditQuery)| {
+        let mut q = AuditQuery {
+            limit: 50,
+            ..AuditQuery::default()
+        };
+        f(&mut q);
+        q
+    };
+    for (query, index) in [
+        (q(&|q| q.device = Some("dev-3".into())), "audit_device"),
+        (q(&|q| q.operator = Some("op-2".into())), "audit_operator"),
+        (q(&|q| q.event = Some("offline".into())), "audit_event"),
+        (q(&|q| q.since = Some(1_019_000)), "audit_at"),
+        (q(&|q| q.until = Some(1_000_100)), "audit_at"),
+        (q(&|_| {}), "audit_at"),
+        (
+            q(&|q| {
+                q.device = Some("dev-3".into());
+                q.since = Some(1_010_000);
+                q.until = Some(1_012_000);
+            }),
+            "audit_device",
+        ),
+    ] {
+        let plan = s.audit_plan(&query, false).unwrap();
+        assert!(
+            plan.contains(&format!("USING INDEX {index}")) && !plan.contains("TEMP B-TREE"),
+            "{query:?}: {plan}"
+        );
+        let follow = s.audit_plan(&query, true).unwrap();
+        assert!(
+            follow.contains("USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)"),
+            "{query:?} while following: {follow}"
+        );
+    }
+}
+
+#[test]
+fn audit_filters_find_what_a_scan_finds() {
+    use crate::store::AuditQuery;
+    let s = Store::open_in_memory().unwrap();
+    trail(&s, 4_000);
+    let all = s
+        .audit_query(&AuditQuery {
+            limit: 1_000_000,
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    assert_eq!(all.len(), 4_000);
+    for query in [
+        AuditQuery {
+            device: Some("dev-3".into()),
+            limit: 30,
+            ..AuditQuery::default()
+        },
+        AuditQuery {
+            operator: Some("op-2".into()),
+            since: Some(1_001_000),
+            until: Some(1_002_000),
+            limit: 1_000,
+            ..AuditQuery::default()
+        },
+        AuditQuery {
+            event: Some("console-attach".into()),
+            device: Some("dev-7".into()),
+            limit: 5,
+            ..AuditQuery::default()
+        },
+        AuditQuery {
+            until: Some(1_000_009),
+            limit: 100,
+            ..AuditQuery::default()
+        },
+        AuditQuery {
+            device: Some("op-1".into()),
+            limit: 100,
+            ..AuditQuery::default()
+        },
+    ] {
+        let got = s.audit_query(&query).unwrap();
+        let matching: Vec<_> = all
+            .iter()
+            .filter(|e| {
+                let r = &e.record;
+                query
+                    .device
+                    .as_ref()
+                    .is_none_or(|d| r.device.as_ref() == Some(d))
+                    && query
+                        .operator
+                        .as_ref()
+                        .is_none_or(|o| r.operator.as_ref() == Some(o))
+                    && query.event.as_ref().is_none_or(|v| &r.event == v)
+                    && query.since.is_none_or(|t| r.at >= t)
+                    && query.until.is_none_or(|t| r.at <= t)
+            })
+            .cloned()
+            .collect();
+        let want = &matching[matching.len().saturating_sub(query.limit)..];
+        assert_eq!(got, want, "{query:?}");
+        assert!(
+            query.device.as_deref() == Some("op-1") || !got.is_empty(),
+            "{query:?}"
+        );
+    }
 }
