@@ -7,11 +7,18 @@
 //! commits, so a smaller id can appear after a larger one was read. The ids of the last
 //! [`SETTLE`] are therefore read again at each poll, and what was already given out is not
 //! given again.
+//!
+//! What runs (a stream, a console attach) is written when it starts, with outcome `open`, and
+//! completed when it ends: such an entry is given out when it appears and once more when it
+//! ends, with how.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::store::{AuditEntry, AuditQuery, Db, StoreError, now};
+
+/// The outcome of an entry still running.
+const OPEN: &str = "open";
 
 /// How long a PostgreSQL transaction may take from inserting its audit rows to committing
 /// them and still have them followed: a relay commits its queued writes in batches of
@@ -20,6 +27,9 @@ pub const SETTLE: Duration = Duration::from_secs(10);
 
 /// Entries read in one query while following.
 const PAGE: usize = 1000;
+
+/// Open entries watched for their end; past this many the oldest are no longer watched.
+const MAX_WATCHED: usize = 10_000;
 
 /// Follows the entries matching a query.
 pub struct AuditFollow {
@@ -31,6 +41,8 @@ pub struct AuditFollow {
     /// The highest id at each poll of the last [`SETTLE`] (none kept on SQLite).
     marks: VecDeque<(Instant, i64)>,
     settle: Duration,
+    /// Entries given out while open, to give out again when they end.
+    open: BTreeSet<i64>,
 }
 
 impl AuditFollow {
@@ -72,7 +84,9 @@ impl AuditFollow {
                 .collect(),
             marks: VecDeque::new(),
             settle,
+            open: BTreeSet::new(),
         };
+        follow.watch(&shown);
         let present = follow.read(db, top).await?;
         follow.given.extend(present.iter().map(|e| e.id));
         follow.marks.push_back((Instant::now(), top));
@@ -81,7 +95,21 @@ impl AuditFollow {
     }
 
     /// The matching entries written since the last call (or the start), oldest first.
+    /// An entry given out open is given out again, once, when it has ended.
     pub async fn poll(&mut self, db: &Db) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut out = Vec::new();
+        if !self.open.is_empty() {
+            let watched: Vec<i64> = self.open.iter().copied().collect();
+            let now = db.audit_entries(&watched).await?;
+            // Those gone (retention) end nothing more; those ended are given out again.
+            let still: BTreeSet<i64> = now
+                .iter()
+                .filter(|e| e.record.outcome == OPEN)
+                .map(|e| e.id)
+                .collect();
+            self.open = still;
+            out.extend(now.into_iter().filter(|e| e.record.outcome != OPEN));
+        }
         let top = db.audit_max_id().await?;
         let fresh: Vec<AuditEntry> = self
             .read(db, top)
@@ -90,9 +118,24 @@ impl AuditFollow {
             .filter(|e| !self.given.contains(&e.id))
             .collect();
         self.given.extend(fresh.iter().map(|e| e.id));
+        self.watch(&fresh);
         self.marks.push_back((Instant::now(), top));
         self.advance();
-        Ok(fresh)
+        out.extend(fresh);
+        Ok(out)
+    }
+
+    /// Watches the open entries among `entries` for their end.
+    fn watch(&mut self, entries: &[AuditEntry]) {
+        self.open.extend(
+            entries
+                .iter()
+                .filter(|e| e.record.outcome == OPEN)
+                .map(|e| e.id),
+        );
+        while self.open.len() > MAX_WATCHED {
+            self.open.pop_first();
+        }
     }
 
     /// The matching entries in `floor..=top`, a page at a time.

@@ -44,6 +44,8 @@ pub struct AuditEntry {
 pub(crate) enum Param {
     Text(String),
     Int(i64),
+    /// An array (PostgreSQL only).
+    Ints(Vec<i64>),
 }
 
 /// A statement and what its placeholders are bound to.
@@ -148,6 +150,27 @@ impl AuditQuery {
             ),
             params,
         }
+    }
+}
+
+/// The entries of these ids, in id order (what became of rows that were open).
+pub(crate) fn by_ids(d: Dialect, ids: &[i64]) -> Statement {
+    let (condition, params) = match d {
+        Dialect::Sqlite => {
+            let marks: Vec<String> = (1..=ids.len()).map(|n| d.placeholder(n)).collect();
+            (
+                format!("id IN ({})", marks.join(", ")),
+                ids.iter().map(|i| Param::Int(*i)).collect(),
+            )
+        }
+        Dialect::Postgres => ("id = ANY($1)".to_string(), vec![Param::Ints(ids.to_vec())]),
+    };
+    Statement {
+        text: format!(
+            "SELECT {} FROM audit WHERE {condition} ORDER BY id",
+            d.columns()
+        ),
+        params,
     }
 }
 

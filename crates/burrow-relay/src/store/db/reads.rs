@@ -226,6 +226,17 @@ impl Db {
         .await
     }
 
+    /// The entries of these ids, in id order (what became of entries that were open).
+    pub async fn audit_entries(&self, ids: &[i64]) -> Result<Vec<AuditEntry>, StoreError> {
+        let ids2 = ids.to_vec();
+        self.read(
+            move |s| s.audit_entries(&ids2),
+            async |p| p.audit_entries(ids).await,
+            |_| None,
+        )
+        .await
+    }
+
     /// The largest audit row id so far.
     pub async fn audit_max_id(&self) -> Result<i64, StoreError> {
         self.read(
@@ -237,8 +248,8 @@ impl Db {
     }
 
     /// The database's plan for `q` (SQLite's `EXPLAIN QUERY PLAN`, PostgreSQL's `EXPLAIN`):
-    /// the newest entries, or with `follow` the range read while following. For checking
-    /// that each filter takes an index.
+    /// the newest entries, or with `follow` what following reads (the last hundred ids). For
+    /// checking that each filter takes an index.
     pub async fn audit_plan(&self, q: &AuditQuery, follow: bool) -> Result<String, StoreError> {
         let q2 = q.clone();
         self.read(

@@ -1,7 +1,7 @@
 //! The audit trail's queries (`relay audit` filters and following) on PostgreSQL.
 
 use super::*;
-use crate::store::audit_query::{AuditEntry, AuditQuery, Dialect, Param, Statement};
+use crate::store::audit_query::{AuditEntry, AuditQuery, Dialect, Param, Statement, by_ids};
 
 impl Pg {
     /// The newest entries matching `q`, oldest first.
@@ -23,6 +23,11 @@ impl Pg {
             .await
     }
 
+    /// The entries of these ids, in id order.
+    pub async fn audit_entries(&self, ids: &[i64]) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit_rows(&by_ids(Dialect::Postgres, ids)).await
+    }
+
     /// The largest audit row id handed out so far (0 when there is none).
     pub async fn audit_max_id(&self) -> Result<i64, StoreError> {
         let row = self
@@ -33,11 +38,12 @@ impl Pg {
         Ok(row.get(0))
     }
 
-    /// PostgreSQL's plan for `q` (`EXPLAIN`): the newest entries, or with `follow` the range
-    /// read while following.
+    /// PostgreSQL's plan for `q` (`EXPLAIN`): the newest entries, or with `follow` what
+    /// following reads (the last hundred ids).
     pub async fn audit_plan(&self, q: &AuditQuery, follow: bool) -> Result<String, StoreError> {
         let stmt = if follow {
-            q.range(Dialect::Postgres, 0, i64::MAX, 1000)
+            let top = self.audit_max_id().await?;
+            q.range(Dialect::Postgres, top.saturating_sub(100), top, 1000)
         } else {
             q.latest(Dialect::Postgres)
         };
@@ -90,6 +96,7 @@ fn bound(stmt: &Statement) -> Vec<PgParam> {
             match p {
                 Param::Text(t) => Box::new(t.clone()),
                 Param::Int(i) => Box::new(*i),
+                Param::Ints(v) => Box::new(v.clone()),
             }
         })
         .collect()

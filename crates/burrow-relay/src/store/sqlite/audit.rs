@@ -3,7 +3,7 @@
 use rusqlite::params_from_iter;
 
 use super::*;
-use crate::store::audit_query::{AuditEntry, AuditQuery, Dialect, Param, Statement};
+use crate::store::audit_query::{AuditEntry, AuditQuery, Dialect, Param, Statement, by_ids};
 
 impl Store {
     /// Appends an audit entry.
@@ -123,6 +123,16 @@ impl Store {
         self.audit_rows(&q.range(Dialect::Sqlite, after, upto, limit))
     }
 
+    /// The entries of these ids, in id order.
+    pub fn audit_entries(&self, ids: &[i64]) -> Result<Vec<AuditEntry>, StoreError> {
+        // SQLite binds at most 32766 values; a follower asks for far fewer.
+        let mut out = Vec::new();
+        for chunk in ids.chunks(1000) {
+            out.extend(self.audit_rows(&by_ids(Dialect::Sqlite, chunk))?);
+        }
+        Ok(out)
+    }
+
     /// The largest audit row id (0 when there is none).
     pub fn audit_max_id(&self) -> Result<i64, StoreError> {
         self.with(|c| {
@@ -132,10 +142,11 @@ impl Store {
     }
 
     /// SQLite's plan for `q` (`EXPLAIN QUERY PLAN`), one step a line: the newest entries, or
-    /// with `follow` the range read while following.
+    /// with `follow` what following reads (the last hundred ids).
     pub fn audit_plan(&self, q: &AuditQuery, follow: bool) -> Result<String, StoreError> {
         let stmt = if follow {
-            q.range(Dialect::Sqlite, 0, i64::MAX, 1000)
+            let top = self.audit_max_id()?;
+            q.range(Dialect::Sqlite, top.saturating_sub(100), top, 1000)
         } else {
             q.latest(Dialect::Sqlite)
         };
@@ -186,6 +197,7 @@ fn values(stmt: &Statement) -> Vec<rusqlite::types::Value> {
         .map(|p| match p {
             Param::Text(t) => rusqlite::types::Value::Text(t.clone()),
             Param::Int(i) => rusqlite::types::Value::Integer(*i),
+            Param::Ints(_) => rusqlite::types::Value::Null,
         })
         .collect()
 }
