@@ -165,6 +165,18 @@ pub enum RelayCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Copy the SQLite registry to FILE while the relay runs (a consistent snapshot, checked).
+    /// A cluster's PostgreSQL registry is backed up with pg_dump.
+    Backup {
+        /// Where to write the copy (must not exist yet).
+        file: PathBuf,
+    },
+    /// Put a backup made by `relay backup` in place of the SQLite registry (the relay must be
+    /// stopped; the registry it replaces is kept beside it).
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+    },
     /// Show audit entries: the newest, or those of a device, an operator, an event or a time
     /// range (each filter is one indexed query); --follow prints new ones as they are written.
     Audit(AuditArgs),

@@ -41,6 +41,8 @@ pub async fn run(mut args: RelayArgs, shutdown: CancellationToken) -> Result {
             )
             .await
         }
+        Some(RelayCommand::Backup { file }) => backup(&args, &data_dir, &file),
+        Some(RelayCommand::Restore { file }) => restore(&args, &data_dir, &file),
         Some(RelayCommand::Audit(a)) => {
             crate::audit_cmd::run(&open_db(&args, &data_dir).await?, a, shutdown).await
         }
@@ -302,6 +304,68 @@ async fn migrate(data_dir: &Path, to: &str) -> Result {
         "migrated {} into PostgreSQL; start the relays with --database and --peer-listen",
         data_dir.display()
     );
+    Ok(())
+}
+
+/// `relay backup FILE`: a consistent copy of the SQLite registry, taken while the relay runs.
+fn backup(args: &RelayArgs, data_dir: &Path, file: &Path) -> Result {
+    if let Some(url) = &args.database {
+        let url = datadir::without_password(url);
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "the registry on --database is PostgreSQL: back it up with PostgreSQL's own tool, \
+                 `pg_dump --format=custom --file {} '{url}'` (relays may keep running), and \
+                 restore it into an empty database with `pg_restore --dbname URL FILE`",
+                file.display()
+            ),
+        ));
+    }
+    datadir::require_existing(data_dir).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    let report = burrow_relay::store::sqlite::backup(&data_dir.join(datadir::DATABASE_FILE), file)
+        .map_err(store_err)?;
+    println!(
+        "backed up {} to {} ({} bytes, schema version {}): {} devices, {} operators, {} audit entries",
+        data_dir.join(datadir::DATABASE_FILE).display(),
+        report.path.display(),
+        report.bytes,
+        report.schema_version,
+        report.devices,
+        report.operators,
+        report.audit_entries
+    );
+    println!(
+        "to restore it: stop the relay, run `burrow relay restore {}` with the same --data-dir, start the relay",
+        report.path.display()
+    );
+    Ok(())
+}
+
+/// `relay restore FILE`: a backup put in place of the SQLite registry of a stopped relay.
+fn restore(args: &RelayArgs, data_dir: &Path, file: &Path) -> Result {
+    if args.database.is_some() {
+        return Err(Failure::new(
+            exit::USAGE,
+            "the registry on --database is PostgreSQL: restore a pg_dump backup with `pg_restore --dbname URL FILE` into an empty database",
+        ));
+    }
+    datadir::require_existing(data_dir).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    // Not under a running relay: it would go on writing to the file it has open.
+    let _lock = datadir::lock(data_dir).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    let db = data_dir.join(datadir::DATABASE_FILE);
+    let (report, kept) = burrow_relay::store::sqlite::restore(file, &db).map_err(store_err)?;
+    println!(
+        "restored {} to {} (schema version {}): {} devices, {} operators, {} audit entries",
+        file.display(),
+        db.display(),
+        report.schema_version,
+        report.devices,
+        report.operators,
+        report.audit_entries
+    );
+    if let Some(kept) = kept {
+        println!("the registry it replaced is kept as {}", kept.display());
+    }
     Ok(())
 }
 

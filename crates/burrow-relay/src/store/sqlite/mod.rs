@@ -20,6 +20,7 @@ use super::{
 
 mod alerts;
 mod audit;
+mod backup;
 mod devices;
 mod fleet;
 mod health;
@@ -27,6 +28,8 @@ mod operators;
 mod schema;
 #[cfg(test)]
 mod tests;
+
+pub use backup::{BackupReport, backup, restore};
 
 /// The schema version this build writes; each step below brings a database one version up.
 pub const SCHEMA_VERSION: i64 = 6;
