@@ -193,7 +193,7 @@ impl Audit {
         outcome: Outcome,
         detail: &str,
     ) -> Result<(), crate::store::StoreError> {
-        let record = entry(event, who, target, outcome, detail);
+        let record = entry(event, who, target, outcome, detail, None);
         log(&record);
         self.db.write(Write::Audit(record)).await.map(|_| ())
     }

@@ -18,7 +18,7 @@ pub enum About<'a> {
 }
 
 /// Events a device does: `who` is the device.
-const DEVICE_EVENTS: [&str; 7] = [
+const DEVICE_EVENTS: [&str; 9] = [
     "takeover",
     "offline",
     "online",
@@ -26,6 +26,8 @@ const DEVICE_EVENTS: [&str; 7] = [
     "endpoint-remove",
     "device-connect",
     "console-recording",
+    "quarantine",
+    "replace",
 ];
 
 /// Events an operator (or a listener's client) does to a device: the device is named by the
@@ -112,7 +114,14 @@ pub(crate) fn backfill_sql(instr: &str) -> String {
         "CASE WHEN {instr}(who, '/') > 0 THEN substr(who, {instr}(who, ':') + 1, {instr}(who, '/') - {instr}(who, ':') - 1) \
          ELSE substr(who, {instr}(who, ':') + 1) END"
     );
-    let device_actor = "(event IN ('auth', 'revoke') AND detail LIKE 'device %')";
+    // Entries whose device is `who` by what their code wrote: logins and revocations of a
+    // device, the relay's enrollments (not `device import`, made by whoever ran it), tokens
+    // used by a device or refused to a name (not those refused to a peer address).
+    let device_actor = format!(
+        "((event IN ('auth', 'revoke') AND detail LIKE 'device %') \
+         OR (event = 'enroll' AND detail NOT LIKE 'device import%') \
+         OR (event = 'token' AND {instr}(who, ':') = 0))"
+    );
     let operator_actor = "(event IN ('auth', 'revoke') AND detail LIKE 'operator %')";
     format!(
         "UPDATE audit SET
@@ -174,6 +183,14 @@ mod tests {
         ("revoke", "alice", "alice:garage-pi", "operator was removed; connection closed", Some(About::Operator), None, Some("alice")),
         ("revoke", "alice", "garage-pi", "operator policy no longer allows device garage-pi; stream closed", Some(About::OperatorOn("garage-pi")), Some("garage-pi"), Some("alice")),
         ("revoke", "alice", "alice", "operator was removed; connection closed", Some(About::Operator), None, Some("alice")),
+        ("quarantine", "garage-pi", "10.0.0.5:40001", "session refused: key SHA256:x is quarantined", None, Some("garage-pi"), None),
+        ("replace", "garage-pi", "10.0.0.5:40001", "device re-bound to key SHA256:x through k7", None, Some("garage-pi"), None),
+        ("enroll", "pi-042", "10.0.0.5:40001", "device enrolled with key SHA256:x through k7", Some(About::Device), Some("pi-042"), None),
+        ("enroll", "pi-042", "10.0.0.5:40001", "already enrolled with key SHA256:x; answered again", Some(About::Device), Some("pi-042"), None),
+        ("enroll", "root", "fleet.csv", "device import: 3 devices registered, 0 lines not imported", None, None, None),
+        ("token", "pi-042", "token k7", "used to enroll device pi-042 from 10.0.0.5:40001", Some(About::Device), Some("pi-042"), None),
+        ("token", "pi-043", "token k7", "the name pi-043 does not match", Some(About::Device), Some("pi-043"), None),
+        ("token", "10.0.0.5:40001", "token k7", "no such token", None, None, None),
     ];
 
     #[test]

@@ -12,7 +12,7 @@ use burrow_ssh::channel::Request;
 use burrow_ssh::driver::{Channel, ChannelMsg};
 
 use crate::Relay;
-use crate::audit::Outcome;
+use crate::audit::{About, Outcome};
 use crate::store::fleet::{Plan, RelayAddress, TokenRecord};
 use crate::store::{Db, StoreError};
 
@@ -128,7 +128,7 @@ async fn enroll(
     let refuse = |who: &str, why: String| {
         relay
             .audit
-            .record("token", who, &target, Outcome::Denied, &why);
+            .record_about(About::Device, "token", who, &target, Outcome::Denied, &why);
         why
     };
     let request = match EnrollRequest::parse(command) {
@@ -215,7 +215,8 @@ fn audit_enrollment(
     };
     match plan {
         Plan::Already => {
-            relay.audit.record(
+            relay.audit.record_about(
+                About::Device,
                 "enroll",
                 name,
                 peer,
@@ -224,7 +225,8 @@ fn audit_enrollment(
             );
             return;
         }
-        Plan::Create { pending: p, .. } => relay.audit.record(
+        Plan::Create { pending: p, .. } => relay.audit.record_about(
+            About::Device,
             "enroll",
             name,
             peer,
@@ -247,7 +249,8 @@ fn audit_enrollment(
             ),
         ),
     }
-    relay.audit.record(
+    relay.audit.record_about(
+        About::Device,
         "token",
         name,
         &token,

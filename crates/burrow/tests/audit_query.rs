@@ -457,7 +457,7 @@ async fn an_older_registry_gets_its_entries_subjects_when_migrated() {
     c.execute_batch(
         "DROP INDEX audit_at; DROP INDEX audit_device; DROP INDEX audit_operator;
          DROP INDEX audit_event; ALTER TABLE audit DROP COLUMN device;
-         ALTER TABLE audit DROP COLUMN operator; PRAGMA user_version = 3;
+         ALTER TABLE audit DROP COLUMN operator; PRAGMA user_version = 5;
          INSERT INTO audit (at, event, who, target, outcome, detail) VALUES
            (1, 'auth', 'pi', '10.0.0.1:1', 'ok', 'device authenticated with key SHA256:x'),
            (2, 'stream', 'alice', 'pi:22', 'ok', '5 bytes to device'),
@@ -488,7 +488,7 @@ async fn an_older_registry_gets_its_entries_subjects_when_migrated() {
         .batch_execute(
             "DROP INDEX audit_at, audit_device, audit_operator, audit_event;
              ALTER TABLE audit DROP COLUMN device, DROP COLUMN operator;
-             DELETE FROM schema_migrations WHERE version >= 4;
+             DELETE FROM schema_migrations WHERE version >= 6;
              INSERT INTO audit (at, event, who, target, outcome, detail) VALUES
                (1, 'auth', 'pi', '10.0.0.1:1', 'ok', 'device authenticated with key SHA256:x'),
                (2, 'stream', 'alice', 'pi:22', 'ok', '5 bytes to device'),

@@ -393,6 +393,8 @@ async fn token_lock_quarantine_and_console_entries_are_alerted() {
             target: target.into(),
             outcome: outcome.into(),
             detail: detail.into(),
+            device: None,
+            operator: None,
         })
     };
     let db = relay.relay.db();

@@ -1,7 +1,7 @@
 //! The audit trail's filters (`relay audit --device --operator --event --since --until`, and
 //! the web console's audit search) as one indexed query on either backend.
 //!
-//! Every filter has an index that ends with the entry's time (schema version 4), so the newest
+//! Every filter has an index that ends with the entry's time (schema version 6), so the newest
 //! entries of a device, an operator, an event or a time range are read by walking one index
 //! backwards and stopping at the limit: no sort, no scan of the rest of the trail. Following
 //! reads the entries past an id by the primary key, whatever the filter.

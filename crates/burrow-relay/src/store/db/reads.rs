@@ -237,16 +237,6 @@ impl Db {
         .await
     }
 
-    /// The largest audit row id so far.
-    pub async fn audit_max_id(&self) -> Result<i64, StoreError> {
-        self.read(
-            |s| s.audit_max_id(),
-            async |p| p.audit_max_id().await,
-            |_| None,
-        )
-        .await
-    }
-
     /// The database's plan for `q` (SQLite's `EXPLAIN QUERY PLAN`, PostgreSQL's `EXPLAIN`):
     /// the newest entries, or with `follow` what following reads (the last hundred ids). For
     /// checking that each filter takes an index.

@@ -102,7 +102,7 @@ impl Pg {
         let rows = self
             .client
             .query(
-                "SELECT id, at, event, who, target, outcome, detail FROM audit
+                "SELECT id, at, event, who, target, outcome, detail, device, operator FROM audit
                   WHERE id > $1 AND event = ANY($2) ORDER BY id LIMIT $3",
                 &[&after, &events, &limit],
             )
@@ -120,6 +120,8 @@ impl Pg {
                         target: r.get(4),
                         outcome: r.get(5),
                         detail: r.get(6),
+                        device: r.get(7),
+                        operator: r.get(8),
                     },
                 )
             })

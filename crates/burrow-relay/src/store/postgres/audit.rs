@@ -28,16 +28,6 @@ impl Pg {
         self.audit_rows(&by_ids(Dialect::Postgres, ids)).await
     }
 
-    /// The largest audit row id handed out so far (0 when there is none).
-    pub async fn audit_max_id(&self) -> Result<i64, StoreError> {
-        let row = self
-            .client
-            .query_one("SELECT COALESCE(MAX(id), 0) FROM audit", &[])
-            .await
-            .map_err(pg("reading the audit log"))?;
-        Ok(row.get(0))
-    }
-
     /// PostgreSQL's plan for `q` (`EXPLAIN`): the newest entries, or with `follow` what
     /// following reads (the last hundred ids).
     pub async fn audit_plan(&self, q: &AuditQuery, follow: bool) -> Result<String, StoreError> {

@@ -247,7 +247,7 @@ impl Pg {
         let rows = self
             .client
             .query(
-                "SELECT at, event, who, target, outcome, detail FROM
+                "SELECT at, event, who, target, outcome, detail, device, operator FROM
                    (SELECT * FROM audit WHERE who = $1 ORDER BY id DESC LIMIT $2) a ORDER BY id",
                 &[&name, &limit],
             )
@@ -262,6 +262,8 @@ impl Pg {
                 target: r.get(3),
                 outcome: r.get(4),
                 detail: r.get(5),
+                device: r.get(6),
+                operator: r.get(7),
             })
             .collect();
         Ok((extra, events))

@@ -117,7 +117,7 @@ impl Store {
         self.with(|c| {
             let mut stmt = c
                 .prepare_cached(&format!(
-                    "SELECT id, at, event, who, target, outcome, detail FROM audit
+                    "SELECT id, at, event, who, target, outcome, detail, device, operator FROM audit
                      WHERE id > ?1 AND event IN ({list}) ORDER BY id LIMIT ?2"
                 ))
                 .map_err(sql("reading the audit trail"))?;
@@ -131,6 +131,8 @@ impl Store {
                         target: r.get(4)?,
                         outcome: r.get(5)?,
                         detail: r.get(6)?,
+                        device: r.get(7)?,
+                        operator: r.get(8)?,
                     },
                 ))
             })

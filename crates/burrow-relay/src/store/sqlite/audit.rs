@@ -133,14 +133,6 @@ impl Store {
         Ok(out)
     }
 
-    /// The largest audit row id (0 when there is none).
-    pub fn audit_max_id(&self) -> Result<i64, StoreError> {
-        self.with(|c| {
-            c.query_row("SELECT COALESCE(MAX(id), 0) FROM audit", [], |r| r.get(0))
-                .map_err(sql("reading the audit log"))
-        })
-    }
-
     /// SQLite's plan for `q` (`EXPLAIN QUERY PLAN`), one step a line: the newest entries, or
     /// with `follow` what following reads (the last hundred ids).
     pub fn audit_plan(&self, q: &AuditQuery, follow: bool) -> Result<String, StoreError> {

@@ -190,7 +190,7 @@ impl Store {
                 .unwrap_or_default();
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT at, event, who, target, outcome, detail FROM
+                    "SELECT at, event, who, target, outcome, detail, device, operator FROM
                      (SELECT * FROM audit WHERE who = ?1 ORDER BY id DESC LIMIT ?2) ORDER BY id",
                 )
                 .map_err(sql("reading a device's audit entries"))?;
@@ -203,6 +203,8 @@ impl Store {
                         target: r.get(3)?,
                         outcome: r.get(4)?,
                         detail: r.get(5)?,
+                        device: r.get(6)?,
+                        operator: r.get(7)?,
                     })
                 })
                 .map_err(sql("reading a device's audit entries"))?
