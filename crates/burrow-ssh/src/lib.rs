@@ -21,6 +21,7 @@
 //!   password, keyboard-interactive, partial success, the attempt limit.
 //! - [`channel`]: the connection protocol (RFC 4254, 4335): channels whose windows are given
 //!   back as the application consumes, forwarding, session requests, break, half-close.
+//! - [`hostkeys`]: OpenSSH's host key rotation: the server announces its keys, proves them.
 //! - [`session`]: transport, authentication and connection tied into one sans-I/O session.
 //! - [`queue`]: message queues that count their bytes, for the connection's memory cap.
 //! - `driver` (feature `tokio`): one task per connection, channels as async streams.
@@ -45,6 +46,7 @@ pub mod channel;
 pub mod crypto;
 #[cfg(feature = "tokio")]
 pub mod driver;
+pub mod hostkeys;
 pub mod kex;
 pub mod kexinit;
 pub mod messages;

@@ -58,6 +58,9 @@ pub enum Event {
     Banner(String),
     /// Something on a channel or a global request.
     Connection(channel::Event),
+    /// Client: the server proved, in this session, that it holds these host keys (blobs),
+    /// which the host key check did not trust (see [`crate::hostkeys`]); or why it did not.
+    HostKeys(Result<Vec<Vec<u8>>, String>),
     /// The peer ended the connection.
     Disconnected(Disconnect),
 }
@@ -93,6 +96,8 @@ pub struct Session {
     connection: Connection,
     events: VecDeque<Event>,
     failed: Option<SessionError>,
+    /// Client: a proof of host keys was asked for (once per connection, as OpenSSH does).
+    host_keys_asked: bool,
 }
 
 impl Session {
@@ -125,6 +130,7 @@ impl Session {
             connection: Connection::new(limits),
             events: VecDeque::new(),
             failed: None,
+            host_keys_asked: false,
         }
     }
 
@@ -337,8 +343,66 @@ impl Session {
 
     fn take_connection_events(&mut self) {
         while let Some(e) = self.connection.poll_event() {
-            self.events.push_back(Event::Connection(e));
+            match e {
+                channel::Event::HostKeys(keys) => self.host_keys_announced(keys),
+                channel::Event::HostKeysProof { keys, answer } => {
+                    let result = match answer {
+                        Some(answer) => {
+                            crate::hostkeys::check_answer(&self.session_id(), &keys, &answer)
+                                .map(|()| keys)
+                        }
+                        None => Err("the server refused to prove its new host keys".into()),
+                    };
+                    self.events.push_back(Event::HostKeys(result));
+                }
+                e => self.events.push_back(Event::Connection(e)),
+            }
         }
+    }
+
+    /// Client: asks proof of each announced key that the check does not trust and that can
+    /// be checked (Ed25519), the first time the server announces them.
+    fn host_keys_announced(&mut self, keys: Vec<Vec<u8>>) {
+        let config = self.transport.config();
+        if config.role != Role::Client || !config.learn_host_keys || self.host_keys_asked {
+            return;
+        }
+        let unknown: Vec<Vec<u8>> = keys
+            .into_iter()
+            .filter(|k| {
+                Reader::new(k).utf8(64, "key type") == Ok(crate::kex::SSH_ED25519)
+                    && !self.transport.host_key_trusted(k)
+            })
+            .collect();
+        // One request per key: a key the server cannot prove (another relay's, announced so
+        // that clients keep it) then spoils only its own proof.
+        self.host_keys_asked = !unknown.is_empty();
+        for key in unknown {
+            self.connection.prove_host_keys(vec![key]);
+        }
+    }
+
+    /// Server: once authenticated, announces the host keys and stands ready to prove them.
+    fn announce_host_keys(&mut self) {
+        let config = self.transport.config();
+        if config.role != Role::Server || !config.announce_host_keys {
+            return;
+        }
+        let held: Vec<_> = config
+            .host_key
+            .iter()
+            .chain(config.extra_host_keys.iter())
+            .cloned()
+            .collect();
+        let mut blobs: Vec<Vec<u8>> = held.iter().map(|k| k.blob()).collect();
+        for peer in &config.peer_host_keys {
+            if !blobs.contains(peer) {
+                blobs.push(peer.clone());
+            }
+        }
+        let session_id = self.session_id();
+        self.connection.set_prover(held, session_id);
+        self.connection.announce_host_keys(&blobs);
     }
 
     fn session_id(&self) -> Vec<u8> {
@@ -513,6 +577,7 @@ impl Session {
         }
         if let Some(user) = step.success {
             self.authenticated = true;
+            self.announce_host_keys();
             self.events.push_back(Event::Authenticated { user });
         }
         Ok(())

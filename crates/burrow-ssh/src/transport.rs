@@ -73,6 +73,20 @@ pub struct Config {
     /// A server's `SSH_MSG_EXT_INFO`, sent right after its first NEWKEYS to a client that
     /// asked for it (RFC 8308 §2.4).
     pub ext_info: Option<Vec<u8>>,
+    /// Server: announce the host keys after authentication (`hostkeys-00@openssh.com`, see
+    /// [`crate::hostkeys`]) and prove them on request, so that clients learn new ones.
+    pub announce_host_keys: bool,
+    /// Server: host keys held besides [`Config::host_key`] (a new key in a rotation):
+    /// announced and proved, not used in the key exchange.
+    pub extra_host_keys: Vec<Arc<HostKey>>,
+    /// Server: public key blobs announced as this host's too, that this server cannot prove
+    /// (the other relays of a cluster reached under the same name), so that a client does
+    /// not drop them.
+    pub peer_host_keys: Vec<Vec<u8>>,
+    /// Client: ask the server to prove the announced host keys that
+    /// [`Config::host_key_check`] does not trust; those it proves come out as
+    /// [`crate::session::Event::HostKeys`].
+    pub learn_host_keys: bool,
 }
 
 /// Renew keys after this many bytes either way (OpenSSH's default for AEAD ciphers).
@@ -103,6 +117,10 @@ impl Default for Config {
             rekey_time: Duration::from_secs(7 * 24 * 3600),
             kex_timeout: DEFAULT_KEX_TIMEOUT,
             ext_info: None,
+            announce_host_keys: false,
+            extra_host_keys: Vec::new(),
+            peer_host_keys: Vec::new(),
+            learn_host_keys: false,
         }
     }
 }
@@ -298,6 +316,19 @@ impl Transport {
     /// The session identifier (the first exchange hash), once known.
     pub fn session_id(&self) -> Option<&[u8]> {
         self.session_id.as_deref()
+    }
+
+    /// The settings it was made with.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether the client's check trusts the host key `blob`.
+    pub(crate) fn host_key_trusted(&self, blob: &[u8]) -> bool {
+        self.config
+            .host_key_check
+            .as_ref()
+            .is_some_and(|check| check(blob))
     }
 
     /// The peer's identification, once it arrived.

@@ -14,19 +14,26 @@ impl Connection {
         match number {
             msg::GLOBAL_REQUEST => self.on_global_request(&mut r),
             msg::REQUEST_SUCCESS | msg::REQUEST_FAILURE => {
-                let Some(keepalive) = self.global_expected.pop_front() else {
+                let Some(expect) = self.global_expected.pop_front() else {
                     return fail("a global request reply with no request out");
                 };
-                if !keepalive {
-                    let port = if number == msg::REQUEST_SUCCESS && r.remaining() >= 4 {
-                        r.u32("bound port").ok()
-                    } else {
-                        None
-                    };
-                    self.events.push_back(Event::GlobalReply {
-                        success: number == msg::REQUEST_SUCCESS,
-                        port,
-                    });
+                match expect {
+                    Expect::Keepalive => {}
+                    Expect::Reply => {
+                        let port = if number == msg::REQUEST_SUCCESS && r.remaining() >= 4 {
+                            r.u32("bound port").ok()
+                        } else {
+                            None
+                        };
+                        self.events.push_back(Event::GlobalReply {
+                            success: number == msg::REQUEST_SUCCESS,
+                            port,
+                        });
+                    }
+                    Expect::Proof(keys) => {
+                        let answer = (number == msg::REQUEST_SUCCESS).then(|| payload.slice(1..));
+                        self.events.push_back(Event::HostKeysProof { keys, answer });
+                    }
                 }
                 Ok(())
             }
@@ -119,6 +126,13 @@ impl Connection {
     }
 
     fn on_global_request(&mut self, r: &mut Reader<'_>) -> Result<(), ConnectionError> {
+        let mut peek = r.clone();
+        if let (Ok(name), Ok(want_reply)) =
+            (peek.utf8(MAX_NAME, "request name"), peek.bool("want reply"))
+            && (name == crate::hostkeys::ANNOUNCE || name == crate::hostkeys::PROVE)
+        {
+            return self.on_host_keys(name == crate::hostkeys::PROVE, want_reply, &mut peek);
+        }
         let parse = |r: &mut Reader<'_>| -> Result<(GlobalRequest, bool), WireError> {
             let name = r.utf8(MAX_NAME, "request name")?.to_string();
             let want_reply = r.bool("want reply")?;
@@ -178,6 +192,33 @@ impl Connection {
                     want_reply,
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// A host key announcement (client) or proof request (server; answered here, in order
+    /// with the other answers owed). A list that does not parse is refused, not fatal: the
+    /// rotation is an extension the rest of the connection does not need.
+    fn on_host_keys(
+        &mut self,
+        prove: bool,
+        want_reply: bool,
+        r: &mut Reader<'_>,
+    ) -> Result<(), ConnectionError> {
+        if want_reply && self.global_replies.len() >= MAX_OWED {
+            return fail("too many global requests wait for a reply");
+        }
+        let keys = crate::hostkeys::parse_keys(r).ok();
+        let reply = match (prove, &keys, &self.prover) {
+            (true, Some(keys), Some(p)) => crate::hostkeys::answer(&p.keys, &p.session_id, keys),
+            _ => vec![msg::REQUEST_FAILURE],
+        };
+        if want_reply {
+            self.global_replies.push_back(Some(reply));
+            self.send_global_replies();
+        }
+        if let (false, Some(keys)) = (prove, keys) {
+            self.events.push_back(Event::HostKeys(keys));
         }
         Ok(())
     }

@@ -126,6 +126,40 @@ pub enum Event {
         /// The port bound, for a `tcpip-forward` with port 0.
         port: Option<u32>,
     },
+    /// The server announced its host keys (`hostkeys-00@openssh.com`); the session decides
+    /// which to ask proof of (see [`crate::hostkeys`]).
+    HostKeys(Vec<Vec<u8>>),
+    /// The answer to our proof request for `keys`: the signatures (after the message number)
+    /// on success, `None` on failure. The session checks them.
+    HostKeysProof {
+        /// The keys asked about, in order.
+        keys: Vec<Vec<u8>>,
+        /// The signatures.
+        answer: Option<Bytes>,
+    },
+}
+
+/// What we expect back for a global request of ours that wants a reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Expect {
+    /// An answer for the application.
+    Reply,
+    /// A keepalive's answer: taken here.
+    Keepalive,
+    /// Proofs of these host keys.
+    Proof(Vec<Vec<u8>>),
+}
+
+/// A server's host keys and the session id, to prove them with (see [`crate::hostkeys`]).
+struct Prover {
+    keys: Vec<std::sync::Arc<crate::kex::HostKey>>,
+    session_id: Vec<u8>,
+}
+
+impl std::fmt::Debug for Prover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Prover({} keys)", self.keys.len())
+    }
 }
 
 /// The connection layer broke the protocol; the connection ends.
@@ -270,8 +304,10 @@ pub struct Connection {
     /// Answers to incoming global requests that want one, in the order they came: `None`
     /// until the application answers.
     global_replies: VecDeque<Option<Vec<u8>>>,
-    /// Our global requests that want a reply, in order: whether each was a keepalive.
-    global_expected: VecDeque<bool>,
+    /// Our global requests that want a reply, in order: what each expects.
+    global_expected: VecDeque<Expect>,
+    /// A server's keys to answer proof requests with.
+    prover: Option<Prover>,
 }
 
 impl Connection {
@@ -338,7 +374,7 @@ impl Connection {
 
     /// Whether any of our keepalives is still unanswered.
     pub fn keepalive_outstanding(&self) -> bool {
-        self.global_expected.iter().any(|k| *k)
+        self.global_expected.contains(&Expect::Keepalive)
     }
 
     fn free_id(&mut self) -> Option<u32> {
@@ -685,9 +721,42 @@ impl Connection {
         }
         if want_reply {
             self.global_expected
-                .push_back(*request == GlobalRequest::Keepalive);
+                .push_back(if *request == GlobalRequest::Keepalive {
+                    Expect::Keepalive
+                } else {
+                    Expect::Reply
+                });
         }
         self.out.push_back(w.into_bytes());
+    }
+
+    /// Server: the host keys that proof requests are answered with, in the session
+    /// `session_id` (see [`crate::hostkeys`]).
+    pub(crate) fn set_prover(
+        &mut self,
+        keys: Vec<std::sync::Arc<crate::kex::HostKey>>,
+        session_id: Vec<u8>,
+    ) {
+        self.prover = Some(Prover { keys, session_id });
+    }
+
+    /// Server: announces the host keys `keys` (`hostkeys-00@openssh.com`).
+    pub(crate) fn announce_host_keys(&mut self, keys: &[Vec<u8>]) {
+        self.out.push_back(crate::hostkeys::request(
+            crate::hostkeys::ANNOUNCE,
+            false,
+            keys,
+        ));
+    }
+
+    /// Client: asks the server to prove it holds `keys`; [`Event::HostKeysProof`] follows.
+    pub(crate) fn prove_host_keys(&mut self, keys: Vec<Vec<u8>>) {
+        self.out.push_back(crate::hostkeys::request(
+            crate::hostkeys::PROVE,
+            true,
+            &keys,
+        ));
+        self.global_expected.push_back(Expect::Proof(keys));
     }
 
     /// Answers the oldest global request that wanted a reply; `port` for a `tcpip-forward`

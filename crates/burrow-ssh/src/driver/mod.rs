@@ -136,6 +136,13 @@ pub trait Handler: Send + 'static {
     fn banner(&mut self, text: &str) {
         let _ = text;
     }
+
+    /// Client with [`crate::transport::Config::learn_host_keys`]: the server proved it holds
+    /// these host keys (blobs) that the check did not trust, or why it did not prove them.
+    fn host_keys(&mut self, keys: Result<Vec<Vec<u8>>, String>) -> impl Future<Output = ()> + Send {
+        let _ = keys;
+        async {}
+    }
 }
 
 /// What arrived on a channel, in order.

@@ -350,6 +350,7 @@ impl<H: Handler> Driver<H> {
                 self.inner.changed.notify_waiters();
             }
             Event::Connection(e) => self.connection_event(e).await,
+            Event::HostKeys(keys) => Box::pin(self.handler.host_keys(keys)).await,
         }
     }
 
@@ -517,8 +518,8 @@ impl State {
                     }
                 }
             },
-            // Handled by the driver with the handler.
-            E::Open { .. } | E::Global { .. } => {}
+            // Handled by the driver with the handler, or by the session.
+            E::Open { .. } | E::Global { .. } | E::HostKeys(_) | E::HostKeysProof { .. } => {}
         }
     }
 }
