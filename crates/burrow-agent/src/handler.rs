@@ -26,7 +26,10 @@ pub(crate) type PendingProbe = Arc<Mutex<Option<(u32, tokio::sync::oneshot::Send
 pub(crate) struct Shared {
     /// This agent process (see [`crate::AgentOptions::instance`]).
     pub(crate) instance: String,
-    pub(crate) host_key: HostKeyPolicy,
+    /// The relay pins; a key a relay proved it holds is added (host key rotation).
+    pub(crate) host_key: Mutex<HostKeyPolicy>,
+    /// The config file the pins came from, where learned pins are added.
+    pub(crate) pin_file: Option<std::path::PathBuf>,
     /// Local service by the port the relay sends in `forwarded-tcpip`.
     pub(crate) services: HashMap<u16, Target>,
     /// Consoles by their endpoint port.
@@ -46,6 +49,8 @@ pub(crate) struct AgentHandler {
     pub(crate) probe_port: Arc<Mutex<Option<u16>>>,
     /// The relay's last banner (a burrow relay explains a refused key in one).
     pub(crate) banner: Arc<Mutex<Option<String>>>,
+    /// The relay this session is with.
+    pub(crate) target: Target,
 }
 
 fn refuse(offer: Offer, why: &str) {
@@ -54,6 +59,24 @@ fn refuse(offer: Offer, why: &str) {
 }
 
 impl Handler for AgentHandler {
+    fn host_keys(
+        &mut self,
+        keys: Result<Vec<Vec<u8>>, String>,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        match keys {
+            Ok(keys) => {
+                for blob in keys {
+                    crate::hostkey::learn(&self.shared, &self.target, &blob);
+                }
+            }
+            Err(why) => tracing::warn!(
+                "relay {} announced a host key it did not prove: {why}; not trusted",
+                self.target
+            ),
+        }
+        async {}
+    }
+
     fn banner(&mut self, text: &str) {
         // Untrusted text from before authentication: cleaned and cut like any peer string.
         let text = burrow_proto::text::clean(text, burrow_proto::text::MAX_TEXT_CHARS);

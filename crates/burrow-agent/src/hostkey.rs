@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burrow_io::keys::{PublicKey, fingerprint};
+use burrow_proto::addr::Target;
 
 /// How the relay's host key is checked.
 #[derive(Debug, Clone)]
@@ -82,6 +83,95 @@ impl HostKeyPolicy {
             }
         }
     }
+}
+
+/// Pins a key the relay at `target` proved it holds (a host key rotation): in memory at once,
+/// and in the config file (or known_hosts file) the pins came from, without touching anything
+/// else in it. A file that cannot be written is said in the log; the key stays trusted until
+/// the agent stops.
+pub(crate) fn learn(shared: &crate::handler::Shared, target: &Target, blob: &[u8]) {
+    let Ok(key) = PublicKey::from_bytes(blob) else {
+        return;
+    };
+    let fp = fingerprint(&key);
+    let mut policy = shared.host_key.lock().unwrap_or_else(|e| e.into_inner());
+    if let HostKeyPolicy::Fingerprint(pins) = &*policy
+        && pins.split(',').any(|p| p.trim() == fp)
+    {
+        return; // Another session to it learned it first.
+    }
+    let saved = match &mut *policy {
+        HostKeyPolicy::Fingerprint(pins) => {
+            pins.push(',');
+            pins.push_str(&fp);
+            match &shared.pin_file {
+                Some(path) => add_pin_to_file(path, &fp)
+                    .map(|()| format!("added to host_key in {}", path.display()))
+                    .map_err(|e| {
+                        format!(
+                            "cannot add it to {}: {e}; add \"{fp}\" to host_key there by hand",
+                            path.display()
+                        )
+                    }),
+                None => Err(format!(
+                    "the pins were not read from a config file: add --host-key {fp} where they are given"
+                )),
+            }
+        }
+        HostKeyPolicy::KnownHosts { path, .. } => {
+            match known_host_keys(&target.host, target.port, path) {
+                Ok(known) if known.iter().any(|(_, k)| k.key_data() == key.key_data()) => return,
+                _ => {}
+            }
+            learn_host_key(&target.host, target.port, &key, path)
+                .map(|()| format!("added to {}", path.display()))
+                .map_err(|e| format!("cannot add it to {}: {e}", path.display()))
+        }
+    };
+    match saved {
+        Ok(how) => tracing::info!(
+            "relay {target} proved it holds the new host key {fp}: trusted from now on ({how})"
+        ),
+        Err(why) => tracing::warn!(
+            "relay {target} proved it holds the new host key {fp}: trusted until the agent stops; {why}"
+        ),
+    }
+}
+
+/// Adds `pin` to the `host_key` of the config file at `path`, whole or not at all: a
+/// temporary file beside it with the same mode, renamed over it.
+fn add_pin_to_file(path: &Path, pin: &str) -> Result<(), String> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let Some(edited) = burrow_proto::pin_edit::add_pin(&text, pin).map_err(|e| e.to_string())?
+    else {
+        return Ok(());
+    };
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".pin.tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(edited.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        e.to_string()
+    })
 }
 
 /// How known_hosts names a host on a port (OpenSSH's form: `[host]:port` unless 22).

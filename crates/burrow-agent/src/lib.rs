@@ -57,6 +57,10 @@ pub struct AgentOptions {
     /// This agent process, as it tells relays (random per start): its sessions on several
     /// relays belong together, and the next start (a reboot) takes them all over.
     pub instance: String,
+    /// The config file whose `host_key` pins the relay: a key a relay proves it holds (a host
+    /// key rotation) is added there, so that later starts trust it too. None when the pins
+    /// come from the command line or metadata (then it is trusted until the agent stops).
+    pub config_file: Option<PathBuf>,
 }
 
 impl AgentOptions {
@@ -66,6 +70,7 @@ impl AgentOptions {
             status_file,
             port_opener: std::sync::Arc::new(console::TtyOpener),
             instance: format!("{:016x}", rand::random::<u64>()),
+            config_file: None,
         }
     }
 }

@@ -111,7 +111,11 @@ pub(crate) async fn run_tunnel(
         consoles,
         speeds: Default::default(),
         port_opener: options.port_opener.clone(),
-        host_key,
+        host_key: Mutex::new(host_key),
+        pin_file: options
+            .config_file
+            .clone()
+            .filter(|_| config.host_key.is_some()),
         services,
     });
     let relay_list = relays

@@ -226,6 +226,7 @@ async fn session(
         shared: ctx.shared.clone(),
         probe_port: probe_port.clone(),
         banner: banner.clone(),
+        target: target.clone(),
     };
     let relay = target.to_string();
     let check = {
@@ -252,6 +253,8 @@ async fn session(
         rekey_bytes: config.rekey_bytes().unwrap_or(REKEY_BYTES),
         rekey_time: REKEY_TIME_LIMIT,
         ext_info: None,
+        // A relay rotating its host key announces the new one; proved, it is pinned.
+        learn_host_keys: true,
         ..Default::default()
     };
     let ssh = Session::new(
@@ -387,7 +390,8 @@ fn host_key_trusted(
         Ok(k) => k,
         Err(e) => return refuse(format!("the relay's host key does not parse: {e}")),
     };
-    match shared.host_key.check(&target.host, target.port, &key) {
+    let policy = shared.host_key.lock().unwrap_or_else(|e| e.into_inner());
+    match policy.check(&target.host, target.port, &key) {
         Ok(crate::hostkey::Verified::Matched) => true,
         Ok(crate::hostkey::Verified::Learned(fp)) => {
             tracing::warn!(

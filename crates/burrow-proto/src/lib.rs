@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`name`]: device and operator names, and the SSH login forms that carry them.
+//! - [`pin_edit`]: a relay host-key pin added to an agent config file, nothing else changed.
 //! - [`glob`]: the glob patterns of operator policy.
 //! - [`addr`]: `HOST:PORT` targets, `[ADDR:]PORT` listen specs and `--expose` specs.
 //! - [`time`]: UTC timestamps as people read them in messages, and as they give them (`2h`).
@@ -43,6 +44,7 @@ pub mod liveness;
 pub mod metadata;
 pub mod modem;
 pub mod name;
+pub mod pin_edit;
 pub mod rfc2217;
 pub mod secret;
 pub mod size;

@@ -52,10 +52,13 @@ fn addresses_and_pins(recorded: &[RelayAddress]) -> (Vec<String>, Vec<String>) {
         if !addresses.contains(&r.address) {
             addresses.push(r.address.clone());
         }
-        if let Ok(key) = burrow_io::keys::parse_public_key(&r.host_key) {
-            let fp = burrow_io::keys::fingerprint(&key);
-            if !pins.contains(&fp) {
-                pins.push(fp);
+        // A relay holding a new host key beside the one in use records both, one a line.
+        for line in r.host_key.lines() {
+            if let Ok(key) = burrow_io::keys::parse_public_key(line) {
+                let fp = burrow_io::keys::fingerprint(&key);
+                if !pins.contains(&fp) {
+                    pins.push(fp);
+                }
             }
         }
     }

@@ -21,6 +21,7 @@
 //! - `cluster`: several relays on one PostgreSQL registry: presence, routing, peer links.
 //! - [`metrics`]: Prometheus counters and their page.
 //! - `device_metrics`: the page's per-device part (presence, reconnects, probe, report).
+//! - [`host_keys`]: the relay's host keys and their rotation (`relay hostkey add|ls|retire`).
 //! - [`console`]: serial consoles terminated at the relay (hubs, sessions, recordings).
 //! - [`registry`]: online device sessions, endpoints, takeover.
 //! - `gate`: caps and rates of unauthenticated connections; room made by cutting the oldest;
@@ -61,6 +62,7 @@ mod device_metrics;
 pub mod enroll;
 mod gate;
 mod health;
+pub mod host_keys;
 mod listeners;
 pub mod metrics;
 mod nudge;
@@ -118,6 +120,13 @@ pub struct Relay {
     admission_log: admission_log::AdmissionLog,
     /// The host key as the SSH layer signs with it.
     ssh_host_key: Arc<HostKey>,
+    /// Host keys held besides the one in use (the next one, during a rotation).
+    extra_ssh_host_keys: Vec<Arc<HostKey>>,
+    /// Every host key held.
+    host_keys: host_keys::HostKeys,
+    /// The host keys of the cluster's other live relays (blobs), announced with this
+    /// relay's own so that clients reaching the cluster under one name keep them.
+    peer_host_keys: std::sync::Mutex<Vec<Vec<u8>>>,
     host_key: PrivateKey,
     tracker: TaskTracker,
     next_id: AtomicU64,
@@ -201,17 +210,20 @@ impl Relay {
                 config.peer_advertise.clone().unwrap_or_default(),
             )
         });
-        let ssh_host_key = host_key
-            .key_data()
-            .ed25519()
-            .and_then(|k| HostKey::from_seed(k.private.as_ref()))
-            .map(Arc::new)
-            .ok_or_else(|| {
-                RelayError::DataDir(format!(
-                    "the host key in {} is not an ed25519 key",
-                    config.data_dir.display()
-                ))
-            })?;
+        let ssh_host_key = host_keys::ssh_key(&host_key, &config.data_dir, datadir::HOST_KEY_FILE)?;
+        let new_host_key = host_keys::load_new(&config.data_dir)?;
+        let mut extra_ssh_host_keys = Vec::new();
+        if let Some(new) = &new_host_key {
+            extra_ssh_host_keys.push(host_keys::ssh_key(
+                new,
+                &config.data_dir,
+                host_keys::NEW_HOST_KEY_FILE,
+            )?);
+            tracing::info!(
+                "also holding the new host key {} (announced to clients, which learn it; `burrow relay hostkey retire` puts it in use)",
+                burrow_io::keys::fingerprint(new.public_key())
+            );
+        }
         tokio::task::spawn_blocking(password::prepare);
         Ok(Arc::new(Relay {
             audit: audit::Audit::new(db.clone()),
@@ -245,6 +257,12 @@ impl Relay {
             ),
             db,
             ssh_host_key,
+            extra_ssh_host_keys,
+            host_keys: host_keys::HostKeys {
+                current: host_key.clone(),
+                new: new_host_key,
+            },
+            peer_host_keys: std::sync::Mutex::new(Vec::new()),
             host_key,
             tracker: TaskTracker::new(),
             next_id: AtomicU64::new(1),
@@ -259,6 +277,39 @@ impl Relay {
     /// `SHA256:...` fingerprint of the host key.
     pub fn fingerprint(&self) -> String {
         burrow_io::keys::fingerprint(self.host_key.public_key())
+    }
+
+    /// Every host key held (the one in use, and the next one during a rotation).
+    pub fn host_keys(&self) -> &host_keys::HostKeys {
+        &self.host_keys
+    }
+
+    /// The fingerprints of every host key this relay announces after a login: its own, then
+    /// its cluster's other live relays'.
+    pub fn announced_host_keys(&self) -> Vec<String> {
+        let t = self.server_transport();
+        t.host_key
+            .iter()
+            .chain(t.extra_host_keys.iter())
+            .map(|k| k.blob())
+            .chain(t.peer_host_keys)
+            .filter_map(|b| burrow_io::keys::PublicKey::from_bytes(&b).ok())
+            .map(|k| burrow_io::keys::fingerprint(&k))
+            .collect()
+    }
+
+    /// The SSH settings of a connection this relay accepts: its host key, and the others it
+    /// holds or its cluster's relays hold, announced after authentication.
+    pub(crate) fn server_transport(&self) -> burrow_ssh::transport::Config {
+        let mut t = self.config.transport(self.ssh_host_key.clone());
+        t.announce_host_keys = true;
+        t.extra_host_keys = self.extra_ssh_host_keys.clone();
+        t.peer_host_keys = self
+            .peer_host_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        t
     }
 
     /// The host key's public half as an OpenSSH line (for known_hosts files).

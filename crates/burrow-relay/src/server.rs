@@ -28,7 +28,7 @@ async fn record_address(relay: &Relay, listening: SocketAddr) {
     let record = crate::store::fleet::RelayAddress {
         relay: crate::quarantine::relay_id(relay),
         address: address.clone(),
-        host_key: relay.host_public_key(),
+        host_key: relay.host_keys().public_lines(),
     };
     match relay.db.record_relay_address(&record).await {
         Ok(()) => tracing::info!("join strings name this relay as {address} (--advertise)"),
@@ -218,7 +218,7 @@ async fn handle_connection(
     let deadline = relay.config.pre_auth_timeout;
     let banner_timeout = relay.config.banner_timeout;
     let ssh = Session::new(
-        relay.config.transport(relay.ssh_host_key.clone()),
+        relay.server_transport(),
         Side::Server {
             methods: crate::config::auth_methods(),
             max_attempts: crate::config::MAX_AUTH_ATTEMPTS,

@@ -25,7 +25,13 @@ pub async fn run(mut args: AgentArgs, shutdown: CancellationToken) -> Result {
         .clone()
         .or_else(|| config.status_file.clone())
         .unwrap_or_else(default_status_file);
-    burrow_agent::run(config, AgentOptions::new(status_file), shutdown)
+    let mut options = AgentOptions::new(status_file);
+    // Pins learned from a relay's host key rotation go where the pins came from: the config
+    // file, unless --host-key gave them.
+    if args.host_key.is_empty() {
+        options.config_file = args.config.clone();
+    }
+    burrow_agent::run(config, options, shutdown)
         .await
         .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))
 }

@@ -135,6 +135,10 @@ pub enum RelayCommand {
         #[arg(long, value_name = "HOST[:PORT]")]
         known_hosts: Option<String>,
     },
+    /// Rotate the relay's host key without breaking a device: add a new key beside the one in
+    /// use (announced to clients, which learn it), then retire the old one.
+    #[command(subcommand)]
+    Hostkey(HostkeyCommand),
     /// Manage devices.
     #[command(subcommand)]
     Device(DeviceCommand),
@@ -180,6 +184,22 @@ pub enum RelayCommand {
     /// Show audit entries: the newest, or those of a device, an operator, an event or a time
     /// range (each filter is one indexed query); --follow prints new ones as they are written.
     Audit(AuditArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostkeyCommand {
+    /// Make a new host key beside the one in use. After a restart the relay announces both;
+    /// OpenSSH clients with UpdateHostKeys and burrow agents learn the new one.
+    Add,
+    /// List the host keys held: the one in use and the new one.
+    Ls {
+        /// JSON output for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put the new key in use and delete the old one (restart the relay after it). Devices
+    /// that never connected since the new key was added no longer trust the relay.
+    Retire,
 }
 
 #[derive(Args, Debug)]

@@ -151,11 +151,13 @@ async fn create(db: &Db, data_dir: &Path, o: TokenOptions) -> Result<String> {
         .map_err(store_err)?;
     // A single relay's CLI reads the host key beside the database, even before a first start.
     if db.sqlite_store().is_some()
-        && let Ok(key) = burrow_relay::datadir::load_host_key(data_dir)
+        && let Ok(keys) = burrow_relay::host_keys::load(data_dir)
     {
-        let fp = burrow_io::keys::fingerprint(key.public_key());
-        if !pins.contains(&fp) {
-            pins.push(fp);
+        for key in keys.all() {
+            let fp = burrow_io::keys::fingerprint(key.public_key());
+            if !pins.contains(&fp) {
+                pins.push(fp);
+            }
         }
     }
     let relays = if o.address.is_empty() {

@@ -22,6 +22,7 @@ pub async fn run(mut args: RelayArgs, shutdown: CancellationToken) -> Result {
         None => serve(&args, data_dir, shutdown).await,
         Some(RelayCommand::Init) => init(&args, &data_dir).await,
         Some(RelayCommand::Fingerprint { known_hosts }) => fingerprint(&data_dir, known_hosts),
+        Some(RelayCommand::Hostkey(cmd)) => hostkey(&data_dir, cmd),
         Some(RelayCommand::Device(cmd)) => device(&open_db(&args, &data_dir).await?, cmd).await,
         Some(RelayCommand::Operator(cmd)) => operator(&open_db(&args, &data_dir).await?, cmd).await,
         Some(RelayCommand::Token(cmd)) => {
@@ -430,6 +431,71 @@ fn fingerprint(data_dir: &Path, known_hosts: Option<String>) -> Result {
             println!(
                 "{host} {}",
                 burrow_io::keys::public_key_line(key.public_key())
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `relay hostkey add|ls|retire`: the files of the data directory; a running relay reads them
+/// when it starts.
+fn hostkey(data_dir: &Path, cmd: crate::cli::HostkeyCommand) -> Result {
+    use crate::cli::HostkeyCommand;
+    use burrow_relay::host_keys;
+    let config_err = |e: burrow_relay::RelayError| Failure::new(exit::CONFIG, e.to_string());
+    let fp = |k: &burrow_io::keys::PrivateKey| burrow_io::keys::fingerprint(k.public_key());
+    let running = datadir::lock(data_dir).is_err();
+    let restart = if running {
+        "; a relay runs on this data directory: restart it (its devices reconnect on their own)"
+    } else {
+        ""
+    };
+    match cmd {
+        HostkeyCommand::Add => {
+            let key = host_keys::add(data_dir).map_err(config_err)?;
+            println!(
+                "new host key {} held beside the one in use{restart}.
+                 The relay announces both after each login: OpenSSH clients with UpdateHostKeys and burrow agents add it to their pins.
+                 Once every device has connected since (see `burrow relay device ls`), run `burrow relay hostkey retire`.",
+                fp(&key)
+            );
+        }
+        HostkeyCommand::Ls { json } => {
+            let keys = host_keys::load(data_dir).map_err(config_err)?;
+            let rows: Vec<(&str, String, String)> = keys
+                .all()
+                .zip(["in use", "new"])
+                .map(|(k, state)| {
+                    (
+                        state,
+                        fp(k),
+                        burrow_io::keys::public_key_line(k.public_key()),
+                    )
+                })
+                .collect();
+            if json {
+                let list: Vec<_> = rows
+                    .iter()
+                    .map(|(state, fp, key)| {
+                        serde_json::json!({"state": state, "fingerprint": fp, "public_key": key})
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else {
+                for (state, fp, _) in rows {
+                    println!("{state:<7} {fp}");
+                }
+            }
+        }
+        HostkeyCommand::Retire => {
+            let (old, new) = host_keys::retire(data_dir).map_err(config_err)?;
+            println!(
+                "host key {} is now in use; {} is retired and deleted{restart}",
+                fp(&new),
+                fp(&old)
             );
         }
     }

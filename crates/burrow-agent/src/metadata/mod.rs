@@ -290,9 +290,15 @@ impl Supervisor {
             m.host_key = Some(host_key);
         });
         let stop = CancellationToken::new();
+        // The pins come from the metadata, not the config file: a learned one is kept in
+        // memory only (the metadata is where it belongs).
+        let options = crate::AgentOptions {
+            config_file: None,
+            ..self.options.clone()
+        };
         let task = tokio::spawn(crate::run::run_tunnel(
             tunnel.config,
-            self.options.clone(),
+            options,
             self.status.clone(),
             self.current.clone(),
             stop.clone(),

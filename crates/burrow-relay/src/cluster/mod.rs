@@ -247,6 +247,9 @@ pub(crate) async fn keep_present(relay: Arc<Relay>, shutdown: CancellationToken)
         match renewed {
             Ok(()) => {
                 cluster.set_degraded(false, "");
+                if let Some(pg) = &conn {
+                    remember_peer_keys(&relay, &cluster.id, pg).await;
+                }
                 // The registry copy for an outage, at least every minute.
                 if copied.elapsed() >= SNAPSHOT_EVERY && relay.db.refresh_snapshot().await.is_ok() {
                     copied = tokio::time::Instant::now();
@@ -262,6 +265,24 @@ pub(crate) async fn keep_present(relay: Arc<Relay>, shutdown: CancellationToken)
             () = tokio::time::sleep(every) => {}
         }
     }
+}
+
+/// Keeps the host keys of the cluster's other live relays, which this relay announces with
+/// its own: an OpenSSH client that reaches the cluster under one name then keeps them all.
+async fn remember_peer_keys(relay: &Relay, me: &str, pg: &Pg) {
+    let Ok(relays) = pg.live_relays().await else {
+        return;
+    };
+    let keys: Vec<Vec<u8>> = relays
+        .iter()
+        .filter(|(id, _, _)| id != me)
+        .filter_map(|(_, _, line)| burrow_io::keys::parse_public_key(line).ok())
+        .filter_map(|k| k.to_bytes().ok())
+        .collect();
+    *relay
+        .peer_host_keys
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = keys;
 }
 
 /// Hears other relays' announcements until `shutdown`: takeovers cut local sessions, registry
