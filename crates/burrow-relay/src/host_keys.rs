@@ -5,10 +5,14 @@
 //! OpenSSH clients with `UpdateHostKeys` and burrow agents learn it while the old key still
 //! works. Retiring puts the new key in the old one's place; the old key is deleted.
 //!
-//! `relay hostkey add|ls|retire` change the files; a running relay reads them when it starts.
+//! `relay hostkey add|ls|retire` change the files; a running relay notices the change at its
+//! next connection (two `stat`s per connection) and serves that connection with the keys now
+//! there, so a rotation needs no restart. Sessions already up keep what they have: a device
+//! learns the new key when it next logs in.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use burrow_io::keys::PrivateKey;
 use burrow_ssh::kex::HostKey;
@@ -118,6 +122,95 @@ pub fn retire(dir: &Path) -> Result<(PrivateKey, PrivateKey), RelayError> {
     Ok((keys.current, new))
 }
 
+/// The keys a running relay holds, in the forms it uses.
+pub struct Held {
+    /// The keys.
+    pub keys: HostKeys,
+    /// The key in use, for the key exchange.
+    pub ssh: Arc<HostKey>,
+    /// The others, announced and proved.
+    pub extra: Vec<Arc<HostKey>>,
+}
+
+impl Held {
+    fn load(dir: &Path) -> Result<Held, RelayError> {
+        let keys = load(dir)?;
+        let ssh = ssh_key(&keys.current, dir, HOST_KEY_FILE)?;
+        let extra = match &keys.new {
+            Some(new) => vec![ssh_key(new, dir, NEW_HOST_KEY_FILE)?],
+            None => Vec::new(),
+        };
+        Ok(Held { keys, ssh, extra })
+    }
+}
+
+/// How the key files looked when last read: a change to either means reading them again.
+type Stamp = [Option<(SystemTime, u64, u64)>; 2];
+
+fn stamp(dir: &Path) -> Stamp {
+    let one = |file: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(dir.join(file)).ok().map(|m| {
+            (
+                m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                m.ino(),
+                m.len(),
+            )
+        })
+    };
+    [one(HOST_KEY_FILE), one(NEW_HOST_KEY_FILE)]
+}
+
+/// A running relay's keys, read again when `relay hostkey` changed the files.
+pub struct Live {
+    dir: PathBuf,
+    held: RwLock<Arc<Held>>,
+    read: Mutex<Stamp>,
+}
+
+impl Live {
+    /// The keys of `dir` (whose `host_key` exists).
+    pub fn open(dir: &Path) -> Result<Live, RelayError> {
+        let before = stamp(dir);
+        let held = Held::load(dir)?;
+        Ok(Live {
+            dir: dir.to_path_buf(),
+            held: RwLock::new(Arc::new(held)),
+            read: Mutex::new(before),
+        })
+    }
+
+    /// The keys held now.
+    pub fn get(&self) -> Arc<Held> {
+        self.held.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Reads the files again if they changed since they were read; returns the new keys when
+    /// they did. Files that do not read (a key half written) leave the keys as they were, and
+    /// are tried again at the next look.
+    pub fn refresh(&self) -> Option<Arc<Held>> {
+        let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        let now = stamp(&self.dir);
+        if now == *read {
+            return None;
+        }
+        match Held::load(&self.dir) {
+            Ok(held) => {
+                *read = now;
+                let held = Arc::new(held);
+                *self.held.write().unwrap_or_else(|e| e.into_inner()) = held.clone();
+                Some(held)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "the host key files changed but do not read: {e}; keeping the keys held"
+                );
+                None
+            }
+        }
+    }
+}
+
 /// Makes a rename or a new file in `dir` survive a crash.
 fn sync_dir(dir: &Path) -> Result<(), RelayError> {
     std::fs::File::open(dir)
@@ -149,5 +242,24 @@ mod tests {
         let held = load(dir.path()).unwrap();
         assert_eq!(held.current.public_key(), new.public_key());
         assert!(held.new.is_none());
+    }
+
+    #[test]
+    fn a_running_relay_sees_the_files_change() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::datadir::load_or_create_host_key(dir.path()).unwrap();
+        drop(crate::store::Store::open(&dir.path().join(crate::datadir::DATABASE_FILE)).unwrap());
+        let live = Live::open(dir.path()).unwrap();
+        let first = live.get().keys.current.public_key().clone();
+        assert!(live.refresh().is_none(), "nothing changed");
+        let new = add(dir.path()).unwrap();
+        let held = live.refresh().expect("the new key is seen");
+        assert_eq!(held.extra.len(), 1);
+        assert_eq!(held.keys.current.public_key(), &first);
+        retire(dir.path()).unwrap();
+        let held = live.refresh().expect("the retirement is seen");
+        assert_eq!(held.keys.current.public_key(), new.public_key());
+        assert!(held.extra.is_empty());
+        assert_eq!(live.get().keys.current.public_key(), new.public_key());
     }
 }

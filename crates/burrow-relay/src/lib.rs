@@ -119,15 +119,11 @@ pub struct Relay {
     gate: gate::Gate,
     admission_log: admission_log::AdmissionLog,
     /// The host key as the SSH layer signs with it.
-    ssh_host_key: Arc<HostKey>,
-    /// Host keys held besides the one in use (the next one, during a rotation).
-    extra_ssh_host_keys: Vec<Arc<HostKey>>,
-    /// Every host key held.
-    host_keys: host_keys::HostKeys,
+    /// Every host key held (the one in use, and the next one during a rotation).
+    host_keys: host_keys::Live,
     /// The host keys of the cluster's other live relays (blobs), announced with this
     /// relay's own so that clients reaching the cluster under one name keep them.
     peer_host_keys: std::sync::Mutex<Vec<Vec<u8>>>,
-    host_key: PrivateKey,
     tracker: TaskTracker,
     next_id: AtomicU64,
     metrics: metrics::Metrics,
@@ -210,15 +206,9 @@ impl Relay {
                 config.peer_advertise.clone().unwrap_or_default(),
             )
         });
-        let ssh_host_key = host_keys::ssh_key(&host_key, &config.data_dir, datadir::HOST_KEY_FILE)?;
-        let new_host_key = host_keys::load_new(&config.data_dir)?;
-        let mut extra_ssh_host_keys = Vec::new();
-        if let Some(new) = &new_host_key {
-            extra_ssh_host_keys.push(host_keys::ssh_key(
-                new,
-                &config.data_dir,
-                host_keys::NEW_HOST_KEY_FILE,
-            )?);
+        drop(host_key);
+        let host_keys = host_keys::Live::open(&config.data_dir)?;
+        if let Some(new) = &host_keys.get().keys.new {
             tracing::info!(
                 "also holding the new host key {} (announced to clients, which learn it; `burrow relay hostkey retire` puts it in use)",
                 burrow_io::keys::fingerprint(new.public_key())
@@ -256,14 +246,8 @@ impl Relay {
                 config.recordings_max_total,
             ),
             db,
-            ssh_host_key,
-            extra_ssh_host_keys,
-            host_keys: host_keys::HostKeys {
-                current: host_key.clone(),
-                new: new_host_key,
-            },
+            host_keys,
             peer_host_keys: std::sync::Mutex::new(Vec::new()),
-            host_key,
             tracker: TaskTracker::new(),
             next_id: AtomicU64::new(1),
             metrics: metrics::Metrics::default(),
@@ -276,12 +260,35 @@ impl Relay {
 
     /// `SHA256:...` fingerprint of the host key.
     pub fn fingerprint(&self) -> String {
-        burrow_io::keys::fingerprint(self.host_key.public_key())
+        burrow_io::keys::fingerprint(self.host_keys.get().keys.current.public_key())
     }
 
     /// Every host key held (the one in use, and the next one during a rotation).
-    pub fn host_keys(&self) -> &host_keys::HostKeys {
-        &self.host_keys
+    pub fn host_keys(&self) -> host_keys::HostKeys {
+        self.host_keys.get().keys.clone()
+    }
+
+    /// The key in use, for the key exchange (and a cluster relay's identity to its peers).
+    pub(crate) fn ssh_host_key(&self) -> Arc<HostKey> {
+        self.host_keys.get().ssh.clone()
+    }
+
+    /// Reads the host key files again if `relay hostkey` changed them (see
+    /// [`host_keys::Live::refresh`]); true when it did.
+    pub(crate) fn refresh_host_keys(&self) -> bool {
+        let Some(held) = self.host_keys.refresh() else {
+            return false;
+        };
+        let fp = |k: &PrivateKey| burrow_io::keys::fingerprint(k.public_key());
+        match &held.keys.new {
+            Some(new) => tracing::info!(
+                "host keys changed: {} in use, {} new (announced to clients, which learn it)",
+                fp(&held.keys.current),
+                fp(new)
+            ),
+            None => tracing::info!("host keys changed: {} in use", fp(&held.keys.current)),
+        }
+        true
     }
 
     /// The fingerprints of every host key this relay announces after a login: its own, then
@@ -301,9 +308,10 @@ impl Relay {
     /// The SSH settings of a connection this relay accepts: its host key, and the others it
     /// holds or its cluster's relays hold, announced after authentication.
     pub(crate) fn server_transport(&self) -> burrow_ssh::transport::Config {
-        let mut t = self.config.transport(self.ssh_host_key.clone());
+        let held = self.host_keys.get();
+        let mut t = self.config.transport(held.ssh.clone());
         t.announce_host_keys = true;
-        t.extra_host_keys = self.extra_ssh_host_keys.clone();
+        t.extra_host_keys = held.extra.clone();
         t.peer_host_keys = self
             .peer_host_keys
             .lock()
@@ -314,7 +322,7 @@ impl Relay {
 
     /// The host key's public half as an OpenSSH line (for known_hosts files).
     pub fn host_public_key(&self) -> String {
-        burrow_io::keys::public_key_line(self.host_key.public_key())
+        burrow_io::keys::public_key_line(self.host_keys.get().keys.current.public_key())
     }
 
     /// The registry.

@@ -41,7 +41,8 @@ pub(crate) async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
-    if let Ok(addr) = listener.local_addr() {
+    let listening = listener.local_addr().ok();
+    if let Some(addr) = listening {
         tracing::info!("relay listening on {addr}");
         record_address(&relay, addr).await;
     }
@@ -89,6 +90,14 @@ pub(crate) async fn run(
                 Err(e) => break Err(RelayError::Listener(e)),
             },
         };
+        // `relay hostkey add|retire` take effect with the next connection; join strings made
+        // from now on carry the keys now held.
+        if relay.refresh_host_keys()
+            && let Some(addr) = listening
+        {
+            let relay = relay.clone();
+            tokio::spawn(async move { record_address(&relay, addr).await });
+        }
         let cut = shutdown.child_token();
         let permit = match relay.gate.admit(peer.ip(), cut.clone()) {
             Ok(admitted) => {

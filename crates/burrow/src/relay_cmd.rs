@@ -437,27 +437,27 @@ fn fingerprint(data_dir: &Path, known_hosts: Option<String>) -> Result {
     Ok(())
 }
 
-/// `relay hostkey add|ls|retire`: the files of the data directory; a running relay reads them
-/// when it starts.
+/// `relay hostkey add|ls|retire`: the files of the data directory; a running relay uses them
+/// from its next connection on.
 fn hostkey(data_dir: &Path, cmd: crate::cli::HostkeyCommand) -> Result {
     use crate::cli::HostkeyCommand;
     use burrow_relay::host_keys;
     let config_err = |e: burrow_relay::RelayError| Failure::new(exit::CONFIG, e.to_string());
     let fp = |k: &burrow_io::keys::PrivateKey| burrow_io::keys::fingerprint(k.public_key());
     let running = datadir::lock(data_dir).is_err();
-    let restart = if running {
-        "; a relay runs on this data directory: restart it (its devices reconnect on their own)"
-    } else {
-        ""
-    };
     match cmd {
         HostkeyCommand::Add => {
             let key = host_keys::add(data_dir).map_err(config_err)?;
+            println!("new host key {} held beside the one in use", fp(&key));
+            if running {
+                println!(
+                    "the relay running on this data directory announces both from its next login on; \
+                     devices learn the new key when they next connect: restart the relay to have them all reconnect now"
+                );
+            }
             println!(
-                "new host key {} held beside the one in use{restart}.
-                 The relay announces both after each login: OpenSSH clients with UpdateHostKeys and burrow agents add it to their pins.
-                 Once every device has connected since (see `burrow relay device ls`), run `burrow relay hostkey retire`.",
-                fp(&key)
+                "OpenSSH clients with UpdateHostKeys and burrow agents add it to their pins; once every device \
+                 has connected since (`burrow relay device ls`), run `burrow relay hostkey retire`"
             );
         }
         HostkeyCommand::Ls { json } => {
@@ -493,8 +493,13 @@ fn hostkey(data_dir: &Path, cmd: crate::cli::HostkeyCommand) -> Result {
         HostkeyCommand::Retire => {
             let (old, new) = host_keys::retire(data_dir).map_err(config_err)?;
             println!(
-                "host key {} is now in use; {} is retired and deleted{restart}",
+                "host key {} is now in use{}; {} is retired and deleted",
                 fp(&new),
+                if running {
+                    " (by the running relay from its next connection on)"
+                } else {
+                    ""
+                },
                 fp(&old)
             );
         }

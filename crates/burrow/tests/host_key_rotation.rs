@@ -1,8 +1,8 @@
 //! Host key rotation without breaking a device, against real processes: a relay holding a new
-//! host key beside the old one announces both; real OpenSSH with `UpdateHostKeys=yes` adds the
-//! new key to its known_hosts, and a real burrow agent adds the new pin to its config file
-//! (comments and other settings untouched); once the old key is retired, both still connect,
-//! and an agent started afresh from the edited file too.
+//! host key beside the old one (from its next connection on, no restart) announces both; real
+//! OpenSSH with `UpdateHostKeys=yes` adds the new key to its known_hosts, and a real burrow
+//! agent adds the new pin to its config file (comments and other settings untouched); once the
+//! old key is retired, both still connect, and an agent started afresh from the edited file too.
 
 mod common;
 
@@ -102,16 +102,25 @@ async fn openssh_and_an_agent_learn_the_new_key_and_connect_after_the_old_is_ret
         out.contains(&format!("in use  {old_fp}")) && out.contains(&format!("new     {new_fp}")),
         "{out}"
     );
-    relay.stop().await;
-    let relay = TestRelay::start_on(&data, &listen).await;
+    // The running relay holds both from its next connection on: OpenSSH learns the new key.
+    let (ok, out, err) = ssh_output(&op_cfg, &["relay", "ls"], b"").await;
+    assert!(ok, "ssh failed: {err}");
+    assert!(String::from_utf8_lossy(&out).contains("pi"), "{err}");
+    let known = std::fs::read_to_string(&kh).unwrap();
+    assert!(
+        known.contains(&key_part(&new_line)),
+        "known_hosts did not learn the new key:\n{known}\nssh said: {err}"
+    );
     assert_eq!(
         relay.relay.fingerprint(),
         old_fp,
         "the old key stays in use"
     );
 
-    // The agent reconnects, is offered both, asks proof of the new one, and pins it in its
-    // file: the value grows by one pin, nothing else changes.
+    // A restart has every device log in again: the agent is offered both, asks proof of the
+    // new one, and pins it in its file: the value grows by one pin, nothing else changes.
+    relay.stop().await;
+    let relay = TestRelay::start_on(&data, &listen).await;
     let expected = original.replace(
         &format!("\"{old_fp}\""),
         &format!("[\"{old_fp}\", \"{new_fp}\"]"),
@@ -122,32 +131,18 @@ async fn openssh_and_an_agent_learn_the_new_key_and_connect_after_the_old_is_ret
     .await;
     relay.wait_endpoint("pi", 22).await;
 
-    // OpenSSH learns it too.
-    let (ok, out, err) = ssh_output(&op_cfg, &["relay", "ls"], b"").await;
-    assert!(ok, "ssh failed: {err}");
-    assert!(String::from_utf8_lossy(&out).contains("pi"), "{err}");
-    let known = std::fs::read_to_string(&kh).unwrap();
-    assert!(
-        known.contains(&key_part(&new_line)),
-        "known_hosts did not learn the new key:\n{known}\nssh said: {err}"
-    );
-
-    // The old key retired: the relay uses the new one only.
+    // The old key retired, the relay running: new connections get the new key only.
     let (ok, out, err) = relay.cli(&["hostkey", "retire"]);
     assert!(ok, "{err}");
     assert!(out.contains(&new_fp), "{out}");
-    relay.stop().await;
-    let relay = TestRelay::start_on(&data, &listen).await;
-    assert_eq!(relay.relay.fingerprint(), new_fp);
-
-    // Both still connect: the running agent, OpenSSH, and an agent started from the file.
-    relay.wait_endpoint("pi", 22).await;
     let (ok, out, err) = ssh_output(&op_cfg, &["-W", "pi:22", "relay"], b"still here").await;
     assert!(ok, "ssh after the retirement failed: {err}");
     assert_eq!(out, b"still here");
+    assert_eq!(relay.relay.fingerprint(), new_fp);
     // The retired key is no longer announced: OpenSSH drops it.
     let known = std::fs::read_to_string(&kh).unwrap();
     assert!(!known.contains(&key_part(&old_line)), "{known}");
+    // An agent started afresh from the edited file trusts the new key.
     drop(agent);
     eventually("the device to go offline", || {
         relay.relay.online_endpoints("pi").is_none().then_some(())

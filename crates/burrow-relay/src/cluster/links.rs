@@ -233,7 +233,7 @@ async fn dial(relay: &Arc<Relay>, id: &str) -> Result<Linked, Dial> {
         .ok_or_else(|| {
             Dial::Failed(format!("relay {id} has no usable host key in the registry"))
         })?;
-    let mut transport = relay.config.transport(relay.ssh_host_key.clone());
+    let mut transport = relay.config.transport(relay.ssh_host_key());
     transport.role = burrow_ssh::transport::Role::Client;
     transport.host_key = None;
     transport.host_key_check = Some(Box::new(move |blob: &[u8]| blob == expected.as_slice()));
@@ -242,7 +242,7 @@ async fn dial(relay: &Arc<Relay>, id: &str) -> Result<Linked, Dial> {
         Side::Client {
             user: relay.config.relay_id.clone(),
             credentials: vec![burrow_ssh::auth::Credential::Key(Box::new(
-                burrow_ssh::auth::ClientKey::new(relay.host_key.clone()),
+                burrow_ssh::auth::ClientKey::new(relay.host_keys().current),
             ))],
         },
         relay.config.peer_limits(),

@@ -229,7 +229,6 @@ pub(crate) async fn keep_present(relay: Arc<Relay>, shutdown: CancellationToken)
     let Some(url) = relay.db.postgres_url().map(str::to_string) else {
         return;
     };
-    let host_key = relay.host_public_key();
     let every = relay.config.lease / 3;
     let mut conn: Option<Pg> = None;
     let mut copied = tokio::time::Instant::now();
@@ -237,6 +236,8 @@ pub(crate) async fn keep_present(relay: Arc<Relay>, shutdown: CancellationToken)
         if conn.as_ref().is_none_or(Pg::is_closed) {
             conn = Pg::writer(&url, &cluster.id).await.ok();
         }
+        // The key in use now: a rotated key reaches the other relays with the next renewal.
+        let host_key = relay.host_public_key();
         let renewed = match &conn {
             Some(pg) => pg
                 .renew_lease(&cluster.advertise, &host_key, relay.config.lease)

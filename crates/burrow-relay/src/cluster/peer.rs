@@ -48,7 +48,7 @@ pub(crate) async fn serve(relay: Arc<Relay>, listener: TcpListener, shutdown: Ca
         let stop = shutdown.clone();
         relay.tracker.spawn(async move {
             let ssh = Session::new(
-                relay2.config.transport(relay2.ssh_host_key.clone()),
+                relay2.config.transport(relay2.ssh_host_key()),
                 Side::Server {
                     methods: vec![burrow_ssh::auth::method::PUBLICKEY],
                     max_attempts: 2,
