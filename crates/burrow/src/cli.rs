@@ -188,8 +188,9 @@ pub enum RelayCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum HostkeyCommand {
-    /// Make a new host key beside the one in use. After a restart the relay announces both;
-    /// OpenSSH clients with UpdateHostKeys and burrow agents learn the new one.
+    /// Make a new host key beside the one in use. The relay announces both from its next
+    /// login on (no restart needed); OpenSSH clients with UpdateHostKeys and burrow agents
+    /// learn the new one when they next log in.
     Add,
     /// List the host keys held: the one in use and the new one.
     Ls {
@@ -197,8 +198,9 @@ pub enum HostkeyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Put the new key in use and delete the old one (restart the relay after it). Devices
-    /// that never connected since the new key was added no longer trust the relay.
+    /// Put the new key in use and delete the old one (a running relay uses it from its next
+    /// connection on). Devices that never connected since the new key was added no longer
+    /// trust the relay.
     Retire,
 }
 
