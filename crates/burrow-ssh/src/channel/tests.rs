@@ -440,11 +440,18 @@ fn a_global_request_with_data_arrives_whole_and_wants_no_answer() {
     );
     // A request with two fields after its name is known by name only.
     let mut w = Writer::message(msg::GLOBAL_REQUEST);
+    w.string(b"two-fields@example.com")
+        .bool(false)
+        .string(b"field one")
+        .string(b"field two");
+    b.receive(w.into_bytes()).expect("two fields");
+    // OpenSSH's host key announcement is read as the list of keys it is.
+    let mut w = Writer::message(msg::GLOBAL_REQUEST);
     w.string(b"hostkeys-00@openssh.com")
         .bool(false)
         .string(b"key one")
         .string(b"key two");
-    b.receive(w.into_bytes()).expect("two fields");
+    b.receive(w.into_bytes()).expect("host keys");
     while let Some(m) = a.poll_transmit() {
         b.receive(m).expect("request");
     }
@@ -452,9 +459,10 @@ fn a_global_request_with_data_arrives_whole_and_wants_no_answer() {
         events(&mut b),
         vec![
             Event::Global {
-                request: GlobalRequest::Other("hostkeys-00@openssh.com".into()),
+                request: GlobalRequest::Other("two-fields@example.com".into()),
                 want_reply: false
             },
+            Event::HostKeys(vec![b"key one".to_vec(), b"key two".to_vec()]),
             Event::Global {
                 request: GlobalRequest::WithData {
                     name: "health@burrow".into(),
