@@ -288,6 +288,24 @@ impl Relay {
             ),
             None => tracing::info!("host keys changed: {} in use", fp(&held.keys.current)),
         }
+        // Devices logged in already are told now, not at their next login: a burrow agent
+        // takes a second announcement (OpenSSH would end the connection, so stock clients
+        // learn at their next login).
+        let extra: Vec<Arc<HostKey>> = std::iter::once(held.ssh.clone())
+            .chain(held.extra.iter().cloned())
+            .collect();
+        let peers = self
+            .peer_host_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for device in self.registry.all() {
+            if device.software.starts_with("burrow_") {
+                device
+                    .handle
+                    .reannounce_host_keys(extra.clone(), peers.clone());
+            }
+        }
         true
     }
 

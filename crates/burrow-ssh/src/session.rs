@@ -96,8 +96,8 @@ pub struct Session {
     connection: Connection,
     events: VecDeque<Event>,
     failed: Option<SessionError>,
-    /// Client: a proof of host keys was asked for (once per connection, as OpenSSH does).
-    host_keys_asked: bool,
+    /// Client: the host keys a proof was asked of (each once per connection).
+    host_keys_asked: Vec<Vec<u8>>,
 }
 
 impl Session {
@@ -130,7 +130,7 @@ impl Session {
             connection: Connection::new(limits),
             events: VecDeque::new(),
             failed: None,
-            host_keys_asked: false,
+            host_keys_asked: Vec::new(),
         }
     }
 
@@ -361,23 +361,30 @@ impl Session {
     }
 
     /// Client: asks proof of each announced key that the check does not trust and that can
-    /// be checked (Ed25519), the first time the server announces them.
+    /// be checked (Ed25519), once per key and connection (a burrow relay announces again when
+    /// its keys change during the session).
     fn host_keys_announced(&mut self, keys: Vec<Vec<u8>>) {
+        /// Keys asked about in one connection, at most: a relay rotates one key at a time.
+        const MAX_ASKED: usize = 64;
         let config = self.transport.config();
-        if config.role != Role::Client || !config.learn_host_keys || self.host_keys_asked {
+        if config.role != Role::Client || !config.learn_host_keys {
             return;
         }
         let unknown: Vec<Vec<u8>> = keys
             .into_iter()
             .filter(|k| {
                 Reader::new(k).utf8(64, "key type") == Ok(crate::kex::SSH_ED25519)
+                    && !self.host_keys_asked.contains(k)
                     && !self.transport.host_key_trusted(k)
             })
             .collect();
         // One request per key: a key the server cannot prove (another relay's, announced so
         // that clients keep it) then spoils only its own proof.
-        self.host_keys_asked = !unknown.is_empty();
         for key in unknown {
+            if self.host_keys_asked.len() >= MAX_ASKED {
+                return;
+            }
+            self.host_keys_asked.push(key.clone());
             self.connection.prove_host_keys(vec![key]);
         }
     }
@@ -388,16 +395,53 @@ impl Session {
         if config.role != Role::Server || !config.announce_host_keys {
             return;
         }
-        let held: Vec<_> = config
+        let (extra, peers) = (
+            config.extra_host_keys.clone(),
+            config.peer_host_keys.clone(),
+        );
+        self.announce(extra, peers);
+    }
+
+    /// Server: announces the host keys again because they changed while the session is up: the
+    /// key exchange's, now `extra` besides it, and `peers`; proofs are made with these from
+    /// now on. Only for a client that takes more than one announcement (a burrow agent):
+    /// OpenSSH ends the connection at a second one.
+    pub fn reannounce_host_keys(
+        &mut self,
+        extra: Vec<std::sync::Arc<crate::kex::HostKey>>,
+        peers: Vec<Vec<u8>>,
+    ) {
+        let config = self.transport.config();
+        if !self.authenticated
+            || self.failed.is_some()
+            || config.role != Role::Server
+            || !config.announce_host_keys
+        {
+            return;
+        }
+        self.announce(extra, peers);
+    }
+
+    fn announce(&mut self, extra: Vec<std::sync::Arc<crate::kex::HostKey>>, peers: Vec<Vec<u8>>) {
+        let mut held: Vec<std::sync::Arc<crate::kex::HostKey>> = Vec::new();
+        let mut blobs: Vec<Vec<u8>> = Vec::new();
+        for key in self
+            .transport
+            .config()
             .host_key
             .iter()
-            .chain(config.extra_host_keys.iter())
             .cloned()
-            .collect();
-        let mut blobs: Vec<Vec<u8>> = held.iter().map(|k| k.blob()).collect();
-        for peer in &config.peer_host_keys {
-            if !blobs.contains(peer) {
-                blobs.push(peer.clone());
+            .chain(extra)
+        {
+            let blob = key.blob();
+            if !blobs.contains(&blob) {
+                blobs.push(blob);
+                held.push(key);
+            }
+        }
+        for peer in peers {
+            if !blobs.contains(&peer) {
+                blobs.push(peer);
             }
         }
         let session_id = self.session_id();

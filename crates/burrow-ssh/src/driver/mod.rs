@@ -406,6 +406,17 @@ impl Handle {
         }
     }
 
+    /// Server: announces the host keys again after they changed (see
+    /// [`Session::reannounce_host_keys`]); only for clients that take it (burrow agents).
+    pub fn reannounce_host_keys(&self, extra: Vec<Arc<crate::kex::HostKey>>, peers: Vec<Vec<u8>>) {
+        let mut st = self.inner.lock();
+        if st.ended.is_none() {
+            st.session.reannounce_host_keys(extra, peers);
+        }
+        drop(st);
+        self.inner.wake.notify_one();
+    }
+
     /// Whether one of our keepalives is unanswered.
     pub fn keepalive_outstanding(&self) -> bool {
         self.inner
