@@ -7,8 +7,8 @@
 //!
 //! `relay hostkey add|ls|retire` change the files; a running relay notices the change at its
 //! next connection (two `stat`s per connection) and serves that connection with the keys now
-//! there, so a rotation needs no restart. Sessions already up keep what they have: a device
-//! learns the new key when it next logs in.
+//! there, so a rotation needs no restart. Sessions already up keep the key they started with;
+//! the burrow agents among them are told the new keys at once (see `Relay::refresh_host_keys`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};

@@ -189,8 +189,8 @@ pub enum RelayCommand {
 #[derive(Subcommand, Debug)]
 pub enum HostkeyCommand {
     /// Make a new host key beside the one in use. The relay announces both from its next
-    /// login on (no restart needed); OpenSSH clients with UpdateHostKeys and burrow agents
-    /// learn the new one when they next log in.
+    /// connection on (no restart needed): burrow agents logged in learn the new one then,
+    /// OpenSSH clients with UpdateHostKeys at their next login.
     Add,
     /// List the host keys held: the one in use and the new one.
     Ls {

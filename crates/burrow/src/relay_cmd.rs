@@ -451,8 +451,8 @@ fn hostkey(data_dir: &Path, cmd: crate::cli::HostkeyCommand) -> Result {
             println!("new host key {} held beside the one in use", fp(&key));
             if running {
                 println!(
-                    "the relay running on this data directory announces both from its next login on; \
-                     devices learn the new key when they next connect: restart the relay to have them all reconnect now"
+                    "the relay running on this data directory announces both from its next connection on: \
+                     burrow agents logged in learn the new key then, other clients at their next login"
                 );
             }
             println!(
