@@ -284,7 +284,7 @@ async fn migrate_copies_every_row_of_a_single_relay() {
     store
         .quarantine_key(&burrow_relay::store::fleet::Quarantine {
             device: "dev-5".into(),
-            fingerprint: burrow_io::keys::fingerprint(&keys[5]),
+            fingerprint: burrow_io::keys::fingerprint(&keys[10]),
             since: 7,
             detail: "seen twice".into(),
             kept_relay: "single".into(),
