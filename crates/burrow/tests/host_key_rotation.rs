@@ -171,8 +171,15 @@ async fn openssh_and_an_agent_learn_the_new_key_and_connect_after_the_old_is_ret
     relay.stop().await;
 }
 
-/// A cluster relay `id` with its data directory in `dir`, listening on `port`.
-async fn cluster_relay_on(dir: &Path, pg: &TestPostgres, id: &str, port: u16) -> TestRelay {
+/// A cluster relay `id` with its data directory in `dir`, listening on `port`, that clients
+/// reach under the name `advertise`.
+async fn cluster_relay_on(
+    dir: &Path,
+    pg: &TestPostgres,
+    id: &str,
+    port: u16,
+    advertise: &str,
+) -> TestRelay {
     let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let peer_addr = peer.local_addr().unwrap();
     let url = pg.url.clone();
@@ -180,6 +187,7 @@ async fn cluster_relay_on(dir: &Path, pg: &TestPostgres, id: &str, port: u16) ->
         c.database = Some(url);
         c.relay_id = id.to_string();
         c.peer_advertise = Some(peer_addr.to_string());
+        c.advertise = Some(advertise.to_string());
     })
     .await;
     tokio::spawn(
@@ -191,6 +199,9 @@ async fn cluster_relay_on(dir: &Path, pg: &TestPostgres, id: &str, port: u16) ->
     relay
 }
 
+/// The name clients reach the cluster under, in its relays' `--advertise`.
+const SHARED: &str = "burrow-cluster.example:2222";
+
 /// In a cluster each relay holds its own keys in its data directory, and the cluster's keys
 /// are every relay's: a rotating relay's join strings carry its new pin, it announces the other
 /// relays' keys with its own (an OpenSSH client that reaches the cluster under one name keeps
@@ -200,8 +211,10 @@ async fn a_cluster_relay_rotates_its_key_and_keeps_the_clusters() {
     let dir = tempdir();
     let pg = TestPostgres::start().await;
     let (pa, pb) = (free_port(), free_port());
-    let ra = cluster_relay_on(dir.path(), &pg, "ra", pa).await;
-    let rb = cluster_relay_on(dir.path(), &pg, "rb", pb).await;
+    let ra = cluster_relay_on(dir.path(), &pg, "ra", pa, SHARED).await;
+    let rb = cluster_relay_on(dir.path(), &pg, "rb", pb, SHARED).await;
+    // A relay that clients reach under a name of its own: its keys are not the shared name's.
+    let rc = cluster_relay_on(dir.path(), &pg, "rc", free_port(), "rc.example:2222").await;
     let dev_key = keypair(dir.path(), "dev");
     let op_key = keypair(dir.path(), "op");
     let db = ra.relay.db();
@@ -236,9 +249,10 @@ async fn a_cluster_relay_rotates_its_key_and_keeps_the_clusters() {
     let a_new = burrow_io::keys::fingerprint(a_new_key.public_key());
     let a_new_line = burrow_io::keys::public_key_line(a_new_key.public_key());
     ra.stop().await;
-    let ra = cluster_relay_on(dir.path(), &pg, "ra", pa).await;
+    let ra = cluster_relay_on(dir.path(), &pg, "ra", pa, SHARED).await;
     eventually_async("ra to announce the cluster's keys", || async {
         let announced = ra.relay.announced_host_keys();
+        // Never rc's key: a client knowing ra under the shared name does not know it.
         (announced == vec![a_old.clone(), a_new.clone(), b_fp.clone()]).then_some(())
     })
     .await;
@@ -289,7 +303,7 @@ async fn a_cluster_relay_rotates_its_key_and_keeps_the_clusters() {
     let (ok, _, err) = ra.cli(&["hostkey", "retire"]);
     assert!(ok, "{err}");
     ra.stop().await;
-    let ra = cluster_relay_on(dir.path(), &pg, "ra", pa).await;
+    let ra = cluster_relay_on(dir.path(), &pg, "ra", pa, SHARED).await;
     assert_eq!(ra.relay.fingerprint(), a_new);
     ra.wait_endpoint("pi", 22).await;
     let (ok, out, err) = ssh_output(&cfg, &["-W", "pi:22", "relay"], b"cluster").await;
@@ -300,4 +314,5 @@ async fn a_cluster_relay_rotates_its_key_and_keeps_the_clusters() {
     assert!(known.contains(&key_part(&b_line)), "{known}");
     ra.stop().await;
     rb.stop().await;
+    rc.stop().await;
 }

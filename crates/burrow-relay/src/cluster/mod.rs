@@ -268,16 +268,26 @@ pub(crate) async fn keep_present(relay: Arc<Relay>, shutdown: CancellationToken)
     }
 }
 
-/// Keeps the host keys of the cluster's other live relays, which this relay announces with
-/// its own: an OpenSSH client that reaches the cluster under one name then keeps them all.
+/// Keeps the host keys of the other live relays that clients reach under this relay's name
+/// (the same `--advertise` address: one DNS name or load balancer in front of them all), which
+/// this relay announces with its own: an OpenSSH client knowing the cluster under that name
+/// then keeps them all instead of dropping the keys this relay does not hold. Relays with
+/// names of their own announce only their own keys (a client knowing this relay under its own
+/// name would ask proof of the others', which this relay cannot give).
 async fn remember_peer_keys(relay: &Relay, me: &str, pg: &Pg) {
-    let Ok(relays) = pg.live_relays().await else {
+    let (Ok(live), Ok(recorded)) = (pg.live_relays().await, relay.db.relay_addresses().await)
+    else {
         return;
     };
-    let keys: Vec<Vec<u8>> = relays
+    let Some(mine) = recorded.iter().find(|r| r.relay == me).map(|r| &r.address) else {
+        return;
+    };
+    let keys: Vec<Vec<u8>> = recorded
         .iter()
-        .filter(|(id, _, _)| id != me)
-        .filter_map(|(_, _, line)| burrow_io::keys::parse_public_key(line).ok())
+        .filter(|r| r.relay != me && &r.address == mine)
+        .filter(|r| live.iter().any(|(id, _, _)| *id == r.relay))
+        .flat_map(|r| r.host_key.lines())
+        .filter_map(|line| burrow_io::keys::parse_public_key(line).ok())
         .filter_map(|k| k.to_bytes().ok())
         .collect();
     *relay
