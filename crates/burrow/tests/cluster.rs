@@ -925,3 +925,49 @@ async fn a_relay_rides_out_a_database_outage_and_loses_no_audit_entry() {
     drop(stdin);
     let _ = open.wait().await;
 }
+
+/// A device's connect and disconnect set only its last-seen time: no registry change, so no
+/// relay re-checks its sessions for it (a reconnect storm made every relay do so every few
+/// seconds). Real changes still count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_coming_and_going_is_no_registry_change() {
+    use burrow_relay::store::Write;
+    let dir = tempdir();
+    let pg = TestPostgres::start().await;
+    let db = burrow_relay::store::Db::postgres(&pg.url, "r1")
+        .await
+        .unwrap();
+    let dev = keypair(dir.path(), "dev");
+    db.add_device("pi", &[public_key(&dev)]).await.unwrap();
+    let before = db.registry_version().await.unwrap();
+    db.submit(Write::Online {
+        device: "pi".into(),
+        peer: "127.0.0.1:40000".into(),
+        session: 1,
+        instance: "i".into(),
+        key: String::new(),
+        agent: String::new(),
+    });
+    db.submit(Write::Offline {
+        device: "pi".into(),
+        session: 1,
+        reason: String::new(),
+        detail: String::new(),
+    });
+    db.flush().await;
+    let seen = db.devices().await.unwrap();
+    assert!(seen[0].last_seen.is_some(), "the writes were not applied");
+    assert_eq!(db.registry_version().await.unwrap(), before);
+    let (client, conn) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .execute("UPDATE devices SET pending = true WHERE name = 'pi'", &[])
+        .await
+        .unwrap();
+    let pending = db.registry_version().await.unwrap();
+    assert!(pending > before);
+    assert!(db.approve_device("pi").await.unwrap());
+    assert!(db.registry_version().await.unwrap() > pending);
+}

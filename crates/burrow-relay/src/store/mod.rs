@@ -37,6 +37,11 @@ pub(crate) const REGISTRY_TABLES: [&str; 7] = [
     "operator_allow",
 ];
 
+/// The columns of `devices` whose update is a registry change: every column but `last_seen`,
+/// which each connect and disconnect sets. A column added to `devices` must be added here (a
+/// test compares this list with the table).
+pub(crate) const DEVICE_COLUMNS_THAT_COUNT: [&str; 3] = ["name", "created", "pending"];
+
 /// A database error with the operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

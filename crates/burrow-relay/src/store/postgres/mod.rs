@@ -28,7 +28,7 @@ mod schema;
 mod writes;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 /// Channel of registry changes (devices, keys, operators, rules): payload unused.
 pub const REGISTRY_CHANNEL: &str = "burrow_registry";

@@ -171,6 +171,21 @@ fn schema_v6() -> String {
     )
 }
 
+/// Version 7: a device's connect or disconnect (an update of `last_seen` alone) is no registry
+/// change. Every one moved the registry version and sent a NOTIFY, so during a reconnect storm
+/// every relay re-checked every open session against the whole registry every few seconds.
+/// Updates count when they name any other column ([`DEVICE_COLUMNS_THAT_COUNT`]).
+fn schema_v7() -> String {
+    format!(
+        "DROP TRIGGER devices_changed ON devices;
+CREATE TRIGGER devices_changed AFTER INSERT OR DELETE ON devices
+    FOR EACH STATEMENT EXECUTE FUNCTION burrow_registry_changed();
+CREATE TRIGGER devices_updated AFTER UPDATE OF {} ON devices
+    FOR EACH STATEMENT EXECUTE FUNCTION burrow_registry_changed();",
+        crate::store::DEVICE_COLUMNS_THAT_COUNT.join(", ")
+    )
+}
+
 /// Brings the schema to [`SCHEMA_VERSION`] under an advisory lock.
 pub(super) async fn migrate(client: &Client) -> Result<(), StoreError> {
     client
@@ -265,6 +280,17 @@ pub(super) async fn migrate(client: &Client) -> Result<(), StoreError> {
             if let Err(e) = client.batch_execute(&script).await {
                 let _ = client.batch_execute("ROLLBACK").await;
                 return Err(pg("bringing the schema to version 6 (audit queries)")(e));
+            }
+        }
+        if version < 7 {
+            let script = format!(
+                "BEGIN;\n{}\nINSERT INTO schema_migrations VALUES (7, {});\nCOMMIT;",
+                schema_v7(),
+                now()
+            );
+            if let Err(e) = client.batch_execute(&script).await {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(pg("bringing the schema to version 7 (last seen is no registry change)")(e));
             }
         }
         Ok(())

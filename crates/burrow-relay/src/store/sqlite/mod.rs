@@ -32,7 +32,7 @@ mod tests;
 pub use backup::{BackupReport, backup, restore};
 
 /// The schema version this build writes; each step below brings a database one version up.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// The relay database.
 pub struct Store {

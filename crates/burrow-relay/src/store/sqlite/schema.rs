@@ -143,7 +143,8 @@ pub(super) fn migrate(c: &Connection) -> Result<(), StoreError> {
             3 => checkpoint_v3(c),
             4 => fleet_v4(c),
             5 => health_v5(c),
-            _ => audit_query_v6(c),
+            6 => audit_query_v6(c),
+            _ => last_seen_v7(c),
         };
         let done = step.and_then(|()| {
             c.execute_batch(&format!("PRAGMA user_version = {to}; COMMIT"))
@@ -228,6 +229,19 @@ fn registry_version_v2(c: &Connection) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// Version 7: a device's connect or disconnect (an update of `last_seen` alone) does not move
+/// the registry version, which made the relay re-check every open session against the whole
+/// registry after each one. Updates count when they name any other column.
+fn last_seen_v6(c: &Connection) -> Result<(), StoreError> {
+    c.execute_batch(&format!(
+        "DROP TRIGGER IF EXISTS devices_update_version;
+         CREATE TRIGGER devices_update_version AFTER UPDATE OF {} ON devices
+         BEGIN UPDATE meta SET registry_version = registry_version + 1; END;",
+        crate::store::DEVICE_COLUMNS_THAT_COUNT.join(", ")
+    ))
+    .map_err(sql("keeping last seen out of the registry version"))
 }
 
 fn fleet_v4(c: &Connection) -> Result<(), StoreError> {

@@ -306,4 +306,45 @@ fn audit_filters_find_what_a_scan_finds() {
             "{query:?}"
         );
     }
+
+#[test]
+fn a_device_coming_and_going_is_no_registry_change() {
+    let s = Store::open_in_memory().unwrap();
+    let k = generate_ed25519().public_key().clone();
+    s.add_device("pi", std::slice::from_ref(&k)).unwrap();
+    let before = s.registry_version().unwrap();
+    s.set_online("pi", "127.0.0.1:40000").unwrap();
+    s.set_offline("pi").unwrap();
+    assert!(s.last_seen("pi").unwrap().is_some());
+    assert_eq!(
+        s.registry_version().unwrap(),
+        before,
+        "a connect and a disconnect moved the registry version"
+    );
+    // Any other change to a device row still does.
+    s.with(|c| {
+        c.execute("UPDATE devices SET pending = 1 WHERE name = 'pi'", [])
+            .map_err(sql("test"))
+    })
+    .unwrap();
+    let pending = s.registry_version().unwrap();
+    assert!(pending > before);
+    assert!(s.approve_device("pi").unwrap());
+    assert!(s.registry_version().unwrap() > pending);
+    // Every column of the table but last_seen is in the trigger's list.
+    let mut columns: Vec<String> = s
+        .with(|c| {
+            let mut q = c
+                .prepare("SELECT name FROM pragma_table_info('devices')")
+                .map_err(sql("test"))?;
+            q.query_map([], |r| r.get(0))
+                .and_then(|rows| rows.collect::<Result<Vec<String>, _>>())
+                .map_err(sql("test"))
+        })
+        .unwrap();
+    columns.retain(|c| c != "last_seen");
+    columns.sort();
+    let mut counted = crate::store::DEVICE_COLUMNS_THAT_COUNT.to_vec();
+    counted.sort();
+    assert_eq!(columns, counted);
 }
