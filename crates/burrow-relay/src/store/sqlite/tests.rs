@@ -306,6 +306,7 @@ fn audit_filters_find_what_a_scan_finds() {
             "{query:?}"
         );
     }
+}
 
 #[test]
 fn a_device_coming_and_going_is_no_registry_change() {
