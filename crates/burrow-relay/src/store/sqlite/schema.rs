@@ -234,7 +234,7 @@ fn registry_version_v2(c: &Connection) -> Result<(), StoreError> {
 /// Version 7: a device's connect or disconnect (an update of `last_seen` alone) does not move
 /// the registry version, which made the relay re-check every open session against the whole
 /// registry after each one. Updates count when they name any other column.
-fn last_seen_v6(c: &Connection) -> Result<(), StoreError> {
+fn last_seen_v7(c: &Connection) -> Result<(), StoreError> {
     c.execute_batch(&format!(
         "DROP TRIGGER IF EXISTS devices_update_version;
          CREATE TRIGGER devices_update_version AFTER UPDATE OF {} ON devices
