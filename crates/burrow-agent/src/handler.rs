@@ -32,11 +32,8 @@ pub(crate) struct Shared {
     pub(crate) pin_file: Option<std::path::PathBuf>,
     /// Local service by the port the relay sends in `forwarded-tcpip`.
     pub(crate) services: HashMap<u16, Target>,
-    /// Consoles by their endpoint port.
-    pub(crate) consoles: HashMap<u16, burrow_proto::agent_config::Console>,
-    /// Line speeds operators set, kept across attaches and sessions.
-    pub(crate) speeds: crate::console::Speeds,
-    pub(crate) port_opener: Arc<dyn crate::console::port::PortOpener>,
+    /// Consoles by their endpoint port: their ports are kept open for the agent's life.
+    pub(crate) consoles: HashMap<u16, Arc<crate::console::Keeper>>,
 }
 
 pub(crate) struct AgentHandler {
@@ -128,15 +125,13 @@ impl Handler for AgentHandler {
             }
             return;
         }
-        if let Some(console) = self.shared.consoles.get(&port).cloned() {
+        if let Some(keeper) = self.shared.consoles.get(&port).cloned() {
             let Ok(channel) = offer.accept() else { return };
-            tracing::info!("console {} opened from {originator}", console.name);
+            tracing::info!("console {} opened from {originator}", keeper.console.name);
             let guard = self.streams.from_relay();
-            let opener = self.shared.port_opener.clone();
             let streams = self.streams.clone();
-            let speeds = self.shared.speeds.clone();
             tokio::spawn(async move {
-                crate::console::serve(channel, console, opener, streams, speeds).await;
+                crate::console::serve(channel, keeper, streams).await;
                 drop(guard);
             });
             return;

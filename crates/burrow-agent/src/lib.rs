@@ -54,6 +54,10 @@ pub struct AgentOptions {
     pub status_file: PathBuf,
     /// How console ports are opened (real terminals unless a test stands in another backend).
     pub port_opener: std::sync::Arc<dyn console::port::PortOpener>,
+    /// Where sysfs and device nodes are, for consoles named by USB identity.
+    pub roots: console::locate::Roots,
+    /// Where the port logs and undelivered alerts are kept (default: beside the status file).
+    pub state_dir: PathBuf,
     /// This agent process, as it tells relays (random per start): its sessions on several
     /// relays belong together, and the next start (a reboot) takes them all over.
     pub instance: String,
@@ -66,8 +70,13 @@ pub struct AgentOptions {
 impl AgentOptions {
     /// Defaults with the given status file.
     pub fn new(status_file: PathBuf) -> Self {
+        let state_dir = status_file
+            .parent()
+            .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf);
         AgentOptions {
             status_file,
+            state_dir,
+            roots: console::locate::Roots::default(),
             port_opener: std::sync::Arc::new(console::TtyOpener),
             instance: format!("{:016x}", rand::random::<u64>()),
             config_file: None,

@@ -61,6 +61,13 @@ impl Streams {
         Metered::new(io, self.traffic.clone())
     }
 
+    /// A console's port moved bytes for an attached channel (the port is not a stream of its
+    /// own: it stays open when nobody is attached).
+    pub(crate) fn touch(&self) {
+        self.traffic.received();
+        self.opened.store(true, Ordering::Relaxed);
+    }
+
     /// When a stream last opened or moved bytes, if any ever did.
     pub(crate) fn moved_at(&self) -> Option<Instant> {
         self.opened

@@ -102,22 +102,6 @@ pub(crate) async fn run_tunnel(
         });
         services.insert(e.requested_port(), target);
     }
-    let consoles: HashMap<u16, _> = config
-        .consoles()
-        .map(|(c, port)| (port, c.clone()))
-        .collect();
-    let shared = Arc::new(Shared {
-        instance: options.instance.clone(),
-        consoles,
-        speeds: Default::default(),
-        port_opener: options.port_opener.clone(),
-        host_key: Mutex::new(host_key),
-        pin_file: options
-            .config_file
-            .clone()
-            .filter(|_| config.host_key.is_some()),
-        services,
-    });
     let relay_list = relays
         .iter()
         .map(Target::to_string)
@@ -125,10 +109,10 @@ pub(crate) async fn run_tunnel(
         .join(", ");
     let mut console_status = Vec::new();
     for (console, port) in config.consoles() {
-        let device = console.device.display().to_string();
+        let device = console.port_label();
         // Served anyway (a USB adapter may be plugged in later), but said at once: a mistyped
         // path would otherwise show only when an operator attaches.
-        if !console.device.exists() {
+        if console.usb.is_none() && !console.device.exists() {
             tracing::warn!(
                 "console {}: {device} does not exist (yet); operators attaching see it offline until it appears. Check the path (ls /dev/serial/by-id/)",
                 console.name
@@ -139,9 +123,58 @@ pub(crate) async fn run_tunnel(
             device,
             baud: console.baud,
             port,
+            present: None,
+            line: None,
         });
     }
     status.retarget(&config.name, &relay_list, endpoints, console_status);
+    // The consoles' ports stay open for as long as this configuration runs, attached or not.
+    let consoles_stop = shutdown.child_token();
+    let _stop_consoles = consoles_stop.clone().drop_guard();
+    let log_wake = Arc::new(tokio::sync::Notify::new());
+    let alerts = Arc::new(crate::console::AlertQueue::open(
+        options.state_dir.join("console-log"),
+        log_wake.clone(),
+    ));
+    let env = crate::console::KeeperEnv {
+        opener: options.port_opener.clone(),
+        roots: options.roots.clone(),
+        alerts: alerts.clone(),
+        log_dir: options.state_dir.join("console-log"),
+        log_wake: log_wake.clone(),
+        status: status.clone(),
+    };
+    let mut consoles = HashMap::new();
+    let mut keepers = Vec::new();
+    for (console, port) in config.consoles() {
+        let keeper = crate::console::Keeper::start(console.clone(), &env, consoles_stop.clone())
+            .map_err(AgentError::Config)?;
+        keepers.push(keeper.clone());
+        consoles.insert(port, keeper);
+    }
+    let shared = Arc::new(Shared {
+        instance: options.instance.clone(),
+        consoles,
+        host_key: Mutex::new(host_key),
+        pin_file: options
+            .config_file
+            .clone()
+            .filter(|_| config.host_key.is_some()),
+        services,
+    });
+    if !keepers.is_empty() || !alerts.pending().is_empty() {
+        let uploads = Arc::new(crate::console::Uploads {
+            keepers,
+            alerts,
+            wake: log_wake,
+            default_delay: config.schedule().interval,
+        });
+        tokio::spawn(crate::console::run_uploads(
+            uploads,
+            current.clone(),
+            consoles_stop.clone(),
+        ));
+    }
 
     let connections = config.connection_count();
     let interval = config.health_interval();

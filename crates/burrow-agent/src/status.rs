@@ -47,6 +47,12 @@ pub struct ConsoleStatus {
     pub baud: u32,
     /// Its endpoint port (RFC 2217).
     pub port: u16,
+    /// Whether its port is open now (as the agent last saw it).
+    #[serde(default)]
+    pub present: Option<bool>,
+    /// Its line settings now (`9600 8N1, flow none, DTR on, RTS on`).
+    #[serde(default)]
+    pub line: Option<String>,
 }
 
 /// The last end-to-end probe.
@@ -407,15 +413,16 @@ pub fn render(s: &Status) -> String {
     if !s.consoles.is_empty() {
         out.push_str("consoles\n");
         for c in &s.consoles {
-            // Looked at now: a USB adapter comes and goes without the agent writing its status.
-            let present = if Path::new(&c.device).exists() {
-                "present".to_string()
-            } else {
-                format!("MISSING: no {} on this machine now", c.device)
+            // A path is looked at now (the agent may be stopped); a USB identity only the
+            // agent can resolve.
+            let present = match (c.present, Path::new(&c.device).exists()) {
+                (_, true) | (Some(true), _) => "present".to_string(),
+                _ => format!("MISSING: no {} on this machine now", c.device),
             };
+            let line = c.line.clone().unwrap_or_else(|| format!("{} baud", c.baud));
             out.push_str(&format!(
-                "  {}/{} -> {} @ {} baud (endpoint {})  {present}\n",
-                s.name, c.name, c.device, c.baud, c.port
+                "  {}/{} -> {} @ {line} (endpoint {})  {present}\n",
+                s.name, c.name, c.device, c.port
             ));
         }
     }

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`activity`]: when bytes last moved each way on a connection.
+//! - [`deflate`]: a deflate stream in pieces decodable on arrival (the port log's upload).
 //! - [`first_bytes`]: a stream wrapper that keeps what the peer sent first (its SSH banner).
 //! - [`keys`]: loading, generating and fingerprinting SSH keys; key file permission checks.
 //! - [`splice`]: copying both ways between channels and TCP streams, honouring half-close.
@@ -12,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod activity;
+pub mod deflate;
 pub mod first_bytes;
 pub mod http;
 pub mod keys;

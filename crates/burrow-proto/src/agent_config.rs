@@ -107,116 +107,10 @@ pub struct Connect {
     pub to: String,
 }
 
-/// Parity of a serial line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Parity {
-    /// No parity bit.
-    #[default]
-    None,
-    /// Odd parity.
-    Odd,
-    /// Even parity.
-    Even,
-}
-
-/// Flow control of a serial line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum FlowControl {
-    /// None (what router consoles use).
-    #[default]
-    None,
-    /// XON/XOFF.
-    Software,
-    /// RTS/CTS.
-    Hardware,
-}
-
-/// First endpoint port of consoles (the RFC 2217 port number); later ones count up.
-pub const DEFAULT_CONSOLE_PORT: u16 = 2217;
-/// Default console speed.
-pub const DEFAULT_BAUD: u32 = 9600;
-
-/// One `[[console]]` entry: a local serial port served as a console endpoint.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Console {
-    /// Console name (`OPERATOR:DEVICE/NAME`); default `console`.
-    #[serde(default = "default_console_name")]
-    pub name: String,
-    /// Serial device, e.g. `/dev/ttyUSB0`.
-    pub device: PathBuf,
-    /// Line speed (default 9600).
-    #[serde(default = "default_baud")]
-    pub baud: u32,
-    /// Data bits, 5-8 (default 8).
-    #[serde(default = "default_data_bits")]
-    pub data_bits: u8,
-    /// Parity (default none).
-    #[serde(default)]
-    pub parity: Parity,
-    /// Stop bits, 1 or 2 (default 1).
-    #[serde(default = "default_stop_bits")]
-    pub stop_bits: u8,
-    /// Flow control (default none).
-    #[serde(default)]
-    pub flow_control: FlowControl,
-    /// Endpoint port (RFC 2217 through `ssh -L`); default 2217, 2218, ... in order.
-    pub port: Option<u16>,
-}
-
-fn default_console_name() -> String {
-    crate::name::DEFAULT_CONSOLE.to_string()
-}
-fn default_baud() -> u32 {
-    DEFAULT_BAUD
-}
-fn default_data_bits() -> u8 {
-    8
-}
-fn default_stop_bits() -> u8 {
-    1
-}
-
-impl Console {
-    /// A console with default line settings.
-    pub fn new(name: impl Into<String>, device: impl Into<PathBuf>, baud: u32) -> Self {
-        Console {
-            name: name.into(),
-            device: device.into(),
-            baud,
-            data_bits: 8,
-            parity: Parity::None,
-            stop_bits: 1,
-            flow_control: FlowControl::None,
-            port: None,
-        }
-    }
-
-    /// Parses the quick flag form `[NAME=]DEVICE[@BAUD]`, e.g. `/dev/ttyUSB0@115200`.
-    pub fn parse_flag(spec: &str) -> Result<Console, ConfigError> {
-        let (name, rest) = match spec.split_once('=') {
-            Some((n, r)) => (n.to_string(), r),
-            None => (default_console_name(), spec),
-        };
-        let (device, baud) = match rest.rsplit_once('@') {
-            Some((d, b)) => (
-                d,
-                b.parse::<u32>().map_err(|_| {
-                    ConfigError::Invalid(format!("--console {spec}: {b:?} is not a baud rate"))
-                })?,
-            ),
-            None => (rest, DEFAULT_BAUD),
-        };
-        if device.is_empty() {
-            return Err(ConfigError::Invalid(format!(
-                "--console {spec}: write [NAME=]DEVICE[@BAUD], e.g. /dev/ttyUSB0@9600"
-            )));
-        }
-        Ok(Console::new(name, device, baud))
-    }
-}
+pub use crate::console_config::{
+    Console, DEFAULT_BAUD, DEFAULT_CONSOLE_PORT, LogUpload, PowerOutlet, UsbId,
+};
+pub use crate::serial::{FlowControl, Parity};
 
 /// A string, or a list of strings kept comma-separated.
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -598,23 +492,14 @@ impl AgentConfig {
                     console.name
                 ));
             }
-            if !(5..=8).contains(&console.data_bits) {
-                return invalid(format!(
-                    "[[console]] {}: data_bits must be 5 to 8",
-                    console.name
-                ));
-            }
-            if !(1..=2).contains(&console.stop_bits) {
-                return invalid(format!(
-                    "[[console]] {}: stop_bits must be 1 or 2",
-                    console.name
-                ));
-            }
-            if console.baud == 0 {
-                return invalid(format!(
-                    "[[console]] {}: baud must be positive",
-                    console.name
-                ));
+            console.validate().map_err(ConfigError::Invalid)?;
+            for rule in &console.alert {
+                if let Err(e) = regex_lite::Regex::new(&rule.pattern) {
+                    return invalid(format!(
+                        "[[console.alert]] of console {}: pattern {:?} is not a regular expression: {e}",
+                        console.name, rule.pattern
+                    ));
+                }
             }
         }
         for c in &self.connect {

@@ -9,6 +9,12 @@
 //! | `^Ecs` | spy: read-only |
 //! | `^Ecr` | replay recent output |
 //! | `^EcbRATE<Enter>` | change the baud rate (e.g. `^Ecb115200` Enter) |
+//! | `^Ec=SETTINGS<Enter>` | change line settings (`^Ec=7E1 flow=rts-cts` Enter) |
+//! | `^Ect` | replay the port log with a timestamp per line |
+//! | `^Ecw` | who is attached, and how |
+//! | `^Eci` | the status line: line settings, writer, recording |
+//! | `^Ecp` | power: `1` on, `0` off, `c` cycle, `b` cycle then BREAK; then `y` to confirm |
+//! | `^Ecx` | binary transfer: escapes off until input pauses (XMODEM, YMODEM) |
 //! | `^Ec?` | help |
 //! | `^Ec^Ec` | send `^Ec` itself through |
 //!
@@ -20,6 +26,43 @@ pub const DEFAULT_PREFIX: [u8; 2] = [0x05, b'c'];
 
 /// Longest baud rate typed after `^Ecb`.
 const MAX_BAUD_DIGITS: usize = 8;
+/// Longest settings line typed after `^Ec=`.
+const MAX_SETTINGS: usize = 128;
+
+/// A power action chosen in the `^Ecp` menu.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerKey {
+    /// `1`: on.
+    On,
+    /// `0`: off.
+    Off,
+    /// `c`: cycle.
+    Cycle,
+    /// `b`: cycle, then hold BREAK while the device boots.
+    CycleBreak,
+}
+
+impl PowerKey {
+    fn from_key(b: u8) -> Option<PowerKey> {
+        Some(match b {
+            b'1' => PowerKey::On,
+            b'0' => PowerKey::Off,
+            b'c' => PowerKey::Cycle,
+            b'b' => PowerKey::CycleBreak,
+            _ => return None,
+        })
+    }
+
+    /// The word the agent takes (`on`, `off`, `cycle`, `cycle-break`).
+    pub fn word(self) -> &'static str {
+        match self {
+            PowerKey::On => "on",
+            PowerKey::Off => "off",
+            PowerKey::Cycle => "cycle",
+            PowerKey::CycleBreak => "cycle-break",
+        }
+    }
+}
 
 /// What the operator's keystrokes ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +85,24 @@ pub enum Action {
     Replay,
     /// Change the line speed.
     Baud(u32),
+    /// Change line settings (the words typed after `=`).
+    Settings(String),
+    /// Replay the port log with timestamps.
+    ReplayTimestamps,
+    /// Who is attached.
+    Who,
+    /// The status line.
+    Info,
+    /// Binary transfer: escapes off until input pauses.
+    Binary,
+    /// The power menu opened (the next key chooses).
+    PowerMenu,
+    /// A power action chosen: `y` confirms it.
+    PowerAsk(PowerKey),
+    /// A power action confirmed.
+    Power(PowerKey),
+    /// The power menu closed without an action.
+    PowerCancelled,
     /// An escape that is not known (the key), answered with help.
     Unknown(u8),
 }
@@ -59,6 +120,12 @@ enum State {
     Break,
     /// Typing a baud rate.
     Baud(String),
+    /// Typing settings.
+    Settings(String),
+    /// In the power menu: the next key chooses.
+    Power,
+    /// A power action chosen: `y` confirms.
+    PowerConfirm(PowerKey),
 }
 
 /// The parser; one per operator session.
@@ -120,6 +187,18 @@ impl EscapeParser {
                     b'f' => Some(Action::Force),
                     b's' => Some(Action::Spy),
                     b'r' => Some(Action::Replay),
+                    b't' => Some(Action::ReplayTimestamps),
+                    b'w' => Some(Action::Who),
+                    b'i' => Some(Action::Info),
+                    b'x' => Some(Action::Binary),
+                    b'p' => {
+                        self.state = State::Power;
+                        Some(Action::PowerMenu)
+                    }
+                    b'=' => {
+                        self.state = State::Settings(String::new());
+                        None
+                    }
                     b'l' => {
                         self.state = State::Break;
                         None
@@ -153,6 +232,30 @@ impl EscapeParser {
                     },
                     _ => Some(Action::Unknown(b'b')),
                 },
+                State::Settings(mut text) => match b {
+                    b'\r' | b'\n' if !text.trim().is_empty() => Some(Action::Settings(text)),
+                    // Backspace and delete take back a character.
+                    0x08 | 0x7f => {
+                        text.pop();
+                        self.state = State::Settings(text);
+                        None
+                    }
+                    b' '..=b'~' if text.len() < MAX_SETTINGS => {
+                        text.push(char::from(b));
+                        self.state = State::Settings(text);
+                        None
+                    }
+                    _ => Some(Action::Unknown(b'=')),
+                },
+                State::Power => match PowerKey::from_key(b) {
+                    Some(k) => {
+                        self.state = State::PowerConfirm(k);
+                        Some(Action::PowerAsk(k))
+                    }
+                    None => Some(Action::PowerCancelled),
+                },
+                State::PowerConfirm(k) if b == b'y' || b == b'Y' => Some(Action::Power(k)),
+                State::PowerConfirm(_) => Some(Action::PowerCancelled),
             };
             if let Some(action) = action {
                 if !send.is_empty() {
@@ -170,6 +273,11 @@ impl EscapeParser {
     /// Whether the parser is in the middle of an escape (it holds back keystrokes).
     pub fn pending(&self) -> bool {
         self.state != State::Normal
+    }
+
+    /// Leaves an escape under way (a menu that has nothing to offer).
+    pub fn reset(&mut self) {
+        self.state = State::Normal;
     }
 }
 
@@ -209,8 +317,14 @@ pub fn help_text(prefix: [u8; 2]) -> String {
          \x20 a            attach read-write (when nobody writes)\r\n\
          \x20 f            force read-write (take it over)\r\n\
          \x20 s            spy (read-only)\r\n\
-         \x20 r            replay recent output\r\n\
+         \x20 r            replay the port log (recent output)\r\n\
          \x20 bRATE Enter  change baud rate, e.g. b115200\r\n\
+         \x20 =SET Enter   change line settings, e.g. =7E1 flow=rts-cts imap=crlf dtr=pulse\r\n\
+         \x20 t            replay the port log with timestamps\r\n\
+         \x20 i            status: line settings, writer, recording\r\n\
+         \x20 w            who is attached, and how\r\n\
+         \x20 p            power: 1 on, 0 off, c cycle, b cycle then BREAK (then y)\r\n\
+         \x20 x            binary transfer (XMODEM): escapes off until input pauses 5 s\r\n\
          \x20 ?            this help\r\n\
          \x20 {p}     send {p} itself\r\n"
     )
@@ -239,6 +353,22 @@ mod tests {
                 vec![Attach, Force, Spy, Replay, Help],
             ),
             (b"\x05cb115200\r", vec![Baud(115_200)]),
+            (b"\x05c=7E1 dtr=off\r", vec![Settings("7E1 dtr=off".into())]),
+            (b"\x05c=8N2x\x7f1\r", vec![Settings("8N21".into())]),
+            (b"\x05c=\r", vec![Unknown(b'=')]),
+            (
+                b"\x05ct\x05cw\x05ci\x05cx",
+                vec![ReplayTimestamps, Who, Info, Binary],
+            ),
+            (
+                b"\x05cpcy",
+                vec![PowerMenu, PowerAsk(PowerKey::Cycle), Power(PowerKey::Cycle)],
+            ),
+            (
+                b"\x05cpbn",
+                vec![PowerMenu, PowerAsk(PowerKey::CycleBreak), PowerCancelled],
+            ),
+            (b"\x05cpz", vec![PowerMenu, PowerCancelled]),
             (b"\x05cb\r", vec![Unknown(b'b')]),
             (b"\x05cbx", vec![Unknown(b'b')]),
             (b"\x05cz", vec![Unknown(b'z')]),

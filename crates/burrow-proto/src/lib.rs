@@ -12,6 +12,10 @@
 //! - [`escape`]: the console escape parser (`Ctrl-E c` ...).
 //! - [`asciicast`]: asciicast v2 recording lines and a UTF-8 stream decoder.
 //! - [`agent_config`]: the agent's TOML configuration and its validation.
+//! - [`console_config`]: one `[[console]]`: port, line settings, port log, alerts, power.
+//! - [`serial`]: serial line settings (`8N1`, flow control, DTR/RTS, CR/LF mapping).
+//! - [`portlog`]: port log records, their rendering as lines, the upload channel's frames.
+//! - [`pattern_alert`]: pattern alerts on console output, with context and quiet times.
 //! - [`secret`]: a string wrapper that never shows in `Debug` output.
 //! - [`text`]: untrusted strings escaped and bounded before they are logged or stored.
 //! - [`size`]: byte sizes written as `64M` or `1G`.
@@ -34,6 +38,7 @@ pub mod agent_config;
 pub mod asciicast;
 pub mod authorized_keys;
 pub mod backoff;
+pub mod console_config;
 pub mod csv;
 pub mod escape;
 pub mod glob;
@@ -44,9 +49,12 @@ pub mod liveness;
 pub mod metadata;
 pub mod modem;
 pub mod name;
+pub mod pattern_alert;
 pub mod pin_edit;
+pub mod portlog;
 pub mod rfc2217;
 pub mod secret;
+pub mod serial;
 pub mod size;
 pub mod text;
 pub mod time;

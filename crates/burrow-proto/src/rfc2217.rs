@@ -3,8 +3,10 @@
 //! Serial data travels with IAC (0xFF) doubled; control travels as subnegotiations
 //! `IAC SB COM-PORT-OPTION <command> <value> IAC SE`. burrow adds one private option,
 //! [`NOTICE_OPTION`], whose subnegotiation carries a UTF-8 line from the serial side to the
-//! operator ("break failed: ...", "offline: /dev/ttyUSB0 is gone"); standard RFC 2217 clients such
-//! as pyserial ignore it. The decoder is incremental and never panics on hostile input.
+//! operator ("break failed: ...", "offline: /dev/ttyUSB0 is gone"), and [`CONTROL_OPTION`], whose
+//! subnegotiation carries a burrow request or report between relay and agent (`power cycle`,
+//! `set parity=even`, `line 9600 8N1, ...`); standard RFC 2217 clients such as pyserial ignore
+//! both. The decoder is incremental and never panics on hostile input.
 
 /// Interpret As Command.
 pub const IAC: u8 = 255;
@@ -22,6 +24,8 @@ const BINARY: u8 = 0;
 const SGA: u8 = 3;
 /// burrow's private option for notices from the serial side (unassigned by IANA).
 pub const NOTICE_OPTION: u8 = 183;
+/// burrow's private option for requests and reports between relay and agent.
+pub const CONTROL_OPTION: u8 = 184;
 /// Longest subnegotiation accepted; longer ones are dropped.
 pub const MAX_SUBNEGOTIATION: usize = 1024;
 
@@ -35,6 +39,14 @@ pub const CONTROL_FLOW_NONE: u8 = 1;
 pub const CONTROL_FLOW_XONXOFF: u8 = 2;
 /// SET-CONTROL value: hardware (RTS/CTS) flow control.
 pub const CONTROL_FLOW_HARDWARE: u8 = 3;
+/// SET-CONTROL value: DTR on.
+pub const CONTROL_DTR_ON: u8 = 8;
+/// SET-CONTROL value: DTR off.
+pub const CONTROL_DTR_OFF: u8 = 9;
+/// SET-CONTROL value: RTS on.
+pub const CONTROL_RTS_ON: u8 = 11;
+/// SET-CONTROL value: RTS off.
+pub const CONTROL_RTS_OFF: u8 = 12;
 
 /// A COM-PORT-OPTION command (client to server codes; a server answers with code + 100).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +123,8 @@ pub enum Event {
     },
     /// A burrow notice line.
     Notice(String),
+    /// A burrow request or report (relay and agent).
+    Control(String),
     /// An option negotiation (`WILL`/`WONT`/`DO`/`DONT` and the option).
     Negotiate(u8, u8),
 }
@@ -222,6 +236,7 @@ impl Decoder {
                 })
             }
             NOTICE_OPTION => Some(Event::Notice(String::from_utf8_lossy(rest).into_owned())),
+            CONTROL_OPTION => Some(Event::Control(String::from_utf8_lossy(rest).into_owned())),
             _ => None,
         }
     }
@@ -265,6 +280,11 @@ pub fn encode_command(command: &ComPort, server: bool, out: &mut Vec<u8>) {
 /// A burrow notice line.
 pub fn encode_notice(text: &str, out: &mut Vec<u8>) {
     encode_sub(NOTICE_OPTION, text.as_bytes(), out);
+}
+
+/// A burrow request or report.
+pub fn encode_control(text: &str, out: &mut Vec<u8>) {
+    encode_sub(CONTROL_OPTION, text.as_bytes(), out);
 }
 
 /// Telnet option negotiation for one side: offers binary, suppress-go-ahead and (for a client)

@@ -23,6 +23,96 @@ pub fn format_compact(unix_seconds: i64) -> String {
     format_rfc3339(unix_seconds).replace(['-', ':'], "")
 }
 
+/// A duration as people read it: `45 s`, `12 min`, `3 h 05 min`, `2 d 4 h`.
+pub fn format_duration(secs: u64) -> String {
+    match secs {
+        0..=119 => format!("{secs} s"),
+        120..=7199 => format!("{} min", secs / 60),
+        7200..=172_799 => format!("{} h {:02} min", secs / 3600, secs / 60 % 60),
+        _ => format!("{} d {} h", secs / 86_400, secs / 3600 % 24),
+    }
+}
+
+/// Parses `20261123T120300Z` (as [`format_compact`] writes it).
+pub fn parse_compact(stamp: &str) -> Option<i64> {
+    let b = stamp.as_bytes();
+    if b.len() != 16 || b.get(8) != Some(&b'T') || b.get(15) != Some(&b'Z') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| stamp.get(r)?.parse::<i64>().ok();
+    from_parts(
+        num(0..4)?,
+        num(4..6)?,
+        num(6..8)?,
+        num(9..11)?,
+        num(11..13)?,
+        num(13..15)?,
+    )
+}
+
+/// Parses RFC 3339 in UTC (`2026-11-23T12:03:00Z`, fractions allowed); returns unix
+/// milliseconds.
+pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    let t = text
+        .trim()
+        .strip_suffix('Z')
+        .or_else(|| text.trim().strip_suffix("+00:00"))?;
+    let (date, time) = t.split_once(['T', ' '])?;
+    let mut d = date.split('-');
+    let (y, m, day) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut h = hms.split(':');
+    let (hh, mm, ss) = (
+        h.next()?.parse().ok()?,
+        h.next()?.parse().ok()?,
+        h.next().map_or(Some(0), |s| s.parse().ok())?,
+    );
+    let ms = if frac.is_empty() {
+        0
+    } else {
+        let digits: String = frac.chars().chain("000".chars()).take(3).collect();
+        digits.parse::<i64>().ok()?
+    };
+    Some(from_parts(y, m, day, hh, mm, ss)? * 1000 + ms)
+}
+
+/// `since` as people write it: RFC 3339 (`2026-11-23T12:03:00Z`), or a time ago (`90s`, `10m`,
+/// `2h`, `3d`); returns unix milliseconds.
+pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, String> {
+    let t = text.trim();
+    if let Some(ms) = parse_rfc3339_ms(t) {
+        return Ok(ms);
+    }
+    let unit = t.chars().last().unwrap_or(' ');
+    let scale = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => 0,
+    };
+    if scale > 0
+        && let Some(n) = t.get(..t.len() - 1).and_then(|n| n.parse::<i64>().ok())
+        && n >= 0
+    {
+        return Ok(now_ms - n * scale * 1000);
+    }
+    Err(format!(
+        "--since {text:?}: give a time as 2026-11-23T12:03:00Z or an age as 90s, 10m, 2h or 3d"
+    ))
+}
+
+fn from_parts(y: i64, m: i64, d: i64, hh: i64, mm: i64, ss: i64) -> Option<i64> {
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    Some(days_from_civil(y, m, d) * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
 fn split(unix_seconds: i64) -> (String, i64) {
     let days = unix_seconds.div_euclid(86_400);
     let secs = unix_seconds.rem_euclid(86_400);
@@ -217,5 +307,24 @@ mod tests {
         }
         let err = parse_time("yesterday", now).unwrap_err();
         assert!(err.contains("RFC 3339") && err.contains("2d"), "{err}");
+    }
+
+    #[test]
+    fn parsed_back() {
+        for t in [0, 951_782_400, 1_795_435_380, -1] {
+            assert_eq!(parse_compact(&format_compact(t)), Some(t));
+            assert_eq!(parse_rfc3339_ms(&format_rfc3339(t)), Some(t * 1000));
+        }
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-23T12:03:00.25Z"),
+            Some(1_795_435_380_250)
+        );
+        assert_eq!(parse_since("10m", 1_000_000), Ok(400_000));
+        assert_eq!(
+            parse_since("2026-11-23T12:03:00Z", 0),
+            Ok(1_795_435_380_000)
+        );
+        assert!(parse_since("yesterday", 0).unwrap_err().contains("10m"));
+        assert_eq!(parse_compact("20261323T120300Z"), None);
     }
 }

@@ -112,6 +112,8 @@ pub struct RelayConfig {
     pub recording_max_bytes: u64,
     /// Largest total of all console recordings, in bytes.
     pub recordings_max_total: u64,
+    /// Retention of console port logs (per console).
+    pub console_logs: crate::console::portlog::Retention,
     /// Refuse consoles that cannot be recorded (and close those whose recording stops).
     pub require_recordings: bool,
     /// Offer only the post-quantum hybrid key exchanges, not curve25519.
@@ -188,6 +190,7 @@ impl RelayConfig {
             max_listener_connections: DEFAULT_MAX_LISTENER_CONNECTIONS,
             recording_max_bytes: DEFAULT_RECORDING_MAX_BYTES,
             recordings_max_total: DEFAULT_RECORDINGS_MAX_TOTAL,
+            console_logs: crate::console::portlog::Retention::default(),
             require_recordings: false,
             post_quantum_only: false,
             password_lock_after: DEFAULT_PASSWORD_LOCK_AFTER,

@@ -441,6 +441,23 @@ impl Handler for Conn {
                     _ => offer.reject(open_failure::PROHIBITED, "not authenticated"),
                 }
             }
+            (
+                OpenKind::Other(name),
+                Principal::Device {
+                    name: device,
+                    session: Some(_),
+                    ..
+                },
+            ) if name == burrow_proto::portlog::CHANNEL_TYPE => match offer.accept() {
+                Ok(channel) => {
+                    let relay = self.relay.clone();
+                    let device = device.clone();
+                    self.relay
+                        .tracker
+                        .spawn(crate::console::upload::serve(relay, device, channel));
+                }
+                Err(e) => tracing::debug!("upload channel lost before it opened: {e}"),
+            },
             (kind, _) => {
                 tracing::info!("channel type {} refused", kind.name());
                 offer.reject(

@@ -116,6 +116,10 @@ pub struct Relay {
     listeners: listeners::Listeners,
     hubs: console::Hubs,
     recording_limits: console::recording::Limits,
+    /// Console port logs uploaded by agents.
+    portlogs: Arc<console::portlog::PortLogs>,
+    /// The last console alert recorded per device.
+    seen_alerts: console::SeenAlerts,
     gate: gate::Gate,
     admission_log: admission_log::AdmissionLog,
     /// The host key as the SSH layer signs with it.
@@ -240,6 +244,11 @@ impl Relay {
             ),
             listeners: listeners::Listeners::default(),
             hubs: console::Hubs::default(),
+            portlogs: Arc::new(console::portlog::PortLogs::new(
+                &config.data_dir,
+                config.console_logs,
+            )),
+            seen_alerts: console::SeenAlerts::default(),
             recording_limits: console::recording::Limits::new(
                 &config.data_dir,
                 config.recording_max_bytes,

@@ -227,6 +227,15 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                     pty = Some(crate::console::term_size(size.cols, size.rows));
                     reply(true);
                 }
+                Request::Exec(command)
+                    if command.trim() == "binary" && matches!(op.login, Login::Console { .. }) =>
+                {
+                    // `ssh OPERATOR:DEVICE/NAME@relay binary`: the console's bytes both ways and
+                    // nothing else (XMODEM, YMODEM).
+                    reply(true);
+                    break console_login(&relay, &op, &channel, pty, crate::console::Mode::Binary)
+                        .await;
+                }
                 Request::Exec(command) => {
                     reply(true);
                     let words: Vec<&str> = command.split_whitespace().collect();
@@ -270,49 +279,15 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                 }
                 Request::Shell => {
                     reply(true);
-                    if let Login::Console {
-                        device, console, ..
-                    } = &op.login
-                    {
-                        let allowed = match current_record(&relay, &op).await {
-                            Some(r) => may_reach(&relay, &r, device).await,
-                            None => false,
-                        };
-                        if !allowed {
-                            let why =
-                                format!("operator {} may not reach device {device}", op.name());
-                            relay.audit.record(
-                                "console-attach",
-                                op.name(),
-                                &format!("{device}/{console}"),
-                                Outcome::Denied,
-                                &why,
-                            );
-                            let _ = channel.data(format!("[burrow] {why}\r\n").as_bytes()).await;
-                            break 1;
-                        }
-                        let guard = op.track(&relay, device, true);
-                        let size = pty.unwrap_or(crate::console::DEFAULT_SIZE);
-                        let attached = crate::console::attach(
+                    if let Login::Console { .. } = &op.login {
+                        break console_login(
                             &relay,
-                            op.name(),
-                            device,
-                            console,
-                            crate::console::Mode::Interactive,
-                            size,
+                            &op,
                             &channel,
-                        );
-                        tokio::select! {
-                            status = attached => break status,
-                            () = guard.stop.cancelled() => {
-                                let why = format!(
-                                    "\r\n[burrow] operator {} may no longer use device {device}; disconnected\r\n",
-                                    op.name()
-                                );
-                                let _ = channel.data(why.as_bytes()).await;
-                                break 1;
-                            }
-                        }
+                            pty,
+                            crate::console::Mode::Interactive,
+                        )
+                        .await;
                     }
                     if let Some(size) = pty {
                         break crate::console::run_menu(&relay, op.name(), size, &channel).await;
@@ -346,4 +321,50 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
         channel.eof();
         channel.close();
     });
+}
+
+/// A console login (`OPERATOR:DEVICE/NAME`): attached while policy allows the device.
+async fn console_login(
+    relay: &Arc<Relay>,
+    op: &Arc<OperatorSession>,
+    channel: &Channel,
+    pty: Option<(u16, u16)>,
+    mode: crate::console::Mode,
+) -> u32 {
+    let Login::Console {
+        device, console, ..
+    } = &op.login
+    else {
+        return 1;
+    };
+    let allowed = match current_record(relay, op).await {
+        Some(r) => may_reach(relay, &r, device).await,
+        None => false,
+    };
+    if !allowed {
+        let why = format!("operator {} may not reach device {device}", op.name());
+        relay.audit.record(
+            "console-attach",
+            op.name(),
+            &format!("{device}/{console}"),
+            Outcome::Denied,
+            &why,
+        );
+        let _ = channel.data(format!("[burrow] {why}\r\n").as_bytes()).await;
+        return 1;
+    }
+    let guard = op.track(relay, device, true);
+    let size = pty.unwrap_or(crate::console::DEFAULT_SIZE);
+    let attached = crate::console::attach(relay, op.name(), device, console, mode, size, channel);
+    tokio::select! {
+        status = attached => status,
+        () = guard.stop.cancelled() => {
+            let why = format!(
+                "\r\n[burrow] operator {} may no longer use device {device}; disconnected\r\n",
+                op.name()
+            );
+            let _ = channel.data(why.as_bytes()).await;
+            1
+        }
+    }
 }

@@ -487,7 +487,11 @@ impl burrow_agent::console::port::SerialControl for RecordingControl {
 }
 
 impl burrow_agent::console::port::PortOpener for RecordingPort {
-    fn open(&self, _console: &Console) -> std::io::Result<burrow_agent::console::port::OpenPort> {
+    fn open(
+        &self,
+        _path: &Path,
+        _settings: &burrow_proto::serial::LineSettings,
+    ) -> std::io::Result<burrow_agent::console::port::OpenPort> {
         let (ours, _theirs) = tokio::io::duplex(1024);
         let (reader, writer) = tokio::io::split(ours);
         // Keep the other end alive for the life of the port.

@@ -1,109 +1,65 @@
-//! One relay connection to a console: an RFC 2217 server in front of the serial port.
+//! One relay connection to a console: an RFC 2217 server in front of the console's keeper.
 //!
 //! The channel is read promptly at all times (it shares the device's SSH session): keystrokes go
-//! to a bounded queue in front of the port, which at 9600 baud is far slower than a paste.
-//! When the port is missing or vanishes, the operator is told (`offline: /dev/ttyUSB0 is gone`),
-//! told again when keys typed meanwhile are dropped, and the port is retried every second until
-//! it is back (said to the operator and in the log).
+//! to the keeper's bounded queue in front of the port. On opening, the relay is told the line
+//! settings, the idle timeout and the power outlets (burrow control reports); an operator is
+//! told when the port is gone, and told again when keys typed meanwhile are dropped.
 
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use burrow_proto::agent_config::Console;
 use burrow_proto::rfc2217::{
-    CONTROL_BREAK_OFF, CONTROL_BREAK_ON, ComPort, Decoder, Event, Negotiator, encode_command,
-    encode_data, encode_notice,
+    CONTROL_BREAK_OFF, CONTROL_BREAK_ON, CONTROL_DTR_OFF, CONTROL_DTR_ON, CONTROL_FLOW_HARDWARE,
+    CONTROL_FLOW_NONE, CONTROL_FLOW_XONXOFF, CONTROL_RTS_OFF, CONTROL_RTS_ON, ComPort, Decoder,
+    Event, Negotiator, encode_command, encode_control, encode_data, encode_notice,
 };
+use burrow_proto::serial::{Change, FlowControl, Level, Parity, parse_changes};
 use burrow_ssh::driver::{Channel, ChannelMsg};
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::broadcast::error::RecvError;
 
-use super::port::{PortOpener, SerialControl};
+use super::keeper::{Keeper, Out};
+use super::power::{PowerAction, outlets};
 use crate::liveness::Streams;
 
-/// How often a missing port is looked for again.
-const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// A break left on longer than this (the relay vanished mid-break) is released.
 const MAX_BREAK: Duration = Duration::from_secs(5);
-/// Keystroke chunks queued in front of the port before input is dropped.
-const INPUT_QUEUE: usize = 256;
 
-type Writer = Arc<Channel>;
-
-/// Line speeds operators set, by console name: the next attach (a new channel) opens the port at
-/// the speed the last one left, not the configured one, until the agent restarts.
-pub(crate) type Speeds = Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>;
-
-struct ActivePort {
-    control: Box<dyn SerialControl>,
-    input: mpsc::Sender<Bytes>,
-    tasks: [JoinHandle<()>; 2],
-}
-
-impl Drop for ActivePort {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
-struct Server {
-    console: Console,
-    opener: Arc<dyn PortOpener>,
-    write: Writer,
-    port: Option<ActivePort>,
-    offline: bool,
+struct Server<'a> {
+    keeper: &'a Arc<Keeper>,
+    write: &'a Channel,
     breaking: Option<tokio::time::Instant>,
-    gone_tx: mpsc::Sender<String>,
-    dropped_input: bool,
     /// The operator was told that keys typed while the port is gone are lost (once per outage).
     told_offline_input: bool,
-    /// The session's streams: the port's bytes count as their movement.
-    streams: Arc<Streams>,
-    speeds: Speeds,
+    streams: &'a Streams,
+}
+
+/// Keeps the keeper's count of attached channels.
+struct Attached<'a>(&'a Keeper);
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        self.0.attach(-1);
+    }
 }
 
 /// Serves one console channel until the relay closes it.
-pub(crate) async fn serve(
-    channel: Channel,
-    console: Console,
-    opener: Arc<dyn PortOpener>,
-    streams: Arc<Streams>,
-    speeds: Speeds,
-) {
-    let mut console = console;
-    if let Some(&baud) = speeds
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&console.name)
-    {
-        console.baud = baud;
-    }
-    let write: Writer = Arc::new(channel);
-    let (gone_tx, mut gone_rx) = mpsc::channel(4);
+pub(crate) async fn serve(channel: Channel, keeper: Arc<Keeper>, streams: Arc<Streams>) {
+    let mut output = keeper.subscribe();
+    keeper.attach(1);
+    let _attached = Attached(&keeper);
+    let write = &channel;
     let mut server = Server {
-        console,
-        opener,
-        write: write.clone(),
-        port: None,
-        offline: false,
+        keeper: &keeper,
+        write,
         breaking: None,
-        gone_tx,
-        dropped_input: false,
         told_offline_input: false,
-        streams,
-        speeds,
+        streams: &streams,
     };
     let mut negotiator = Negotiator::default();
-    send(&write, negotiator.hello(false)).await;
-    server.try_open().await;
+    send(write, negotiator.hello(false)).await;
+    server.hello().await;
     let mut decoder = Decoder::default();
-    let mut retry = tokio::time::interval(RETRY_INTERVAL);
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let break_deadline = server.breaking;
         tokio::select! {
@@ -122,14 +78,25 @@ pub(crate) async fn serve(
                     }
                 }
             },
-            Some(why) = gone_rx.recv() => {
-                server.port = None;
-                server.breaking = None;
-                server.offline = true;
-                tracing::warn!("console {}: {} is gone: {why}", server.console.name, server.console.device.display());
-                server.notice(&format!("offline: {} is gone ({why})", server.console.device.display())).await;
+            out = output.recv() => {
+                let mut wire = Vec::new();
+                match out {
+                    Ok(Out::Data(bytes)) => {
+                        server.streams.touch();
+                        encode_data(&bytes, &mut wire);
+                    }
+                    Ok(Out::Notice(text)) => encode_notice(&text, &mut wire),
+                    Ok(Out::Control(text)) => encode_control(&text, &mut wire),
+                    Err(RecvError::Lagged(n)) => encode_notice(
+                        &format!("skipped {n} pieces of output: the link to the relay is slower than the port"),
+                        &mut wire,
+                    ),
+                    Err(RecvError::Closed) => break,
+                }
+                if write.data(&wire).await.is_err() {
+                    break;
+                }
             }
-            _ = retry.tick(), if server.port.is_none() => server.try_open().await,
             _ = sleep_until(break_deadline), if break_deadline.is_some() => {
                 server.set_break(false).await;
                 server.notice("break released: the relay did not end it").await;
@@ -149,80 +116,63 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-async fn send(write: &Writer, bytes: Vec<u8>) {
+async fn send(write: &Channel, bytes: Vec<u8>) {
     let _ = write.data(&bytes).await;
 }
 
-impl Server {
+impl Server<'_> {
     async fn notice(&self, text: &str) {
         let mut out = Vec::new();
         encode_notice(text, &mut out);
-        send(&self.write, out).await;
+        send(self.write, out).await;
+    }
+
+    async fn control(&self, text: &str) {
+        let mut out = Vec::new();
+        encode_control(text, &mut out);
+        send(self.write, out).await;
     }
 
     async fn reply(&self, command: ComPort) {
         let mut out = Vec::new();
         encode_command(&command, true, &mut out);
-        send(&self.write, out).await;
+        send(self.write, out).await;
     }
 
-    async fn try_open(&mut self) {
-        let device = self.console.device.display().to_string();
-        match self.opener.open(&self.console) {
-            Ok(port) => {
-                let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
-                let reader = tokio::spawn(pump_from_port(
-                    Box::new(self.streams.metered(port.reader)),
-                    self.write.clone(),
-                    self.gone_tx.clone(),
-                ));
-                let writer = tokio::spawn(pump_to_port(
-                    input_rx,
-                    Box::new(self.streams.metered(port.writer)),
-                    self.gone_tx.clone(),
-                ));
-                self.port = Some(ActivePort {
-                    control: port.control,
-                    input: input_tx,
-                    tasks: [reader, writer],
-                });
-                if self.offline {
-                    self.offline = false;
-                    self.told_offline_input = false;
-                    tracing::info!("console {}: {device} is back", self.console.name);
-                    self.notice(&format!("online: {device} is back")).await;
-                }
-            }
-            Err(e) => {
-                if !self.offline {
-                    self.offline = true;
-                    let what = match e.kind() {
-                        io::ErrorKind::NotFound => format!("offline: {device} is gone"),
-                        _ => format!("offline: cannot open {device}: {e}"),
-                    };
-                    tracing::warn!("console {}: {what}", self.console.name);
-                    self.notice(&what).await;
-                }
-            }
+    /// What the relay learns on opening: settings, idle timeout, power; and a port that is
+    /// gone, said at once.
+    async fn hello(&self) {
+        let c = &self.keeper.console;
+        self.control(&format!("line {}", self.keeper.settings().describe()))
+            .await;
+        if let Some(idle) = c.idle_timeout() {
+            self.control(&format!("idle-timeout {}", idle.as_secs_f64()))
+                .await;
+        }
+        let power = outlets(c);
+        if !power.is_empty() {
+            self.control(&format!(
+                "power {} break-hold {}",
+                power.join(","),
+                c.break_hold().as_secs_f64()
+            ))
+            .await;
+        }
+        if !self.keeper.present() {
+            self.notice(&format!("offline: {} is gone", self.keeper.label()))
+                .await;
         }
     }
 
     async fn set_break(&mut self, on: bool) {
-        let result = match self.port.as_mut() {
-            Some(p) => p.control.set_break(on),
-            None => Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "port is offline",
-            )),
-        };
-        match result {
+        match self.keeper.set_break(on).await {
             Ok(()) => self.breaking = on.then(|| tokio::time::Instant::now() + MAX_BREAK),
             Err(e) => {
                 self.breaking = None;
-                let device = self.console.device.display().to_string();
+                let device = self.keeper.label();
                 tracing::warn!(
                     "console {}: break failed on {device}: {e}",
-                    self.console.name
+                    self.keeper.console.name
                 );
                 self.notice(&format!("break failed on {device}: {e}")).await;
             }
@@ -232,102 +182,136 @@ impl Server {
     async fn handle(&mut self, event: Event, negotiator: &mut Negotiator) {
         match event {
             Event::Data(data) => {
-                let Some(port) = &self.port else {
+                if !self.keeper.present() {
                     if !self.told_offline_input {
                         self.told_offline_input = true;
-                        let device = self.console.device.display().to_string();
+                        let device = self.keeper.label();
                         self.notice(&format!(
                             "input dropped: {device} is gone; type again once it is back"
                         ))
                         .await;
                     }
                     return;
-                };
-                if port.input.try_send(Bytes::from(data)).is_err() {
-                    if !self.dropped_input {
-                        self.dropped_input = true;
-                        self.notice("input dropped: the serial line is slower than the typing")
-                            .await;
-                    }
-                } else {
-                    self.dropped_input = false;
                 }
+                self.told_offline_input = false;
+                self.streams.touch();
+                self.keeper.input(Bytes::from(data)).await;
             }
             Event::Negotiate(verb, option) => {
                 if let Some(answer) = negotiator.answer(verb, option) {
-                    send(&self.write, answer.to_vec()).await;
+                    send(self.write, answer.to_vec()).await;
                 }
             }
             Event::ComPort { server: true, .. } | Event::Notice(_) => {}
+            Event::Control(text) => self.control_request(&text).await,
             Event::ComPort { command, .. } => self.command(command).await,
         }
     }
 
-    async fn command(&mut self, command: ComPort) {
-        match command {
-            ComPort::SetBaud(0) => self.reply(ComPort::SetBaud(self.console.baud)).await,
-            ComPort::SetBaud(rate) => {
-                let result = match self.port.as_mut() {
-                    Some(p) => p.control.set_baud(rate),
-                    None => Ok(()),
-                };
-                match result {
-                    Ok(()) => {
-                        self.console.baud = rate;
-                        self.speeds
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(self.console.name.clone(), rate);
-                        tracing::info!("console {}: baud rate now {rate}", self.console.name);
-                    }
-                    Err(e) => {
-                        self.notice(&format!("baud change to {rate} failed: {e}"))
+    /// A burrow request from the relay: `set WHO SETTINGS...`, `power WHO ACTION [SECONDS]`.
+    async fn control_request(&mut self, text: &str) {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        match words.as_slice() {
+            ["set", who, settings @ ..] => match parse_changes(settings) {
+                Ok(changes) => {
+                    if let Err(e) = self.keeper.set(changes, who).await {
+                        self.notice(&format!("settings not changed: {e}")).await;
+                        self.control(&format!("line {}", self.keeper.settings().describe()))
                             .await;
                     }
                 }
-                self.reply(ComPort::SetBaud(self.console.baud)).await;
+                Err(e) => self.notice(&format!("settings not changed: {e}")).await,
+            },
+            ["power", who, action @ ..] => {
+                match PowerAction::parse(action, self.keeper.console.break_hold()) {
+                    Ok(action) => {
+                        if self.keeper.console.power.is_empty() {
+                            let why = format!(
+                                "console {} has no power control: add [[console.power]] to the agent's config",
+                                self.keeper.console.name
+                            );
+                            self.notice(&why).await;
+                            self.control(&format!("power-done failed {}: {why}", action.name()))
+                                .await;
+                        } else {
+                            self.keeper.power(action, (*who).to_string());
+                        }
+                    }
+                    Err(e) => {
+                        self.notice(&e).await;
+                        self.control(&format!("power-done failed: {e}")).await;
+                    }
+                }
             }
+            _ => tracing::debug!("unknown console request {text:?}"),
+        }
+    }
+
+    /// Applies a standard RFC 2217 change and answers with the value now in force.
+    async fn change(&mut self, change: Change) {
+        if let Err(e) = self.keeper.set(vec![change], "rfc2217").await {
+            self.notice(&format!("{} failed: {e}", change.text())).await;
+        }
+    }
+
+    async fn command(&mut self, command: ComPort) {
+        let now = |k: &Keeper| k.settings();
+        match command {
+            ComPort::SetBaud(0) => {}
+            ComPort::SetBaud(rate) => match burrow_proto::serial::check_baud(rate) {
+                Ok(rate) => {
+                    self.change(Change::Baud(rate)).await;
+                    tracing::info!(
+                        "console {}: baud rate now {}",
+                        self.keeper.console.name,
+                        now(self.keeper).baud
+                    );
+                }
+                Err(e) => self.notice(&format!("baud change failed: {e}")).await,
+            },
+            ComPort::SetDataSize(d @ 5..=8) => self.change(Change::DataBits(d)).await,
+            ComPort::SetParity(p) => {
+                if let Some(p) = Parity::from_rfc2217(p) {
+                    self.change(Change::Parity(p)).await;
+                }
+            }
+            ComPort::SetStopSize(s @ 1..=2) => self.change(Change::StopBits(s)).await,
             ComPort::SetControl(v @ (CONTROL_BREAK_ON | CONTROL_BREAK_OFF)) => {
                 self.set_break(v == CONTROL_BREAK_ON).await;
                 self.reply(ComPort::SetControl(v)).await;
+                return;
             }
-            // Data size, parity, stop bits and the rest are acknowledged as asked.
-            other => self.reply(other).await,
-        }
-    }
-}
-
-async fn pump_from_port(
-    mut reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-    write: Writer,
-    gone: mpsc::Sender<String>,
-) {
-    let mut buf = vec![0u8; 4096];
-    let why = loop {
-        match reader.read(&mut buf).await {
-            Ok(0) => break "end of file".to_string(),
-            Ok(n) => {
-                let mut out = Vec::with_capacity(n + 8);
-                encode_data(buf.get(..n).unwrap_or_default(), &mut out);
-                if write.data(&out).await.is_err() {
-                    return;
+            ComPort::SetControl(v) => {
+                let change = match v {
+                    CONTROL_FLOW_NONE => Some(Change::Flow(FlowControl::None)),
+                    CONTROL_FLOW_XONXOFF => Some(Change::Flow(FlowControl::Software)),
+                    CONTROL_FLOW_HARDWARE => Some(Change::Flow(FlowControl::Hardware)),
+                    CONTROL_DTR_ON => Some(Change::Dtr(Level::On)),
+                    CONTROL_DTR_OFF => Some(Change::Dtr(Level::Off)),
+                    CONTROL_RTS_ON => Some(Change::Rts(Level::On)),
+                    CONTROL_RTS_OFF => Some(Change::Rts(Level::Off)),
+                    _ => None,
+                };
+                if let Some(c) = change {
+                    self.change(c).await;
                 }
+                self.reply(ComPort::SetControl(v)).await;
+                return;
             }
-            Err(e) => break e.to_string(),
+            other => {
+                self.reply(other).await;
+                return;
+            }
         }
-    };
-    let _ = gone.send(why).await;
-}
-
-async fn pump_to_port(
-    mut input: mpsc::Receiver<Bytes>,
-    mut writer: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
-    gone: mpsc::Sender<String>,
-) {
-    while let Some(chunk) = input.recv().await {
-        if let Err(e) = writer.write_all(&chunk).await {
-            let _ = gone.send(e.to_string()).await;
-            return;
-        }
+        // Answer with what is in force (a query, or a change the port refused).
+        let s = now(self.keeper);
+        let answer = match command {
+            ComPort::SetBaud(_) => ComPort::SetBaud(s.baud),
+            ComPort::SetDataSize(_) => ComPort::SetDataSize(s.data_bits),
+            ComPort::SetParity(_) => ComPort::SetParity(s.parity.rfc2217()),
+            ComPort::SetStopSize(_) => ComPort::SetStopSize(s.stop_bits),
+            other => other,
+        };
+        self.reply(answer).await;
     }
 }

@@ -7,7 +7,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use burrow_proto::agent_config::{Console, FlowControl, Parity};
+use std::path::Path;
+
+use burrow_proto::serial::{FlowControl, LineSettings, Parity};
 use rustix::fs::{Mode, OFlags};
 use rustix::termios::{ControlModes, InputModes, OptionalActions};
 use tokio::io::unix::AsyncFd;
@@ -19,15 +21,15 @@ use super::port::{OpenPort, PortOpener, SerialControl};
 pub struct TtyOpener;
 
 impl PortOpener for TtyOpener {
-    fn open(&self, console: &Console) -> io::Result<OpenPort> {
+    fn open(&self, path: &Path, settings: &LineSettings) -> io::Result<OpenPort> {
         let fd = rustix::fs::open(
-            &console.device,
+            path,
             OFlags::RDWR | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
         // Exclusive: a second opener (another agent, a stray `cu`) gets EBUSY.
         rustix::termios::ioctl_tiocexcl(&fd)?;
-        configure(&fd, console)?;
+        configure(&fd, settings)?;
         // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same for
         // as long as it is registered.
         let fd = Arc::new(unsafe { AsyncFd::register(fd) }?);
@@ -39,7 +41,7 @@ impl PortOpener for TtyOpener {
     }
 }
 
-fn configure(fd: &OwnedFd, c: &Console) -> io::Result<()> {
+fn configure(fd: &OwnedFd, c: &LineSettings) -> io::Result<()> {
     let mut t = rustix::termios::tcgetattr(fd)?;
     t.make_raw();
     t.set_speed(c.baud)?;
@@ -49,19 +51,25 @@ fn configure(fd: &OwnedFd, c: &Console) -> io::Result<()> {
         7 => ControlModes::CS7,
         _ => ControlModes::CS8,
     };
-    t.control_modes -= ControlModes::CSIZE | ControlModes::PARENB | ControlModes::PARODD;
+    t.control_modes -=
+        ControlModes::CSIZE | ControlModes::PARENB | ControlModes::PARODD | ControlModes::CMSPAR;
     t.control_modes -= ControlModes::CSTOPB | ControlModes::CRTSCTS | ControlModes::HUPCL;
     t.control_modes |= size | ControlModes::CLOCAL | ControlModes::CREAD;
     match c.parity {
         Parity::None => {}
         Parity::Odd => t.control_modes |= ControlModes::PARENB | ControlModes::PARODD,
         Parity::Even => t.control_modes |= ControlModes::PARENB,
+        // Stick parity: CMSPAR with PARODD sends the bit set, without it clear.
+        Parity::Mark => {
+            t.control_modes |= ControlModes::PARENB | ControlModes::CMSPAR | ControlModes::PARODD;
+        }
+        Parity::Space => t.control_modes |= ControlModes::PARENB | ControlModes::CMSPAR,
     }
     if c.stop_bits == 2 {
         t.control_modes |= ControlModes::CSTOPB;
     }
     t.input_modes -= InputModes::IXON | InputModes::IXOFF;
-    match c.flow_control {
+    match c.flow {
         FlowControl::None => {}
         FlowControl::Software => t.input_modes |= InputModes::IXON | InputModes::IXOFF,
         FlowControl::Hardware => t.control_modes |= ControlModes::CRTSCTS,
@@ -142,5 +150,24 @@ impl SerialControl for TtyControl {
         } else {
             Err(io::Error::last_os_error())
         }
+    }
+
+    fn set_line(&mut self, settings: &LineSettings) -> io::Result<()> {
+        configure(self.0.get_ref(), settings)
+    }
+
+    fn set_modem(&mut self, dtr: bool, rts: bool) -> io::Result<()> {
+        let fd = self.0.get_ref().as_fd().as_raw_fd();
+        for (bit, on) in [(libc::TIOCM_DTR, dtr), (libc::TIOCM_RTS, rts)] {
+            let request = if on { libc::TIOCMBIS } else { libc::TIOCMBIC };
+            let bits: libc::c_int = bit;
+            // SAFETY: TIOCMBIS/TIOCMBIC read one int through the pointer, which points at a
+            // local that lives through the call; the descriptor is borrowed from the AsyncFd.
+            let rc = unsafe { libc::ioctl(fd, request, &bits as *const libc::c_int) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
     }
 }

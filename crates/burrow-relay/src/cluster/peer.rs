@@ -219,10 +219,10 @@ async fn serve_console(relay: Arc<Relay>, channel: Channel) {
     let words: Vec<&str> = command.split_whitespace().collect();
     let status = match words.as_slice() {
         [CONSOLE_ATTACH, operator, device, console, mode, cols, rows] => {
-            let mode = if *mode == "watch" {
-                crate::console::Mode::Watch
-            } else {
-                crate::console::Mode::Interactive
+            let mode = match *mode {
+                "watch" => crate::console::Mode::Watch,
+                "binary" => crate::console::Mode::Binary,
+                _ => crate::console::Mode::Interactive,
             };
             let size = (cols.parse().unwrap_or(80), rows.parse().unwrap_or(24));
             crate::console::run_console(&relay, operator, device, console, mode, size, &channel)

@@ -61,6 +61,9 @@ pub(crate) enum Role {
 
 struct Viewer {
     operator: String,
+    /// How it attached (`ssh, read-write`, `watch`, `binary`), for `^Ecw`.
+    how: String,
+    since: std::time::Instant,
     tx: mpsc::Sender<Out>,
     /// Output bytes dropped because the queue was full; the session reports them once it has
     /// written everything queued before the gap.
@@ -85,6 +88,10 @@ struct State {
     /// Why this attach cycle is not (or no longer) recorded, told to every operator who attaches.
     unrecorded: Option<String>,
     closed: bool,
+    /// What the agent reported: line settings, idle timeout, power outlets.
+    line: Option<String>,
+    idle: Option<Duration>,
+    power: Option<String>,
 }
 
 /// A console connection shared by its operators.
@@ -96,6 +103,8 @@ pub(crate) struct Hub {
     audit: crate::audit::Audit,
     /// The relay refuses consoles it cannot record (`--require-recordings`).
     require_recording: bool,
+    /// Woken when the agent reported the line settings.
+    reported: tokio::sync::Notify,
 }
 
 /// All open hubs, by (device, console).
@@ -198,7 +207,11 @@ impl Hubs {
                 recording,
                 unrecorded,
                 closed: false,
+                line: None,
+                idle: None,
+                power: None,
             }),
+            reported: tokio::sync::Notify::new(),
             to_device,
             audit: relay.audit.clone(),
             require_recording: relay.config.require_recordings,
@@ -212,6 +225,21 @@ impl Hubs {
             from_hubs,
         ));
         Ok(hub)
+    }
+
+    /// Marks something in the recording of `device/console`, and tells its operators, if it
+    /// is open here.
+    pub(crate) fn mark(&self, device: &str, console: &str, text: &str) {
+        let key = (device.to_string(), console.to_string());
+        let hub = self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(hub) = hub {
+            hub.notice(text);
+        }
     }
 
     fn remove(&self, hub: &Hub) {
@@ -244,6 +272,7 @@ async fn run_connection(
                         match event {
                             Event::Data(bytes) => hub.output(Bytes::from(bytes)),
                             Event::Notice(text) => hub.notice(&text),
+                            Event::Control(text) => hub.report(&text),
                             Event::ComPort { command: ComPort::SetBaud(rate), server: true } => {
                                 hub.notice(&format!("line speed is {rate} baud"));
                             }
@@ -364,9 +393,106 @@ impl Hub {
         }
     }
 
+    /// A report from the agent: `line SETTINGS`, `idle-timeout SECONDS`, `power OUTLETS ...`.
+    fn report(&self, text: &str) {
+        let (verb, rest) = text.split_once(' ').unwrap_or((text, ""));
+        let mut st = self.state();
+        match verb {
+            "line" => {
+                let before = st.line.replace(rest.to_string());
+                if before.is_some_and(|b| b != rest) {
+                    let told = format!("line now {rest}");
+                    self.record(&mut st, |r| r.marker(&told));
+                    for v in st.viewers.values_mut() {
+                        deliver(v, Out::Notice(told.clone()));
+                    }
+                } else {
+                    self.record(&mut st, |r| r.marker(&format!("line {rest}")));
+                }
+                drop(st);
+                self.reported.notify_waiters();
+            }
+            "idle-timeout" => {
+                st.idle = rest
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0)
+                    .map(Duration::from_secs_f64);
+            }
+            "power" => st.power = Some(rest.to_string()),
+            _ => {}
+        }
+    }
+
+    /// The line settings the agent reported, waiting a moment for the first report.
+    pub(crate) async fn line(&self) -> Option<String> {
+        let waiting = self.reported.notified();
+        if let Some(l) = self.state().line.clone() {
+            return Some(l);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), waiting).await;
+        self.state().line.clone()
+    }
+
+    /// The idle timeout of operator sessions, if the console has one.
+    pub(crate) fn idle_timeout(&self) -> Option<Duration> {
+        self.state().idle
+    }
+
+    /// The power outlets, if the console has power control.
+    pub(crate) fn power_outlets(&self) -> Option<String> {
+        self.state().power.clone()
+    }
+
+    /// Whether it is being recorded, and where.
+    pub(crate) fn recording_path(&self) -> Result<String, String> {
+        let st = self.state();
+        match (&st.recording, &st.unrecorded) {
+            (Some(r), _) => Ok(r.path().display().to_string()),
+            (None, Some(why)) => Err(why.clone()),
+            (None, None) => Err("not recorded".into()),
+        }
+    }
+
+    /// Who is attached: operator, role, how, seconds attached.
+    pub(crate) fn who(&self) -> Vec<(String, Role, String, u64)> {
+        let st = self.state();
+        let mut out: Vec<_> = st
+            .viewers
+            .iter()
+            .map(|(id, v)| {
+                let role = if st.writer == Some(*id) {
+                    Role::Writer
+                } else {
+                    Role::Viewer
+                };
+                (
+                    v.operator.clone(),
+                    role,
+                    v.how.clone(),
+                    v.since.elapsed().as_secs(),
+                )
+            })
+            .collect();
+        out.sort_by_key(|(_, _, _, secs)| std::cmp::Reverse(*secs));
+        out
+    }
+
+    /// Sends a burrow request to the agent (`set ...`, `power ...`).
+    pub(crate) async fn request(&self, text: &str) {
+        let mut wire = Vec::new();
+        burrow_proto::rfc2217::encode_control(text, &mut wire);
+        let _ = self.to_device.send(Bytes::from(wire)).await;
+    }
+
     /// Adds an operator; it writes if it asks to and nobody does. Returns its id, role, queue
     /// and the recent output.
-    pub(crate) fn attach(&self, operator: &str, want_write: bool) -> Result<Attached, String> {
+    pub(crate) fn attach(
+        &self,
+        operator: &str,
+        want_write: bool,
+        how: &str,
+    ) -> Result<Attached, String> {
         let (tx, rx) = mpsc::channel(VIEWER_QUEUE);
         let mut st = self.state();
         if st.closed {
@@ -385,6 +511,8 @@ impl Hub {
             id,
             Viewer {
                 operator: operator.to_string(),
+                how: how.to_string(),
+                since: std::time::Instant::now(),
                 tx,
                 skipped: skipped.clone(),
             },

@@ -5,12 +5,22 @@
 //! - `hub`: one live connection to a device's console, shared by every operator attached to it.
 //! - `session`: an operator's console session: escapes, write/read-only, notices.
 //! - `menu`: the interactive list of consoles for `ssh -t OPERATOR@relay`.
+//! - [`portlog`]: port logs uploaded by agents, stored per console, read back as lines.
+//! - `upload`: the relay's end of an agent's upload channel (port logs, console alerts).
+//! - `actions`: what the newer escapes do (replay, who, status, settings, power).
+//! - `commands`: `console set|power|log|who` as exec commands.
 
+mod actions;
+mod commands;
 mod hub;
 mod menu;
+pub mod portlog;
 pub mod recording;
 mod session;
+pub(crate) mod upload;
 
+pub(crate) use commands::console_exec;
 pub(crate) use hub::Hubs;
 pub(crate) use menu::run_menu;
-pub(crate) use session::{DEFAULT_SIZE, Mode, attach, console_exec, run_console, term_size};
+pub(crate) use session::{DEFAULT_SIZE, Mode, attach, run_console, term_size};
+pub(crate) use upload::SeenAlerts;

@@ -1,10 +1,9 @@
 //! An operator's console session: output and notices out, keystrokes through the escape parser
-//! in; and the exec forms `console break|baud|watch DEVICE[/NAME]`.
+//! in (or straight through, in binary mode); the idle timeout.
 
 use std::sync::Arc;
 
 use burrow_proto::escape::{Action, EscapeParser, describe_prefix, help_text};
-use burrow_proto::name::{DEFAULT_CONSOLE, check_name};
 use burrow_ssh::channel::Request;
 use burrow_ssh::driver::{Channel, ChannelMsg};
 
@@ -19,27 +18,33 @@ pub(crate) enum Mode {
     Interactive,
     /// Read-only, no input (`console watch`).
     Watch,
+    /// Read-write without escapes, banner or notices: the bytes both ways and nothing else
+    /// (`ssh OPERATOR:DEVICE/NAME@relay binary`, for XMODEM and YMODEM).
+    Binary,
 }
+
+/// In binary mode from the escape (`^Ecx`), escapes come back after input paused this long.
+const BINARY_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn notice_line(text: &str) -> Vec<u8> {
     format!("\r\n[burrow] {text}\r\n").into_bytes()
 }
 
-async fn say(channel: &Channel, text: &str) {
+pub(crate) async fn say(channel: &Channel, text: &str) {
     let _ = channel.data(&notice_line(text)).await;
 }
 
 /// An operator's place on a hub, given up however the session ends: returned, its connection
 /// cut, or its future dropped because policy no longer allows it. (A session that did not
 /// detach would keep write, and the console connection, for ever.)
-struct Attachment<'a> {
-    relay: &'a Relay,
-    hub: &'a Hub,
-    id: u64,
-    operator: &'a str,
+pub(crate) struct Attachment<'a> {
+    pub(crate) relay: &'a Relay,
+    pub(crate) hub: &'a Hub,
+    pub(crate) id: u64,
+    pub(crate) operator: &'a str,
     /// The attach's audit row (interactive and watch sessions; one-shot commands have none):
     /// completed, with a detach row, however the session ends.
-    row: Option<(crate::audit::OpenEntry, String)>,
+    pub(crate) row: Option<(crate::audit::OpenEntry, String)>,
 }
 
 impl Drop for Attachment<'_> {
@@ -87,7 +92,11 @@ pub(crate) async fn attach(
     let command = format!(
         "{} {operator} {device} {console} {} {} {}",
         crate::cluster::peer::CONSOLE_ATTACH,
-        if mode == Mode::Watch { "watch" } else { "rw" },
+        match mode {
+            Mode::Watch => "watch",
+            Mode::Binary => "binary",
+            Mode::Interactive => "rw",
+        },
         size.0,
         size.1
     );
@@ -128,7 +137,7 @@ pub(crate) async fn run_console(
         mut rx,
         skipped,
         replay,
-    } = match hub.attach(operator, mode == Mode::Interactive) {
+    } = match hub.attach(operator, mode != Mode::Watch, how(mode)) {
         Ok(a) => a,
         Err(why) => {
             say(write, &why).await;
@@ -140,6 +149,22 @@ pub(crate) async fn run_console(
     } else {
         "read-only"
     };
+    if mode == Mode::Binary && role != Role::Writer {
+        let who = hub.writer().unwrap_or_default();
+        let _ = write
+            .stderr(
+                format!("{who} holds write on {target}; a binary session needs it\n").as_bytes(),
+            )
+            .await;
+        drop(Attachment {
+            relay,
+            hub: &hub,
+            id,
+            operator,
+            row: None,
+        });
+        return 1;
+    }
     let mut attachment = Attachment {
         relay,
         hub: &hub,
@@ -159,27 +184,40 @@ pub(crate) async fn run_console(
         )
         .await;
     attachment.row = Some((row, mode_text.to_string()));
-    let mut banner = format!("connected to {target}, {mode_text}");
-    if role == Role::Viewer
-        && let Some(w) = hub.writer()
-    {
-        banner.push_str(&format!("; {w} holds write"));
+    let quiet = mode == Mode::Binary;
+    if !quiet {
+        let mut banner = format!("connected to {target}, {mode_text}");
+        if role == Role::Viewer
+            && let Some(w) = hub.writer()
+        {
+            banner.push_str(&format!("; {w} holds write"));
+        }
+        if let Some(line) = hub.line().await {
+            banner.push_str(&format!("; {line}"));
+        }
+        if mode == Mode::Interactive {
+            banner.push_str(&format!(
+                "; {} ? for help",
+                describe_prefix(relay.config.console_escape)
+            ));
+        }
+        say(write, &banner).await;
+        if !replay.is_empty() {
+            let _ = write.data(&replay).await;
+        }
     }
-    if mode == Mode::Interactive {
-        banner.push_str(&format!(
-            "; {} ? for help",
-            describe_prefix(relay.config.console_escape)
-        ));
-    }
-    say(write, &banner).await;
-    if !replay.is_empty() {
-        let _ = write.data(&replay).await;
-    }
-    hub.notice(&format!("{operator} attached ({mode_text})"));
+    hub.notice(&format!("{operator} attached ({})", how(mode)));
 
     let mut parser = EscapeParser::new(relay.config.console_escape);
     let mut told_read_only = false;
+    let mut last_input = tokio::time::Instant::now();
+    // `^Ecx`: escapes off until input pauses.
+    let mut binary_until: Option<tokio::time::Instant> = None;
     loop {
+        let idle = hub
+            .idle_timeout()
+            .filter(|_| mode == Mode::Interactive)
+            .map(|d| last_input + d);
         tokio::select! {
             out = rx.recv() => match out {
                 Some(out) => {
@@ -189,6 +227,7 @@ pub(crate) async fn run_console(
                                 break;
                             }
                         }
+                        Out::Notice(_) if quiet => {}
                         Out::Notice(text) => say(write, &text).await,
                     }
                     // Caught up with what was queued before a gap: say what was lost.
@@ -200,15 +239,46 @@ pub(crate) async fn run_console(
                     }
                 }
                 None => {
-                    say(write, "console closed").await;
+                    if !quiet {
+                        say(write, "console closed").await;
+                    }
                     break;
                 }
             },
+            () = sleep_until(idle), if idle.is_some() => {
+                let secs = hub.idle_timeout().map_or(0, |d| d.as_secs());
+                say(write, &format!("idle for {secs} s: disconnected (this console's idle_timeout)")).await;
+                relay.audit.record("console-idle", operator, &target, Outcome::Ok, &format!("no input for {secs} s"));
+                break;
+            }
+            () = sleep_until(binary_until), if binary_until.is_some() => {
+                binary_until = None;
+                say(write, "binary transfer over: escapes are back").await;
+            }
             msg = write.next() => match msg {
+                Some(ChannelMsg::Data(data)) if mode == Mode::Binary || binary_until.is_some() => {
+                    last_input = tokio::time::Instant::now();
+                    if binary_until.is_some() {
+                        binary_until = Some(last_input + BINARY_PAUSE);
+                    }
+                    if hub.is_writer(id) {
+                        hub.input(&data).await;
+                    }
+                }
                 Some(ChannelMsg::Data(data)) if mode == Mode::Interactive => {
+                    last_input = tokio::time::Instant::now();
                     let mut leave = false;
                     for action in parser.feed(&data) {
-                        match act(relay, &hub, id, operator, action, write, &mut told_read_only).await {
+                        if action == Action::Binary {
+                            if hub.is_writer(id) {
+                                say(write, &format!("binary transfer: escapes are off until your input pauses {} s", BINARY_PAUSE.as_secs())).await;
+                                binary_until = Some(tokio::time::Instant::now() + BINARY_PAUSE);
+                            } else {
+                                say(write, "read-only: only the writer can send a file").await;
+                            }
+                            continue;
+                        }
+                        match act(relay, &hub, id, operator, action, write, &mut told_read_only, &mut parser).await {
                             Flow::Stay => {}
                             Flow::Leave => leave = true,
                         }
@@ -226,7 +296,7 @@ pub(crate) async fn run_console(
                         }
                         // A terminal's own break (OpenSSH `~B`, PuTTY's and TeraTerm's Send
                         // Break, RFC 4335) with the length it asks for.
-                        Request::Break { ms } if mode == Mode::Interactive => {
+                        Request::Break { ms } if mode != Mode::Watch => {
                             if hub.is_writer(id) {
                                 hub.send_break(relay, operator, super::hub::break_length(ms)).await;
                                 true
@@ -248,11 +318,27 @@ pub(crate) async fn run_console(
     0
 }
 
-enum Flow {
+fn how(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Interactive => "ssh",
+        Mode::Watch => "watch, read-only",
+        Mode::Binary => "binary",
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+pub(crate) enum Flow {
     Stay,
     Leave,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn act(
     relay: &Arc<Relay>,
     hub: &Hub,
@@ -261,6 +347,7 @@ async fn act(
     action: Action,
     write: &Channel,
     told_read_only: &mut bool,
+    parser: &mut EscapeParser,
 ) -> Flow {
     match action {
         Action::Send(bytes) => {
@@ -304,10 +391,30 @@ async fn act(
             hub.spy(id);
             say(write, "read-only (spy)").await;
         }
-        Action::Replay => {
-            say(write, "recent output:").await;
-            let _ = write.data(&hub.recent()).await;
+        Action::Replay => super::actions::replay(relay, hub, write, false).await,
+        Action::ReplayTimestamps => super::actions::replay(relay, hub, write, true).await,
+        Action::Who => super::actions::who(hub, write).await,
+        Action::Info => super::actions::info(hub, write).await,
+        Action::Settings(text) => {
+            if hub.is_writer(id) {
+                super::actions::settings(relay, hub, operator, &text, write).await;
+            } else {
+                say(write, "read-only: only the writer can change line settings").await;
+            }
         }
+        Action::PowerMenu => {
+            if !super::actions::power_menu(hub, id, write).await {
+                parser.reset();
+            }
+        }
+        Action::PowerAsk(key) => super::actions::power_ask(hub, key, write).await,
+        Action::Power(key) => {
+            if hub.is_writer(id) {
+                super::actions::power(relay, hub, operator, key.word(), write).await;
+            }
+        }
+        Action::PowerCancelled => say(write, "power: nothing done").await,
+        Action::Binary => {}
         Action::Disconnect => {
             say(write, "disconnected").await;
             return Flow::Leave;
@@ -319,146 +426,4 @@ async fn act(
         }
     }
     Flow::Stay
-}
-
-/// Parses `DEVICE[/NAME]`.
-fn parse_target(arg: &str) -> Result<(String, String), String> {
-    let (device, console) = arg.split_once('/').unwrap_or((arg, DEFAULT_CONSOLE));
-    check_name("device", device).map_err(|e| e.to_string())?;
-    check_name("console", console).map_err(|e| e.to_string())?;
-    Ok((device.to_string(), console.to_string()))
-}
-
-/// `console break|baud|watch DEVICE[/NAME] [RATE]` as an exec command. Returns the exit status.
-pub(crate) async fn console_exec(
-    relay: &Arc<Relay>,
-    operator: &str,
-    allowed: &(dyn Fn(&str) -> bool + Sync),
-    words: &[&str],
-    write: &Channel,
-) -> u32 {
-    const USAGE: &str = "usage: console break DEVICE[/NAME] | console baud DEVICE[/NAME] RATE | console watch DEVICE[/NAME]";
-    let (verb, target, rate) = match words {
-        ["break", t] => ("break", *t, None),
-        ["watch", t] => ("watch", *t, None),
-        ["baud", t, r] => match r.parse::<u32>() {
-            Ok(r) if r > 0 => ("baud", *t, Some(r)),
-            _ => {
-                let _ = write
-                    .stderr(format!("{r:?} is not a baud rate\n").as_bytes())
-                    .await;
-                return 2;
-            }
-        },
-        _ => {
-            let _ = write.stderr(format!("{USAGE}\n").as_bytes()).await;
-            return 2;
-        }
-    };
-    let (device, console) = match parse_target(target) {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = write.stderr(format!("{e}\n").as_bytes()).await;
-            return 2;
-        }
-    };
-    if !allowed(&device) {
-        let why = format!("operator {operator} may not reach device {device}");
-        relay.audit.record(
-            "console-attach",
-            operator,
-            &format!("{device}/{console}"),
-            Outcome::Denied,
-            &why,
-        );
-        let _ = write.stderr(format!("{why}\n").as_bytes()).await;
-        return 1;
-    }
-    // In a cluster, a console held by another relay runs there.
-    let command = format!(
-        "{} {operator} {}",
-        crate::cluster::peer::CONSOLE_EXEC,
-        words.join(" ")
-    );
-    if let Some(status) = Box::pin(crate::cluster::console_elsewhere(
-        relay, &device, command, write,
-    ))
-    .await
-    {
-        return status;
-    }
-    if verb == "watch" {
-        return run_console(
-            relay,
-            operator,
-            &device,
-            &console,
-            Mode::Watch,
-            DEFAULT_SIZE,
-            write,
-        )
-        .await;
-    }
-    let hub = match relay
-        .hubs
-        .open(relay, &device, &console, DEFAULT_SIZE)
-        .await
-    {
-        Ok(h) => h,
-        Err(why) => {
-            let _ = write.stderr(format!("{why}\n").as_bytes()).await;
-            return 1;
-        }
-    };
-    // A one-shot command attaches for write like anyone else (so it respects a writer).
-    let super::hub::Attached {
-        id, role, mut rx, ..
-    } = match hub.attach(operator, true) {
-        Ok(a) => a,
-        Err(why) => {
-            let _ = write.stderr(format!("{why}\n").as_bytes()).await;
-            return 1;
-        }
-    };
-    let _attachment = Attachment {
-        relay,
-        hub: &hub,
-        id,
-        operator,
-        row: None,
-    };
-    if role != Role::Writer {
-        let who = hub.writer().unwrap_or_default();
-        let _ = write
-            .stderr(format!("{who} holds write on {device}/{console}; not changed\n").as_bytes())
-            .await;
-        1
-    } else {
-        match rate {
-            Some(rate) => hub.set_baud(relay, operator, rate).await,
-            None => {
-                hub.send_break(relay, operator, super::hub::BREAK_DURATION)
-                    .await
-            }
-        }
-        // Give the agent a moment to answer, and pass on what it says (a failed break, say).
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        let mut failed = false;
-        loop {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(Out::Notice(text))) => {
-                    if text.contains("failed") || text.starts_with("offline") {
-                        failed = true;
-                    }
-                    let _ = write.data(format!("{text}\n").as_bytes()).await;
-                    if text.starts_with("line speed is") || text == super::hub::BREAK_ENDED {
-                        break;
-                    }
-                }
-                Ok(Some(Out::Data(_))) => {}
-                Ok(None) | Err(_) => break,
-            }
-        }
-        u32::from(failed)
-    }
 }
