@@ -303,14 +303,14 @@ async fn a_missing_console_device_is_reported_at_start_and_agent_status_lists_co
     assert!(text.contains("consoles\n"), "{text}");
     assert!(
         text.contains(&format!(
-            "pi/console -> {} @ 9600 baud (endpoint 2217)  present",
+            "pi/console -> {} @ 9600 8N1, flow none, DTR on, RTS on (endpoint 2217)  present",
             tty.display()
         )),
         "{text}"
     );
     assert!(
         text.contains(&format!(
-            "pi/aux -> {} @ 115200 baud (endpoint 2218)  MISSING",
+            "pi/aux -> {} @ 115200 8N1, flow none, DTR on, RTS on (endpoint 2218)  MISSING",
             missing.display()
         )),
         "{text}"

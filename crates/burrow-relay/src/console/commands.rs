@@ -201,7 +201,12 @@ pub(crate) async fn console_exec(
         return 1;
     }
     let wait = match verb {
-        "baud" | "set" => {
+        "baud" => {
+            let rate = request.trim_start_matches("baud=").parse().unwrap_or(0);
+            hub.set_baud(relay, operator, rate).await;
+            ANSWER_WAIT
+        }
+        "set" => {
             if super::actions::settings(relay, &hub, operator, &request, write)
                 .await
                 .is_some()

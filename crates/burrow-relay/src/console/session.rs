@@ -206,7 +206,11 @@ pub(crate) async fn run_console(
             let _ = write.data(&replay).await;
         }
     }
-    hub.notice(&format!("{operator} attached ({})", how(mode)));
+    // Everyone attached hears of it: the writer learns who watches.
+    match mode {
+        Mode::Interactive => hub.notice(&format!("{operator} attached ({mode_text})")),
+        _ => hub.notice(&format!("{operator} attached ({mode_text}, {})", how(mode))),
+    }
 
     let mut parser = EscapeParser::new(relay.config.console_escape);
     let mut told_read_only = false;
@@ -321,7 +325,7 @@ pub(crate) async fn run_console(
 fn how(mode: Mode) -> &'static str {
     match mode {
         Mode::Interactive => "ssh",
-        Mode::Watch => "watch, read-only",
+        Mode::Watch => "watch",
         Mode::Binary => "binary",
     }
 }
