@@ -68,6 +68,12 @@ pub struct RelayArgs {
     /// Largest total of all console recordings, in MiB.
     #[arg(long, default_value_t = 4096, value_name = "MIB")]
     pub recordings_max_mib: u64,
+    /// Largest total of one console's port log, in MiB (the oldest files go first).
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    pub console_log_max_mib: u64,
+    /// Delete port log files older than this many days.
+    #[arg(long, default_value_t = 90, value_name = "DAYS")]
+    pub console_log_keep_days: u64,
     /// Refuse consoles that cannot be recorded (and close those whose recording stops).
     #[arg(long)]
     pub require_recordings: bool,
@@ -151,6 +157,9 @@ pub enum RelayCommand {
     /// Console recordings (asciicast v2; play them with `asciinema play FILE`).
     #[command(subcommand)]
     Recordings(RecordingsCommand),
+    /// Console port logs: what each console's port said, uploaded by its agent.
+    #[command(subcommand)]
+    Console(ConsoleCommand),
     /// Copy this relay's SQLite registry and audit into the cluster's PostgreSQL database.
     Migrate {
         /// The PostgreSQL database to copy into (`postgresql://USER@HOST/DB`).
@@ -381,6 +390,27 @@ pub enum TokenCommand {
     },
     /// Revoke a join token (devices it enrolled stay).
     Rm { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConsoleCommand {
+    /// Print a console's port log, a timestamp per line.
+    Log {
+        /// DEVICE or DEVICE/CONSOLE.
+        name: String,
+        /// From this time on: 2026-11-23T12:03:00Z, or an age such as 10m, 2h, 3d.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Keep printing what arrives.
+        #[arg(long, short)]
+        follow: bool,
+        /// Without timestamps.
+        #[arg(long)]
+        no_timestamps: bool,
+        /// JSON lines (at_ms, kind, text) for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -10,7 +10,9 @@ use burrow_relay::store::{Db, Store};
 use burrow_relay::{Relay, RelayConfig, datadir};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{DeviceCommand, OperatorCommand, RecordingsCommand, RelayArgs, RelayCommand};
+use crate::cli::{
+    ConsoleCommand, DeviceCommand, OperatorCommand, RecordingsCommand, RelayArgs, RelayCommand,
+};
 use crate::exit::{self, Failure, Result};
 
 pub async fn run(mut args: RelayArgs, shutdown: CancellationToken) -> Result {
@@ -49,6 +51,90 @@ pub async fn run(mut args: RelayArgs, shutdown: CancellationToken) -> Result {
         }
         Some(RelayCommand::Recordings(RecordingsCommand::Ls { device, json })) => {
             recordings(&data_dir, device.as_deref(), json)
+        }
+        Some(RelayCommand::Console(ConsoleCommand::Log {
+            name,
+            since,
+            follow,
+            no_timestamps,
+            json,
+        })) => {
+            console_log(
+                &data_dir,
+                &name,
+                since.as_deref(),
+                follow,
+                !no_timestamps,
+                json,
+                shutdown,
+            )
+            .await
+        }
+    }
+}
+
+/// `burrow relay console log NAME [--since T] [--follow]`: read from the data directory (the
+/// relay that received the uploads).
+async fn console_log(
+    data_dir: &Path,
+    name: &str,
+    since: Option<&str>,
+    follow: bool,
+    timestamps: bool,
+    json: bool,
+    shutdown: CancellationToken,
+) -> Result {
+    use burrow_relay::console::portlog;
+    datadir::require_relay(data_dir).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    let (device, console) = name
+        .split_once('/')
+        .unwrap_or((name, burrow_proto::name::DEFAULT_CONSOLE));
+    for (what, n) in [("device", device), ("console", console)] {
+        burrow_proto::name::check_name(what, n)
+            .map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
+    }
+    let now_ms = burrow_relay::store::now() * 1000;
+    let since = match since {
+        Some(s) => burrow_proto::time::parse_since(s, now_ms)
+            .map_err(|e| Failure::new(exit::USAGE, e))?
+            .max(0) as u64,
+        None => 0,
+    };
+    let mut follower = portlog::Follower::new(data_dir, device, console, since);
+    let print = |lines: &[burrow_proto::portlog::LogLine]| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for l in lines {
+            let text = if json {
+                serde_json::to_string(l).unwrap_or_default()
+            } else {
+                portlog::format_line(l, timestamps)
+            };
+            if writeln!(out, "{text}").is_err() {
+                return false;
+            }
+        }
+        out.flush().is_ok()
+    };
+    loop {
+        let lines = follower.poll(10_000).map_err(|e| {
+            Failure::new(
+                exit::NOINPUT,
+                format!("cannot read the port log of {device}/{console} in {}: {e}", data_dir.display()),
+            )
+        })?;
+        if !print(&lines) {
+            return Ok(());
+        }
+        if !follow {
+            let mut rest = Vec::new();
+            follower.finish(&mut rest);
+            print(&rest);
+            return Ok(());
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
 }
@@ -109,6 +195,10 @@ async fn serve(args: &RelayArgs, data_dir: PathBuf, shutdown: CancellationToken)
     }
     config.recording_max_bytes = args.recording_max_mib.saturating_mul(1 << 20);
     config.recordings_max_total = args.recordings_max_mib.saturating_mul(1 << 20);
+    config.console_logs = burrow_relay::console::portlog::Retention {
+        max_bytes: args.console_log_max_mib.max(1).saturating_mul(1 << 20),
+        keep: Duration::from_secs(args.console_log_keep_days.max(1).saturating_mul(86_400)),
+    };
     config.require_recordings = args.require_recordings;
     config.post_quantum_only = args.post_quantum_only;
     config.handshakes_per_ip_per_sec = args.handshakes_per_ip;

@@ -798,7 +798,16 @@ pub struct FakeRouter {
     pub received: Arc<std::sync::Mutex<Vec<u8>>>,
     master: Arc<std::os::fd::OwnedFd>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    echo: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// What [`FakeRouter::boot`] prints: a Cisco router coming up.
+pub const BOOT_MESSAGES: &str = "System Bootstrap, Version 15.0(1r)M16, RELEASE SOFTWARE (fc1)\r\n\
+Initializing memory...\r\n\
+Self decompressing the image : ########## [OK]\r\n\
+%SYS-5-RESTART: System restarted --\r\n\
+%LINK-3-UPDOWN: Interface GigabitEthernet0/0, changed state to up\r\n\
+Press RETURN to get started!\r\n";
 
 impl FakeRouter {
     /// A router answering each line (CR) with `Router# got <line>\r\n`, at `path`.
@@ -818,7 +827,8 @@ impl FakeRouter {
         let master = Arc::new(master);
         let received = Arc::new(std::sync::Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (m, r, s) = (master.clone(), received.clone(), stop.clone());
+        let echo = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (m, r, s, e) = (master.clone(), received.clone(), stop.clone(), echo.clone());
         std::thread::spawn(move || {
             let mut line = Vec::new();
             let mut buf = [0u8; 1024];
@@ -832,6 +842,9 @@ impl FakeRouter {
                     Ok(n) => n,
                 };
                 r.lock().unwrap().extend_from_slice(&buf[..n]);
+                if e.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = rustix::io::write(&*m, &buf[..n]);
+                }
                 for &b in &buf[..n] {
                     if b == b'\r' {
                         let answer = format!("Router# got {}\r\n", String::from_utf8_lossy(&line));
@@ -848,7 +861,23 @@ impl FakeRouter {
             received,
             master,
             stop,
+            echo,
         }
+    }
+
+    /// The router echoes what it is sent, as a router's console does.
+    pub fn set_echo(&self, on: bool) {
+        self.echo.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The router boots: bootstrap banner, restart and link messages, a prompt.
+    pub fn boot(&self) {
+        self.print_all(BOOT_MESSAGES.as_bytes());
+    }
+
+    /// The pty's termios as the agent set it (for data bits, parity, stop bits, flow).
+    pub fn termios(&self) -> rustix::termios::Termios {
+        rustix::termios::tcgetattr(&*self.master).unwrap()
     }
 
     /// The router prints something by itself.
