@@ -242,7 +242,12 @@ impl Connection {
             ));
             return Ok(());
         };
-        if let OpenKind::Other(name) = &kind {
+        // Other types (x11, auth-agent) are refused here, as nothing above offers them; burrow's
+        // own extension types (`NAME@burrow`, RFC 4250's local names) go to the application,
+        // which accepts or refuses them.
+        if let OpenKind::Other(name) = &kind
+            && !name.ends_with(EXTENSION_SUFFIX)
+        {
             let text = format!("channel type {name:?} is not offered");
             self.out.push_back(open_failure_message(
                 sender,

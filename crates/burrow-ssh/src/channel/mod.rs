@@ -199,6 +199,10 @@ pub struct Limits {
     pub stall_timeout: std::time::Duration,
 }
 
+/// Channel types named `NAME@burrow` are offered to the application; other unknown types
+/// are refused by the connection itself.
+pub const EXTENSION_SUFFIX: &str = "@burrow";
+
 /// Default [`Limits::window_budget`]: eight channels at the full window.
 pub const DEFAULT_WINDOW_BUDGET: u64 = 16 * 1024 * 1024;
 /// Default [`Limits::max_queued`].
