@@ -1,9 +1,11 @@
 //! Consoles for network engineers, part one: the port log kept on the device while nobody is
 //! attached, uploaded to the relay (across a blackout of the agent's link too), read back with
 //! `console log`, the replay escapes and timestamps; pattern alerts fired on the device while
-//! the relay was down, recorded as `console-alert` audit entries.
+//! the relay was down, recorded as `console-alert` audit entries and posted by the relay's
+//! alert path to a local webhook receiver.
 
 mod common;
+mod fleet_common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +14,7 @@ use burrow_linkemu::{Impairment, Link};
 use burrow_proto::agent_config::{AgentConfig, Console, Seconds};
 use burrow_proto::console_config::AlertRule;
 use common::*;
+use fleet_common::Receiver;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -269,7 +272,17 @@ async fn a_pattern_alert_fired_while_the_relay_was_down_is_delivered_when_it_ret
     })
     .await;
 
-    let relay = TestRelay::start_on(&data, &addr.to_string()).await;
+    // The relay comes back with a webhook: the alerts reach it through the relay's alert path.
+    let receiver = Receiver::start().await;
+    let hook = receiver.url("/hook");
+    let relay = TestRelay::start_with(&data, &addr.to_string(), |c| {
+        c.alerts.webhooks = vec![
+            burrow_relay::alerts::Webhook::new(&hook, burrow_relay::alerts::Format::Json, vec![])
+                .unwrap(),
+        ];
+        c.alerts.poll = Duration::from_millis(100);
+    })
+    .await;
     let alert = eventually_async("the alerts recorded", || async {
         let audit = relay.audit_now(200).await;
         let alerts: Vec<_> = audit
@@ -290,6 +303,19 @@ async fn a_pattern_alert_fired_while_the_relay_was_down_is_delivered_when_it_ret
     assert!(d.contains("after: %LINK-3-UPDOWN"), "{d}");
     assert!(d.contains("port log offset") && d.contains("--since 20"), "{d}");
     assert!(alert.iter().any(|r| r.detail.contains("rommon 1 >")));
+    let posted = eventually("both alerts posted to the webhook", || {
+        let alerts = receiver.alerts();
+        (alerts.len() >= 2).then_some(alerts)
+    })
+    .await;
+    assert!(posted.iter().all(|a| a["kind"] == "console-pattern" && a["device"] == "pi"), "{posted:?}");
+    let summary = posted
+        .iter()
+        .map(|a| a["summary"].as_str().unwrap_or_default())
+        .find(|s| s.contains("\"restart\""))
+        .unwrap_or_else(|| panic!("no restart alert in {posted:?}"));
+    assert!(summary.contains("%SYS-5-RESTART: System restarted --"), "{summary}");
+    assert!(summary.contains("before: Initializing memory"), "{summary}");
     // Delivered once, not again after the agent reconnects or restarts.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let count = relay
@@ -299,5 +325,6 @@ async fn a_pattern_alert_fired_while_the_relay_was_down_is_delivered_when_it_ret
         .filter(|r| r.event == "console-alert")
         .count();
     assert_eq!(count, 2);
+    assert_eq!(receiver.alerts().len(), 2);
     agent.stop().await;
 }
