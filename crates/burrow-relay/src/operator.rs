@@ -256,7 +256,8 @@ pub(crate) fn session_opened(relay: Arc<Relay>, op: Arc<OperatorSession>, channe
                         crate::console::console_exec(&relay, op.name(), &allowed, rest, &channel)
                             .await
                     } else {
-                        let (out, err, status) = crate::operator_exec::run_command(&relay, &op, &command).await;
+                        let (out, err, status) =
+                            crate::operator_exec::run_command(&relay, &op, &command).await;
                         let _ = channel.data(out.as_bytes()).await;
                         if !err.is_empty() {
                             let _ = channel.stderr(err.as_bytes()).await;

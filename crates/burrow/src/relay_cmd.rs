@@ -120,7 +120,10 @@ async fn console_log(
         let lines = follower.poll(10_000).map_err(|e| {
             Failure::new(
                 exit::NOINPUT,
-                format!("cannot read the port log of {device}/{console} in {}: {e}", data_dir.display()),
+                format!(
+                    "cannot read the port log of {device}/{console} in {}: {e}",
+                    data_dir.display()
+                ),
             )
         })?;
         if !print(&lines) {

@@ -109,7 +109,11 @@ async fn what_the_router_says_while_nobody_is_attached_is_logged_uploaded_and_re
     assert!(lines[restart + 1].contains("%LINK-3-UPDOWN"), "{text}");
     // Kept on the device too.
     let ring = s.dir.path().join("console-log").join("console");
-    assert!(ring.join("id").exists(), "no port log in {}", ring.display());
+    assert!(
+        ring.join("id").exists(),
+        "no port log in {}",
+        ring.display()
+    );
 
     // --since leaves out what came before.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -221,7 +225,10 @@ async fn output_during_a_blackout_of_the_agents_link_arrives_after_it() {
     let text = wait_logged(&data, "still dark").await;
     let order: Vec<usize> = ["before the blackout", "during the blackout", "still dark"]
         .iter()
-        .map(|n| text.find(n).unwrap_or_else(|| panic!("{n} missing:\n{text}")))
+        .map(|n| {
+            text.find(n)
+                .unwrap_or_else(|| panic!("{n} missing:\n{text}"))
+        })
         .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
     agent.stop().await;
@@ -296,25 +303,45 @@ async fn a_pattern_alert_fired_while_the_relay_was_down_is_delivered_when_it_ret
         .iter()
         .find(|r| r.detail.starts_with("\"restart\""))
         .unwrap();
-    assert_eq!((restart.who.as_str(), restart.target.as_str()), ("pi", "console"));
+    assert_eq!(
+        (restart.who.as_str(), restart.target.as_str()),
+        ("pi", "console")
+    );
     let d = &restart.detail;
-    assert!(d.contains("matched \"%SYS-5-RESTART: System restarted --\""), "{d}");
-    assert!(d.contains("before: Initializing memory... | Self decompressing"), "{d}");
+    assert!(
+        d.contains("matched \"%SYS-5-RESTART: System restarted --\""),
+        "{d}"
+    );
+    assert!(
+        d.contains("before: Initializing memory... | Self decompressing"),
+        "{d}"
+    );
     assert!(d.contains("after: %LINK-3-UPDOWN"), "{d}");
-    assert!(d.contains("port log offset") && d.contains("--since 20"), "{d}");
+    assert!(
+        d.contains("port log offset") && d.contains("--since 20"),
+        "{d}"
+    );
     assert!(alert.iter().any(|r| r.detail.contains("rommon 1 >")));
     let posted = eventually("both alerts posted to the webhook", || {
         let alerts = receiver.alerts();
         (alerts.len() >= 2).then_some(alerts)
     })
     .await;
-    assert!(posted.iter().all(|a| a["kind"] == "console-pattern" && a["device"] == "pi"), "{posted:?}");
+    assert!(
+        posted
+            .iter()
+            .all(|a| a["kind"] == "console-pattern" && a["device"] == "pi"),
+        "{posted:?}"
+    );
     let summary = posted
         .iter()
         .map(|a| a["summary"].as_str().unwrap_or_default())
         .find(|s| s.contains("\"restart\""))
         .unwrap_or_else(|| panic!("no restart alert in {posted:?}"));
-    assert!(summary.contains("%SYS-5-RESTART: System restarted --"), "{summary}");
+    assert!(
+        summary.contains("%SYS-5-RESTART: System restarted --"),
+        "{summary}"
+    );
     assert!(summary.contains("before: Initializing memory"), "{summary}");
     // Delivered once, not again after the agent reconnects or restarts.
     tokio::time::sleep(Duration::from_millis(1500)).await;

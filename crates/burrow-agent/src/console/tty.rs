@@ -43,6 +43,14 @@ impl PortOpener for TtyOpener {
 
 fn configure(fd: &OwnedFd, c: &LineSettings) -> io::Result<()> {
     let mut t = rustix::termios::tcgetattr(fd)?;
+    line_termios(&mut t, c)?;
+    rustix::termios::tcsetattr(fd, OptionalActions::Now, &t)?;
+    Ok(())
+}
+
+/// Sets `t` raw with the line settings `c` (kept apart from the descriptor: a pty, which the
+/// tests use, forces 8 data bits and no parity whatever it is given).
+fn line_termios(t: &mut rustix::termios::Termios, c: &LineSettings) -> io::Result<()> {
     t.make_raw();
     t.set_speed(c.baud)?;
     let size = match c.data_bits {
@@ -74,7 +82,6 @@ fn configure(fd: &OwnedFd, c: &LineSettings) -> io::Result<()> {
         FlowControl::Software => t.input_modes |= InputModes::IXON | InputModes::IXOFF,
         FlowControl::Hardware => t.control_modes |= ControlModes::CRTSCTS,
     }
-    rustix::termios::tcsetattr(fd, OptionalActions::Now, &t)?;
     Ok(())
 }
 
@@ -169,5 +176,64 @@ impl SerialControl for TtyControl {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burrow_proto::serial::parse_changes;
+
+    /// A terminal's attributes to start from (those of a fresh pty).
+    fn fresh() -> rustix::termios::Termios {
+        let master =
+            rustix::pty::openpt(rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY)
+                .expect("openpt");
+        rustix::pty::grantpt(&master).expect("grantpt");
+        rustix::pty::unlockpt(&master).expect("unlockpt");
+        rustix::termios::tcgetattr(&master).expect("tcgetattr")
+    }
+
+    fn with(words: &[&str]) -> rustix::termios::Termios {
+        let mut c = LineSettings::default();
+        for change in parse_changes(words).expect("settings") {
+            c.apply(&change);
+        }
+        let mut t = fresh();
+        line_termios(&mut t, &c).expect("termios");
+        t
+    }
+
+    #[test]
+    fn every_data_bits_parity_stop_bits_and_flow_setting_reaches_the_termios() {
+        let t = with(&["7E2", "flow=xon-xoff", "19200"]);
+        let cm = t.control_modes;
+        assert_eq!(cm & ControlModes::CSIZE, ControlModes::CS7);
+        assert!(cm.contains(ControlModes::PARENB | ControlModes::CSTOPB));
+        assert!(
+            !cm.intersects(ControlModes::PARODD | ControlModes::CMSPAR | ControlModes::CRTSCTS)
+        );
+        assert!(t.input_modes.contains(InputModes::IXON | InputModes::IXOFF));
+        assert_eq!(t.output_speed(), 19200);
+        let cm = with(&["5O1"]).control_modes;
+        assert_eq!(cm & ControlModes::CSIZE, ControlModes::CS5);
+        assert!(cm.contains(ControlModes::PARENB | ControlModes::PARODD));
+        assert!(!cm.contains(ControlModes::CSTOPB));
+        let cm = with(&["6M1"]).control_modes;
+        assert_eq!(cm & ControlModes::CSIZE, ControlModes::CS6);
+        assert!(cm.contains(ControlModes::PARENB | ControlModes::CMSPAR | ControlModes::PARODD));
+        let cm = with(&["8S1", "flow=rts-cts"]).control_modes;
+        assert!(cm.contains(ControlModes::PARENB | ControlModes::CMSPAR | ControlModes::CRTSCTS));
+        assert!(!cm.contains(ControlModes::PARODD));
+        let t = with(&["8N1"]);
+        assert_eq!(t.control_modes & ControlModes::CSIZE, ControlModes::CS8);
+        assert!(
+            !t.control_modes
+                .intersects(ControlModes::PARENB | ControlModes::CSTOPB)
+        );
+        assert!(
+            !t.input_modes
+                .intersects(InputModes::IXON | InputModes::IXOFF)
+        );
     }
 }

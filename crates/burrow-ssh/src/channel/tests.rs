@@ -317,10 +317,17 @@ fn refused_and_unknown_opens_and_a_close_while_opening() {
     assert_eq!(events(&mut b), vec![Event::Closed(offered)]);
     assert_eq!((a.channel_count(), b.channel_count()), (0, 0));
     // burrow's own channel types reach the application.
-    let p = a.open(&OpenKind::Other("portlog@burrow".into())).expect("open");
+    let p = a
+        .open(&OpenKind::Other("portlog@burrow".into()))
+        .expect("open");
     pump(&mut a, &mut b).expect("pump");
     let offered = match events(&mut b).as_slice() {
-        [Event::Open { channel, kind: OpenKind::Other(name) }] if name == "portlog@burrow" => *channel,
+        [
+            Event::Open {
+                channel,
+                kind: OpenKind::Other(name),
+            },
+        ] if name == "portlog@burrow" => *channel,
         other => panic!("{other:?}"),
     };
     b.accept(offered).expect("accept");
