@@ -24,6 +24,9 @@ command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 # The bench smoke run counts idle bytes on a veth between network namespaces (ip, ss).
 { command -v ip >/dev/null 2>&1 && command -v ss >/dev/null 2>&1; } || need+=(iproute2)
+# Console tests: XMODEM/YMODEM file transfer with lrzsz's sz/rz, USB hotplug with socat ptys.
+command -v sz >/dev/null 2>&1 || need+=(lrzsz)
+command -v socat >/dev/null 2>&1 || need+=(socat)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   sudo_if_needed apt-get update -qq
