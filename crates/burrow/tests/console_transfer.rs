@@ -1,0 +1,172 @@
+//! Consoles for network engineers, part three: the console path is binary-clean end to end.
+//! A file goes with lrzsz's `sz --xmodem` / `sz --ymodem` through
+//! `ssh OPERATOR:DEVICE/console@relay binary` to `rz` on the far end of a pty pair (as ROMMON
+//! recovery does), and arrives with the same checksum.
+
+mod common;
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use burrow_proto::agent_config::Console;
+use common::*;
+
+/// A pty pair whose slave is at `path` (where the agent opens it); the master is returned,
+/// blocking, for the receiver. The slave stays open here too, so the master never reads EIO.
+fn pty_pair(path: &Path) -> (OwnedFd, OwnedFd) {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let slave = ptsname(&master, Vec::new()).unwrap();
+    let slave_fd = rustix::fs::open(
+        slave.to_str().unwrap(),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    // Raw on the receiver's side too: no echo, no line discipline between it and the agent.
+    let mut t = rustix::termios::tcgetattr(&master).unwrap();
+    t.make_raw();
+    rustix::termios::tcsetattr(&master, rustix::termios::OptionalActions::Now, &t).unwrap();
+    std::os::unix::fs::symlink(slave.to_str().unwrap(), path).unwrap();
+    (master, slave_fd)
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Sends `file` with `sz PROTOCOL` through a binary console login to `rz PROTOCOL` on the
+/// master of the device's pty; returns the directory rz wrote into.
+async fn transfer(protocol: &'static str) {
+    let dir = tempdir();
+    let relay = TestRelay::start(&dir.path().join("relay")).await;
+    let dev_key = keypair(dir.path(), "dev");
+    let alice_key = keypair(dir.path(), "alice");
+    relay.add_device("pi", &dev_key);
+    relay.add_operator("alice", &alice_key, &["*"]);
+    let port = dir.path().join("ttyUSB0");
+    let (master, _slave) = pty_pair(&port);
+    let mut config = agent_config(
+        &relay.addr.to_string(),
+        "pi",
+        &dev_key,
+        &relay.relay.fingerprint(),
+    );
+    config
+        .console
+        .push(Console::new("console", port.clone(), 115_200));
+    let agent = TestAgent::start(dir.path(), config);
+    agent.wait_up().await;
+    let alice = ssh_config(dir.path(), &relay, "alice", &alice_key);
+
+    // Every byte value, many times over, in an order that is not a pattern.
+    let mut data = Vec::with_capacity(48 * 1024);
+    let mut x: u32 = 0x1234_5678;
+    while data.len() < 48 * 1024 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        data.push((x >> 11) as u8);
+    }
+    // XON/XOFF, CR, Ctrl-E c: bytes a careless path would eat.
+    data.extend_from_slice(b"\x11\x13\r\n\x05c.\x05c?\xff\x00");
+    let send_dir = dir.path().join("send");
+    let recv_dir = dir.path().join("recv");
+    std::fs::create_dir_all(&send_dir).unwrap();
+    std::fs::create_dir_all(&recv_dir).unwrap();
+    let file = send_dir.join("c2900-universalk9.bin");
+    std::fs::write(&file, &data).unwrap();
+
+    // The operator's side: ssh's stdout feeds sz, sz's stdout feeds ssh.
+    let mut ssh = ssh(&alice, &["-T", "-e", "none", "-l", "alice:pi", "relay", "binary"]);
+    ssh.stderr(Stdio::null());
+    let mut ssh = ssh.spawn().unwrap();
+    let to_ssh = ssh.stdin.take().unwrap();
+    let from_ssh = ssh.stdout.take().unwrap();
+    let mut sz = Command::new("sz")
+        .arg(protocol)
+        .arg("-q")
+        .arg(&file)
+        .current_dir(&send_dir)
+        .stdin(Stdio::from(from_ssh))
+        .stdout(Stdio::from(to_ssh))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Attached before the receiver starts, so its first request is not lost.
+    eventually_async("the binary console session", || async {
+        relay
+            .audit_now(50)
+            .await
+            .into_iter()
+            .find(|r| r.event == "console-attach" && r.who == "alice")
+    })
+    .await;
+    // The device's side: rz on the pty master.
+    let mut rz = Command::new("rz");
+    rz.arg(protocol).arg("-q");
+    if protocol == "--xmodem" {
+        // XMODEM carries no name.
+        rz.arg("c2900-universalk9.bin");
+    }
+    let mut rz = rz
+        .current_dir(&recv_dir)
+        .stdin(Stdio::from(master.try_clone().unwrap()))
+        .stdout(Stdio::from(master))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (sz_status, rz_status) = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let a = sz.try_wait().unwrap();
+            let b = rz.try_wait().unwrap();
+            if let (Some(a), Some(b)) = (a, b) {
+                return (a, b);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = sz.kill();
+                let _ = rz.kill();
+                panic!("sz/rz {protocol} did not finish");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(sz_status.success(), "sz {protocol}: {sz_status}");
+    assert!(rz_status.success(), "rz {protocol}: {rz_status}");
+    let got = recv_dir.join("c2900-universalk9.bin");
+    let mut received = std::fs::read(&got).unwrap();
+    // XMODEM pads the last block with SUB (0x1a) up to 128/1024 bytes.
+    if protocol == "--xmodem" {
+        while received.len() > data.len() && received.last() == Some(&0x1a) {
+            received.pop();
+        }
+        std::fs::write(&got, &received).unwrap();
+    }
+    assert_eq!(received.len(), data.len(), "{protocol}");
+    assert_eq!(sha256(&got), sha256(&file), "{protocol}");
+    let _ = ssh.kill();
+    let _ = ssh.wait();
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xmodem_through_the_console_arrives_whole() {
+    transfer("--xmodem").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ymodem_through_the_console_arrives_whole() {
+    transfer("--ymodem").await;
+}
