@@ -87,7 +87,10 @@ async fn transfer(protocol: &'static str) {
     std::fs::write(&file, &data).unwrap();
 
     // The operator's side: ssh's stdout feeds sz, sz's stdout feeds ssh.
-    let mut ssh = ssh(&alice, &["-T", "-e", "none", "-l", "alice:pi", "relay", "binary"]);
+    let mut ssh = ssh(
+        &alice,
+        &["-T", "-e", "none", "-l", "alice:pi", "relay", "binary"],
+    );
     ssh.stderr(Stdio::null());
     let mut ssh = ssh.spawn().unwrap();
     let to_ssh = ssh.stdin.take().unwrap();
