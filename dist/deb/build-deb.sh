@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds target/debian/burrow_VERSION-1_ARCH.deb: the burrow binary, the systemd units for the
-# agent and the relay, example configs, and maintainer scripts that create the burrow system user.
+# agent and the relay, example configs, a udev rule keeping ModemManager off console adapters,
+# and maintainer scripts that create the burrow system user.
 #
 #   dist/deb/build-deb.sh                                          # this machine's architecture
 #   dist/deb/build-deb.sh --target aarch64-unknown-linux-gnu       # Raspberry Pi OS 64-bit (arm64)
@@ -67,6 +68,8 @@ for example in agent.toml agent-soracom.toml relay.toml; do
   install -D -m 0644 "$root/dist/examples/$example" "$stage/usr/share/doc/burrow/examples/$example"
 done
 install -D -m 0644 "$root/dist/deb/copyright" "$stage/usr/share/doc/burrow/copyright"
+# Keeps ModemManager from probing console adapters with AT commands (read at the next plug-in).
+install -D -m 0644 "$root/dist/udev/60-burrow-consoles.rules" "$stage/usr/lib/udev/rules.d/60-burrow-consoles.rules"
 install -d -m 0755 "$stage/DEBIAN"
 for script in postinst prerm postrm; do
   install -m 0755 "$root/dist/deb/$script" "$stage/DEBIAN/$script"

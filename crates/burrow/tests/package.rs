@@ -101,6 +101,10 @@ fn deb_holds_binary_units_examples_and_maintainer_scripts() {
             "./usr/share/doc/burrow/examples/agent-soracom.toml",
         ),
         ("-rw-r--r-- root/root", "./usr/share/doc/burrow/copyright"),
+        (
+            "-rw-r--r-- root/root",
+            "./usr/lib/udev/rules.d/60-burrow-consoles.rules",
+        ),
     ] {
         assert!(
             contents
@@ -123,6 +127,21 @@ fn deb_holds_binary_units_examples_and_maintainer_scripts() {
     // The packaged binary runs, and both example configs are accepted by it.
     let root = dir.path().join("root");
     unpack(&deb, &root);
+    // The udev rule marks USB-serial converters (and only those) for ModemManager to ignore.
+    let rule = std::fs::read_to_string(root.join("usr/lib/udev/rules.d/60-burrow-consoles.rules"))
+        .unwrap();
+    let rule_line = rule
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .unwrap();
+    assert!(
+        rule_line.contains("ENV{ID_MM_DEVICE_IGNORE}=\"1\"") && rule_line.contains("ftdi_sio"),
+        "{rule_line}"
+    );
+    assert!(
+        !rule_line.contains("cdc_acm") && !rule_line.contains("option"),
+        "{rule_line}"
+    );
     let burrow = root.join("usr/bin/burrow");
     assert!(text(&run(Command::new(&burrow).arg("--version"))).contains(env!("CARGO_PKG_VERSION")));
     // The placeholder pin is refused as it stands, saying where the real one comes from;
