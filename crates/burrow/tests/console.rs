@@ -507,15 +507,23 @@ impl burrow_agent::console::port::PortOpener for RecordingPort {
     }
 }
 
-async fn site_with_backend(
-    fail: bool,
-) -> (
+type BackendSite = (
     tempfile::TempDir,
     TestRelay,
     TestAgent,
     std::path::PathBuf,
     RecordingPortLog,
-) {
+);
+
+async fn site_with_backend(fail: bool) -> BackendSite {
+    site_with_backend_and(fail, |_, _| {}).await
+}
+
+/// [`site_with_backend`] with the console adjusted (given the test's directory).
+async fn site_with_backend_and(
+    fail: bool,
+    adjust: impl FnOnce(&mut Console, &Path),
+) -> BackendSite {
     let dir = tempdir();
     let relay = TestRelay::start(&dir.path().join("relay")).await;
     let dev_key = keypair(dir.path(), "dev");
@@ -528,9 +536,9 @@ async fn site_with_backend(
         &dev_key,
         &relay.relay.fingerprint(),
     );
-    config
-        .console
-        .push(Console::new("console", "/dev/ttyFAKE0", 9600));
+    let mut console = Console::new("console", "/dev/ttyFAKE0", 9600);
+    adjust(&mut console, dir.path());
+    config.console.push(console);
     let breaks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let status_file = dir.path().join("status.json");
     let mut options = burrow_agent::AgentOptions::new(status_file.clone());
@@ -589,6 +597,60 @@ async fn break_reaches_the_port_layer_with_its_duration() {
     assert_eq!(
         audit.iter().filter(|r| r.event == "console-break").count(),
         2
+    );
+    agent.stop().await;
+}
+
+/// The ROMMON macro: power-cycle, then hold BREAK while the router boots. The fake power
+/// command records its calls; the port layer records the BREAK and how long it was held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_cycle_then_hold_break_for_rommon() {
+    let (dir, relay, agent, cfg, breaks) = site_with_backend_and(false, |c, dir| {
+        let calls = dir.join("power-calls");
+        let append = |verb: &str| format!("echo {verb} >> '{}'", calls.display());
+        c.power.push(burrow_proto::agent_config::PowerOutlet {
+            name: None,
+            on: Some(append("on")),
+            off: Some(append("off")),
+            cycle: None,
+            cycle_delay: Some(burrow_proto::agent_config::Seconds::Fraction(0.2)),
+            timeout: None,
+        });
+        c.break_hold = Some(burrow_proto::agent_config::Seconds::Whole(1));
+    })
+    .await;
+    let calls = || std::fs::read_to_string(dir.path().join("power-calls")).unwrap_or_default();
+    // From the escape menu, confirmed, with the console's break_hold.
+    let mut t = console_writer(&cfg, "alice:pi").await;
+    t.send(b"\x05cpb").await;
+    t.expect("power-cycle and hold BREAK pi/console? y to confirm")
+        .await;
+    t.send(b"y").await;
+    t.expect("holding BREAK for 1 s").await;
+    t.expect("power cycle, then BREAK for 1 s: done").await;
+    assert_eq!(calls(), "off\non\n");
+    let held = nth_break_held(&breaks, 1).await;
+    assert!(held >= std::time::Duration::from_millis(900), "{held:?}");
+    t.send(b"\x05c.").await;
+    assert!(t.wait().await);
+    // From the exec command, with its own length.
+    let (ok, out, err) = ssh_output(
+        &cfg,
+        &["relay", "console", "power", "pi", "cycle-break", "2"],
+        b"",
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(String::from_utf8_lossy(&out).contains("BREAK for 2 s: done"));
+    assert_eq!(calls(), "off\non\noff\non\n");
+    let held = nth_break_held(&breaks, 2).await;
+    assert!(held >= std::time::Duration::from_millis(1900), "{held:?}");
+    let markers = recording_markers(&relay);
+    assert!(
+        markers
+            .iter()
+            .any(|m| m.contains("power cycle-break") || m.contains("power cycle, then BREAK")),
+        "{markers:?}"
     );
     agent.stop().await;
 }
