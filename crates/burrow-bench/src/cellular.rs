@@ -359,6 +359,59 @@ async fn burrow_idle(
     })
 }
 
+/// What the names of the console systems have in common.
+const CONSOLE_SYSTEM: &str = "console with";
+
+/// The default burrow system serving a console: a pty made by socat whose far end is a router
+/// printing a syslog line (about 110 bytes, numbers changing as a real one's do) every `every`
+/// seconds, or nothing. The agent logs the port and uploads the log (compressed, with the
+/// keepalive's timing by default); the difference to the default system is the upload's cost.
+async fn console_idle(
+    env: &Env,
+    n: u32,
+    name: &str,
+    every: Option<u64>,
+) -> anyhow::Result<IdleSystem> {
+    let tty = env.path(&format!("idle-console-{n}"));
+    let _ = std::fs::remove_file(&tty);
+    let script = match every {
+        Some(secs) => format!(
+            "i=0; while :; do i=$((i+1)); printf '*%s: %%SEC-6-IPACCESSLOGP: list 101 denied tcp 203.0.113.%d(%d) -> 198.51.100.1(23), %d packet\\r\\n' \"$(date -u '+%b %e %T.%N' | cut -c1-19)\" $((i % 250)) $((40000 + i * 7 % 20000)) $i; sleep {secs}; done"
+        ),
+        None => "exec sleep 100000000".to_string(),
+    };
+    // In a file: socat's address syntax would take the line's commas for its own.
+    let script_file = env.path(&format!("idle-console-{n}.sh"));
+    std::fs::write(&script_file, script)?;
+    let router = Proc::spawn(
+        Command::new("socat")
+            .arg(format!("pty,link={},raw,echo=0", tty.display()))
+            .arg(format!("EXEC:sh {}", script_file.display())),
+    )
+    .context("socat makes the console's pty (test.sh installs it)")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !tty.exists() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "socat made no pty at {}",
+            tty.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let console = format!("{}@9600", tty.display());
+    let mut system = burrow_idle(
+        env,
+        n,
+        name,
+        &["--console", &console],
+        MONTH / (6.0 * 3600.0),
+        "a port log on the device, uploaded compressed when the link is up",
+    )
+    .await?;
+    system._procs.push(router);
+    Ok(system)
+}
+
 /// The default burrow system with an operator's `ssh -J` session to the device's own sshd open
 /// through it and silent (`ssh -N`): what a shell left open overnight costs.
 async fn burrow_idle_session(env: &Env, n: u32, name: &str) -> anyhow::Result<IdleSystem> {
@@ -569,6 +622,26 @@ async fn idle_cost(env: &Env, args: &Args) -> anyhow::Result<Vec<Row>> {
             .await?,
         );
     }
+    // The port log's upload: the default device with a console whose router says nothing, and
+    // one whose router logs a syslog line a minute (every second of the smoke run's window).
+    let line_every = if args.smoke { 1 } else { 60 };
+    for (i, (name, every)) in [
+        (
+            format!("burrow, profile standard, {CONSOLE_SYSTEM} a silent router"),
+            None,
+        ),
+        (
+            format!(
+                "burrow, profile standard, {CONSOLE_SYSTEM} a chatty router (a syslog line a minute)"
+            ),
+            Some(line_every),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        systems.push(console_idle(env, 10 + i as u32, &name, every).await?);
+    }
     // What one health report costs: keepalives every 20 s, alone and each carrying a report
     // (with a stand-in ModemManager, so a report is as large as a cellular device's).
     let carrying = systems.len();
@@ -587,8 +660,9 @@ async fn idle_cost(env: &Env, args: &Args) -> anyhow::Result<Vec<Row>> {
     {
         let mut flags = vec!["--keepalive-interval", "20", "--probe-interval", "0"];
         flags.extend(health);
-        // Pairs 1 to 7 are taken above (7: the idle session); each pair and relay directory
-        // must be its own, or creating it tears down the one already measured.
+        // Pairs 1 to 7 are taken above (7: the idle session), 10 and 11 by the consoles; each
+        // pair and relay directory must be its own, or creating it tears down the one already
+        // measured.
         systems.push(burrow_idle(env, 8 + i as u32, name, &flags, 0.0, "").await?);
     }
     let mut connect = Vec::new();
@@ -680,6 +754,13 @@ async fn idle_cost(env: &Env, args: &Args) -> anyhow::Result<Vec<Row>> {
             note.push_str(&format!(
                 "; {:.2}x the idle device",
                 month_bytes / f64::max(device, f64::MIN_POSITIVE)
+            ));
+        }
+        if let (Some(device), Some(_)) = (idle_device, s.name.find(CONSOLE_SYSTEM)) {
+            // The same device without the console: the difference is the port log's upload.
+            note.push_str(&format!(
+                "; the port log's upload: {:+.3} MB a month",
+                (month_bytes - device) / 1e6
             ));
         }
         if !s.note.is_empty() {
