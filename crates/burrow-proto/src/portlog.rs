@@ -366,8 +366,7 @@ impl FrameReader {
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Frame>, BadFrame> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        loop {
-            let Some(head) = self.buf.get(..5) else { break };
+        while let Some(head) = self.buf.get(..5) {
             let kind = head.first().copied().unwrap_or(0);
             let mut len = [0u8; 4];
             len.copy_from_slice(head.get(1..5).unwrap_or(&[0; 4]));

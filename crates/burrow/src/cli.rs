@@ -12,6 +12,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start and moved straight into its command: the size of the largest variant
+// costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the relay, or manage its registry (devices, operators).

@@ -88,7 +88,7 @@ fn files(dir: &Path) -> io::Result<Vec<LogFile>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e),
     };
-    out.sort_by(|a, b| (a.0, a.1.base).cmp(&(b.0, b.1.base)));
+    out.sort_by_key(|a| (a.0, a.1.base));
     Ok(out.into_iter().map(|(_, f)| f).collect())
 }
 
