@@ -355,3 +355,62 @@ async fn a_pattern_alert_fired_while_the_relay_was_down_is_delivered_when_it_ret
     assert_eq!(receiver.alerts().len(), 2);
     agent.stop().await;
 }
+
+/// `log_upload = "on-attach"` keeps the log on the device until someone attaches (then the
+/// backlog goes first); `"never"` keeps it there for good, while alerts still go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_upload_on_attach_and_never() {
+    use burrow_proto::console_config::LogUpload;
+    let s = site(|c, _| c.log_upload = LogUpload::OnAttach).await;
+    let data = s.relay.data_dir.clone();
+    s.router.print(b"while nobody watched\r\n");
+    // On the device, not at the relay.
+    let ring = s.dir.path().join("console-log").join("console");
+    eventually("the line in the ring on the device", || {
+        let mut all = Vec::new();
+        for entry in std::fs::read_dir(&ring).ok()? {
+            all.extend(std::fs::read(entry.ok()?.path()).ok()?);
+        }
+        String::from_utf8_lossy(&all)
+            .contains("while nobody watched")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(!cli_log(&data, &["pi"]).contains("while nobody watched"));
+    let mut t = Terminal::spawn(&s.alice, &["-l", "alice:pi", "relay"]);
+    t.expect("read-write").await;
+    wait_logged(&data, "while nobody watched").await;
+    t.send(b"\x05c.").await;
+    assert!(t.wait().await);
+    s.agent.stop().await;
+
+    let s = site(|c, _| {
+        c.log_upload = LogUpload::Never;
+        c.alert.push(AlertRule {
+            name: Some("panic".into()),
+            pattern: "Kernel panic".into(),
+            every: None,
+            before: None,
+            after: None,
+        });
+    })
+    .await;
+    let data = s.relay.data_dir.clone();
+    s.router.print(b"Kernel panic - not syncing: VFS\r\n");
+    eventually_async("the alert recorded", || async {
+        s.relay
+            .audit_now(100)
+            .await
+            .into_iter()
+            .find(|r| r.event == "console-alert" && r.detail.contains("Kernel panic"))
+    })
+    .await;
+    let mut t = Terminal::spawn(&s.alice, &["-l", "alice:pi", "relay"]);
+    t.expect("read-write").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(!cli_log(&data, &["pi"]).contains("Kernel panic"));
+    t.send(b"\x05c.").await;
+    assert!(t.wait().await);
+    s.agent.stop().await;
+}
