@@ -115,11 +115,16 @@ async fn what_the_router_says_while_nobody_is_attached_is_logged_uploaded_and_re
         ring.display()
     );
 
-    // --since leaves out what came before.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // --since leaves out what came before: from the next whole second on.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let since = now.as_secs() + 1;
+    tokio::time::sleep(Duration::from_millis(1050 - u64::from(now.subsec_millis()))).await;
     s.router.print(b"later line\r\n");
     wait_logged(&data, "later line").await;
-    let recent = cli_log(&data, &["pi/console", "--since", "1s", "--no-timestamps"]);
+    let since = burrow_proto::time::format_rfc3339(since as i64);
+    let recent = cli_log(&data, &["pi/console", "--since", &since, "--no-timestamps"]);
     assert!(recent.contains("later line"), "{recent}");
     assert!(!recent.contains("%SYS-5-RESTART"), "{recent}");
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_burrow"))
