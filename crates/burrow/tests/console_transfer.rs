@@ -95,14 +95,16 @@ async fn transfer(protocol: &'static str) {
     let mut ssh = ssh.spawn().unwrap();
     let to_ssh = ssh.stdin.take().unwrap();
     let from_ssh = ssh.stdout.take().unwrap();
+    let sz_err = dir.path().join("sz.err");
+    let rz_err = dir.path().join("rz.err");
     let mut sz = Command::new("sz")
         .arg(protocol)
-        .arg("-q")
+        .arg("-vv")
         .arg(&file)
         .current_dir(&send_dir)
         .stdin(Stdio::from(from_ssh))
         .stdout(Stdio::from(to_ssh))
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(&sz_err).unwrap())
         .spawn()
         .unwrap();
     // Attached before the receiver starts, so its first request is not lost.
@@ -114,9 +116,10 @@ async fn transfer(protocol: &'static str) {
             .find(|r| r.event == "console-attach" && r.who == "alice")
     })
     .await;
-    // The device's side: rz on the pty master.
+    // The device's side: rz on the pty master. The test keeps the master open too: rz's exit
+    // must not hang the pty up before its last ACK has crossed (as a router stays powered).
     let mut rz = Command::new("rz");
-    rz.arg(protocol).arg("-q");
+    rz.arg(protocol).arg("-vv");
     if protocol == "--xmodem" {
         // XMODEM carries no name.
         rz.arg("c2900-universalk9.bin");
@@ -124,8 +127,8 @@ async fn transfer(protocol: &'static str) {
     let mut rz = rz
         .current_dir(&recv_dir)
         .stdin(Stdio::from(master.try_clone().unwrap()))
-        .stdout(Stdio::from(master))
-        .stderr(Stdio::piped())
+        .stdout(Stdio::from(master.try_clone().unwrap()))
+        .stderr(std::fs::File::create(&rz_err).unwrap())
         .spawn()
         .unwrap();
     let (sz_status, rz_status) = tokio::task::spawn_blocking(move || {
@@ -139,7 +142,11 @@ async fn transfer(protocol: &'static str) {
             if std::time::Instant::now() > deadline {
                 let _ = sz.kill();
                 let _ = rz.kill();
-                panic!("sz/rz {protocol} did not finish");
+                panic!(
+                    "sz/rz {protocol} did not finish (sz {a:?}, rz {b:?}); sz said:\n{}\nrz said:\n{}",
+                    std::fs::read_to_string(&sz_err).unwrap_or_default(),
+                    std::fs::read_to_string(&rz_err).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -161,6 +168,7 @@ async fn transfer(protocol: &'static str) {
     assert_eq!(sha256(&got), sha256(&file), "{protocol}");
     let _ = ssh.kill();
     let _ = ssh.wait();
+    drop(master);
     agent.stop().await;
 }
 

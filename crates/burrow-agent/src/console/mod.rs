@@ -14,6 +14,7 @@
 
 mod alerts;
 mod keeper;
+mod keeper_task;
 pub mod locate;
 pub mod port;
 mod power;
