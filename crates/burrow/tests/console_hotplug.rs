@@ -7,51 +7,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::time::Duration;
 
 use burrow_proto::agent_config::{Console, Seconds};
 use common::*;
-
-/// The adapter: `agent_side` (what the agent opens) joined to `router_side`.
-struct Adapter {
-    child: Child,
-}
-
-impl Adapter {
-    fn plug(agent_side: &Path, router_side: &Path) -> Adapter {
-        let child = Command::new("socat")
-            .arg(format!("pty,link={},raw,echo=0", agent_side.display()))
-            .arg(format!("pty,link={},raw,echo=0", router_side.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat is installed (test.sh installs it)");
-        let adapter = Adapter { child };
-        let deadline = std::time::Instant::now() + WAIT;
-        while !(agent_side.exists() && router_side.exists()) {
-            assert!(std::time::Instant::now() < deadline, "socat made no ptys");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        adapter
-    }
-
-    /// SIGTERM: socat closes both ptys and removes their names.
-    fn unplug(mut self, agent_side: &Path) {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        let _ = self.child.wait();
-        assert!(!agent_side.exists());
-    }
-}
-
-impl Drop for Adapter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The router's end: what it prints goes to the agent, what it reads is collected.
 fn router_print(router_side: &Path, text: &[u8]) {

@@ -1191,3 +1191,44 @@ pub fn agent_process(
             .unwrap(),
     )
 }
+
+/// A serial adapter and its cable, made by socat: `agent_side` (the pty the agent opens) joined
+/// to `router_side` (a pty of its own for the router, whose terminal settings stay its own).
+pub struct Adapter {
+    child: Child,
+}
+
+impl Adapter {
+    pub fn plug(agent_side: &Path, router_side: &Path) -> Adapter {
+        let child = Command::new("socat")
+            .arg(format!("pty,link={},raw,echo=0", agent_side.display()))
+            .arg(format!("pty,link={},raw,echo=0", router_side.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat is installed (test.sh installs it)");
+        let adapter = Adapter { child };
+        let deadline = std::time::Instant::now() + WAIT;
+        while !(agent_side.exists() && router_side.exists()) {
+            assert!(std::time::Instant::now() < deadline, "socat made no ptys");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        adapter
+    }
+
+    /// SIGTERM: socat closes both ptys and removes their names.
+    pub fn unplug(mut self, agent_side: &Path) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let _ = self.child.wait();
+        assert!(!agent_side.exists());
+    }
+}
+
+impl Drop for Adapter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
