@@ -58,6 +58,16 @@ async fn label_policy_health_filters_alerts_and_admin_pages() {
     let (_, _, page) = get(&alice, "/?state=offline").await;
     assert!(!page.contains("data-device=\"pi\""), "pi is online: {page}");
 
+    // The audit with the CLI's filters (the same query): one device's entries, a bad time named.
+    let (_, _, page) = get(&alice, "/audit?device=edge").await;
+    assert!(page.contains("<td>edge</td>"), "{page}");
+    assert!(
+        !page.contains("<td>pi</td>"),
+        "pi's entries under device=edge: {page}"
+    );
+    let (_, _, page) = get(&alice, "/audit?since=yesterday-ish").await;
+    assert!(page.contains("class=\"error\">since:"), "{page}");
+
     // Alerts: the page, filtered like the rest by policy.
     let (status, _, page) = get(&alice, "/alerts").await;
     assert_eq!(status, 200);

@@ -213,7 +213,40 @@ async fn audit(web: &Web, who: &Who, query: &[(String, String)]) -> Resp {
         filter("outcome"),
         filter("q"),
     );
-    let tail = web.relay.db.audit_tail(AUDIT_MAX).await.unwrap_or_default();
+    // The CLI's filters (`relay audit --device --operator --event --since --until`), read
+    // through the same query and its indexes.
+    let (device, operator, since, until) = (
+        filter("device"),
+        filter("operator"),
+        filter("since"),
+        filter("until"),
+    );
+    let now = crate::store::now();
+    let when = |text: &str, name: &str| -> Result<Option<i64>, String> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        burrow_proto::time::parse_time(text, now)
+            .map(Some)
+            .map_err(|e| format!("{name}: {e}"))
+    };
+    let q = when(&since, "since").and_then(|s| {
+        Ok(crate::store::audit_query::AuditQuery {
+            device: (!device.is_empty()).then(|| device.clone()),
+            operator: (!operator.is_empty()).then(|| operator.clone()),
+            event: (!event.is_empty()).then(|| event.clone()),
+            since: s,
+            until: when(&until, "until")?,
+            limit: AUDIT_MAX,
+        })
+    });
+    let (tail, error) = match q {
+        Ok(q) => match web.relay.db.audit_query(&q).await {
+            Ok(entries) => (entries.into_iter().map(|e| e.record).collect(), None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        },
+        Err(why) => (Vec::new(), Some(why)),
+    };
     let admin = who.record.role == Role::Admin;
     let visible = crate::fleet::Visibility::of(&web.relay, &who.record).await;
     let rows: Vec<&AuditRecord> = tail
@@ -237,12 +270,21 @@ async fn audit(web: &Web, who: &Who, query: &[(String, String)]) -> Resp {
         .take(limit)
         .collect();
     viewed(web, who, "audit", &format!("{} entries", rows.len()));
+    let error = error
+        .map(|e| format!("<p class=\"error\">{}</p>", esc(&e)))
+        .unwrap_or_default();
     let body = format!(
-        "<h1>Audit</h1><form class=\"filters\" method=\"get\" action=\"/audit\">\
+        "<h1>Audit</h1>{error}<form class=\"filters\" method=\"get\" action=\"/audit\">\
+         <label>Device <input name=\"device\" value=\"{}\"></label><label>Operator <input name=\"operator\" value=\"{}\"></label>\
+         <label>Since <input name=\"since\" value=\"{}\" placeholder=\"1h, 2d, 2026-11-23\" size=\"12\"></label><label>Until <input name=\"until\" value=\"{}\" size=\"12\"></label>\
          <label>Event <input name=\"event\" value=\"{}\"></label><label>Who <input name=\"who\" value=\"{}\"></label>\
          <label>Target <input name=\"target\" value=\"{}\"></label><label>Outcome <select name=\"outcome\">{}</select></label>\
          <label>Detail contains <input name=\"q\" value=\"{}\"></label><label>At most <input name=\"limit\" value=\"{limit}\" size=\"5\"></label>\
          <button>Filter</button></form>{}",
+        esc(&device),
+        esc(&operator),
+        esc(&since),
+        esc(&until),
         esc(&event),
         esc(&actor),
         esc(&target),
