@@ -491,6 +491,7 @@ async fn an_older_registry_gets_its_entries_subjects_when_migrated() {
         .batch_execute(
             "DROP INDEX audit_at, audit_device, audit_operator, audit_event;
              ALTER TABLE audit DROP COLUMN device, DROP COLUMN operator;
+             DROP TRIGGER devices_updated ON devices;
              ALTER TABLE operators DROP COLUMN role, DROP COLUMN totp_secret;
              DROP TABLE web_logins;
              DELETE FROM schema_migrations WHERE version >= 6;
