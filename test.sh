@@ -27,6 +27,9 @@ command -v g++ >/dev/null 2>&1 || need+=(g++)
 # Console tests: XMODEM/YMODEM file transfer with lrzsz's sz/rz, USB hotplug with socat ptys.
 command -v sz >/dev/null 2>&1 || need+=(lrzsz)
 command -v socat >/dev/null 2>&1 || need+=(socat)
+# The web console's tests drive a real headless Chromium through its WebDriver.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   sudo_if_needed apt-get update -qq
@@ -46,6 +49,8 @@ python3 -c 'import paramiko' >/dev/null 2>&1 || { echo "test.sh: installing para
 python3 -c 'import prometheus_client' >/dev/null 2>&1 || { echo "test.sh: installing prometheus-client"; pip_install prometheus-client; }
 python3 -c 'import ssh_audit' >/dev/null 2>&1 || { echo "test.sh: installing ssh-audit"; pip_install ssh-audit; }
 python3 -c 'import asyncssh' >/dev/null 2>&1 || { echo "test.sh: installing asyncssh"; pip_install asyncssh; }
+# Selenium drives Chromium for the web console's browser tests (crates/burrow/tests/web/).
+python3 -c 'import selenium' >/dev/null 2>&1 || { echo "test.sh: installing selenium"; pip_install selenium; }
 # asyncssh is the third-party mlkem768x25519-sha256 peer; it needs a `cryptography` with ML-KEM.
 python3 -W ignore -c 'from asyncssh.crypto import mlkem_available; assert mlkem_available' >/dev/null 2>&1 \
   || { echo "test.sh: upgrading asyncssh and cryptography (ML-KEM)"; pip_install --upgrade asyncssh cryptography; }

@@ -19,6 +19,7 @@
 //!   what is left once they are gone.
 //! - `kex`: the bytes of one key exchange with each method (the weekly rekey of an idle device).
 //! - `enroll`: a batch of devices enrolling with one reusable join token, until every agent is up.
+//! - `webconsole`: a console keystroke's echo through the web console and through SSH.
 //! - `report`: the Markdown and JSON output, with targets.
 #![forbid(unsafe_code)]
 
@@ -34,6 +35,7 @@ mod kex;
 mod report;
 mod systems;
 mod traffic;
+mod webconsole;
 
 use std::path::PathBuf;
 
@@ -122,6 +124,8 @@ pub enum Part {
     Cgnat,
     /// A batch of devices enrolling with one join token.
     Enroll,
+    /// Console echo through the web console and through SSH.
+    Web,
 }
 
 impl Args {
@@ -193,6 +197,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("burrow-bench: relays on PostgreSQL");
         cluster::run_all(&env, &args, &mut results).await?;
         partial(&args, &results);
+    }
+    if args.runs(Part::Web) {
+        eprintln!("burrow-bench: console echo through the web console and through SSH");
+        webconsole::run(&env, &args, &mut results).await?;
     }
     if args.runs(Part::Attacks) {
         eprintln!("burrow-bench: hostile peers against a relay with default flags");

@@ -122,6 +122,7 @@ impl Results {
             ("idle devices held by OpenSSH sshd", "sshd: RSS per device"),
             ("reconnect after a device reboot", "burrow"),
             ("reconnect storm", "burrow"),
+            (crate::webconsole::GROUP, "web console (WebSocket)"),
             (crate::cgnat::GROUP, crate::cgnat::DEFAULT_FLAGS),
             (crate::cgnat::GROUP, crate::cgnat::LIFTED),
             ("agent footprint", "idle agent RSS"),
@@ -287,6 +288,16 @@ impl Results {
                 Some(e.value <= 60.0),
             ));
         }
+        if let (Some(w), Some(s)) = (
+            v(crate::webconsole::GROUP, "web console (WebSocket)"),
+            v(crate::webconsole::GROUP, "SSH console session"),
+        ) {
+            out.push((
+                "console keystroke echo through the web console within 2x SSH's".into(),
+                format!("{w:.0} µs vs {s:.0} µs ({:.2}x)", w / s),
+                Some(w <= 2.0 * s),
+            ));
+        }
         for e in self
             .entries
             .iter()
@@ -320,6 +331,17 @@ impl Results {
                     Some(e.value <= 2.0 * without.value),
                 ));
             }
+        }
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| e.group == crate::webconsole::FLEET_GROUP)
+        {
+            out.push((
+                format!("fleet page within 1 s ({})", e.system),
+                format!("{:.0} ms", e.value),
+                Some(e.value < 1000.0),
+            ));
         }
         if let Some(r) = v("reconnect after a device reboot", "burrow") {
             out.push((

@@ -9,7 +9,7 @@ use burrow_io::activity::Activity;
 use burrow_io::keys::PublicKey;
 use burrow_proto::liveness::Schedule;
 use burrow_proto::name::Login;
-use burrow_ssh::auth::{Decision, Question};
+use burrow_ssh::auth::{Decision, Question, method};
 use burrow_ssh::channel::{GlobalRequest, OpenKind, open_failure};
 use burrow_ssh::driver::{GlobalAnswer, Handle, Handler, Offer};
 use tokio::sync::oneshot;
@@ -58,6 +58,8 @@ pub(crate) struct Conn {
     authed: Option<oneshot::Sender<()>>,
     /// When the authentication attempt being answered was taken up (refusals are paced from it).
     paced_from: Instant,
+    /// An operator whose password was right and whose TOTP code is asked next.
+    code_for: Option<Login>,
 }
 
 impl Conn {
@@ -80,6 +82,7 @@ impl Conn {
             permit: Some(permit),
             authed: Some(authed),
             paced_from: Instant::now(),
+            code_for: None,
         }
     }
 
@@ -234,13 +237,48 @@ impl Conn {
                 }
             };
         }
+        // After a right password, an operator with TOTP answers keyboard-interactive's
+        // "Verification code" prompt.
+        if let Some(login) = self.code_for.clone() {
+            if login.to_string() != user {
+                return self.reject(
+                    user,
+                    "the user name changed after the password",
+                    AuthFailure::Other,
+                );
+            }
+            return match crate::totp::second_factor(&self.relay, login.principal(), password).await
+            {
+                Ok(()) => {
+                    self.code_for = None;
+                    self.become_operator(login, &format!("{method} with a TOTP code"))
+                        .await
+                }
+                Err(why) => self.reject(user, &why, AuthFailure::Password),
+            };
+        }
         let (outcome, started) =
             crate::password::attempt(&self.relay, self.peer, user, password).await;
         // A refusal is paced from when the password was taken up, after the address's turn:
         // the argon2 work hides inside the pause.
         self.paced_from = started;
         match outcome {
-            crate::password::Outcome::Accepted(login) => self.become_operator(login, method).await,
+            crate::password::Outcome::Accepted(login) => {
+                match self.relay.db.operator(login.principal()).await {
+                    Ok(Some(r)) if r.totp => {
+                        self.relay.audit.record(
+                            "auth",
+                            &login.to_string(),
+                            &self.peer.to_string(),
+                            Outcome::Ok,
+                            &format!("password right by {method}; asking the TOTP code"),
+                        );
+                        self.code_for = Some(login);
+                        Decision::Partial(vec![method::KEYBOARD_INTERACTIVE])
+                    }
+                    _ => self.become_operator(login, method).await,
+                }
+            }
             crate::password::Outcome::Refused(why, kind) => self.reject(user, &why, kind),
         }
     }

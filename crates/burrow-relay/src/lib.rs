@@ -42,6 +42,9 @@
 //! - `revocation`: CLI changes to the registry reaching open sessions within 2 s.
 //! - `password`: the password path: equal work for every name, the operator lock.
 //! - `throttle`: password guessing as bookkeeping: each address's turns, operator counts.
+//! - [`fleet`]: the fleet as one operator may see it (behind `ls` and the web pages).
+//! - [`web`]: the web console (`--web`) and the HTTP stack the metrics page shares.
+//! - [`totp`]: one-time codes (RFC 6238), the second factor after a password.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -60,6 +63,7 @@ pub mod datadir;
 mod device;
 mod device_metrics;
 pub mod enroll;
+pub mod fleet;
 mod gate;
 mod health;
 pub mod host_keys;
@@ -79,6 +83,8 @@ pub mod show;
 pub mod store;
 mod stream_end;
 mod throttle;
+pub mod totp;
+pub mod web;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -137,6 +143,10 @@ pub struct Relay {
     stopping: std::sync::atomic::AtomicBool,
     /// This relay's hold on its data directory, given up when it stops serving.
     dir_lock: std::sync::Mutex<Option<datadir::DirLock>>,
+    /// One-time web login links made by `ssh OPERATOR@relay web`.
+    web_links: web::Links,
+    /// The last TOTP step each operator used (a code works once).
+    totp_used: totp::Used,
 }
 
 impl Relay {
@@ -261,6 +271,8 @@ impl Relay {
             next_id: AtomicU64::new(1),
             metrics: metrics::Metrics::default(),
             cluster,
+            web_links: web::Links::default(),
+            totp_used: totp::Used::default(),
             config,
             stopping: std::sync::atomic::AtomicBool::new(false),
             dir_lock: std::sync::Mutex::new(Some(dir_lock)),
@@ -390,6 +402,11 @@ impl Relay {
         shutdown: CancellationToken,
     ) {
         metrics::serve(self, listener, shutdown).await;
+    }
+
+    /// Serves the web console (checked and loaded by [`web::prepare`]) until `shutdown`.
+    pub async fn serve_web(self: Arc<Self>, web: web::Prepared, shutdown: CancellationToken) {
+        web::serve(self, web, shutdown).await;
     }
 
     /// The metrics page as a scrape sees it now.

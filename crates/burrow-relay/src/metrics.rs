@@ -2,14 +2,12 @@
 //!
 //! Names follow Prometheus conventions: a `burrow_` prefix, `_total` on counters, base units
 //! (bytes, seconds). Each scrape is one request on its own connection; nothing is kept per
-//! scrape.
+//! scrape. The page is served by the same HTTP stack as the web console (`web::http`).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -298,46 +296,26 @@ pub(crate) fn render(m: &Metrics, db: &crate::store::db::DbStats, g: &Gauges) ->
     s
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown`.
+/// Serves `GET /metrics` on `listener` until `shutdown`, on the web console's HTTP stack (one
+/// response per connection, as scrapers expect).
 pub(crate) async fn serve(relay: Arc<Relay>, listener: TcpListener, shutdown: CancellationToken) {
-    loop {
-        let (mut tcp, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(_) => continue,
-            },
-        };
+    use crate::web::http::{respond, text};
+    use hyper::{Method, StatusCode};
+    crate::web::http::serve(listener, None, false, shutdown, move |req, _| {
         let relay = relay.clone();
-        tokio::spawn(async move {
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            let read = async {
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => request.extend_from_slice(buf.get(..n).unwrap_or_default()),
-                    }
-                }
-            };
-            if tokio::time::timeout(Duration::from_secs(5), read)
-                .await
-                .is_err()
-            {
-                return;
+        async move {
+            match (req.method(), req.uri().path()) {
+                (&Method::GET, "/metrics" | "/") => respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    relay.metrics_page().await,
+                ),
+                _ => text(
+                    StatusCode::NOT_FOUND,
+                    "not found: the metrics are at /metrics\n",
+                ),
             }
-            let line = String::from_utf8_lossy(&request);
-            let response = if line.starts_with("GET /metrics ") || line.starts_with("GET / ") {
-                let body = relay.metrics_page().await;
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()
-            };
-            let _ = tcp.write_all(response.as_bytes()).await;
-            let _ = tcp.shutdown().await;
-        });
-    }
+        }
+    })
+    .await;
 }

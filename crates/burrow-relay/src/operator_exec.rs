@@ -1,9 +1,7 @@
 //! What an operator's exec commands answer: `ls` (the devices it may reach, filtered by
 //! label) and `help`.
 
-use std::time::Instant;
-
-use burrow_proto::labels::{Labels, Selector, allows};
+use burrow_proto::labels::{Labels, Selector};
 use burrow_proto::time::format_rfc3339;
 
 use crate::Relay;
@@ -28,36 +26,21 @@ struct Listing {
 }
 
 async fn listings(relay: &Relay, op: &OperatorSession, filter: &[Selector]) -> Vec<Listing> {
-    // Policy as it is now: a removed operator sees nothing.
-    let Some(record) = current_record(relay, op).await else {
-        return Vec::new();
-    };
-    let devices = relay.db.devices().await.unwrap_or_default();
-    devices
+    // Policy as it is now: a removed operator sees nothing. The web console's fleet page
+    // reads the same view.
+    let record = current_record(relay, op).await;
+    crate::fleet::view(relay, record.as_ref())
+        .await
         .into_iter()
-        .filter(|d| allows(&record.allow, &d.name, &d.labels))
-        .filter(|d| filter.iter().all(|s| s.matches(&d.labels)))
-        .map(|d| {
-            let live = relay.registry.get(&d.name);
-            let now = Instant::now();
-            let silent_for = live
-                .as_ref()
-                .filter(|s| s.health(now) != crate::registry::Health::Fine)
-                .map(|s| s.silence(now).as_secs());
-            // Held here: this relay's own view; held elsewhere: the cluster's registry.
-            let (online, endpoints) = match &live {
-                Some(s) => (true, s.ports()),
-                None => (d.online, d.endpoints.clone()),
-            };
-            Listing {
-                silent_for,
-                online,
-                endpoints,
-                last_seen: d.last_seen.map(format_rfc3339),
-                relay: d.relay.clone(),
-                labels: d.labels,
-                name: d.name,
-            }
+        .filter(|r| filter.iter().all(|s| s.matches(&r.device.labels)))
+        .map(|r| Listing {
+            silent_for: r.silent_for,
+            online: r.device.online,
+            endpoints: r.device.endpoints,
+            last_seen: r.device.last_seen.map(format_rfc3339),
+            relay: r.device.relay,
+            labels: r.device.labels,
+            name: r.device.name,
         })
         .collect()
 }
@@ -100,6 +83,7 @@ burrow relay commands (ssh OPERATOR@relay COMMAND):
   console break DEVICE[/NAME]          send a break to a device's serial console
   console baud DEVICE[/NAME] RATE      change a console's baud rate
   console watch DEVICE[/NAME]          follow a console read-only (for logs and scripts)
+  web                                  a one-time link that logs you in to the web console
   help                                 this text
 Reach a device: ssh -J OPERATOR@relay USER@DEVICE, or ssh -W DEVICE:PORT OPERATOR@relay
 A console interactively: ssh -t OPERATOR:DEVICE[/NAME]@relay (or ssh -t OPERATOR@relay for a menu)
@@ -130,6 +114,17 @@ pub(crate) async fn run_command(
             Err(why) => (String::new(), format!("{why}\n{HELP}"), 2),
         },
         ["help"] | ["--help"] => (HELP.to_string(), String::new(), 0),
+        ["web"] => match relay.web_links.create(&relay.db, op.name()).await {
+            Ok(link) => (
+                format!(
+                    "{link}\nOpen it within {} s; it works once.\n",
+                    crate::web::LINK_LIFETIME.as_secs()
+                ),
+                String::new(),
+                0,
+            ),
+            Err(why) => (String::new(), format!("{why}\n"), 1),
+        },
         _ => (
             String::new(),
             format!("unknown command {command:?}\n{HELP}"),

@@ -223,6 +223,14 @@ async fn check_stream(
         }
         Err(e) => return Err(Refusal::new(CONNECT_FAILED, e.to_string())),
     };
+    if record.role == crate::store::Role::Viewer {
+        return Err(Refusal::new(
+            PROHIBITED,
+            format!(
+                "operator {name} has the viewer role: it watches consoles, it opens no streams"
+            ),
+        ));
+    }
     if record.console_only {
         return Err(Refusal::new(
             PROHIBITED,

@@ -55,13 +55,38 @@ pub fn probe(d: &DeviceRecord) -> String {
 
 /// `device show` as text.
 pub fn render_detail(d: &DeviceDetail) -> String {
+    let mut out = format!("device {}\n", d.device.name);
+    for (key, value) in detail_lines(d) {
+        out.push_str(&format!("  {key:<12} {value}\n"));
+    }
+    if !d.events.is_empty() {
+        out.push_str("recent events\n");
+        for e in &d.events {
+            out.push_str(&format!(
+                "  {} {:<14} {:<11} {:<22} {}\n",
+                format_rfc3339(e.at),
+                e.event,
+                e.outcome,
+                e.target,
+                e.detail
+            ));
+        }
+    }
+    if !d.alerts.is_empty() {
+        out.push_str("alerts\n");
+        out.push_str(&render_alert_lines(&d.alerts, "  "));
+    }
+    out
+}
+
+/// What `device show` says of a device's state and health, key by key (the web console's
+/// device page shows the same).
+pub fn detail_lines(d: &DeviceDetail) -> Vec<(&'static str, String)> {
     let now = crate::store::now();
     let dev = &d.device;
     let h = &dev.health;
-    let mut out = format!("device {}\n", dev.name);
-    let mut line = |key: &str, value: String| {
-        out.push_str(&format!("  {key:<12} {value}\n"));
-    };
+    let mut lines = Vec::new();
+    let mut line = |key: &'static str, value: String| lines.push((key, value));
     let state = if dev.online {
         format!(
             "online for {}{}",
@@ -121,24 +146,7 @@ pub fn render_detail(d: &DeviceDetail) -> String {
         }
         (None, _) => line("reported", "nothing yet".into()),
     }
-    if !d.events.is_empty() {
-        out.push_str("recent events\n");
-        for e in &d.events {
-            out.push_str(&format!(
-                "  {} {:<14} {:<11} {:<22} {}\n",
-                format_rfc3339(e.at),
-                e.event,
-                e.outcome,
-                e.target,
-                e.detail
-            ));
-        }
-    }
-    if !d.alerts.is_empty() {
-        out.push_str("alerts\n");
-        out.push_str(&render_alert_lines(&d.alerts, "  "));
-    }
-    out
+    lines
 }
 
 /// What the agent reported, one line per part.
@@ -234,7 +242,7 @@ pub fn render_alerts(alerts: &[AlertRecord]) -> String {
     out
 }
 
-fn render_alert_lines(alerts: &[AlertRecord], indent: &str) -> String {
+pub(crate) fn render_alert_lines(alerts: &[AlertRecord], indent: &str) -> String {
     let mut out = String::new();
     for a in alerts {
         out.push_str(&format!(
@@ -251,7 +259,7 @@ fn render_alert_lines(alerts: &[AlertRecord], indent: &str) -> String {
 }
 
 /// How an alert's deliveries stand, in a few words.
-fn delivery(a: &AlertRecord) -> String {
+pub(crate) fn delivery(a: &AlertRecord) -> String {
     if a.deliveries.is_empty() {
         return "kept (no webhook)".into();
     }

@@ -18,9 +18,9 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the relay, or manage its registry (devices, operators).
-    Relay(RelayArgs),
+    Relay(Box<RelayArgs>),
     /// Run the device agent, or show its status.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Start a relay, a demo device and an operator on loopback and print ssh commands to try.
     Demo(DemoArgs),
 }
@@ -109,6 +109,41 @@ pub struct RelayArgs {
     /// Serve Prometheus metrics over HTTP on this address (off by default).
     #[arg(long, env = "BURROW_METRICS", value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Serve the web console on this address (off by default). Off loopback it needs TLS
+    /// (--web-cert/--web-key), a TLS proxy (--web-trusted-proxy), or --web-insecure.
+    #[arg(long, env = "BURROW_WEB", value_name = "ADDR")]
+    pub web: Option<String>,
+    /// PEM certificate chain for the web console (leaf first).
+    #[arg(
+        long,
+        env = "BURROW_WEB_CERT",
+        value_name = "FILE",
+        requires = "web_key"
+    )]
+    pub web_cert: Option<PathBuf>,
+    /// PEM private key for --web-cert.
+    #[arg(
+        long,
+        env = "BURROW_WEB_KEY",
+        value_name = "FILE",
+        requires = "web_cert"
+    )]
+    pub web_key: Option<PathBuf>,
+    /// Reverse proxy whose X-Forwarded-For and X-Forwarded-Proto are believed (an address or
+    /// ADDR/BITS range; repeatable).
+    #[arg(long, value_name = "ADDR[/BITS]")]
+    pub web_trusted_proxy: Vec<String>,
+    /// The address people open, for the links `ssh OPERATOR@relay web` prints (e.g.
+    /// https://relay.example:8443) [default: the --web address].
+    #[arg(long, env = "BURROW_WEB_URL", value_name = "URL")]
+    pub web_url: Option<String>,
+    /// Serve a login form over plain HTTP on a non-loopback address (not recommended).
+    #[arg(long)]
+    pub web_insecure: bool,
+    /// Host routing: PORT--NAME.DOMAIN opens device NAME's web UI on PORT (point a wildcard
+    /// DNS name and certificate *.DOMAIN at the relay).
+    #[arg(long, env = "BURROW_WEB_DEVICE_DOMAIN", value_name = "DOMAIN")]
+    pub web_device_domain: Option<String>,
     /// Renew each connection's SSH keys after this much data either way (like OpenSSH's
     /// RekeyLimit; also after 2^31 packets).
     #[arg(long, default_value = "1G", value_name = "SIZE")]
@@ -467,7 +502,14 @@ pub enum OperatorCommand {
         /// Ports and consoles (lifts --console-only).
         #[arg(long)]
         full: bool,
+        /// viewer (read-only, no console write), operator, or admin (tokens, approvals,
+        /// policy edits in the web console).
+        #[arg(long, value_name = "ROLE")]
+        role: Option<burrow_relay::store::Role>,
     },
+    /// Time-based one-time codes, asked after the password on SSH and on the web console.
+    #[command(subcommand)]
+    Totp(TotpCommand),
     /// Set (from stdin) or clear an operator's password.
     Password {
         name: String,
@@ -486,6 +528,15 @@ pub enum OperatorCommand {
         #[arg(long, value_name = "FILE")]
         pubkey: PathBuf,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TotpCommand {
+    /// Make a new secret and show it as a QR code for an authenticator app; from then on
+    /// password logins of NAME also ask a code.
+    Enroll { name: String },
+    /// Stop asking NAME for codes.
+    Remove { name: String },
 }
 
 #[derive(Args, Debug)]

@@ -58,8 +58,8 @@ fn main() {
         let shutdown = CancellationToken::new();
         spawn_signal_handler(shutdown.clone());
         match cli.command {
-            Command::Relay(args) => relay_cmd::run(args, shutdown).await,
-            Command::Agent(args) => agent_cmd::run(args, shutdown).await,
+            Command::Relay(args) => relay_cmd::run(*args, shutdown).await,
+            Command::Agent(args) => agent_cmd::run(*args, shutdown).await,
             Command::Demo(args) => demo::run(args, shutdown).await,
         }
     });

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{
     ConsoleCommand, DeviceCommand, OperatorCommand, RecordingsCommand, RelayArgs, RelayCommand,
+    TotpCommand,
 };
 use crate::exit::{self, Failure, Result};
 
@@ -280,6 +281,33 @@ async fn serve(args: &RelayArgs, data_dir: PathBuf, shutdown: CancellationToken)
         Some(addr) => Some(bind(addr, "--metrics").await?),
         None => None,
     };
+    let web = match &args.web {
+        Some(addr) => {
+            let config = web_config(args)?;
+            // Refused before anything listens, when the address says enough.
+            if let Ok(listen) = addr.parse() {
+                burrow_relay::web::check(listen, &config)
+                    .map_err(|e| Failure::new(exit::USAGE, e))?;
+            }
+            let listener = bind(addr, "--web").await?;
+            Some(
+                burrow_relay::web::prepare(listener, config)
+                    .map_err(|e| Failure::new(exit::USAGE, e))?,
+            )
+        }
+        None if args.web_cert.is_some()
+            || args.web_insecure
+            || !args.web_trusted_proxy.is_empty()
+            || args.web_url.is_some()
+            || args.web_device_domain.is_some() =>
+        {
+            return Err(Failure::new(
+                exit::USAGE,
+                "--web-cert, --web-insecure, --web-trusted-proxy and --web-url set up the web console: give --web ADDR too",
+            ));
+        }
+        None => None,
+    };
     let relay = Relay::open(config)
         .await
         .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
@@ -294,6 +322,9 @@ async fn serve(args: &RelayArgs, data_dir: PathBuf, shutdown: CancellationToken)
             tracing::info!("metrics on http://{addr}/metrics");
         }
         tokio::spawn(relay.clone().serve_metrics(listener, shutdown.clone()));
+    }
+    if let Some(web) = web {
+        tokio::spawn(relay.clone().serve_web(web, shutdown.clone()));
     }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -352,6 +383,25 @@ fn alert_settings(args: &RelayArgs, alerts: &mut burrow_relay::alerts::AlertsCon
         tracing::info!("alerts go to {} ({:?})", hook.target, hook.format);
     }
     Ok(())
+}
+
+/// The web console's settings from the relay's flags.
+fn web_config(args: &RelayArgs) -> Result<burrow_relay::web::WebConfig> {
+    let mut proxies = Vec::new();
+    for p in &args.web_trusted_proxy {
+        proxies.push(
+            p.parse()
+                .map_err(|e| Failure::new(exit::USAGE, format!("--web-trusted-proxy: {e}")))?,
+        );
+    }
+    Ok(burrow_relay::web::WebConfig {
+        tls: args.web_cert.clone().zip(args.web_key.clone()),
+        insecure: args.web_insecure,
+        trusted_proxies: proxies,
+        public_url: args.web_url.clone(),
+        session_lifetime: None,
+        device_domain: args.web_device_domain.clone(),
+    })
 }
 
 async fn bind(addr: &str, flag: &str) -> Result<tokio::net::TcpListener> {
@@ -848,6 +898,7 @@ async fn operator(store: &Db, cmd: OperatorCommand) -> Result {
             allow,
             console_only,
             full,
+            role,
         } => {
             check_patterns(&allow)?;
             let access = match (console_only, full) {
@@ -855,17 +906,25 @@ async fn operator(store: &Db, cmd: OperatorCommand) -> Result {
                 (_, true) => Some(false),
                 _ => None,
             };
-            if allow.is_empty() && access.is_none() {
+            if allow.is_empty() && access.is_none() && role.is_none() {
                 return Err(Failure::new(
                     exit::USAGE,
-                    "nothing to change: give --allow GLOB (repeatable), --console-only or --full",
+                    "nothing to change: give --allow GLOB (repeatable), --console-only, --full or --role ROLE",
                 ));
             }
             let patterns = (!allow.is_empty()).then_some(allow.as_slice());
-            store
-                .set_operator_policy(&name, patterns, access)
-                .await
-                .map_err(store_err)?;
+            if patterns.is_some() || access.is_some() {
+                store
+                    .set_operator_policy(&name, patterns, access)
+                    .await
+                    .map_err(store_err)?;
+            }
+            if role.is_some() {
+                store
+                    .set_operator_web(&name, role, None)
+                    .await
+                    .map_err(store_err)?;
+            }
             let now = store
                 .operator(&name)
                 .await
@@ -874,14 +933,37 @@ async fn operator(store: &Db, cmd: OperatorCommand) -> Result {
                     store_err(burrow_relay::store::StoreError::NoOperator(name.clone()))
                 })?;
             println!(
-                "operator {name}: may reach {}{}",
+                "operator {name}: may reach {}{}, role {}",
                 now.allow.join(", "),
                 if now.console_only {
                     " (consoles only)"
                 } else {
                     ""
-                }
+                },
+                now.role.as_str()
             );
+        }
+        OperatorCommand::Totp(TotpCommand::Enroll { name }) => {
+            let secret = burrow_relay::totp::new_secret();
+            store
+                .set_operator_web(&name, None, Some(Some(&secret)))
+                .await
+                .map_err(store_err)?;
+            let uri = burrow_relay::totp::uri("burrow", &name, &secret);
+            let qr = burrow_relay::totp::qr_terminal(&uri)
+                .map_err(|e| Failure::new(exit::SOFTWARE, e))?;
+            println!("{qr}");
+            println!("Scan this with an authenticator app, or type the secret: {secret}");
+            println!(
+                "From now on operator {name}'s password logins (SSH and web) also ask a 6-digit code."
+            );
+        }
+        OperatorCommand::Totp(TotpCommand::Remove { name }) => {
+            store
+                .set_operator_web(&name, None, Some(None))
+                .await
+                .map_err(store_err)?;
+            println!("operator {name}: TOTP removed; password logins ask no code");
         }
         OperatorCommand::Password {
             name,

@@ -68,6 +68,20 @@ pub(crate) async fn console_exec(
             return 2;
         }
     };
+    // A viewer (`operator set --role viewer`) reads: it may watch, list and read the log only.
+    if !matches!(verb, "watch" | "who" | "log") && super::session::is_viewer(relay, operator).await
+    {
+        let why = format!("operator {operator} has the viewer role: it cannot {verb} a console");
+        relay.audit.record(
+            "console-attach",
+            operator,
+            &format!("{device}/{console}"),
+            Outcome::Denied,
+            &why,
+        );
+        err(write, &why).await;
+        return 1;
+    }
     if !allowed(&device) {
         let why = format!("operator {operator} may not reach device {device}");
         relay.audit.record(

@@ -114,6 +114,24 @@ pub(crate) struct Hubs {
 }
 
 impl Hubs {
+    /// The consoles open now: (device, console, who writes), by device.
+    pub(crate) fn in_use(&self) -> Vec<(String, String, Option<String>)> {
+        let hubs: Vec<Arc<Hub>> = self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut out: Vec<_> = hubs
+            .iter()
+            .filter(|h| !h.state().closed)
+            .map(|h| (h.device.clone(), h.console.clone(), h.writer()))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The hub of `device/console`, connecting to the agent if none is open.
     pub(crate) async fn open(
         &self,

@@ -20,7 +20,7 @@ mod session;
 pub(crate) mod upload;
 
 pub(crate) use commands::console_exec;
-pub(crate) use hub::Hubs;
+pub(crate) use hub::{Attached, BREAK_DURATION, Hub, Hubs, Out, Role};
 pub(crate) use menu::run_menu;
-pub(crate) use session::{DEFAULT_SIZE, Mode, attach, run_console, term_size};
+pub(crate) use session::{DEFAULT_SIZE, Mode, attach, notice_line, run_console, term_size};
 pub(crate) use upload::SeenAlerts;

@@ -26,7 +26,7 @@ pub(crate) enum Mode {
 /// In binary mode from the escape (`^Ecx`), escapes come back after input paused this long.
 const BINARY_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn notice_line(text: &str) -> Vec<u8> {
+pub(crate) fn notice_line(text: &str) -> Vec<u8> {
     format!("\r\n[burrow] {text}\r\n").into_bytes()
 }
 
@@ -121,6 +121,14 @@ pub(crate) async fn run_console(
     write: &Channel,
 ) -> u32 {
     let target = format!("{device}/{console}");
+    // A viewer (`operator set --role viewer`) watches: no keystrokes, escapes, binary mode
+    // or write.
+    let mode = if mode != Mode::Watch && is_viewer(relay, operator).await {
+        say(write, &format!("{operator} has the viewer role: read-only")).await;
+        Mode::Watch
+    } else {
+        mode
+    };
     let hub = match relay.hubs.open(relay, device, console, size).await {
         Ok(h) => h,
         Err(why) => {
@@ -430,4 +438,12 @@ async fn act(
         }
     }
     Flow::Stay
+}
+
+/// Whether `operator` has the viewer role (read-only everywhere).
+pub(crate) async fn is_viewer(relay: &Relay, operator: &str) -> bool {
+    matches!(
+        relay.db.operator(operator).await,
+        Ok(Some(r)) if r.role == crate::store::Role::Viewer
+    )
 }

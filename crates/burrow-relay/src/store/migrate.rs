@@ -86,6 +86,8 @@ const TABLES: [(&str, &[(&str, Kind)]); 11] = [
             ("console_only", Kind::Bool),
             ("created", Kind::Int),
             ("locked_until", Kind::Int),
+            ("role", Kind::Text),
+            ("totp_secret", Kind::Text),
         ],
     ),
     (

@@ -20,6 +20,7 @@ pub mod health;
 pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
+pub mod web;
 
 pub use audit_query::{AuditEntry, AuditQuery};
 pub use db::{Db, Write, Written};
@@ -157,6 +158,62 @@ pub struct OperatorRecord {
     /// Password login locked after repeated failures, until then (seconds since the epoch).
     #[serde(serialize_with = "rfc3339")]
     pub locked_until: Option<i64>,
+    /// What it may do in the web console (and whether it may write to consoles).
+    pub role: Role,
+    /// Its TOTP secret (base32), asked on password logins once enrolled.
+    #[serde(skip)]
+    pub totp_secret: Option<burrow_proto::secret::Secret>,
+    /// Whether TOTP is enrolled.
+    pub totp: bool,
+}
+
+/// What an operator may do beyond reaching its devices (`operator set --role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Sees what its policy allows; never writes to a console.
+    Viewer,
+    /// Sees and uses what its policy allows (the default).
+    #[default]
+    Operator,
+    /// Also tokens, approvals and policy edits.
+    Admin,
+}
+
+impl Role {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// A stored role; anything unknown reads as the least one.
+    pub fn parse_stored(s: &str) -> Role {
+        s.parse().unwrap_or(Role::Viewer)
+    }
+
+    /// Whether it may write to consoles and open device streams.
+    pub fn may_write(self) -> bool {
+        self != Role::Viewer
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!(
+                "{s:?} is not a role: use viewer, operator or admin"
+            )),
+        }
+    }
 }
 
 /// What a password login is checked against.

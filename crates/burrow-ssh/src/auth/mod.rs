@@ -135,7 +135,8 @@ pub enum Question {
         /// The key, whose signature verified.
         key: PublicKey,
     },
-    /// Is this the password? (From `password` or from the keyboard-interactive prompt.)
+    /// Is this the password? (From `password` or from the keyboard-interactive prompt.) After
+    /// a [`Decision::Partial`], keyboard-interactive's answer is the second factor's code.
     Password {
         /// The login name.
         user: String,

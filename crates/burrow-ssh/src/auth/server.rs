@@ -24,6 +24,9 @@ pub struct ServerAuth {
     waiting: VecDeque<Vec<u8>>,
     /// The user who was sent a keyboard-interactive prompt.
     prompted: Option<String>,
+    /// A step passed with partial success: keyboard-interactive now asks for a verification
+    /// code (the second factor), not the password.
+    second_factor: bool,
     /// The user the question out is about.
     asking: Option<String>,
     done: Option<String>,
@@ -69,6 +72,7 @@ impl ServerAuth {
             pending: None,
             waiting: VecDeque::new(),
             prompted: None,
+            second_factor: false,
             asking: None,
             done: None,
         }
@@ -133,6 +137,7 @@ impl ServerAuth {
             (Pending::Refused, _) => self.fail(&mut step)?,
             (_, Decision::Partial(methods)) => {
                 self.methods = methods;
+                self.second_factor = true;
                 step.send.push(encode_auth_failure(&self.methods, true));
             }
             (_, Decision::Reject) => self.fail(&mut step)?,
@@ -294,12 +299,17 @@ impl ServerAuth {
             }
             Method::KeyboardInteractive { .. } => {
                 let mut w = Writer::message(msg::USERAUTH_INFO_REQUEST);
+                let (prompt, echo): (&[u8], bool) = if self.second_factor {
+                    (b"Verification code: ", true)
+                } else {
+                    (b"Password: ", false)
+                };
                 w.string(b"") // name
                     .string(b"") // instruction
                     .string(b"") // language tag
                     .u32(1)
-                    .string(b"Password: ")
-                    .bool(false); // no echo
+                    .string(prompt)
+                    .bool(echo);
                 self.prompted = Some(user);
                 Ok(ServerStep {
                     send: vec![w.into_bytes()],

@@ -153,6 +153,21 @@ impl Db {
         .await
     }
 
+    /// Sets an operator's role and/or TOTP secret (`Some(None)` removes the secret).
+    pub async fn set_operator_web(
+        &self,
+        name: &str,
+        role: Option<crate::store::Role>,
+        totp_secret: Option<Option<&str>>,
+    ) -> Result<(), StoreError> {
+        let (n, t) = (name.to_string(), totp_secret.map(|t| t.map(str::to_string)));
+        self.change(
+            move |s| s.set_operator_web(&n, role, t.as_ref().map(|t| t.as_deref())),
+            async |p| p.set_operator_web(name, role, totp_secret).await,
+        )
+        .await
+    }
+
     /// Lifts a password lock; false if the operator was not locked.
     pub async fn unlock_operator(&self, name: &str) -> Result<bool, StoreError> {
         let n = name.to_string();

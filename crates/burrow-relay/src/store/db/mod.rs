@@ -26,6 +26,7 @@ mod fleet;
 mod reads;
 #[cfg(test)]
 mod tests;
+mod web;
 mod writer;
 
 use writer::pg_writer;

@@ -25,10 +25,11 @@ mod health;
 mod reads;
 mod registry;
 mod schema;
+mod web;
 mod writes;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// Channel of registry changes (devices, keys, operators, rules): payload unused.
 pub const REGISTRY_CHANNEL: &str = "burrow_registry";

@@ -274,7 +274,7 @@ impl Pg {
             .client
             .query(
                 &format!(
-                    "SELECT name, password_hash IS NOT NULL, console_only, locked_until FROM operators {filter} ORDER BY name"
+                    "SELECT name, password_hash IS NOT NULL, console_only, locked_until, role, totp_secret FROM operators {filter} ORDER BY name"
                 ),
                 args,
             )
@@ -308,7 +308,12 @@ impl Pg {
             .map(|r| {
                 let name: String = r.get(0);
                 let locked: Option<i64> = r.get(3);
+                let role: String = r.get(4);
+                let totp_secret: Option<String> = r.get(5);
                 OperatorRecord {
+                    role: crate::store::Role::parse_stored(&role),
+                    totp: totp_secret.is_some(),
+                    totp_secret: totp_secret.map(burrow_proto::secret::Secret::new),
                     fingerprints: keys.remove(&name).unwrap_or_default(),
                     allow: allow.remove(&name).unwrap_or_default(),
                     has_password: r.get(1),

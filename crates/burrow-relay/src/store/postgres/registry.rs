@@ -305,6 +305,38 @@ impl Pg {
         .await
     }
 
+    /// Sets an operator's role and/or TOTP secret (`Some(None)` removes the secret).
+    pub async fn set_operator_web(
+        &mut self,
+        name: &str,
+        role: Option<crate::store::Role>,
+        totp_secret: Option<Option<&str>>,
+    ) -> Result<(), StoreError> {
+        self.change("changing an operator", async |tx| {
+            if !exists(tx, "operators", "name", name).await? {
+                return Err(StoreError::NoOperator(name.into()));
+            }
+            if let Some(role) = role {
+                tx.execute(
+                    "UPDATE operators SET role = $2 WHERE name = $1",
+                    &[&name, &role.as_str()],
+                )
+                .await
+                .map_err(pg("changing an operator"))?;
+            }
+            if let Some(secret) = totp_secret {
+                tx.execute(
+                    "UPDATE operators SET totp_secret = $2 WHERE name = $1",
+                    &[&name, &secret],
+                )
+                .await
+                .map_err(pg("changing an operator"))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Lifts a lock; false if the operator was not locked.
     pub async fn unlock_operator(&mut self, name: &str) -> Result<bool, StoreError> {
         self.change("unlocking an operator", async |tx| {

@@ -186,6 +186,11 @@ CREATE TRIGGER devices_updated AFTER UPDATE OF {} ON devices
     )
 }
 
+/// Version 8: operators' roles (viewer, operator, admin) and TOTP secrets, for the web console
+/// and second-factor SSH logins (the web console's logins are added with it).
+const SCHEMA_V8: &str = "ALTER TABLE operators ADD COLUMN role TEXT NOT NULL DEFAULT 'operator';
+ALTER TABLE operators ADD COLUMN totp_secret TEXT;";
+
 /// Brings the schema to [`SCHEMA_VERSION`] under an advisory lock.
 pub(super) async fn migrate(client: &Client) -> Result<(), StoreError> {
     client
@@ -291,6 +296,17 @@ pub(super) async fn migrate(client: &Client) -> Result<(), StoreError> {
             if let Err(e) = client.batch_execute(&script).await {
                 let _ = client.batch_execute("ROLLBACK").await;
                 return Err(pg("bringing the schema to version 7 (last seen is no registry change)")(e));
+            }
+        }
+        if version < 8 {
+            let script = format!(
+                "BEGIN;\n{SCHEMA_V8}\n{}\nINSERT INTO schema_migrations VALUES (8, {});\nCOMMIT;",
+                crate::store::web::WEB_SCHEMA,
+                now()
+            );
+            if let Err(e) = client.batch_execute(&script).await {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(pg("bringing the schema to version 8 (operator roles, TOTP, web logins)")(e));
             }
         }
         Ok(())

@@ -28,11 +28,12 @@ mod operators;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod web;
 
 pub use backup::{BackupReport, backup, restore};
 
 /// The schema version this build writes; each step below brings a database one version up.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The relay database.
 pub struct Store {
@@ -214,19 +215,21 @@ fn operator_exists(c: &Connection, name: &str) -> Result<bool, StoreError> {
 fn operator_record(c: &Connection, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
     let row = c
         .query_row(
-            "SELECT password_hash IS NOT NULL, console_only, locked_until FROM operators WHERE name = ?1",
+            "SELECT password_hash IS NOT NULL, console_only, locked_until, role, totp_secret FROM operators WHERE name = ?1",
             [name],
             |r| {
                 Ok((
                     r.get::<_, bool>(0)?,
                     r.get::<_, bool>(1)?,
                     r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(4)?,
                 ))
             },
         )
         .optional()
         .map_err(sql("looking up an operator"))?;
-    let Some((has_password, console_only, locked_until)) = row else {
+    let Some((has_password, console_only, locked_until, role, totp_secret)) = row else {
         return Ok(None);
     };
     let locked_until = locked_until.filter(|t| *t > now());
@@ -245,6 +248,9 @@ fn operator_record(c: &Connection, name: &str) -> Result<Option<OperatorRecord>,
         )?,
         console_only,
         locked_until,
+        role: crate::store::Role::parse_stored(&role),
+        totp: totp_secret.is_some(),
+        totp_secret: totp_secret.map(burrow_proto::secret::Secret::new),
     }))
 }
 

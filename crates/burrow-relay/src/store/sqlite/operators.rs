@@ -92,6 +92,38 @@ impl Store {
         })
     }
 
+    /// Sets an operator's role and/or TOTP secret (`Some(None)` removes the secret).
+    pub fn set_operator_web(
+        &self,
+        name: &str,
+        role: Option<crate::store::Role>,
+        totp_secret: Option<Option<&str>>,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("changing an operator"))?;
+            if !operator_exists(&tx, name)? {
+                return Err(StoreError::NoOperator(name.into()));
+            }
+            if let Some(role) = role {
+                tx.execute(
+                    "UPDATE operators SET role = ?2 WHERE name = ?1",
+                    params![name, role.as_str()],
+                )
+                .map_err(sql("changing an operator"))?;
+            }
+            if let Some(secret) = totp_secret {
+                tx.execute(
+                    "UPDATE operators SET totp_secret = ?2 WHERE name = ?1",
+                    params![name, secret],
+                )
+                .map_err(sql("changing an operator"))?;
+            }
+            tx.commit().map_err(sql("changing an operator"))
+        })
+    }
+
     /// Locks an operator's password login until `until` (seconds since the epoch).
     pub fn lock_operator(&self, name: &str, until: i64) -> Result<(), StoreError> {
         self.apply_single(&Write::LockOperator {
@@ -209,7 +241,7 @@ impl Store {
         self.with(|c| {
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT name, password_hash IS NOT NULL, console_only, locked_until FROM operators ORDER BY name",
+                    "SELECT name, password_hash IS NOT NULL, console_only, locked_until, role, totp_secret FROM operators ORDER BY name",
                 )
                 .map_err(sql("listing operators"))?;
             let rows = stmt
@@ -219,6 +251,8 @@ impl Store {
                         r.get::<_, bool>(1)?,
                         r.get::<_, bool>(2)?,
                         r.get::<_, Option<i64>>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, Option<String>>(5)?,
                     ))
                 })
                 .map_err(sql("listing operators"))?
@@ -229,12 +263,15 @@ impl Store {
             let now = now();
             Ok(rows
                 .into_iter()
-                .map(|(name, has_password, console_only, locked_until)| OperatorRecord {
+                .map(|(name, has_password, console_only, locked_until, role, totp_secret)| OperatorRecord {
                     fingerprints: keys.remove(&name).unwrap_or_default(),
                     allow: allow.remove(&name).unwrap_or_default(),
                     has_password,
                     console_only,
                     locked_until: locked_until.filter(|t| *t > now),
+                    role: crate::store::Role::parse_stored(&role),
+                    totp: totp_secret.is_some(),
+                    totp_secret: totp_secret.map(burrow_proto::secret::Secret::new),
                     name,
                 })
                 .collect())

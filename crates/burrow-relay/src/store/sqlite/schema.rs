@@ -144,7 +144,8 @@ pub(super) fn migrate(c: &Connection) -> Result<(), StoreError> {
             4 => fleet_v4(c),
             5 => health_v5(c),
             6 => audit_query_v6(c),
-            _ => last_seen_v7(c),
+            7 => last_seen_v7(c),
+            _ => web_v8(c),
         };
         let done = step.and_then(|()| {
             c.execute_batch(&format!("PRAGMA user_version = {to}; COMMIT"))
@@ -207,6 +208,18 @@ fn audit_query_v6(c: &Connection) -> Result<(), StoreError> {
         crate::audit_subject::backfill_sql("instr")
     ))
     .map_err(sql("adding the audit indexes"))
+}
+
+/// Version 8: operators' roles (viewer, operator, admin) and TOTP secrets, for the web console
+/// and second-factor SSH logins; the web console's logins.
+fn web_v8(c: &Connection) -> Result<(), StoreError> {
+    c.execute_batch(
+        "ALTER TABLE operators ADD COLUMN role TEXT NOT NULL DEFAULT 'operator';
+         ALTER TABLE operators ADD COLUMN totp_secret TEXT;",
+    )
+    .map_err(sql("adding operators.role and operators.totp_secret"))?;
+    c.execute_batch(crate::store::web::WEB_SCHEMA)
+        .map_err(sql("adding web console logins"))
 }
 
 fn registry_version_v2(c: &Connection) -> Result<(), StoreError> {
