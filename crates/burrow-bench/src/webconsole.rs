@@ -113,7 +113,7 @@ fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Reads server frames (unmasked) until a binary one holds `needle`.
-async fn ws_until(tcp: &mut TcpStream, buf: &mut Vec<u8>, needle: u8) -> anyhow::Result<()> {
+async fn ws_until(tcp: &mut TcpStream, buf: &mut Vec<u8>, needle: &[u8]) -> anyhow::Result<()> {
     loop {
         // Whole frames in `buf`?
         while buf.len() >= 2 {
@@ -131,7 +131,10 @@ async fn ws_until(tcp: &mut TcpStream, buf: &mut Vec<u8>, needle: u8) -> anyhow:
                 break;
             }
             let opcode = buf[0] & 0x0f;
-            let found = opcode == 2 && buf[head..head + len].contains(&needle);
+            let found = opcode == 2
+                && buf[head..head + len]
+                    .windows(needle.len())
+                    .any(|w| w == needle);
             buf.drain(..head + len);
             if found {
                 return Ok(());
@@ -297,14 +300,20 @@ pub async fn run(env: &Env, args: &Args, results: &mut Results) -> anyhow::Resul
         );
     }
     buf.drain(..head_end);
-    // The banner ends with the escape help ("... ? for help").
-    ws_until(&mut tcp, &mut buf, b'?').await?;
+    // The banner, then the notice every operator gets when one attaches (its own too): after
+    // it, every byte that comes back is the console's.
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        ws_until(&mut tcp, &mut buf, b"bench-op attached ("),
+    )
+    .await
+    .context("waiting for the web console's attach notice")??;
     for i in 0..n {
         let b = b'a' + (i % 26) as u8;
         let msg = format!("{{\"t\":\"in\",\"d\":\"{}\"}}", char::from(b));
         let t = Instant::now();
         tcp.write_all(&client_frame(1, msg.as_bytes())).await?;
-        tokio::time::timeout(Duration::from_secs(20), ws_until(&mut tcp, &mut buf, b))
+        tokio::time::timeout(Duration::from_secs(20), ws_until(&mut tcp, &mut buf, &[b]))
             .await
             .context("waiting for the echo over the WebSocket")??;
         ws_times.push(t.elapsed().as_secs_f64() * 1e6);

@@ -53,6 +53,19 @@ impl PowerKey {
         })
     }
 
+    /// The action a word names (`on`, `off`, `cycle`, `cycle-break`), as the web console's
+    /// power button sends it.
+    pub fn from_word(word: &str) -> Option<PowerKey> {
+        [
+            PowerKey::On,
+            PowerKey::Off,
+            PowerKey::Cycle,
+            PowerKey::CycleBreak,
+        ]
+        .into_iter()
+        .find(|k| k.word() == word)
+    }
+
     /// The word the agent takes (`on`, `off`, `cycle`, `cycle-break`).
     pub fn word(self) -> &'static str {
         match self {

@@ -279,6 +279,11 @@ async fn in_chromium() {
                     let got = String::from_utf8_lossy(&s.router.received()).to_string();
                     if got.contains(text) { "YES" } else { "NO" }.to_string()
                 }
+                ("power-calls", _) => {
+                    let calls = std::fs::read_to_string(s.dir.path().join("power-calls"))
+                        .unwrap_or_default();
+                    format!("[{}]", calls.split_whitespace().collect::<Vec<_>>().join(" "))
+                }
                 (other, _) => format!("unknown request {other}"),
             };
             stdin

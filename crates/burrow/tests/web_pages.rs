@@ -107,7 +107,7 @@ async fn label_policy_health_filters_alerts_and_admin_pages() {
     assert!(ok, "{err}");
     let join = join.trim().to_string();
     let token_id = burrow_proto::join::JoinToken::decode(&join).unwrap().id;
-    let dev_dir = s._dir.path().join("newpi");
+    let dev_dir = s.dir.path().join("newpi");
     std::fs::create_dir_all(&dev_dir).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_burrow"))
         .args(["agent", "enroll", &join, "--name", "newpi", "--config"])
@@ -207,7 +207,7 @@ async fn label_policy_health_filters_alerts_and_admin_pages() {
         .expect("the join string on the page")
         .to_string();
     let made = burrow_proto::join::JoinToken::decode(&join).expect("a join string");
-    let dev_dir = s._dir.path().join("cam-1");
+    let dev_dir = s.dir.path().join("cam-1");
     std::fs::create_dir_all(&dev_dir).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_burrow"))
         .args(["agent", "enroll", &join, "--name", "cam-1", "--config"])

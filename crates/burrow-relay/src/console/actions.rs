@@ -134,19 +134,14 @@ pub(crate) async fn settings(
     }
 }
 
-/// `^Ecp`: shows the power menu; false when the console has no power control.
-pub(crate) async fn power_menu(hub: &Hub, id: u64, write: &Channel) -> bool {
+/// `^Ecp`: the power menu's line, or why it does not open (no power control, or not the
+/// writer). Shared by SSH sessions and the web console.
+pub(crate) fn power_menu(hub: &Hub, id: u64) -> Result<String, &'static str> {
     let Some(power) = hub.power_outlets() else {
-        say(
-            write,
-            "this console has no power control: the agent's config gives it with [[console.power]]",
-        )
-        .await;
-        return false;
+        return Err(NO_POWER);
     };
     if !hub.is_writer(id) {
-        say(write, "read-only: only the writer can switch the power").await;
-        return false;
+        return Err("read-only: only the writer can switch the power");
     }
     let mut parts = power.split(' ');
     let outlets = parts.next().unwrap_or_default().to_string();
@@ -155,40 +150,34 @@ pub(crate) async fn power_menu(hub: &Hub, id: u64, write: &Channel) -> bool {
         .nth(1)
         .unwrap_or("10")
         .to_string();
-    say(
-        write,
-        &format!(
-            "power of {}/{} ({outlets}): 1 on, 0 off, c cycle, b cycle then hold BREAK {hold} s; any other key: nothing",
-            hub.device, hub.console
-        ),
-    )
-    .await;
-    true
+    Ok(format!(
+        "power of {}/{} ({outlets}): 1 on, 0 off, c cycle, b cycle then hold BREAK {hold} s; any other key: nothing",
+        hub.device, hub.console
+    ))
 }
 
-/// A power action chosen: ask for confirmation.
-pub(crate) async fn power_ask(hub: &Hub, key: PowerKey, write: &Channel) {
+/// Said when a console's agent gives it no power commands.
+pub(crate) const NO_POWER: &str =
+    "this console has no power control: the agent's config gives it with [[console.power]]";
+
+/// A power action chosen: the question that asks for confirmation.
+pub(crate) fn power_ask(hub: &Hub, key: PowerKey) -> String {
     let what = match key {
         PowerKey::On => "switch the power ON",
         PowerKey::Off => "switch the power OFF",
         PowerKey::Cycle => "power-cycle",
         PowerKey::CycleBreak => "power-cycle and hold BREAK",
     };
-    say(
-        write,
-        &format!("{what} {}/{}? y to confirm", hub.device, hub.console),
-    )
-    .await;
+    format!("{what} {}/{}? y to confirm", hub.device, hub.console)
 }
 
-/// A power action confirmed (escape) or asked for (`console power`): audited, marked in the
-/// recording, run by the agent (which reports the outcome to every operator).
-pub(crate) async fn power(relay: &Relay, hub: &Hub, operator: &str, action: &str, write: &Channel) {
+/// A power action confirmed (escape, web button) or asked for (`console power`): audited,
+/// marked in the recording, run by the agent (which reports the outcome to every operator).
+pub(crate) async fn power(relay: &Relay, hub: &Hub, operator: &str, action: &str) {
     let target = format!("{}/{}", hub.device, hub.console);
     relay
         .audit
         .record("console-power", operator, &target, Outcome::Ok, action);
     hub.notice(&format!("power {action} by {operator}"));
     hub.request(&format!("power {operator} {action}")).await;
-    let _ = write;
 }

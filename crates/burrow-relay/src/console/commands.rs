@@ -238,7 +238,7 @@ pub(crate) async fn console_exec(
                 .await;
                 return 1;
             }
-            super::actions::power(relay, &hub, operator, &request, write).await;
+            super::actions::power(relay, &hub, operator, &request).await;
             POWER_WAIT
         }
         _ => {

@@ -415,14 +415,18 @@ async fn act(
             }
         }
         Action::PowerMenu => {
-            if !super::actions::power_menu(hub, id, write).await {
-                parser.reset();
+            match super::actions::power_menu(hub, id) {
+                Ok(menu) => say(write, &menu).await,
+                Err(why) => {
+                    say(write, why).await;
+                    parser.reset();
+                }
             }
         }
-        Action::PowerAsk(key) => super::actions::power_ask(hub, key, write).await,
+        Action::PowerAsk(key) => say(write, &super::actions::power_ask(hub, key)).await,
         Action::Power(key) => {
             if hub.is_writer(id) {
-                super::actions::power(relay, hub, operator, key.word(), write).await;
+                super::actions::power(relay, hub, operator, key.word()).await;
             }
         }
         Action::PowerCancelled => say(write, "power: nothing done").await,

@@ -4,12 +4,14 @@
 //!
 //! The browser sends JSON text messages: `{"t":"in","d":"keys"}`, `{"t":"resize","c":80,
 //! "r":24}`, `{"t":"break"}`, `{"t":"baud","rate":9600}`, `{"t":"write"}`, `{"t":"force"}`,
-//! `{"t":"spy"}`, `{"t":"replay"}`. The relay sends the terminal's bytes as binary messages and
+//! `{"t":"spy"}`, `{"t":"replay"}`, `{"t":"power","do":"on|off|cycle|cycle-break"}` (after the
+//! page's confirmation). The relay sends the terminal's bytes as binary messages and
 //! `{"t":"role","write":bool,"writer":"NAME"}` as text when who writes changes.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use burrow_proto::escape::{Action, EscapeParser};
+use burrow_proto::escape::{Action, EscapeParser, PowerKey};
 use burrow_proto::name::is_valid_name;
 use hyper::StatusCode;
 use tokio::sync::mpsc;
@@ -35,6 +37,8 @@ const FRAMES_QUEUED: usize = 256;
 /// A browser as a console screen: its output goes through the socket's writer task.
 struct Browser {
     tx: mpsc::Sender<Frame>,
+    /// Whether "read-only" was said since the last keystroke that went through (said once).
+    told_read_only: AtomicBool,
 }
 
 impl Browser {
@@ -44,6 +48,11 @@ impl Browser {
 
     async fn say(&self, text: &str) {
         self.show(&crate::console::notice_line(text)).await;
+    }
+
+    /// True the first time since the last keystroke that went through.
+    fn first_refusal(&self) -> bool {
+        !self.told_read_only.swap(true, Ordering::Relaxed)
     }
 }
 
@@ -62,16 +71,15 @@ async fn act(
     operator: &str,
     action: Action,
     screen: &Browser,
-    told_read_only: &mut bool,
+    parser: &mut EscapeParser,
 ) -> Flow {
     let writer = hub.is_writer(id);
     match action {
         Action::Send(bytes) => {
             if writer {
-                *told_read_only = false;
+                screen.told_read_only.store(false, Ordering::Relaxed);
                 hub.input(&bytes).await;
-            } else if !*told_read_only {
-                *told_read_only = true;
+            } else if screen.first_refusal() {
                 let who = hub.writer().unwrap_or_else(|| "nobody".to_string());
                 screen
                     .say(&format!(
@@ -107,6 +115,30 @@ async fn act(
             screen.say("recent output:").await;
             screen.show(&hub.recent()).await;
         }
+        Action::PowerMenu => match crate::console::actions::power_menu(hub, id) {
+            Ok(menu) => screen.say(&menu).await,
+            Err(why) => {
+                screen.say(why).await;
+                parser.reset();
+            }
+        },
+        Action::PowerAsk(key) => {
+            screen
+                .say(&crate::console::actions::power_ask(hub, key))
+                .await;
+        }
+        Action::Power(_) if !writer => {
+            screen
+                .say("read-only: only the writer can switch the power")
+                .await;
+        }
+        Action::Power(_) if hub.power_outlets().is_none() => {
+            screen.say(crate::console::actions::NO_POWER).await;
+        }
+        Action::Power(key) => {
+            crate::console::actions::power(relay, hub, operator, key.word()).await;
+        }
+        Action::PowerCancelled => screen.say("power: nothing done").await,
         Action::Disconnect => {
             screen.say("disconnected").await;
             return Flow::Leave;
@@ -159,7 +191,9 @@ pub(crate) async fn page(web: &Web, who: &Who, dev: &str, console: &str, watch: 
          <button id=\"take\" type=\"button\">Take write</button><button id=\"force\" type=\"button\">Force write</button>\
          <button id=\"spy\" type=\"button\">Read-only</button><button id=\"break\" type=\"button\">Break</button>\
          <select id=\"baud\">{bauds}</select><button id=\"set-baud\" type=\"button\">Set baud</button>\
-         <button id=\"replay\" type=\"button\">Replay recent</button><a href=\"/device/{dl}\">device</a></div>\
+         <button id=\"replay\" type=\"button\">Replay recent</button>\
+         <select id=\"power\"><option value=\"cycle\">cycle</option><option value=\"cycle-break\">cycle, then BREAK</option>\
+         <option value=\"on\">on</option><option value=\"off\">off</option></select><button id=\"set-power\" type=\"button\">Power</button><a href=\"/device/{dl}\">device</a></div>\
          <div id=\"terminal\" data-ws=\"/console/{dl}/{cl}/ws{q}\"></div>",
         q = if watch { "?watch=1" } else { "" },
         d = esc(&dev),
@@ -295,7 +329,10 @@ async fn run(
         }
         writer.close(1000, "console closed").await;
     });
-    let screen = Browser { tx: tx.clone() };
+    let screen = Browser {
+        tx: tx.clone(),
+        told_read_only: AtomicBool::new(false),
+    };
     let relay = &web.relay;
     let operator = who.name().to_string();
     let target = format!("{dev}/{console}");
@@ -412,7 +449,6 @@ async fn run(
         (write, writer)
     };
     let mut parser = EscapeParser::new(relay.config.console_escape);
-    let mut told_read_only = false;
     // Held to the login and the policy as they are now, like an SSH console session.
     let revoked = super::hold::until_revoked(
         &web,
@@ -483,6 +519,12 @@ async fn run(
                     "force" => vec![Action::Force],
                     "spy" => vec![Action::Spy],
                     "replay" => vec![Action::Replay],
+                    "power" => msg["do"]
+                        .as_str()
+                        .and_then(PowerKey::from_word)
+                        .map(Action::Power)
+                        .into_iter()
+                        .collect(),
                     _ => Vec::new(),
                 };
                 let mut leave = false;
@@ -491,16 +533,16 @@ async fn run(
                     let writes = matches!(
                         action,
                         Action::Send(_) | Action::Break | Action::Baud(_) | Action::Attach | Action::Force
+                            | Action::PowerMenu | Action::PowerAsk(_) | Action::Power(_)
                     );
                     if writes && !may_write {
-                        if !told_read_only {
-                            told_read_only = true;
+                        if screen.first_refusal() {
                             let line = format!("read-only: {operator} is a viewer (role viewer) and cannot write to consoles");
                             screen.show(&crate::console::notice_line(&line)).await;
                         }
                         continue;
                     }
-                    if let Flow::Leave = act(relay, &hub, id, &operator, action, &screen, &mut told_read_only).await {
+                    if let Flow::Leave = act(relay, &hub, id, &operator, action, &screen, &mut parser).await {
                         leave = true;
                     }
                 }

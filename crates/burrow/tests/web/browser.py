@@ -19,7 +19,8 @@ from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 P = json.loads(sys.argv[1])
 BASE = P["base"]
@@ -165,6 +166,33 @@ def scenario_console(alice, bob, vera):
     assert ask("router-has vera-was-here") == "NO", "a viewer's keystrokes reached the router"
     assert alice.find_element(By.ID, "role").get_attribute("data-write") == "1", "vera took write"
     say("ok: a viewer cannot write (keys, take, force)")
+    scenario_power(alice, vera)
+
+
+def scenario_power(alice, vera):
+    """The Power button asks first; dismissed it does nothing, accepted the agent switches."""
+    Select(alice.find_element(By.ID, "power")).select_by_value("off")
+    alice.find_element(By.ID, "set-power").click()
+    WebDriverWait(alice, WAIT).until(EC.alert_is_present())
+    alice.switch_to.alert.dismiss()
+    # A dismissed question sends nothing: the next line reaches the router with no switch.
+    type_keys(alice, "before-power\n")
+    until(alice, "the router's answer", lambda d: "Router# got before-power" in console_text(d))
+    assert ask("power-calls") == "[]", "power switched without confirmation"
+    alice.find_element(By.ID, "set-power").click()
+    WebDriverWait(alice, WAIT).until(EC.alert_is_present())
+    alice.switch_to.alert.accept()
+    until(alice, "the power's outcome", lambda d: "power off: done" in console_text(d))
+    assert ask("power-calls") == "[off]", "the agent's power command did not run once"
+    # A viewer's button is refused at the relay, not only hidden by the page.
+    Select(vera.find_element(By.ID, "power")).select_by_value("on")
+    vera.find_element(By.ID, "set-power").click()
+    WebDriverWait(vera, WAIT).until(EC.alert_is_present())
+    vera.switch_to.alert.accept()
+    type_keys(alice, "after-viewer-power\n")
+    until(alice, "the router's answer", lambda d: "Router# got after-viewer-power" in console_text(d))
+    assert ask("power-calls") == "[off]", "a viewer switched the power"
+    say("ok: power from the console page, after confirmation, writer only")
 
 
 def scenario_csrf_and_origin(alice):

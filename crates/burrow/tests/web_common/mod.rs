@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use crate::common::*;
 
 pub struct Site {
-    pub _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     pub relay: TestRelay,
     pub web: std::net::SocketAddr,
     pub base: String,
@@ -106,9 +106,19 @@ pub async fn site() -> Site {
         8080,
         std::net::SocketAddr::from(([127, 0, 0, 1], app_port)),
     );
-    config
-        .console
-        .push(Console::new("console", router.path.clone(), 9600));
+    // Its power: a command that notes each switch in a file the browser test asks about.
+    let mut console = Console::new("console", router.path.clone(), 9600);
+    let calls = dir.path().join("power-calls");
+    let append = |verb: &str| format!("echo {verb} >> '{}'", calls.display());
+    console.power.push(burrow_proto::agent_config::PowerOutlet {
+        name: Some("pdu-3".into()),
+        on: Some(append("on")),
+        off: Some(append("off")),
+        cycle: None,
+        cycle_delay: Some(burrow_proto::agent_config::Seconds::Fraction(0.2)),
+        timeout: None,
+    });
+    config.console.push(console);
     let agent = TestAgent::start(dir.path(), config);
     agent.wait_up().await;
     let edge = TestAgent::start(
@@ -118,7 +128,7 @@ pub async fn site() -> Site {
     edge.wait_up().await;
     relay.wait_online("edge").await;
     Site {
-        _dir: dir,
+        dir,
         relay,
         web,
         base,

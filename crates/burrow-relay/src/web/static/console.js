@@ -61,5 +61,13 @@
   button("spy", { t: "spy" });
   button("break", { t: "break" });
   button("replay", { t: "replay" });
+  // Power goes only after the operator confirms, as ^Ec p asks for y.
+  var power = document.getElementById("set-power");
+  if (power) power.addEventListener("click", function () {
+    var what = document.getElementById("power").value;
+    var target = document.querySelector("h1").textContent;
+    if (window.confirm("Power " + what + " " + target + "?")) send({ t: "power", do: what });
+    term.focus();
+  });
   button("set-baud", function () { return { t: "baud", rate: parseInt(document.getElementById("baud").value, 10) }; });
 })();
