@@ -282,7 +282,10 @@ async fn in_chromium() {
                 ("power-calls", _) => {
                     let calls = std::fs::read_to_string(s.dir.path().join("power-calls"))
                         .unwrap_or_default();
-                    format!("[{}]", calls.split_whitespace().collect::<Vec<_>>().join(" "))
+                    format!(
+                        "[{}]",
+                        calls.split_whitespace().collect::<Vec<_>>().join(" ")
+                    )
                 }
                 (other, _) => format!("unknown request {other}"),
             };

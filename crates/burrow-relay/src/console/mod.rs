@@ -10,7 +10,7 @@
 //! - `actions`: what the newer escapes do (replay, who, status, settings, power).
 //! - `commands`: `console set|power|log|who` as exec commands.
 
-mod actions;
+pub(crate) mod actions;
 mod commands;
 mod hub;
 mod menu;

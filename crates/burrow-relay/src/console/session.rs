@@ -414,15 +414,13 @@ async fn act(
                 say(write, "read-only: only the writer can change line settings").await;
             }
         }
-        Action::PowerMenu => {
-            match super::actions::power_menu(hub, id) {
-                Ok(menu) => say(write, &menu).await,
-                Err(why) => {
-                    say(write, why).await;
-                    parser.reset();
-                }
+        Action::PowerMenu => match super::actions::power_menu(hub, id) {
+            Ok(menu) => say(write, &menu).await,
+            Err(why) => {
+                say(write, why).await;
+                parser.reset();
             }
-        }
+        },
         Action::PowerAsk(key) => say(write, &super::actions::power_ask(hub, key)).await,
         Action::Power(key) => {
             if hub.is_writer(id) {
