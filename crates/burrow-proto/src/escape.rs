@@ -44,26 +44,30 @@ pub enum PowerKey {
 
 impl PowerKey {
     fn from_key(b: u8) -> Option<PowerKey> {
-        Some(match b {
-            b'1' => PowerKey::On,
-            b'0' => PowerKey::Off,
-            b'c' => PowerKey::Cycle,
-            b'b' => PowerKey::CycleBreak,
-            _ => return None,
-        })
+        PowerKey::ALL.into_iter().find(|k| k.menu_key() == b)
+    }
+
+    const ALL: [PowerKey; 4] = [
+        PowerKey::On,
+        PowerKey::Off,
+        PowerKey::Cycle,
+        PowerKey::CycleBreak,
+    ];
+
+    /// Its key in the `^Ecp` menu.
+    pub fn menu_key(self) -> u8 {
+        match self {
+            PowerKey::On => b'1',
+            PowerKey::Off => b'0',
+            PowerKey::Cycle => b'c',
+            PowerKey::CycleBreak => b'b',
+        }
     }
 
     /// The action a word names (`on`, `off`, `cycle`, `cycle-break`), as the web console's
     /// power button sends it.
     pub fn from_word(word: &str) -> Option<PowerKey> {
-        [
-            PowerKey::On,
-            PowerKey::Off,
-            PowerKey::Cycle,
-            PowerKey::CycleBreak,
-        ]
-        .into_iter()
-        .find(|k| k.word() == word)
+        PowerKey::ALL.into_iter().find(|k| k.word() == word)
     }
 
     /// The word the agent takes (`on`, `off`, `cycle`, `cycle-break`).

@@ -43,6 +43,8 @@ pub(crate) enum Principal {
     },
     /// An operator.
     Operator(Arc<crate::operator::OperatorSession>),
+    /// The relay's own command line on its machine (`control`).
+    Control,
 }
 
 pub(crate) struct Conn {
@@ -168,6 +170,22 @@ impl Conn {
     }
 
     async fn key(&mut self, user: &str, key: &PublicKey) -> Decision {
+        if user == crate::control::USER {
+            return match crate::control::admits(&self.relay, key, self.peer) {
+                Ok(()) => {
+                    self.relay.audit.record(
+                        "auth",
+                        crate::control::OPERATOR,
+                        &self.peer.to_string(),
+                        Outcome::Ok,
+                        "the relay's command line, with this start's control key",
+                    );
+                    self.principal = Principal::Control;
+                    Decision::Accept
+                }
+                Err(why) => self.reject(user, &why, AuthFailure::UnknownKey),
+            };
+        }
         match self.key_allowed(user, key).await {
             Ok(KeyMatch::Device {
                 name,
@@ -308,12 +326,45 @@ enum KeyMatch {
     Operator(Login, String),
 }
 
+/// Waits for a session channel's `exec` and accepts it; other requests are refused. `None` when
+/// the channel ends (or sends EOF) first.
+pub(crate) async fn next_exec(channel: &burrow_ssh::driver::Channel) -> Option<String> {
+    use burrow_ssh::channel::Request;
+    use burrow_ssh::driver::ChannelMsg;
+    loop {
+        match channel.next().await? {
+            ChannelMsg::Request {
+                request: Request::Exec(command),
+                want_reply,
+            } => {
+                if want_reply {
+                    channel.reply(true);
+                }
+                return Some(command);
+            }
+            ChannelMsg::Request { want_reply, .. } => {
+                if want_reply {
+                    channel.reply(false);
+                }
+            }
+            ChannelMsg::Data(_) => {}
+            ChannelMsg::Eof => return None,
+        }
+    }
+}
+
 impl Handler for Conn {
     async fn auth(&mut self, question: Question) -> Decision {
         self.paced_from = Instant::now();
         let decision = match &question {
             // Refusing a key before its signature spares one; each refusal counts as a
             // failed attempt (bounded per connection).
+            Question::KeyQuery { user, key } if user == crate::control::USER => {
+                match crate::control::admits(&self.relay, key, self.peer) {
+                    Ok(()) => Decision::Accept,
+                    Err(why) => self.reject(user, &why, AuthFailure::UnknownKey),
+                }
+            }
             Question::KeyQuery { user, key } => match self.key_allowed(user, key).await {
                 Ok(_) => Decision::Accept,
                 Err(why) => self.reject(user, &why, AuthFailure::UnknownKey),
@@ -427,6 +478,10 @@ impl Handler for Conn {
                 Ok(channel) => {
                     crate::operator::session_opened(self.relay.clone(), op.clone(), channel)
                 }
+                Err(e) => tracing::debug!("session channel lost before it opened: {e}"),
+            },
+            (OpenKind::Session, Principal::Control) => match offer.accept() {
+                Ok(channel) => crate::control::session_opened(self.relay.clone(), channel),
                 Err(e) => tracing::debug!("session channel lost before it opened: {e}"),
             },
             (OpenKind::Session, Principal::Enroller { token }) => match offer.accept() {

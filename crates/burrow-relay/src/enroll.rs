@@ -8,8 +8,7 @@
 use std::sync::Arc;
 
 use burrow_proto::join::{EnrollReply, EnrollRequest};
-use burrow_ssh::channel::Request;
-use burrow_ssh::driver::{Channel, ChannelMsg};
+use burrow_ssh::driver::Channel;
 
 use crate::Relay;
 use crate::audit::{About, Outcome};
@@ -84,34 +83,16 @@ pub(crate) fn session_opened(relay: Arc<Relay>, token: String, peer: String, cha
     let relay2 = relay.clone();
     relay.tracker.spawn(async move {
         let relay = relay2;
-        let status = loop {
-            match channel.next().await {
-                Some(ChannelMsg::Request {
-                    request: Request::Exec(command),
-                    want_reply,
-                }) => {
-                    if want_reply {
-                        channel.reply(true);
-                    }
-                    // Both answers go to stdout: the agent reads it, and takes exit status 1
-                    // as "this line is the refusal".
-                    let (out, status) =
-                        match enroll(&relay, &token, &peer, &channel, &command).await {
-                            Ok(reply) => (serde_json::to_string(&reply).unwrap_or_default(), 0),
-                            Err(why) => (why, 1),
-                        };
-                    let _ = channel.data(format!("{out}\n").as_bytes()).await;
-                    break status;
-                }
-                Some(ChannelMsg::Request { want_reply, .. }) => {
-                    if want_reply {
-                        channel.reply(false);
-                    }
-                }
-                Some(ChannelMsg::Data(_)) => {}
-                Some(ChannelMsg::Eof) | None => return,
-            }
+        let Some(command) = crate::conn::next_exec(&channel).await else {
+            return;
         };
+        // Both answers go to stdout: the agent reads it, and takes exit status 1 as "this
+        // line is the refusal".
+        let (out, status) = match enroll(&relay, &token, &peer, &channel, &command).await {
+            Ok(reply) => (serde_json::to_string(&reply).unwrap_or_default(), 0),
+            Err(why) => (why, 1),
+        };
+        let _ = channel.data(format!("{out}\n").as_bytes()).await;
         channel.exit_status(status);
         channel.eof();
         channel.close();

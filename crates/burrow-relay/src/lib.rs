@@ -59,6 +59,7 @@ pub mod config;
 pub mod config_file;
 mod conn;
 pub mod console;
+pub mod control;
 pub mod datadir;
 mod device;
 mod device_metrics;
@@ -147,6 +148,8 @@ pub struct Relay {
     web_links: web::Links,
     /// The last TOTP step each operator used (a code works once).
     totp_used: totp::Used,
+    /// The fingerprint of this start's control key (`burrow relay console power`).
+    control_key: Option<String>,
 }
 
 impl Relay {
@@ -229,6 +232,7 @@ impl Relay {
             );
         }
         tokio::task::spawn_blocking(password::prepare);
+        let control_key = control::make_key(&config.data_dir);
         Ok(Arc::new(Relay {
             audit: audit::Audit::new(db.clone()),
             gate: gate::Gate::new(
@@ -273,6 +277,7 @@ impl Relay {
             cluster,
             web_links: web::Links::default(),
             totp_used: totp::Used::default(),
+            control_key,
             config,
             stopping: std::sync::atomic::AtomicBool::new(false),
             dir_lock: std::sync::Mutex::new(Some(dir_lock)),

@@ -44,6 +44,7 @@ pub(crate) async fn run(
     let listening = listener.local_addr().ok();
     if let Some(addr) = listening {
         tracing::info!("relay listening on {addr}");
+        crate::control::note_address(&relay.config.data_dir, addr);
         record_address(&relay, addr).await;
     }
     let watcher = relay.tracker.spawn(crate::revocation::watch_revocations(

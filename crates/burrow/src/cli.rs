@@ -449,6 +449,17 @@ pub enum ConsoleCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Switch a console's power through its agent's [[console.power]] commands (asks the
+    /// relay running on this data directory; audited as relay-cli).
+    Power {
+        /// DEVICE or DEVICE/CONSOLE.
+        name: String,
+        /// on, off, cycle, or cycle-break (cycle, then hold BREAK while the device boots).
+        #[arg(value_parser = ["on", "off", "cycle", "cycle-break"])]
+        action: String,
+        /// cycle-break only: seconds to hold BREAK (default: the console's break_hold).
+        seconds: Option<f64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -5,6 +5,7 @@
 mod agent_cmd;
 mod audit_cmd;
 mod cli;
+mod control_cmd;
 mod demo;
 mod demo_router;
 mod enroll_cmd;

@@ -53,6 +53,21 @@ pub async fn run(mut args: RelayArgs, shutdown: CancellationToken) -> Result {
         Some(RelayCommand::Recordings(RecordingsCommand::Ls { device, json })) => {
             recordings(&data_dir, device.as_deref(), json)
         }
+        Some(RelayCommand::Console(ConsoleCommand::Power {
+            name,
+            action,
+            seconds,
+        })) => {
+            if seconds.is_some() && action != "cycle-break" {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    "SECONDS goes with cycle-break only (how long to hold BREAK)",
+                ));
+            }
+            let mut words = vec!["power".to_string(), name, action];
+            words.extend(seconds.map(|s| s.to_string()));
+            crate::control_cmd::console(&data_dir, &words).await
+        }
         Some(RelayCommand::Console(ConsoleCommand::Log {
             name,
             since,

@@ -154,6 +154,78 @@ async fn power_from_the_escape_menu_with_confirmation_and_from_the_exec_command(
     s.agent.stop().await;
 }
 
+/// `burrow relay ARGS --data-dir DIR`, off the test's runtime (the relay runs on it).
+async fn relay_cli(data_dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_burrow"));
+    cmd.arg("relay").args(args).arg("--data-dir").arg(data_dir);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output())
+        .await
+        .expect("burrow relay console power finished")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// `burrow relay console power` on the relay's machine: the running relay has the agent
+/// switch, audited as relay-cli; what the relay says (no power control) reaches the command
+/// line; another key as the command line's login name, or no running relay, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_from_the_relay_command_line() {
+    let s = site(|c, _, dir| c.power.push(recording_outlet(&dir.join("power-calls")))).await;
+    let dir = s.dir.path().to_path_buf();
+    let data_dir = s.relay.data_dir.clone();
+    let (code, out, err) = relay_cli(&data_dir, &["console", "power", "pi", "off"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("power off: done"), "{out}");
+    assert_eq!(calls(&dir), "off\n");
+    let audit = s.relay.audit_now(200).await;
+    assert!(
+        audit.iter().any(|r| r.event == "console-power"
+            && r.who == "relay-cli"
+            && r.target == "pi/console"
+            && r.detail == "off"),
+        "{audit:?}"
+    );
+    // The relay's refusal (stderr on its side) is printed, with its exit status.
+    let (code, out, _) = relay_cli(&data_dir, &["console", "power", "pi/aux", "on"]).await;
+    assert_ne!(code, 0);
+    assert!(out.contains("aux"), "{out}");
+    // A usage error (EX_USAGE), refused before anything is asked.
+    let (code, _, err) = relay_cli(&data_dir, &["console", "power", "pi", "sideways"]).await;
+    assert_eq!(code, 64, "{err}");
+    assert_eq!(calls(&dir), "off\n");
+
+    // An operator's key is not the control key, whatever the login name.
+    let (ok, _, err) = ssh_output(
+        &s.alice,
+        &["-l", "+relay-cli", "relay", "console", "power", "pi", "on"],
+        b"",
+    )
+    .await;
+    assert!(!ok, "{err}");
+    assert_eq!(calls(&dir), "off\n");
+    assert!(
+        s.relay
+            .audit_now(200)
+            .await
+            .iter()
+            .any(|r| r.event == "auth"
+                && r.who == "+relay-cli"
+                && r.detail.contains("not this relay's control key")),
+        "the refusal is audited"
+    );
+    // No relay on a directory: said so, and how.
+    let empty = dir.join("no-relay");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (code, _, err) = relay_cli(&empty, &["console", "power", "pi", "on"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("is a relay running"), "{err}");
+    s.agent.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_console_without_power_says_how_to_get_it_and_a_failing_command_is_reported() {
     let s = site(|c, _, _| {

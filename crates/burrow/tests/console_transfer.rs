@@ -1,7 +1,8 @@
 //! Consoles for network engineers, part three: the console path is binary-clean end to end.
 //! A file goes with lrzsz's `sz --xmodem` / `sz --ymodem` through
-//! `ssh OPERATOR:DEVICE/console@relay binary` to `rz` on the router's end of a serial cable made by socat (as ROMMON
-//! recovery does), and arrives with the same checksum.
+//! `ssh OPERATOR:DEVICE/console@relay binary` to `rz` on the router's end of a serial cable
+//! made by socat (as ROMMON recovery does), and arrives with the same checksum; sz hears rz's
+//! last ACK (it exits 0).
 
 mod common;
 
@@ -21,8 +22,8 @@ fn sha256(path: &Path) -> String {
         .to_string()
 }
 
-/// Sends `file` with `sz PROTOCOL` through a binary console login to `rz PROTOCOL` on the
-/// master of the device's pty; returns the directory rz wrote into.
+/// Sends a file with `sz PROTOCOL` through a binary console login to `rz PROTOCOL` at the far
+/// end of the device's serial port, and checks what arrived and that both ends exit 0.
 async fn transfer(protocol: &'static str) {
     let dir = tempdir();
     let relay = TestRelay::start(&dir.path().join("relay")).await;
@@ -31,16 +32,21 @@ async fn transfer(protocol: &'static str) {
     relay.add_device("pi", &dev_key);
     relay.add_operator("alice", &alice_key, &["*"]);
     let port = dir.path().join("ttyUSB0");
-    let router_side = dir.path().join("router");
-    // The router on a pty of its own, as on the far end of a cable: rz sets and, at its exit,
-    // restores (flushing) its own terminal, never the one the agent reads. (On the master of
-    // the agent's own pty, rz's restore flushed the agent's unread input: its last ACK.)
-    let _adapter = Adapter::plug(&port, &router_side);
-    let router = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&router_side)
-        .unwrap();
+    // The serial port is a pty made by socat, whose other side is two pipes: rz is started on
+    // them later, as the router's end of the cable. Pipes, not a terminal: at its exit lrzsz
+    // restores its terminal and flushes it both ways (TCIOFLUSH), and on a pty that throws
+    // away what the other side has not read yet, its own last ACK. (A real UART has sent it.)
+    let (from_rz, rz_out) = std::io::pipe().unwrap();
+    let (rz_in, to_rz) = std::io::pipe().unwrap();
+    let mut socat = Command::new("socat")
+        .arg(format!("pty,link={},raw,echo=0", port.display()))
+        .arg("STDIO")
+        .stdin(Stdio::from(from_rz))
+        .stdout(Stdio::from(to_rz))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat is installed (test.sh installs it)");
+    eventually("socat's pty", || port.exists().then_some(())).await;
     let mut config = agent_config(
         &relay.addr.to_string(),
         "pi",
@@ -102,8 +108,7 @@ async fn transfer(protocol: &'static str) {
             .find(|r| r.event == "console-attach" && r.who == "alice")
     })
     .await;
-    // The router's side: rz on its pty. The test keeps it open too: rz's exit must not hang
-    // the cable up before its last ACK has crossed (as a router stays powered).
+    // The router's side: rz on the cable's pipes.
     let mut rz = Command::new("rz");
     rz.arg(protocol).arg("-vv");
     if protocol == "--xmodem" {
@@ -112,8 +117,8 @@ async fn transfer(protocol: &'static str) {
     }
     let mut rz = rz
         .current_dir(&recv_dir)
-        .stdin(Stdio::from(router.try_clone().unwrap()))
-        .stdout(Stdio::from(router.try_clone().unwrap()))
+        .stdin(Stdio::from(rz_in))
+        .stdout(Stdio::from(rz_out))
         .stderr(std::fs::File::create(&rz_err).unwrap())
         .spawn()
         .unwrap();
@@ -154,18 +159,17 @@ async fn transfer(protocol: &'static str) {
     assert_eq!(sha256(&got), sha256(&file), "{protocol}");
     let _ = ssh.kill();
     let _ = ssh.wait();
-    drop(router);
+    let _ = socat.kill();
+    let _ = socat.wait();
     agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "intermittent: the file always arrives whole and rz exits 0, but sz sometimes never gets the receiver's last ACK back through the console (also with the router on a pty of its own); not yet diagnosed, run with --ignored"]
 async fn xmodem_through_the_console_arrives_whole() {
     transfer("--xmodem").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "intermittent: the file always arrives whole and rz exits 0, but sz sometimes never gets the receiver's last ACK back through the console (also with the router on a pty of its own); not yet diagnosed, run with --ignored"]
 async fn ymodem_through_the_console_arrives_whole() {
     transfer("--ymodem").await;
 }

@@ -143,8 +143,6 @@ impl Server<'_> {
     /// gone, said at once.
     async fn hello(&self) {
         let c = &self.keeper.console;
-        self.control(&format!("line {}", self.keeper.settings().describe()))
-            .await;
         if let Some(idle) = c.idle_timeout() {
             self.control(&format!("idle-timeout {}", idle.as_secs_f64()))
                 .await;
@@ -158,6 +156,9 @@ impl Server<'_> {
             ))
             .await;
         }
+        // The line last: a relay that has it has the rest of this hello too.
+        self.control(&format!("line {}", self.keeper.settings().describe()))
+            .await;
         if !self.keeper.present() {
             self.notice(&format!("offline: {} is gone", self.keeper.label()))
                 .await;

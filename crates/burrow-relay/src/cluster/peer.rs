@@ -196,25 +196,8 @@ impl Handler for PeerServer {
 
 /// A console attached or a console command run for an operator of another relay.
 async fn serve_console(relay: Arc<Relay>, channel: Channel) {
-    let command = loop {
-        match channel.next().await {
-            Some(ChannelMsg::Request {
-                request: Request::Exec(command),
-                want_reply,
-            }) => {
-                if want_reply {
-                    channel.reply(true);
-                }
-                break command;
-            }
-            Some(ChannelMsg::Request { want_reply, .. }) => {
-                if want_reply {
-                    channel.reply(false);
-                }
-            }
-            Some(_) => {}
-            None => return,
-        }
+    let Some(command) = crate::conn::next_exec(&channel).await else {
+        return;
     };
     let words: Vec<&str> = command.split_whitespace().collect();
     let status = match words.as_slice() {

@@ -230,7 +230,7 @@ pub(crate) async fn console_exec(
             ANSWER_WAIT
         }
         "power" => {
-            if hub.line().await.is_some() && hub.power_outlets().is_none() {
+            if hub.reported_power_outlets().await.is_none() {
                 err(
                     write,
                     &format!("{device}/{console} has no power control: the agent's config gives it with [[console.power]]"),

@@ -462,6 +462,13 @@ impl Hub {
         self.state().power.clone()
     }
 
+    /// The power outlets, once the agent has said what the console has (its hello ends with
+    /// the line): a console just opened is not taken for one without power.
+    pub(crate) async fn reported_power_outlets(&self) -> Option<String> {
+        self.line().await;
+        self.power_outlets()
+    }
+
     /// Whether it is being recorded, and where.
     pub(crate) fn recording_path(&self) -> Result<String, String> {
         let st = self.state();

@@ -132,12 +132,10 @@ async fn act(
                 .say("read-only: only the writer can switch the power")
                 .await;
         }
-        Action::Power(_) if hub.power_outlets().is_none() => {
-            screen.say(crate::console::actions::NO_POWER).await;
-        }
-        Action::Power(key) => {
-            crate::console::actions::power(relay, hub, operator, key.word()).await;
-        }
+        Action::Power(key) => match hub.reported_power_outlets().await {
+            Some(_) => crate::console::actions::power(relay, hub, operator, key.word()).await,
+            None => screen.say(crate::console::actions::NO_POWER).await,
+        },
         Action::PowerCancelled => screen.say("power: nothing done").await,
         Action::Disconnect => {
             screen.say("disconnected").await;

@@ -101,6 +101,11 @@ pub(super) async fn run(
                     "force" => [&escape[..], b"f"].concat(),
                     "spy" => [&escape[..], b"s"].concat(),
                     "replay" => [&escape[..], b"r"].concat(),
+                    // The page asked first: the menu, the action's key, and its `y`.
+                    "power" => match msg["do"].as_str().and_then(burrow_proto::escape::PowerKey::from_word) {
+                        Some(key) => [&escape[..], b"p", &[key.menu_key()], b"y"].concat(),
+                        None => continue,
+                    },
                     _ => continue,
                 };
                 if peer.data(&keys).await.is_err() {

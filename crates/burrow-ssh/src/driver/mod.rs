@@ -215,6 +215,8 @@ struct Slot {
     /// The message of an `exit-signal` a byte-stream read passed over (how the far end says
     /// why a stream was cut).
     signal: Option<String>,
+    /// Extended data (stderr) is read as data ([`Channel::merge_stderr`]) instead of dropped.
+    merge_stderr: bool,
 }
 
 impl Slot {

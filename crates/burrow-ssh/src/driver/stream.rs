@@ -133,6 +133,14 @@ impl Channel {
         }
     }
 
+    /// Reads the peer's extended data (a remote command's stderr) as data, in the order it
+    /// came, from now on; without it, extended data is dropped.
+    pub fn merge_stderr(&self) {
+        if let Some(slot) = self.inner.lock().slots.get_mut(&self.id) {
+            slot.merge_stderr = true;
+        }
+    }
+
     /// Sends EOF: no more data from us.
     pub fn eof(&self) {
         let _ = self.inner.lock().session.connection().eof(self.id);

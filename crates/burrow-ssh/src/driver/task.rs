@@ -392,7 +392,13 @@ impl State {
     fn channel_event(&mut self, event: channel::Event) {
         use channel::Event as E;
         match event {
-            // Extended data (a remote command's stderr) has no reader here: taken and dropped.
+            // Extended data (a remote command's stderr): read as data where the channel asked
+            // for it, else taken and dropped.
+            E::ExtendedData { channel, data, .. }
+                if self.slots.get(&channel).is_some_and(|s| s.merge_stderr) =>
+            {
+                self.channel_event(E::Data { channel, data });
+            }
             E::ExtendedData { channel, data, .. } => {
                 let _ = self.session.connection().consume(channel, data.len());
             }
