@@ -265,7 +265,9 @@ impl<H: Handler> Driver<H> {
     async fn linger(&mut self) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let _ = self.socket.shutdown().await;
-        let mut buf = [0u8; 4096];
+        // On the heap: a buffer held across this await would be part of every connection's
+        // future, lingering or not (4 KiB per idle device).
+        let mut buf = vec![0u8; 4096];
         let drain = async {
             while let Ok(n) = self.socket.read(&mut buf).await {
                 if n == 0 {
