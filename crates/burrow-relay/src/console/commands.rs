@@ -69,21 +69,18 @@ pub(crate) async fn console_exec(
         }
     };
     // A viewer (`operator set --role viewer`) reads: it may watch, list and read the log only.
-    if !matches!(verb, "watch" | "who" | "log") && super::session::is_viewer(relay, operator).await
+    let refusal = if !matches!(verb, "watch" | "who" | "log")
+        && super::session::is_viewer(relay, operator).await
     {
-        let why = format!("operator {operator} has the viewer role: it cannot {verb} a console");
-        relay.audit.record(
-            "console-attach",
-            operator,
-            &format!("{device}/{console}"),
-            Outcome::Denied,
-            &why,
-        );
-        err(write, &why).await;
-        return 1;
-    }
-    if !allowed(&device) {
-        let why = format!("operator {operator} may not reach device {device}");
+        Some(format!(
+            "operator {operator} has the viewer role: it cannot {verb} a console"
+        ))
+    } else if !allowed(&device) {
+        Some(format!("operator {operator} may not reach device {device}"))
+    } else {
+        None
+    };
+    if let Some(why) = refusal {
         relay.audit.record(
             "console-attach",
             operator,
