@@ -606,16 +606,8 @@ async fn break_reaches_the_port_layer_with_its_duration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cycle_then_hold_break_for_rommon() {
     let (dir, relay, agent, cfg, breaks) = site_with_backend_and(false, |c, dir| {
-        let calls = dir.join("power-calls");
-        let append = |verb: &str| format!("echo {verb} >> '{}'", calls.display());
-        c.power.push(burrow_proto::agent_config::PowerOutlet {
-            name: None,
-            on: Some(append("on")),
-            off: Some(append("off")),
-            cycle: None,
-            cycle_delay: Some(burrow_proto::agent_config::Seconds::Fraction(0.2)),
-            timeout: None,
-        });
+        c.power
+            .push(recording_outlet(None, &dir.join("power-calls")));
         c.break_hold = Some(burrow_proto::agent_config::Seconds::Whole(1));
     })
     .await;
@@ -653,21 +645,6 @@ async fn power_cycle_then_hold_break_for_rommon() {
         "{markers:?}"
     );
     agent.stop().await;
-}
-
-/// The markers of a console recording.
-fn recording_markers(relay: &TestRelay) -> Vec<String> {
-    let files = burrow_relay::console::recording::list(&relay.data_dir, Some("pi")).unwrap();
-    let mut markers = Vec::new();
-    for f in files {
-        for line in std::fs::read_to_string(&f.path).unwrap().lines().skip(1) {
-            let event: serde_json::Value = serde_json::from_str(line).unwrap();
-            if event[1] == "m" {
-                markers.push(event[2].as_str().unwrap().to_string());
-            }
-        }
-    }
-    markers
 }
 
 /// A terminal's own break: OpenSSH's `~B` (a 1000 ms RFC 4335 request), and the request

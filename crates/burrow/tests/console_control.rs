@@ -55,41 +55,19 @@ async fn site(adjust: impl FnOnce(&mut Console, &mut AgentConfig, &Path)) -> Sit
     }
 }
 
-/// A power outlet whose commands append `on`/`off` to `calls`.
-fn recording_outlet(calls: &Path) -> PowerOutlet {
-    let append = |verb: &str| format!("echo {verb} >> '{}'", calls.display());
-    PowerOutlet {
-        name: Some("hub-port-2".into()),
-        on: Some(append("on")),
-        off: Some(append("off")),
-        cycle: None,
-        cycle_delay: Some(Seconds::Fraction(0.2)),
-        timeout: None,
-    }
-}
-
 fn calls(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("power-calls")).unwrap_or_default()
 }
 
-/// The markers of the console's recordings.
-fn recording_markers(relay: &TestRelay) -> Vec<String> {
-    let files = burrow_relay::console::recording::list(&relay.data_dir, Some("pi")).unwrap();
-    let mut markers = Vec::new();
-    for f in files {
-        for line in std::fs::read_to_string(&f.path).unwrap().lines().skip(1) {
-            let event: serde_json::Value = serde_json::from_str(line).unwrap();
-            if event[1] == "m" {
-                markers.push(event[2].as_str().unwrap().to_string());
-            }
-        }
-    }
-    markers
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_from_the_escape_menu_with_confirmation_and_from_the_exec_command() {
-    let s = site(|c, _, dir| c.power.push(recording_outlet(&dir.join("power-calls")))).await;
+    let s = site(|c, _, dir| {
+        c.power.push(recording_outlet(
+            Some("hub-port-2"),
+            &dir.join("power-calls"),
+        ))
+    })
+    .await;
     let dir = s.dir.path().to_path_buf();
     let mut t = Terminal::spawn(&s.alice, &["-l", "alice:pi", "relay"]);
     t.expect("read-write").await;
@@ -174,7 +152,13 @@ async fn relay_cli(data_dir: &Path, args: &[&str]) -> (i32, String, String) {
 /// line; another key as the command line's login name, or no running relay, is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_from_the_relay_command_line() {
-    let s = site(|c, _, dir| c.power.push(recording_outlet(&dir.join("power-calls")))).await;
+    let s = site(|c, _, dir| {
+        c.power.push(recording_outlet(
+            Some("hub-port-2"),
+            &dir.join("power-calls"),
+        ))
+    })
+    .await;
     let dir = s.dir.path().to_path_buf();
     let data_dir = s.relay.data_dir.clone();
     let (code, out, err) = relay_cli(&data_dir, &["console", "power", "pi", "off"]).await;

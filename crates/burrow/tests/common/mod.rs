@@ -1232,3 +1232,35 @@ impl Drop for Adapter {
         let _ = self.child.wait();
     }
 }
+
+/// A console power outlet (named `name`) whose commands append `on`/`off` to `calls`, as a
+/// fake power switch that records what it was asked.
+pub fn recording_outlet(
+    name: Option<&str>,
+    calls: &Path,
+) -> burrow_proto::agent_config::PowerOutlet {
+    let append = |verb: &str| format!("echo {verb} >> '{}'", calls.display());
+    burrow_proto::agent_config::PowerOutlet {
+        name: name.map(str::to_string),
+        on: Some(append("on")),
+        off: Some(append("off")),
+        cycle: None,
+        cycle_delay: Some(burrow_proto::agent_config::Seconds::Fraction(0.2)),
+        timeout: None,
+    }
+}
+
+/// The markers (`"m"` events) of device `pi`'s console recordings.
+pub fn recording_markers(relay: &TestRelay) -> Vec<String> {
+    let files = burrow_relay::console::recording::list(&relay.data_dir, Some("pi")).unwrap();
+    let mut markers = Vec::new();
+    for f in files {
+        for line in std::fs::read_to_string(&f.path).unwrap().lines().skip(1) {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            if event[1] == "m" {
+                markers.push(event[2].as_str().unwrap().to_string());
+            }
+        }
+    }
+    markers
+}

@@ -108,16 +108,10 @@ pub async fn site() -> Site {
     );
     // Its power: a command that notes each switch in a file the browser test asks about.
     let mut console = Console::new("console", router.path.clone(), 9600);
-    let calls = dir.path().join("power-calls");
-    let append = |verb: &str| format!("echo {verb} >> '{}'", calls.display());
-    console.power.push(burrow_proto::agent_config::PowerOutlet {
-        name: Some("pdu-3".into()),
-        on: Some(append("on")),
-        off: Some(append("off")),
-        cycle: None,
-        cycle_delay: Some(burrow_proto::agent_config::Seconds::Fraction(0.2)),
-        timeout: None,
-    });
+    console.power.push(recording_outlet(
+        Some("pdu-3"),
+        &dir.path().join("power-calls"),
+    ));
     config.console.push(console);
     let agent = TestAgent::start(dir.path(), config);
     agent.wait_up().await;
