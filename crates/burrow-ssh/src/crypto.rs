@@ -1,6 +1,9 @@
-//! Packet protection after NEWKEYS, on ring's primitives:
+//! Packet protection after NEWKEYS:
 //! - `chacha20-poly1305@openssh.com` (OpenSSH's PROTOCOL.chacha20poly1305: the length encrypted
-//!   with its own key, the tag over length and body; ring implements exactly this construction);
+//!   with its own key, the tag over length and body), on RustCrypto's ChaCha20 and Poly1305,
+//!   whose vector code (AVX2, and AVX-512 for ChaCha20 where `.cargo/config.toml` turns it on)
+//!   is chosen at run time; ring's Poly1305 is portable C and took a third of the relay's CPU
+//!   on the operator path (bench/tuning.md, step 13);
 //! - `aes128-gcm@openssh.com` and `aes256-gcm@openssh.com` (RFC 5647: the length in the clear as
 //!   associated data, a 12-byte nonce of a fixed part and a 64-bit counter that grows by one per
 //!   packet).
@@ -16,7 +19,10 @@
 //! it, not yet authenticated), then [`Opener::open`] authenticates and decrypts the packet.
 
 use aes::cipher::{KeyIvInit, StreamCipher};
-use ring::aead::chacha20_poly1305_openssh as chacha;
+use chacha20::ChaCha20LegacyCore;
+use chacha20::cipher::{Block, StreamCipherCore};
+use poly1305::Poly1305;
+use poly1305::universal_hash::KeyInit;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 use ring::hmac;
 
@@ -64,7 +70,7 @@ pub const MACS: [&str; 2] = [
 /// Key and IV lengths a cipher needs from the key derivation: (key, iv).
 pub fn key_material(cipher: &str) -> Option<(usize, usize)> {
     match cipher {
-        "chacha20-poly1305@openssh.com" => Some((chacha::KEY_LEN, 0)),
+        "chacha20-poly1305@openssh.com" => Some((ChaChaPoly::KEY_LEN, 0)),
         "aes256-gcm@openssh.com" => Some((32, 12)),
         "aes128-gcm@openssh.com" => Some((16, 12)),
         "aes256-ctr" => Some((32, 16)),
@@ -179,8 +185,108 @@ impl Gcm {
 
 const CHACHA: &str = "chacha20-poly1305@openssh.com";
 
-fn chacha_material(key: &[u8]) -> Option<&[u8; chacha::KEY_LEN]> {
-    key.try_into().ok()
+/// `chacha20-poly1305@openssh.com` for one direction: two ChaCha20 keys (the original 64-bit
+/// nonce variant, the nonce being the packet's sequence number). The second key encrypts only
+/// the length; the first makes the Poly1305 key from its block 0 and encrypts the rest of the
+/// packet from block 1 on. The tag covers the encrypted length and body.
+struct ChaChaPoly {
+    main: zeroize::Zeroizing<[u8; 32]>,
+    header: zeroize::Zeroizing<[u8; 32]>,
+}
+
+impl ChaChaPoly {
+    const KEY_LEN: usize = 64;
+
+    fn new(key: &[u8]) -> Option<ChaChaPoly> {
+        if key.len() != Self::KEY_LEN {
+            return None;
+        }
+        let (main, header) = key.split_at(32);
+        Some(ChaChaPoly {
+            main: zeroize::Zeroizing::new(main.try_into().ok()?),
+            header: zeroize::Zeroizing::new(header.try_into().ok()?),
+        })
+    }
+
+    fn cipher(key: &[u8; 32], seq: u32) -> ChaCha20LegacyCore {
+        let nonce: chacha20::LegacyNonce = u64::from(seq).to_be_bytes().into();
+        ChaCha20LegacyCore::new(key.into(), &nonce)
+    }
+
+    /// The length field (the first four bytes) en- or decrypted.
+    fn length(&self, seq: u32, first: &mut [u8]) {
+        let mut block = Block::<ChaCha20LegacyCore>::default();
+        Self::cipher(&self.header, seq).write_keystream_block(&mut block);
+        xor(first, &block);
+    }
+
+    /// The cipher for the body, at block 1, and the packet's Poly1305 from block 0.
+    fn body(&self, seq: u32) -> (ChaCha20LegacyCore, Poly1305) {
+        let mut cipher = Self::cipher(&self.main, seq);
+        let mut block = zeroize::Zeroizing::new(Block::<ChaCha20LegacyCore>::default());
+        cipher.write_keystream_block(&mut block);
+        let poly_key: &[u8; 32] = block.first_chunk().expect("a block is 64 bytes");
+        (cipher, Poly1305::new(poly_key.into()))
+    }
+
+    /// Encrypts `packet` (length field first) in place; returns the tag.
+    fn seal(&self, seq: u32, packet: &mut [u8]) -> [u8; TAG_LEN] {
+        let at = 4.min(packet.len());
+        let (first, body) = packet.split_at_mut(at);
+        self.length(seq, first);
+        let (mut cipher, poly) = self.body(seq);
+        apply_keystream(&mut cipher, body);
+        poly.compute_unpadded(packet).into()
+    }
+
+    /// Checks `tag` over `sealed` (in constant time) and only then decrypts its body in place.
+    fn open<'p>(&self, seq: u32, sealed: &'p mut [u8], tag: &[u8]) -> Option<&'p [u8]> {
+        let (mut cipher, poly) = self.body(seq);
+        let expected: [u8; TAG_LEN] = poly.compute_unpadded(sealed).into();
+        if !constant_time_eq(&expected, tag) {
+            return None;
+        }
+        let body = sealed.get_mut(4..)?;
+        apply_keystream(&mut cipher, body);
+        Some(body)
+    }
+}
+
+/// XORs `cipher`'s keystream into `data`, sixteen blocks at a time (what the AVX-512 code makes
+/// in one go). The crate's own `apply_keystream` XORs byte by byte through a copy on the stack
+/// in this build, which made its ChaCha20 slower than ring's (bench/tuning.md, step 13).
+fn apply_keystream(cipher: &mut ChaCha20LegacyCore, data: &mut [u8]) {
+    const BLOCKS: usize = 16;
+    let mut keystream = [Block::<ChaCha20LegacyCore>::default(); BLOCKS];
+    for chunk in data.chunks_mut(BLOCKS * 64) {
+        let blocks = keystream
+            .get_mut(..chunk.len().div_ceil(64))
+            .unwrap_or_default();
+        cipher.write_keystream_blocks(blocks);
+        for (part, block) in chunk.chunks_mut(64).zip(blocks.iter()) {
+            xor(part, block);
+        }
+    }
+}
+
+/// `data ^= keystream` over the shorter of the two, eight bytes at a time: the release build's
+/// link-time pass runs at the size-optimised level, which leaves a byte loop unvectorised.
+fn xor(data: &mut [u8], keystream: &[u8]) {
+    let n = data.len().min(keystream.len());
+    let (data, keystream) = (
+        data.get_mut(..n).unwrap_or_default(),
+        keystream.get(..n).unwrap_or_default(),
+    );
+    let mut words = data.chunks_exact_mut(8);
+    let mut keys = keystream.chunks_exact(8);
+    for (d, k) in (&mut words).zip(&mut keys) {
+        let mixed = u64::from_ne_bytes(<[u8; 8]>::try_from(&*d).unwrap_or_default())
+            ^ u64::from_ne_bytes(k.try_into().unwrap_or_default());
+        d.copy_from_slice(&mixed.to_ne_bytes());
+    }
+    for (d, k) in words.into_remainder().iter_mut().zip(keys.remainder()) {
+        *d ^= k;
+    }
 }
 
 fn framing(cipher: &str) -> Framing {
@@ -191,7 +297,7 @@ fn framing(cipher: &str) -> Framing {
 }
 
 enum SealKey {
-    ChaCha(chacha::SealingKey),
+    ChaCha(Box<ChaChaPoly>),
     Gcm(Gcm),
     CtrEtm(CtrEtm),
 }
@@ -210,7 +316,7 @@ impl Sealer {
     /// an unknown cipher or a key of the wrong length.
     pub fn new(cipher: &str, key: &[u8], iv: &[u8], mac: MacKey<'_>) -> Option<Sealer> {
         let key = if cipher == CHACHA {
-            SealKey::ChaCha(chacha::SealingKey::new(chacha_material(key)?))
+            SealKey::ChaCha(Box::new(ChaChaPoly::new(key)?))
         } else if let Some(mac) = mac {
             SealKey::CtrEtm(CtrEtm::new(cipher, key, iv, mac)?)
         } else {
@@ -244,7 +350,7 @@ impl Sealer {
         }
         let mut tag = [0u8; TAG_LEN];
         match &mut self.key {
-            SealKey::ChaCha(key) => key.seal_in_place(seq, &mut packet, &mut tag),
+            SealKey::ChaCha(key) => tag = key.seal(seq, &mut packet),
             SealKey::Gcm(gcm) => {
                 let at = 4.min(packet.len());
                 let (length, body) = packet.split_at_mut(at);
@@ -264,7 +370,7 @@ impl Sealer {
 }
 
 enum OpenKey {
-    ChaCha(chacha::OpeningKey),
+    ChaCha(Box<ChaChaPoly>),
     Gcm(Gcm),
     CtrEtm(CtrEtm),
 }
@@ -279,7 +385,7 @@ impl Opener {
     /// For `cipher` with the derived `key` and `iv` (and `mac` for a CTR cipher).
     pub fn new(cipher: &str, key: &[u8], iv: &[u8], mac: MacKey<'_>) -> Option<Opener> {
         let key = if cipher == CHACHA {
-            OpenKey::ChaCha(chacha::OpeningKey::new(chacha_material(key)?))
+            OpenKey::ChaCha(Box::new(ChaChaPoly::new(key)?))
         } else if let Some(mac) = mac {
             OpenKey::CtrEtm(CtrEtm::new(cipher, key, iv, mac)?)
         } else {
@@ -294,10 +400,10 @@ impl Opener {
     /// The whole packet's length on the wire (length field and tag included), from its first
     /// four bytes; checked against the packet limits before anything more is read.
     pub fn length(&self, seq: u32, first: [u8; 4]) -> Result<usize, OpenError> {
-        let plain = match &self.key {
-            OpenKey::ChaCha(key) => key.decrypt_packet_length(seq, first),
-            OpenKey::Gcm(_) | OpenKey::CtrEtm(_) => first,
-        };
+        let mut plain = first;
+        if let OpenKey::ChaCha(key) = &self.key {
+            key.length(seq, &mut plain);
+        }
         let body = self
             .framing
             .check_length(u32::from_be_bytes(plain))
@@ -341,8 +447,8 @@ impl Opener {
         let tag: [u8; TAG_LEN] = (&*tag).try_into().map_err(|_| OpenError::Authentication)?;
         let body: &[u8] = match &mut self.key {
             OpenKey::ChaCha(key) => key
-                .open_in_place(seq, sealed, &tag)
-                .map_err(|_| OpenError::Authentication)?,
+                .open(seq, sealed, &tag)
+                .ok_or(OpenError::Authentication)?,
             OpenKey::Gcm(gcm) => {
                 let at = 4.min(sealed.len());
                 let (length, body) = sealed.split_at_mut(at);
@@ -388,6 +494,65 @@ mod tests {
             Sealer::new(cipher, &key, &iv, mac).expect("sealer"),
             Opener::new(cipher, &key, &iv, mac).expect("opener"),
         )
+    }
+
+    /// ring implements OpenSSH's chacha20-poly1305 construction whole; ours (on RustCrypto's
+    /// vector code) must give the same bytes and tags, and open what ring sealed, for every
+    /// length the vector code splits differently (blocks of 64 bytes, batches of 4 and 8
+    /// blocks) and for sequence numbers up to the wrap.
+    #[test]
+    fn chacha20_poly1305_matches_ring_byte_for_byte() {
+        use ring::aead::chacha20_poly1305_openssh as reference;
+        let key: [u8; 64] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0x5c);
+        let theirs_seal = reference::SealingKey::new(&key);
+        let theirs_open = reference::OpeningKey::new(&key);
+        let ours = ChaChaPoly::new(&key).expect("64-byte key");
+        let lengths = (0..600).chain([1020, 1024, 4096, 32 * 1024 + 20, 35_000, 256 * 1024 + 3]);
+        for (n, len) in lengths.enumerate() {
+            let seq = match n % 4 {
+                0 => n as u32,
+                1 => u32::MAX - n as u32,
+                2 => 1 << 31,
+                _ => 0,
+            };
+            let plain: Vec<u8> = (0..len + 4).map(|i| (i * 7 + n) as u8).collect();
+            let mut a = plain.clone();
+            let mut tag_a = [0u8; TAG_LEN];
+            theirs_seal.seal_in_place(seq, &mut a, &mut tag_a);
+            let mut b = plain.clone();
+            let tag_b = ours.seal(seq, &mut b);
+            assert_eq!(a, b, "ciphertext, {len} bytes, seq {seq}");
+            assert_eq!(tag_a, tag_b, "tag, {len} bytes, seq {seq}");
+            let mut first: [u8; 4] = a[..4].try_into().expect("4");
+            ours.length(seq, &mut first);
+            assert_eq!(first, plain[..4], "length, seq {seq}");
+            assert_eq!(ours.open(seq, &mut a, &tag_a), Some(&plain[4..]));
+            // And ring opens what we sealed.
+            assert_eq!(
+                theirs_open.open_in_place(seq, &mut b, &tag_b).ok(),
+                Some(&plain[4..])
+            );
+        }
+        // A flipped bit anywhere, or the wrong sequence number, is refused before decrypting.
+        let mut packet = vec![9u8; 100];
+        let tag = ours.seal(7, &mut packet);
+        let sealed = packet.clone();
+        for at in [0, 3, 4, 99] {
+            let mut p = sealed.clone();
+            p[at] ^= 0x10;
+            assert_eq!(ours.open(7, &mut p, &tag), None, "flipped byte {at}");
+            assert_eq!(
+                p,
+                {
+                    let mut s = sealed.clone();
+                    s[at] ^= 0x10;
+                    s
+                },
+                "left as it came"
+            );
+        }
+        let mut p = sealed.clone();
+        assert_eq!(ours.open(8, &mut p, &tag), None, "wrong sequence number");
     }
 
     #[test]
