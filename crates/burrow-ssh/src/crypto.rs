@@ -225,8 +225,11 @@ impl ChaChaPoly {
         let mut cipher = Self::cipher(&self.main, seq);
         let mut block = zeroize::Zeroizing::new(Block::<ChaCha20LegacyCore>::default());
         cipher.write_keystream_block(&mut block);
-        let poly_key: &[u8; 32] = block.first_chunk().expect("a block is 64 bytes");
-        (cipher, Poly1305::new(poly_key.into()))
+        let mut poly_key = zeroize::Zeroizing::new([0u8; 32]);
+        for (k, b) in poly_key.iter_mut().zip(block.iter()) {
+            *k = *b;
+        }
+        (cipher, Poly1305::new((&*poly_key).into()))
     }
 
     /// Encrypts `packet` (length field first) in place; returns the tag.
