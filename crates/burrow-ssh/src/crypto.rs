@@ -2,8 +2,8 @@
 //! - `chacha20-poly1305@openssh.com` (OpenSSH's PROTOCOL.chacha20poly1305: the length encrypted
 //!   with its own key, the tag over length and body), on RustCrypto's ChaCha20 and Poly1305,
 //!   whose vector code (AVX2, and AVX-512 for ChaCha20 where `.cargo/config.toml` turns it on)
-//!   is chosen at run time; ring's Poly1305 is portable C and took a third of the relay's CPU
-//!   on the operator path (bench/tuning.md, step 13);
+//!   is chosen at run time; ring's Poly1305 is portable C and was over a quarter of the
+//!   relay's CPU on the operator path (bench/tuning.md, step 13);
 //! - `aes128-gcm@openssh.com` and `aes256-gcm@openssh.com` (RFC 5647: the length in the clear as
 //!   associated data, a 12-byte nonce of a fixed part and a 64-bit counter that grows by one per
 //!   packet).
