@@ -7,10 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use rustix::process::{Pid, Signal, kill_process};
 
 use crate::Args;
 
-/// A child process killed (after SIGCONT, in case it was stopped) when dropped.
+/// A child process killed, with everything it started, when dropped.
 pub struct Proc(pub Child);
 
 impl Proc {
@@ -38,11 +39,44 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// Kills the process and everything it started: `autossh` restarts its `ssh`, and socat's
+    /// `EXEC:` leaves a shell, which outlived the bench when only the parent was killed. The
+    /// parent is stopped first so that it starts nothing new while its children are found.
     fn drop(&mut self) {
-        self.signal("CONT");
+        let pid = self.pid();
+        signal_pid(pid, Signal::STOP);
+        for child in descendants(pid) {
+            signal_pid(child, Signal::KILL);
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+fn signal_pid(pid: u32, signal: Signal) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = kill_process(pid, signal);
+    }
+}
+
+/// Every process below `pid` (from each of its threads' `children` in /proc).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                found.push(child);
+                todo.push(child);
+            }
+        }
+    }
+    found
 }
 
 /// A free loopback port (bound, then released for the process started next).
