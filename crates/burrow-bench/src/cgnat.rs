@@ -74,7 +74,7 @@ pub async fn run(env: &Env, args: &Args, results: &mut Results) -> anyhow::Resul
         // Every device from 127.0.0.1, each retrying 5 to 10 s after a loss or a refusal.
         let fleet = Fleet::launch(vec![port], n, key.clone(), n, Retry::Every(low, high));
         fleet.wait_all(n, Duration::from_secs(600)).await?;
-        relay.signal("KILL");
+        relay.signal(rustix::process::Signal::KILL);
         drop(relay);
         fleet.wait_down(Duration::from_secs(120)).await?;
         let restarted = Instant::now();

@@ -356,7 +356,7 @@ impl Relays {
 
     fn kill(&mut self, i: usize) {
         if let Some(p) = self.procs[i].take() {
-            p.signal("KILL");
+            p.signal(rustix::process::Signal::KILL);
         }
     }
 }

@@ -61,7 +61,7 @@ async fn burrow_idle_and_storm(
 
     // Reconnect storm: the relay dies and comes back; every device must be back. The clock
     // starts once the fleet has seen the relay go (every session down), at the restart.
-    relay.signal("KILL");
+    relay.signal(rustix::process::Signal::KILL);
     drop(relay);
     fleet.wait_down(Duration::from_secs(120)).await?;
     let restarted = Instant::now();
@@ -195,7 +195,7 @@ async fn reconnect_after_reboot(
     };
     let old = agent(1)?;
     crate::traffic::wait_echo(listen).await?;
-    old.signal("STOP");
+    old.signal(rustix::process::Signal::STOP);
     let started = Instant::now();
     let new = agent(2)?;
     answers_within(listen, Duration::from_secs(args.reconnect_cap)).await?;
@@ -228,7 +228,7 @@ async fn reconnect_after_reboot(
         };
         let old = device()?;
         crate::traffic::wait_echo(remote).await?;
-        old.signal("STOP");
+        old.signal(rustix::process::Signal::STOP);
         let started = Instant::now();
         let cap = Duration::from_secs(args.reconnect_cap);
         // As autossh would: start ssh again each second until its forward binds.

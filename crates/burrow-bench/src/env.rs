@@ -29,12 +29,8 @@ impl Proc {
         self.0.id()
     }
 
-    pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .stderr(Stdio::null())
-            .status();
+    pub fn signal(&self, signal: Signal) {
+        signal_pid(self.pid(), signal);
     }
 }
 
