@@ -223,11 +223,13 @@ where
         stalled: Some(&progress.b_to_a_stalled),
         done: &b_done,
     };
+    // In a fixed order, the caller's stop first: no random draw on every wake-up of a stream.
     let result = tokio::select! {
+        biased;
+        why = stop => return Err(SpliceError::Stopped(why)),
         r = async {
             tokio::try_join!(pipe(a_read, b_write, a_to_b), pipe(b_read, a_write, b_to_a))
         } => r.map(|_| ()),
-        why = stop => return Err(SpliceError::Stopped(why)),
     };
     result.map_err(|f| {
         let (own, other) = match f.end {

@@ -69,6 +69,10 @@ pub fn start<H: Handler>(
 
 /// Longest wait for the peer to close after our last packet.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a connection moves nothing before its buffers and queues go back: long enough that
+/// a conversation of small packets keeps them, short enough that an idle device costs no more
+/// than its state.
+const IDLE_RELEASE: std::time::Duration = std::time::Duration::from_millis(200);
 
 struct Driver<H> {
     inner: Arc<Inner>,
@@ -114,12 +118,13 @@ impl<H: Handler> Driver<H> {
         result
     }
 
-    /// Passes the time to the session, moves its output into `out` and takes its events.
-    fn collect(&mut self) -> (Vec<Event>, Option<Instant>, Pressure) {
+    /// Passes the time (`now`) to the session, moves its output into `out` and takes its
+    /// events.
+    fn collect(&mut self, now: Instant) -> (Vec<Event>, Option<Instant>, Pressure) {
         let mut st = self.inner.lock();
         // Every wake-up tells the session the time: a key exchange's deadline runs from when
         // it started.
-        st.session.handle_time(Instant::now());
+        st.session.handle_time(now);
         while let Some(bytes) = st.session.poll_transmit() {
             self.out_len = self.out_len.saturating_add(bytes.len());
             self.out.push_back(bytes);
@@ -152,13 +157,26 @@ impl<H: Handler> Driver<H> {
 
     async fn run_inner(&mut self) -> Result<(), Error> {
         let mut failure: Option<String> = None;
+        // One wake-up registration and one timer for the connection's life, not one per turn
+        // of the loop: each costs a registration under a lock when made and another when
+        // dropped, on every packet.
+        let inner = self.inner.clone();
+        let mut woken = std::pin::pin!(inner.wake.notified());
+        let mut timer = std::pin::pin!(tokio::time::sleep(IDLE_RELEASE));
+        // When the timer is set to fire; `None` once it fired.
+        let mut armed: Option<Instant> = None;
+        // The last turn that moved anything, and whether the buffers went back since.
+        let mut busy_at = Instant::now();
+        let mut released = false;
         loop {
-            let (events, timeout, pressure) = self.collect();
+            let now = Instant::now();
+            let (events, timeout, pressure) = self.collect(now);
             let had_events = !events.is_empty();
             for event in events {
                 self.event(event).await;
             }
             if had_events {
+                busy_at = now;
                 continue;
             }
             let pending = !self.out.is_empty();
@@ -168,11 +186,22 @@ impl<H: Handler> Driver<H> {
                 self.linger().await;
                 return Err(Error(why.clone()));
             }
-            if !pending {
-                // Nothing to write: give the queues back while idle.
+            // Nothing to write for a while: give the buffers and queues back. Not at once: a
+            // conversation of small packets would free and allocate them for every one.
+            let release_at = if pending {
+                busy_at = now;
+                released = false;
+                None
+            } else if released {
+                None
+            } else if now.saturating_duration_since(busy_at) >= IDLE_RELEASE {
                 self.out = VecDeque::new();
                 self.inner.lock().release_idle();
-            }
+                released = true;
+                None
+            } else {
+                busy_at.checked_add(IDLE_RELEASE)
+            };
             // Past the cap, nothing more is read: a peer that sends without reading gets no
             // more answers queued. If it still takes nothing, it is cut.
             let reading = pressure.queued < pressure.cap;
@@ -180,9 +209,9 @@ impl<H: Handler> Driver<H> {
                 self.stalled_since = None;
                 None
             } else {
-                let since = *self.stalled_since.get_or_insert_with(Instant::now);
+                let since = *self.stalled_since.get_or_insert(now);
                 let deadline = since.checked_add(pressure.stall_timeout);
-                if deadline.is_some_and(|d| Instant::now() >= d) {
+                if deadline.is_some_and(|d| now >= d) {
                     return Err(Error(format!(
                         "the peer took nothing of the {} bytes queued for it for {} s",
                         pressure.queued,
@@ -191,31 +220,29 @@ impl<H: Handler> Driver<H> {
                 }
                 deadline
             };
-            let wake_at = match (timeout, stall_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let sleep = async {
-                match wake_at {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let wake_at = [timeout, stall_deadline, release_at]
+                .into_iter()
+                .flatten()
+                .min();
+            // The timer is moved only to fire sooner. A deadline that moved later (the
+            // keepalive after each packet) lets it fire early once, and the next turn sets it
+            // again; every deadline is checked against the clock at the top of the loop.
+            if let Some(at) = wake_at
+                && (armed.is_none_or(|a| a > at) || timer.is_elapsed())
+            {
+                timer.as_mut().reset(at.into());
+                armed = Some(at);
+            }
             tokio::select! {
-                ready = self.socket.readable(), if failure.is_none() && reading => {
+                ready = std::future::poll_fn(|cx| self.socket.poll_read_ready(cx)),
+                    if failure.is_none() && reading =>
+                {
                     ready.map_err(|e| Error(format!("socket: {e}")))?;
-                    // Read straight into the session's buffer: packets are decrypted where
-                    // they land and their data handed on without a copy.
-                    let socket = &self.socket;
-                    let mut st = self.inner.lock();
-                    let got = st.session.receive_with(|buf| {
-                        buf.reserve(READ_SIZE);
-                        socket.try_read_buf(buf)
-                    });
-                    drop(st);
-                    match got {
+                    match self.read() {
                         Ok(Ok(0)) => return Err(Error("the peer closed the connection".into())),
                         Ok(Ok(n)) => {
+                            busy_at = now;
+                            released = false;
                             if let Some(o) = &self.observer {
                                 o.received(n);
                             }
@@ -225,7 +252,7 @@ impl<H: Handler> Driver<H> {
                         Err(e) => failure = Some(e.0),
                     }
                 }
-                ready = self.socket.writable(), if pending => {
+                ready = std::future::poll_fn(|cx| self.socket.poll_write_ready(cx)), if pending => {
                     ready.map_err(|e| Error(format!("socket: {e}")))?;
                     match self.write_some() {
                         Ok(n) => {
@@ -240,7 +267,8 @@ impl<H: Handler> Driver<H> {
                         Err(e) => return Err(Error(format!("socket: {e}"))),
                     }
                 }
-                _ = self.inner.wake.notified() => {
+                _ = &mut woken => {
+                    woken.set(inner.wake.notified());
                     let st = self.inner.lock();
                     if failure.is_none()
                         && let Some(why) = &st.ended
@@ -249,12 +277,37 @@ impl<H: Handler> Driver<H> {
                     }
                 }
                 // The session is told the time at the top of the loop.
-                _ = sleep => {}
+                _ = &mut timer, if wake_at.is_some() => armed = None,
             }
             if failure.is_none() {
                 failure = self.session_failure();
             }
         }
+    }
+
+    /// Reads what the socket has straight into the session's buffer: packets are decrypted
+    /// where they land and their data handed on without a copy. A read that did not fill the
+    /// room it had emptied the socket, so the socket is marked not ready: the next turn waits
+    /// for the next bytes instead of asking the kernel once more only to hear "nothing".
+    fn read(&mut self) -> Result<io::Result<usize>, Error> {
+        let socket = &self.socket;
+        let mut st = self.inner.lock();
+        let got = st.session.receive_with(|buf| {
+            buf.reserve(READ_SIZE);
+            let room = buf.capacity().saturating_sub(buf.len());
+            let mut got = None;
+            let outcome = socket.try_io(tokio::io::Interest::READABLE, || {
+                let n = socket.try_read_buf(buf)?;
+                got = Some(n);
+                if n > 0 && n < room {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(n)
+                }
+            });
+            got.map_or(outcome, Ok)
+        });
+        got.map_err(|e| Error(e.0))
     }
 
     /// Once the last packet (a DISCONNECT) is written: ends our direction and reads what the
