@@ -132,7 +132,10 @@ async fn openssh_with_sshd(
     b: Backends,
     cipher: Option<&str>,
 ) -> anyhow::Result<(Path, u16)> {
-    let (sshd, port) = sshd(env, "sshd-traffic", "").await?;
+    // A directory of its own per sshd: the traffic paths all run at once.
+    static SSHDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SSHDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (sshd, port) = sshd(env, &format!("sshd-traffic-{n}"), "").await?;
     let (ri, re) = (free_port(), free_port());
     let (c, label) = cipher_args(cipher);
     let client = Proc::spawn(

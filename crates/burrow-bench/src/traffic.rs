@@ -175,67 +175,92 @@ fn median(values: &mut [f64]) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-async fn measure(args: &Args, path: &Path, results: &mut Results) -> anyhow::Result<()> {
-    eprintln!("  {}", path.system);
-    for streams in [1u32, 8] {
-        for (reverse, direction) in [(true, "device→operator"), (false, "operator→device")] {
-            let mut runs = Vec::new();
-            for _ in 0..args.repeats.max(1) {
-                runs.push(throughput(path.bulk, args.seconds, streams, reverse).await?);
-            }
-            let gbps = median(&mut runs);
-            eprintln!("    {streams} stream(s) {direction}: {gbps:.2} Gbit/s");
-            results.push(
-                &format!(
-                    "throughput, {streams} stream{}, {direction}",
-                    if streams == 1 { "" } else { "s" }
-                ),
-                &path.system,
-                gbps,
-                "Gbit/s",
-            );
-        }
+/// The throughput runs of one round: streams, direction (`true`: device→operator) and label.
+const RUNS: [(u32, bool, &str); 4] = [
+    (1, true, "throughput, 1 stream, device→operator"),
+    (1, false, "throughput, 1 stream, operator→device"),
+    (8, true, "throughput, 8 streams, device→operator"),
+    (8, false, "throughput, 8 streams, operator→device"),
+];
+
+/// What one path measured, one value per round.
+#[derive(Default)]
+struct Samples {
+    /// Gbit/s per entry of [`RUNS`].
+    gbps: [Vec<f64>; 4],
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+}
+
+/// One round on one path: every throughput run once, and one latency run.
+async fn measure_round(args: &Args, path: &Path, samples: &mut Samples) -> anyhow::Result<()> {
+    for ((streams, reverse, _), gbps) in RUNS.iter().zip(samples.gbps.iter_mut()) {
+        gbps.push(throughput(path.bulk, args.seconds, *streams, *reverse).await?);
     }
-    let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
-    for _ in 0..args.repeats.max(1) {
-        let (p50, p99) = latency(path.echo, args.round_trips).await?;
-        p50s.push(p50);
-        p99s.push(p99);
-    }
-    let (p50, p99) = (median(&mut p50s), median(&mut p99s));
-    eprintln!("    latency p50 {p50:.0} µs, p99 {p99:.0} µs");
-    results.push("latency p50 (64 B round trip)", &path.system, p50, "µs");
-    results.push("latency p99 (64 B round trip)", &path.system, p99, "µs");
+    let (p50, p99) = latency(path.echo, args.round_trips).await?;
+    samples.p50.push(p50);
+    samples.p99.push(p99);
     Ok(())
 }
 
+/// The medians of a path's rounds into the results.
+fn report(path: &Path, mut samples: Samples, results: &mut Results) {
+    eprintln!("  {}", path.system);
+    for ((_, _, label), runs) in RUNS.iter().zip(samples.gbps.iter_mut()) {
+        let gbps = median(runs);
+        eprintln!("    {label}: {gbps:.2} Gbit/s");
+        results.push(label, &path.system, gbps, "Gbit/s");
+    }
+    let (p50, p99) = (median(&mut samples.p50), median(&mut samples.p99));
+    eprintln!("    latency p50 {p50:.0} µs, p99 {p99:.0} µs");
+    results.push("latency p50 (64 B round trip)", &path.system, p50, "µs");
+    results.push("latency p99 (64 B round trip)", &path.system, p99, "µs");
+}
+
+/// Every path up at once (idle ones cost nothing), then measured in rounds: each round takes
+/// each path once, starting one path further on each time. This machine's speed drifts by
+/// about 20 % over minutes (other guests on the host); measured one system after the other,
+/// a slow minute lands on one system's runs alone and decides a ratio between systems. In
+/// rounds, it lands on all of them alike.
 pub async fn run_all(env: &Env, args: &Args, results: &mut Results) -> anyhow::Result<()> {
     let b = Backends {
         bulk: bulk_server().await?,
         echo: echo_server().await?,
     };
-    measure(args, &systems::direct(b), results).await?;
+    let mut paths = vec![systems::direct(b)];
     // OpenSSH with its own cipher choice (chacha20-poly1305), and with burrow's default
-    // (aes256-gcm) for same-cipher ratios; each path torn down before the next starts.
+    // (aes256-gcm) for same-cipher ratios.
     for cipher in [None, Some(systems::SAME_CIPHER)] {
-        let path = systems::openssh(env, b, cipher).await?;
-        measure(args, &path, results).await?;
+        paths.push(systems::openssh(env, b, cipher).await?);
     }
     for cipher in [None, Some(systems::SAME_CIPHER)] {
-        let path = systems::openssh_operator(env, b, cipher).await?;
-        measure(args, &path, results).await?;
+        paths.push(systems::openssh_operator(env, b, cipher).await?);
     }
     for noise in [true, false] {
         if let Some(path) = systems::rathole(env, b, noise).await? {
-            measure(args, &path, results).await?;
+            paths.push(path);
         }
     }
     let site = systems::burrow_site(env, "relay-traffic", b).await?;
-    measure(args, &systems::burrow_exposure(&site), results).await?;
+    paths.push(systems::burrow_exposure(&site));
     for cipher in [None, Some(systems::SAME_CIPHER)] {
-        let path = systems::burrow_operator(env, &site, cipher).await?;
-        measure(args, &path, results).await?;
+        paths.push(systems::burrow_operator(env, &site, cipher).await?);
     }
+    let mut samples: Vec<Samples> = paths.iter().map(|_| Samples::default()).collect();
+    let rounds = args.repeats.max(1);
+    for round in 0..rounds {
+        eprintln!("  round {} of {rounds}", round + 1);
+        for k in 0..paths.len() {
+            let i = (k + round) % paths.len();
+            if let (Some(path), Some(s)) = (paths.get(i), samples.get_mut(i)) {
+                measure_round(args, path, s).await?;
+            }
+        }
+    }
+    for (path, s) in paths.iter().zip(samples) {
+        report(path, s, results);
+    }
+    drop(paths);
     // The agent's footprint with one endpoint and one console, while it is here.
     crate::devices::agent_footprint(env, &site, results).await?;
     drop(site);
