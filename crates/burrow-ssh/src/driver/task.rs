@@ -63,6 +63,7 @@ pub fn start<H: Handler>(
         out_at: 0,
         out_len: 0,
         stalled_since: None,
+        read_size: FIRST_READ,
     };
     (handle, driver.run())
 }
@@ -72,7 +73,7 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a connection moves nothing before its buffers and queues go back: long enough that
 /// a conversation of small packets keeps them, short enough that an idle device costs no more
 /// than its state.
-const IDLE_RELEASE: std::time::Duration = std::time::Duration::from_millis(200);
+const IDLE_RELEASE: std::time::Duration = std::time::Duration::from_millis(50);
 
 struct Driver<H> {
     inner: Arc<Inner>,
@@ -87,6 +88,8 @@ struct Driver<H> {
     out_len: usize,
     /// Since when reading has been stopped because the peer takes nothing.
     stalled_since: Option<Instant>,
+    /// Room made for the next read: grows while reads fill it, back to [`FIRST_READ`] when idle.
+    read_size: usize,
 }
 
 /// Where the queue toward the peer stands against its cap.
@@ -196,6 +199,7 @@ impl<H: Handler> Driver<H> {
                 None
             } else if now.saturating_duration_since(busy_at) >= IDLE_RELEASE {
                 self.out = VecDeque::new();
+                self.read_size = FIRST_READ;
                 self.inner.lock().release_idle();
                 released = true;
                 None
@@ -291,14 +295,18 @@ impl<H: Handler> Driver<H> {
     /// for the next bytes instead of asking the kernel once more only to hear "nothing".
     fn read(&mut self) -> Result<io::Result<usize>, Error> {
         let socket = &self.socket;
+        let read_size = &mut self.read_size;
         let mut st = self.inner.lock();
         let got = st.session.receive_with(|buf| {
-            buf.reserve(READ_SIZE);
+            buf.reserve(*read_size);
             let room = buf.capacity().saturating_sub(buf.len());
             let mut got = None;
             let outcome = socket.try_io(tokio::io::Interest::READABLE, || {
                 let n = socket.try_read_buf(buf)?;
                 got = Some(n);
+                if n >= room {
+                    *read_size = read_size.saturating_mul(2).min(READ_SIZE);
+                }
                 if n > 0 && n < room {
                     Err(io::ErrorKind::WouldBlock.into())
                 } else {
