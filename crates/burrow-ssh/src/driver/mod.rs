@@ -39,9 +39,6 @@ pub use task::{connect, start};
 
 /// Largest read from the socket at once.
 const READ_SIZE: usize = 64 * 1024;
-/// The first read of a connection, and of one that was idle: small packets (a handshake, a
-/// conversation) need no more, and a read that fills it doubles the next, up to [`READ_SIZE`].
-const FIRST_READ: usize = 8 * 1024;
 /// Writers wait while this much is queued for the peer, and go on below half of it.
 pub const BACKLOG_HIGH: usize = 512 * 1024;
 /// The cap on what is queued for a peer that has not authenticated: a key exchange and a few

@@ -63,7 +63,6 @@ pub fn start<H: Handler>(
         out_at: 0,
         out_len: 0,
         stalled_since: None,
-        read_size: FIRST_READ,
     };
     (handle, driver.run())
 }
@@ -88,8 +87,6 @@ struct Driver<H> {
     out_len: usize,
     /// Since when reading has been stopped because the peer takes nothing.
     stalled_since: Option<Instant>,
-    /// Room made for the next read: grows while reads fill it, back to [`FIRST_READ`] when idle.
-    read_size: usize,
 }
 
 /// Where the queue toward the peer stands against its cap.
@@ -199,7 +196,6 @@ impl<H: Handler> Driver<H> {
                 None
             } else if now.saturating_duration_since(busy_at) >= IDLE_RELEASE {
                 self.out = VecDeque::new();
-                self.read_size = FIRST_READ;
                 self.inner.lock().release_idle();
                 released = true;
                 None
@@ -245,7 +241,8 @@ impl<H: Handler> Driver<H> {
                     match self.read() {
                         Ok(Ok(0)) => return Err(Error("the peer closed the connection".into())),
                         Ok(Ok(n)) => {
-                            busy_at = now;
+                            // Not `now`: that was before the wait for these bytes.
+                            busy_at = Instant::now();
                             released = false;
                             if let Some(o) = &self.observer {
                                 o.received(n);
@@ -295,18 +292,14 @@ impl<H: Handler> Driver<H> {
     /// for the next bytes instead of asking the kernel once more only to hear "nothing".
     fn read(&mut self) -> Result<io::Result<usize>, Error> {
         let socket = &self.socket;
-        let read_size = &mut self.read_size;
         let mut st = self.inner.lock();
         let got = st.session.receive_with(|buf| {
-            buf.reserve(*read_size);
+            buf.reserve(READ_SIZE);
             let room = buf.capacity().saturating_sub(buf.len());
             let mut got = None;
             let outcome = socket.try_io(tokio::io::Interest::READABLE, || {
                 let n = socket.try_read_buf(buf)?;
                 got = Some(n);
-                if n >= room {
-                    *read_size = read_size.saturating_mul(2).min(READ_SIZE);
-                }
                 if n > 0 && n < room {
                     Err(io::ErrorKind::WouldBlock.into())
                 } else {
