@@ -163,8 +163,6 @@ impl<H: Handler> Driver<H> {
         let inner = self.inner.clone();
         let mut woken = std::pin::pin!(inner.wake.notified());
         let mut timer = std::pin::pin!(tokio::time::sleep(IDLE_RELEASE));
-        // When the timer is set to fire; `None` once it fired.
-        let mut armed: Option<Instant> = None;
         // The last turn that moved anything, and whether the buffers went back since.
         let mut busy_at = Instant::now();
         let mut released = false;
@@ -227,11 +225,10 @@ impl<H: Handler> Driver<H> {
             // The timer is moved only to fire sooner. A deadline that moved later (the
             // keepalive after each packet) lets it fire early once, and the next turn sets it
             // again; every deadline is checked against the clock at the top of the loop.
-            if let Some(at) = wake_at
-                && (armed.is_none_or(|a| a > at) || timer.is_elapsed())
+            if let Some(at) = wake_at.map(tokio::time::Instant::from)
+                && (timer.is_elapsed() || timer.deadline() > at)
             {
-                timer.as_mut().reset(at.into());
-                armed = Some(at);
+                timer.as_mut().reset(at);
             }
             tokio::select! {
                 ready = std::future::poll_fn(|cx| self.socket.poll_read_ready(cx)),
@@ -278,7 +275,7 @@ impl<H: Handler> Driver<H> {
                     }
                 }
                 // The session is told the time at the top of the loop.
-                _ = &mut timer, if wake_at.is_some() => armed = None,
+                _ = &mut timer, if wake_at.is_some() => {}
             }
             if failure.is_none() {
                 failure = self.session_failure();
