@@ -1,7 +1,7 @@
 //! Local `[[connect]]` listeners: each accepted connection becomes a `direct-tcpip` channel to a
 //! relay-side target (the seeds' MQTT broker on the relay host), over whatever session is up.
 
-use burrow_io::splice::splice;
+use burrow_io::splice::{buffered_halves, splice_halves};
 use burrow_proto::addr::{ListenSpec, Target};
 use burrow_ssh::channel::OpenKind;
 use tokio::net::TcpListener;
@@ -95,7 +95,9 @@ async fn serve(
             match opened {
                 Ok(channel) => {
                     let _ = tcp.set_nodelay(true);
-                    let (_, r) = splice(channel, streams.metered(tcp)).await;
+                    let (_, r) =
+                        splice_halves(channel.halves(), buffered_halves(streams.metered(tcp)))
+                            .await;
                     if let Err(e) = r {
                         tracing::debug!("forward to {to} ended: {e}");
                     }

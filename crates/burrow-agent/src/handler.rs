@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use burrow_io::splice::splice;
+use burrow_io::splice::{buffered_halves, splice_halves};
 use burrow_proto::addr::Target;
 use burrow_ssh::channel::{OpenKind, open_failure};
 use burrow_ssh::driver::{Channel, Handler, Offer};
@@ -151,7 +151,9 @@ impl Handler for AgentHandler {
                     let Ok(channel) = offer.accept() else { return };
                     let _ = tcp.set_nodelay(true);
                     tracing::debug!("stream from {from} to {target}");
-                    let (t, r) = splice(channel, streams.metered(tcp)).await;
+                    let (t, r) =
+                        splice_halves(channel.halves(), buffered_halves(streams.metered(tcp)))
+                            .await;
                     tracing::debug!(
                         "stream from {from} to {target} ended: {} bytes in, {} bytes out, {r:?}",
                         t.a_to_b,

@@ -4,7 +4,8 @@
 //!
 //! Flow control is the streams' own. An SSH channel of burrow-ssh gives window back only as
 //! its bytes are read here, so a reader that stops holds back its own stream and nothing else;
-//! TCP pushes back by itself. What is in flight per direction is one copy buffer.
+//! TCP pushes back by itself. What is in flight per direction is one copy buffer, or none for
+//! a stream that lends its bytes where they lie (an SSH channel's reading half).
 //!
 //! A stream that ends without EOF (a channel closed mid-stream, a session that went away, a
 //! reset), or that no longer takes bytes, ends the whole splice: the other direction would
@@ -16,7 +17,10 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf,
+    WriteHalf,
+};
 
 /// Size of one copy buffer (one per direction of a running stream).
 const CHUNK: usize = 32 * 1024;
@@ -141,35 +145,38 @@ struct Failure {
 }
 
 /// Copies one direction until end of stream, then shuts the writer's direction down (EOF).
+/// What `from` hands out is taken from it only once `to` has it.
 async fn pipe<R, W>(mut from: R, mut to: W, dir: Direction<'_>) -> Result<(), Failure>
 where
-    R: AsyncRead + Unpin,
+    R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; CHUNK];
     loop {
-        let n = from.read(&mut buf).await.map_err(|error| Failure {
+        let data = from.fill_buf().await.map_err(|error| Failure {
             end: dir.from,
             on_write: false,
             error,
         })?;
+        let n = data.len();
         if n == 0 {
             let _ = to.shutdown().await;
             dir.done.store(true, Ordering::Relaxed);
             return Ok(());
         }
-        let mut write = std::pin::pin!(to.write_all(buf.get(..n).unwrap_or_default()));
-        // Tried once first: a write that cannot go on at once is a stall worth telling.
-        let written = match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-            Poll::Ready(r) => r,
-            Poll::Pending => {
-                dir.waits.store(true, Ordering::Relaxed);
-                if let Some(stalled) = dir.stalled {
-                    stalled.notify_one();
+        let written = {
+            let mut write = std::pin::pin!(to.write_all(data));
+            // Tried once first: a write that cannot go on at once is a stall worth telling.
+            match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    dir.waits.store(true, Ordering::Relaxed);
+                    if let Some(stalled) = dir.stalled {
+                        stalled.notify_one();
+                    }
+                    let r = write.await;
+                    dir.waits.store(false, Ordering::Relaxed);
+                    r
                 }
-                let r = write.await;
-                dir.waits.store(false, Ordering::Relaxed);
-                r
             }
         };
         written.map_err(|error| Failure {
@@ -177,8 +184,19 @@ where
             on_write: true,
             error,
         })?;
+        from.consume(n);
         dir.delivered.fetch_add(n as u64, Ordering::Relaxed);
     }
+}
+
+/// A byte stream's reading half with a copy buffer of [`CHUNK`] bytes, and its writing half:
+/// how [`splice_halves_until`] takes a stream that cannot lend its bytes where they lie.
+pub fn buffered_halves<S>(stream: S) -> (BufReader<ReadHalf<S>>, WriteHalf<S>)
+where
+    S: AsyncRead + AsyncWrite,
+{
+    let (read, write) = tokio::io::split(stream);
+    (BufReader::with_capacity(CHUNK, read), write)
 }
 
 /// Copies both ways between `a` and `b` until both directions reach end of stream or either
@@ -190,6 +208,22 @@ where
 {
     let progress = Progress::default();
     let result = splice_until(a, b, std::future::pending(), &progress).await;
+    (progress.now(), result)
+}
+
+/// [`splice`] between streams given as their halves ([`splice_halves_until`]).
+pub async fn splice_halves<AR, AW, BR, BW>(
+    a: (AR, AW),
+    b: (BR, BW),
+) -> (Transfer, Result<(), SpliceError>)
+where
+    AR: AsyncBufRead + Unpin,
+    AW: AsyncWrite + Unpin,
+    BR: AsyncBufRead + Unpin,
+    BW: AsyncWrite + Unpin,
+{
+    let progress = Progress::default();
+    let result = splice_halves_until(a, b, std::future::pending(), &progress).await;
     (progress.now(), result)
 }
 
@@ -205,8 +239,24 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let (a_read, a_write) = tokio::io::split(a);
-    let (b_read, b_write) = tokio::io::split(b);
+    splice_halves_until(buffered_halves(a), buffered_halves(b), stop, progress).await
+}
+
+/// [`splice_until`] between streams given as their reading and writing halves. A reading
+/// half that lends its bytes where they lie (an SSH channel's, `Channel::halves`) spares the
+/// copy into a buffer of the splice's own; [`buffered_halves`] makes halves of any stream.
+pub async fn splice_halves_until<AR, AW, BR, BW>(
+    (a_read, a_write): (AR, AW),
+    (b_read, b_write): (BR, BW),
+    stop: impl Future<Output = String>,
+    progress: &Progress,
+) -> Result<(), SpliceError>
+where
+    AR: AsyncBufRead + Unpin,
+    AW: AsyncWrite + Unpin,
+    BR: AsyncBufRead + Unpin,
+    BW: AsyncWrite + Unpin,
+{
     let a_done = AtomicBool::new(false);
     let b_done = AtomicBool::new(false);
     let a_to_b = Direction {
@@ -249,7 +299,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::duplex;
+    use tokio::io::{AsyncReadExt, duplex};
 
     #[tokio::test]
     async fn half_close_one_way_lets_the_other_finish() {

@@ -4,7 +4,7 @@ use std::future::pending;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burrow_io::splice::{Progress, splice_until};
+use burrow_io::splice::{Progress, buffered_halves, splice_halves_until};
 use burrow_proto::REPLACED_PREFIX;
 use burrow_ssh::driver::{Channel, Offer};
 use tokio::net::TcpStream;
@@ -361,7 +361,7 @@ pub(crate) fn open_stream(
         let lasted;
         let (transfer, ending, peer) = match peer {
             Peer::Endpoint(mut ch, x) => {
-                let r = splice_until(&mut own, &mut ch, pending(), &progress).await;
+                let r = splice_halves_until(own.halves(), ch.halves(), pending(), &progress).await;
                 let t = progress.now();
                 lasted = started.elapsed();
                 let sending = other_was_sending(&r, &mut own, &mut ch).await;
@@ -370,7 +370,13 @@ pub(crate) fn open_stream(
             }
             Peer::Tcp(mut tcp) => {
                 let _ = tcp.set_nodelay(true);
-                let r = splice_until(&mut own, &mut tcp, pending(), &progress).await;
+                let r = splice_halves_until(
+                    own.halves(),
+                    buffered_halves(&mut tcp),
+                    pending(),
+                    &progress,
+                )
+                .await;
                 let t = progress.now();
                 lasted = started.elapsed();
                 let sending = other_was_sending(&r, &mut own, &mut tcp).await;

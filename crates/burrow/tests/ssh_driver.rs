@@ -19,7 +19,7 @@ use burrow_ssh::session::{Session, Side};
 use burrow_ssh::ssh_key::PublicKey;
 use burrow_ssh::transport::{Config, Role};
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {
@@ -563,6 +563,69 @@ async fn a_burrow_ssh_client_logs_in_to_openssh_sshd_and_forwards_both_ways() {
         let why = tokio::time::timeout(WAIT, handle.closed()).await.unwrap();
         assert!(why.contains("test over") || why.contains("closed"), "{why}");
     }
+}
+
+/// A channel's halves (what the relay's and the agent's splices use): the reading half lends
+/// the data where it lies, and the window goes back to sshd only as the reader consumes it,
+/// so bytes held on their way onward still count against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channels_halves_give_window_back_only_as_the_reader_consumes() {
+    let dir = tempdir();
+    let key = dir.path().join("dev_ed25519");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let sshd = TestSshd::start(dir.path(), &[key.as_path()], "").await;
+    let echo = echo_server().await;
+    let handle = client_of(&sshd, &key).await;
+    let ch = handle
+        .open(OpenKind::DirectTcpip {
+            host: "127.0.0.1".into(),
+            port: echo.port().into(),
+            originator: "127.0.0.1".into(),
+            originator_port: 6,
+        })
+        .await
+        .unwrap();
+    let window = ch.receive_window().unwrap() as usize;
+    // Three windows' worth through sshd to the echo service and back.
+    let payload: Vec<u8> = (0..6 * 1024 * 1024u32)
+        .map(|i| (i ^ (i >> 9)) as u8)
+        .collect();
+    let (mut r, mut w) = ch.halves();
+    let writer = async {
+        w.write_all(&payload).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let reader = async {
+        // Lent and not consumed: sshd may send the window's worth and no more.
+        assert!(!r.fill_buf().await.unwrap().is_empty());
+        eventually("sshd to spend the whole window", || {
+            (ch.receive_window() == Some(0)).then_some(())
+        })
+        .await;
+        assert_eq!(ch.buffered(), window);
+        let mut got = Vec::new();
+        loop {
+            let data = r.fill_buf().await.unwrap();
+            if data.is_empty() {
+                break;
+            }
+            got.extend_from_slice(data);
+            let n = data.len();
+            r.consume(n);
+        }
+        got
+    };
+    let ((), got) = tokio::time::timeout(WAIT * 4, async { tokio::join!(writer, reader) })
+        .await
+        .expect("the stream went on once the reader consumed");
+    assert_eq!(got.len(), payload.len());
+    assert_eq!(sha256(&got), sha256(&payload));
+    assert_eq!(ch.buffered(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

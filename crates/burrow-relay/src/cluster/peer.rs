@@ -148,9 +148,9 @@ impl Handler for PeerServer {
                     };
                     relay.metrics.peer_stream();
                     tracing::debug!("peer stream from relay {from} to {host}:{port}");
-                    let (mut channel, mut device_channel) = (channel, device_channel);
                     let (_, result) =
-                        burrow_io::splice::splice(&mut channel, &mut device_channel).await;
+                        burrow_io::splice::splice_halves(channel.halves(), device_channel.halves())
+                            .await;
                     // The operator's relay audits the stream and tells its client; what it
                     // cannot see from here is why the device's side went: a fault is said
                     // before the channel closes.

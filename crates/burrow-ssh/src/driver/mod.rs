@@ -34,7 +34,7 @@ mod stream;
 mod task;
 
 use stream::OpenGuard;
-pub use stream::{Channel, Offer};
+pub use stream::{Channel, ChannelReader, ChannelWriter, Offer};
 pub use task::{connect, start};
 
 /// Largest read from the socket at once.

@@ -5,7 +5,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
 use super::*;
 
@@ -324,6 +324,103 @@ impl Channel {
         Poll::Ready(Ok(n))
     }
 
+    /// The channel's two directions as handles of their own, for moving bytes both ways at
+    /// once (a splice). The reading half hands out data where it lies, in the packet it came
+    /// in, instead of copying it into a buffer of the caller's; its window goes back to the
+    /// peer once the caller says it is done with it (`consume`), so bytes on their way
+    /// onward still count against the window.
+    pub fn halves(&self) -> (ChannelReader<'_>, ChannelWriter<'_>) {
+        (
+            ChannelReader {
+                channel: self,
+                chunk: bytes::Bytes::new(),
+            },
+            ChannelWriter { channel: self },
+        )
+    }
+
+    /// The data at the front of the channel from where reading got to, still queued there:
+    /// empty at EOF.
+    fn poll_peek(&self, cx: &mut Context<'_>) -> Poll<io::Result<bytes::Bytes>> {
+        let mut st = self.inner.lock();
+        let State {
+            session,
+            slots,
+            ended,
+            views,
+            ..
+        } = &mut *st;
+        let Some(slot) = slots.get_mut(&self.id) else {
+            return Poll::Ready(Err(interrupted(ended.as_deref())));
+        };
+        pass_over_requests(session, views, slot, self.id);
+        let head = slot.head;
+        let chunk = match slot.recv.front() {
+            Some(Item::View(b)) => Some(b.slice(head.min(b.len())..)),
+            // Small pieces, gathered: copied, as a read would.
+            Some(Item::Copy(v)) => Some(bytes::Bytes::copy_from_slice(
+                v.get(head..).unwrap_or_default(),
+            )),
+            _ => None,
+        };
+        let result = match chunk {
+            Some(chunk) => Poll::Ready(Ok(chunk)),
+            None if slot.eof => Poll::Ready(Ok(bytes::Bytes::new())),
+            None if slot.closed => Poll::Ready(Err(interrupted(ended.as_deref()))),
+            None => {
+                slot.reader = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        };
+        // Refusals of requests passed over wait to be sent.
+        let wake = session.connection().has_output();
+        drop(st);
+        if wake {
+            self.inner.wake.notify_one();
+        }
+        result
+    }
+
+    /// Takes `n` bytes from the front of the channel's queue and gives their window back.
+    fn take(&self, n: usize) {
+        let mut st = self.inner.lock();
+        let State {
+            session,
+            slots,
+            views,
+            ..
+        } = &mut *st;
+        let Some(slot) = slots.get_mut(&self.id) else {
+            return;
+        };
+        let mut left = n;
+        while left > 0 {
+            let Some(len) = slot.recv.front().and_then(Item::data).map(<[u8]>::len) else {
+                break;
+            };
+            let step = len.saturating_sub(slot.head).min(left);
+            slot.head = slot.head.saturating_add(step);
+            slot.queued = slot.queued.saturating_sub(step);
+            left = left.saturating_sub(step);
+            if slot.head >= len {
+                State::pop_item(views, slot);
+                slot.head = 0;
+            }
+        }
+        if slot.recv.is_empty() {
+            slot.recv = VecDeque::new();
+        }
+        let taken = n.saturating_sub(left);
+        if taken > 0 {
+            let _ = session.connection().consume(self.id, taken);
+        }
+        let wake = session.connection().has_output();
+        drop(st);
+        if wake {
+            self.inner.wake.notify_one();
+        }
+    }
+
     /// Sends `exit-status`.
     pub fn exit_status(&self, code: u32) {
         let _ = self.inner.lock().session.connection().request(
@@ -361,23 +458,9 @@ impl AsyncRead for Channel {
         };
         let mut taken = 0usize;
         while buf.remaining() > 0 {
+            pass_over_requests(session, views, slot, this.id);
             match slot.recv.front() {
                 None => break,
-                Some(Item::Request(request, want_reply)) => {
-                    // A byte stream takes no requests: refuse the ones that wait for an answer.
-                    if *want_reply {
-                        let _ = session.connection().reply(this.id, false);
-                    }
-                    if let Request::ExitSignal { message, .. } = request {
-                        slot.signal = Some(message.clone());
-                    }
-                    slot.requests = slot.requests.saturating_sub(1);
-                    State::pop_item(views, slot);
-                }
-                Some(Item::Refused) => {
-                    let _ = session.connection().reply(this.id, false);
-                    State::pop_item(views, slot);
-                }
                 Some(front) => {
                     let data = front.data().unwrap_or_default();
                     let rest = data.get(slot.head..).unwrap_or_default();
@@ -418,6 +501,31 @@ impl AsyncRead for Channel {
     }
 }
 
+/// Passes over what a byte stream does not take at the front of a channel's queue: requests
+/// (refused where they wait for an answer; an `exit-signal`'s message is kept for the error of
+/// a cut stream) and data already read to its end.
+fn pass_over_requests(session: &mut Session, views: &mut usize, slot: &mut Slot, id: ChannelId) {
+    loop {
+        match slot.recv.front() {
+            Some(Item::Request(request, want_reply)) => {
+                if *want_reply {
+                    let _ = session.connection().reply(id, false);
+                }
+                if let Request::ExitSignal { message, .. } = request {
+                    slot.signal = Some(message.clone());
+                }
+                slot.requests = slot.requests.saturating_sub(1);
+            }
+            Some(Item::Refused) => {
+                let _ = session.connection().reply(id, false);
+            }
+            Some(item) if item.data().is_some_and(|d| slot.head >= d.len()) => slot.head = 0,
+            _ => return,
+        }
+        State::pop_item(views, slot);
+    }
+}
+
 /// The error a read gets when the channel ended without EOF.
 fn interrupted(ended: Option<&str>) -> io::Error {
     let why = match ended {
@@ -442,6 +550,77 @@ impl AsyncWrite for Channel {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.eof();
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The reading half of [`Channel::halves`]: the channel's data without a copy.
+pub struct ChannelReader<'a> {
+    channel: &'a Channel,
+    /// What `poll_fill_buf` handed out and `consume` has not yet taken (still at the front of
+    /// the channel's queue).
+    chunk: bytes::Bytes,
+}
+
+impl AsyncBufRead for ChannelReader<'_> {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        if this.chunk.is_empty() {
+            match this.channel.poll_peek(cx) {
+                Poll::Ready(Ok(chunk)) => this.chunk = chunk,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(&this.chunk))
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        let this = self.get_mut();
+        let amt = amt.min(this.chunk.len());
+        bytes::Buf::advance(&mut this.chunk, amt);
+        this.channel.take(amt);
+    }
+}
+
+impl AsyncRead for ChannelReader<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let data = match self.as_mut().poll_fill_buf(cx) {
+            Poll::Ready(Ok(data)) => data,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        let n = data.len().min(buf.remaining());
+        buf.put_slice(data.get(..n).unwrap_or_default());
+        self.consume(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The writing half of [`Channel::halves`].
+pub struct ChannelWriter<'a> {
+    channel: &'a Channel,
+}
+
+impl AsyncWrite for ChannelWriter<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.channel.poll_send(cx, None, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.channel.eof();
         Poll::Ready(Ok(()))
     }
 }
