@@ -206,9 +206,7 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let progress = Progress::default();
-    let result = splice_until(a, b, std::future::pending(), &progress).await;
-    (progress.now(), result)
+    splice_halves(buffered_halves(a), buffered_halves(b)).await
 }
 
 /// [`splice`] between streams given as their halves ([`splice_halves_until`]).

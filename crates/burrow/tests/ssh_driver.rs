@@ -571,13 +571,7 @@ async fn a_burrow_ssh_client_logs_in_to_openssh_sshd_and_forwards_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channels_halves_give_window_back_only_as_the_reader_consumes() {
     let dir = tempdir();
-    let key = dir.path().join("dev_ed25519");
-    let status = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let key = keypair(dir.path(), "dev_ed25519");
     let sshd = TestSshd::start(dir.path(), &[key.as_path()], "").await;
     let echo = echo_server().await;
     let handle = client_of(&sshd, &key).await;

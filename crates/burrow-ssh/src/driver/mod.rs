@@ -276,6 +276,9 @@ impl State {
     /// Lets go of the memory an idle connection does not need.
     fn release_idle(&mut self) {
         self.session.release_idle();
+        for slot in self.slots.values_mut() {
+            crate::session::shrink(&mut slot.recv);
+        }
         if self.slots.is_empty() && self.slots.capacity() > 0 {
             self.slots = HashMap::new();
         }

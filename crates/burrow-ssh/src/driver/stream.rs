@@ -339,9 +339,14 @@ impl Channel {
         )
     }
 
-    /// The data at the front of the channel from where reading got to, still queued there:
-    /// empty at EOF.
-    fn poll_peek(&self, cx: &mut Context<'_>) -> Poll<io::Result<bytes::Bytes>> {
+    /// Runs `f` on the channel's slot (with the connection's session, its count of views and
+    /// why it ended, if it did) under the lock, then wakes the driver if that left messages to
+    /// send (window given back, requests refused). A channel whose slot is gone gets the error
+    /// of a stream cut short.
+    fn with_slot<R>(
+        &self,
+        f: impl FnOnce(&mut Session, &mut usize, &mut Slot, Option<&str>) -> R,
+    ) -> io::Result<R> {
         let mut st = self.inner.lock();
         let State {
             session,
@@ -351,74 +356,54 @@ impl Channel {
             ..
         } = &mut *st;
         let Some(slot) = slots.get_mut(&self.id) else {
-            return Poll::Ready(Err(interrupted(ended.as_deref())));
+            return Err(interrupted(ended.as_deref()));
         };
-        pass_over_requests(session, views, slot, self.id);
-        let head = slot.head;
-        let chunk = match slot.recv.front() {
-            Some(Item::View(b)) => Some(b.slice(head.min(b.len())..)),
-            // Small pieces, gathered: copied, as a read would.
-            Some(Item::Copy(v)) => Some(bytes::Bytes::copy_from_slice(
-                v.get(head..).unwrap_or_default(),
-            )),
-            _ => None,
-        };
-        let result = match chunk {
-            Some(chunk) => Poll::Ready(Ok(chunk)),
-            None if slot.eof => Poll::Ready(Ok(bytes::Bytes::new())),
-            None if slot.closed => Poll::Ready(Err(interrupted(ended.as_deref()))),
-            None => {
-                slot.reader = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        };
-        // Refusals of requests passed over wait to be sent.
+        let result = f(session, views, slot, ended.as_deref());
         let wake = session.connection().has_output();
         drop(st);
         if wake {
             self.inner.wake.notify_one();
         }
-        result
+        Ok(result)
+    }
+
+    /// The data at the front of the channel from where reading got to, still queued there:
+    /// empty at EOF.
+    fn poll_peek(&self, cx: &mut Context<'_>) -> Poll<io::Result<bytes::Bytes>> {
+        let id = self.id;
+        self.with_slot(|session, views, slot, ended| {
+            pass_over_requests(session, views, slot, id);
+            let head = slot.head;
+            let chunk = match slot.recv.front() {
+                Some(Item::View(b)) => Some(b.slice(head.min(b.len())..)),
+                // Small pieces, gathered: copied, as a read would.
+                Some(Item::Copy(v)) => Some(bytes::Bytes::copy_from_slice(
+                    v.get(head..).unwrap_or_default(),
+                )),
+                _ => None,
+            };
+            match chunk {
+                Some(chunk) => Poll::Ready(Ok(chunk)),
+                None if slot.eof => Poll::Ready(Ok(bytes::Bytes::new())),
+                None if slot.closed => Poll::Ready(Err(interrupted(ended))),
+                None => {
+                    slot.reader = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .unwrap_or_else(|e| Poll::Ready(Err(e)))
     }
 
     /// Takes `n` bytes from the front of the channel's queue and gives their window back.
     fn take(&self, n: usize) {
-        let mut st = self.inner.lock();
-        let State {
-            session,
-            slots,
-            views,
-            ..
-        } = &mut *st;
-        let Some(slot) = slots.get_mut(&self.id) else {
-            return;
-        };
-        let mut left = n;
-        while left > 0 {
-            let Some(len) = slot.recv.front().and_then(Item::data).map(<[u8]>::len) else {
-                break;
-            };
-            let step = len.saturating_sub(slot.head).min(left);
-            slot.head = slot.head.saturating_add(step);
-            slot.queued = slot.queued.saturating_sub(step);
-            left = left.saturating_sub(step);
-            if slot.head >= len {
-                State::pop_item(views, slot);
-                slot.head = 0;
+        let id = self.id;
+        let _ = self.with_slot(|session, views, slot, _| {
+            let taken = advance(views, slot, n);
+            if taken > 0 {
+                let _ = session.connection().consume(id, taken);
             }
-        }
-        if slot.recv.is_empty() {
-            slot.recv = VecDeque::new();
-        }
-        let taken = n.saturating_sub(left);
-        if taken > 0 {
-            let _ = session.connection().consume(self.id, taken);
-        }
-        let wake = session.connection().has_output();
-        drop(st);
-        if wake {
-            self.inner.wake.notify_one();
-        }
+        });
     }
 
     /// Sends `exit-status`.
@@ -444,61 +429,54 @@ impl AsyncRead for Channel {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let mut st = this.inner.lock();
-        let State {
-            session,
-            slots,
-            ended,
-            views,
-            ..
-        } = &mut *st;
-        let Some(slot) = slots.get_mut(&this.id) else {
-            return Poll::Ready(Err(interrupted(ended.as_deref())));
-        };
-        let mut taken = 0usize;
-        while buf.remaining() > 0 {
-            pass_over_requests(session, views, slot, this.id);
-            match slot.recv.front() {
-                None => break,
-                Some(front) => {
-                    let data = front.data().unwrap_or_default();
-                    let rest = data.get(slot.head..).unwrap_or_default();
-                    let n = rest.len().min(buf.remaining());
-                    buf.put_slice(rest.get(..n).unwrap_or_default());
-                    taken = taken.saturating_add(n);
-                    slot.queued = slot.queued.saturating_sub(n);
-                    slot.head = slot.head.saturating_add(n);
-                    if slot.head >= data.len() {
-                        State::pop_item(views, slot);
-                        slot.head = 0;
-                    }
-                }
+        let id = self.id;
+        self.with_slot(|session, views, slot, ended| {
+            let mut taken = 0usize;
+            while buf.remaining() > 0 {
+                pass_over_requests(session, views, slot, id);
+                let Some(data) = slot.recv.front().and_then(Item::data) else {
+                    break;
+                };
+                let rest = data.get(slot.head..).unwrap_or_default();
+                let n = rest.len().min(buf.remaining());
+                buf.put_slice(rest.get(..n).unwrap_or_default());
+                taken = taken.saturating_add(advance(views, slot, n));
             }
-        }
-        if slot.recv.is_empty() {
-            // Give the memory back while the channel is quiet.
-            slot.recv = VecDeque::new();
-        }
-        if taken > 0 {
-            let _ = session.connection().consume(this.id, taken);
-        }
-        let wake = session.connection().has_output();
-        let result = if taken > 0 || slot.eof {
-            Poll::Ready(Ok(()))
-        } else if slot.closed {
-            // Closed without EOF: the other side did not finish its stream.
-            Poll::Ready(Err(interrupted(ended.as_deref())))
-        } else {
-            slot.reader = Some(cx.waker().clone());
-            Poll::Pending
-        };
-        drop(st);
-        if wake {
-            this.inner.wake.notify_one();
-        }
-        result
+            if taken > 0 {
+                let _ = session.connection().consume(id, taken);
+            }
+            if taken > 0 || slot.eof {
+                Poll::Ready(Ok(()))
+            } else if slot.closed {
+                // Closed without EOF: the other side did not finish its stream.
+                Poll::Ready(Err(interrupted(ended)))
+            } else {
+                slot.reader = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .unwrap_or_else(|e| Poll::Ready(Err(e)))
     }
+}
+
+/// Takes up to `n` bytes of data from the front of a channel's queue (what a reader used):
+/// how many it took. The queue's memory goes back with the connection's when it is idle.
+fn advance(views: &mut usize, slot: &mut Slot, n: usize) -> usize {
+    let mut left = n;
+    while left > 0 {
+        let Some(len) = slot.recv.front().and_then(Item::data).map(<[u8]>::len) else {
+            break;
+        };
+        let step = len.saturating_sub(slot.head).min(left);
+        slot.head = slot.head.saturating_add(step);
+        slot.queued = slot.queued.saturating_sub(step);
+        left = left.saturating_sub(step);
+        if slot.head >= len {
+            State::pop_item(views, slot);
+            slot.head = 0;
+        }
+    }
+    n.saturating_sub(left)
 }
 
 /// Passes over what a byte stream does not take at the front of a channel's queue: requests
