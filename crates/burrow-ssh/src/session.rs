@@ -282,19 +282,28 @@ impl Session {
         self.take_transport_events()
     }
 
-    /// Reads from the peer with `read`, which appends to the buffer it is given (see
-    /// [`Transport::receive_with`]), then handles what arrived; `read`'s own result comes back.
-    pub fn receive_with<E>(
-        &mut self,
-        read: impl FnOnce(&mut bytes::BytesMut) -> Result<usize, E>,
-    ) -> Result<Result<usize, E>, SessionError> {
+    /// The transport's read buffer, lent for a read made without holding the session (see
+    /// [`Transport::take_read_buffer`]).
+    pub fn take_read_buffer(&mut self) -> Result<bytes::BytesMut, SessionError> {
         self.check()?;
-        let got = match self.transport.receive_with(read) {
-            Ok(got) => got,
-            Err(e) => return Err(self.fail(e.reason, e.message)),
-        };
-        self.take_transport_events()?;
-        Ok(got)
+        match self.transport.take_read_buffer() {
+            Ok(buf) => Ok(buf),
+            Err(e) => Err(self.fail(e.reason, e.message)),
+        }
+    }
+
+    /// Takes back the lent read buffer after a read (`read` true) or a failed one, and handles
+    /// the packets it completed.
+    pub fn give_read_buffer(
+        &mut self,
+        buf: bytes::BytesMut,
+        read: bool,
+    ) -> Result<(), SessionError> {
+        self.check()?;
+        if let Err(e) = self.transport.give_read_buffer(buf, read) {
+            return Err(self.fail(e.reason, e.message));
+        }
+        self.take_transport_events()
     }
 
     fn take_transport_events(&mut self) -> Result<(), SessionError> {

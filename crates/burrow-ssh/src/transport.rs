@@ -489,20 +489,34 @@ impl Transport {
         &mut self,
         read: impl FnOnce(&mut BytesMut) -> Result<usize, E>,
     ) -> Result<Result<usize, E>, TransportError> {
+        let mut buf = self.take_read_buffer()?;
+        let got = read(&mut buf);
+        self.give_read_buffer(buf, got.is_ok())?;
+        Ok(got)
+    }
+
+    /// The read buffer, lent out so that the socket can be read into it while the caller holds
+    /// nothing else (the driver reads without locking the connection its channels share). What
+    /// is read goes into it after what is already there; [`Transport::give_read_buffer`] takes
+    /// it back. While the peer's identification line is awaited it is a new, empty buffer.
+    pub fn take_read_buffer(&mut self) -> Result<BytesMut, TransportError> {
+        self.check()?;
+        Ok(std::mem::take(&mut self.inbuf))
+    }
+
+    /// Takes back the buffer [`Transport::take_read_buffer`] lent, after a read that added to
+    /// it (`read` true) or failed, and takes the whole packets it now holds.
+    pub fn give_read_buffer(&mut self, buf: BytesMut, read: bool) -> Result<(), TransportError> {
         self.check()?;
         if self.version.is_some() {
-            let mut first = BytesMut::new();
-            let got = read(&mut first);
-            if !first.is_empty() {
-                self.receive(&first)?;
-            }
-            return Ok(got);
+            return if buf.is_empty() {
+                Ok(())
+            } else {
+                self.receive(&buf)
+            };
         }
-        let got = read(&mut self.inbuf);
-        let taken = match &got {
-            Ok(_) => self.take_packets(),
-            Err(_) => Ok(()),
-        };
+        self.inbuf = buf;
+        let taken = if read { self.take_packets() } else { Ok(()) };
         // Also after a read that found nothing (a socket that looked readable and was not,
         // which follows every read that emptied it): it reserved room all the same.
         self.release_empty_inbuf();
@@ -510,7 +524,7 @@ impl Transport {
             self.failed = Some(e.clone());
             return Err(e);
         }
-        Ok(got)
+        Ok(())
     }
 
     /// An idle session holds no read buffer: with nothing left over, the memory goes.

@@ -151,6 +151,9 @@ enum Item {
     View(bytes::Bytes),
     /// Data copied out of the read buffer, small pieces gathered into one.
     Copy(Vec<u8>),
+    /// A gathered piece that a reader was lent: frozen in its own allocation, so lending it
+    /// costs no copy (not a view of a read buffer; later small pieces gather into a new one).
+    Lent(bytes::Bytes),
     Request(Request, bool),
     /// A request that wanted an answer and found the queue full: refused when reached.
     Refused,
@@ -159,7 +162,7 @@ enum Item {
 impl Item {
     fn data(&self) -> Option<&[u8]> {
         match self {
-            Item::View(b) => Some(b),
+            Item::View(b) | Item::Lent(b) => Some(b),
             Item::Copy(v) => Some(v),
             Item::Request(..) | Item::Refused => None,
         }

@@ -215,7 +215,7 @@ impl Channel {
                     });
                     break;
                 }
-                Item::View(d) => d.get(head..).unwrap_or_default().to_vec(),
+                Item::View(d) | Item::Lent(d) => d.get(head..).unwrap_or_default().to_vec(),
                 Item::Copy(mut d) if head > 0 => d.split_off(head.min(d.len())),
                 Item::Copy(d) => d,
             };
@@ -334,6 +334,7 @@ impl Channel {
             ChannelReader {
                 channel: self,
                 chunk: bytes::Bytes::new(),
+                taken: 0,
             },
             ChannelWriter { channel: self },
         )
@@ -367,19 +368,23 @@ impl Channel {
         Ok(result)
     }
 
-    /// The data at the front of the channel from where reading got to, still queued there:
-    /// empty at EOF.
-    fn poll_peek(&self, cx: &mut Context<'_>) -> Poll<io::Result<bytes::Bytes>> {
+    /// Takes `taken` bytes from the front of the channel's queue (what the caller consumed of
+    /// the last chunk; their window goes back), then the data at the front from where reading
+    /// got to, still queued there: empty at EOF. One lock for both.
+    fn poll_peek(&self, cx: &mut Context<'_>, taken: usize) -> Poll<io::Result<bytes::Bytes>> {
         let id = self.id;
         self.with_slot(|session, views, slot, ended| {
+            take_from(session, views, slot, id, taken);
             pass_over_requests(session, views, slot, id);
+            // Small pieces, gathered: frozen where they lie and lent without a copy.
+            if let Some(item) = slot.recv.front_mut()
+                && let Item::Copy(piece) = item
+            {
+                *item = Item::Lent(bytes::Bytes::from(std::mem::take(piece)));
+            }
             let head = slot.head;
             let chunk = match slot.recv.front() {
-                Some(Item::View(b)) => Some(b.slice(head.min(b.len())..)),
-                // Small pieces, gathered: copied, as a read would.
-                Some(Item::Copy(v)) => Some(bytes::Bytes::copy_from_slice(
-                    v.get(head..).unwrap_or_default(),
-                )),
+                Some(Item::View(b) | Item::Lent(b)) => Some(b.slice(head.min(b.len())..)),
                 _ => None,
             };
             match chunk {
@@ -398,12 +403,7 @@ impl Channel {
     /// Takes `n` bytes from the front of the channel's queue and gives their window back.
     fn take(&self, n: usize) {
         let id = self.id;
-        let _ = self.with_slot(|session, views, slot, _| {
-            let taken = advance(views, slot, n);
-            if taken > 0 {
-                let _ = session.connection().consume(id, taken);
-            }
-        });
+        let _ = self.with_slot(|session, views, slot, _| take_from(session, views, slot, id, n));
     }
 
     /// Sends `exit-status`.
@@ -456,6 +456,15 @@ impl AsyncRead for Channel {
             }
         })
         .unwrap_or_else(|e| Poll::Ready(Err(e)))
+    }
+}
+
+/// Takes up to `n` bytes of data from the front of channel `id`'s queue and gives their window
+/// back to the peer.
+fn take_from(session: &mut Session, views: &mut usize, slot: &mut Slot, id: ChannelId, n: usize) {
+    let taken = advance(views, slot, n);
+    if taken > 0 {
+        let _ = session.connection().consume(id, taken);
     }
 }
 
@@ -538,13 +547,16 @@ pub struct ChannelReader<'a> {
     /// What `poll_fill_buf` handed out and `consume` has not yet taken (still at the front of
     /// the channel's queue).
     chunk: bytes::Bytes,
+    /// Bytes consumed and still at the front of the queue: taken with the next chunk.
+    taken: usize,
 }
 
 impl AsyncBufRead for ChannelReader<'_> {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
         if this.chunk.is_empty() {
-            match this.channel.poll_peek(cx) {
+            let taken = std::mem::take(&mut this.taken);
+            match this.channel.poll_peek(cx, taken) {
                 Poll::Ready(Ok(chunk)) => this.chunk = chunk,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
@@ -553,11 +565,21 @@ impl AsyncBufRead for ChannelReader<'_> {
         Poll::Ready(Ok(&this.chunk))
     }
 
+    /// Counts what was consumed; the queue gives it up (and its window goes back) when the
+    /// next chunk is asked for, under the same lock, or when the reader is dropped.
     fn consume(self: Pin<&mut Self>, amt: usize) {
         let this = self.get_mut();
         let amt = amt.min(this.chunk.len());
         bytes::Buf::advance(&mut this.chunk, amt);
-        this.channel.take(amt);
+        this.taken = this.taken.saturating_add(amt);
+    }
+}
+
+impl Drop for ChannelReader<'_> {
+    fn drop(&mut self) {
+        if self.taken > 0 {
+            self.channel.take(self.taken);
+        }
     }
 }
 

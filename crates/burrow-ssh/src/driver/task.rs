@@ -288,24 +288,34 @@ impl<H: Handler> Driver<H> {
     /// room it had emptied the socket, so the socket is marked not ready: the next turn waits
     /// for the next bytes instead of asking the kernel once more only to hear "nothing".
     fn read(&mut self) -> Result<io::Result<usize>, Error> {
+        // The socket is read without the connection's lock: a channel's reader or writer on
+        // another thread waits only for the packets to be taken, not for the kernel's copy.
+        let mut buf = self
+            .inner
+            .lock()
+            .session
+            .take_read_buffer()
+            .map_err(|e| Error(e.0))?;
+        buf.reserve(READ_SIZE);
+        let room = buf.capacity().saturating_sub(buf.len());
         let socket = &self.socket;
-        let mut st = self.inner.lock();
-        let got = st.session.receive_with(|buf| {
-            buf.reserve(READ_SIZE);
-            let room = buf.capacity().saturating_sub(buf.len());
-            let mut got = None;
-            let outcome = socket.try_io(tokio::io::Interest::READABLE, || {
-                let n = socket.try_read_buf(buf)?;
-                got = Some(n);
-                if n > 0 && n < room {
-                    Err(io::ErrorKind::WouldBlock.into())
-                } else {
-                    Ok(n)
-                }
-            });
-            got.map_or(outcome, Ok)
+        let mut got = None;
+        let outcome = socket.try_io(tokio::io::Interest::READABLE, || {
+            let n = socket.try_read_buf(&mut buf)?;
+            got = Some(n);
+            if n > 0 && n < room {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(n)
+            }
         });
-        got.map_err(|e| Error(e.0))
+        let got = got.map_or(outcome, Ok);
+        self.inner
+            .lock()
+            .session
+            .give_read_buffer(buf, got.is_ok())
+            .map_err(|e| Error(e.0))?;
+        Ok(got)
     }
 
     /// Once the last packet (a DISCONNECT) is written: ends our direction and reads what the
@@ -473,7 +483,14 @@ impl State {
                                 {
                                     tail.extend_from_slice(&data);
                                 }
-                                _ => slot.recv.push_back(Item::Copy(data.to_vec())),
+                                // Room for a few more like it: a stream of small packets
+                                // gathers without growing the piece at every one.
+                                _ => {
+                                    let room = data.len().saturating_mul(4).min(COPY_PIECE);
+                                    let mut piece = Vec::with_capacity(room);
+                                    piece.extend_from_slice(&data);
+                                    slot.recv.push_back(Item::Copy(piece));
+                                }
                             }
                         }
                         if let Some(w) = slot.reader.take() {
