@@ -456,9 +456,10 @@ impl Results {
         }
         if let Some(s) = v("agent footprint", "burrow binary size") {
             out.push((
-                "stripped binary under 10 MiB".into(),
+                // Issue 25 set the budget at 12 MiB with the web console (10 MiB before it).
+                "stripped binary at most 12 MiB with the web console".into(),
                 format!("{s:.1} MiB"),
-                Some(s < 10.0),
+                Some(s <= 12.0),
             ));
         }
         out
