@@ -54,7 +54,8 @@ pub struct Args {
     /// Runs of each throughput and latency measurement; the median is reported.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
-    /// Round trips per latency run.
+    /// Round trips through each path in each round (taken in slices of 100, the paths in
+    /// turn); the p50 and p99 are over all of them.
     #[arg(long, default_value_t = 2000)]
     pub round_trips: usize,
     /// Idle burrow devices to hold (repeatable).

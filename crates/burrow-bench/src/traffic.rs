@@ -142,20 +142,36 @@ pub(crate) async fn throughput(
 
 /// p50 and p99 of 64-byte round trips, in microseconds.
 pub async fn latency(port: u16, n: usize) -> anyhow::Result<(f64, f64)> {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut tcp = connect_echo(port).await?;
+    // The first tenth warms up the path and is not counted.
+    round_trips(&mut tcp, n / 10).await?;
+    let mut samples = round_trips(&mut tcp, n).await?;
+    Ok(percentiles(&mut samples))
+}
+
+/// A connection to an echo service, for [`round_trips`].
+async fn connect_echo(port: u16) -> anyhow::Result<TcpStream> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
     tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// `n` round trips of 64 bytes on `tcp`, each in microseconds.
+async fn round_trips(tcp: &mut TcpStream, n: usize) -> anyhow::Result<Vec<f64>> {
     let msg = [7u8; 64];
     let mut back = [0u8; 64];
     let mut samples = Vec::with_capacity(n);
-    for i in 0..n + n / 10 {
+    for _ in 0..n {
         let t = Instant::now();
         tcp.write_all(&msg).await?;
         tcp.read_exact(&mut back).await?;
-        // The first tenth warms up the path and is not counted.
-        if i >= n / 10 {
-            samples.push(t.elapsed().as_secs_f64() * 1e6);
-        }
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
     }
+    Ok(samples)
+}
+
+/// p50 and p99 of `samples` (sorted in place).
+fn percentiles(samples: &mut [f64]) -> (f64, f64) {
     samples.sort_by(f64::total_cmp);
     let pick = |q: f64| {
         samples
@@ -163,7 +179,7 @@ pub async fn latency(port: u16, n: usize) -> anyhow::Result<(f64, f64)> {
             .copied()
             .unwrap_or(0.0)
     };
-    Ok((pick(0.5), pick(0.99)))
+    (pick(0.5), pick(0.99))
 }
 
 /// The middle value (the lower middle of an even count); NaN-free input assumed.
@@ -183,23 +199,53 @@ const RUNS: [(u32, bool, &str); 4] = [
     (8, false, "throughput, 8 streams, operator→device"),
 ];
 
-/// What one path measured, one value per round.
+/// What one path measured: one value per round for throughput, every round trip for latency.
 #[derive(Default)]
 struct Samples {
     /// Gbit/s per entry of [`RUNS`].
     gbps: [Vec<f64>; 4],
-    p50: Vec<f64>,
-    p99: Vec<f64>,
+    /// Round trips, µs, from every round's latency phase.
+    round_trips: Vec<f64>,
 }
 
-/// One round on one path: every throughput run once, and one latency run.
+/// One round on one path: every throughput run once.
 async fn measure_round(args: &Args, path: &Path, samples: &mut Samples) -> anyhow::Result<()> {
     for ((streams, reverse, _), gbps) in RUNS.iter().zip(samples.gbps.iter_mut()) {
         gbps.push(throughput(path.bulk, args.seconds, *streams, *reverse).await?);
     }
-    let (p50, p99) = latency(path.echo, args.round_trips).await?;
-    samples.p50.push(p50);
-    samples.p99.push(p99);
+    Ok(())
+}
+
+/// Round trips in one slice of a latency phase.
+const SLICE: usize = 100;
+
+/// One round's latency phase: a connection through every path, warmed up, then the round
+/// trips taken in slices of [`SLICE`], every path in turn (starting one path further on each
+/// slice). A round trip takes a few hundred microseconds, so a path's `n` take about a second;
+/// taken one path after the other, a slow second of this machine's (its speed drifts by about
+/// 20 % from one minute to the next) landed on one path alone and decided its p50 against the
+/// others. Sliced, it lands on all of them alike.
+async fn latency_phase(
+    paths: &[Path],
+    round: usize,
+    n: usize,
+    samples: &mut [Samples],
+) -> anyhow::Result<()> {
+    let mut conns = Vec::with_capacity(paths.len());
+    for path in paths {
+        let mut tcp = connect_echo(path.echo).await?;
+        round_trips(&mut tcp, n / 10).await?;
+        conns.push(tcp);
+    }
+    for slice in 0..n.div_ceil(SLICE) {
+        for k in 0..conns.len() {
+            let i = (k + round + slice) % conns.len();
+            if let (Some(tcp), Some(s)) = (conns.get_mut(i), samples.get_mut(i)) {
+                let got = round_trips(tcp, SLICE.min(n)).await?;
+                s.round_trips.extend(got);
+            }
+        }
+    }
     Ok(())
 }
 
@@ -211,14 +257,15 @@ fn report(path: &Path, mut samples: Samples, results: &mut Results) {
         eprintln!("    {label}: {gbps:.2} Gbit/s");
         results.push(label, &path.system, gbps, "Gbit/s");
     }
-    let (p50, p99) = (median(&mut samples.p50), median(&mut samples.p99));
+    let (p50, p99) = percentiles(&mut samples.round_trips);
     eprintln!("    latency p50 {p50:.0} µs, p99 {p99:.0} µs");
     results.push("latency p50 (64 B round trip)", &path.system, p50, "µs");
     results.push("latency p99 (64 B round trip)", &path.system, p99, "µs");
 }
 
 /// Every path up at once (idle ones cost nothing), then measured in rounds: each round takes
-/// each path once, starting one path further on each time. This machine's speed drifts by
+/// each path's throughput runs once, starting one path further on each time, then round trips
+/// from all paths in slices ([`latency_phase`]). This machine's speed drifts by
 /// about 20 % over minutes (other guests on the host); measured one system after the other,
 /// a slow minute lands on one system's runs alone and decides a ratio between systems. In
 /// rounds, it lands on all of them alike.
@@ -256,6 +303,7 @@ pub async fn run_all(env: &Env, args: &Args, results: &mut Results) -> anyhow::R
                 measure_round(args, path, s).await?;
             }
         }
+        latency_phase(&paths, round, args.round_trips, &mut samples).await?;
     }
     for (path, s) in paths.iter().zip(samples) {
         report(path, s, results);

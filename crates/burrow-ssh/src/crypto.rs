@@ -213,23 +213,50 @@ impl ChaChaPoly {
         ChaCha20LegacyCore::new(key.into(), &nonce)
     }
 
-    /// The length field (the first four bytes) en- or decrypted.
-    fn length(&self, seq: u32, first: &mut [u8]) {
-        let mut block = Block::<ChaCha20LegacyCore>::default();
-        Self::cipher(&self.header, seq).write_keystream_block(&mut block);
-        xor(first, &block);
+    /// The first [`FIRST_BLOCKS`] keystream blocks of `key` for packet `seq`, and the cipher
+    /// after them. Not one block alone: the crate's code for a single block is its slowest (on
+    /// AVX-512 its 128-bit code, whose rotations this build leaves as calls; on AVX2 a whole
+    /// four-block round for one), and four are one vector's work on either.
+    fn first_blocks(
+        key: &[u8; 32],
+        seq: u32,
+    ) -> (
+        ChaCha20LegacyCore,
+        zeroize::Zeroizing<[Block<ChaCha20LegacyCore>; FIRST_BLOCKS]>,
+    ) {
+        let mut cipher = Self::cipher(key, seq);
+        let mut blocks =
+            zeroize::Zeroizing::new([Block::<ChaCha20LegacyCore>::default(); FIRST_BLOCKS]);
+        cipher.write_keystream_blocks(&mut *blocks);
+        (cipher, blocks)
     }
 
-    /// The cipher for the body, at block 1, and the packet's Poly1305 from block 0.
-    fn body(&self, seq: u32) -> (ChaCha20LegacyCore, Poly1305) {
-        let mut cipher = Self::cipher(&self.main, seq);
-        let mut block = zeroize::Zeroizing::new(Block::<ChaCha20LegacyCore>::default());
-        cipher.write_keystream_block(&mut block);
-        let mut poly_key = zeroize::Zeroizing::new([0u8; 32]);
-        for (k, b) in poly_key.iter_mut().zip(block.iter()) {
-            *k = *b;
+    /// The length field (the first four bytes) en- or decrypted.
+    fn length(&self, seq: u32, first: &mut [u8]) {
+        let (_, blocks) = Self::first_blocks(&self.header, seq);
+        if let Some(block) = blocks.first() {
+            xor(first, block);
         }
-        (cipher, Poly1305::new((&*poly_key).into()))
+    }
+
+    /// The packet's Poly1305 (keyed from block 0), the keystream blocks after it that were made
+    /// with it, and the cipher for the rest of the body.
+    fn body(
+        &self,
+        seq: u32,
+    ) -> (
+        ChaCha20LegacyCore,
+        Poly1305,
+        zeroize::Zeroizing<[Block<ChaCha20LegacyCore>; FIRST_BLOCKS]>,
+    ) {
+        let (cipher, blocks) = Self::first_blocks(&self.main, seq);
+        let mut poly_key = zeroize::Zeroizing::new([0u8; 32]);
+        if let Some(block) = blocks.first() {
+            for (k, b) in poly_key.iter_mut().zip(block.iter()) {
+                *k = *b;
+            }
+        }
+        (cipher, Poly1305::new((&*poly_key).into()), blocks)
     }
 
     /// Encrypts `packet` (length field first) in place; returns the tag.
@@ -237,23 +264,26 @@ impl ChaChaPoly {
         let at = 4.min(packet.len());
         let (first, body) = packet.split_at_mut(at);
         self.length(seq, first);
-        let (mut cipher, poly) = self.body(seq);
-        apply_keystream(&mut cipher, body);
+        let (mut cipher, poly, blocks) = self.body(seq);
+        apply_keystream(&mut cipher, blocks.get(1..).unwrap_or_default(), body);
         mac(poly, packet)
     }
 
     /// Checks `tag` over `sealed` (in constant time) and only then decrypts its body in place.
     fn open<'p>(&self, seq: u32, sealed: &'p mut [u8], tag: &[u8]) -> Option<&'p [u8]> {
-        let (mut cipher, poly) = self.body(seq);
+        let (mut cipher, poly, blocks) = self.body(seq);
         let expected = mac(poly, sealed);
         if !constant_time_eq(&expected, tag) {
             return None;
         }
         let body = sealed.get_mut(4..)?;
-        apply_keystream(&mut cipher, body);
+        apply_keystream(&mut cipher, blocks.get(1..).unwrap_or_default(), body);
         Some(body)
     }
 }
+
+/// Keystream blocks made at the start of each packet (see [`ChaChaPoly::first_blocks`]).
+const FIRST_BLOCKS: usize = 4;
 
 /// Poly1305 of `data`: its whole 16-byte blocks through `update`, which hands the vector code
 /// four blocks at a time, and only the short end through `compute_unpadded`, which takes one
@@ -264,13 +294,22 @@ fn mac(mut poly: Poly1305, data: &[u8]) -> [u8; TAG_LEN] {
     poly.compute_unpadded(end).into()
 }
 
-/// XORs `cipher`'s keystream into `data`, sixteen blocks at a time (what the AVX-512 code makes
-/// in one go). The crate's own `apply_keystream` XORs byte by byte through a copy on the stack
-/// in this build, which made its ChaCha20 slower than ring's (bench/tuning.md, step 13).
-fn apply_keystream(cipher: &mut ChaCha20LegacyCore, data: &mut [u8]) {
+/// XORs the keystream into `data`: first the blocks already made (`made`), then `cipher`'s,
+/// sixteen blocks at a time (what the AVX-512 code makes in one go). The crate's own
+/// `apply_keystream` XORs byte by byte through a copy on the stack in this build, which made
+/// its ChaCha20 slower than ring's (bench/tuning.md, step 13).
+fn apply_keystream(
+    cipher: &mut ChaCha20LegacyCore,
+    made: &[Block<ChaCha20LegacyCore>],
+    data: &mut [u8],
+) {
     const BLOCKS: usize = 16;
+    let (head, rest) = data.split_at_mut(made.len().saturating_mul(64).min(data.len()));
+    for (part, block) in head.chunks_mut(64).zip(made) {
+        xor(part, block);
+    }
     let mut keystream = [Block::<ChaCha20LegacyCore>::default(); BLOCKS];
-    for chunk in data.chunks_mut(BLOCKS * 64) {
+    for chunk in rest.chunks_mut(BLOCKS * 64) {
         let blocks = keystream
             .get_mut(..chunk.len().div_ceil(64))
             .unwrap_or_default();
