@@ -238,10 +238,12 @@ async fn latency_phase(
         conns.push(tcp);
     }
     for slice in 0..n.div_ceil(SLICE) {
+        // The last slice takes what is left: `n` round trips per path in all.
+        let count = SLICE.min(n.saturating_sub(slice * SLICE));
         for k in 0..conns.len() {
             let i = (k + round + slice) % conns.len();
             if let (Some(tcp), Some(s)) = (conns.get_mut(i), samples.get_mut(i)) {
-                let got = round_trips(tcp, SLICE.min(n)).await?;
+                let got = round_trips(tcp, count).await?;
                 s.round_trips.extend(got);
             }
         }
