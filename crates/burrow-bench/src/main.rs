@@ -51,7 +51,8 @@ pub struct Args {
     /// Seconds per throughput run.
     #[arg(long, default_value_t = 2)]
     pub seconds: u32,
-    /// Runs of each throughput and latency measurement; the median is reported.
+    /// Rounds: each takes every throughput run once (the median is reported) and
+    /// `--round-trips` through every path.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
     /// Round trips through each path in each round (taken in slices of 100, the paths in
