@@ -282,9 +282,10 @@ impl Session {
         self.take_transport_events()
     }
 
-    /// The transport's read buffer, lent for a read made without holding the session (see
+    /// The transport's read buffer and incoming keys, lent for a read and the decryption of
+    /// what it completed, made without holding the session (see
     /// [`Transport::take_read_buffer`]).
-    pub fn take_read_buffer(&mut self) -> Result<bytes::BytesMut, SessionError> {
+    pub fn take_read_buffer(&mut self) -> Result<transport::ReadLease, SessionError> {
         self.check()?;
         match self.transport.take_read_buffer() {
             Ok(buf) => Ok(buf),
@@ -296,11 +297,11 @@ impl Session {
     /// the packets it completed.
     pub fn give_read_buffer(
         &mut self,
-        buf: bytes::BytesMut,
+        lease: transport::ReadLease,
         read: bool,
     ) -> Result<(), SessionError> {
         self.check()?;
-        if let Err(e) = self.transport.give_read_buffer(buf, read) {
+        if let Err(e) = self.transport.give_read_buffer(lease, read) {
             return Err(self.fail(e.reason, e.message));
         }
         self.take_transport_events()

@@ -489,24 +489,47 @@ impl Transport {
         &mut self,
         read: impl FnOnce(&mut BytesMut) -> Result<usize, E>,
     ) -> Result<Result<usize, E>, TransportError> {
-        let mut buf = self.take_read_buffer()?;
-        let got = read(&mut buf);
-        self.give_read_buffer(buf, got.is_ok())?;
+        let mut lease = self.take_read_buffer()?;
+        let got = read(lease.buffer());
+        if got.is_ok() {
+            lease.open_packets();
+        }
+        self.give_read_buffer(lease, got.is_ok())?;
         Ok(got)
     }
 
-    /// The read buffer, lent out so that the socket can be read into it while the caller holds
-    /// nothing else (the driver reads without locking the connection its channels share). What
-    /// is read goes into it after what is already there; [`Transport::give_read_buffer`] takes
-    /// it back. While the peer's identification line is awaited it is a new, empty buffer.
-    pub fn take_read_buffer(&mut self) -> Result<BytesMut, TransportError> {
+    /// The read buffer and the keys that open it, lent so that the socket can be read into
+    /// it, and the packets it completes decrypted, while the caller holds nothing else (the
+    /// driver does both without locking the connection its channels share). What is read goes
+    /// after what is already there; [`Transport::give_read_buffer`] takes it all back. While
+    /// the peer's identification line is awaited the buffer is a new, empty one.
+    pub fn take_read_buffer(&mut self) -> Result<ReadLease, TransportError> {
         self.check()?;
-        Ok(std::mem::take(&mut self.inbuf))
+        Ok(ReadLease {
+            buf: std::mem::take(&mut self.inbuf),
+            // Only under keys: the first key exchange's packets are few and are taken where
+            // their keys are decided.
+            opener: self.opener.take(),
+            seq: self.rx_seq,
+            opened: Vec::new(),
+            error: None,
+        })
     }
 
-    /// Takes back the buffer [`Transport::take_read_buffer`] lent, after a read that added to
-    /// it (`read` true) or failed, and takes the whole packets it now holds.
-    pub fn give_read_buffer(&mut self, buf: BytesMut, read: bool) -> Result<(), TransportError> {
+    /// Takes back what [`Transport::take_read_buffer`] lent, after a read that added to the
+    /// buffer (`read` true) or failed: dispatches the packets opened meanwhile, then takes the
+    /// whole packets the buffer still holds.
+    pub fn give_read_buffer(&mut self, lease: ReadLease, read: bool) -> Result<(), TransportError> {
+        let ReadLease {
+            buf,
+            opener,
+            opened,
+            error,
+            ..
+        } = lease;
+        if opener.is_some() {
+            self.opener = opener;
+        }
         self.check()?;
         if self.version.is_some() {
             return if buf.is_empty() {
@@ -516,7 +539,10 @@ impl Transport {
             };
         }
         self.inbuf = buf;
-        let taken = if read { self.take_packets() } else { Ok(()) };
+        let mut taken = self.take_opened(opened, error);
+        if taken.is_ok() && read {
+            taken = self.take_packets();
+        }
         // Also after a read that found nothing (a socket that looked readable and was not,
         // which follows every read that emptied it): it reserved room all the same.
         self.release_empty_inbuf();
@@ -525,6 +551,22 @@ impl Transport {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Dispatches packets opened under a lease, in order, then the error that stopped the
+    /// opening, if one did.
+    fn take_opened(
+        &mut self,
+        opened: Vec<(Bytes, usize)>,
+        error: Option<TransportError>,
+    ) -> Result<(), TransportError> {
+        for (payload, wire_len) in opened {
+            self.take_packet(payload, wire_len)?;
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// An idle session holds no read buffer: with nothing left over, the memory goes.
@@ -566,60 +608,22 @@ impl Transport {
 
     /// Dispatches every whole packet in `inbuf`.
     fn take_packets(&mut self) -> Result<(), TransportError> {
-        while let Some((payload, wire_len)) = self.next_packet()? {
-            self.received.add(wire_len);
-            // Dispatch sees this packet's own number (NEWKEYS under strict kex resets it).
-            self.dispatch(payload)?;
-            self.rx_seq = self.rx_seq.wrapping_add(1);
-            self.rekey_if_spent();
+        while let Some((payload, wire_len)) =
+            next_packet(&mut self.inbuf, self.opener.as_mut(), self.rx_seq)?
+        {
+            self.take_packet(payload, wire_len)?;
         }
         Ok(())
     }
 
-    /// The next whole packet's payload from `inbuf`, with the packet's length on the wire, if
-    /// a whole packet is there. The packet is decrypted in place and split off the buffer.
-    fn next_packet(&mut self) -> Result<Option<(Bytes, usize)>, TransportError> {
-        let Some(first) = self.inbuf.get(..4) else {
-            return Ok(None);
-        };
-        let first: [u8; 4] = first
-            .try_into()
-            .map_err(|_| TransportError::protocol("short packet length"))?;
-        let whole = match &self.opener {
-            Some(opener) => opener
-                .length(self.rx_seq, first)
-                .map_err(|e| TransportError::protocol(format!("packet: {e}")))?,
-            None => Framing::CLEAR
-                .check_length(u32::from_be_bytes(first))
-                .map_err(|e| TransportError::protocol(format!("packet: {e}")))?
-                .saturating_add(4),
-        };
-        if self.inbuf.len() < whole {
-            return Ok(None);
-        }
-        let mut packet = self.inbuf.split_to(whole);
-        let len = match self.opener.as_mut() {
-            Some(opener) => opener
-                .open(self.rx_seq, &mut packet)
-                .map_err(|e| {
-                    let code = match e {
-                        crate::crypto::OpenError::Authentication => reason::MAC_ERROR,
-                        crate::crypto::OpenError::Packet(_) => reason::PROTOCOL_ERROR,
-                    };
-                    TransportError::new(code, format!("packet {}: {e}", self.rx_seq))
-                })?
-                .len(),
-            None => Framing::CLEAR
-                .payload(packet.get(4..).unwrap_or(&[]))
-                .map_err(|e| TransportError::protocol(format!("packet: {e}")))?
-                .len(),
-        };
-        // The payload follows the length and the padding length.
-        let start = 5usize;
-        Ok(Some((
-            packet.freeze().slice(start..start.saturating_add(len)),
-            whole,
-        )))
+    /// Dispatches one packet: the one numbered `rx_seq`.
+    fn take_packet(&mut self, payload: Bytes, wire_len: usize) -> Result<(), TransportError> {
+        self.received.add(wire_len);
+        // Dispatch sees this packet's own number (NEWKEYS under strict kex resets it).
+        self.dispatch(payload)?;
+        self.rx_seq = self.rx_seq.wrapping_add(1);
+        self.rekey_if_spent();
+        Ok(())
     }
 
     fn dispatch(&mut self, payload: Bytes) -> Result<(), TransportError> {
@@ -1067,6 +1071,107 @@ fn ecdh_reply(r: &mut Reader<'_>, q_s_len: usize) -> Result<EcdhReply, crate::wi
     Ok((k_s, q_s, sig))
 }
 
+/// The next whole packet's payload from `buf`, numbered `seq`, with the packet's length on the
+/// wire, if a whole packet is there. The packet is decrypted in place and split off the buffer.
+fn next_packet(
+    buf: &mut BytesMut,
+    opener: Option<&mut Opener>,
+    seq: u32,
+) -> Result<Option<(Bytes, usize)>, TransportError> {
+    let Some(first) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let first: [u8; 4] = first
+        .try_into()
+        .map_err(|_| TransportError::protocol("short packet length"))?;
+    let whole = match &opener {
+        Some(opener) => opener
+            .length(seq, first)
+            .map_err(|e| TransportError::protocol(format!("packet: {e}")))?,
+        None => Framing::CLEAR
+            .check_length(u32::from_be_bytes(first))
+            .map_err(|e| TransportError::protocol(format!("packet: {e}")))?
+            .saturating_add(4),
+    };
+    if buf.len() < whole {
+        return Ok(None);
+    }
+    let mut packet = buf.split_to(whole);
+    let len = match opener {
+        Some(opener) => opener
+            .open(seq, &mut packet)
+            .map_err(|e| {
+                let code = match e {
+                    crate::crypto::OpenError::Authentication => reason::MAC_ERROR,
+                    crate::crypto::OpenError::Packet(_) => reason::PROTOCOL_ERROR,
+                };
+                TransportError::new(code, format!("packet {seq}: {e}"))
+            })?
+            .len(),
+        None => Framing::CLEAR
+            .payload(packet.get(4..).unwrap_or(&[]))
+            .map_err(|e| TransportError::protocol(format!("packet: {e}")))?
+            .len(),
+    };
+    // The payload follows the length and the padding length.
+    let start = 5usize;
+    Ok(Some((
+        packet.freeze().slice(start..start.saturating_add(len)),
+        whole,
+    )))
+}
+
+/// A connection's read buffer and the keys for its incoming packets, lent out by
+/// [`Transport::take_read_buffer`]: the socket is read into [`ReadLease::buffer`] and
+/// [`ReadLease::open_packets`] decrypts what it completed, with no lock held, and the
+/// transport dispatches them once it has the lease back.
+pub struct ReadLease {
+    buf: BytesMut,
+    opener: Option<Opener>,
+    /// The number of the next packet to open.
+    seq: u32,
+    /// Payloads opened, each with its packet's length on the wire.
+    opened: Vec<(Bytes, usize)>,
+    /// Why opening stopped at a packet (given back after the packets before it).
+    error: Option<TransportError>,
+}
+
+impl ReadLease {
+    /// The buffer to read into (after what it holds).
+    pub fn buffer(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// Decrypts the whole packets the buffer holds. It stops after a NEWKEYS, because the
+    /// packets after it are under keys that only the transport's key exchange knows, and at a
+    /// packet that does not open (the error goes back with the lease).
+    pub fn open_packets(&mut self) {
+        let Some(opener) = self.opener.as_mut() else {
+            return;
+        };
+        if self.error.is_some() {
+            return;
+        }
+        loop {
+            match next_packet(&mut self.buf, Some(&mut *opener), self.seq) {
+                Ok(Some((payload, wire_len))) => {
+                    let newkeys = payload.first() == Some(&msg::NEWKEYS);
+                    self.opened.push((payload, wire_len));
+                    self.seq = self.seq.wrapping_add(1);
+                    if newkeys {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    self.error = Some(e);
+                    return;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1093,21 +1198,26 @@ mod tests {
         (Transport::new(client, now), Transport::new(server, now))
     }
 
-    /// Moves bytes both ways, in chunks of `chunk`, until neither side has any.
+    /// Moves bytes both ways, in reads of `chunk` through the read buffer a driver borrows
+    /// (packets opened outside the transport, up to a NEWKEYS), until neither side has any.
     fn pump(a: &mut Transport, b: &mut Transport, chunk: usize) -> Result<(), TransportError> {
         fn one_way(
             from: &mut Transport,
             to: &mut Transport,
             chunk: usize,
         ) -> Result<bool, TransportError> {
-            let mut moved = false;
-            while let Some(bytes) = from.poll_transmit() {
-                moved = true;
-                for piece in bytes.chunks(chunk.max(1)) {
-                    to.receive(piece)?;
-                }
+            let mut bytes = Vec::new();
+            while let Some(packet) = from.poll_transmit() {
+                bytes.extend_from_slice(&packet);
             }
-            Ok(moved)
+            for piece in bytes.chunks(chunk.max(1)) {
+                let read = to.receive_with(|buf| {
+                    buf.extend_from_slice(piece);
+                    Ok::<_, ()>(piece.len())
+                })?;
+                assert_eq!(read, Ok(piece.len()));
+            }
+            Ok(!bytes.is_empty())
         }
         loop {
             let there = one_way(a, b, chunk)?;
@@ -1150,6 +1260,14 @@ mod tests {
 
     #[test]
     fn rekey_mid_stream_keeps_every_message_in_order() {
+        // In small reads, and in reads that hold NEWKEYS and the packets under the new keys
+        // after it, all at once.
+        for chunk in [13, 1 << 16] {
+            rekey_mid_stream(chunk);
+        }
+    }
+
+    fn rekey_mid_stream(chunk: usize) {
         let (mut c, mut s) = pair("chacha20-poly1305@openssh.com");
         pump(&mut c, &mut s, 4096).expect("kex");
         let _ = (events(&mut c), events(&mut s));
@@ -1165,10 +1283,10 @@ mod tests {
                 s.rekey();
             }
             if i % 7 == 0 {
-                pump(&mut c, &mut s, 13).expect("pump");
+                pump(&mut c, &mut s, chunk).expect("pump");
             }
         }
-        pump(&mut c, &mut s, 13).expect("pump");
+        pump(&mut c, &mut s, chunk).expect("pump");
         let got: Vec<u8> = events(&mut s)
             .into_iter()
             .filter_map(|e| match e {

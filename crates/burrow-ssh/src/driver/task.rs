@@ -288,20 +288,22 @@ impl<H: Handler> Driver<H> {
     /// room it had emptied the socket, so the socket is marked not ready: the next turn waits
     /// for the next bytes instead of asking the kernel once more only to hear "nothing".
     fn read(&mut self) -> Result<io::Result<usize>, Error> {
-        // The socket is read without the connection's lock: a channel's reader or writer on
-        // another thread waits only for the packets to be taken, not for the kernel's copy.
-        let mut buf = self
+        // The socket is read, and what it brought decrypted, without the connection's lock: a
+        // channel's reader or writer on another thread waits only for the packets to be
+        // handed over, not for the kernel's copy or the cipher.
+        let mut lease = self
             .inner
             .lock()
             .session
             .take_read_buffer()
             .map_err(|e| Error(e.0))?;
+        let buf = lease.buffer();
         buf.reserve(READ_SIZE);
         let room = buf.capacity().saturating_sub(buf.len());
         let socket = &self.socket;
         let mut got = None;
         let outcome = socket.try_io(tokio::io::Interest::READABLE, || {
-            let n = socket.try_read_buf(&mut buf)?;
+            let n = socket.try_read_buf(&mut *buf)?;
             got = Some(n);
             if n > 0 && n < room {
                 Err(io::ErrorKind::WouldBlock.into())
@@ -310,10 +312,13 @@ impl<H: Handler> Driver<H> {
             }
         });
         let got = got.map_or(outcome, Ok);
+        if got.is_ok() {
+            lease.open_packets();
+        }
         self.inner
             .lock()
             .session
-            .give_read_buffer(buf, got.is_ok())
+            .give_read_buffer(lease, got.is_ok())
             .map_err(|e| Error(e.0))?;
         Ok(got)
     }
