@@ -519,8 +519,10 @@ impl Connection {
         if len == 0 || c.send_window == 0 {
             return Ok(None);
         }
-        // A packet's data leaves room for the message's own fields within the peer's maximum.
-        let packet = (c.send_packet as usize).saturating_sub(16).max(1);
+        // The peer's maximum packet size bounds the data a message carries, as OpenSSH reads
+        // it (OpenSSH sends that much and drops more): a 32 KiB chunk passed on between two
+        // 32 KiB channels stays one packet, not one and a sliver of 16 bytes.
+        let packet = c.send_packet as usize;
         let n = len.min(packet).min(c.send_window as usize);
         let n32 = u32::try_from(n).unwrap_or(u32::MAX);
         let mut header = DataHeader {
