@@ -93,7 +93,7 @@ impl Connection {
                     c.sent_close = true;
                     let mut w = Writer::message(msg::CHANNEL_CLOSE);
                     w.u32(c.remote);
-                    self.out.push_back(w.into_bytes());
+                    self.queue(w.into_bytes());
                 }
                 self.maybe_free(channel);
                 Ok(())
@@ -235,7 +235,7 @@ impl Connection {
         };
         let (kind, sender, window, packet) = parse(r).map_err(|e| malformed("CHANNEL_OPEN", e))?;
         let Some(id) = self.free_id() else {
-            self.out.push_back(open_failure_message(
+            self.queue(open_failure_message(
                 sender,
                 open_failure::RESOURCE_SHORTAGE,
                 "too many channels open",
@@ -249,7 +249,7 @@ impl Connection {
             && !name.ends_with(EXTENSION_SUFFIX)
         {
             let text = format!("channel type {name:?} is not offered");
-            self.out.push_back(open_failure_message(
+            self.queue(open_failure_message(
                 sender,
                 open_failure::UNKNOWN_CHANNEL_TYPE,
                 &text,
@@ -295,7 +295,7 @@ impl Connection {
             // Closed while opening: close it now that it has a number on the other side.
             let mut w = Writer::message(msg::CHANNEL_CLOSE);
             w.u32(theirs);
-            self.out.push_back(w.into_bytes());
+            self.queue(w.into_bytes());
         } else {
             self.events.push_back(Event::Opened(channel));
         }

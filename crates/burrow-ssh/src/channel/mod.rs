@@ -304,6 +304,10 @@ pub struct Connection {
     channels: BTreeMap<u32, Channel>,
     next_id: u32,
     out: ByteQueue,
+    /// How many messages at the back of `out` are window adjustments the peer does not need
+    /// yet (it can still send half a window): they go with whatever wakes the connection's
+    /// driver next instead of waking it themselves.
+    lazy: usize,
     events: VecDeque<Event>,
     /// Answers to incoming global requests that want one, in the order they came: `None`
     /// until the application answers.
@@ -333,7 +337,15 @@ impl Connection {
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.out.pop_front()
+        let m = self.out.pop_front();
+        self.lazy = self.lazy.min(self.out.len());
+        m
+    }
+
+    /// Queues a message; everything before it goes as soon as it does.
+    fn queue(&mut self, message: Vec<u8>) {
+        self.out.push_back(message);
+        self.lazy = 0;
     }
 
     /// Bytes of messages waiting in [`Connection::poll_transmit`].
@@ -366,9 +378,11 @@ impl Connection {
         self.events.pop_front()
     }
 
-    /// Whether messages wait in [`Connection::poll_transmit`].
+    /// Whether messages wait in [`Connection::poll_transmit`] that should go now: window
+    /// adjustments alone, while the peer can still send half a window, may wait for the next
+    /// time the connection's driver wakes (its next read, at the latest its idle timer).
     pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
+        self.out.len() > self.lazy
     }
 
     /// How many channels are in use.
@@ -416,7 +430,7 @@ impl Connection {
             .u32(window)
             .u32(self.limits.max_packet);
         kind.encode_fields(&mut w);
-        self.out.push_back(w.into_bytes());
+        self.queue(w.into_bytes());
         Ok(ChannelId(id))
     }
 
@@ -433,7 +447,7 @@ impl Connection {
         c.recv_max = window;
         let mut w = Writer::message(msg::CHANNEL_OPEN_CONFIRMATION);
         w.u32(c.remote).u32(channel.0).u32(window).u32(max_packet);
-        self.out.push_back(w.into_bytes());
+        self.queue(w.into_bytes());
         Ok(())
     }
 
@@ -491,7 +505,7 @@ impl Connection {
             let mut message = Vec::with_capacity(header.len().saturating_add(n));
             message.extend_from_slice(header.as_slice());
             message.extend_from_slice(chunk);
-            self.out.push_back(message);
+            self.queue(message);
             taken = taken.saturating_add(n);
             data = rest;
         }
@@ -583,10 +597,17 @@ impl Connection {
             let add = c.consumed.saturating_add(growth);
             let mut w = Writer::message(msg::CHANNEL_WINDOW_ADJUST);
             w.u32(c.remote).u32(add);
+            // The peer can still send half a window: it is not waiting for this one.
+            let lazy = c.recv_window >= c.recv_max / 2;
             c.recv_window = given_back.saturating_add(growth);
             c.recv_max = c.recv_max.saturating_add(growth);
             c.consumed = 0;
-            self.out.push_back(w.into_bytes());
+            if lazy {
+                self.out.push_back(w.into_bytes());
+                self.lazy = self.lazy.saturating_add(1);
+            } else {
+                self.queue(w.into_bytes());
+            }
         }
         Ok(())
     }
@@ -605,7 +626,7 @@ impl Connection {
         c.sent_eof = true;
         let mut w = Writer::message(msg::CHANNEL_EOF);
         w.u32(c.remote);
-        self.out.push_back(w.into_bytes());
+        self.queue(w.into_bytes());
         Ok(())
     }
 
@@ -630,7 +651,7 @@ impl Connection {
         c.sent_close = true;
         let mut w = Writer::message(msg::CHANNEL_CLOSE);
         w.u32(c.remote);
-        self.out.push_back(w.into_bytes());
+        self.queue(w.into_bytes());
         self.maybe_free(channel);
         Ok(())
     }
@@ -665,7 +686,7 @@ impl Connection {
             .string(request.name().as_bytes())
             .bool(want_reply);
         request.encode_fields(&mut w);
-        self.out.push_back(w.into_bytes());
+        self.queue(w.into_bytes());
         Ok(())
     }
 
@@ -698,6 +719,7 @@ impl Connection {
             });
             w.u32(c.remote);
             self.out.push_back(w.into_bytes());
+            self.lazy = 0;
         }
     }
 
@@ -705,7 +727,7 @@ impl Connection {
     fn send_global_replies(&mut self) {
         while let Some(Some(_)) = self.global_replies.front() {
             if let Some(Some(m)) = self.global_replies.pop_front() {
-                self.out.push_back(m);
+                self.queue(m);
             }
         }
     }
@@ -733,7 +755,7 @@ impl Connection {
                     Expect::Reply
                 });
         }
-        self.out.push_back(w.into_bytes());
+        self.queue(w.into_bytes());
     }
 
     /// Server: the host keys that proof requests are answered with, in the session
@@ -748,7 +770,7 @@ impl Connection {
 
     /// Server: announces the host keys `keys` (`hostkeys-00@openssh.com`).
     pub(crate) fn announce_host_keys(&mut self, keys: &[Vec<u8>]) {
-        self.out.push_back(crate::hostkeys::request(
+        self.queue(crate::hostkeys::request(
             crate::hostkeys::ANNOUNCE,
             false,
             keys,
@@ -757,7 +779,7 @@ impl Connection {
 
     /// Client: asks the server to prove it holds `keys`; [`Event::HostKeysProof`] follows.
     pub(crate) fn prove_host_keys(&mut self, keys: Vec<Vec<u8>>) {
-        self.out.push_back(crate::hostkeys::request(
+        self.queue(crate::hostkeys::request(
             crate::hostkeys::PROVE,
             true,
             &keys,

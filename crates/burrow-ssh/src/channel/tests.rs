@@ -493,3 +493,53 @@ fn a_global_request_with_data_arrives_whole_and_wants_no_answer() {
     );
     assert!(b.poll_transmit().is_none(), "no answer was asked for");
 }
+
+/// A window adjustment the peer does not need yet (it can still send half a window) waits for
+/// the driver's next turn instead of waking it; one it needs, or any message after it, does not.
+#[test]
+fn window_adjustments_wake_the_driver_only_when_the_peer_needs_them() {
+    let limits = Limits {
+        window: 30_000,
+        max_packet: 1_000,
+        ..Limits::default()
+    };
+    let (mut a, mut b) = (Connection::new(limits), Connection::new(limits));
+    let kind = OpenKind::Session;
+    let ours = a.open(&kind).expect("open");
+    pump(&mut a, &mut b).expect("open");
+    let theirs = match events(&mut b).as_slice() {
+        [Event::Open { channel, .. }] => *channel,
+        other => panic!("{other:?}"),
+    };
+    b.accept(theirs).expect("accept");
+    pump(&mut a, &mut b).expect("confirm");
+    let _ = events(&mut a);
+    let mut deliver = |a: &mut Connection, b: &mut Connection, n: usize| {
+        assert_eq!(a.send(ours, &vec![1u8; n]).expect("send"), n);
+        while let Some(m) = a.poll_transmit() {
+            b.receive(m).expect("data");
+        }
+        let _ = events(b);
+    };
+    // Three packets consumed with 27,000 of 30,000 still open to the peer: queued, no wake.
+    deliver(&mut a, &mut b, 3_000);
+    b.consume(theirs, 3_000).expect("consume");
+    assert!(!b.has_output());
+    let adjust = b.poll_transmit().expect("the adjustment is still sent");
+    assert_eq!(adjust.first(), Some(&msg::CHANNEL_WINDOW_ADJUST));
+    a.receive(adjust).expect("adjust");
+    // 18,000 in flight leaves the peer 12,000, under half: the next one wakes the driver.
+    deliver(&mut a, &mut b, 18_000);
+    b.consume(theirs, 3_000).expect("consume");
+    assert!(b.has_output());
+    while b.poll_transmit().is_some() {}
+    // Back at half (15,000 open): lazy again. Anything queued after it takes it along.
+    b.consume(theirs, 3_000).expect("consume");
+    assert!(!b.has_output());
+    b.close(theirs).expect("close");
+    assert!(b.has_output());
+    let kinds: Vec<u8> = std::iter::from_fn(|| b.poll_transmit())
+        .filter_map(|m| m.first().copied())
+        .collect();
+    assert_eq!(kinds, vec![msg::CHANNEL_WINDOW_ADJUST, msg::CHANNEL_CLOSE]);
+}
