@@ -300,8 +300,10 @@ impl Session {
         lease: transport::ReadLease,
         read: bool,
     ) -> Result<(), SessionError> {
+        // The transport takes its keys back first, whatever the session's state.
+        let given = self.transport.give_read_buffer(lease, read);
         self.check()?;
-        if let Err(e) = self.transport.give_read_buffer(lease, read) {
+        if let Err(e) = given {
             return Err(self.fail(e.reason, e.message));
         }
         self.take_transport_events()

@@ -525,8 +525,14 @@ impl Transport {
             opener,
             opened,
             error,
-            ..
+            seq,
         } = lease;
+        // Nothing is dispatched while the buffer is out: what was opened follows on.
+        debug_assert_eq!(
+            seq,
+            self.rx_seq
+                .wrapping_add(u32::try_from(opened.len()).unwrap_or(u32::MAX))
+        );
         if opener.is_some() {
             self.opener = opener;
         }
@@ -1125,6 +1131,7 @@ fn next_packet(
 /// [`Transport::take_read_buffer`]: the socket is read into [`ReadLease::buffer`] and
 /// [`ReadLease::open_packets`] decrypts what it completed, with no lock held, and the
 /// transport dispatches them once it has the lease back.
+#[must_use = "the lease holds the connection's incoming keys: give it back"]
 pub struct ReadLease {
     buf: BytesMut,
     opener: Option<Opener>,

@@ -305,8 +305,9 @@ pub struct Connection {
     next_id: u32,
     out: ByteQueue,
     /// How many messages at the back of `out` are window adjustments the peer does not need
-    /// yet (it can still send half a window): they go with whatever wakes the connection's
-    /// driver next instead of waking it themselves.
+    /// yet (it could still send half a window when each was made, counting adjustments not yet
+    /// sent): they go with whatever wakes the connection's driver next, at the latest the
+    /// peer's next bytes, instead of waking it themselves.
     lazy: usize,
     events: VecDeque<Event>,
     /// Answers to incoming global requests that want one, in the order they came: `None`
@@ -379,8 +380,9 @@ impl Connection {
     }
 
     /// Whether messages wait in [`Connection::poll_transmit`] that should go now: window
-    /// adjustments alone, while the peer can still send half a window, may wait for the next
-    /// time the connection's driver wakes (its next read, at the latest its idle timer).
+    /// adjustments alone, while the peer can still send half a window, may wait for the
+    /// driver's next turn, at the latest the one after the peer's next bytes (the driver
+    /// collects what is queued after every read, so the peer never waits on one of these).
     pub fn has_output(&self) -> bool {
         self.out.len() > self.lazy
     }
@@ -464,8 +466,7 @@ impl Connection {
         }
         let remote = c.remote;
         self.channels.remove(&channel.0);
-        self.out
-            .push_back(open_failure_message(remote, reason, text));
+        self.queue(open_failure_message(remote, reason, text));
         Ok(())
     }
 
@@ -567,7 +568,9 @@ impl Connection {
     /// The application took `n` bytes of a channel's data: what was taken goes back to the
     /// peer once it reaches three maximum packets or half the window, whichever is less (as
     /// OpenSSH does). Frequent small adjustments keep a long upload's sender from waiting, and
-    /// keep the receiver audible: a link that carries data one way hears the other way too.
+    /// keep the receiver audible: a link that carries data one way hears the other way too
+    /// (an adjustment the peer does not need yet goes with our next packet or the driver's turn
+    /// after the peer's next bytes; see [`Connection::has_output`]).
     pub fn consume(&mut self, channel: ChannelId, n: usize) -> Result<(), ConnectionError> {
         let step = self.limits.max_packet.saturating_mul(3);
         let full = self.limits.window;

@@ -514,7 +514,7 @@ fn window_adjustments_wake_the_driver_only_when_the_peer_needs_them() {
     b.accept(theirs).expect("accept");
     pump(&mut a, &mut b).expect("confirm");
     let _ = events(&mut a);
-    let mut deliver = |a: &mut Connection, b: &mut Connection, n: usize| {
+    let deliver = |a: &mut Connection, b: &mut Connection, n: usize| {
         assert_eq!(a.send(ours, &vec![1u8; n]).expect("send"), n);
         while let Some(m) = a.poll_transmit() {
             b.receive(m).expect("data");

@@ -168,6 +168,9 @@ impl<H: Handler> Driver<H> {
         let mut released = false;
         loop {
             let now = Instant::now();
+            // Every turn, and so every read, takes all that is queued for the peer: window
+            // adjustments that did not wake the driver go out here, at the latest after the
+            // peer's next bytes (see `Connection::has_output`).
             let (events, timeout, pressure) = self.collect(now);
             let had_events = !events.is_empty();
             for event in events {
