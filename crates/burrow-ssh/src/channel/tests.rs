@@ -33,7 +33,12 @@ fn small() -> Limits {
 }
 
 fn open_pair() -> (Connection, Connection, ChannelId, ChannelId) {
-    let (mut a, mut b) = (Connection::new(small()), Connection::new(small()));
+    open_pair_with(small())
+}
+
+/// Two connections with `limits` and one `direct-tcpip` channel open between them.
+fn open_pair_with(limits: Limits) -> (Connection, Connection, ChannelId, ChannelId) {
+    let (mut a, mut b) = (Connection::new(limits), Connection::new(limits));
     let kind = OpenKind::DirectTcpip {
         host: "pi".into(),
         port: 22,
@@ -503,17 +508,7 @@ fn window_adjustments_wake_the_driver_only_when_the_peer_needs_them() {
         max_packet: 1_000,
         ..Limits::default()
     };
-    let (mut a, mut b) = (Connection::new(limits), Connection::new(limits));
-    let kind = OpenKind::Session;
-    let ours = a.open(&kind).expect("open");
-    pump(&mut a, &mut b).expect("open");
-    let theirs = match events(&mut b).as_slice() {
-        [Event::Open { channel, .. }] => *channel,
-        other => panic!("{other:?}"),
-    };
-    b.accept(theirs).expect("accept");
-    pump(&mut a, &mut b).expect("confirm");
-    let _ = events(&mut a);
+    let (mut a, mut b, ours, theirs) = open_pair_with(limits);
     let deliver = |a: &mut Connection, b: &mut Connection, n: usize| {
         assert_eq!(a.send(ours, &vec![1u8; n]).expect("send"), n);
         while let Some(m) = a.poll_transmit() {
