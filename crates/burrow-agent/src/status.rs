@@ -143,6 +143,9 @@ pub fn now_rfc3339() -> String {
 #[derive(Clone)]
 pub struct StatusBoard {
     inner: Arc<Mutex<Status>>,
+    /// Held across one whole write of the file, so that writes from several tasks neither share
+    /// a temporary file nor leave an older status on disk after a newer one.
+    writer: Arc<Mutex<()>>,
     path: PathBuf,
     hook: Option<String>,
 }
@@ -176,6 +179,7 @@ impl StatusBoard {
                 health: None,
                 health_reports: 0,
             })),
+            writer: Arc::new(Mutex::new(())),
             path,
             hook,
         };
@@ -247,13 +251,20 @@ impl StatusBoard {
     }
 
     fn write(&self) {
+        if let Err(e) = self.try_write() {
+            tracing::warn!("cannot write status file {}: {e}", self.path.display());
+        }
+    }
+
+    /// Writes the status as it is now. The writer lock is taken before the status is read: a
+    /// write that waited for another one then writes a status at least as new as it.
+    fn try_write(&self) -> std::io::Result<()> {
+        let _writing = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let json = {
             let s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             serde_json::to_string_pretty(&*s).unwrap_or_default()
         };
-        if let Err(e) = write_atomically(&self.path, json.as_bytes()) {
-            tracing::warn!("cannot write status file {}: {e}", self.path.display());
-        }
+        write_atomically(&self.path, json.as_bytes())
     }
 }
 
@@ -466,6 +477,40 @@ mod tests {
             .expect("set mtime");
         assert!(!process_runs(std::process::id(), &file));
         assert!(!process_runs(u32::MAX, &file));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn writes_from_many_threads_all_land_and_the_file_ends_with_the_newest_status() {
+        let dir = std::env::temp_dir().join(format!("burrow-status-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let file = dir.join("agent-status.json");
+        let board = StatusBoard::new("pi", "relay:22", Vec::new(), file.clone(), None);
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let board = board.clone();
+                std::thread::spawn(move || {
+                    (0..200)
+                        .map(|_| {
+                            board.inner.lock().expect("status").probes += 1;
+                            board.try_write().err()
+                        })
+                        .find(Option::is_some)
+                        .flatten()
+                })
+            })
+            .collect();
+        for thread in threads {
+            let failure = thread.join().expect("writer thread");
+            assert!(failure.is_none(), "a write failed: {failure:?}");
+        }
+        let on_disk = read(&file).expect("status file");
+        assert_eq!(
+            on_disk.probes,
+            8 * 200,
+            "the last write left an older status"
+        );
+        assert_eq!(on_disk, board.snapshot());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
