@@ -388,7 +388,7 @@ async fn console_idle(
             .arg(format!("pty,link={},raw,echo=0", tty.display()))
             .arg(format!("EXEC:sh {}", script_file.display())),
     )
-    .context("socat makes the console's pty (test.sh installs it)")?;
+    .context("socat makes the console's pty (apt-get install socat)")?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !tty.exists() {
         anyhow::ensure!(

@@ -212,6 +212,13 @@ impl Env {
         if which("ssh").is_none() {
             missing.push("openssh-client");
         }
+        // The idle console's pty, and the cellular link's namespaces and socket counts.
+        if which("socat").is_none() {
+            missing.push("socat");
+        }
+        if which("ip").is_none() || which("ss").is_none() {
+            missing.push("iproute2");
+        }
         if !missing.is_empty() {
             apt_install(&missing)?;
         }
