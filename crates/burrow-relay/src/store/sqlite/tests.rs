@@ -349,3 +349,47 @@ fn a_device_coming_and_going_is_no_registry_change() {
     counted.sort();
     assert_eq!(columns, counted);
 }
+
+#[test]
+fn the_listing_counts_each_devices_reconnects_of_the_last_day() {
+    let s = Store::open_in_memory().unwrap();
+    for name in ["cam", "pi", "zz"] {
+        s.add_device(name, &[]).unwrap();
+    }
+    let now = crate::store::now();
+    let day = crate::store::health::RECONNECT_WINDOW_SECS;
+    // pi: three reconnects in the last day and one before it; cam: one; zz: none.
+    let connects = [
+        ("pi", now - 10),
+        ("pi", now - 3600),
+        ("pi", now - day + 60),
+        ("pi", now - day - 60),
+        ("cam", now - 5),
+    ];
+    s.with(|c| {
+        for (device, at) in connects {
+            c.execute(
+                "INSERT INTO device_connects (device, at) VALUES (?1, ?2)",
+                params![device, at],
+            )
+            .map_err(sql("test"))?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let counts: Vec<(String, u32)> = s
+        .devices()
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.name, d.health.reconnects_24h))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("cam".to_string(), 1),
+            ("pi".to_string(), 3),
+            ("zz".to_string(), 0)
+        ]
+    );
+    assert_eq!(s.reconnects_since("pi", now - day).unwrap(), 3);
+}
