@@ -170,38 +170,18 @@ impl HealthRow {
     }
 }
 
-/// How a listing counts each device's reconnects of the last day.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum ReconnectCount {
-    /// One grouping of the whole table, joined in: PostgreSQL hashes it once.
-    Grouped,
-    /// A subquery per device that reads the `(device, at)` index. SQLite would materialize the
-    /// grouping and then build an index on it: at 100,000 devices that took twice as long.
-    PerDevice,
-}
+/// What a listing joins to each device (`h`: its `device_health` row; `c`: its reconnects),
+/// in [`HealthRow::new`]'s order followed by the reconnect count.
+pub(crate) const LISTED_HEALTH: &str = "h.agent, h.since, h.ended, h.reason, h.probe_at, h.probe_ok, h.probe_rtt_ms, h.link, h.report_at, h.signal_dbm, h.temp_c, h.throttled, c.n";
 
-/// What a listing selects for each device's health, in [`HealthRow::new`]'s order followed by
-/// the reconnect count, and the joins that give it (`h`: the `device_health` row). `since` is
-/// the query parameter that holds the start of the reconnect window; `d` is the device row.
-pub(crate) fn listed_health(since: &str, count: ReconnectCount) -> (String, String) {
-    const COLUMNS: &str = "h.agent, h.since, h.ended, h.reason, h.probe_at, h.probe_ok, h.probe_rtt_ms, h.link, h.report_at, h.signal_dbm, h.temp_c, h.throttled";
-    const JOIN: &str = "LEFT JOIN device_health h ON h.device = d.name";
-    match count {
-        ReconnectCount::Grouped => (
-            format!("{COLUMNS}, c.n"),
-            format!(
-                "{JOIN}
-                 LEFT JOIN (SELECT device, COUNT(*) AS n FROM device_connects WHERE at > {since} GROUP BY device) c
-                        ON c.device = d.name"
-            ),
-        ),
-        ReconnectCount::PerDevice => (
-            format!(
-                "{COLUMNS}, (SELECT COUNT(*) FROM device_connects WHERE device = d.name AND at > {since})"
-            ),
-            JOIN.to_string(),
-        ),
-    }
+/// The join of a listing's query that gives [`LISTED_HEALTH`]: `{since}` is the parameter that
+/// holds the start of the reconnect window.
+pub(crate) fn listing_join(since: &str) -> String {
+    format!(
+        "LEFT JOIN device_health h ON h.device = d.name
+         LEFT JOIN (SELECT device, COUNT(*) AS n FROM device_connects WHERE at > {since} GROUP BY device) c
+                ON c.device = d.name"
+    )
 }
 
 /// How far back reconnects are counted, in seconds.

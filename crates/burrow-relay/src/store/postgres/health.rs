@@ -178,7 +178,7 @@ async fn detail_set<C: tokio_postgres::GenericClient>(
 }
 
 /// The health of a listing's row, from its columns at `at` on (see
-/// [`crate::store::health::listed_health`]).
+/// [`crate::store::health::LISTED_HEALTH`]).
 pub(super) fn listed(r: &tokio_postgres::Row, at: usize) -> DeviceHealth {
     let mut h = HealthRow::new(
         r.get(at),

@@ -120,10 +120,6 @@ impl Pg {
     pub async fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         let now_ms = now_ms();
         let since = crate::store::health::reconnect_window_start();
-        let (health, joins) = crate::store::health::listed_health(
-            "$2",
-            crate::store::health::ReconnectCount::Grouped,
-        );
         let rows = self
             .client
             .query(
@@ -132,8 +128,10 @@ impl Pg {
                         (SELECT string_agg(o.relay, ',' ORDER BY o.since DESC)
                            FROM online o JOIN relays r ON r.id = o.relay AND r.lease_until > $1
                           WHERE o.device = d.name),
-                        d.pending, {health}
-                   FROM devices d {joins} ORDER BY d.name"
+                        d.pending, {}
+                   FROM devices d {} ORDER BY d.name",
+                    crate::store::health::LISTED_HEALTH,
+                    crate::store::health::listing_join("$2"),
                 ),
                 &[&now_ms, &since],
             )

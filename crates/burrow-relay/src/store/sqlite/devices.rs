@@ -242,14 +242,12 @@ impl Store {
     /// All devices, sorted by name: seven queries however many devices there are.
     pub fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         self.with(|c| {
-            let (health, joins) = crate::store::health::listed_health(
-                "?1",
-                crate::store::health::ReconnectCount::PerDevice,
-            );
             let mut stmt = c
                 .prepare_cached(&format!(
-                    "SELECT d.name, d.last_seen, o.device IS NOT NULL, d.pending, {health} FROM devices d
-                     LEFT JOIN online o ON o.device = d.name {joins} ORDER BY d.name"
+                    "SELECT d.name, d.last_seen, o.device IS NOT NULL, d.pending, {} FROM devices d
+                     LEFT JOIN online o ON o.device = d.name {} ORDER BY d.name",
+                    crate::store::health::LISTED_HEALTH,
+                    crate::store::health::listing_join("?1"),
                 ))
                 .map_err(sql("listing devices"))?;
             let since = crate::store::health::reconnect_window_start();

@@ -146,7 +146,7 @@ pub(super) fn interrupted(c: &Connection, at: i64) -> rusqlite::Result<usize> {
     )
 }
 
-/// The health of a listing's row, from its columns at `at` on (see [`listed_health`](crate::store::health::listed_health)).
+/// The health of a listing's row, from its columns at `at` on (see [`LISTED_HEALTH`]).
 pub(super) fn listed(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<DeviceHealth> {
     let mut h = HealthRow::new(
         r.get(at)?,
