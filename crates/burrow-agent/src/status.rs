@@ -463,9 +463,8 @@ mod tests {
 
     #[test]
     fn a_process_runs_only_if_it_started_before_the_file_was_written() {
-        let dir = std::env::temp_dir().join(format!("burrow-status-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let file = dir.join("status.json");
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("status.json");
         std::fs::write(&file, "{}").expect("write");
         assert!(process_runs(std::process::id(), &file));
         // A file written before this process started: its writer was some earlier process.
@@ -477,14 +476,12 @@ mod tests {
             .expect("set mtime");
         assert!(!process_runs(std::process::id(), &file));
         assert!(!process_runs(u32::MAX, &file));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn writes_from_many_threads_all_land_and_the_file_ends_with_the_newest_status() {
-        let dir = std::env::temp_dir().join(format!("burrow-status-race-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let file = dir.join("agent-status.json");
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("agent-status.json");
         let board = StatusBoard::new("pi", "relay:22", Vec::new(), file.clone(), None);
         let threads: Vec<_> = (0..8)
             .map(|_| {
@@ -511,6 +508,5 @@ mod tests {
             "the last write left an older status"
         );
         assert_eq!(on_disk, board.snapshot());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
