@@ -147,12 +147,21 @@ events = ["device-offline", "device-online"]
         "{}",
         alerts[1]
     );
-    let am: Vec<serde_json::Value> = receiver
-        .posts()
-        .into_iter()
-        .filter(|p| p.path == "/api/v2/alerts")
-        .flat_map(|p| p.body.as_array().cloned().unwrap())
-        .collect();
+    // Each receiver is sent to on its own: the Alertmanager's resolution may come after the
+    // JSON hook's return.
+    let to_alertmanager = || -> Vec<serde_json::Value> {
+        receiver
+            .posts()
+            .into_iter()
+            .filter(|p| p.path == "/api/v2/alerts")
+            .flat_map(|p| p.body.as_array().cloned().unwrap())
+            .collect()
+    };
+    eventually("the Alertmanager alert resolved", || {
+        (to_alertmanager().len() >= 2).then_some(())
+    })
+    .await;
+    let am = to_alertmanager();
     assert_eq!(am.len(), 2, "{am:#?}");
     assert_eq!(am[0]["labels"]["alertname"], "BurrowDeviceOffline");
     assert_eq!(am[0]["labels"]["device"], "pi");

@@ -471,19 +471,34 @@ pub async fn echo_server() -> SocketAddr {
 
 /// A service that writes `total` bytes to whoever connects, as fast as it is read, then closes.
 pub async fn firehose(total: usize) -> SocketAddr {
-    serve(move |mut tcp| async move {
-        let chunk = vec![b'x'; 64 * 1024];
-        let mut sent = 0;
-        while sent < total {
-            let n = chunk.len().min(total - sent);
-            if tcp.write_all(&chunk[..n]).await.is_err() {
-                return;
+    counted_firehose(total).await.0
+}
+
+/// [`firehose`], with the bytes it has written so far to all who connected: a test can tell a
+/// stream that moves slowly from one that stopped.
+pub async fn counted_firehose(
+    total: usize,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = written.clone();
+    let addr = serve(move |mut tcp| {
+        let count = count.clone();
+        async move {
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0;
+            while sent < total {
+                let n = chunk.len().min(total - sent);
+                if tcp.write_all(&chunk[..n]).await.is_err() {
+                    return;
+                }
+                sent += n;
+                count.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             }
-            sent += n;
+            let _ = tcp.shutdown().await;
         }
-        let _ = tcp.shutdown().await;
     })
-    .await
+    .await;
+    (addr, written)
 }
 
 /// A service that sends `reply` to whoever connects, then closes.
