@@ -82,6 +82,7 @@ fn mac(ns: &str, dev: &str) -> anyhow::Result<String> {
 impl NetPair {
     fn create(n: u32) -> anyhow::Result<NetPair> {
         let pair = NetPair { n };
+        remove_orphans();
         pair.remove();
         let (r, d) = (pair.relay_ns(), pair.device_ns());
         let (rif, dif) = (format!("bbv{n}r"), pair.device_if());
@@ -150,12 +151,14 @@ impl NetPair {
         Ok(pair)
     }
 
+    /// Named after this process too: two benches (or a bench and the test suite's smoke run)
+    /// on one host each get their own namespaces and never remove the other's.
     fn relay_ns(&self) -> String {
-        format!("bbr{}", self.n)
+        format!("bbr{}-{}", std::process::id(), self.n)
     }
 
     fn device_ns(&self) -> String {
-        format!("bbd{}", self.n)
+        format!("bbd{}-{}", std::process::id(), self.n)
     }
 
     fn device_if(&self) -> String {
@@ -225,6 +228,27 @@ impl NetPair {
         for ns in [self.relay_ns(), self.device_ns()] {
             let _ = Command::new("ip")
                 .args(["netns", "del", &ns])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Removes the namespaces of benches that died without removing their own (SIGKILL).
+fn remove_orphans() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let owner = name
+            .strip_prefix("bbr")
+            .or_else(|| name.strip_prefix("bbd"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if owner.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", name])
                 .stderr(std::process::Stdio::null())
                 .status();
         }

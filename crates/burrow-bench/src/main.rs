@@ -229,7 +229,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.out.join("BENCHMARKS.md").display()
     );
     if args.smoke {
-        results.check_complete()?;
+        // Only a run of every part can have every row.
+        if args.only.is_empty() {
+            results.check_complete()?;
+        }
         println!(
             "burrow-bench smoke: {} measurements, 0 failed",
             results.len()
