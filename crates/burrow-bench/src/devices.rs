@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use burrow_io::keys::PrivateKey;
 
 use crate::Args;
-use crate::env::{Env, Proc, free_port, memory_kib, process_tree};
+use crate::env::{Env, Proc, anon_kib, free_port, memory_kib, process_tree};
 use crate::fleet::{Fleet, register_devices};
 use crate::report::Results;
 use crate::systems::{BurrowSite, ssh_base, start_relay};
@@ -338,6 +338,14 @@ pub async fn agent_footprint(
         "agent footprint",
         "idle agent RSS (one endpoint, one console)",
         rss as f64 / 1024.0,
+        "MiB",
+    );
+    // What of it is the agent's own: most of the RSS is pages of the binary, shared with
+    // every other burrow process and given back by the kernel under pressure.
+    results.push(
+        "agent footprint",
+        "idle agent anonymous memory (heap and stacks, of that RSS)",
+        anon_kib(agent.pid()) as f64 / 1024.0,
         "MiB",
     );
     let size = std::fs::metadata(&env.burrow)?.len();

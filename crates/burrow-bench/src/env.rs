@@ -395,16 +395,27 @@ fn raise_fd_limit() {
 
 /// Resident and proportional set size of a process, in KiB.
 pub fn memory_kib(pid: u32) -> (u64, u64) {
-    let field = |text: &str, name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    (field(&status, "VmRSS:"), field(&rollup, "Pss:"))
+    (
+        status_field(&status, "VmRSS:"),
+        status_field(&rollup, "Pss:"),
+    )
+}
+
+/// The anonymous part of a process's RSS (heap, stacks), in KiB.
+pub fn anon_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status_field(&status, "RssAnon:")
+}
+
+/// The number of a `Name:  123 kB` line of a /proc file.
+fn status_field(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
 }
 
 /// All descendants of `pid` (and `pid` itself).
