@@ -342,12 +342,14 @@ pub async fn agent_footprint(
     );
     // What of it is the agent's own: most of the RSS is pages of the binary, shared with
     // every other burrow process and given back by the kernel under pressure.
-    results.push(
-        "agent footprint",
-        "idle agent anonymous memory (heap and stacks, of that RSS)",
-        anon_kib(agent.pid()) as f64 / 1024.0,
-        "MiB",
-    );
+    if let Some(anon) = anon_kib(agent.pid()) {
+        results.push(
+            "agent footprint",
+            "idle agent anonymous memory (heap and stacks, of that RSS)",
+            anon as f64 / 1024.0,
+            "MiB",
+        );
+    }
     let size = std::fs::metadata(&env.burrow)?.len();
     results.push(
         "agent footprint",

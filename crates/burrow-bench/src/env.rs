@@ -398,24 +398,24 @@ pub fn memory_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
     (
-        status_field(&status, "VmRSS:"),
-        status_field(&rollup, "Pss:"),
+        status_field(&status, "VmRSS:").unwrap_or(0),
+        status_field(&rollup, "Pss:").unwrap_or(0),
     )
 }
 
-/// The anonymous part of a process's RSS (heap, stacks), in KiB.
-pub fn anon_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+/// The anonymous part of a process's RSS (heap, stacks), in KiB; `None` where the kernel does
+/// not say it (the smoke run's check then misses the row instead of taking a 0).
+pub fn anon_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status_field(&status, "RssAnon:")
 }
 
 /// The number of a `Name:  123 kB` line of a /proc file.
-fn status_field(text: &str, name: &str) -> u64 {
+fn status_field(text: &str, name: &str) -> Option<u64> {
     text.lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0)
 }
 
 /// All descendants of `pid` (and `pid` itself).

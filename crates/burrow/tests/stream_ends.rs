@@ -282,9 +282,8 @@ async fn an_operator_whose_output_closes_early_still_gets_the_end_of_the_stream(
     // the client has nothing left to give and only its stdin closing ends it, through a stock
     // sshd as through the relay (README). That is the client's doing and it happens now and
     // then, so one run of the lot may stop. Without the relay's nudge nothing turns the
-    // client's loop once a burst spent its window: in these debug builds about one run in five
-    // then stops (3 of 16 measured; 0 of 64 with the nudge), and more than one of 16 stops in
-    // most tries.
+    // client's loop once a burst spent its window: in these debug builds 6 of 48 runs then
+    // stopped, and one of two tries of this test failed (0 of 80 runs stopped with the nudge).
     const RUNS: usize = 16;
     /// How long a stream that still runs may go without a byte leaving the device.
     const STOPPED: Duration = Duration::from_secs(5);
