@@ -460,6 +460,10 @@ impl Handler for ClientHandler {
 }
 
 async fn client_of(sshd: &TestSshd, key: &Path) -> Handle {
+    client_with(sshd, key, ClientHandler).await
+}
+
+async fn client_with<H: Handler>(sshd: &TestSshd, key: &Path, handler: H) -> Handle {
     let pinned = {
         let line = sshd.host_key_line.trim().to_string();
         let k = PublicKey::from_openssh(&line).unwrap();
@@ -477,7 +481,7 @@ async fn client_of(sshd: &TestSshd, key: &Path) -> Handle {
         Instant::now(),
     );
     let tcp = TcpStream::connect(("127.0.0.1", sshd.port)).await.unwrap();
-    let (handle, _task) = driver::connect(tcp, session, ClientHandler)
+    let (handle, _task) = driver::connect(tcp, session, handler)
         .await
         .expect("sshd accepts the key");
     handle
@@ -563,6 +567,104 @@ async fn a_burrow_ssh_client_logs_in_to_openssh_sshd_and_forwards_both_ways() {
         let why = tokio::time::timeout(WAIT, handle.closed()).await.unwrap();
         assert!(why.contains("test over") || why.contains("closed"), "{why}");
     }
+}
+
+/// A client whose handler holds every forwarded connection's offer until `gate` opens: the
+/// connection's driver waits on it meanwhile.
+#[derive(Clone)]
+struct GateHandler {
+    gate: Arc<tokio::sync::Semaphore>,
+    waiting: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Handler for GateHandler {
+    async fn channel_open(&mut self, _kind: OpenKind, offer: Offer) {
+        self.waiting
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.gate.acquire().await;
+        offer.reject(1, "only held");
+    }
+}
+
+/// A channel's writer writes its packets to the socket itself when nothing older waits there,
+/// instead of waking the connection's driver for each one (on a two-worker runtime, often a
+/// wake-up on the other worker: bench/tuning.md, step 19). Seen from outside: data written on
+/// a channel reaches sshd, and through it a TCP sink, while the driver is held up in the
+/// handler. Sent through the driver, it would wait there until the handler returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channels_writes_leave_while_its_driver_waits_on_the_handler() {
+    let dir = tempdir();
+    let key = keypair(dir.path(), "dev_ed25519");
+    let sshd = TestSshd::start(dir.path(), &[key.as_path()], "").await;
+    let sink = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_port = sink.local_addr().unwrap().port();
+    let sunk = Arc::new(Mutex::new(Vec::new()));
+    let into = sunk.clone();
+    tokio::spawn(async move {
+        let (mut tcp, _) = sink.accept().await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = tcp.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            into.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let waiting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handler = GateHandler {
+        gate: gate.clone(),
+        waiting: waiting.clone(),
+    };
+    let handle = client_with(&sshd, &key, handler).await;
+    let GlobalAnswer::Success(Some(port)) = handle
+        .global_request(GlobalRequest::TcpipForward {
+            address: "127.0.0.1".into(),
+            port: 0,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("sshd refused the forward")
+    };
+    let ch = handle
+        .open(OpenKind::DirectTcpip {
+            host: "127.0.0.1".into(),
+            port: sink_port.into(),
+            originator: "127.0.0.1".into(),
+            originator_port: 7,
+        })
+        .await
+        .unwrap();
+    // A connection to the forwarded port: sshd offers it, and the driver waits on the handler.
+    let _held = TcpStream::connect(("127.0.0.1", port as u16))
+        .await
+        .unwrap();
+    eventually("the driver to wait on the handler", || {
+        waiting
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then_some(())
+    })
+    .await;
+    // Within sshd's window (2 MiB for a stream), so only the socket stands in the way.
+    let payload: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
+    tokio::time::timeout(WAIT, ch.data(&payload))
+        .await
+        .expect("the window took it")
+        .unwrap();
+    eventually("the data at the sink while the driver waits", || {
+        (sunk.lock().unwrap().len() == payload.len()).then_some(())
+    })
+    .await;
+    assert!(!gate.is_closed() && gate.available_permits() == 0);
+    assert_eq!(sha256(&sunk.lock().unwrap()), sha256(&payload));
+    // Once the handler returns, the connection goes on as before.
+    gate.add_permits(1);
+    handle.send_keepalive();
+    eventually("the keepalive answer", || {
+        (!handle.keepalive_outstanding()).then_some(())
+    })
+    .await;
 }
 
 /// A channel's halves (what the relay's and the agent's splices use): the reading half lends

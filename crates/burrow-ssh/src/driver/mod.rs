@@ -19,9 +19,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
+use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
 
 use crate::auth::{Decision, Question};
@@ -238,8 +240,17 @@ struct State {
     slots: HashMap<ChannelId, Slot>,
     opens: HashMap<ChannelId, oneshot::Sender<Result<(), OpenError>>>,
     globals: VecDeque<oneshot::Sender<GlobalAnswer>>,
-    /// Bytes waiting for the socket.
-    backlog: usize,
+    /// The socket, for channel writers that write through ([`State::write_through`]); gone
+    /// once the connection ended, while the driver still writes its last packets with its own.
+    socket: Option<Arc<TcpStream>>,
+    /// Sealed packets waiting for the socket, written as they are (no copy into one buffer);
+    /// `out_at` is how much of the first was written. Whoever finds it empty may write (under
+    /// the lock, so packets leave in the order they were sealed); what the socket does not take
+    /// stays here for the driver, which writes it when the socket is ready.
+    out: VecDeque<Vec<u8>>,
+    out_at: usize,
+    /// Bytes in `out` not yet written.
+    out_len: usize,
     blocked: Vec<Waker>,
     /// Why the connection ended, once it did.
     ended: Option<String>,
@@ -250,8 +261,6 @@ struct State {
     peak_queued: usize,
     /// Bytes of channel data held as views of read buffers ([`Item::View`]).
     views: usize,
-    /// Bytes queued for the peer when the driver last looked (its own queue and the session's).
-    queued: usize,
 }
 
 impl State {
@@ -270,15 +279,83 @@ impl State {
         slot.recv = VecDeque::new();
     }
 
-    /// What the peer is sent and has not taken: the session's queues and the driver's (its
-    /// memory, as [`crate::queue::ByteQueue`] counts it).
-    fn queued_now(&self, driver_out: usize) -> usize {
-        driver_out.saturating_add(self.session.queued_bytes())
+    /// What the peer is sent and has not taken: the session's queues and the packets waiting
+    /// for the socket (their memory, as [`crate::queue::ByteQueue`] counts it).
+    fn queued_now(&self) -> usize {
+        let out = self
+            .out_len
+            .saturating_add(self.out.len().saturating_mul(crate::queue::ITEM_OVERHEAD));
+        out.saturating_add(self.session.queued_bytes())
+    }
+
+    /// Moves what the session sealed into the queue for the socket.
+    fn take_transmit(&mut self) {
+        while let Some(bytes) = self.session.poll_transmit() {
+            self.out_len = self.out_len.saturating_add(bytes.len());
+            self.out.push_back(bytes);
+        }
+    }
+
+    /// Writes as many queued packets to `socket` as it takes in one vectored write, and drops
+    /// those written whole.
+    fn write_some(&mut self, socket: &TcpStream) -> io::Result<usize> {
+        const MAX_SLICES: usize = 64;
+        let mut slices = [io::IoSlice::new(&[]); MAX_SLICES];
+        let mut count = 0;
+        for (i, packet) in self.out.iter().take(MAX_SLICES).enumerate() {
+            let from = if i == 0 { self.out_at } else { 0 };
+            if let Some(slot) = slices.get_mut(i) {
+                *slot = io::IoSlice::new(packet.get(from..).unwrap_or_default());
+                count = i.saturating_add(1);
+            }
+        }
+        let n = socket.try_write_vectored(slices.get(..count).unwrap_or_default())?;
+        self.out_len = self.out_len.saturating_sub(n);
+        let mut left = n;
+        while let Some(front) = self.out.front() {
+            let rest = front.len().saturating_sub(self.out_at);
+            if left < rest {
+                self.out_at = self.out_at.saturating_add(left);
+                break;
+            }
+            left = left.saturating_sub(rest);
+            self.out.pop_front();
+            self.out_at = 0;
+        }
+        Ok(n)
+    }
+
+    /// Writes what the session just sealed from the caller's task, when nothing older waits
+    /// for the socket: a chunk of channel data goes from one socket to the next without
+    /// waking the connection's driver, which is often on the other worker and, on a busy
+    /// host, late (bench/tuning.md, steps 16 and 18). Returns whether the driver must be
+    /// woken all the same: the socket left something for it to write when it is ready, or a
+    /// key exchange is under way (its deadline is the driver's to keep). An older queue means
+    /// the driver was woken for it already, and what was sealed now goes after it.
+    fn write_through(&mut self, observer: Option<&dyn Observer>) -> bool {
+        let idle = self.out.is_empty();
+        self.take_transmit();
+        if idle
+            && !self.out.is_empty()
+            && let Some(socket) = self.socket.clone()
+        {
+            // A failed write leaves the packets queued; the driver's own write meets the
+            // error and ends the connection.
+            if let Ok(n) = self.write_some(&socket)
+                && let Some(o) = observer
+            {
+                o.sent(n);
+            }
+        }
+        (idle && !self.out.is_empty()) || self.session.transport().in_kex()
     }
 
     /// Lets go of the memory an idle connection does not need.
     fn release_idle(&mut self) {
         self.session.release_idle();
+        if self.out.is_empty() {
+            self.out = VecDeque::new();
+        }
         for slot in self.slots.values_mut() {
             crate::session::shrink(&mut slot.recv);
         }
@@ -299,6 +376,8 @@ impl State {
             return;
         }
         self.ended = Some(why.to_string());
+        // Writers stop writing through; the driver writes what is left (a DISCONNECT).
+        self.socket = None;
         for slot in self.slots.values_mut() {
             slot.closed = true;
             slot.replies.clear();
@@ -323,6 +402,8 @@ struct Inner {
     wake: Notify,
     /// Wakes those waiting for the end or for authentication.
     changed: Notify,
+    /// Sees every byte moved, the driver's and the writers' (see [`State::write_through`]).
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl Inner {
@@ -515,8 +596,7 @@ impl Handle {
 
     /// Bytes queued for the peer and not yet written (replies, held and sealed messages).
     pub fn queued_bytes(&self) -> usize {
-        let st = self.inner.lock();
-        st.queued.max(st.session.queued_bytes())
+        self.inner.lock().queued_now()
     }
 
     /// Key exchanges finished on this connection (the first included).

@@ -301,7 +301,7 @@ impl Channel {
         }
         // Everything queued for the peer counts, the messages held during a key exchange
         // too: a peer that stalls a rekey stops the sources of its streams here.
-        let queued = st.queued_now(st.backlog);
+        let queued = st.queued_now();
         if queued >= BACKLOG_HIGH {
             st.blocked.push(cx.waker().clone());
             return Poll::Pending;
@@ -319,8 +319,11 @@ impl Channel {
             }
             return Poll::Pending;
         }
+        let wake = st.write_through(self.inner.observer.as_deref());
         drop(st);
-        self.inner.wake.notify_one();
+        if wake {
+            self.inner.wake.notify_one();
+        }
         Poll::Ready(Ok(n))
     }
 
@@ -341,8 +344,8 @@ impl Channel {
     }
 
     /// Runs `f` on the channel's slot (with the connection's session, its count of views and
-    /// why it ended, if it did) under the lock, then wakes the driver if that left messages to
-    /// send (window given back, requests refused). A channel whose slot is gone gets the error
+    /// why it ended, if it did) under the lock, then writes what that left to send (window
+    /// given back, requests refused) or wakes the driver for it. A channel whose slot is gone gets the error
     /// of a stream cut short.
     fn with_slot<R>(
         &self,
@@ -360,7 +363,8 @@ impl Channel {
             return Err(interrupted(ended.as_deref()));
         };
         let result = f(session, views, slot, ended.as_deref());
-        let wake = session.connection().has_output();
+        let wake =
+            session.connection().has_output() && st.write_through(self.inner.observer.as_deref());
         drop(st);
         if wake {
             self.inner.wake.notify_one();

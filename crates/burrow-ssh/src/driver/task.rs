@@ -33,23 +33,27 @@ pub fn start<H: Handler>(
     handler: H,
     observer: Option<Arc<dyn Observer>>,
 ) -> (Handle, impl Future<Output = Result<(), Error>> + Send) {
+    let socket = Arc::new(socket);
     let inner = Arc::new(Inner {
         state: Mutex::new(State {
             session,
             slots: HashMap::new(),
             opens: HashMap::new(),
             globals: VecDeque::new(),
-            backlog: 0,
+            socket: Some(socket.clone()),
+            out: VecDeque::new(),
+            out_at: 0,
+            out_len: 0,
             blocked: Vec::new(),
             ended: None,
             peer_disconnect: None,
             authenticated: None,
             peak_queued: 0,
             views: 0,
-            queued: 0,
         }),
         wake: Notify::new(),
         changed: Notify::new(),
+        observer,
     });
     let handle = Handle {
         inner: inner.clone(),
@@ -58,10 +62,6 @@ pub fn start<H: Handler>(
         inner,
         socket,
         handler,
-        observer,
-        out: VecDeque::new(),
-        out_at: 0,
-        out_len: 0,
         stalled_since: None,
     };
     (handle, driver.run())
@@ -76,15 +76,10 @@ const IDLE_RELEASE: std::time::Duration = std::time::Duration::from_millis(50);
 
 struct Driver<H> {
     inner: Arc<Inner>,
-    socket: TcpStream,
+    /// Shared with the channel writers that write through (see `State::write_through`); the
+    /// driver alone reads it and waits for it.
+    socket: Arc<TcpStream>,
     handler: H,
-    observer: Option<Arc<dyn Observer>>,
-    /// Sealed packets waiting for the socket, written as they are (no copy into one buffer);
-    /// `out_at` is how much of the first was written.
-    out: VecDeque<Vec<u8>>,
-    out_at: usize,
-    /// Bytes in `out` not yet written.
-    out_len: usize,
     /// Since when reading has been stopped because the peer takes nothing.
     stalled_since: Option<Instant>,
 }
@@ -96,6 +91,8 @@ struct Pressure {
     /// The cap that applies now (lower before authentication).
     cap: usize,
     stall_timeout: std::time::Duration,
+    /// Packets wait for the socket.
+    pending: bool,
 }
 
 impl<H> Drop for Driver<H> {
@@ -118,23 +115,15 @@ impl<H: Handler> Driver<H> {
         result
     }
 
-    /// Passes the time (`now`) to the session, moves its output into `out` and takes its
-    /// events.
+    /// Passes the time (`now`) to the session, moves its output into the queue for the
+    /// socket and takes its events.
     fn collect(&mut self, now: Instant) -> (Vec<Event>, Option<Instant>, Pressure) {
         let mut st = self.inner.lock();
         // Every wake-up tells the session the time: a key exchange's deadline runs from when
         // it started.
         st.session.handle_time(now);
-        while let Some(bytes) = st.session.poll_transmit() {
-            self.out_len = self.out_len.saturating_add(bytes.len());
-            self.out.push_back(bytes);
-        }
-        let out_cost = self
-            .out_len
-            .saturating_add(self.out.len().saturating_mul(crate::queue::ITEM_OVERHEAD));
-        st.backlog = out_cost;
-        let queued = st.queued_now(out_cost);
-        st.queued = queued;
+        st.take_transmit();
+        let queued = st.queued_now();
         if queued < BACKLOG_HIGH / 2 {
             for w in st.blocked.drain(..) {
                 w.wake();
@@ -151,6 +140,7 @@ impl<H: Handler> Driver<H> {
             queued,
             cap,
             stall_timeout: limits.stall_timeout,
+            pending: !st.out.is_empty(),
         };
         (events, st.session.poll_timeout(), pressure)
     }
@@ -180,7 +170,7 @@ impl<H: Handler> Driver<H> {
                 busy_at = now;
                 continue;
             }
-            let pending = !self.out.is_empty();
+            let pending = pressure.pending;
             if let Some(why) = &failure
                 && !pending
             {
@@ -196,7 +186,6 @@ impl<H: Handler> Driver<H> {
             } else if released {
                 None
             } else if now.saturating_duration_since(busy_at) >= IDLE_RELEASE {
-                self.out = VecDeque::new();
                 self.inner.lock().release_idle();
                 released = true;
                 None
@@ -244,7 +233,7 @@ impl<H: Handler> Driver<H> {
                             // Not `now`: that was before the wait for these bytes.
                             busy_at = Instant::now();
                             released = false;
-                            if let Some(o) = &self.observer {
+                            if let Some(o) = &self.inner.observer {
                                 o.received(n);
                             }
                         }
@@ -255,12 +244,13 @@ impl<H: Handler> Driver<H> {
                 }
                 ready = std::future::poll_fn(|cx| self.socket.poll_write_ready(cx)), if pending => {
                     ready.map_err(|e| Error(format!("socket: {e}")))?;
-                    match self.write_some() {
+                    let written = self.inner.lock().write_some(&self.socket);
+                    match written {
                         Ok(n) => {
                             if n > 0 {
                                 self.stalled_since = None;
                             }
-                            if let Some(o) = &self.observer {
+                            if let Some(o) = &self.inner.observer {
                                 o.sent(n);
                             }
                         }
@@ -333,49 +323,24 @@ impl<H: Handler> Driver<H> {
     /// reason).
     async fn linger(&mut self) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let _ = self.socket.shutdown().await;
+        // Nobody writes any more: the writers' share of the socket goes, and the driver has it
+        // alone.
+        self.inner.lock().socket = None;
+        let Some(socket) = Arc::get_mut(&mut self.socket) else {
+            return;
+        };
+        let _ = socket.shutdown().await;
         // On the heap: a buffer held across this await would be part of every connection's
         // future, lingering or not (4 KiB per idle device).
         let mut buf = vec![0u8; 4096];
         let drain = async {
-            while let Ok(n) = self.socket.read(&mut buf).await {
+            while let Ok(n) = socket.read(&mut buf).await {
                 if n == 0 {
                     break;
                 }
             }
         };
         let _ = tokio::time::timeout(LINGER, drain).await;
-    }
-
-    /// Writes as many queued packets as the socket takes in one vectored write, and drops
-    /// those written whole.
-    fn write_some(&mut self) -> io::Result<usize> {
-        const MAX_SLICES: usize = 64;
-        let mut slices = [io::IoSlice::new(&[]); MAX_SLICES];
-        let mut count = 0;
-        for (i, packet) in self.out.iter().take(MAX_SLICES).enumerate() {
-            let from = if i == 0 { self.out_at } else { 0 };
-            if let Some(slot) = slices.get_mut(i) {
-                *slot = io::IoSlice::new(packet.get(from..).unwrap_or_default());
-                count = i.saturating_add(1);
-            }
-        }
-        let n = self
-            .socket
-            .try_write_vectored(slices.get(..count).unwrap_or_default())?;
-        self.out_len = self.out_len.saturating_sub(n);
-        let mut left = n;
-        while let Some(front) = self.out.front() {
-            let rest = front.len().saturating_sub(self.out_at);
-            if left < rest {
-                self.out_at = self.out_at.saturating_add(left);
-                break;
-            }
-            left = left.saturating_sub(rest);
-            self.out.pop_front();
-            self.out_at = 0;
-        }
-        Ok(n)
     }
 
     /// The session's own end (a DISCONNECT either way), which ends the driver once what is
