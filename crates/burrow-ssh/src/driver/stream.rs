@@ -345,8 +345,8 @@ impl Channel {
 
     /// Runs `f` on the channel's slot (with the connection's session, its count of views and
     /// why it ended, if it did) under the lock, then writes what that left to send (window
-    /// given back, requests refused) or wakes the driver for it. A channel whose slot is gone gets the error
-    /// of a stream cut short.
+    /// given back, requests refused) or wakes the driver for it. A channel whose slot is gone
+    /// gets the error of a stream cut short.
     fn with_slot<R>(
         &self,
         f: impl FnOnce(&mut Session, &mut usize, &mut Slot, Option<&str>) -> R,
