@@ -206,7 +206,10 @@ struct Kex {
     ephemeral: Option<ClientShare>,
     /// Skip the peer's next key exchange packet: it guessed wrong.
     skip_guess: bool,
-    /// When it started (the last time the transport was told).
+    /// When it started: the time the transport was given when it began, or for one that
+    /// began between two [`Transport::handle_time`] calls (the peer's KEXINIT, a volume limit
+    /// reached by a packet we sent), the next time it is given. The time the transport last
+    /// heard may be long past by then: a connection's driver can wait for hours.
     started: Option<Instant>,
     /// Keys for incoming packets after the peer's NEWKEYS.
     next_opener: Option<Opener>,
@@ -300,6 +303,9 @@ impl Transport {
             failed: None,
         };
         t.start_kex();
+        if let Some(kex) = t.kex.as_mut() {
+            kex.started = Some(now);
+        }
         t
     }
 
@@ -410,10 +416,11 @@ impl Transport {
             return None;
         }
         match &self.kex {
-            Some(kex) => kex
-                .started
-                .unwrap_or(self.now)
-                .checked_add(self.config.kex_timeout),
+            // Not yet stamped: the time is wanted now, to start the deadline from.
+            Some(kex) => match kex.started {
+                Some(started) => started.checked_add(self.config.kex_timeout),
+                None => Some(self.now),
+            },
             None if self.keys_done > 0 => self.kex_at.checked_add(self.config.rekey_time),
             None => None,
         }
@@ -444,6 +451,9 @@ impl Transport {
         if by_time || self.volume_spent() {
             self.kex_at = now;
             self.rekey();
+            if let Some(kex) = self.kex.as_mut() {
+                kex.started = Some(now);
+            }
         }
         Ok(())
     }
@@ -747,7 +757,7 @@ impl Transport {
         self.kex = Some(Kex {
             ours: ours.clone(),
             ours_seq,
-            started: Some(self.now),
+            started: None,
             ..Kex::default()
         });
         self.write_packet(&ours);
@@ -1380,6 +1390,8 @@ mod tests {
             s.receive(&bytes).expect("kexinit");
         }
         assert!(s.in_kex());
+        // A driver passes the time after every read.
+        s.handle_time(start).expect("time");
         s.send(vec![94, 1, 2, 3]).expect("held");
         assert!(s.queued_bytes() > 0, "held messages are counted");
         let deadline = s.poll_timeout().expect("a deadline");
@@ -1391,6 +1403,41 @@ mod tests {
             .expect_err("deadline");
         assert_eq!(err.reason, reason::KEY_EXCHANGE_FAILED, "{err}");
         assert!(s.send(vec![94]).is_err(), "the transport stays failed");
+    }
+
+    /// A key exchange's deadline runs from when it started, not from the last time the
+    /// transport was told: a connection idle for hours whose peer then starts a rekey is not
+    /// cut at once for an exchange that "took" those hours.
+    #[test]
+    fn a_rekey_after_a_long_quiet_gets_its_whole_deadline() {
+        let (mut c, mut s) = quiet_pair("aes128-gcm@openssh.com", u64::MAX, u64::MAX);
+        let start = Instant::now();
+        s.handle_time(start).expect("time");
+        // Two hours of nothing; the driver was not woken. Then the peer's KEXINIT arrives.
+        let later = start + Duration::from_secs(2 * 3600);
+        c.rekey();
+        while let Some(bytes) = c.poll_transmit() {
+            s.receive(&bytes).expect("kexinit");
+        }
+        assert!(s.in_kex());
+        // The transport asks for the time at once, to start the deadline from.
+        assert!(s.poll_timeout().is_some_and(|t| t <= later));
+        s.handle_time(later).expect("the exchange just started");
+        assert_eq!(s.poll_timeout(), Some(later + DEFAULT_KEX_TIMEOUT));
+        s.handle_time(later + DEFAULT_KEX_TIMEOUT - Duration::from_secs(1))
+            .expect("not yet");
+        let err = s
+            .handle_time(later + DEFAULT_KEX_TIMEOUT)
+            .expect_err("deadline");
+        assert_eq!(err.reason, reason::KEY_EXCHANGE_FAILED, "{err}");
+        // The same for one we start ourselves between two calls (a writer's packet that
+        // reached the volume limit, or a rekey asked for by hand).
+        let (_c, mut s) = quiet_pair("aes128-gcm@openssh.com", u64::MAX, u64::MAX);
+        s.handle_time(start).expect("time");
+        s.rekey();
+        s.handle_time(later).expect("the exchange just started");
+        s.handle_time(later + DEFAULT_KEX_TIMEOUT - Duration::from_secs(1))
+            .expect("not yet");
     }
 
     /// Every KEX_ECDH_INIT costs the server a host-key signature: a second one in the same
