@@ -303,9 +303,7 @@ impl Transport {
             failed: None,
         };
         t.start_kex();
-        if let Some(kex) = t.kex.as_mut() {
-            kex.started = Some(now);
-        }
+        t.stamp_kex(now);
         t
     }
 
@@ -451,11 +449,17 @@ impl Transport {
         if by_time || self.volume_spent() {
             self.kex_at = now;
             self.rekey();
-            if let Some(kex) = self.kex.as_mut() {
-                kex.started = Some(now);
-            }
+            self.stamp_kex(now);
         }
         Ok(())
+    }
+
+    /// Marks the key exchange under way as started at `now`, the time the caller has in hand
+    /// when it starts one.
+    fn stamp_kex(&mut self, now: Instant) {
+        if let Some(kex) = self.kex.as_mut() {
+            kex.started = Some(now);
+        }
     }
 
     /// Whether the traffic under the current keys reached a limit either way.

@@ -335,9 +335,11 @@ impl State {
     fn write_through(&mut self, observer: Option<&dyn Observer>) -> bool {
         let idle = self.out.is_empty();
         self.take_transmit();
+        // Lent out of the state for the write (not cloned: no reference count to touch per
+        // packet) and put back.
         if idle
             && !self.out.is_empty()
-            && let Some(socket) = self.socket.clone()
+            && let Some(socket) = self.socket.take()
         {
             // A failed write leaves the packets queued; the driver's own write meets the
             // error and ends the connection.
@@ -346,6 +348,7 @@ impl State {
             {
                 o.sent(n);
             }
+            self.socket = Some(socket);
         }
         (idle && !self.out.is_empty()) || self.session.transport().in_kex()
     }
@@ -353,9 +356,7 @@ impl State {
     /// Lets go of the memory an idle connection does not need.
     fn release_idle(&mut self) {
         self.session.release_idle();
-        if self.out.is_empty() {
-            self.out = VecDeque::new();
-        }
+        crate::session::shrink(&mut self.out);
         for slot in self.slots.values_mut() {
             crate::session::shrink(&mut slot.recv);
         }
