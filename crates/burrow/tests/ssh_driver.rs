@@ -574,13 +574,12 @@ async fn a_burrow_ssh_client_logs_in_to_openssh_sshd_and_forwards_both_ways() {
 #[derive(Clone)]
 struct GateHandler {
     gate: Arc<tokio::sync::Semaphore>,
-    waiting: Arc<std::sync::atomic::AtomicBool>,
+    waiting: Arc<tokio::sync::Notify>,
 }
 
 impl Handler for GateHandler {
     async fn channel_open(&mut self, _kind: OpenKind, offer: Offer) {
-        self.waiting
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.waiting.notify_one();
         let _ = self.gate.acquire().await;
         offer.reject(1, "only held");
     }
@@ -598,20 +597,8 @@ async fn a_channels_writes_leave_while_its_driver_waits_on_the_handler() {
     let sshd = TestSshd::start(dir.path(), &[key.as_path()], "").await;
     let sink = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sink_port = sink.local_addr().unwrap().port();
-    let sunk = Arc::new(Mutex::new(Vec::new()));
-    let into = sunk.clone();
-    tokio::spawn(async move {
-        let (mut tcp, _) = sink.accept().await.unwrap();
-        let mut buf = vec![0u8; 64 * 1024];
-        while let Ok(n) = tcp.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            into.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let waiting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let waiting = Arc::new(tokio::sync::Notify::new());
     let handler = GateHandler {
         gate: gate.clone(),
         waiting: waiting.clone(),
@@ -636,28 +623,28 @@ async fn a_channels_writes_leave_while_its_driver_waits_on_the_handler() {
         })
         .await
         .unwrap();
+    // sshd connected to the sink before it confirmed the channel.
+    let (mut sunk, _) = sink.accept().await.unwrap();
     // A connection to the forwarded port: sshd offers it, and the driver waits on the handler.
     let _held = TcpStream::connect(("127.0.0.1", port as u16))
         .await
         .unwrap();
-    eventually("the driver to wait on the handler", || {
-        waiting
-            .load(std::sync::atomic::Ordering::SeqCst)
-            .then_some(())
-    })
-    .await;
+    tokio::time::timeout(WAIT, waiting.notified())
+        .await
+        .expect("the driver to wait on the handler");
     // Within sshd's window (2 MiB for a stream), so only the socket stands in the way.
     let payload: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
     tokio::time::timeout(WAIT, ch.data(&payload))
         .await
         .expect("the window took it")
         .unwrap();
-    eventually("the data at the sink while the driver waits", || {
-        (sunk.lock().unwrap().len() == payload.len()).then_some(())
-    })
-    .await;
+    let mut got = vec![0u8; payload.len()];
+    tokio::time::timeout(WAIT, sunk.read_exact(&mut got))
+        .await
+        .expect("the data at the sink while the driver waits")
+        .unwrap();
     assert!(!gate.is_closed() && gate.available_permits() == 0);
-    assert_eq!(sha256(&sunk.lock().unwrap()), sha256(&payload));
+    assert_eq!(sha256(&got), sha256(&payload));
     // Once the handler returns, the connection goes on as before.
     gate.add_permits(1);
     handle.send_keepalive();
