@@ -26,6 +26,8 @@ use poly1305::universal_hash::{KeyInit, UniversalHash};
 use ring::aead::{self, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 use ring::hmac;
 
+mod poly;
+
 use crate::packet::{Framing, PacketError};
 
 /// Authentication tag length of the AEAD ciphers.
@@ -217,13 +219,7 @@ impl ChaChaPoly {
     /// after them. Not one block alone: the crate's code for a single block is its slowest (on
     /// AVX-512 its 128-bit code, whose rotations this build leaves as calls; on AVX2 a whole
     /// four-block round for one), and four are one vector's work on either.
-    fn first_blocks(
-        key: &[u8; 32],
-        seq: u32,
-    ) -> (
-        ChaCha20LegacyCore,
-        zeroize::Zeroizing<[Block<ChaCha20LegacyCore>; FIRST_BLOCKS]>,
-    ) {
+    fn first_blocks(key: &[u8; 32], seq: u32) -> (ChaCha20LegacyCore, FirstBlocks) {
         let mut cipher = Self::cipher(key, seq);
         let mut blocks =
             zeroize::Zeroizing::new([Block::<ChaCha20LegacyCore>::default(); FIRST_BLOCKS]);
@@ -239,15 +235,15 @@ impl ChaChaPoly {
         }
     }
 
-    /// The packet's Poly1305 (keyed from block 0), the keystream blocks after it that were made
-    /// with it, and the cipher for the rest of the body.
+    /// The packet's one-time Poly1305 key (block 0), the keystream blocks after it that were
+    /// made with it, and the cipher for the rest of the body.
     fn body(
         &self,
         seq: u32,
     ) -> (
         ChaCha20LegacyCore,
-        Poly1305,
-        zeroize::Zeroizing<[Block<ChaCha20LegacyCore>; FIRST_BLOCKS]>,
+        zeroize::Zeroizing<[u8; 32]>,
+        FirstBlocks,
     ) {
         let (cipher, blocks) = Self::first_blocks(&self.main, seq);
         let mut poly_key = zeroize::Zeroizing::new([0u8; 32]);
@@ -256,7 +252,7 @@ impl ChaChaPoly {
                 *k = *b;
             }
         }
-        (cipher, Poly1305::new((&*poly_key).into()), blocks)
+        (cipher, poly_key, blocks)
     }
 
     /// Encrypts `packet` (length field first) in place; returns the tag.
@@ -264,15 +260,15 @@ impl ChaChaPoly {
         let at = 4.min(packet.len());
         let (first, body) = packet.split_at_mut(at);
         self.length(seq, first);
-        let (mut cipher, poly, blocks) = self.body(seq);
+        let (mut cipher, poly_key, blocks) = self.body(seq);
         apply_keystream(&mut cipher, blocks.get(1..).unwrap_or_default(), body);
-        mac(poly, packet)
+        mac(&poly_key, packet)
     }
 
     /// Checks `tag` over `sealed` (in constant time) and only then decrypts its body in place.
     fn open<'p>(&self, seq: u32, sealed: &'p mut [u8], tag: &[u8]) -> Option<&'p [u8]> {
-        let (mut cipher, poly, blocks) = self.body(seq);
-        let expected = mac(poly, sealed);
+        let (mut cipher, poly_key, blocks) = self.body(seq);
+        let expected = mac(&poly_key, sealed);
         if !constant_time_eq(&expected, tag) {
             return None;
         }
@@ -285,10 +281,19 @@ impl ChaChaPoly {
 /// Keystream blocks made at the start of each packet (see [`ChaChaPoly::first_blocks`]).
 const FIRST_BLOCKS: usize = 4;
 
-/// Poly1305 of `data`: its whole 16-byte blocks through `update`, which hands the vector code
-/// four blocks at a time, and only the short end through `compute_unpadded`, which takes one
-/// block per call (copying each into a cache of four first): a third less time per byte.
-fn mac(mut poly: Poly1305, data: &[u8]) -> [u8; TAG_LEN] {
+/// Those blocks, wiped when dropped.
+type FirstBlocks = zeroize::Zeroizing<[Block<ChaCha20LegacyCore>; FIRST_BLOCKS]>;
+
+/// Poly1305 of `data` under the packet's one-time key: on AVX-512 IFMA where the CPU has it
+/// ([`poly`]), else on RustCrypto's code (AVX2 where there is AVX2), which gets the whole
+/// 16-byte blocks through `update`, four at a time to its vector code, and only the short end
+/// through `compute_unpadded`, which takes one block per call (copying each into a cache of
+/// four first): a third less time per byte than all of it through `compute_unpadded`.
+fn mac(key: &[u8; 32], data: &[u8]) -> [u8; TAG_LEN] {
+    if poly::accelerated() {
+        return poly::tag(key, data);
+    }
+    let mut poly = Poly1305::new(key.into());
     let (blocks, end) = poly1305::Block::slice_as_chunks(data);
     poly.update(blocks);
     poly.compute_unpadded(end).into()
