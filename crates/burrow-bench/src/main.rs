@@ -53,7 +53,7 @@ pub struct Args {
     pub seconds: u32,
     /// Rounds: each takes every throughput run once (the median is reported) and
     /// `--round-trips` through every path.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     pub repeats: usize,
     /// Round trips through each path in each round (taken in slices of 100, the paths in
     /// turn); the p50 and p99 are over all of them.

@@ -208,14 +208,6 @@ struct Samples {
     round_trips: Vec<f64>,
 }
 
-/// One round on one path: every throughput run once.
-async fn measure_round(args: &Args, path: &Path, samples: &mut Samples) -> anyhow::Result<()> {
-    for ((streams, reverse, _), gbps) in RUNS.iter().zip(samples.gbps.iter_mut()) {
-        gbps.push(throughput(path.bulk, args.seconds, *streams, *reverse).await?);
-    }
-    Ok(())
-}
-
 /// Round trips in one slice of a latency phase.
 const SLICE: usize = 100;
 
@@ -266,7 +258,8 @@ fn report(path: &Path, mut samples: Samples, results: &mut Results) {
 }
 
 /// Every path up at once (idle ones cost nothing), then measured in rounds: each round takes
-/// each path's throughput runs once, starting one path further on each time, then round trips
+/// each kind of throughput run through every path, starting one path further on each time,
+/// then round trips
 /// from all paths in slices ([`latency_phase`]). This machine's speed drifts by
 /// about 20 % over minutes (other guests on the host); measured one system after the other,
 /// a slow minute lands on one system's runs alone and decides a ratio between systems. In
@@ -299,10 +292,17 @@ pub async fn run_all(env: &Env, args: &Args, results: &mut Results) -> anyhow::R
     let rounds = args.repeats.max(1);
     for round in 0..rounds {
         eprintln!("  round {} of {rounds}", round + 1);
-        for k in 0..paths.len() {
-            let i = (k + round) % paths.len();
-            if let (Some(path), Some(s)) = (paths.get(i), samples.get_mut(i)) {
-                measure_round(args, path, s).await?;
+        // Each kind of run through every path before the next kind: the runs that a ratio
+        // compares (burrow's operator path against OpenSSH's, say) are seconds apart, not the
+        // minute that all of one path's runs take.
+        for (run, (streams, reverse, _)) in RUNS.iter().enumerate() {
+            for k in 0..paths.len() {
+                let i = (k + round + run) % paths.len();
+                if let (Some(path), Some(s)) = (paths.get(i), samples.get_mut(i))
+                    && let Some(gbps) = s.gbps.get_mut(run)
+                {
+                    gbps.push(throughput(path.bulk, args.seconds, *streams, *reverse).await?);
+                }
             }
         }
         latency_phase(&paths, round, args.round_trips, &mut samples).await?;
