@@ -27,9 +27,7 @@
 //! - `driver` (feature `tokio`): one task per connection, channels as async streams.
 //! - `raw_peer` (feature `tokio`): a client that stops reading on purpose, for hostile-peer
 //!   tests and the bench.
-// Denied, not forbidden: the AVX-512 Poly1305 (`crypto::poly`) allows it in its vector module
-// alone, to call that code once the CPU was asked and to load from a slice.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 // Everything here parses what a hostile peer sends: no panics, no unchecked arithmetic.
 #![cfg_attr(
