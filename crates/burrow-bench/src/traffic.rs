@@ -259,8 +259,7 @@ fn report(path: &Path, mut samples: Samples, results: &mut Results) {
 
 /// Every path up at once (idle ones cost nothing), then measured in rounds: each round takes
 /// each kind of throughput run through every path, starting one path further on each time,
-/// then round trips
-/// from all paths in slices ([`latency_phase`]). This machine's speed drifts by
+/// then round trips from all paths in slices ([`latency_phase`]). This machine's speed drifts by
 /// about 20 % over minutes (other guests on the host); measured one system after the other,
 /// a slow minute lands on one system's runs alone and decides a ratio between systems. In
 /// rounds, it lands on all of them alike.

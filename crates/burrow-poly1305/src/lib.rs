@@ -125,17 +125,11 @@ pub fn accelerated() -> bool {
 
 /// The tag of `data` under the one-time `key` (r, then s).
 pub fn tag(key: &[u8; 32], data: &[u8]) -> [u8; 16] {
-    let word = |at: usize| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(key.get(at..at.wrapping_add(8)).unwrap_or(&[0; 8]));
-        u64::from_le_bytes(w)
-    };
-    let r = Limbs::from_block(
-        word(0) & 0x0fff_fffc_0fff_ffff,
-        word(8) & 0x0fff_fffc_0fff_fffc,
-        0,
-    );
-    let s = u128::from(word(16)) | (u128::from(word(24)) << 64);
+    let (r_bytes, s_bytes) = key.split_at(16);
+    let block = |b: &[u8]| <[u8; 16]>::try_from(b).unwrap_or_default();
+    let (lo, hi) = halves(&block(r_bytes));
+    let r = Limbs::from_block(lo & 0x0fff_fffc_0fff_ffff, hi & 0x0fff_fffc_0fff_fffc, 0);
+    let s = u128::from_le_bytes(block(s_bytes));
     let (mut h, rest) = vector::blocks(r, data).unwrap_or((Limbs::default(), data));
     let (whole, end) = rest.as_chunks::<16>();
     for block in whole {
@@ -158,9 +152,8 @@ pub fn tag(key: &[u8; 32], data: &[u8]) -> [u8; 16] {
 
 /// A block's two little-endian 64-bit halves.
 fn halves(block: &[u8; 16]) -> (u64, u64) {
-    let (lo, hi) = block.split_at(8);
-    let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
-    (word(lo), word(hi))
+    let v = u128::from_le_bytes(*block);
+    (v as u64, (v >> 64) as u64)
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -283,10 +283,11 @@ const FIRST_BLOCKS: usize = 4;
 type FirstBlocks = zeroize::Zeroizing<[Block<ChaCha20LegacyCore>; FIRST_BLOCKS]>;
 
 /// Poly1305 of `data` under the packet's one-time key: on AVX-512 IFMA where the CPU has it
-/// ([`burrow_poly1305`]), else on RustCrypto's code (AVX2 where there is AVX2), which gets the whole
-/// 16-byte blocks through `update`, four at a time to its vector code, and only the short end
-/// through `compute_unpadded`, which takes one block per call (copying each into a cache of
-/// four first): a third less time per byte than all of it through `compute_unpadded`.
+/// ([`burrow_poly1305`]), else on RustCrypto's code (AVX2 where there is AVX2), which gets
+/// the whole 16-byte blocks through `update`, four at a time to its vector code, and only the
+/// short end through `compute_unpadded`, which takes one block per call (copying each into a
+/// cache of four first): a third less time per byte than all of it through
+/// `compute_unpadded`.
 fn mac(key: &[u8; 32], data: &[u8]) -> [u8; TAG_LEN] {
     if burrow_poly1305::accelerated() {
         return burrow_poly1305::tag(key, data);
